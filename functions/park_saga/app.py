@@ -1,0 +1,41 @@
+"""ParkSaga: a compensation spent its retry budget. Park the full saga state for an operator.
+
+The state goes to the parked-sagas queue (which has a dead-letter queue), the
+SagaParked metric feeds an alarm, and the order is marked FAILED. docs/operations.md
+says how to redrive a parked saga.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import boto3
+
+from order_saga.dynamo import now_ms
+from order_saga.models import SagaState
+from order_saga.orders import Orders
+from order_saga.step import count, logger, saga_step
+
+_dynamodb = boto3.client("dynamodb")
+_sqs = boto3.client("sqs")
+orders = Orders(_dynamodb, os.environ["ORDERS_TABLE"])
+QUEUE_URL = os.environ["PARKED_SAGAS_QUEUE_URL"]
+
+
+@saga_step("ParkSaga")
+def lambda_handler(saga: SagaState, execution_id: str) -> SagaState:
+    failed = ", ".join(f"{step}: {f.error}" for step, f in saga.failures.items())
+    _sqs.send_message(
+        QueueUrl=QUEUE_URL,
+        MessageBody=json.dumps({"execution_id": execution_id, "saga": saga.dump()}),
+        MessageAttributes={"order_id": {"DataType": "String", "StringValue": saga.order_id}},
+        # A FIFO queue: a retried ParkSaga within five minutes does not park the saga twice.
+        MessageGroupId=saga.order_id,
+        MessageDeduplicationId=hashlib.sha256(execution_id.encode()).hexdigest(),
+    )
+    orders.park(saga.order_id, failed, now_ms())
+    count("SagaParked", "ParkSaga")
+    logger.error("saga parked: compensation failed", extra={"failures": failed})
+    return saga

@@ -1,0 +1,23 @@
+"""VoidPayment: compensates AuthorizePayment. Releases the authorization (a no-op if there was none)."""
+
+from __future__ import annotations
+
+import os
+
+import boto3
+
+from order_saga.dynamo import now_ms
+from order_saga.gateway import gateway_from_env
+from order_saga.models import SagaState
+from order_saga.orders import Orders
+from order_saga.payments import Payments
+from order_saga.step import compensate, saga_step
+
+_dynamodb = boto3.client("dynamodb")
+orders = Orders(_dynamodb, os.environ["ORDERS_TABLE"])
+payments = Payments(_dynamodb, os.environ["PAYMENTS_TABLE"], gateway_from_env(_dynamodb))
+
+
+@saga_step("VoidPayment")
+def lambda_handler(saga: SagaState, execution_id: str) -> SagaState:
+    return compensate(orders, saga, "VoidPayment", lambda: payments.void(saga.order_id, now_ms()))

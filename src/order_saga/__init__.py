@@ -1,0 +1,1 @@
+"""Domain code of the order saga, shared by every function through the SagaLayer."""

@@ -1,0 +1,98 @@
+"""Pydantic models: the API request, the saga state carried by the state machine, the order view."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Sku = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+Quantity = Annotated[int, Field(ge=1, le=1000, strict=True)]
+MAX_LINES = 50
+
+# Saga statuses (the order item's `saga_status`).
+PENDING = "PENDING"
+EXECUTING = "EXECUTING"
+COMPLETED = "COMPLETED"
+COMPENSATING = "COMPENSATING"
+COMPENSATED = "COMPENSATED"
+FAILED = "FAILED"
+SAGA_STATUSES = (PENDING, EXECUTING, COMPLETED, COMPENSATING, COMPENSATED, FAILED)
+
+
+class OrderLine(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sku: Sku
+    quantity: Quantity
+
+
+class OrderRequest(BaseModel):
+    """Body of POST /orders. There is no price or amount: prices come from the catalog."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    customer_id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")]
+    items: Annotated[list[OrderLine], Field(min_length=1, max_length=MAX_LINES)]
+    payment_token: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")]
+
+    @field_validator("items")
+    @classmethod
+    def _one_line_per_sku(cls, items: list[OrderLine]) -> list[OrderLine]:
+        seen: set[str] = set()
+        for line in items:
+            if line.sku in seen:
+                raise ValueError(f"sku {line.sku!r} appears more than once; send one line per sku")
+            seen.add(line.sku)
+        return items
+
+
+class PricedLine(OrderLine):
+    unit_price: int  # minor units (cents), from the catalog
+
+
+class StepFailure(BaseModel):
+    """What a Catch puts under `$.failures.<State>`: the error name and cause."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    error: str = Field(alias="Error")
+    cause: str | None = Field(default=None, alias="Cause")
+
+
+class Outcome(BaseModel):
+    error: str
+    cause: str
+
+
+class SagaState(BaseModel):
+    """The state machine's data: the execution input plus what each step adds."""
+
+    order_id: str
+    customer_id: str
+    items: list[OrderLine]
+    payment_token: str
+    lines: list[PricedLine] | None = None  # added by CreateOrder
+    total: int | None = None  # added by CreateOrder, minor units
+    currency: str | None = None
+    authorization: str | None = None  # added by AuthorizePayment (gateway reference)
+    failures: dict[str, StepFailure] = Field(default_factory=dict)  # added by Catch
+    outcome: Outcome | None = None  # added by CancelOrder: the error the execution ends with
+
+    def require_priced(self) -> tuple[list[PricedLine], int]:
+        if self.lines is None or self.total is None:
+            raise ValueError("the saga state has no priced lines: CreateOrder has not run")
+        return self.lines, self.total
+
+    def dump(self) -> dict:
+        data = self.model_dump(mode="json", exclude_none=True, by_alias=True)
+        if not self.failures:
+            data.pop("failures", None)
+        return data
+
+
+class StepEvent(BaseModel):
+    """The payload every saga task receives: the saga state and the execution that runs it."""
+
+    saga: SagaState
+    execution_id: str

@@ -1,0 +1,82 @@
+"""What every saga task handler shares: Powertools set-up and the event envelope.
+
+A task receives {"saga": <SagaState>, "execution_id": <arn>} (see the ASL's
+Parameters) and returns the updated saga state; a failure is an exception whose
+class name is the error the state machine catches.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from order_saga.errors import SagaError
+from order_saga.models import SagaState, StepEvent
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+
+FORWARD_STEPS = ("CreateOrder", "ReserveInventory", "AuthorizePayment", "ConfirmOrder")
+COMPENSATIONS = ("RefundPayment", "VoidPayment", "ReleaseInventory", "CancelOrder")
+
+Step = Callable[[SagaState, str], SagaState]
+
+
+def count(name: str, step: str) -> None:
+    """One metric with its own `step` dimension (alarms select on service and step)."""
+    with single_metric(name=name, unit=MetricUnit.Count, value=1,
+                       default_dimensions=metrics.default_dimensions) as metric:
+        metric.add_dimension(name="step", value=step)
+
+
+def saga_step(name: str) -> Callable[[Step], Callable[[dict[str, Any], LambdaContext], dict[str, Any]]]:
+    """Turn `fn(saga, execution_id) -> saga` into a Lambda handler for the state named `name`."""
+
+    def decorate(fn: Step) -> Callable[[dict[str, Any], LambdaContext], dict[str, Any]]:
+        @logger.inject_lambda_context(clear_state=True)
+        @metrics.log_metrics
+        @tracer.capture_lambda_handler(capture_response=False)
+        @functools.wraps(fn)
+        def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+            step = StepEvent.model_validate(event)
+            logger.append_keys(order_id=step.saga.order_id, execution_id=step.execution_id, step=name)
+            tracer.put_annotation(key="order_id", value=step.saga.order_id)
+            try:
+                result = fn(step.saga, step.execution_id)
+            except SagaError as exc:
+                logger.warning("step failed", extra={"error": type(exc).__name__, "reason": str(exc)})
+                raise
+            logger.info("step succeeded")
+            return result.dump()
+
+        return handler
+
+    return decorate
+
+
+def failed_forward_step(saga: SagaState) -> tuple[str, str, str | None]:
+    """The forward step whose failure started the compensation, from `$.failures`."""
+    for step in FORWARD_STEPS:
+        if step in saga.failures:
+            failure = saga.failures[step]
+            return step, failure.error, failure.cause
+    return "Unknown", "Unknown", None
+
+
+def compensate(orders: Any, saga: SagaState, name: str, undo: Callable[[], None]) -> SagaState:
+    """Run compensation `name`: mark the saga COMPENSATING (once), undo the effect, log it."""
+    from order_saga.dynamo import now_ms
+
+    failed, error, cause = failed_forward_step(saga)
+    if orders.begin_compensation(saga.order_id, failed, error, cause, now_ms()):
+        count("StepFailed", failed)
+    undo()
+    orders.record_compensation(saga.order_id, name, now_ms())
+    count("CompensationRun", name)
+    return saga
