@@ -30,9 +30,8 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from order_saga.dynamo import now_ms
-from order_saga.errors import UnknownItem
 from order_saga.inventory import Inventory
-from order_saga.models import OrderRequest
+from order_saga.models import OrderAccepted, OrderDocument, OrderRequest, ProblemBody
 from order_saga.orders import Orders, order_view
 
 logger = Logger()
@@ -70,17 +69,22 @@ def order_id_for(key: str) -> str:
     return "ord_" + hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-def error(status: int, message: str, **details: Any) -> Response:
+def error(status: int, message: str, **details: Any) -> Response[ProblemBody]:
     return Response(status_code=status, content_type=content_types.APPLICATION_JSON,
-                    body=json.dumps({"error": message, **details}))
+                    body={"error": message, **details})
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"model": ProblemBody}}}
 
 
 @app.post("/orders", summary="Place an order: starts the order saga",
-          responses={202: {"description": "The saga started (or, for a resubmission, had started)"},
-                     400: {"description": "Malformed request or missing Idempotency-Key"},
-                     409: {"description": "The same Idempotency-Key is being processed right now"},
-                     422: {"description": "Unknown sku, or the Idempotency-Key was used with another body"}})
-def place_order(order: OrderRequest, idempotency_key: IdempotencyKey) -> Response:
+          responses={202: {"description": "The saga started (or, for a resubmission, had started)",
+                           "content": {"application/json": {"model": OrderAccepted}}},
+                     400: _problem("Malformed request or missing Idempotency-Key"),
+                     409: _problem("The same Idempotency-Key is being processed right now"),
+                     422: _problem("Unknown sku, or the Idempotency-Key was used with another body")})
+def place_order(order: OrderRequest, idempotency_key: IdempotencyKey) -> Response[OrderAccepted | ProblemBody]:
     catalog = inventory.stock([line.sku for line in order.items])
     unknown = [line.sku for line in order.items if line.sku not in catalog]
     if unknown:
@@ -91,7 +95,7 @@ def place_order(order: OrderRequest, idempotency_key: IdempotencyKey) -> Respons
         return error(422, "this Idempotency-Key was already used with a different request body")
     except IdempotencyAlreadyInProgressError:
         return error(409, "a request with this Idempotency-Key is in progress; retry shortly")
-    return Response(status_code=202, content_type=content_types.APPLICATION_JSON, body=json.dumps(body),
+    return Response(status_code=202, content_type=content_types.APPLICATION_JSON, body=body,
                     headers={"Location": body["links"]["order"]})
 
 
@@ -117,17 +121,20 @@ def start_saga(request: dict[str, Any]) -> dict[str, Any]:
 
 
 @app.get("/orders/<order_id>", summary="An order with its saga status and step log",
-         responses={200: {"description": "The order"}, 404: {"description": "No such order"}})
-def get_order(order_id: OrderId) -> Response:
+         responses={200: {"description": "The order", "content": {"application/json": {"model": OrderDocument}}},
+                    400: _problem("Malformed order id"), 404: _problem("No such order")})
+def get_order(order_id: OrderId) -> Response[OrderDocument | ProblemBody]:
     order = orders.get(order_id, consistent=False)
     if order is None:
         return error(404, f"order {order_id} not found")
     return Response(status_code=200, content_type=content_types.APPLICATION_JSON,
-                    body=json.dumps(order_view(order)))
+                    body=order_view(order))
 
 
 @app.exception_handler(RequestValidationError)
 def invalid_request(exc: RequestValidationError) -> Response:
+    if any(e.get("loc", ("",))[0] == "response" for e in exc.errors()):
+        raise exc  # our response broke its own schema: a server error, never the client's fault
     details = [{"where": ".".join(str(p) for p in e.get("loc", ())), "problem": e.get("msg", ""),
                 "type": e.get("type", "")} for e in exc.errors()]
     return error(400, "invalid request", details=details)

@@ -134,6 +134,6 @@ def gateway_from_env(client: Any) -> PaymentGateway:
     """The gateway named by PAYMENT_GATEWAY. Only the fake ships; a real adapter implements PaymentGateway."""
     kind = os.environ["PAYMENT_GATEWAY"]
     if kind == "fake":
-        return FakeGateway(client, os.environ["PAYMENTS_TABLE"],
-                           float(os.environ.get("FAKE_GATEWAY_HANG_SECONDS", "3600")))
-    raise RuntimeError(f"PAYMENT_GATEWAY={kind!r}: no such gateway adapter (known: fake)")
+        hang = float(os.environ.get("FAKE_GATEWAY_HANG_SECONDS", "3600"))
+        return FakeGateway(client, os.environ["PAYMENTS_TABLE"], hang)
+    raise RuntimeError(f"PAYMENT_GATEWAY={kind!r}: no such adapter (known: fake)")

@@ -96,3 +96,45 @@ class StepEvent(BaseModel):
 
     saga: SagaState
     execution_id: str
+
+
+# ---- API responses (documented in the OpenAPI document) ----
+class OrderLinks(BaseModel):
+    order: str
+
+
+class OrderAccepted(BaseModel):
+    order_id: str
+    execution_arn: str
+    status: str
+    links: OrderLinks
+
+
+class StepLogEntry(BaseModel):
+    step: str
+    status: str
+    at: int  # epoch milliseconds
+    error: str | None = None
+    cause: str | None = None
+
+
+class OrderDocument(BaseModel):
+    order_id: str
+    customer_id: str
+    status: str
+    saga_status: str
+    items: list[OrderLine]
+    lines: list[PricedLine] | None = None
+    total: int | None = None
+    currency: str | None = None
+    execution_arn: str
+    created_at: int
+    updated_at: int
+    parked_error: str | None = None
+    steps: list[StepLogEntry]
+
+
+class ProblemBody(BaseModel):
+    error: str
+    details: list[dict[str, str]] | None = None
+    unknown_skus: list[str] | None = None

@@ -10,7 +10,7 @@ from tests.unit.helpers import invoke, ledger, new_saga, order, payment, stock
 FORWARD = ["create_order", "reserve_inventory", "authorize_payment", "confirm_order"]
 
 
-def run_forward(handlers, context, saga, upto=len(FORWARD)):
+def run_forward(handlers, context, saga, upto=4):
     for name in FORWARD[:upto]:
         saga = invoke(handlers(name), context, saga)
     return saga

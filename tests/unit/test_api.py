@@ -1,0 +1,161 @@
+"""The orders API handler: validation, idempotency, starting the saga, reading an order."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import boto3
+import pytest
+
+from sagalocal.apigw import Route, find_route, proxy_event, routes_from_template
+from sagalocal.template import Template
+from tests.unit.conftest import ROOT, scan_all
+
+ROUTES = routes_from_template(Template(ROOT / "template.yaml"))
+GOOD = {"customer_id": "cust-1", "items": [{"sku": "SKU-1", "quantity": 2}], "payment_token": "tok_approve"}
+
+
+@pytest.fixture
+def api(aws, handlers, monkeypatch):
+    sfn = boto3.client("stepfunctions", region_name="us-east-1")
+    definition = Path(ROOT / "statemachine/order_saga.asl.json").read_text()
+    arn = sfn.create_state_machine(name="order-saga-test", definition=definition,
+                                   roleArn="arn:aws:iam::123456789012:role/sfn")["stateMachineArn"]
+    monkeypatch.setenv("STATE_MACHINE_ARN", arn)
+    module = handlers("orders_api")
+    module.sfn_client = sfn
+    return module
+
+
+def call(api, context, method, path, body=None, headers=None):
+    found = find_route(ROUTES, method, path)
+    assert found is not None, f"no route for {method} {path}"
+    route, params = found
+    raw = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+    event = proxy_event(route, method, path, params, headers or {}, {}, raw, "dev")
+    response = api.lambda_handler(event, context)
+    return response["statusCode"], json.loads(response["body"]), response
+
+
+def executions():
+    sfn = boto3.client("stepfunctions", region_name="us-east-1")
+    arn = os.environ["STATE_MACHINE_ARN"]
+    return sfn.list_executions(stateMachineArn=arn)["executions"]
+
+
+def test_post_starts_one_named_execution_and_returns_202(api, context, aws):
+    status, body, response = call(api, context, "POST", "/orders", GOOD, {"Idempotency-Key": "key-1"})
+    assert status == 202, body
+    assert body["status"] == "PENDING"
+    assert body["execution_arn"].endswith(":" + body["order_id"])
+    assert body["links"]["order"] == f"/orders/{body['order_id']}"
+    assert response["multiValueHeaders"]["Location"] == [body["links"]["order"]]
+    assert [e["name"] for e in executions()] == [body["order_id"]]
+    status, view, _ = call(api, context, "GET", body["links"]["order"])
+    assert status == 200
+    assert view["saga_status"] == "PENDING"
+    assert view["items"] == GOOD["items"]
+    assert view["steps"] == []
+
+
+def test_same_key_same_body_replays_the_first_response(api, context):
+    first = call(api, context, "POST", "/orders", GOOD, {"Idempotency-Key": "key-1"})
+    second = call(api, context, "POST", "/orders", GOOD, {"idempotency-key": "key-1"})
+    assert second[0] == 202
+    assert second[1] == first[1]
+    assert len(executions()) == 1
+
+
+def test_same_key_different_body_is_422_and_starts_nothing(api, context, aws):
+    call(api, context, "POST", "/orders", GOOD, {"Idempotency-Key": "key-1"})
+    tables = scan_all(aws)
+    changed = {**GOOD, "items": [{"sku": "SKU-1", "quantity": 3}]}
+    status, body, _ = call(api, context, "POST", "/orders", changed, {"Idempotency-Key": "key-1"})
+    assert status == 422
+    assert "different request body" in body["error"]
+    assert len(executions()) == 1
+    assert scan_all(aws) == tables
+
+
+def test_different_keys_start_different_sagas(api, context):
+    a = call(api, context, "POST", "/orders", GOOD, {"Idempotency-Key": "key-a"})[1]
+    b = call(api, context, "POST", "/orders", GOOD, {"Idempotency-Key": "key-b"})[1]
+    assert a["order_id"] != b["order_id"]
+    assert len(executions()) == 2
+
+
+BAD_REQUESTS = [
+    ("missing key", GOOD, {}),
+    ("empty key", GOOD, {"Idempotency-Key": ""}),
+    ("no body", None, {"Idempotency-Key": "k"}),
+    ("not json", b"{nope", {"Idempotency-Key": "k"}),
+    ("json array", [1, 2], {"Idempotency-Key": "k"}),
+    ("no items", {**GOOD, "items": []}, {"Idempotency-Key": "k"}),
+    ("zero quantity", {**GOOD, "items": [{"sku": "SKU-1", "quantity": 0}]}, {"Idempotency-Key": "k"}),
+    ("negative quantity", {**GOOD, "items": [{"sku": "SKU-1", "quantity": -1}]}, {"Idempotency-Key": "k"}),
+    ("string quantity", {**GOOD, "items": [{"sku": "SKU-1", "quantity": "2"}]}, {"Idempotency-Key": "k"}),
+    ("float quantity", {**GOOD, "items": [{"sku": "SKU-1", "quantity": 1.5}]}, {"Idempotency-Key": "k"}),
+    ("huge quantity", {**GOOD, "items": [{"sku": "SKU-1", "quantity": 10**9}]}, {"Idempotency-Key": "k"}),
+    ("client amount", {**GOOD, "amount": 1}, {"Idempotency-Key": "k"}),
+    ("price in line", {**GOOD, "items": [{"sku": "SKU-1", "quantity": 1, "unit_price": 1}]},
+     {"Idempotency-Key": "k"}),
+    ("duplicate sku", {**GOOD, "items": [{"sku": "SKU-1", "quantity": 1}] * 2}, {"Idempotency-Key": "k"}),
+    ("too many lines", {**GOOD, "items": [{"sku": f"S{i}", "quantity": 1} for i in range(51)]},
+     {"Idempotency-Key": "k"}),
+    ("missing customer", {k: v for k, v in GOOD.items() if k != "customer_id"}, {"Idempotency-Key": "k"}),
+    ("huge customer", {**GOOD, "customer_id": "c" * 10_000}, {"Idempotency-Key": "k"}),
+    ("huge body", {**GOOD, "filler": "x" * 1_000_000}, {"Idempotency-Key": "k"}),
+    ("token with spaces", {**GOOD, "payment_token": "tok approve"}, {"Idempotency-Key": "k"}),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "headers"), BAD_REQUESTS, ids=[c for c, _, _ in BAD_REQUESTS])
+def test_bad_request_is_400_with_a_clear_error_and_writes_nothing(api, context, aws, case, body, headers):
+    tables = scan_all(aws)
+    status, payload, _ = call(api, context, "POST", "/orders", body, headers)
+    assert status == 400, payload
+    assert payload["error"] == "invalid request"
+    assert payload["details"]
+    assert all(d["problem"] for d in payload["details"])
+    assert scan_all(aws) == tables
+    assert executions() == []
+
+
+def test_unknown_sku_is_422_and_writes_nothing(api, context, aws):
+    tables = scan_all(aws)
+    body = {**GOOD, "items": [{"sku": "SKU-1", "quantity": 1}, {"sku": "NOPE", "quantity": 1}]}
+    status, payload, _ = call(api, context, "POST", "/orders", body, {"Idempotency-Key": "k"})
+    assert status == 422
+    assert payload["unknown_skus"] == ["NOPE"]
+    assert scan_all(aws) == tables
+
+
+def test_get_unknown_order_is_404(api, context):
+    status, payload, _ = call(api, context, "GET", "/orders/ord_doesnotexist")
+    assert status == 404
+    assert "not found" in payload["error"]
+
+
+def test_get_malformed_order_id_is_400(api, context):
+    status, _, _ = call(api, context, "GET", "/orders/" + "x" * 200)
+    assert status == 400
+
+
+def test_route_table_matches_the_template():
+    assert {(r.method, r.resource) for r in ROUTES} == {("POST", "/orders"), ("GET", "/orders/{order_id}")}
+    assert find_route(ROUTES, "DELETE", "/orders/x") is None
+    assert isinstance(find_route(ROUTES, "GET", "/orders/abc")[0], Route)
+
+
+def test_openapi_document_is_current(api):
+    """docs/openapi.json is generated from the resolver; regenerate with `make openapi`."""
+    from scripts.generate_openapi import document
+
+    committed = json.loads((ROOT / "docs/openapi.json").read_text())
+    assert committed == document()
+    assert set(committed["paths"]) == {"/orders", "/orders/{order_id}"}
+    post = committed["paths"]["/orders"]["post"]
+    assert {p["name"].lower() for p in post["parameters"]} == {"idempotency-key"}
+    assert {"202", "400", "409", "422"} <= set(post["responses"])
