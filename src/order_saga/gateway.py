@@ -127,7 +127,8 @@ class FakeGateway:
                 raise
             state = (self.entry(key) or {}).get("state")
             if state != state_to:
-                raise PaymentNotAuthorized(f"gateway: cannot go {state_from} -> {state_to}, payment is {state}") from exc
+                message = f"gateway: cannot go {state_from} -> {state_to}, payment is {state}"
+                raise PaymentNotAuthorized(message) from exc
 
 
 def gateway_from_env(client: Any) -> PaymentGateway:
