@@ -20,6 +20,7 @@ payments = Payments(_dynamodb, os.environ["PAYMENTS_TABLE"], gateway_from_env(_d
 
 @saga_step("AuthorizePayment")
 def lambda_handler(saga: SagaState, execution_id: str) -> SagaState:
+    orders.require_active(saga.order_id)
     _, total = saga.require_priced()
     reference = payments.authorize(saga.order_id, saga.payment_token, total, saga.currency or "USD", now_ms())
     orders.record_step(saga.order_id, "AuthorizePayment", now_ms())

@@ -22,6 +22,7 @@ payments = Payments(_dynamodb, os.environ["PAYMENTS_TABLE"], gateway_from_env(_d
 
 @saga_step("ConfirmOrder")
 def lambda_handler(saga: SagaState, execution_id: str) -> SagaState:
+    orders.require_active(saga.order_id)
     payments.capture(saga.order_id, now_ms())
     inventory.commit(saga.order_id, now_ms())
     orders.complete(saga.order_id, now_ms())

@@ -20,7 +20,7 @@ inventory = Inventory(_dynamodb, os.environ["INVENTORY_TABLE"])
 @saga_step("CreateOrder")
 def lambda_handler(saga: SagaState, execution_id: str) -> SagaState:
     lines, total, currency = inventory.price(saga.items)
-    order = orders.start(saga.order_id, lines, total, currency, now_ms())
+    order = orders.start(saga, execution_id, lines, total, currency, now_ms())
     # A repeat returns the pricing stored the first time, even if the catalog changed since.
     return saga.model_copy(update={
         "lines": [PricedLine(**line) for line in order["lines"]],

@@ -19,6 +19,7 @@ inventory = Inventory(_dynamodb, os.environ["INVENTORY_TABLE"])
 
 @saga_step("ReserveInventory")
 def lambda_handler(saga: SagaState, execution_id: str) -> SagaState:
+    orders.require_active(saga.order_id)
     lines, _ = saga.require_priced()
     inventory.reserve(saga.order_id, lines, now_ms())
     orders.record_step(saga.order_id, "ReserveInventory", now_ms())

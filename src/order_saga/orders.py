@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError
 from order_saga import models
 from order_saga.dynamo import from_ddb, is_condition_failure, raise_if_transient, to_ddb, values
 from order_saga.errors import OrderNotActive
-from order_saga.models import OrderRequest, PricedLine
+from order_saga.models import OrderRequest, PricedLine, SagaState
 
 # Order statuses (what the customer sees), next to the saga status (what the saga did).
 ORDER_RECEIVED = "RECEIVED"
@@ -64,17 +64,50 @@ class Orders:
             raise
         return True
 
-    def start(self, order_id: str, lines: list[PricedLine], total: int, currency: str, now: int) -> dict[str, Any]:
-        """CreateOrder: PENDING -> EXECUTING with the priced lines. A repeat returns the first pricing."""
+    def start(self, saga: SagaState, execution_id: str, lines: list[PricedLine], total: int, currency: str,
+              now: int) -> dict[str, Any]:
+        """CreateOrder: PENDING -> EXECUTING with the priced lines. A repeat returns the first pricing.
+
+        An execution started without the API (an operator's StartExecution) finds no
+        order: it is created here, EXECUTING, from the execution input.
+        """
+        priced = {"lines": [line.model_dump() for line in lines], "total": total, "currency": currency}
+        if self.get(saga.order_id) is None:
+            item = {
+                "order_id": saga.order_id, "customer_id": saga.customer_id,
+                "items": [line.model_dump() for line in saga.items], "status": ORDER_RECEIVED,
+                "saga_status": models.EXECUTING, "execution_arn": execution_id,
+                "steps": {"CreateOrder": {"status": "SUCCEEDED", "at": now}},
+                "created_at": now, "updated_at": now, **priced,
+            }
+            try:
+                self.client.put_item(TableName=self.table, Item=to_ddb(item),
+                                     ConditionExpression="attribute_not_exists(order_id)")
+                return item
+            except ClientError as exc:
+                if not is_condition_failure(exc):
+                    raise_if_transient(exc)
+                    raise
         return self._transition(
-            order_id,
+            saga.order_id,
             step="CreateOrder",
             expected=(models.PENDING,),
             done=(models.EXECUTING, models.COMPLETED),
             saga_status=models.EXECUTING,
             now=now,
-            extra={"lines": [line.model_dump() for line in lines], "total": total, "currency": currency},
+            extra=priced,
         )
+
+    def require_active(self, order_id: str) -> None:
+        """Refuse early (before any side effect) when the order is not EXECUTING.
+
+        The conditional writes are what guarantee it; this check only keeps a step
+        from acting at all on an order that is plainly finished or unknown.
+        """
+        order = self.get(order_id)
+        status = None if order is None else order.get("saga_status")
+        if status not in (models.EXECUTING, models.COMPLETED):
+            raise OrderNotActive(f"order {order_id} is {status or 'unknown'}; the saga is not executing")
 
     def record_step(self, order_id: str, step: str, now: int) -> None:
         """Log a forward step's success while the saga is executing. A repeat is a no-op."""

@@ -8,6 +8,7 @@ class name is the error the state machine catches.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -65,8 +66,18 @@ def failed_forward_step(saga: SagaState) -> tuple[str, str, str | None]:
     for step in FORWARD_STEPS:
         if step in saga.failures:
             failure = saga.failures[step]
-            return step, failure.error, failure.cause
+            return step, failure.error, _message(failure.cause)
     return "Unknown", "Unknown", None
+
+
+def _message(cause: str | None) -> str | None:
+    """A Lambda failure's Cause is its error JSON (with a stack trace): keep the errorMessage."""
+    if cause and cause.startswith("{"):
+        try:
+            return str(json.loads(cause).get("errorMessage", cause))
+        except (ValueError, AttributeError):
+            return cause
+    return cause
 
 
 def compensate(orders: Any, saga: SagaState, name: str, undo: Callable[[], None]) -> SagaState:

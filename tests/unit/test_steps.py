@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from order_saga.models import PricedLine
 from tests.unit.conftest import scan_all
 from tests.unit.helpers import invoke, ledger, new_saga, order, payment, stock
 
@@ -140,8 +141,9 @@ def test_release_before_reserve_leaves_a_tombstone_that_blocks_a_late_reservatio
     assert stock(aws, "SKU-1") == (10, 0, 0)
     from order_saga.errors import ReservationReleased
 
-    with pytest.raises(ReservationReleased):  # the timed-out ReserveInventory arriving late
-        invoke(handlers("reserve_inventory"), context, saga)
+    module = handlers("reserve_inventory")
+    with pytest.raises(ReservationReleased):  # the timed-out ReserveInventory, past its order check, lands late
+        module.inventory.reserve("ord_1", [PricedLine(**line) for line in saga["lines"]], 2)
     assert stock(aws, "SKU-1") == (10, 0, 0)
 
 
@@ -150,8 +152,9 @@ def test_void_before_authorize_blocks_a_late_authorization(aws, handlers, contex
     invoke(handlers("void_payment"), context, fail_at(saga, "AuthorizePayment"))
     from order_saga.errors import PaymentVoided
 
-    with pytest.raises(PaymentVoided):
-        invoke(handlers("authorize_payment"), context, saga)
+    module = handlers("authorize_payment")
+    with pytest.raises(PaymentVoided):  # the timed-out AuthorizePayment, past its order check, lands late
+        module.payments.authorize("ord_1", "tok_approve", saga["total"], "USD", 2)
     assert ledger(aws) is None  # the gateway was never called
 
 
@@ -214,3 +217,29 @@ def test_malformed_step_event_is_rejected(aws, handlers, context):
 
     with pytest.raises(ValidationError):
         handlers("create_order").lambda_handler({"saga": {"order_id": "x"}}, context)
+
+
+def test_create_order_creates_a_missing_order_from_the_execution_input(aws, handlers, context):
+    """An execution started without the API (an operator's StartExecution) still gets its order."""
+    saga = {"order_id": "ord_direct", "customer_id": "cust-9", "items": [{"sku": "SKU-2", "quantity": 1}],
+            "payment_token": "tok_approve"}
+    module = handlers("create_order")
+    out = invoke(module, context, saga)
+    tables = scan_all(aws)
+    assert invoke(module, context, saga) == out
+    assert scan_all(aws) == tables
+    item = order(aws, "ord_direct")
+    assert (item["saga_status"], item["total"]) == ("EXECUTING", 4000)
+
+
+@pytest.mark.parametrize("name", ["reserve_inventory", "authorize_payment", "confirm_order"])
+def test_forward_step_on_an_unknown_order_fails_before_any_side_effect(aws, handlers, context, name):
+    from order_saga.errors import OrderNotActive
+
+    saga = {"order_id": "ord_ghost", "customer_id": "c", "items": [{"sku": "SKU-1", "quantity": 1}],
+            "payment_token": "tok_approve", "lines": [{"sku": "SKU-1", "quantity": 1, "unit_price": 1250}],
+            "total": 1250, "currency": "USD"}
+    tables = scan_all(aws)
+    with pytest.raises(OrderNotActive):
+        invoke(handlers(name), context, saga)
+    assert scan_all(aws) == tables
