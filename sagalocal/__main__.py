@@ -1,0 +1,5 @@
+import sys
+
+from sagalocal.cli import main
+
+sys.exit(main())
