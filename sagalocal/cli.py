@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from sagalocal.stack import LocalStack, StackError
 from sagalocal.template import TemplateError

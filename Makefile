@@ -1,0 +1,49 @@
+# The two commands: `make run` (the main job) and `make test`. Both create .venv by themselves.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cksum < requirements-dev.txt | cut -d' ' -f1)
+
+.PHONY: run up test test-unit test-stack lint openapi build bench clean venv
+
+venv: $(STAMP)
+
+$(STAMP): requirements-dev.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@# The project's own packages (src/order_saga, sagalocal) on the venv's path, without a build step.
+	$(PY) -c "import pathlib, site; pathlib.Path(site.getsitepackages()[0], 'order-saga.pth').write_text('$(CURDIR)/src\n$(CURDIR)\n')"
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+run: venv  ## Place the sample orders through the saga on the embedded local stack
+	$(PY) -m sagalocal run
+
+up: venv  ## Serve the stack on 127.0.0.1:3000 until Ctrl-C
+	$(PY) -m sagalocal up
+
+test: venv  ## Every test: unit (moto) and the embedded local stack
+	$(PY) -m pytest
+
+test-unit: venv
+	$(PY) -m pytest tests/unit
+
+test-stack: venv
+	$(PY) -m pytest tests/stack
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/cfn-lint template.yaml
+	SAM_CLI_TELEMETRY=0 $(VENV)/bin/sam validate --lint
+
+openapi: venv  ## Regenerate docs/openapi.json from the API's resolver
+	$(PY) scripts/generate_openapi.py
+
+build: venv  ## sam build (needs python3.13 on PATH, e.g. PYENV_VERSION=3.13.0:3.11.7)
+	SAM_CLI_TELEMETRY=0 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" sam build
+
+bench: venv  ## Local stack against the floor (handlers called directly)
+	$(PY) bench/local_vs_direct.py
+
+clean:
+	rm -rf $(VENV) .aws-sam .local .pytest_cache .ruff_cache
