@@ -43,7 +43,7 @@ def make_stack(args: argparse.Namespace, api_port: int | None) -> LocalStack:
         raise UsageError(f"no template at {template}")
     return LocalStack(template, api_port=api_port, endpoint_port=getattr(args, "endpoint_port", None),
                       parameter_overrides=parse_overrides(args.parameter_overrides or []),
-                      max_workers=args.workers)
+                      max_workers=args.workers, schedule_seconds=getattr(args, "schedule_seconds", None))
 
 
 def seed_catalog(stack: LocalStack, events_dir: Path) -> int:
@@ -81,6 +81,9 @@ def cmd_up(args: argparse.Namespace) -> int:
               f" any credentials)")
         for key, value in stack.outputs.items():
             print(f"  {key:<30} {value}")
+        for schedule in stack.describe()["schedules"]:
+            print(f"  schedule      {schedule['function']} {schedule['expression']} (locally every "
+                  f"{schedule['every_seconds']} s; on demand: python -m sagalocal trigger {schedule['function']})")
         if stack.skipped:
             print("  not emulated: " + ", ".join(f"{k} ({v})" for k, v in sorted(stack.skipped.items())))
         print("Logs of each function: .local/logs/<Function>.log. Ctrl-C to stop.", flush=True)
@@ -184,6 +187,27 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_trigger(args: argparse.Namespace) -> int:
+    """Run a scheduled function now, on a running `up` stack, with the event EventBridge would send."""
+    import boto3
+
+    from sagalocal.stack import Schedule
+
+    lam = boto3.client("lambda", endpoint_url=_endpoint(args), region_name=args.region,
+                       aws_access_key_id="local", aws_secret_access_key="local")  # noqa: S106
+    name = args.function
+    if STATE_FILE.is_file() and not args.endpoint:
+        known = json.loads(STATE_FILE.read_text())["functions"]
+        if name not in known:
+            raise UsageError(f"unknown function {name!r}; the template defines: {', '.join(known)}")
+    event = Schedule(name, "trigger", "on demand", None).event(args.region, "123456789012")
+    names = {fn["FunctionName"].rsplit("-", 1)[-1]: fn["FunctionName"] for fn in lam.list_functions()["Functions"]}
+    physical = names.get(name, name)
+    response = lam.invoke(FunctionName=physical, Payload=json.dumps(event).encode())
+    print(json.dumps(json.loads(response["Payload"].read() or b"null"), indent=2))
+    return 1 if response.get("FunctionError") else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sagalocal", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -202,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--endpoint-port", type=int, default=None, help="AWS endpoint port (default: a free one)")
     up.add_argument("--ready-file", help="write the stack's endpoints and outputs here (JSON) once it serves")
     up.add_argument("--no-seed", action="store_true", help="do not load events/catalog.json")
+    up.add_argument("--schedule-seconds", type=float, default=None,
+                    help="run every scheduled function this often instead of its template rate")
     up.set_defaults(func=cmd_up)
 
     run = sub.add_parser("run", help="place the sample orders of events/scenarios.json and check each outcome")
@@ -224,6 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     hist.add_argument("--endpoint", help="AWS endpoint (default: the running `up` stack)")
     hist.add_argument("--region", default="us-east-1")
     hist.set_defaults(func=cmd_history)
+
+    trigger = sub.add_parser("trigger", help="run a scheduled function now, on a running `up` stack")
+    trigger.add_argument("function", help="logical id (e.g. ReaperFunction)")
+    trigger.add_argument("--endpoint", help="AWS endpoint (default: the running `up` stack)")
+    trigger.add_argument("--region", default="us-east-1")
+    trigger.set_defaults(func=cmd_trigger)
     return parser
 
 

@@ -87,6 +87,7 @@ class LocalStack:
     region: str = "us-east-1"
     log_dir: Path | None = None
     warm: bool = True
+    schedule_seconds: float | None = None  # run every Schedule event this often instead of its own rate
 
     def __post_init__(self) -> None:
         self.template_path = Path(self.template_path).resolve()
@@ -103,6 +104,8 @@ class LocalStack:
         self.state_machines: dict[str, str] = {}
         self._server: Any = None
         self._http: Any = None
+        self.schedules: list[Schedule] = []
+        self._stopping = threading.Event()
 
     # ---- lifecycle ---------------------------------------------------------
     @property
@@ -134,6 +137,8 @@ class LocalStack:
                 from sagalocal.http import serve_api
 
                 self._http = serve_api(self, self.api_port)
+            if self.schedules:
+                threading.Thread(target=self._run_schedules, name="sagalocal-schedules", daemon=True).start()
             if self.warm:
                 # Warm every function before serving, so no task's timeout pays for imports.
                 threads = [threading.Thread(target=_warm_quietly, args=(pool,), daemon=True)
@@ -148,6 +153,7 @@ class LocalStack:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
@@ -398,6 +404,9 @@ class LocalStack:
                             log_path=self.log_dir / f"{logical_id}.log")  # type: ignore[operator]
         self.pools[logical_id] = WorkerPool(spec, self._worker_environment(), self.max_workers)
         self.functions_by_name[name] = logical_id
+        for event_name, event in (props.get("Events") or {}).items():
+            if event.get("Type") in ("Schedule", "ScheduleV2"):
+                self.schedules.append(Schedule.parse(logical_id, event_name, event.get("Properties") or {}))
         self.template.refs[logical_id] = name
         self.template.attrs[(logical_id, "Arn")] = arn
 
@@ -474,10 +483,67 @@ class LocalStack:
             outputs["ApiUrl"] = self.api_url
         return outputs
 
+    def _run_schedules(self) -> None:
+        """Invoke each scheduled function on its rate (or every `schedule_seconds`), until the stack stops."""
+        import time
+
+        due = {id(s): time.monotonic() + (self.schedule_seconds or s.period or 0) for s in self.schedules}
+        while not self._stopping.wait(0.1):
+            for schedule in self.schedules:
+                period = self.schedule_seconds or schedule.period
+                if not schedule.enabled or period is None or time.monotonic() < due[id(schedule)]:
+                    continue
+                due[id(schedule)] = time.monotonic() + period
+                event = schedule.event(self.region, self.template.account)
+                threading.Thread(target=self._invoke_scheduled, args=(schedule, event), daemon=True).start()
+
+    def _invoke_scheduled(self, schedule: Schedule, event: dict[str, Any]) -> None:
+        try:
+            result = self.pools[schedule.function].invoke(event)
+            if result.error:
+                log.warning("scheduled %s failed: %s", schedule.function, result.payload.get("errorMessage"))
+        except Exception as exc:  # noqa: BLE001 - the next tick tries again, as EventBridge would
+            if not self._stopping.is_set():
+                log.warning("scheduled %s failed: %s", schedule.function, exc)
+
     def describe(self) -> dict[str, Any]:
         return {"endpoint": self.endpoint, "api": self.api_url, "region": self.region,
                 "outputs": self.outputs, "functions": sorted(self.pools),
+                "schedules": [{"function": s.function, "expression": s.expression,
+                               "every_seconds": self.schedule_seconds or s.period} for s in self.schedules],
                 "not_emulated": {k: v for k, v in sorted(self.skipped.items())}}
+
+
+@dataclass
+class Schedule:
+    function: str
+    name: str
+    expression: str
+    period: float | None  # seconds, for rate(); None for cron() (run on demand only)
+    enabled: bool = True
+
+    @classmethod
+    def parse(cls, function: str, name: str, props: dict[str, Any]) -> Schedule:
+        expression = str(props.get("Schedule") or props.get("ScheduleExpression") or "")
+        match = re.fullmatch(r"rate\((\d+) (minute|minutes|hour|hours|day|days)\)", expression)
+        if match:
+            unit = {"minute": 60, "hour": 3600, "day": 86400}[match.group(2).rstrip("s")]
+            period: float | None = int(match.group(1)) * unit
+        elif expression.startswith("cron("):
+            period = None
+        else:
+            raise StackError(f"Resources.{function}.Properties.Events.{name}.Properties.Schedule: "
+                             f"{expression!r} is not a rate() or cron() expression")
+        return cls(function, name, expression, period, props.get("Enabled", True) not in (False, "false"))
+
+    def event(self, region: str, account: str) -> dict[str, Any]:
+        """The event EventBridge delivers for a schedule."""
+        import datetime
+        import uuid
+
+        return {"version": "0", "id": str(uuid.uuid4()), "detail-type": "Scheduled Event",
+                "source": "aws.events", "account": account, "region": region, "resources": [],
+                "time": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "detail": {}}
 
 
 class _NotYet(Exception):

@@ -29,6 +29,7 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 )
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from order_saga.config import Timing
 from order_saga.dynamo import now_ms
 from order_saga.inventory import Inventory
 from order_saga.models import OrderAccepted, OrderDocument, OrderRequest, ProblemBody
@@ -39,8 +40,9 @@ tracer = Tracer()
 metrics = Metrics()
 
 _dynamodb = boto3.client("dynamodb")
+TIMING = Timing.from_env()
 _sfn = boto3.client("stepfunctions")
-orders = Orders(_dynamodb, os.environ["ORDERS_TABLE"])
+orders = Orders(_dynamodb, os.environ["ORDERS_TABLE"], TIMING)
 inventory = Inventory(_dynamodb, os.environ["INVENTORY_TABLE"])
 STATE_MACHINE_ARN = os.environ["STATE_MACHINE_ARN"]
 idempotency = IdempotencyConfig(

@@ -13,14 +13,16 @@ import os
 
 import boto3
 
+from order_saga.config import Timing
 from order_saga.dynamo import now_ms
 from order_saga.models import SagaState
 from order_saga.orders import Orders
 from order_saga.step import count, logger, saga_step
 
 _dynamodb = boto3.client("dynamodb")
+TIMING = Timing.from_env()
 _sqs = boto3.client("sqs")
-orders = Orders(_dynamodb, os.environ["ORDERS_TABLE"])
+orders = Orders(_dynamodb, os.environ["ORDERS_TABLE"], TIMING)
 QUEUE_URL = os.environ["PARKED_SAGAS_QUEUE_URL"]
 
 

@@ -48,6 +48,18 @@ class PaymentNotAuthorized(BusinessError):
     """Capture was asked for a payment that holds no authorization."""
 
 
+class OrderLocked(BusinessError):
+    """Another execution holds the order's lease: this execution is refused and changes nothing."""
+
+
+class LeaseLost(BusinessError):
+    """This execution no longer holds the order's lease (it expired, or the reaper took the order over)."""
+
+
+class ReservationExpired(BusinessError):
+    """The reservation outlived its expiry before ConfirmOrder could commit it."""
+
+
 class PaymentGatewayUnavailable(TransientError):
     """The payment gateway failed temporarily (timeout, 5xx, throttling)."""
 

@@ -2,7 +2,11 @@
 
 Keys (one table):
   pk = "SKU#<sku>",     sk = "STOCK"        name, price, currency, available, reserved, sold
-  pk = "ORDER#<id>",    sk = "RESERVATION"  lines, status RESERVED | COMMITTED | RELEASED
+  pk = "ORDER#<id>",    sk = "RESERVATION"  lines, status RESERVED | COMMITTED | RELEASED, expires_at
+
+A RESERVED reservation carries `expiring` = "RESERVED" and `expires_at`, the keys of the
+sparse index ExpiringReservations: the reaper returns expired ones to stock, and
+ConfirmOrder cannot commit one that has expired.
 
 For every sku, available + reserved + sold never changes except by restocking,
 and every change happens in one transaction with the reservation's status change,
@@ -17,7 +21,15 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from order_saga.dynamo import from_ddb, is_condition_failure, raise_if_transient, to_ddb, values
-from order_saga.errors import ConcurrentUpdate, InsufficientStock, ReservationReleased, StoreThrottled, UnknownItem
+from order_saga.errors import (
+    ConcurrentUpdate,
+    InsufficientStock,
+    LeaseLost,
+    ReservationExpired,
+    ReservationReleased,
+    StoreThrottled,
+    UnknownItem,
+)
 from order_saga.models import OrderLine, PricedLine
 
 RESERVED = "RESERVED"
@@ -79,14 +91,19 @@ class Inventory:
         resp = self.client.get_item(TableName=self.table, Key=reservation_key(order_id), ConsistentRead=True)
         return from_ddb(resp["Item"]) if "Item" in resp else None
 
-    def reserve(self, order_id: str, lines: list[PricedLine], now: int) -> None:
-        """ReserveInventory: take every line's quantity from available into reserved, atomically."""
+    def reserve(self, order_id: str, lines: list[PricedLine], now: int, ttl_ms: int,
+                guard: dict[str, Any] | None = None) -> None:
+        """ReserveInventory: take every line's quantity from available into reserved, atomically.
+
+        `guard` (the order's lease check) joins the transaction: without the lease, nothing lands.
+        """
         existing = self.reservation(order_id)
         if existing is not None:
             self._check_reserved(order_id, existing)
             return
         reservation = {"pk": f"ORDER#{order_id}", "sk": "RESERVATION", "order_id": order_id,
-                       "status": RESERVED, "lines": [line.model_dump() for line in lines], "reserved_at": now}
+                       "status": RESERVED, "lines": [line.model_dump() for line in lines], "reserved_at": now,
+                       "expires_at": now + ttl_ms, "expiring": RESERVED}
         ops: list[dict[str, Any]] = [{"Put": {
             "TableName": self.table, "Item": to_ddb(reservation),
             "ConditionExpression": "attribute_not_exists(pk)",
@@ -98,6 +115,8 @@ class Inventory:
                 "ConditionExpression": "available >= :q",
                 "ExpressionAttributeValues": values(q=line.quantity),
             }})
+        if guard is not None:
+            ops.append(guard)
         try:
             self.client.transact_write_items(TransactItems=ops)
         except ClientError as exc:
@@ -105,11 +124,14 @@ class Inventory:
             if not reasons:
                 raise_if_transient(exc)
                 raise
+            if guard is not None and reasons[-1] == "ConditionalCheckFailed":
+                raise LeaseLost(f"order {order_id}: the lease was lost; the reservation did not land") from exc
             if reasons[0] == "ConditionalCheckFailed":
                 # Another attempt of this step (or its compensation) wrote the reservation first.
                 self._check_reserved(order_id, self.reservation(order_id) or {})
                 return
-            short = [lines[i - 1].sku for i, code in enumerate(reasons) if i and code == "ConditionalCheckFailed"]
+            short = [lines[i - 1].sku for i, code in enumerate(reasons[:len(lines) + 1])
+                     if i and code == "ConditionalCheckFailed"]
             if short:
                 raise InsufficientStock(f"not enough stock for: {', '.join(short)}") from exc
             if any(code in ("ThrottlingError", "TransactionConflict", "ProvisionedThroughputExceeded")
@@ -123,14 +145,34 @@ class Inventory:
             return
         raise ReservationReleased(f"the reservation of order {order_id} was released; it cannot be taken again")
 
-    def commit(self, order_id: str, now: int) -> None:
-        """ConfirmOrder: the reserved units become sold. A repeat is a no-op."""
+    def commit(self, order_id: str, now: int, guard: dict[str, Any] | None = None) -> None:
+        """ConfirmOrder: the reserved units become sold, unless the reservation expired. A repeat is a no-op."""
         reservation = self.reservation(order_id)
         if reservation is None or reservation["status"] == RELEASED:
             raise ReservationReleased(f"order {order_id} holds no reservation to commit")
         if reservation["status"] == COMMITTED:
             return
-        self._move(order_id, reservation, RESERVED, COMMITTED, "reserved", "sold", now)
+        if reservation.get("expires_at", now + 1) <= now:
+            raise ReservationExpired(f"the reservation of order {order_id} expired at {reservation['expires_at']}")
+        self._move(order_id, reservation, RESERVED, COMMITTED, "reserved", "sold", now, guard=guard,
+                   unexpired=True)
+
+    def expired(self, now: int, limit: int = 100) -> list[dict[str, Any]]:
+        """RESERVED reservations past their expiry (index ExpiringReservations), oldest first."""
+        resp = self.client.query(
+            TableName=self.table, IndexName="ExpiringReservations", Limit=limit,
+            KeyConditionExpression="expiring = :reserved AND expires_at < :now",
+            ExpressionAttributeValues=values(reserved=RESERVED, now=now),
+        )
+        return [from_ddb(item) for item in resp.get("Items", [])]
+
+    def release_expired(self, reservation: dict[str, Any], now: int) -> bool:
+        """The reaper: return an expired reservation's stock. Exactly once, however many reapers run."""
+        try:
+            return self._move(reservation["order_id"], reservation, RESERVED, RELEASED, "reserved", "available",
+                              now, expired=True)
+        except ConcurrentUpdate:
+            return False  # committed or released meanwhile: not ours to return
 
     def release(self, order_id: str, now: int) -> None:
         """ReleaseInventory: return reserved (or committed) units to available. A repeat is a no-op.
@@ -160,11 +202,18 @@ class Inventory:
             self._move(order_id, reservation, COMMITTED, RELEASED, "sold", "available", now)
 
     def _move(self, order_id: str, reservation: dict[str, Any], status_from: str, status_to: str,
-              field_from: str, field_to: str, now: int) -> None:
+              field_from: str, field_to: str, now: int, guard: dict[str, Any] | None = None,
+              unexpired: bool = False, expired: bool = False) -> bool:
+        """Move the reservation and its stock in one transaction. False if it had already moved there."""
+        condition = "#status = :from"
+        if unexpired:
+            condition += " AND expires_at > :now"
+        if expired:
+            condition += " AND expires_at < :now"
         ops: list[dict[str, Any]] = [{"Update": {
             "TableName": self.table, "Key": reservation_key(order_id),
-            "UpdateExpression": "SET #status = :to, updated_at = :now",
-            "ConditionExpression": "#status = :from",
+            "UpdateExpression": "SET #status = :to, updated_at = :now REMOVE expiring",
+            "ConditionExpression": condition,
             "ExpressionAttributeNames": {"#status": "status"},
             "ExpressionAttributeValues": values(to=status_to, now=now, **{"from": status_from}),
         }}]
@@ -175,19 +224,26 @@ class Inventory:
                 "ConditionExpression": f"{field_from} >= :q",
                 "ExpressionAttributeValues": values(q=line["quantity"]),
             }})
+        if guard is not None:
+            ops.append(guard)
         try:
             self.client.transact_write_items(TransactItems=ops)
         except ClientError as exc:
             reasons = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
+            if guard is not None and reasons and reasons[-1] == "ConditionalCheckFailed":
+                raise LeaseLost(f"order {order_id}: the lease was lost; the reservation did not move") from exc
             if reasons and reasons[0] == "ConditionalCheckFailed":
                 # A concurrent attempt moved it first; done if it reached the same status.
                 current = self.reservation(order_id) or {}
                 if current.get("status") == status_to:
-                    return
+                    return False
                 if status_to == COMMITTED:
+                    if current.get("status") == RESERVED:
+                        raise ReservationExpired(f"the reservation of order {order_id} expired") from exc
                     raise ReservationReleased(f"the reservation of order {order_id} was released") from exc
                 if current.get("status") == RELEASED:
-                    return
+                    return False
                 raise ConcurrentUpdate(f"reservation of order {order_id} changed under {status_to}") from exc
             raise_if_transient(exc)
             raise
+        return True

@@ -75,6 +75,8 @@ class SagaState(BaseModel):
     lines: list[PricedLine] | None = None  # added by CreateOrder
     total: int | None = None  # added by CreateOrder, minor units
     currency: str | None = None
+    fence: int | None = None  # added by CreateOrder: the lease's fencing token
+    deadline_at: int | None = None  # added by CreateOrder: the saga's deadline (epoch ms)
     authorization: str | None = None  # added by AuthorizePayment (gateway reference)
     failures: dict[str, StepFailure] = Field(default_factory=dict)  # added by Catch
     outcome: Outcome | None = None  # added by CancelOrder: the error the execution ends with

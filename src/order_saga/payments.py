@@ -16,7 +16,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from order_saga.dynamo import from_ddb, is_condition_failure, raise_if_transient, to_ddb, values
-from order_saga.errors import ConcurrentUpdate, PaymentDeclined, PaymentNotAuthorized, PaymentVoided
+from order_saga.errors import ConcurrentUpdate, LeaseLost, PaymentDeclined, PaymentNotAuthorized, PaymentVoided
 from order_saga.gateway import PaymentGateway
 
 AUTHORIZING = "AUTHORIZING"
@@ -39,11 +39,16 @@ class Payments:
         resp = self.client.get_item(TableName=self.table, Key=to_ddb({"payment_id": order_id}), ConsistentRead=True)
         return from_ddb(resp["Item"]) if "Item" in resp else None
 
-    def authorize(self, order_id: str, token: str, amount: int, currency: str, now: int) -> str:
-        """AuthorizePayment. Returns the gateway's reference; a repeat returns the same one."""
+    def authorize(self, order_id: str, token: str, amount: int, currency: str, now: int,
+                  guard: dict[str, Any] | None = None) -> str:
+        """AuthorizePayment. Returns the gateway's reference; a repeat returns the same one.
+
+        `guard` (the order's lease check) joins the intent write and the final write:
+        an authorization that returns after the lease was lost is voided at the gateway.
+        """
         payment = self.get(order_id)
         if payment is None:
-            created = self._write(order_id, None, AUTHORIZING, now, amount=amount, currency=currency)
+            created = self._write(order_id, None, AUTHORIZING, now, guard=guard, amount=amount, currency=currency)
             payment = {"status": AUTHORIZING} if created else (self.get(order_id) or {})
         status = payment.get("status")
         if status in (AUTHORIZED, CAPTURING, CAPTURED):
@@ -57,7 +62,12 @@ class Payments:
         except PaymentDeclined as exc:
             self._write(order_id, AUTHORIZING, DECLINED, now, reason=str(exc))
             raise
-        if not self._write(order_id, AUTHORIZING, AUTHORIZED, now, authorization=reference):
+        try:
+            landed = self._write(order_id, AUTHORIZING, AUTHORIZED, now, guard=guard, authorization=reference)
+        except LeaseLost:
+            self.gateway.void(order_id)  # this late authorization must not hold money
+            raise
+        if not landed:
             current = self.get(order_id) or {}
             if current.get("status") in (AUTHORIZED, CAPTURING, CAPTURED):
                 return str(current["authorization"])
@@ -66,15 +76,19 @@ class Payments:
             raise PaymentVoided(f"payment of order {order_id} was {current.get('status')} while authorizing")
         return reference
 
-    def capture(self, order_id: str, now: int) -> None:
-        """ConfirmOrder: take the authorized money. A repeat is a no-op."""
+    def capture(self, order_id: str, now: int, guard: dict[str, Any] | None = None) -> None:
+        """ConfirmOrder: take the authorized money. A repeat is a no-op.
+
+        The intent (CAPTURING) is written under the lease; once the gateway captured,
+        the fact is recorded whatever happened to the lease, and a compensation refunds it.
+        """
         payment = self.get(order_id) or {}
         status = payment.get("status")
         if status == CAPTURED:
             return
         if status == AUTHORIZED:
-            if not self._write(order_id, AUTHORIZED, CAPTURING, now):
-                return self.capture(order_id, now)
+            if not self._write(order_id, AUTHORIZED, CAPTURING, now, guard=guard):
+                return self.capture(order_id, now, guard)
             status = CAPTURING
         if status != CAPTURING:
             raise PaymentNotAuthorized(f"payment of order {order_id} is {status}; nothing to capture")
@@ -115,29 +129,41 @@ class Payments:
 
     refund = void
 
-    def _write(self, order_id: str, expected: str | None, status: str, now: int, **fields: Any) -> bool:
-        """Move the payment to `status` if it is `expected` (None: absent). False if the condition failed."""
+    def _write(self, order_id: str, expected: str | None, status: str, now: int,
+               guard: dict[str, Any] | None = None, **fields: Any) -> bool:
+        """Move the payment to `status` if it is `expected` (None: absent). False if that condition failed.
+
+        With `guard`, the write is a transaction with the order's lease check, and a
+        lost lease raises LeaseLost.
+        """
         fields = {"status": status, "updated_at": now, **fields}
+        if expected is None:
+            fields["created_at"] = now
         names = {f"#{k}": k for k in fields}
         vals = dict(fields)
         if expected is None:
-            fields["created_at"] = now
-            names["#created_at"] = "created_at"
-            vals["created_at"] = now
             condition = "attribute_not_exists(payment_id)"
         else:
             vals["expected"] = expected
             condition = "#status = :expected"
+        update = {
+            "TableName": self.table, "Key": to_ddb({"payment_id": order_id}),
+            "UpdateExpression": "SET " + ", ".join(f"#{k} = :{k}" for k in fields),
+            "ConditionExpression": condition,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values(**vals),
+        }
         try:
-            self.client.update_item(
-                TableName=self.table, Key=to_ddb({"payment_id": order_id}),
-                UpdateExpression="SET " + ", ".join(f"#{k} = :{k}" for k in fields),
-                ConditionExpression=condition,
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values(**vals),
-            )
+            if guard is None:
+                self.client.update_item(**update)
+            else:
+                self.client.transact_write_items(TransactItems=[{"Update": update}, guard])
         except ClientError as exc:
-            if is_condition_failure(exc):
+            reasons = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
+            if guard is not None and reasons and reasons[-1] == "ConditionalCheckFailed":
+                raise LeaseLost(f"order {order_id}: the lease was lost; the payment did not move to {status}") \
+                    from exc
+            if is_condition_failure(exc) or (reasons and reasons[0] == "ConditionalCheckFailed"):
                 return False
             raise_if_transient(exc)
             raise

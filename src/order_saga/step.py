@@ -80,14 +80,28 @@ def _message(cause: str | None) -> str | None:
     return cause
 
 
-def compensate(orders: Any, saga: SagaState, name: str, undo: Callable[[], None]) -> SagaState:
-    """Run compensation `name`: mark the saga COMPENSATING (once), undo the effect, log it."""
+def compensate(orders: Any, saga: SagaState, execution_id: str, name: str,
+               undo: Callable[[], None] | None) -> SagaState:
+    """Run compensation `name` under this execution's lease: mark the saga COMPENSATING (once), undo, log.
+
+    When another owner holds the order (the reaper took it over), it compensates:
+    this compensation is a no-op.
+    """
     from order_saga.dynamo import now_ms
 
+    lease = orders.compensation_lease(saga.order_id, execution_id, now_ms())
+    if lease is None:
+        logger.info("another owner compensates this order, or it is already compensated; nothing to do")
+        return saga
     failed, error, cause = failed_forward_step(saga)
-    if orders.begin_compensation(saga.order_id, failed, error, cause, now_ms()):
+    if orders.begin_compensation(lease, failed, error, cause, now_ms()):
         count("StepFailed", failed)
-    undo()
-    orders.record_compensation(saga.order_id, name, now_ms())
+    if undo is not None:
+        undo()
+    if name == "CancelOrder":
+        orders.cancel(lease, now_ms())
+        count("SagaCompensated", name)
+    else:
+        orders.record_compensation(lease, name, now_ms())
     count("CompensationRun", name)
     return saga

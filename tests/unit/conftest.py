@@ -48,6 +48,8 @@ def table_definitions() -> dict[str, dict[str, Any]]:
             "KeySchema": props["KeySchema"],
             "BillingMode": props["BillingMode"],
         }
+        if "GlobalSecondaryIndexes" in props:
+            defs[logical_id]["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
     return defs
 
 
@@ -64,6 +66,9 @@ def aws(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "order-saga")
     monkeypatch.setenv("PAYMENT_GATEWAY", "fake")
     monkeypatch.setenv("FAKE_GATEWAY_HANG_SECONDS", "0.2")
+    monkeypatch.setenv("LEASE_SECONDS", "20")
+    monkeypatch.setenv("SAGA_DEADLINE_SECONDS", "60")
+    monkeypatch.setenv("RESERVATION_TTL_SECONDS", "300")
     with mock_aws():
         client = boto3.client("dynamodb", region_name=REGION)
         for logical_id, definition in table_definitions().items():
@@ -90,11 +95,17 @@ def handlers(aws):
     return load
 
 
+# Every step renews its lease (a heartbeat), so a repeat moves lease_expires_at forward by design;
+# every other attribute of every item must be unchanged.
+HEARTBEAT = "lease_expires_at"
+
+
 def scan_all(client) -> dict[str, list[dict[str, Any]]]:
-    """Every item of every table, sorted: what a run-twice test compares."""
+    """Every item of every table, sorted, without the lease heartbeat: what a run-twice test compares."""
     out = {}
     for env in TABLES.values():
         table = os.environ[env]
-        items = client.scan(TableName=table, ConsistentRead=True)["Items"]
+        items = [{k: v for k, v in item.items() if k != HEARTBEAT}
+                 for item in client.scan(TableName=table, ConsistentRead=True)["Items"]]
         out[table] = sorted(items, key=lambda i: repr(sorted(i.items())))
     return out

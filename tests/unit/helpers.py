@@ -3,6 +3,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from order_saga.config import Timing
+from order_saga.dynamo import now_ms
 from order_saga.gateway import LEDGER_PREFIX
 from order_saga.models import OrderRequest
 from order_saga.orders import Orders
@@ -15,8 +17,12 @@ def new_saga(client: Any, order_id: str = "ord_1", items: list[dict] | None = No
     """What the API does before starting the execution: the PENDING order, and the execution input."""
     request = OrderRequest(customer_id="cust-1", items=items or [{"sku": "SKU-1", "quantity": 2}],
                            payment_token=token)
-    assert Orders(client, os.environ["ORDERS_TABLE"]).accept(order_id, request, EXECUTION, 1)
+    assert orders_of(client).accept(order_id, request, EXECUTION, now_ms())
     return {"order_id": order_id, **request.model_dump()}
+
+
+def orders_of(client: Any) -> Orders:
+    return Orders(client, os.environ["ORDERS_TABLE"], Timing.from_env())
 
 
 def invoke(module: Any, context: Any, saga: dict[str, Any]) -> dict[str, Any]:

@@ -143,7 +143,7 @@ def test_release_before_reserve_leaves_a_tombstone_that_blocks_a_late_reservatio
 
     module = handlers("reserve_inventory")
     with pytest.raises(ReservationReleased):  # the timed-out ReserveInventory, past its order check, lands late
-        module.inventory.reserve("ord_1", [PricedLine(**line) for line in saga["lines"]], 2)
+        module.inventory.reserve("ord_1", [PricedLine(**line) for line in saga["lines"]], 2, 300_000)
     assert stock(aws, "SKU-1") == (10, 0, 0)
 
 
@@ -238,7 +238,7 @@ def test_forward_step_on_an_unknown_order_fails_before_any_side_effect(aws, hand
 
     saga = {"order_id": "ord_ghost", "customer_id": "c", "items": [{"sku": "SKU-1", "quantity": 1}],
             "payment_token": "tok_approve", "lines": [{"sku": "SKU-1", "quantity": 1, "unit_price": 1250}],
-            "total": 1250, "currency": "USD"}
+            "total": 1250, "currency": "USD", "fence": 1, "deadline_at": 2**50}
     tables = scan_all(aws)
     with pytest.raises(OrderNotActive):
         invoke(handlers(name), context, saga)

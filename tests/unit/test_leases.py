@@ -1,0 +1,145 @@
+"""Leases, fencing and the reaper, on moto, with periods shortened through the environment."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from order_saga.errors import LeaseLost, OrderLocked
+from tests.unit.conftest import scan_all
+from tests.unit.helpers import EXECUTION, invoke, ledger, new_saga, order, orders_of, payment, stock
+
+OTHER = EXECUTION.replace(":ord_1", ":intruder")
+LEASE_S = 0.3
+
+
+@pytest.fixture
+def short(monkeypatch):
+    monkeypatch.setenv("LEASE_SECONDS", str(LEASE_S))
+    monkeypatch.setenv("RESERVATION_TTL_SECONDS", str(LEASE_S))
+
+
+def as_execution(module, context, saga, execution):
+    return module.lambda_handler({"saga": saga, "execution_id": execution}, context)
+
+
+def test_a_second_execution_is_refused_while_the_lease_is_live_and_changes_nothing(aws, handlers, context):
+    saga = new_saga(aws)
+    module = handlers("create_order")
+    mine = invoke(module, context, saga)
+    tables = scan_all(aws)
+    with pytest.raises(OrderLocked):
+        as_execution(module, context, saga, OTHER)
+    assert scan_all(aws) == tables
+    assert order(aws)["lease_owner"] == EXECUTION
+    assert mine["fence"] == 1
+
+
+def test_the_fence_only_increases(aws, handlers, context, short):
+    saga = invoke(handlers("create_order"), context, new_saga(aws))
+    time.sleep(LEASE_S + 0.1)
+    orders = orders_of(aws)
+    lease = orders.take_over(order(aws), "reaper:1", int(time.time() * 1000))
+    assert lease is not None
+    assert lease.fence == saga["fence"] + 1 == order(aws)["fence"]
+    assert orders.take_over(order(aws), "reaper:2", int(time.time() * 1000)) is None  # lease is live again
+
+
+def test_reaper_compensates_an_abandoned_saga_once(aws, handlers, context, short):
+    saga = new_saga(aws)
+    for name in ("create_order", "reserve_inventory", "authorize_payment"):
+        saga = invoke(handlers(name), context, saga)
+    assert stock(aws, "SKU-1") == (8, 2, 0)
+    time.sleep(LEASE_S + 0.1)  # the execution stopped: no more heartbeats
+    reaper = handlers("reaper")
+    first = reaper.lambda_handler({"source": "aws.events"}, context)
+    assert first["compensated"] == ["ord_1"]
+    assert stock(aws, "SKU-1") == (10, 0, 0)
+    assert payment(aws)["status"] == "VOIDED"
+    assert ledger(aws)["state"] == "VOIDED"
+    item = order(aws)
+    assert (item["status"], item["saga_status"]) == ("CANCELLED", "COMPENSATED")
+    assert item["lease_owner"].startswith("reaper:")
+    assert "active" not in item
+    tables = scan_all(aws)
+    second = reaper.lambda_handler({"source": "aws.events"}, context)
+    assert second == {"compensated": [], "released_reservations": [], "failed": []}
+    assert scan_all(aws) == tables
+
+
+def test_late_steps_of_the_old_execution_cannot_land_after_takeover(aws, handlers, context, short):
+    saga = new_saga(aws)
+    for name in ("create_order", "reserve_inventory"):
+        saga = invoke(handlers(name), context, saga)
+    time.sleep(LEASE_S + 0.1)
+    handlers("reaper").lambda_handler({}, context)
+    tables = scan_all(aws)
+    with pytest.raises(LeaseLost):
+        invoke(handlers("authorize_payment"), context, saga)
+    with pytest.raises(LeaseLost):
+        invoke(handlers("confirm_order"), context, saga)
+    assert scan_all(aws) == tables
+    assert ledger(aws) is None  # the gateway was never called
+    # Its own compensations find the reaper owns the order: no-ops.
+    out = invoke(handlers("release_inventory"), context, {**saga, "failures": {
+        "AuthorizePayment": {"Error": "LeaseLost", "Cause": "x"}}})
+    assert out["order_id"] == "ord_1"
+    assert scan_all(aws) == tables
+
+
+def test_authorization_answered_after_takeover_is_voided_at_the_gateway(aws, handlers, context, short):
+    saga = new_saga(aws)
+    for name in ("create_order", "reserve_inventory"):
+        saga = invoke(handlers(name), context, saga)
+    module = handlers("authorize_payment")
+    real_authorize = module.payments.gateway.authorize
+
+    def slow_gateway(*args, **kwargs):
+        reference = real_authorize(*args, **kwargs)
+        time.sleep(LEASE_S + 0.1)  # the gateway answers after the lease expired...
+        handlers("reaper").lambda_handler({}, context)  # ...and the reaper took over and compensated
+        return reference
+
+    module.payments.gateway.authorize = slow_gateway
+    with pytest.raises(LeaseLost):
+        invoke(module, context, saga)
+    assert ledger(aws)["state"] == "VOIDED"
+    assert payment(aws)["status"] == "VOIDED"
+    assert stock(aws, "SKU-1") == (10, 0, 0)
+
+
+def test_an_order_whose_execution_never_started_is_cancelled(aws, handlers, context, short):
+    new_saga(aws)  # the API wrote PENDING, then StartExecution never happened
+    time.sleep(LEASE_S + 0.1)
+    assert handlers("reaper").lambda_handler({}, context)["compensated"] == ["ord_1"]
+    assert order(aws)["saga_status"] == "COMPENSATED"
+
+
+def test_expired_reservation_returns_its_stock_exactly_once(aws, handlers, context, short, monkeypatch):
+    monkeypatch.setenv("LEASE_SECONDS", "60")  # the saga is alive; only its reservation expires
+    saga = new_saga(aws)
+    for name in ("create_order", "reserve_inventory"):
+        saga = invoke(handlers(name), context, saga)
+    time.sleep(LEASE_S + 0.1)
+    reaper = handlers("reaper")
+    assert reaper.lambda_handler({}, context)["released_reservations"] == ["ord_1"]
+    assert reaper.lambda_handler({}, context)["released_reservations"] == []
+    assert stock(aws, "SKU-1") == (10, 0, 0)
+    # The saga goes on: its authorization works, but ConfirmOrder cannot commit a released reservation.
+    saga = invoke(handlers("authorize_payment"), context, saga)
+    from order_saga.errors import ReservationReleased
+
+    with pytest.raises(ReservationReleased):
+        invoke(handlers("confirm_order"), context, saga)
+    assert stock(aws, "SKU-1") == (10, 0, 0)
+
+
+def test_two_reapers_never_both_take_one_order(aws, handlers, context, short):
+    new_saga(aws)
+    time.sleep(LEASE_S + 0.1)
+    orders = orders_of(aws)
+    seen = order(aws)
+    now = int(time.time() * 1000)
+    winners = [orders.take_over(seen, f"reaper:{n}", now) for n in range(2)]
+    assert [w is not None for w in winners] == [True, False]
