@@ -20,5 +20,8 @@ orders = Orders(_dynamodb, os.environ["ORDERS_TABLE"], TIMING)
 def lambda_handler(saga: SagaState, execution_id: str) -> SagaState:
     compensate(orders, saga, execution_id, "CancelOrder", None)
     failed, error, cause = failed_forward_step(saga)
-    # The SagaCompensated Fail state ends the execution with this error (ErrorPath/CausePath).
+    # The SagaCompensated Fail state ends the execution with this error (ErrorPath/CausePath). Step Functions
+    # refuses a custom error named States.*, so States.Timeout ends the execution as Saga.Timeout.
+    if error.startswith("States."):
+        error = "Saga." + error.removeprefix("States.")
     return saga.model_copy(update={"outcome": Outcome(error=error, cause=cause or f"{failed} failed")})

@@ -43,13 +43,13 @@ class Target:
         return boto3.client(service, **kwargs)
 
 
-def _start_embedded(workdir: Path) -> tuple[subprocess.Popen[bytes], Target]:
+def start_embedded(workdir: Path, *extra: str) -> tuple[subprocess.Popen[bytes], Target]:
     ready = workdir / "ready.json"
     port = free_port()
     log = open(workdir / "stack.log", "wb")  # noqa: SIM115 - closed with the process
     process = subprocess.Popen(
         [sys.executable, "-m", "sagalocal", "up", "--template", str(ROOT / "template.yaml"),
-         "--events", str(ROOT / "events"), "--port", str(port), "--ready-file", str(ready)],
+         "--events", str(ROOT / "events"), "--port", str(port), "--ready-file", str(ready), *extra],
         cwd=workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     deadline = time.monotonic() + START_TIMEOUT
@@ -72,17 +72,20 @@ def target(tmp_path_factory: pytest.TempPathFactory):
         yield Target(os.environ["SAGA_API_URL"].rstrip("/"), os.environ.get("SAGA_AWS_ENDPOINT"), outputs,
                      os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
         return
-    workdir = tmp_path_factory.mktemp("stack")
-    process, stack = _start_embedded(workdir)
+    process, stack = start_embedded(tmp_path_factory.mktemp("stack"))
     try:
         yield stack
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop(process)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 @pytest.fixture

@@ -79,7 +79,7 @@ def test_compensations_run_twice_leave_no_residue(aws, handlers, context, done, 
         assert entry["state"] == ("REFUNDED" if done == 4 else "VOIDED")
     else:
         assert entry is None or entry.get("state") in (None, "VOIDED")
-    assert saga["outcome"] == {"error": "States.Timeout", "cause": "test"}
+    assert saga["outcome"] == {"error": "Saga.Timeout", "cause": "test"}  # States.* is reserved for AWS
 
 
 def test_insufficient_stock_reserves_nothing(aws, handlers, context):

@@ -70,7 +70,7 @@ def test_every_state_has_a_comment():
 def test_every_task_timeout_is_at_least_its_functions_timeout():
     for name, state in TASKS.items():
         props = TEMPLATE.properties(function_of(state))
-        assert state["TimeoutSeconds"] >= int(props.get("Timeout", 3)), name
+        assert state["TimeoutSeconds"] >= int(TEMPLATE.resolve(props.get("Timeout", 3), name)), name
 
 
 def test_forward_steps_retry_only_transient_errors_and_catch_business_errors_then_all():
