@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum < requirements-dev.txt | cut -d' ' -f1)
 
-.PHONY: run up test test-unit test-stack lint openapi build bench clean venv
+.PHONY: run up test test-unit test-stack lint openapi docs build bench clean venv
 
 venv: $(STAMP)
 
@@ -38,6 +38,9 @@ lint: venv
 
 openapi: venv  ## Regenerate docs/openapi.json from the API's resolver
 	$(PY) scripts/generate_openapi.py
+
+docs: openapi  ## Regenerate the generated docs (OpenAPI, scenarios)
+	$(PY) scripts/generate_scenarios_doc.py
 
 build: venv  ## sam build (needs python3.13 on PATH, e.g. PYENV_VERSION=3.13.0:3.11.7)
 	SAM_CLI_TELEMETRY=0 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" sam build

@@ -41,6 +41,9 @@ def serve_api(stack: LocalStack, port: int) -> _Server:
                 self._send(413, {"Content-Type": "application/json"}, b'{"message":"Request Too Long"}')
                 return
             body = self.rfile.read(length) if length else None
+            if url.path.rstrip("/") == "/_sagalocal/faults":
+                self._faults(body)
+                return
             found = find_route(stack.routes, self.command, url.path)
             if found is None:
                 # API Gateway answers an unknown route with 403 Missing Authentication Token.
@@ -68,6 +71,24 @@ def serve_api(stack: LocalStack, port: int) -> _Server:
             raw = payload.get("body") or ""
             data = base64.b64decode(raw) if payload.get("isBase64Encoded") else str(raw).encode()
             self._send(int(payload["statusCode"]), out_headers, data)
+
+        def _faults(self, body: bytes | None) -> None:
+            """The fault-injection control endpoint (see sagalocal/faults.py)."""
+            from sagalocal.faults import Fault
+
+            json_type = {"Content-Type": "application/json"}
+            if self.command == "POST":
+                try:
+                    stack.faults.add(Fault.from_json(json.loads(body or b"null"), sorted(stack.pools)))
+                except (ValueError, TypeError) as exc:
+                    self._send(400, json_type, json.dumps({"error": str(exc)}).encode())
+                    return
+                self._send(201, json_type, json.dumps(stack.faults.rules()).encode())
+            elif self.command == "DELETE":
+                stack.faults.clear()
+                self._send(200, json_type, b"[]")
+            else:
+                self._send(200, json_type, json.dumps(stack.faults.rules()).encode())
 
         def _send(self, status: int, headers: dict[str, Any], data: bytes) -> None:
             self.send_response(status)

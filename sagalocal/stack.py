@@ -24,6 +24,7 @@ import boto3
 from botocore.config import Config
 
 from sagalocal.apigw import Route, routes_from_template
+from sagalocal.faults import Faults
 from sagalocal.template import Template, TemplateError
 from sagalocal.workers import FunctionSpec, WorkerPool
 
@@ -105,6 +106,7 @@ class LocalStack:
         self._server: Any = None
         self._http: Any = None
         self.schedules: list[Schedule] = []
+        self.faults = Faults()
         self._stopping = threading.Event()
 
     # ---- lifecycle ---------------------------------------------------------
@@ -208,10 +210,38 @@ class LocalStack:
             threading.Thread(target=self.pools[logical_id].invoke, args=(event,), daemon=True).start()
             response_headers["status"] = 202
             return b""
+        fault = self.faults.take(logical_id, event)
+        if fault is not None:
+            injected = self._inject(fault, logical_id, event)
+            if injected is not None:
+                response_headers["x-amz-function-error"] = "Unhandled"
+                return json.dumps(injected).encode()
         result = self.pools[logical_id].invoke(event)
         if result.error:
             response_headers["x-amz-function-error"] = "Unhandled"
         return json.dumps(result.payload).encode()
+
+    def _inject(self, fault: Any, logical_id: str, event: Any) -> dict[str, Any] | None:
+        """Apply a fault: an error payload to return, or None to go on and run the handler."""
+        import time
+
+        from moto.core.exceptions import JsonRESTError
+
+        if fault.action == "throttle":
+            error = JsonRESTError("TooManyRequestsException", "Rate Exceeded. (fault injected by sagalocal)")
+            error.code = 429
+            raise error
+        if fault.action == "error":
+            return {"errorType": fault.error_type, "errorMessage": fault.error_message}
+        if fault.action == "error-after":
+            self.pools[logical_id].invoke(event)  # the handler runs and writes; its answer is lost
+            return {"errorType": fault.error_type, "errorMessage": fault.error_message}
+        timeout = self.pools[logical_id].spec.timeout
+        if fault.delay_seconds >= timeout:
+            time.sleep(timeout)
+            return {"errorType": "Sandbox.Timedout", "errorMessage": f"Task timed out after {timeout:.2f} seconds"}
+        time.sleep(fault.delay_seconds)
+        return None
 
     def resolve_function(self, name_or_arn: str) -> str:
         name = name_or_arn.split(":function:")[-1].split(":")[0]

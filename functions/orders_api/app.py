@@ -7,7 +7,6 @@ key with the same body replays the first response; with another body it is 422.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from typing import Annotated, Any
@@ -32,7 +31,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from order_saga.config import Timing
 from order_saga.dynamo import now_ms
 from order_saga.inventory import Inventory
-from order_saga.models import OrderAccepted, OrderDocument, OrderRequest, ProblemBody
+from order_saga.models import OrderAccepted, OrderDocument, OrderRequest, ProblemBody, order_id_for
 from order_saga.orders import Orders, order_view
 
 logger = Logger()
@@ -65,10 +64,6 @@ OrderId = Annotated[str, Path(min_length=1, max_length=80, pattern=r"^[A-Za-z0-9
 
 class IdempotencyKeyReused(Exception):
     """The key already placed an order with a different body."""
-
-
-def order_id_for(key: str) -> str:
-    return "ord_" + hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 def error(status: int, message: str, **details: Any) -> Response[ProblemBody]:

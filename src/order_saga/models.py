@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -18,6 +19,11 @@ COMPENSATING = "COMPENSATING"
 COMPENSATED = "COMPENSATED"
 FAILED = "FAILED"
 SAGA_STATUSES = (PENDING, EXECUTING, COMPLETED, COMPENSATING, COMPENSATED, FAILED)
+
+
+def order_id_for(idempotency_key: str) -> str:
+    """The order id, and so the execution name, that an Idempotency-Key stands for."""
+    return "ord_" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
 
 
 class OrderLine(BaseModel):
