@@ -50,6 +50,7 @@ def load_handlers(stack: LocalStack) -> list:
         "PAYMENTS_TABLE": stack.outputs["PaymentsTableName"], "PAYMENT_GATEWAY": "fake",
         "POWERTOOLS_TRACE_DISABLED": "true", "POWERTOOLS_SERVICE_NAME": "order-saga",
         "POWERTOOLS_METRICS_NAMESPACE": "OrderSaga", "POWERTOOLS_LOG_LEVEL": "WARNING",
+        "LEASE_SECONDS": "20", "SAGA_DEADLINE_SECONDS": "60", "RESERVATION_TTL_SECONDS": "300",
     })
     modules = []
     for name in FORWARD:
@@ -61,13 +62,14 @@ def load_handlers(stack: LocalStack) -> list:
 
 
 def floor_once(stack: LocalStack, handlers: list) -> float:
+    from order_saga.config import Timing
     from order_saga.models import OrderRequest
     from order_saga.orders import Orders
 
     order_id = "ord_floor_" + uuid.uuid4().hex[:16]
-    orders = Orders(stack.client("dynamodb"), stack.outputs["OrdersTableName"])
+    orders = Orders(stack.client("dynamodb"), stack.outputs["OrdersTableName"], Timing.from_env())
     started = time.perf_counter()
-    orders.accept(order_id, OrderRequest(**ORDER), "arn:bench", 1)  # what the API writes
+    orders.accept(order_id, OrderRequest(**ORDER), "arn:bench", int(time.time() * 1000))  # what the API writes
     saga = {"order_id": order_id, **ORDER}
     for module in handlers:
         saga = module.lambda_handler({"saga": saga, "execution_id": "arn:bench:" + order_id}, Context())

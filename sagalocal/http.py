@@ -20,6 +20,7 @@ MAX_BODY = 10 * 1024 * 1024  # API Gateway's payload limit
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 1024  # the default backlog of 5 resets connections under a burst of clients
 
 
 def serve_api(stack: LocalStack, port: int) -> _Server:

@@ -23,6 +23,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
+from sagalocal import moto_patches
 from sagalocal.apigw import Route, routes_from_template
 from sagalocal.faults import Faults
 from sagalocal.template import Template, TemplateError
@@ -56,26 +57,6 @@ def check_port_free(port: int, what: str) -> None:
         except OSError as exc:
             raise StackError(f"port {port} on 127.0.0.1 is in use ({what}); stop what holds it or pass "
                              f"another port") from exc
-
-
-_dynamodb_lock = threading.Lock()
-
-
-def _serialize_dynamodb() -> None:
-    """moto's DynamoDB checks a condition, then writes, without a lock: under concurrent requests two
-    conditional writes could both pass. DynamoDB guarantees they cannot, so requests are serialized."""
-    from moto.dynamodb.responses import DynamoHandler
-
-    if getattr(DynamoHandler.call_action, "_sagalocal", False):
-        return
-    original = DynamoHandler.call_action
-
-    def call_action(self: Any) -> Any:
-        with _dynamodb_lock:
-            return original(self)
-
-    call_action._sagalocal = True  # type: ignore[attr-defined]
-    DynamoHandler.call_action = call_action  # type: ignore[method-assign]
 
 
 @dataclass
@@ -183,7 +164,7 @@ class LocalStack:
         default_user_config["lambda"]["use_docker"] = False
         default_user_config["stepfunctions"]["execute_state_machine"] = True
         self._install_lambda_seam()
-        _serialize_dynamodb()
+        moto_patches.install()
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.endpoint_port, verbose=False)
         self._server.start()
         logging.getLogger("werkzeug").setLevel(logging.ERROR)

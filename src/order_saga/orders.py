@@ -204,11 +204,12 @@ class Orders:
 
         A compensation may run after the lease expired (a slow rollback): it keeps the
         order as long as nobody took it over. An order no execution ever owned (its
-        CreateOrder failed before acquiring) is acquired here.
+        CreateOrder failed before acquiring) is acquired here. A parked (FAILED) saga is
+        redriven this way: an operator invokes the compensations with the parked state.
         """
         order = self.get(order_id)
-        if order is None or order.get("saga_status") in (models.COMPENSATED, models.FAILED):
-            return None
+        if order is None or order.get("saga_status") == models.COMPENSATED:
+            return None  # nothing to compensate, or already done: a no-op
         current = order.get("lease_owner")
         if current not in (None, owner):
             return None
@@ -287,12 +288,14 @@ class Orders:
                 TableName=self.table,
                 Key=to_ddb({"order_id": lease.order_id}),
                 UpdateExpression="SET saga_status = :new, steps.#step = :entry, updated_at = :now, active = :active",
-                ConditionExpression=("saga_status IN (:pending, :executing, :completed) "
+                # FAILED too: a parked saga's compensations, redriven by an operator, start over.
+                ConditionExpression=("saga_status IN (:pending, :executing, :completed, :failed) "
                                      "AND lease_owner = :owner AND fence = :fence"),
                 ExpressionAttributeNames={"#step": failed_step},
                 ExpressionAttributeValues=values(
                     new=models.COMPENSATING, entry=entry, now=now, active=ACTIVE, pending=models.PENDING,
-                    executing=models.EXECUTING, completed=models.COMPLETED, owner=lease.owner, fence=lease.fence),
+                    executing=models.EXECUTING, completed=models.COMPLETED, failed=models.FAILED,
+                    owner=lease.owner, fence=lease.fence),
             )
         except ClientError as exc:
             if is_condition_failure(exc):
@@ -304,7 +307,7 @@ class Orders:
     def record_compensation(self, lease: Lease, step: str, now: int) -> None:
         """Log a compensation's success while COMPENSATING. A repeat is a no-op."""
         self._transition(lease, step=step, expected=(models.COMPENSATING,),
-                         done=(models.COMPENSATED, models.FAILED), saga_status=models.COMPENSATING, now=now)
+                         done=(models.COMPENSATED,), saga_status=models.COMPENSATING, now=now)
 
     def cancel(self, lease: Lease, now: int) -> None:
         """CancelOrder: COMPENSATING -> COMPENSATED, order CANCELLED. A repeat is a no-op."""

@@ -143,3 +143,26 @@ def test_two_reapers_never_both_take_one_order(aws, handlers, context, short):
     now = int(time.time() * 1000)
     winners = [orders.take_over(seen, f"reaper:{n}", now) for n in range(2)]
     assert [w is not None for w in winners] == [True, False]
+
+
+def test_a_parked_saga_is_redriven_by_invoking_its_compensations(aws, handlers, context, monkeypatch):
+    """docs/operations.md: after ParkSaga, the compensations invoked with the parked state finish the rollback."""
+    import boto3
+
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    monkeypatch.setenv("PARKED_SAGAS_QUEUE_URL",
+                       sqs.create_queue(QueueName="parked.fifo", Attributes={"FifoQueue": "true"})["QueueUrl"])
+    saga = new_saga(aws)
+    for name in ("create_order", "reserve_inventory", "authorize_payment"):
+        saga = invoke(handlers(name), context, saga)
+    parked = {**saga, "failures": {"AuthorizePayment": {"Error": "States.Timeout", "Cause": "x"},
+                                   "VoidPayment": {"Error": "PaymentGatewayUnavailable", "Cause": "y"}}}
+    invoke(handlers("park_saga"), context, parked)
+    assert order(aws)["saga_status"] == "FAILED"
+    assert stock(aws, "SKU-1") == (8, 2, 0)
+    for name in ("void_payment", "release_inventory", "cancel_order"):  # the operator's redrive
+        invoke(handlers(name), context, parked)
+    item = order(aws)
+    assert (item["status"], item["saga_status"]) == ("CANCELLED", "COMPENSATED")
+    assert stock(aws, "SKU-1") == (10, 0, 0)
+    assert ledger(aws)["state"] == "VOIDED"

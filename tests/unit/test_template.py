@@ -76,7 +76,7 @@ def test_every_task_timeout_is_at_least_its_functions_timeout():
 def test_forward_steps_retry_only_transient_errors_and_catch_business_errors_then_all():
     transient = set(errors.TRANSIENT_ERROR_NAMES) | {
         "Lambda.ServiceException", "Lambda.AWSLambdaException", "Lambda.SdkClientException",
-        "Lambda.TooManyRequestsException"}
+        "Lambda.TooManyRequestsException", "Lambda.ClientExecutionTimeoutException"}
     business = {cls.__name__ for cls in vars(errors).values()
                 if isinstance(cls, type) and issubclass(cls, errors.BusinessError) and cls is not errors.BusinessError}
     for name in ("CreateOrder", "ReserveInventory", "AuthorizePayment", "ConfirmOrder"):
