@@ -44,11 +44,13 @@ compensation_fault = st.sampled_from([
     {"action": "throttle", "count": 1}, {"action": "error-after"},
     {"action": "throttle", "count": 4},  # spends the retry budget: the saga is parked
 ])
+# Weights by repetition (one_of picks a branch uniformly): about 60% no fault, 25% a forward fault,
+# 10% a compensation fault, 5% a timeout (the slowest kind: a 4 s Lambda timeout).
 fault = st.one_of(
-    st.none(), st.none(), st.none(), st.none(),
-    st.tuples(st.sampled_from(FORWARD), forward_fault),
-    st.tuples(st.sampled_from(("CreateOrder", "ReserveInventory")), timeout_fault),  # 4 s Lambda timeouts
-    st.tuples(st.sampled_from(COMPENSATIONS), compensation_fault),
+    *[st.none()] * 12,
+    *[st.tuples(st.sampled_from(FORWARD), forward_fault)] * 5,
+    *[st.tuples(st.sampled_from(COMPENSATIONS), compensation_fault)] * 2,
+    st.tuples(st.sampled_from(("CreateOrder", "ReserveInventory")), timeout_fault),
 )
 order = st.fixed_dictionaries({
     "lines": st.lists(st.tuples(st.integers(0, SKUS - 1), st.integers(1, 3)), min_size=1, max_size=SKUS,
@@ -57,7 +59,8 @@ order = st.fixed_dictionaries({
     "fault": fault,
     "duplicates": st.sampled_from([0] * 8 + [1, 2]),
 })
-batches = st.tuples(st.lists(st.integers(0, 20), min_size=SKUS, max_size=SKUS),
+# Stock from sold out to plenty: about 170 units are ordered per batch across the three items.
+batches = st.tuples(st.lists(st.sampled_from([0, 5, 20, 60, 100]), min_size=SKUS, max_size=SKUS),
                     st.lists(order, min_size=ORDERS_PER_BATCH, max_size=ORDERS_PER_BATCH))
 
 
