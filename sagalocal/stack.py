@@ -27,7 +27,7 @@ from sagalocal import moto_patches
 from sagalocal.apigw import Route, routes_from_template
 from sagalocal.faults import Faults
 from sagalocal.template import Template, TemplateError
-from sagalocal.workers import FunctionSpec, WorkerPool
+from sagalocal.workers import FunctionSpec, Throttled, WorkerPool
 
 log = logging.getLogger("sagalocal")
 
@@ -197,7 +197,10 @@ class LocalStack:
             if injected is not None:
                 response_headers["x-amz-function-error"] = "Unhandled"
                 return json.dumps(injected).encode()
-        result = self.pools[logical_id].invoke(event)
+        try:
+            result = self.pools[logical_id].invoke(event)
+        except Throttled as exc:
+            raise _throttle(str(exc)) from exc
         if result.error:
             response_headers["x-amz-function-error"] = "Unhandled"
         return json.dumps(result.payload).encode()
@@ -206,12 +209,8 @@ class LocalStack:
         """Apply a fault: an error payload to return, or None to go on and run the handler."""
         import time
 
-        from moto.core.exceptions import JsonRESTError
-
         if fault.action == "throttle":
-            error = JsonRESTError("TooManyRequestsException", "Rate Exceeded. (fault injected by sagalocal)")
-            error.code = 429
-            raise error
+            raise _throttle("Rate Exceeded. (fault injected by sagalocal)")
         if fault.action == "error":
             return {"errorType": fault.error_type, "errorMessage": fault.error_message}
         if fault.action == "error-after":
@@ -555,6 +554,15 @@ class Schedule:
         return {"version": "0", "id": str(uuid.uuid4()), "detail-type": "Scheduled Event",
                 "source": "aws.events", "account": account, "region": region, "resources": [],
                 "time": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "detail": {}}
+
+
+def _throttle(message: str) -> Exception:
+    """Lambda's TooManyRequestsException: the state machine sees Lambda.TooManyRequestsException."""
+    from moto.core.exceptions import JsonRESTError
+
+    error = JsonRESTError("TooManyRequestsException", message)
+    error.code = 429
+    return error
 
 
 class _NotYet(Exception):

@@ -23,6 +23,11 @@ from typing import Any
 from sagalocal.worker import read_message, write_message
 
 INIT_TIMEOUT_SECONDS = 60.0  # Lambda allows 10 s of init; a busy 2-core machine importing pydantic needs more
+ACQUIRE_TIMEOUT_SECONDS = 120.0  # waiting longer for a free worker is throttling, as Lambda reports it
+
+
+class Throttled(Exception):
+    """No worker became free in time: what Lambda reports as TooManyRequestsException."""
 
 
 @dataclass
@@ -132,6 +137,7 @@ class WorkerPool:
         return worker
 
     def _acquire(self) -> _Worker:
+        deadline = time.monotonic() + ACQUIRE_TIMEOUT_SECONDS
         with self._cond:
             while True:
                 if self._closed:
@@ -144,6 +150,9 @@ class WorkerPool:
                 if self._count < self.max_workers:
                     self._count += 1
                     break
+                if time.monotonic() > deadline:
+                    raise Throttled(f"{self.spec.logical_id}: all {self.max_workers} workers busy for "
+                                    f"{ACQUIRE_TIMEOUT_SECONDS:.0f} s")
                 self._cond.wait(timeout=1.0)
         try:
             return self._spawn()
