@@ -71,6 +71,18 @@ def history(sfn: Any, execution_arn: str) -> list[dict[str, Any]]:
             return events
 
 
+def running_executions(sfn: Any, state_machine_arn: str) -> set[str]:
+    """The ARNs of the state machine's RUNNING executions: one poll for many sagas."""
+    arns, token = set(), None
+    while True:
+        page = sfn.list_executions(stateMachineArn=state_machine_arn, statusFilter="RUNNING",
+                                   **({"nextToken": token} if token else {}))
+        arns |= {e["executionArn"] for e in page["executions"]}
+        token = page.get("nextToken")
+        if not token:
+            return arns
+
+
 def wait_for_execution(sfn: Any, execution_arn: str, timeout: float = 120.0, poll: float = 0.02) -> dict[str, Any]:
     """Poll DescribeExecution until the execution ends. Raises TimeoutError naming the last status seen."""
     deadline = time.monotonic() + timeout

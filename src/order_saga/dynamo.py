@@ -63,5 +63,16 @@ def raise_if_transient(exc: ClientError) -> None:
         raise StoreThrottled(f"DynamoDB: {error_code(exc)}") from exc
 
 
+def cancellation_reasons(exc: ClientError) -> list[str | None]:
+    """TransactWriteItems: the code for each item of a cancelled transaction, in order (None: it held)."""
+    return [r.get("Code") if r.get("Code") != "None" else None
+            for r in exc.response.get("CancellationReasons", [])]
+
+
+def guard_failed(reasons: list[str | None], guard: dict[str, Any] | None) -> bool:
+    """Whether the lease guard, always the transaction's last item, is what cancelled it."""
+    return guard is not None and bool(reasons) and reasons[-1] == "ConditionalCheckFailed"
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)

@@ -20,7 +20,15 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from order_saga.dynamo import from_ddb, is_condition_failure, raise_if_transient, to_ddb, values
+from order_saga.dynamo import (
+    cancellation_reasons,
+    from_ddb,
+    guard_failed,
+    is_condition_failure,
+    raise_if_transient,
+    to_ddb,
+    values,
+)
 from order_saga.errors import (
     ConcurrentUpdate,
     InsufficientStock,
@@ -120,11 +128,11 @@ class Inventory:
         try:
             self.client.transact_write_items(TransactItems=ops)
         except ClientError as exc:
-            reasons = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
+            reasons = cancellation_reasons(exc)
             if not reasons:
                 raise_if_transient(exc)
                 raise
-            if guard is not None and reasons[-1] == "ConditionalCheckFailed":
+            if guard_failed(reasons, guard):
                 raise LeaseLost(f"order {order_id}: the lease was lost; the reservation did not land") from exc
             if reasons[0] == "ConditionalCheckFailed":
                 # Another attempt of this step (or its compensation) wrote the reservation first.
@@ -229,8 +237,8 @@ class Inventory:
         try:
             self.client.transact_write_items(TransactItems=ops)
         except ClientError as exc:
-            reasons = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
-            if guard is not None and reasons and reasons[-1] == "ConditionalCheckFailed":
+            reasons = cancellation_reasons(exc)
+            if guard_failed(reasons, guard):
                 raise LeaseLost(f"order {order_id}: the lease was lost; the reservation did not move") from exc
             if reasons and reasons[0] == "ConditionalCheckFailed":
                 # A concurrent attempt moved it first; done if it reached the same status.

@@ -15,7 +15,15 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from order_saga.dynamo import from_ddb, is_condition_failure, raise_if_transient, to_ddb, values
+from order_saga.dynamo import (
+    cancellation_reasons,
+    from_ddb,
+    guard_failed,
+    is_condition_failure,
+    raise_if_transient,
+    to_ddb,
+    values,
+)
 from order_saga.errors import ConcurrentUpdate, LeaseLost, PaymentDeclined, PaymentNotAuthorized, PaymentVoided
 from order_saga.gateway import PaymentGateway
 
@@ -159,8 +167,8 @@ class Payments:
             else:
                 self.client.transact_write_items(TransactItems=[{"Update": update}, guard])
         except ClientError as exc:
-            reasons = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
-            if guard is not None and reasons and reasons[-1] == "ConditionalCheckFailed":
+            reasons = cancellation_reasons(exc)
+            if guard_failed(reasons, guard):
                 raise LeaseLost(f"order {order_id}: the lease was lost; the payment did not move to {status}") \
                     from exc
             if is_condition_failure(exc) or (reasons and reasons[0] == "ConditionalCheckFailed"):

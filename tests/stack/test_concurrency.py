@@ -11,19 +11,10 @@ from order_saga.dynamo import from_ddb, to_ddb
 from order_saga.gateway import LEDGER_PREFIX
 from order_saga.inventory import Inventory
 from sagalocal.scenarios import http
+from sagalocal.timeline import running_executions
 
 ORDERS, UNITS = 200, 50
 
-
-def running(sfn, machine: str) -> set[str]:
-    arns, token = set(), None
-    while True:
-        page = sfn.list_executions(stateMachineArn=machine, statusFilter="RUNNING",
-                                   **({"nextToken": token} if token else {}))
-        arns |= {e["executionArn"] for e in page["executions"]}
-        token = page.get("nextToken")
-        if not token:
-            return arns
 
 
 def test_200_concurrent_orders_for_50_units(target):
@@ -45,7 +36,7 @@ def test_200_concurrent_orders_for_50_units(target):
         accepted = list(pool.map(order, range(ORDERS)))
     ours = {a["execution_arn"] for a in accepted}
     deadline = time.monotonic() + 600
-    while ours & running(sfn, target.outputs["StateMachineArn"]):  # one poll for all, not 200 pollers
+    while ours & running_executions(sfn, target.outputs["StateMachineArn"]):  # one poll for all, not 200 pollers
         assert time.monotonic() < deadline, "sagas still running after 600 s"
         time.sleep(0.5)
     took = time.monotonic() - started

@@ -24,6 +24,7 @@ from order_saga.gateway import LEDGER_PREFIX
 from order_saga.inventory import Inventory
 from order_saga.models import order_id_for
 from sagalocal.scenarios import http
+from sagalocal.timeline import running_executions
 
 BATCHES, ORDERS_PER_BATCH = 20, 50
 SKUS = 3
@@ -63,16 +64,6 @@ order = st.fixed_dictionaries({
 batches = st.tuples(st.lists(st.sampled_from([0, 5, 20, 60, 100]), min_size=SKUS, max_size=SKUS),
                     st.lists(order, min_size=ORDERS_PER_BATCH, max_size=ORDERS_PER_BATCH))
 
-
-def running(sfn, machine: str) -> set[str]:
-    arns, token = set(), None
-    while True:
-        page = sfn.list_executions(stateMachineArn=machine, statusFilter="RUNNING",
-                                   **({"nextToken": token} if token else {}))
-        arns |= {e["executionArn"] for e in page["executions"]}
-        token = page.get("nextToken")
-        if not token:
-            return arns
 
 
 class Batch:
@@ -119,7 +110,7 @@ class Batch:
             placed = list(pool.map(self.place, self.orders))
         deadline = time.monotonic() + 300
         ours = {p["arn"] for p in placed}
-        while ours & running(self.sfn, self.target.outputs["StateMachineArn"]):
+        while ours & running_executions(self.sfn, self.target.outputs["StateMachineArn"]):
             assert time.monotonic() < deadline, "sagas still running after 300 s"
             time.sleep(0.5)
         for p in placed:

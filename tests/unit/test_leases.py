@@ -11,7 +11,7 @@ from tests.unit.conftest import scan_all
 from tests.unit.helpers import EXECUTION, invoke, ledger, new_saga, order, orders_of, payment, stock
 
 OTHER = EXECUTION.replace(":ord_1", ":intruder")
-LEASE_S = 0.3
+LEASE_S = 1.5  # long enough for consecutive steps on a loaded machine; the tests sleep past it
 
 
 @pytest.fixture
