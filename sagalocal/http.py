@@ -102,7 +102,11 @@ def serve_api(stack: LocalStack, port: int) -> _Server:
             self.end_headers()
             self.wfile.write(data)
 
-        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _handle
+        def __getattr__(self, name: str) -> Any:
+            # Every method reaches the router (an unknown route or method is API Gateway's 403), not 501.
+            if name.startswith("do_"):
+                return self._handle
+            raise AttributeError(name)
 
     server = _Server(("127.0.0.1", port), Handler)
     threading.Thread(target=server.serve_forever, name="sagalocal-api", daemon=True).start()

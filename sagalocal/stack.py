@@ -27,7 +27,7 @@ from sagalocal import moto_patches
 from sagalocal.apigw import Route, routes_from_template
 from sagalocal.faults import Faults
 from sagalocal.template import Template, TemplateError
-from sagalocal.workers import FunctionSpec, Throttled, WorkerPool
+from sagalocal.workers import FunctionSpec, Throttled, WorkerError, WorkerPool
 
 log = logging.getLogger("sagalocal")
 
@@ -201,6 +201,9 @@ class LocalStack:
             result = self.pools[logical_id].invoke(event)
         except Throttled as exc:
             raise _throttle(str(exc)) from exc
+        except WorkerError as exc:  # the stack is stopping, or the handler cannot start: a failed invocation
+            response_headers["x-amz-function-error"] = "Unhandled"
+            return json.dumps({"errorType": "Runtime.ExitError", "errorMessage": str(exc)}).encode()
         if result.error:
             response_headers["x-amz-function-error"] = "Unhandled"
         return json.dumps(result.payload).encode()

@@ -14,7 +14,10 @@ from typing import Annotated, Any
 import boto3
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
-from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.exceptions import (
+    RequestUnsupportedContentType,
+    RequestValidationError,
+)
 from aws_lambda_powertools.event_handler.openapi.params import Header, Path
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.idempotency import (
@@ -80,6 +83,7 @@ def _problem(description: str) -> dict[str, Any]:
                            "content": {"application/json": {"model": OrderAccepted}}},
                      400: _problem("Malformed request or missing Idempotency-Key"),
                      409: _problem("The same Idempotency-Key is being processed right now"),
+                     415: _problem("The body is not JSON"),
                      422: _problem("Unknown sku, or the Idempotency-Key was used with another body")})
 def place_order(order: OrderRequest, idempotency_key: IdempotencyKey) -> Response[OrderAccepted | ProblemBody]:
     catalog = inventory.stock([line.sku for line in order.items])
@@ -135,6 +139,31 @@ def invalid_request(exc: RequestValidationError) -> Response:
     details = [{"where": ".".join(str(p) for p in e.get("loc", ())), "problem": e.get("msg", ""),
                 "type": e.get("type", "")} for e in exc.errors()]
     return error(400, "invalid request", details=details)
+
+
+@app.exception_handler(RequestUnsupportedContentType)
+def unsupported_content_type(exc: RequestUnsupportedContentType) -> Response:
+    return error(415, "the body must be JSON (Content-Type: application/json)")
+
+
+@app.exception_handler(UnicodeDecodeError)
+def undecodable_body(exc: UnicodeDecodeError) -> Response:
+    return error(400, "invalid request", details=[{"where": "body", "problem": "the body is not UTF-8 text",
+                                                   "type": "body_encoding"}])
+
+
+@app.exception_handler(RecursionError)
+def too_deep_body(exc: RecursionError) -> Response:
+    return error(400, "invalid request", details=[{"where": "body", "problem": "the JSON body is nested too deeply",
+                                                   "type": "json_too_deep"}])
+
+
+@app.exception_handler(ValueError)
+def unparsable_body(exc: ValueError) -> Response:
+    """Powertools' body parsing raises ValueError for a malformed multipart body; that is the client's."""
+    if "boundary" in str(exc).lower():
+        return error(400, "invalid request", details=[{"where": "body", "problem": str(exc), "type": "body"}])
+    raise exc
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)
