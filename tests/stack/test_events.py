@@ -94,10 +94,11 @@ def test_every_manifest_entry_names_a_function_and_one_documented_result():
         assert entry.get("why", "").strip(), f"{file}: say why it gives that result"
         expect = entry["expect"]
         assert (expect.get("ok") is True) != ("errorType" in expect), f"{file}: expect ok or an errorType, not both"
-        # steps/<name>.json is the event of the function whose code is functions/<name>/; api/ is the API's.
+        # steps/<name>.json is the event of the function whose code is functions/<name>/; api/ is the API's;
+        # schedule/<name>.json is the scheduled function's (functions/<name>/).
         folder = Path(file).parts[0]
         code = Path(str(template.properties(entry["function"])["CodeUri"])).name
-        if folder == "steps":
+        if folder in ("steps", "schedule"):
             assert code == Path(file).stem, f"{file} is listed for {entry['function']} (functions/{code}/)"
         else:
             assert (folder, entry["function"]) == ("api", "OrdersApiFunction"), file
