@@ -166,3 +166,19 @@ def test_a_parked_saga_is_redriven_by_invoking_its_compensations(aws, handlers, 
     assert (item["status"], item["saga_status"]) == ("CANCELLED", "COMPENSATED")
     assert stock(aws, "SKU-1") == (10, 0, 0)
     assert ledger(aws)["state"] == "VOIDED"
+
+
+def test_no_lease_outlives_the_saga_deadline_and_an_overrunning_saga_is_reaped(aws, handlers, context, monkeypatch):
+    monkeypatch.setenv("LEASE_SECONDS", "60")
+    monkeypatch.setenv("SAGA_DEADLINE_SECONDS", "1.5")
+    saga = new_saga(aws)
+    for name in ("create_order", "reserve_inventory"):
+        saga = invoke(handlers(name), context, saga)
+    item = order(aws)
+    assert item["lease_expires_at"] <= item["deadline_at"]  # a 60 s lease is capped at the 1.5 s deadline
+    time.sleep(1.7)
+    with pytest.raises(LeaseLost, match="deadline"):
+        invoke(handlers("authorize_payment"), context, saga)
+    assert handlers("reaper").lambda_handler({}, context)["compensated"] == ["ord_1"]
+    assert stock(aws, "SKU-1") == (10, 0, 0)
+    assert order(aws)["saga_status"] == "COMPENSATED"
