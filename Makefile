@@ -45,8 +45,9 @@ docs: openapi  ## Regenerate the generated docs (OpenAPI, scenarios)
 build: venv  ## sam build (needs python3.13 on PATH, e.g. PYENV_VERSION=3.13.0:3.11.7)
 	SAM_CLI_TELEMETRY=0 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" sam build
 
-bench: venv  ## Local stack against the floor (handlers called directly)
-	$(PY) bench/local_vs_direct.py
+bench: venv  ## Every benchmark (engine, throughput, peer, cost, cold start) -> docs/benchmarks.md
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
+	$(PY) bench/run_all.py
 
 clean:
 	rm -rf $(VENV) .aws-sam .local .pytest_cache .ruff_cache

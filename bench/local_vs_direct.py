@@ -88,13 +88,17 @@ def local_once(stack: LocalStack, sfn) -> tuple[float, float]:
     return wall, engine
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-n", type=int, default=30, help="sagas of each kind (default 30)")
-    args = parser.parse_args()
+def measure(n: int = 30, quiet: bool = True) -> dict:
+    """The figures main() prints, as a dict (with the per-saga samples). Starts and stops its own stack."""
+    import contextlib
+    import io
     import logging
+    import warnings
 
     logging.disable(logging.WARNING)
+    if quiet:  # the handlers called here print their EMF metric lines; Powertools warns on empty metrics
+        warnings.filterwarnings("ignore")
+    mute = (lambda: contextlib.redirect_stdout(io.StringIO())) if quiet else contextlib.nullcontext
     with LocalStack(ROOT / "template.yaml", api_port=free_port()) as stack:
         from order_saga.inventory import Inventory
 
@@ -103,20 +107,35 @@ def main() -> None:
         sfn = stack.client("stepfunctions")
         handlers = load_handlers(stack)
         local_once(stack, sfn)
-        floor_once(stack, handlers)  # warm both paths
+        with mute():
+            floor_once(stack, handlers)  # warm both paths
         local, engine, floor = [], [], []
-        for _ in range(args.n):  # interleaved, so both see the same machine load
+        for _ in range(n):  # interleaved, so both see the same machine load
             wall, inside = local_once(stack, sfn)
             local.append(wall)
             engine.append(inside)
-            floor.append(floor_once(stack, handlers))
+            with mute():
+                floor.append(floor_once(stack, handlers))
     med = statistics.median
+    return {
+        "n": n,
+        "local_ms": med(local), "execution_ms": med(engine), "floor_ms": med(floor),
+        "ratio_local_floor": med(local) / med(floor), "ratio_execution_floor": med(engine) / med(floor),
+        "samples": {"local_ms": local, "execution_ms": engine, "floor_ms": floor},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-n", type=int, default=30, help="sagas of each kind (default 30)")
+    args = parser.parse_args()
+    figures = measure(args.n)
     print(f"sagas of each kind: {args.n} (happy path), median ms")
-    print(f"  local stack, POST -> SUCCEEDED   {med(local):7.1f}")
-    print(f"  local stack, execution duration  {med(engine):7.1f}")
-    print(f"  floor: handlers called directly  {med(floor):7.1f}")
-    print(f"  ratio local / floor              {med(local) / med(floor):7.2f}")
-    print(f"  ratio execution / floor          {med(engine) / med(floor):7.2f}")
+    print(f"  local stack, POST -> SUCCEEDED   {figures['local_ms']:7.1f}")
+    print(f"  local stack, execution duration  {figures['execution_ms']:7.1f}")
+    print(f"  floor: handlers called directly  {figures['floor_ms']:7.1f}")
+    print(f"  ratio local / floor              {figures['ratio_local_floor']:7.2f}")
+    print(f"  ratio execution / floor          {figures['ratio_execution_floor']:7.2f}")
 
 
 if __name__ == "__main__":
