@@ -112,6 +112,3 @@ def serve_api(stack: LocalStack, port: int) -> _Server:
     threading.Thread(target=server.serve_forever, name="sagalocal-api", daemon=True).start()
     return server
 
-
-def describe_json(stack: LocalStack) -> str:
-    return json.dumps(stack.describe(), indent=2)

@@ -29,7 +29,6 @@ from botocore.exceptions import ClientError
 from order_saga.dynamo import from_ddb, is_condition_failure, raise_if_transient, to_ddb, values
 from order_saga.errors import PaymentDeclined, PaymentGatewayUnavailable, PaymentNotAuthorized
 
-TEST_TOKENS = ("tok_approve", "tok_decline", "tok_transient_<N>", "tok_hang")
 LEDGER_PREFIX = "fake-gateway#"
 
 

@@ -29,7 +29,6 @@ ORDER_RECEIVED = "RECEIVED"
 ORDER_CONFIRMED = "CONFIRMED"
 ORDER_CANCELLED = "CANCELLED"
 ACTIVE = "ACTIVE"  # the sparse `active` attribute: present while the saga is unfinished (reaper's index)
-FINISHED = (models.COMPLETED, models.COMPENSATED, models.FAILED)
 
 # The states of the state machine in the order they can run: breaks ties in the step log's times.
 STEP_ORDER = (

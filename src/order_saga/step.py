@@ -16,6 +16,7 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from order_saga.dynamo import now_ms
 from order_saga.errors import SagaError
 from order_saga.models import SagaState, StepEvent
 
@@ -24,7 +25,6 @@ tracer = Tracer()
 metrics = Metrics()
 
 FORWARD_STEPS = ("CreateOrder", "ReserveInventory", "AuthorizePayment", "ConfirmOrder")
-COMPENSATIONS = ("RefundPayment", "VoidPayment", "ReleaseInventory", "CancelOrder")
 
 Step = Callable[[SagaState, str], SagaState]
 
@@ -87,8 +87,6 @@ def compensate(orders: Any, saga: SagaState, execution_id: str, name: str,
     When another owner holds the order (the reaper took it over), it compensates:
     this compensation is a no-op.
     """
-    from order_saga.dynamo import now_ms
-
     lease = orders.compensation_lease(saga.order_id, execution_id, now_ms())
     if lease is None:
         logger.info("another owner compensates this order, or it is already compensated; nothing to do")
