@@ -1,9 +1,13 @@
-"""sagalocal: run the order saga's template.yaml locally, with no Docker and no AWS account.
+"""sagalocal: run a SAM template locally, with no Docker and no AWS account.
 
   python -m sagalocal up        stand the stack up and serve until Ctrl-C
-  python -m sagalocal run       the main job: place the sample orders and check every outcome
   python -m sagalocal invoke F -e EVENT   what `sam local invoke` does, without Docker
-  python -m sagalocal history EXECUTION   an execution's timeline (ARN or order id)
+  python -m sagalocal history EXECUTION   an execution's timeline (ARN or execution name)
+  python -m sagalocal trigger F           run a scheduled function now, with EventBridge's event
+
+`--init CMD` runs a command once the stack serves (as LocalStack's ready hooks do), with the stack's
+endpoints in its environment: AWS_ENDPOINT_URL, SAGA_API_URL and SAGA_STACK_OUTPUTS (a JSON file of the
+template's Outputs). The application seeds its data that way; sagalocal knows nothing of it.
 """
 
 from __future__ import annotations
@@ -11,13 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shlex
 import signal
+import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
-from sagalocal.stack import LocalStack, StackError
+from sagalocal.provision import StackError
+from sagalocal.stack import CREDENTIALS, LocalStack, free_port
 from sagalocal.template import TemplateError
 
 STATE_FILE = Path(".local/stack.json")
@@ -37,31 +46,35 @@ def parse_overrides(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-def make_stack(args: argparse.Namespace, api_port: int | None) -> LocalStack:
+def make_stack(args: argparse.Namespace, api_port: int | None, warm: bool = True) -> LocalStack:
     template = Path(args.template)
     if not template.is_file():
         raise UsageError(f"no template at {template}")
     return LocalStack(template, api_port=api_port, endpoint_port=getattr(args, "endpoint_port", None),
                       parameter_overrides=parse_overrides(args.parameter_overrides or []),
-                      max_workers=args.workers, schedule_seconds=getattr(args, "schedule_seconds", None))
+                      concurrency=args.concurrency, schedule_seconds=getattr(args, "schedule_seconds", None),
+                      stack_name=args.stack_name, warm=warm,
+                      transaction_window_ms=args.transaction_window_ms,
+                      cold_start_delay=not args.no_cold_start_delay)
 
 
-def seed_catalog(stack: LocalStack, events_dir: Path) -> int:
-    """Put events/catalog.json into the inventory table (the table the template names InventoryTable)."""
-    from order_saga.inventory import Inventory
-
-    path = events_dir / "catalog.json"
-    try:
-        items = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{path}: cannot read the catalog: {exc}") from exc
-    table = stack.template.refs.get("InventoryTable")
-    if table is None:
-        raise UsageError("the template has no InventoryTable to seed")
-    inventory = Inventory(stack.client("dynamodb"), table)
-    for item in items:
-        inventory.put_item(item["sku"], item["name"], int(item["price"]), item["currency"], int(item["available"]))
-    return len(items)
+def run_init(stack: LocalStack, commands: list[str], workdir: Path) -> None:
+    """The --init hooks, in order; the first that fails stops the stack with its output."""
+    if not commands:
+        return
+    outputs_file = workdir / "stack-outputs.json"
+    outputs_file.parent.mkdir(parents=True, exist_ok=True)
+    outputs_file.write_text(json.dumps(stack.outputs, indent=2))
+    env = {**os.environ, **CREDENTIALS, "AWS_ENDPOINT_URL": stack.endpoint, "AWS_DEFAULT_REGION": stack.region,
+           "AWS_REGION": stack.region, "SAGA_STACK_OUTPUTS": str(outputs_file), "SAGA_AWS_ENDPOINT": stack.endpoint}
+    if stack.api_url:
+        env["SAGA_API_URL"] = stack.api_url
+    for command in commands:
+        done = subprocess.run(shlex.split(command), env=env, capture_output=True, text=True, check=False, timeout=300)
+        if done.returncode != 0:
+            raise UsageError(f"--init {command!r} failed ({done.returncode}): {(done.stderr or done.stdout)[-2000:]}")
+        if done.stdout.strip():
+            print(f"  init: {done.stdout.strip()}")
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -69,23 +82,23 @@ def cmd_up(args: argparse.Namespace) -> int:
     stack = make_stack(args, args.port)
     stack.start()
     try:
-        seeded = seed_catalog(stack, Path(args.events)) if not args.no_seed else 0
+        run_init(stack, args.init or [], Path(".local"))
         info = stack.describe()
         STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
         STATE_FILE.write_text(json.dumps(info, indent=2))
         if args.ready_file:
             Path(args.ready_file).write_text(json.dumps(info))
-        print(f"Local stack up in {time.perf_counter() - started:.1f} s ({seeded} catalog items seeded)")
-        print(f"  API           {stack.api_url}   (POST /orders, GET /orders/{{order_id}})")
+        print(f"Local stack {stack.template.stack_name} up in {time.perf_counter() - started:.1f} s")
+        print(f"  API           {stack.api_url}")
         print(f"  AWS endpoint  {stack.endpoint}   (aws --endpoint-url {stack.endpoint} ..., region {stack.region},"
               f" any credentials)")
         for key, value in stack.outputs.items():
             print(f"  {key:<30} {value}")
-        for schedule in stack.describe()["schedules"]:
+        for schedule in info["schedules"]:
             print(f"  schedule      {schedule['function']} {schedule['expression']} (locally every "
                   f"{schedule['every_seconds']} s; on demand: python -m sagalocal trigger {schedule['function']})")
-        if stack.skipped:
-            print("  not emulated: " + ", ".join(f"{k} ({v})" for k, v in sorted(stack.skipped.items())))
+        if stack.resources.skipped:
+            print("  not emulated: " + ", ".join(f"{k} ({v})" for k, v in sorted(stack.resources.skipped.items())))
         print("Logs of each function: .local/logs/<Function>.log. Ctrl-C to stop.", flush=True)
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -100,59 +113,79 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from sagalocal.scenarios import format_results, load_manifest, run_scenario
-    from sagalocal.timeline import format_timeline, history
-
-    events_dir = Path(args.events)
-    manifest = load_manifest(events_dir)
-    started = time.perf_counter()
-    with make_stack(args, args.port) as stack:
-        seed_catalog(stack, events_dir)
-        up_s = time.perf_counter() - started
-        print(f"Local stack up in {up_s:.1f} s: API {stack.api_url}, AWS endpoint {stack.endpoint}")
-        sfn = stack.client("stepfunctions")
-        results = []
-        for spec in manifest["scenarios"]:
-            if args.only and spec["name"] not in args.only:
-                continue
-            results.append(run_scenario(spec, events_dir, str(stack.api_url), sfn))
-            if args.timeline:
-                described = sfn.describe_execution(executionArn=results[-1].execution_arn)
-                print(format_timeline(described, history(sfn, results[-1].execution_arn)))
-        if args.json:
-            print(json.dumps([{"name": r.name, "ok": r.ok, "status": r.status, "error": r.error,
-                               "saga_status": r.saga_status, "path": r.path, "elapsed_ms": round(r.elapsed_ms, 1),
-                               "problems": r.problems} for r in results], indent=2))
-        else:
-            print(format_results(results))
-    failed = [r for r in results if not r.ok]
-    print(f"{len(results) - len(failed)} of {len(results)} scenarios ended as expected "
-          f"({time.perf_counter() - started:.1f} s in all)")
-    return 1 if failed or not results else 0
+def _read_event(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except OSError as exc:
+        raise UsageError(f"cannot read event file {path}: {exc.strerror}") from exc
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"event file {path} is not valid JSON: {exc.msg} at line {exc.lineno} "
+                         f"column {exc.colno}") from exc
 
 
 def cmd_invoke(args: argparse.Namespace) -> int:
-    event_path = Path(args.event)
-    try:
-        event = json.loads(event_path.read_text())
-    except OSError as exc:
-        raise UsageError(f"cannot read event file {event_path}: {exc.strerror}") from exc
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"event file {event_path} is not valid JSON: {exc.msg} at line {exc.lineno} "
-                         f"column {exc.colno}") from exc
-    stack = make_stack(args, None)
-    stack.warm = False
+    event = _read_event(Path(args.event))
+    if args.endpoint:
+        return _invoke_remote(args, event)
+    stack = make_stack(args, None, warm=False)
     with stack:
-        stack.resolve_function(args.function)  # an unknown name fails here, listing the known ones
-        if not args.no_seed:
-            seed_catalog(stack, Path(args.events))
+        stack.lambdas.resolve(args.function)  # an unknown name fails here, listing the known ones
+        run_init(stack, args.init or [], Path(".local/invoke"))
         result = stack.invoke(args.function, event)
     cold = f", init {result.init_ms:.0f} ms" if result.init_ms else ""
     print(json.dumps(result.payload, indent=2))
     print(f"{args.function}: {'error' if result.error else 'ok'} in {result.duration_ms:.0f} ms{cold}",
           file=sys.stderr)
     return 1 if result.error else 0
+
+
+def _client(service: str, endpoint: str | None, region: str) -> Any:
+    import boto3
+
+    if endpoint:
+        return boto3.client(service, endpoint_url=endpoint, region_name=region,
+                            aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID", "local"),
+                            aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY", "local"))
+    return boto3.client(service, region_name=region)
+
+
+def physical_function_name(logical_id: str, endpoint: str | None, region: str, stack_name: str | None) -> str:
+    """A function's deployed name: from a running sagalocal stack, else from CloudFormation, else as given."""
+    if endpoint:
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{endpoint}/_sagalocal/info", timeout=10) as response:  # noqa: S310
+                functions = json.loads(response.read())["functions"]
+            if logical_id in functions:
+                return str(functions[logical_id])
+            if logical_id in functions.values():
+                return logical_id
+            raise UsageError(f"unknown function {logical_id!r}; the stack defines: {', '.join(sorted(functions))}")
+        except (urllib.error.URLError, OSError, ValueError, KeyError):
+            pass  # not a sagalocal endpoint: ask CloudFormation
+    if stack_name:
+        cfn = _client("cloudformation", endpoint, region)
+        try:
+            found = cfn.describe_stack_resource(StackName=stack_name, LogicalResourceId=logical_id)
+            return str(found["StackResourceDetail"]["PhysicalResourceId"])
+        except Exception as exc:  # noqa: BLE001 - report what CloudFormation said
+            raise UsageError(f"stack {stack_name} has no resource {logical_id}: {exc}") from exc
+    return logical_id
+
+
+def _invoke_remote(args: argparse.Namespace, event: Any) -> int:
+    name = physical_function_name(args.function, args.endpoint, args.region, args.stack_name)
+    lam = _client("lambda", args.endpoint, args.region)
+    started = time.perf_counter()
+    response = lam.invoke(FunctionName=name, Payload=json.dumps(event).encode())
+    payload = json.loads(response["Payload"].read() or b"null")
+    print(json.dumps(payload, indent=2))
+    failed = bool(response.get("FunctionError"))
+    print(f"{args.function}: {'error' if failed else 'ok'} in {(time.perf_counter() - started) * 1000:.0f} ms",
+          file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _endpoint(args: argparse.Namespace) -> str:
@@ -165,15 +198,12 @@ def _endpoint(args: argparse.Namespace) -> str:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    import boto3
+    from sagalocal.timeline import format_timeline, history, paginate
 
-    from sagalocal.timeline import format_timeline, history
-
-    sfn = boto3.client("stepfunctions", endpoint_url=_endpoint(args), region_name=args.region,
-                       aws_access_key_id="local", aws_secret_access_key="local")  # noqa: S106
+    sfn = _client("stepfunctions", _endpoint(args), args.region)
     arn = args.execution
     if not arn.startswith("arn:"):
-        for machine in sfn.list_state_machines()["stateMachines"]:
+        for machine in paginate(sfn.list_state_machines, "stateMachines"):
             candidate = machine["stateMachineArn"].replace(":stateMachine:", ":execution:") + ":" + arn
             try:
                 sfn.describe_execution(executionArn=candidate)
@@ -188,22 +218,14 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_trigger(args: argparse.Namespace) -> int:
-    """Run a scheduled function now, on a running `up` stack, with the event EventBridge would send."""
-    import boto3
+    """Run a scheduled function now, with the event EventBridge would send."""
+    from sagalocal.scheduler import scheduled_event
 
-    from sagalocal.stack import Schedule
-
-    lam = boto3.client("lambda", endpoint_url=_endpoint(args), region_name=args.region,
-                       aws_access_key_id="local", aws_secret_access_key="local")  # noqa: S106
-    name = args.function
-    if STATE_FILE.is_file() and not args.endpoint:
-        known = json.loads(STATE_FILE.read_text())["functions"]
-        if name not in known:
-            raise UsageError(f"unknown function {name!r}; the template defines: {', '.join(known)}")
-    event = Schedule(name, "trigger", "on demand", None).event(args.region, "123456789012")
-    names = {fn["FunctionName"].rsplit("-", 1)[-1]: fn["FunctionName"] for fn in lam.list_functions()["Functions"]}
-    physical = names.get(name, name)
-    response = lam.invoke(FunctionName=physical, Payload=json.dumps(event).encode())
+    endpoint = _endpoint(args)
+    name = physical_function_name(args.function, endpoint, args.region, None)
+    lam = _client("lambda", endpoint, args.region)
+    event = scheduled_event(args.region, "123456789012")
+    response = lam.invoke(FunctionName=name, Payload=json.dumps(event).encode())
     print(json.dumps(json.loads(response["Payload"].read() or b"null"), indent=2))
     return 1 if response.get("FunctionError") else 0
 
@@ -215,43 +237,44 @@ def build_parser() -> argparse.ArgumentParser:
 
     def stack_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--template", default="template.yaml", help="the SAM template (default: template.yaml)")
-        p.add_argument("--events", default="events", help="the events folder (catalog, scenarios)")
         p.add_argument("--parameter-overrides", nargs="*", metavar="NAME=VALUE",
                        help="template parameters, as `sam deploy --parameter-overrides`")
-        p.add_argument("--workers", type=int, default=4, help="worker processes per function at most (default 4)")
+        p.add_argument("--stack-name", help="the stack name (default: samconfig.toml's, else sam-app)")
+        p.add_argument("--concurrency", type=int, default=200,
+                       help="the account's concurrent Lambda executions (default 200; AWS's default is 1000)")
+        p.add_argument("--transaction-window-ms", type=float, default=2.0,
+                       help="how long a DynamoDB transaction holds its items before committing (default 2 ms)")
+        p.add_argument("--no-cold-start-delay", action="store_true",
+                       help="start new sandboxes at once instead of after the function's measured init time")
+        p.add_argument("--init", action="append", metavar="CMD",
+                       help="run CMD once the stack serves (repeatable); it gets AWS_ENDPOINT_URL, SAGA_API_URL "
+                            "and SAGA_STACK_OUTPUTS")
 
     up = sub.add_parser("up", help="stand the stack up and serve until Ctrl-C")
     stack_options(up)
     up.add_argument("--port", type=int, default=3000, help="API port on 127.0.0.1 (default 3000)")
     up.add_argument("--endpoint-port", type=int, default=None, help="AWS endpoint port (default: a free one)")
     up.add_argument("--ready-file", help="write the stack's endpoints and outputs here (JSON) once it serves")
-    up.add_argument("--no-seed", action="store_true", help="do not load events/catalog.json")
     up.add_argument("--schedule-seconds", type=float, default=None,
                     help="run every scheduled function this often instead of its template rate")
     up.set_defaults(func=cmd_up)
-
-    run = sub.add_parser("run", help="place the sample orders of events/scenarios.json and check each outcome")
-    stack_options(run)
-    run.add_argument("--port", type=int, default=0, help="API port (default: a free one)")
-    run.add_argument("--timeline", action="store_true", help="print each execution's timeline too")
-    run.add_argument("--json", action="store_true", help="print the results as JSON")
-    run.add_argument("--only", nargs="*", help="run only these scenarios")
-    run.set_defaults(func=cmd_run)
 
     invoke = sub.add_parser("invoke", help="invoke one function with an event file, as `sam local invoke`")
     stack_options(invoke)
     invoke.add_argument("function", help="logical id in the template (e.g. CreateOrderFunction)")
     invoke.add_argument("-e", "--event", required=True, help="the event JSON file")
-    invoke.add_argument("--no-seed", action="store_true", help="do not load events/catalog.json")
+    invoke.add_argument("--endpoint", help="invoke on this running stack (sagalocal, LocalStack, ...) instead of "
+                                           "a fresh embedded one")
+    invoke.add_argument("--region", default="us-east-1")
     invoke.set_defaults(func=cmd_invoke)
 
-    hist = sub.add_parser("history", help="an execution's timeline, from a running `up` stack")
-    hist.add_argument("execution", help="execution ARN or order id")
+    hist = sub.add_parser("history", help="an execution's timeline, from a running stack")
+    hist.add_argument("execution", help="execution ARN or name")
     hist.add_argument("--endpoint", help="AWS endpoint (default: the running `up` stack)")
     hist.add_argument("--region", default="us-east-1")
     hist.set_defaults(func=cmd_history)
 
-    trigger = sub.add_parser("trigger", help="run a scheduled function now, on a running `up` stack")
+    trigger = sub.add_parser("trigger", help="run a scheduled function now, on a running stack")
     trigger.add_argument("function", help="logical id (e.g. ReaperFunction)")
     trigger.add_argument("--endpoint", help="AWS endpoint (default: the running `up` stack)")
     trigger.add_argument("--region", default="us-east-1")
@@ -264,10 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if getattr(args, "port", None) == 0:
-            from sagalocal.stack import free_port
-
             args.port = free_port()
         return int(args.func(args))
-    except (UsageError, StackError, TemplateError, ValueError) as exc:
+    except (UsageError, StackError, TemplateError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,104 +1,63 @@
-"""Read a SAM template: CloudFormation YAML tags, Parameters, Globals, and intrinsic functions.
+"""Read a SAM template as SAM CLI reads it, and resolve it against the resources the local stack created.
 
-Only what a SAM application like ours uses is supported: Ref, Fn::GetAtt, Fn::Sub,
-Fn::Join, Fn::Select, Fn::If/Conditions with Fn::Equals/Not/And/Or. Anything else is a
-TemplateError that names the resource and property, never a silent guess.
+SAM CLI does the reading: its YAML loader (CloudFormation tags), its translator's plugins (Globals merged
+into every function, the implicit API of `Api` events), and its intrinsic resolver (Ref, Fn::GetAtt,
+Fn::Sub, Fn::Join, Fn::Select, Fn::Split, Fn::If and the conditions, Fn::FindInMap, Fn::Base64, ...). This
+module adds what `sam local` leaves out: parameter validation, the order to create resources in, and strict
+resolution: a reference to something that does not exist locally is an error that names the resource and
+the property, never a silent guess.
 """
 
 from __future__ import annotations
 
+import copy
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-_SHORT_TAGS = {
-    "Ref": "Ref", "GetAtt": "Fn::GetAtt", "Sub": "Fn::Sub", "Join": "Fn::Join", "Select": "Fn::Select",
-    "If": "Fn::If", "Equals": "Fn::Equals", "Not": "Fn::Not", "And": "Fn::And", "Or": "Fn::Or",
-    "FindInMap": "Fn::FindInMap", "Split": "Fn::Split", "Base64": "Fn::Base64", "GetAZs": "Fn::GetAZs",
-    "ImportValue": "Fn::ImportValue", "Condition": "Condition",
-}
+ACCOUNT = "123456789012"
 
 
 class TemplateError(Exception):
     """The template cannot be read or resolved; the message names the resource and property."""
 
 
-class _Loader(yaml.SafeLoader):
-    pass
-
-
-def _tag_constructor(name: str) -> Callable[[yaml.Loader, yaml.Node], dict[str, Any]]:
-    def construct(loader: yaml.Loader, node: yaml.Node) -> dict[str, Any]:
-        if isinstance(node, yaml.ScalarNode):
-            value: Any = loader.construct_scalar(node)
-            if name == "Fn::GetAtt" and isinstance(value, str):
-                value = value.split(".", 1)
-        elif isinstance(node, yaml.SequenceNode):
-            value = loader.construct_sequence(node, deep=True)
-        else:
-            value = loader.construct_mapping(node, deep=True)
-        return {name: value}
-    return construct
-
-
-for _short, _long in _SHORT_TAGS.items():
-    _Loader.add_constructor(f"!{_short}", _tag_constructor(_long))
-
-
-def load_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - SafeLoader subclass
-    except (OSError, yaml.YAMLError) as exc:
-        raise TemplateError(f"{path}: cannot read the template: {exc}") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("Resources"), dict):
-        raise TemplateError(f"{path}: not a CloudFormation template (no Resources mapping)")
-    return data
-
-
-def _merge(base: Any, override: Any) -> Any:
-    """SAM Globals semantics: maps merge, lists concatenate (globals first), scalars override."""
-    if isinstance(base, dict) and isinstance(override, dict):
-        merged = dict(base)
-        for key, value in override.items():
-            merged[key] = _merge(base[key], value) if key in base else value
-        return merged
-    if isinstance(base, list) and isinstance(override, list):
-        return base + override
-    return override
-
-
-@dataclass
 class Template:
-    path: Path
-    region: str = "us-east-1"
-    account: str = "123456789012"
-    stack_name: str = "order-saga"
-    parameter_overrides: dict[str, str] = field(default_factory=dict)
+    def __init__(self, path: Path, region: str = "us-east-1", parameter_overrides: dict[str, str] | None = None,
+                 stack_name: str = "sam-app", account: str = ACCOUNT) -> None:
+        from samcli.yamlhelper import yaml_parse
 
-    def __post_init__(self) -> None:
-        self.path = Path(self.path)
-        self.root = self.path.parent
-        self.raw = load_yaml(self.path)
-        self.resources: dict[str, dict[str, Any]] = self.raw["Resources"]
-        self.parameters = self._parameters()
-        self.conditions = {name: self._condition(name) for name in self.raw.get("Conditions", {})}
-        # Filled by the stack as it creates resources: logical id -> Ref value, and GetAtt values.
-        self.refs: dict[str, str] = {}
-        self.attrs: dict[tuple[str, str], str] = {}
+        self.path = Path(path)
+        self.region = region
+        self.account = account
+        self.stack_name = stack_name
+        self.parameter_overrides = {k: str(v) for k, v in (parameter_overrides or {}).items()}
+        try:
+            self.raw: dict[str, Any] = yaml_parse(self.path.read_text())
+        except OSError as exc:
+            raise TemplateError(f"cannot read {self.path}: {exc.strerror}") from exc
+        except Exception as exc:  # noqa: BLE001 - yaml and json errors alike: report where
+            raise TemplateError(f"{self.path} is not a valid template: {exc}") from exc
+        if not isinstance(self.raw, dict) or not isinstance(self.raw.get("Resources"), dict):
+            raise TemplateError(f"{self.path}: a template needs a Resources mapping")
+        self.parameters = self._parameter_values()
+        self.processed = self._run_sam_plugins()
+        self.resources: dict[str, dict[str, Any]] = self.processed.get("Resources") or {}
+        # What the local stack created, for Ref and Fn::GetAtt: logical id -> {"Ref": ..., "Arn": ..., ...}
+        self.created: dict[str, dict[str, Any]] = {}
+        self.conditions = {name: bool(self.resolve({"Condition": name}, f"Conditions.{name}"))
+                           for name in self.processed.get("Conditions") or {}}
 
-    def _parameters(self) -> dict[str, str]:
-        declared = self.raw.get("Parameters", {}) or {}
-        unknown = set(self.parameter_overrides) - set(declared)
+    # ---- parameters ---------------------------------------------------------------------------------
+    def _parameter_values(self) -> dict[str, Any]:
+        declared = self.raw.get("Parameters") or {}
+        unknown = sorted(set(self.parameter_overrides) - set(declared))
         if unknown:
-            raise TemplateError(f"parameter override for undeclared parameter(s): {', '.join(sorted(unknown))}")
-        values: dict[str, str] = {}
+            raise TemplateError(f"Parameters: no parameter named {', '.join(unknown)} in the template")
+        values: dict[str, Any] = {}
         for name, spec in declared.items():
             if name in self.parameter_overrides:
-                value = str(self.parameter_overrides[name])
+                value = self.parameter_overrides[name]
             elif "Default" in spec:
                 value = str(spec["Default"])
             else:
@@ -109,119 +68,141 @@ class Template:
             pattern = spec.get("AllowedPattern")
             if pattern and not re.fullmatch(pattern, value):
                 raise TemplateError(f"Parameters.{name}: {value!r} does not match {pattern}")
+            if spec.get("Type") == "Number":
+                try:
+                    number = float(value)
+                except ValueError as exc:
+                    raise TemplateError(f"Parameters.{name}: {value!r} is not a number") from exc
+                if "MinValue" in spec and number < float(spec["MinValue"]):
+                    raise TemplateError(f"Parameters.{name}: {value} is below MinValue {spec['MinValue']}")
+                if "MaxValue" in spec and number > float(spec["MaxValue"]):
+                    raise TemplateError(f"Parameters.{name}: {value} is above MaxValue {spec['MaxValue']}")
             values[name] = value
         return values
 
-    def _condition(self, name: str) -> bool:
-        return bool(self.resolve(self.raw["Conditions"][name], f"Conditions.{name}"))
-
-    def included(self, logical_id: str) -> bool:
-        cond = self.resources[logical_id].get("Condition")
-        return cond is None or self.conditions.get(cond, False)
-
-    def of_type(self, *types: str) -> dict[str, dict[str, Any]]:
-        return {lid: res for lid, res in self.resources.items() if res.get("Type") in types and self.included(lid)}
-
-    def properties(self, logical_id: str) -> dict[str, Any]:
-        """A resource's Properties with the template's Globals applied (SAM resources only)."""
-        resource = self.resources[logical_id]
-        props = resource.get("Properties", {}) or {}
-        kind = resource.get("Type", "").removeprefix("AWS::Serverless::")
-        globals_ = (self.raw.get("Globals") or {}).get(kind) if resource.get("Type", "").startswith(
-            "AWS::Serverless::") else None
-        return _merge(globals_, props) if globals_ else props
-
     def pseudo(self) -> dict[str, str]:
         return {"AWS::Region": self.region, "AWS::AccountId": self.account, "AWS::StackName": self.stack_name,
-                "AWS::Partition": "aws", "AWS::URLSuffix": "amazonaws.com", "AWS::NoValue": None}  # type: ignore[dict-item]
+                "AWS::Partition": "aws", "AWS::URLSuffix": "amazonaws.com",
+                "AWS::StackId": f"arn:aws:cloudformation:{self.region}:{self.account}:stack/{self.stack_name}/local"}
 
-    def resolve(self, value: Any, where: str) -> Any:
-        """Resolve intrinsic functions in `value`; `where` names the resource and property for errors."""
+    def _run_sam_plugins(self) -> dict[str, Any]:
+        from samcli.lib.samlib.wrapper import SamTranslatorWrapper
+
+        try:
+            return SamTranslatorWrapper(copy.deepcopy(self.raw),
+                                        parameter_values={**self.pseudo(), **self.parameters}).run_plugins()
+        except Exception as exc:  # noqa: BLE001 - the translator's own message says what is wrong
+            raise TemplateError(f"{self.path}: SAM cannot read the template: {exc}") from exc
+
+    # ---- resources ----------------------------------------------------------------------------------
+    def included(self, logical_id: str) -> bool:
+        condition = self.resources[logical_id].get("Condition")
+        return condition is None or self.conditions.get(condition, False)
+
+    def of_type(self, *types: str) -> list[str]:
+        return [lid for lid, res in self.resources.items() if res.get("Type") in types and self.included(lid)]
+
+    def properties(self, logical_id: str) -> dict[str, Any]:
+        """A resource's Properties with Globals applied (unresolved)."""
+        return self.resources[logical_id].get("Properties") or {}
+
+    def references(self, value: Any) -> set[str]:
+        """The logical ids of the resources `value` refers to (Ref, Fn::GetAtt, ${X} in Fn::Sub)."""
+        found: set[str] = set()
         if isinstance(value, list):
-            return [v for v in (self.resolve(v, where) for v in value) if v is not _NO_VALUE]
-        if not isinstance(value, dict):
-            return value
-        if len(value) == 1:
-            (key, arg), = value.items()
-            if key == "Ref":
-                return self._ref(arg, where)
-            if key == "Fn::GetAtt":
-                parts = arg if isinstance(arg, list) else str(arg).split(".", 1)
-                return self._getatt(str(parts[0]), str(parts[1]), where)
-            if key == "Fn::Sub":
-                return self._sub(arg, where)
-            if key == "Fn::Join":
-                sep, items = arg
-                return str(sep).join(str(i) for i in self.resolve(items, where))
-            if key == "Fn::Select":
-                index, items = arg
-                return self.resolve(items, where)[int(self.resolve(index, where))]
-            if key == "Fn::Equals":
-                a, b = (self.resolve(x, where) for x in arg)
-                return str(a) == str(b)
-            if key == "Fn::Not":
-                return not self.resolve(arg[0], where)
-            if key == "Fn::And":
-                return all(self.resolve(x, where) for x in arg)
-            if key == "Fn::Or":
-                return any(self.resolve(x, where) for x in arg)
-            if key == "Fn::If":
-                cond, yes, no = arg
-                if cond not in self.conditions:
-                    raise TemplateError(f"{where}: Fn::If names unknown condition {cond!r}")
-                return self.resolve(yes if self.conditions[cond] else no, where)
-            if key == "Condition":
-                return self.conditions[arg]
-            if key.startswith("Fn::"):
-                raise TemplateError(f"{where}: {key} is not supported by the local stack")
-        return {k: r for k, r in ((k, self.resolve(v, f"{where}.{k}")) for k, v in value.items())
-                if r is not _NO_VALUE}
+            for item in value:
+                found |= self.references(item)
+        elif isinstance(value, dict):
+            for key, arg in value.items():
+                if key == "Ref" and isinstance(arg, str):
+                    found.add(arg)
+                elif key == "Fn::GetAtt":
+                    parts = arg if isinstance(arg, list) else str(arg).split(".", 1)
+                    found.add(str(parts[0]))
+                elif key == "Fn::Sub":
+                    text = arg[0] if isinstance(arg, list) else arg
+                    found |= {m.split(".")[0] for m in re.findall(r"\$\{([^!}][^}]*)\}", str(text))}
+                    if isinstance(arg, list) and len(arg) > 1:
+                        found |= self.references(arg[1])
+                else:
+                    found |= self.references(arg)
+        return {name for name in found if name in self.resources}
 
-    def _ref(self, name: str, where: str) -> Any:
-        if name == "AWS::NoValue":
+    def creation_order(self, supported: set[str]) -> tuple[list[str], dict[str, str]]:
+        """The supported, included resources in dependency order, and the skipped ones with their types."""
+        wanted = {lid for lid in self.resources if self.included(lid)}
+        skipped = {lid: self.resources[lid].get("Type", "?") for lid in wanted
+                   if self.resources[lid].get("Type") not in supported}
+        todo = {lid: self.references(self.resources[lid].get("Properties") or {}) & wanted
+                for lid in wanted - set(skipped)}
+        order: list[str] = []
+        while todo:
+            ready = sorted(lid for lid, deps in todo.items() if not (deps - set(order)))
+            if not ready:
+                details = "; ".join(f"{lid} needs {', '.join(sorted(deps - set(order)))}"
+                                    for lid, deps in sorted(todo.items()))
+                raise TemplateError(f"cannot create resources (circular or unsupported references): {details}")
+            for lid in ready:
+                order.append(lid)
+                del todo[lid]
+        return order, skipped
+
+    # ---- resolution ---------------------------------------------------------------------------------
+    def resolve(self, value: Any, where: str) -> Any:
+        """Resolve the intrinsic functions in `value`; `where` names the resource and property for errors."""
+        from samcli.lib.intrinsic_resolver.intrinsic_property_resolver import IntrinsicResolver
+        from samcli.lib.intrinsic_resolver.intrinsics_symbol_table import IntrinsicsSymbolTable
+
+        translator: dict[str, Any] = {**self.pseudo(), **self.parameters}
+        translator.update(self.created)
+        symbols = IntrinsicsSymbolTable(template=self.processed, logical_id_translator=translator,
+                                        default_type_resolver={}, common_attribute_resolver={})
+        resolver = IntrinsicResolver(template=self.processed, symbol_resolver=symbols)
+        try:
+            return _drop_no_value(resolver.intrinsic_property_resolver(_mark_no_value(value), ignore_errors=False,
+                                                                      parent_function=where))
+        except Exception as exc:  # noqa: BLE001 - SAM CLI's intrinsic errors, reported with the place
+            missing = sorted(self.references(value) - set(self.created))
+            hint = (f" ({', '.join(missing)} not created locally: its type is not emulated, or it is not "
+                    f"created yet)") if missing else ""
+            raise TemplateError(f"{where}: {exc}{hint}") from exc
+
+    def resource_properties(self, logical_id: str) -> dict[str, Any]:
+        return self.resolve(self.properties(logical_id), f"Resources.{logical_id}.Properties")  # type: ignore[no-any-return]
+
+    def outputs(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, spec in (self.processed.get("Outputs") or {}).items():
+            if spec.get("Condition") and not self.conditions.get(spec["Condition"], False):
+                continue
+            if name in overrides:
+                out[name] = overrides[name]
+                continue
+            try:
+                out[name] = self.resolve(spec.get("Value"), f"Outputs.{name}.Value")
+            except TemplateError as exc:
+                out[name] = f"<not available locally: {exc}>"
+        return out
+
+
+_NO_VALUE = "__sagalocal_AWS::NoValue__"
+
+
+def _mark_no_value(value: Any) -> Any:
+    """A copy of `value` with Ref AWS::NoValue as a marker (SAM CLI's resolver cannot carry it through Fn::If)."""
+    if isinstance(value, dict):
+        if value == {"Ref": "AWS::NoValue"}:
             return _NO_VALUE
-        if name in self.parameters:
-            return self.parameters[name]
-        pseudo = self.pseudo()
-        if name in pseudo:
-            return pseudo[name]
-        if name in self.refs:
-            return self.refs[name]
-        if name in self.resources:
-            raise TemplateError(f"{where}: Ref {name} is used before {name} was created "
-                                f"(or its type {self.resources[name].get('Type')} is not supported locally)")
-        raise TemplateError(f"{where}: Ref to unknown parameter or resource {name!r}")
-
-    def _getatt(self, resource: str, attribute: str, where: str) -> Any:
-        if (resource, attribute) in self.attrs:
-            return self.attrs[(resource, attribute)]
-        if resource not in self.resources:
-            raise TemplateError(f"{where}: Fn::GetAtt names unknown resource {resource!r}")
-        raise TemplateError(f"{where}: Fn::GetAtt {resource}.{attribute} is not available locally")
-
-    def _sub(self, arg: Any, where: str) -> str:
-        if isinstance(arg, list):
-            text, variables = arg[0], {k: self.resolve(v, where) for k, v in arg[1].items()}
-        else:
-            text, variables = arg, {}
-
-        def replace(match: re.Match[str]) -> str:
-            name = match.group(1)
-            if name.startswith("!"):
-                return "${" + name[1:] + "}"
-            if name in variables:
-                return str(variables[name])
-            if "." in name:
-                res, att = name.split(".", 1)
-                return str(self._getatt(res, att, where))
-            return str(self._ref(name, where))
-
-        return re.sub(r"\$\{([^}]+)\}", replace, str(text))
+        return {k: _mark_no_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mark_no_value(v) for v in value]
+    return value
 
 
-class _NoValue:
-    def __repr__(self) -> str:
-        return "AWS::NoValue"
-
-
-_NO_VALUE: Any = _NoValue()
+def _drop_no_value(value: Any) -> Any:
+    """Drop the keys and list items that resolved to AWS::NoValue, as CloudFormation does."""
+    if isinstance(value, dict):
+        return {k: _drop_no_value(v) for k, v in value.items() if v is not None and v != _NO_VALUE}
+    if isinstance(value, list):
+        return [_drop_no_value(v) for v in value if v is not None and v != _NO_VALUE]
+    return value

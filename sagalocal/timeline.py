@@ -58,6 +58,18 @@ def state_path(events: list[dict[str, Any]]) -> list[str]:
     return [visit.name for visit in visits(events)]
 
 
+def paginate(call: Any, key: str, **kwargs: Any) -> list[dict[str, Any]]:
+    """Every item of a paginated AWS list call (nextToken), in order."""
+    items: list[dict[str, Any]] = []
+    while True:
+        page = call(**kwargs)
+        items.extend(page.get(key, []))
+        token = page.get("nextToken")
+        if not token:
+            return items
+        kwargs["nextToken"] = token
+
+
 def history(sfn: Any, execution_arn: str) -> list[dict[str, Any]]:
     events, token = [], None
     while True:

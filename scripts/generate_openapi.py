@@ -11,9 +11,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 # The module reads its configuration at import, as on Lambda; no call is made to AWS here.
-for name in ("ORDERS_TABLE", "INVENTORY_TABLE", "IDEMPOTENCY_TABLE", "LEASE_SECONDS", "SAGA_DEADLINE_SECONDS",
-             "RESERVATION_TTL_SECONDS"):
-    os.environ.setdefault(name, "1" if name.endswith("SECONDS") else "unused")
+for name in ("ORDERS_TABLE", "INVENTORY_TABLE", "PAYMENTS_TABLE", "LEASE_SECONDS", "SAGA_DEADLINE_SECONDS",
+             "RESERVATION_TTL_SECONDS", "INDEX_SHARDS"):
+    os.environ.setdefault(name, "1" if name.endswith(("SECONDS", "SHARDS")) else "unused")
 os.environ.setdefault("STATE_MACHINE_ARN", "arn:aws:states:us-east-1:123456789012:stateMachine:unused")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")

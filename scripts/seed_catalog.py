@@ -1,10 +1,13 @@
-"""Load a catalog file into a deployed stack's inventory table (the InventoryTableName output).
+"""Load a catalog file into a stack's inventory table (the InventoryTableName output).
 
   python scripts/seed_catalog.py --table <InventoryTableName> events/catalog.json
+  python scripts/seed_catalog.py --stack-outputs outputs.json events/catalog.json
 
-Each item sets price and stock outright (available, reserved = sold = 0): run it on an
-empty table, or to restock before any order is placed. AWS credentials and region come
-from the usual boto3 environment (AWS_PROFILE, AWS_REGION, AWS_ENDPOINT_URL for LocalStack).
+The second form reads the table from a JSON file of the stack's Outputs (SAGA_STACK_OUTPUTS when run as
+`sagalocal up --init`).
+Each item is added only if its sku is not in the catalog yet: seeding twice changes nothing, and never
+resets the reserved and sold counts of live orders (scripts/restock.py adds stock). AWS credentials and
+region come from the usual boto3 environment (AWS_PROFILE, AWS_REGION, AWS_ENDPOINT_URL for LocalStack).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import boto3  # noqa: E402
 
 from order_saga.inventory import Inventory  # noqa: E402
+from order_saga.store import Store  # noqa: E402
 
 REQUIRED = {"sku": str, "name": str, "price": int, "currency": str, "available": int}
 
@@ -37,7 +41,9 @@ def validate(items: object) -> list[dict]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--table", required=True, help="the stack's InventoryTableName output")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--table", help="the stack's InventoryTableName output")
+    where.add_argument("--stack-outputs", type=Path, help="a JSON file of the stack's Outputs")
     parser.add_argument("catalog", type=Path)
     args = parser.parse_args()
     try:
@@ -45,10 +51,19 @@ def main() -> int:
     except (OSError, ValueError) as exc:
         print(f"error: {args.catalog}: {exc}", file=sys.stderr)
         return 2
-    inventory = Inventory(boto3.client("dynamodb"), args.table)
-    for item in items:
-        inventory.put_item(item["sku"], item["name"], item["price"], item["currency"], item["available"])
-    print(f"{len(items)} catalog items written to {args.table}")
+    table = args.table
+    if args.stack_outputs is not None:
+        try:
+            table = json.loads(args.stack_outputs.read_text())["InventoryTableName"]
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"error: {args.stack_outputs}: no InventoryTableName output ({exc})", file=sys.stderr)
+            return 2
+    inventory = Inventory(Store(boto3.client("dynamodb")), table)
+    added = [item["sku"] for item in items
+             if inventory.add_item(item["sku"], item["name"], item["price"], item["currency"], item["available"])]
+    present = len(items) - len(added)
+    print(f"{len(added)} catalog items added to {table}"
+          + (f"; {present} already there (add stock with scripts/restock.py)" if present else ""))
     return 0
 
 

@@ -4,24 +4,24 @@ from __future__ import annotations
 
 import os
 
-import boto3
-
+from order_saga import saga as steps
 from order_saga.config import Timing
-from order_saga.models import Outcome, SagaState
+from order_saga.dynamo import now_ms
+from order_saga.models import SagaState
 from order_saga.orders import Orders
-from order_saga.step import compensate, failed_forward_step, saga_step
+from order_saga.step import count, dynamodb_store, saga_step
 
-_dynamodb = boto3.client("dynamodb")
-TIMING = Timing.from_env()
-orders = Orders(_dynamodb, os.environ["ORDERS_TABLE"], TIMING)
+store = dynamodb_store()
+orders = Orders(store, os.environ["ORDERS_TABLE"], Timing.from_env())
 
 
-@saga_step("CancelOrder")
+@saga_step("CancelOrder", store)
 def lambda_handler(saga: SagaState, execution_id: str) -> SagaState:
-    compensate(orders, saga, execution_id, "CancelOrder", None)
-    failed, error, cause = failed_forward_step(saga)
-    # The SagaCompensated Fail state ends the execution with this error (ErrorPath/CausePath). Step Functions
-    # refuses a custom error named States.*, so States.Timeout ends the execution as Saga.Timeout.
-    if error.startswith("States."):
-        error = "Saga." + error.removeprefix("States.")
-    return saga.model_copy(update={"outcome": Outcome(error=error, cause=cause or f"{failed} failed")})
+    saga, acted = steps.compensate(store, orders, saga, execution_id, "CancelOrder", now_ms(), finish=True)
+    outcome = steps.outcome(saga)
+    if acted:
+        failure = steps.failed_forward_step(saga)
+        count("StepFailed", failure["step"] if failure else "Unknown")
+        count("SagaCompensated", "CancelOrder")
+    # The SagaCompensated Fail state ends the execution with this error (ErrorPath/CausePath).
+    return saga.model_copy(update={"outcome": outcome})

@@ -1,8 +1,11 @@
 """The orders API: POST /orders starts a saga, GET /orders/{order_id} shows it.
 
-The Idempotency-Key header names the order: the order id, and so the execution
-name, derive from it, so a resubmission can never start a second saga. The same
-key with the same body replays the first response; with another body it is 422.
+The Idempotency-Key header names the order: the order id, and so the execution name, derive from it, so a
+resubmission can never start a second saga. The order item is the idempotency record: it is written with
+the payment (the card token goes to the payments table, and nowhere else) in one conditional transaction;
+a resubmission finds it, and replays the first answer if the body is the same (422 otherwise). Starting the
+execution is idempotent too (same name, same input), so a resubmission also starts a saga whose first
+request died between the write and the start.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import os
 from typing import Annotated, Any
 
 import boto3
-from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 from aws_lambda_powertools.event_handler.openapi.exceptions import (
     RequestUnsupportedContentType,
@@ -20,42 +22,37 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import (
 )
 from aws_lambda_powertools.event_handler.openapi.params import Header, Path
 from aws_lambda_powertools.logging import correlation_paths
-from aws_lambda_powertools.utilities.idempotency import (
-    DynamoDBPersistenceLayer,
-    IdempotencyConfig,
-    idempotent_function,
-)
-from aws_lambda_powertools.utilities.idempotency.exceptions import (
-    IdempotencyAlreadyInProgressError,
-    IdempotencyValidationError,
-)
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from order_saga.config import Timing
 from order_saga.dynamo import now_ms
 from order_saga.inventory import Inventory
-from order_saga.models import OrderAccepted, OrderDocument, OrderRequest, ProblemBody, order_id_for
+from order_saga.models import OrderAccepted, OrderDocument, OrderRequest, ProblemBody, order_id_for, request_hash
 from order_saga.orders import Orders, order_view
+from order_saga.payments import Payments
+from order_saga.step import dynamodb_store, lambda_function, logger
 
-logger = Logger()
-tracer = Tracer()
-metrics = Metrics()
-
-_dynamodb = boto3.client("dynamodb")
 TIMING = Timing.from_env()
+store = dynamodb_store()
+orders = Orders(store, os.environ["ORDERS_TABLE"], TIMING)
+inventory = Inventory(store, os.environ["INVENTORY_TABLE"], TIMING)
+payments = Payments(store, os.environ["PAYMENTS_TABLE"])
 _sfn = boto3.client("stepfunctions")
-orders = Orders(_dynamodb, os.environ["ORDERS_TABLE"], TIMING)
-inventory = Inventory(_dynamodb, os.environ["INVENTORY_TABLE"])
 STATE_MACHINE_ARN = os.environ["STATE_MACHINE_ARN"]
-idempotency = IdempotencyConfig(
-    event_key_jmespath="idempotency_key",
-    payload_validation_jmespath="body",
-    raise_on_no_idempotency_key=True,
-    expires_after_seconds=24 * 3600,
-)
-persistence = DynamoDBPersistenceLayer(table_name=os.environ["IDEMPOTENCY_TABLE"], boto3_client=_dynamodb)
 
-app = APIGatewayRestResolver(enable_validation=True)
+
+
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
+# A field without a value is left out of every response, never sent as null.
+app = APIGatewayRestResolver(enable_validation=True,
+                             serializer=lambda body: json.dumps(_without_nulls(body), separators=(",", ":")))
 
 IdempotencyKey = Annotated[
     str,
@@ -65,13 +62,9 @@ IdempotencyKey = Annotated[
 OrderId = Annotated[str, Path(min_length=1, max_length=80, pattern=r"^[A-Za-z0-9_-]+$")]
 
 
-class IdempotencyKeyReused(Exception):
-    """The key already placed an order with a different body."""
-
-
 def error(status: int, message: str, **details: Any) -> Response[ProblemBody]:
     return Response(status_code=status, content_type=content_types.APPLICATION_JSON,
-                    body={"error": message, **details})
+                    body={"error": message, **{k: v for k, v in details.items() if v is not None}})
 
 
 def _problem(description: str) -> dict[str, Any]:
@@ -82,7 +75,6 @@ def _problem(description: str) -> dict[str, Any]:
           responses={202: {"description": "The saga started (or, for a resubmission, had started)",
                            "content": {"application/json": {"model": OrderAccepted}}},
                      400: _problem("Malformed request or missing Idempotency-Key"),
-                     409: _problem("The same Idempotency-Key is being processed right now"),
                      415: _problem("The body is not JSON"),
                      422: _problem("Unknown sku, or the Idempotency-Key was used with another body")})
 def place_order(order: OrderRequest, idempotency_key: IdempotencyKey) -> Response[OrderAccepted | ProblemBody]:
@@ -90,35 +82,37 @@ def place_order(order: OrderRequest, idempotency_key: IdempotencyKey) -> Respons
     unknown = [line.sku for line in order.items if line.sku not in catalog]
     if unknown:
         return error(422, "unknown items", unknown_skus=unknown)
-    try:
-        body = start_saga(request={"idempotency_key": idempotency_key, "body": order.model_dump(mode="json")})
-    except (IdempotencyValidationError, IdempotencyKeyReused):
-        return error(422, "this Idempotency-Key was already used with a different request body")
-    except IdempotencyAlreadyInProgressError:
-        return error(409, "a request with this Idempotency-Key is in progress; retry shortly")
-    return Response(status_code=202, content_type=content_types.APPLICATION_JSON, body=body,
-                    headers={"Location": body["links"]["order"]})
-
-
-@idempotent_function(data_keyword_argument="request", config=idempotency, persistence_store=persistence)
-def start_saga(request: dict[str, Any]) -> dict[str, Any]:
-    order = OrderRequest.model_validate(request["body"])
-    order_id = order_id_for(request["idempotency_key"])
-    execution_arn = f"{STATE_MACHINE_ARN.replace(':stateMachine:', ':execution:')}:{order_id}"
-    if not orders.accept(order_id, order, execution_arn, now_ms()):
-        existing = orders.get(order_id) or {}
-        if existing.get("customer_id") != order.customer_id or existing.get("items") != request["body"]["items"]:
-            raise IdempotencyKeyReused(order_id)
+    currencies = sorted({catalog[line.sku]["currency"] for line in order.items})
+    if len(currencies) > 1:
+        return error(422, f"the items are priced in several currencies: {', '.join(currencies)}; order them apart")
+    lines, total, currency = inventory.price(order.items, catalog)
+    order_id = order_id_for(idempotency_key)
+    body = order.model_dump(mode="json")
+    digest = request_hash(body)
+    now = now_ms()
+    new = orders.new_order(order_id, order.customer_id, body["items"], lines, total, currency,
+                           f"{STATE_MACHINE_ARN.replace(':stateMachine:', ':execution:')}:{order_id}", digest, now)
+    cancelled = store.transact([orders.put_new(new),
+                                payments.put_new(order_id, 1, order.payment_token, total, currency, now)])
+    if cancelled is not None:
+        existing = cancelled.item(0)
+        if not existing or existing.get("request_hash") != digest:
+            return error(422, "this Idempotency-Key was already used with a different request body")
+        new = existing  # a resubmission: replay the first answer (and start the saga if it never started)
     logger.append_keys(order_id=order_id)
-    saga_input = {"order_id": order_id, **request["body"]}
+    saga_input = {"order_id": order_id, "customer_id": new["customer_id"],
+                  "lease_expires_at": new["lease_expires_at"], "deadline_at": new["deadline_at"]}
     try:
         execution_arn = _sfn.start_execution(stateMachineArn=STATE_MACHINE_ARN, name=order_id,
                                              input=json.dumps(saga_input))["executionArn"]
     except _sfn.exceptions.ExecutionAlreadyExists:
+        execution_arn = new["execution_arn"]
         logger.info("execution already exists: a resubmission")
     logger.info("saga started", extra={"execution_arn": execution_arn})
-    return {"order_id": order_id, "execution_arn": execution_arn, "status": "PENDING",
-            "links": {"order": f"/orders/{order_id}"}}
+    accepted = {"order_id": order_id, "execution_arn": execution_arn, "status": "PENDING",
+                "links": {"order": f"/orders/{order_id}"}}
+    return Response(status_code=202, content_type=content_types.APPLICATION_JSON, body=accepted,
+                    headers={"Location": accepted["links"]["order"]})
 
 
 @app.get("/orders/<order_id>", summary="An order with its saga status and step log",
@@ -128,8 +122,7 @@ def get_order(order_id: OrderId) -> Response[OrderDocument | ProblemBody]:
     order = orders.get(order_id, consistent=False)
     if order is None:
         return error(404, f"order {order_id} not found")
-    return Response(status_code=200, content_type=content_types.APPLICATION_JSON,
-                    body=order_view(order))
+    return Response(status_code=200, content_type=content_types.APPLICATION_JSON, body=order_view(order))
 
 
 @app.exception_handler(RequestValidationError)
@@ -160,15 +153,14 @@ def too_deep_body(exc: RecursionError) -> Response:
 
 @app.exception_handler(ValueError)
 def unparsable_body(exc: ValueError) -> Response:
-    """Powertools' body parsing raises ValueError for a malformed multipart body; that is the client's."""
-    if "boundary" in str(exc).lower():
-        return error(400, "invalid request", details=[{"where": "body", "problem": str(exc), "type": "body"}])
+    """The body could not be parsed: malformed JSON, an integer literal past Python's 4,300 digits, or a
+    multipart body without a boundary. That is the client's; any other ValueError is ours (a 5xx)."""
+    message = str(exc)
+    if isinstance(exc, json.JSONDecodeError) or "digits" in message or "boundary" in message.lower():
+        return error(400, "invalid request", details=[{"where": "body", "problem": message[:200], "type": "body"}])
     raise exc
 
 
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)
-@tracer.capture_lambda_handler
-@metrics.log_metrics
+@lambda_function("OrdersApi", store, correlation_id_path=correlation_paths.API_GATEWAY_REST)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    idempotency.register_lambda_context(context)
     return app.resolve(event, context)

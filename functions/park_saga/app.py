@@ -1,8 +1,8 @@
-"""ParkSaga: a compensation spent its retry budget. Park the full saga state for an operator.
+"""ParkSaga: a compensation spent its retry budget. Park the saga state for an operator.
 
-The state goes to the parked-sagas queue (which has a dead-letter queue), the
-SagaParked metric feeds an alarm, and the order is marked FAILED. docs/operations.md
-says how to redrive a parked saga.
+The state goes to the parked-sagas queue (which has a dead-letter queue), the SagaParked metric feeds an
+alarm, and the order is marked FAILED. docs/operations.md says how to redrive a parked saga. The state
+carries no card token (it never does); the message names the failures by error only.
 """
 
 from __future__ import annotations
@@ -17,16 +17,15 @@ from order_saga.config import Timing
 from order_saga.dynamo import now_ms
 from order_saga.models import SagaState
 from order_saga.orders import Orders
-from order_saga.step import count, logger, saga_step
+from order_saga.step import count, dynamodb_store, logger, saga_step
 
-_dynamodb = boto3.client("dynamodb")
-TIMING = Timing.from_env()
+store = dynamodb_store()
+orders = Orders(store, os.environ["ORDERS_TABLE"], Timing.from_env())
 _sqs = boto3.client("sqs")
-orders = Orders(_dynamodb, os.environ["ORDERS_TABLE"], TIMING)
 QUEUE_URL = os.environ["PARKED_SAGAS_QUEUE_URL"]
 
 
-@saga_step("ParkSaga")
+@saga_step("ParkSaga", store)
 def lambda_handler(saga: SagaState, execution_id: str) -> SagaState:
     failed = ", ".join(f"{step}: {f.error}" for step, f in saga.failures.items())
     _sqs.send_message(

@@ -1,11 +1,14 @@
 """Reaper: a scheduled sweep that finishes what abandoned sagas left.
 
-1. Orders whose lease expired while their saga is unfinished (the execution was
-   stopped, timed out, crashed, or ran past the saga deadline): the reaper takes the
-   lease over with a conditional write (a new fencing token, so the old execution's
-   late writes cannot land and a second reaper cannot take the same order), stops the
-   old execution, and compensates: money back, stock back, order cancelled.
+1. Orders whose lease expired while their saga is unfinished (the execution was stopped, timed out,
+   crashed, or ran past the saga deadline): the reaper takes the lease over with a conditional write (a new
+   fencing token, so the old execution's late writes cannot land and a second reaper cannot take the same
+   order), stops the old execution, and compensates: money back, stock back, order cancelled.
 2. Reservations past their expiry: stock goes back, exactly once.
+
+Every shard of both indexes is read, every page of each. One order that cannot be finished is logged and
+counted (ReaperFailed, which an alarm watches) and the sweep goes on; its lease stays expired, so the next
+sweep tries it again.
 """
 
 from __future__ import annotations
@@ -16,60 +19,74 @@ from typing import Any
 import boto3
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from order_saga import saga as steps
 from order_saga.config import Timing
 from order_saga.dynamo import now_ms
 from order_saga.gateway import gateway_from_env
 from order_saga.inventory import Inventory
+from order_saga.models import SagaState
 from order_saga.orders import Orders
-from order_saga.payments import Payments
-from order_saga.step import count, logger, metrics, tracer
+from order_saga.payments import CAPTURED, CAPTURING, Payments, payment_id
+from order_saga.step import count, dynamodb_store, lambda_function, logger
 
-_dynamodb = boto3.client("dynamodb")
-_sfn = boto3.client("stepfunctions")
 TIMING = Timing.from_env()
-orders = Orders(_dynamodb, os.environ["ORDERS_TABLE"], TIMING)
-inventory = Inventory(_dynamodb, os.environ["INVENTORY_TABLE"])
-payments = Payments(_dynamodb, os.environ["PAYMENTS_TABLE"], gateway_from_env(_dynamodb))
+store = dynamodb_store()
+orders = Orders(store, os.environ["ORDERS_TABLE"], TIMING)
+inventory = Inventory(store, os.environ["INVENTORY_TABLE"], TIMING)
+payments = Payments(store, os.environ["PAYMENTS_TABLE"], gateway_from_env(store))
+_sfn = boto3.client("stepfunctions")
 
 
-def reap_order(order: dict[str, Any], owner: str, now: int) -> bool:
-    lease = orders.take_over(order, owner, now)
-    if lease is None:
+def reap_order(entry: dict[str, Any], owner: str, now: int) -> bool:
+    taken = orders.take_over(entry, owner, now)
+    if taken is None:
         return False  # renewed meanwhile, or another reaper took it
+    order, lease = taken
     logger.append_keys(order_id=order["order_id"])
-    execution = order.get("execution_arn") or order.get("lease_owner")
-    if execution and ":execution:" in str(execution):
+    previous = str(order.get("previous_owner", ""))
+    execution = previous if ":execution:" in previous else str(order.get("execution_arn", ""))
+    if ":execution:" in execution:
         try:
             _sfn.stop_execution(executionArn=execution, error="LeaseExpired",
-                                cause=f"the reaper ({owner}) took the order over and compensates it")
+                                cause="the reaper took the order over and compensates it")
         except Exception as exc:  # noqa: BLE001 - already ended, or never started: the fence protects us anyway
             logger.info("could not stop the execution", extra={"execution": execution, "reason": str(exc)})
-    payments.void(order["order_id"], now_ms())
-    inventory.release(order["order_id"], now_ms())
-    orders.cancel(lease, now_ms())
+    saga = SagaState(order_id=order["order_id"], customer_id=order["customer_id"], fence=lease.fence,
+                     deadline_at=lease.deadline_at, lease_expires_at=lease.expires_at)
+    captured = (payments.get(payment_id(saga.order_id)) or {}).get("status") in (CAPTURING, CAPTURED)
+    steps.compensate(store, orders, saga, owner, "RefundPayment" if captured else "VoidPayment", now_ms(),
+                     steps.undo_payment(payments, saga.order_id, now_ms()))
+    steps.compensate(store, orders, saga, owner, "ReleaseInventory", now_ms(),
+                     steps.undo_reservation(inventory, saga.order_id, now_ms()))
+    steps.compensate(store, orders, saga, owner, "CancelOrder", now_ms(), finish=True)
     count("SagaReaped", "Reaper")
-    logger.warning("abandoned saga compensated", extra={"was": order.get("saga_status"),
-                                                         "previous_owner": order.get("lease_owner")})
+    logger.warning("abandoned saga compensated", extra={"was": entry.get("saga_status"),
+                                                         "previous_owner": order.get("previous_owner")})
     return True
 
 
-@logger.inject_lambda_context(clear_state=True)
-@metrics.log_metrics
-@tracer.capture_lambda_handler(capture_response=False)
+@lambda_function("Reaper", store)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     now = now_ms()
     owner = f"reaper:{context.aws_request_id}"
-    compensated, failed = [], []
-    for order in orders.abandoned(now):
+    compensated, released, failed = [], [], []
+    for entry in orders.abandoned(now):
         try:
-            if reap_order(order, owner, now):
-                compensated.append(order["order_id"])
-        except Exception:  # one stubborn order must not stop the sweep; its lease expires and it is retried
-            logger.exception("could not compensate an abandoned saga", extra={"order_id": order["order_id"]})
+            if reap_order(entry, owner, now):
+                compensated.append(entry["order_id"])
+        except Exception:  # one stubborn order must not stop the sweep; its lease stays expired: next sweep
+            logger.exception("could not compensate an abandoned saga", extra={"order_id": entry["order_id"]})
             count("ReaperFailed", "Reaper")
-            failed.append(order["order_id"])
-    released = [r["order_id"] for r in inventory.expired(now) if inventory.release_expired(r, now)]
-    for _ in released:
-        count("ReservationExpired", "Reaper")
+            failed.append(entry["order_id"])
+    for entry in inventory.expired(now):
+        order_id = str(entry["pk"]).removeprefix("ORDER#")
+        try:
+            if inventory.release_expired(order_id, now):
+                released.append(order_id)
+                count("ReservationExpired", "Reaper")
+        except Exception:  # noqa: BLE001 - as above: logged, counted, retried at the next sweep
+            logger.exception("could not release an expired reservation", extra={"order_id": order_id})
+            count("ReaperFailed", "Reaper")
+            failed.append(order_id)
     logger.info("sweep done", extra={"compensated": compensated, "released": released, "failed": failed})
     return {"compensated": compensated, "released_reservations": released, "failed": failed}

@@ -1,25 +1,28 @@
-"""RefundPayment: compensates ConfirmOrder's capture. Refunds captured money, or voids if not captured."""
+"""RefundPayment: compensates ConfirmOrder's capture. Refunds captured money, or voids what was only authorized."""
 
 from __future__ import annotations
 
 import os
 
-import boto3
-
+from order_saga import saga as steps
 from order_saga.config import Timing
 from order_saga.dynamo import now_ms
 from order_saga.gateway import gateway_from_env
 from order_saga.models import SagaState
 from order_saga.orders import Orders
 from order_saga.payments import Payments
-from order_saga.step import compensate, saga_step
+from order_saga.step import count, dynamodb_store, saga_step
 
-_dynamodb = boto3.client("dynamodb")
-TIMING = Timing.from_env()
-orders = Orders(_dynamodb, os.environ["ORDERS_TABLE"], TIMING)
-payments = Payments(_dynamodb, os.environ["PAYMENTS_TABLE"], gateway_from_env(_dynamodb))
+store = dynamodb_store()
+orders = Orders(store, os.environ["ORDERS_TABLE"], Timing.from_env())
+payments = Payments(store, os.environ["PAYMENTS_TABLE"], gateway_from_env(store))
 
 
-@saga_step("RefundPayment")
+@saga_step("RefundPayment", store)
 def lambda_handler(saga: SagaState, execution_id: str) -> SagaState:
-    return compensate(orders, saga, execution_id, "RefundPayment", lambda: payments.refund(saga.order_id, now_ms()))
+    now = now_ms()
+    saga, acted = steps.compensate(store, orders, saga, execution_id, "RefundPayment", now,
+                                   steps.undo_payment(payments, saga.order_id, now))
+    if acted:
+        count("CompensationRun", "RefundPayment")
+    return saga

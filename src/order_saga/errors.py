@@ -21,7 +21,9 @@ class TransientError(SagaError):
 
 
 class UnknownItem(BusinessError):
-    """An order line names a sku that is not in the catalog."""
+    """An order line names a sku that is not in the catalog, or the lines are priced in several currencies.
+
+    The API answers it with 422 before any saga starts."""
 
 
 class InsufficientStock(BusinessError):
@@ -65,7 +67,11 @@ class PaymentGatewayUnavailable(TransientError):
 
 
 class StoreThrottled(TransientError):
-    """DynamoDB throttled or failed internally after the SDK's own retries."""
+    """DynamoDB kept throttling, failing internally or losing responses past the handler's own retries."""
+
+
+class StoreContention(TransientError):
+    """DynamoDB kept cancelling a write for a conflicting concurrent write past the handler's own retries."""
 
 
 class ConcurrentUpdate(TransientError):
@@ -73,4 +79,5 @@ class ConcurrentUpdate(TransientError):
 
 
 # The names the state machine treats as transient (kept in sync by a unit test).
-TRANSIENT_ERROR_NAMES = ("TransientError", "PaymentGatewayUnavailable", "StoreThrottled", "ConcurrentUpdate")
+TRANSIENT_ERROR_NAMES = ("TransientError", "PaymentGatewayUnavailable", "StoreThrottled", "StoreContention",
+                         "ConcurrentUpdate")

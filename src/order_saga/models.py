@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -23,6 +24,11 @@ FAILED = "FAILED"
 def order_id_for(idempotency_key: str) -> str:
     """The order id, and so the execution name, that an Idempotency-Key stands for."""
     return "ord_" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
+
+
+def request_hash(body: dict) -> str:
+    """What a resubmission must match to replay the first answer: the request body, canonically."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 class OrderLine(BaseModel):
@@ -71,17 +77,19 @@ class Outcome(BaseModel):
 
 
 class SagaState(BaseModel):
-    """The state machine's data: the execution input plus what each step adds."""
+    """The state machine's data: the execution input (from the API) plus what each step adds.
+
+    It never carries the card token: the token stays in the payments table.
+    """
 
     order_id: str
     customer_id: str
-    items: list[OrderLine]
-    payment_token: str
-    lines: list[PricedLine] | None = None  # added by CreateOrder
+    lease_expires_at: int | None = None  # the lease's expiry as last written (the API, then the steps)
+    deadline_at: int | None = None  # the saga's deadline (epoch ms); no lease is renewed past it
+    lines: list[PricedLine] | None = None  # added by CreateOrder, from the order the API priced
     total: int | None = None  # added by CreateOrder, minor units
     currency: str | None = None
     fence: int | None = None  # added by CreateOrder: the lease's fencing token
-    deadline_at: int | None = None  # added by CreateOrder: the saga's deadline (epoch ms)
     authorization: str | None = None  # added by AuthorizePayment (gateway reference)
     failures: dict[str, StepFailure] = Field(default_factory=dict)  # added by Catch
     outcome: Outcome | None = None  # added by CancelOrder: the error the execution ends with
@@ -134,7 +142,6 @@ class OrderDocument(BaseModel):
     lines: list[PricedLine] | None = None
     total: int | None = None
     currency: str | None = None
-    execution_arn: str
     created_at: int
     updated_at: int
     parked_error: str | None = None

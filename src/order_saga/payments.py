@@ -1,178 +1,143 @@
-"""The payment service: one payment item per order, driven through the gateway adapter.
+"""The payment service: one payment item per payment method of an order, driven through the gateway.
 
-  payment_id = <order id>   status AUTHORIZING | AUTHORIZED | DECLINED | CAPTURING | CAPTURED
-                            | VOIDED | REFUNDED
+  payment_id = <order id>#<n>   status PENDING | AUTHORIZED | DECLINED | CAPTURING | CAPTURED | VOIDED | REFUNDED
+                                token (the card token: this table is the only place that holds it)
 
-The item is written before the gateway is called (an intent) and moved after it,
-each write conditional on the expected status. A compensation that finds no
-payment writes a VOIDED tombstone, so an authorization that arrives late (its
-task timed out) cannot land: it sees the tombstone and voids at the gateway.
+The API writes the payment PENDING with its token, in the same transaction as the order. AuthorizePayment
+moves it to AUTHORIZED (or DECLINED) after the gateway answered; ConfirmOrder to CAPTURING with the stock
+commit, then to CAPTURED once the gateway captured. Every move is conditional on the status it expects, so
+a repeat changes nothing and a late authorization (its task timed out and the payment was voided) cannot
+land: it finds VOIDED and voids at the gateway what it just authorized.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from botocore.exceptions import ClientError
-
-from order_saga.dynamo import (
-    cancellation_reasons,
-    from_ddb,
-    guard_failed,
-    is_condition_failure,
-    raise_if_transient,
-    to_ddb,
-    values,
-)
-from order_saga.errors import ConcurrentUpdate, LeaseLost, PaymentDeclined, PaymentNotAuthorized, PaymentVoided
+from order_saga.dynamo import to_ddb, values
+from order_saga.errors import PaymentDeclined, PaymentNotAuthorized, PaymentVoided
 from order_saga.gateway import PaymentGateway
+from order_saga.store import Store
 
-AUTHORIZING = "AUTHORIZING"
+PENDING = "PENDING"
 AUTHORIZED = "AUTHORIZED"
 DECLINED = "DECLINED"
 CAPTURING = "CAPTURING"
 CAPTURED = "CAPTURED"
 VOIDED = "VOIDED"
 REFUNDED = "REFUNDED"
+HOLDS_MONEY = (AUTHORIZED, CAPTURING, CAPTURED)
 UNDONE = (VOIDED, REFUNDED)
 
 
+def payment_id(order_id: str, method: int = 1) -> str:
+    return f"{order_id}#{method}"
+
+
 class Payments:
-    def __init__(self, client: Any, table: str, gateway: PaymentGateway) -> None:
-        self.client = client
+    def __init__(self, store: Store, table: str, gateway: PaymentGateway | None = None) -> None:
+        self.store = store
         self.table = table
-        self.gateway = gateway
+        self._gateway = gateway
 
-    def get(self, order_id: str) -> dict[str, Any] | None:
-        resp = self.client.get_item(TableName=self.table, Key=to_ddb({"payment_id": order_id}), ConsistentRead=True)
-        return from_ddb(resp["Item"]) if "Item" in resp else None
+    @property
+    def gateway(self) -> PaymentGateway:
+        if self._gateway is None:
+            raise RuntimeError("this function has no payment gateway (PAYMENT_GATEWAY is not set)")
+        return self._gateway
 
-    def authorize(self, order_id: str, token: str, amount: int, currency: str, now: int,
-                  guard: dict[str, Any] | None = None) -> str:
-        """AuthorizePayment. Returns the gateway's reference; a repeat returns the same one.
+    def reverse(self, pid: str) -> str | None:
+        """Give back at the gateway whatever the payment holds (void or refund)."""
+        return self.gateway.reverse(pid)
 
-        `guard` (the order's lease check) joins the intent write and the final write:
-        an authorization that returns after the lease was lost is voided at the gateway.
+    def key(self, pid: str) -> dict[str, Any]:
+        return to_ddb({"payment_id": pid})
+
+    def get(self, pid: str) -> dict[str, Any] | None:
+        return self.store.get(self.table, self.key(pid))
+
+    # ---- the API -----------------------------------------------------------------------------------------
+    def put_new(self, order_id: str, method: int, token: str, amount: int, currency: str,
+                now: int) -> dict[str, Any]:
+        item = {"payment_id": payment_id(order_id, method), "order_id": order_id, "method": method,
+                "status": PENDING, "token": token, "amount": amount, "currency": currency,
+                "created_at": now, "updated_at": now}
+        return {"Put": {"TableName": self.table, "Item": to_ddb(item),
+                        "ConditionExpression": "attribute_not_exists(payment_id)"}}
+
+    # ---- AuthorizePayment --------------------------------------------------------------------------------
+    def authorize_at_gateway(self, payment: dict[str, Any] | None, now: int) -> str:
+        """The gateway's authorization of a PENDING payment (a repeat returns the reference it already has).
+
+        A decline is recorded (DECLINED) and raised as PaymentDeclined.
         """
-        payment = self.get(order_id)
         if payment is None:
-            created = self._write(order_id, None, AUTHORIZING, now, guard=guard, amount=amount, currency=currency)
-            payment = {"status": AUTHORIZING} if created else (self.get(order_id) or {})
-        status = payment.get("status")
-        if status in (AUTHORIZED, CAPTURING, CAPTURED):
+            raise PaymentNotAuthorized("the order has no payment method on file")
+        pid, status = payment["payment_id"], payment.get("status")
+        if status in HOLDS_MONEY:
             return str(payment["authorization"])
         if status == DECLINED:
             raise PaymentDeclined(payment.get("reason", "card declined"))
         if status in UNDONE:
-            raise PaymentVoided(f"payment of order {order_id} was {status} before it was authorized")
+            raise PaymentVoided(f"payment {pid} was {status} before it was authorized")
         try:
-            reference = self.gateway.authorize(order_id, token, amount, currency)
+            return self.gateway.authorize(pid, str(payment["token"]), int(payment["amount"]),
+                                          str(payment["currency"]))
         except PaymentDeclined as exc:
-            self._write(order_id, AUTHORIZING, DECLINED, now, reason=str(exc))
+            self.store.update(
+                TableName=self.table, Key=self.key(pid), ConditionExpression="#status = :pending",
+                UpdateExpression="SET #status = :declined, reason = :reason, updated_at = :now",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues=values(pending=PENDING, declined=DECLINED, reason=str(exc), now=now))
             raise
-        try:
-            landed = self._write(order_id, AUTHORIZING, AUTHORIZED, now, guard=guard, authorization=reference)
-        except LeaseLost:
-            self.gateway.void(order_id)  # this late authorization must not hold money
-            raise
-        if not landed:
-            current = self.get(order_id) or {}
-            if current.get("status") in (AUTHORIZED, CAPTURING, CAPTURED):
-                return str(current["authorization"])
-            # Compensated while we were at the gateway: this late authorization must not hold money.
-            self.gateway.void(order_id)
-            raise PaymentVoided(f"payment of order {order_id} was {current.get('status')} while authorizing")
-        return reference
 
-    def capture(self, order_id: str, now: int, guard: dict[str, Any] | None = None) -> None:
-        """ConfirmOrder: take the authorized money. A repeat is a no-op.
+    def authorized_item(self, pid: str, reference: str, now: int) -> dict[str, Any]:
+        return self._move_item(pid, PENDING, AUTHORIZED, now, authorization=reference)
 
-        The intent (CAPTURING) is written under the lease; once the gateway captured,
-        the fact is recorded whatever happened to the lease, and a compensation refunds it.
-        """
-        payment = self.get(order_id) or {}
-        status = payment.get("status")
-        if status == CAPTURED:
-            return
-        if status == AUTHORIZED:
-            if not self._write(order_id, AUTHORIZED, CAPTURING, now, guard=guard):
-                return self.capture(order_id, now, guard)
-            status = CAPTURING
-        if status != CAPTURING:
-            raise PaymentNotAuthorized(f"payment of order {order_id} is {status}; nothing to capture")
-        self.gateway.capture(order_id)
-        self._write(order_id, CAPTURING, CAPTURED, now)
+    def late_authorization(self, pid: str, current: dict[str, Any] | None) -> Exception | None:
+        """The authorization could not be recorded: None if a concurrent attempt recorded it, else the error
+        to raise, once what the gateway holds was given back."""
+        if current is not None and current.get("status") in HOLDS_MONEY:
+            return None
+        self.gateway.reverse(pid)  # this late authorization must not hold money
+        return PaymentVoided(f"payment {pid} was {(current or {}).get('status')} when its authorization returned")
 
-    def void(self, order_id: str, now: int) -> None:
-        """VoidPayment / RefundPayment: give back whatever the order holds. A repeat is a no-op.
+    # ---- ConfirmOrder ------------------------------------------------------------------------------------
+    def capturing_item(self, pid: str, now: int) -> dict[str, Any]:
+        return self._move_item(pid, AUTHORIZED, CAPTURING, now)
 
-        AUTHORIZING or AUTHORIZED is voided at the gateway, CAPTURING or CAPTURED
-        is refunded; nothing at all leaves a VOIDED tombstone.
-        """
-        for _ in range(5):
-            payment = self.get(order_id)
-            status = None if payment is None else payment.get("status")
-            if status in UNDONE or status == DECLINED:
-                return
-            if status is None:
-                if self._write(order_id, None, VOIDED, now, tombstone=True):
-                    return
-                continue
-            if status in (AUTHORIZING, AUTHORIZED):
-                self.gateway.void(order_id)
-                if self._write(order_id, status, VOIDED, now):
-                    return
-                continue
-            # CAPTURING or CAPTURED: the money may have moved. Refund; the gateway refuses
-            # a refund of what it never captured, and then the authorization is voided.
-            try:
-                self.gateway.refund(order_id)
-                target = REFUNDED
-            except PaymentNotAuthorized:
-                self.gateway.void(order_id)
-                target = VOIDED
-            if self._write(order_id, status, target, now):
-                return
-        raise ConcurrentUpdate(f"payment of order {order_id} kept changing while undoing it")
+    def captured_item(self, pid: str, now: int) -> dict[str, Any]:
+        return self._move_item(pid, CAPTURING, CAPTURED, now)
 
-    refund = void
+    @staticmethod
+    def not_capturable(payment: dict[str, Any] | None) -> PaymentNotAuthorized | None:
+        """Why a payment cannot move to CAPTURING (None: it already did, a repeat)."""
+        status = (payment or {}).get("status")
+        if status in (CAPTURING, CAPTURED):
+            return None
+        return PaymentNotAuthorized(f"payment is {status}; nothing to capture")
 
-    def _write(self, order_id: str, expected: str | None, status: str, now: int,
-               guard: dict[str, Any] | None = None, **fields: Any) -> bool:
-        """Move the payment to `status` if it is `expected` (None: absent). False if that condition failed.
+    # ---- VoidPayment, RefundPayment, the reaper --------------------------------------------------------
+    def undo_item(self, pid: str, now: int) -> dict[str, Any] | None:
+        """Give back what the payment holds at the gateway, and the item that records it (None: nothing to
+        record). Idempotent; the item is conditional on the status read, so a concurrent change is noticed."""
+        payment = self.get(pid)
+        status = None if payment is None else payment.get("status")
+        if status in UNDONE or status == DECLINED:
+            return None
+        if status is None:  # no payment at all: a tombstone, so nothing can authorize later
+            tombstone = {"payment_id": pid, "order_id": pid.rsplit("#", 1)[0], "status": VOIDED,
+                         "created_at": now, "updated_at": now}
+            return {"Put": {"TableName": self.table, "Item": to_ddb(tombstone),
+                            "ConditionExpression": "attribute_not_exists(payment_id)"}}
+        final = self.gateway.reverse(pid)  # PENDING too: an authorization may have landed at the gateway
+        return self._move_item(pid, str(status), REFUNDED if final == REFUNDED else VOIDED, now)
 
-        With `guard`, the write is a transaction with the order's lease check, and a
-        lost lease raises LeaseLost.
-        """
-        fields = {"status": status, "updated_at": now, **fields}
-        if expected is None:
-            fields["created_at"] = now
-        names = {f"#{k}": k for k in fields}
-        vals = dict(fields)
-        if expected is None:
-            condition = "attribute_not_exists(payment_id)"
-        else:
-            vals["expected"] = expected
-            condition = "#status = :expected"
-        update = {
-            "TableName": self.table, "Key": to_ddb({"payment_id": order_id}),
-            "UpdateExpression": "SET " + ", ".join(f"#{k} = :{k}" for k in fields),
-            "ConditionExpression": condition,
-            "ExpressionAttributeNames": names,
-            "ExpressionAttributeValues": values(**vals),
-        }
-        try:
-            if guard is None:
-                self.client.update_item(**update)
-            else:
-                self.client.transact_write_items(TransactItems=[{"Update": update}, guard])
-        except ClientError as exc:
-            reasons = cancellation_reasons(exc)
-            if guard_failed(reasons, guard):
-                raise LeaseLost(f"order {order_id}: the lease was lost; the payment did not move to {status}") \
-                    from exc
-            if is_condition_failure(exc) or (reasons and reasons[0] == "ConditionalCheckFailed"):
-                return False
-            raise_if_transient(exc)
-            raise
-        return True
+    def _move_item(self, pid: str, status_from: str, status_to: str, now: int, **fields: Any) -> dict[str, Any]:
+        sets = ["#status = :to", "updated_at = :now"] + [f"#{name} = :{name}" for name in fields]
+        return {"Update": {
+            "TableName": self.table, "Key": self.key(pid), "UpdateExpression": "SET " + ", ".join(sets),
+            "ConditionExpression": "#status = :from",
+            "ExpressionAttributeNames": {"#status": "status", **{f"#{name}": name for name in fields}},
+            "ExpressionAttributeValues": values(to=status_to, now=now, **{"from": status_from}, **fields),
+        }}

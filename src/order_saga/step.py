@@ -1,53 +1,83 @@
-"""What every saga task handler shares: Powertools set-up and the event envelope.
+"""What every handler shares: Powertools set-up, the time budget, the event envelope, fault injection.
 
-A task receives {"saga": <SagaState>, "execution_id": <arn>} (see the ASL's
-Parameters) and returns the updated saga state; a failure is an exception whose
-class name is the error the state machine catches.
+A saga task receives {"saga": <SagaState>, "execution_id": <arn>} (see the ASL's Parameters) and returns
+the updated saga state; a failure is an exception whose class name is the error the state machine catches.
 """
 
 from __future__ import annotations
 
 import functools
-import json
+import os
 from collections.abc import Callable
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+import boto3
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from order_saga.dynamo import now_ms
 from order_saga.errors import SagaError
 from order_saga.models import SagaState, StepEvent
+from order_saga.store import CLIENT_CONFIG, Store
 
 logger = Logger()
-tracer = Tracer()
 metrics = Metrics()
+TRACING = os.environ.get("POWERTOOLS_TRACE_DISABLED", "false").lower() != "true"
 
-FORWARD_STEPS = ("CreateOrder", "ReserveInventory", "AuthorizePayment", "ConfirmOrder")
-
+Handler = Callable[[dict[str, Any], LambdaContext], Any]
 Step = Callable[[SagaState, str], SagaState]
 
 
-def count(name: str, step: str) -> None:
-    """One metric with its own `step` dimension (alarms select on service and step)."""
-    with single_metric(name=name, unit=MetricUnit.Count, value=1,
-                       default_dimensions=metrics.default_dimensions) as metric:
+def dynamodb_store() -> Store:
+    """The function's DynamoDB access (one client, created once per sandbox)."""
+    return Store(boto3.client("dynamodb", config=CLIENT_CONFIG))
+
+
+def count(name: str, step: str, value: float = 1, unit: str = MetricUnit.Count) -> None:
+    """One metric with its own `step` dimension (alarms and the dashboard select on service and step)."""
+    with single_metric(name=name, unit=unit, value=value, default_dimensions=metrics.default_dimensions) as metric:
         metric.add_dimension(name="step", value=step)
 
 
-def saga_step(name: str) -> Callable[[Step], Callable[[dict[str, Any], LambdaContext], dict[str, Any]]]:
-    """Turn `fn(saga, execution_id) -> saga` into a Lambda handler for the state named `name`."""
+def lambda_function(name: str, store: Store, order_id_of: Callable[[Any], str | None] | None = None,
+                    **log_context: Any) -> Callable[[Handler], Handler]:
+    """A Lambda handler with Powertools, the store's time budget, tracing where it is on, and fault injection
+    where the template turned it on (FaultInjection)."""
 
-    def decorate(fn: Step) -> Callable[[dict[str, Any], LambdaContext], dict[str, Any]]:
-        @logger.inject_lambda_context(clear_state=True)
-        @metrics.log_metrics
-        @tracer.capture_lambda_handler(capture_response=False)
+    def decorate(fn: Handler) -> Handler:
+        @functools.wraps(fn)
+        def budgeted(event: dict[str, Any], context: LambdaContext) -> Any:
+            store.set_deadline(context.get_remaining_time_in_millis())
+            return fn(event, context)
+
+        handler: Handler = metrics.log_metrics(logger.inject_lambda_context(clear_state=True, **log_context)(budgeted))
+        if TRACING:
+            from aws_lambda_powertools import Tracer
+
+            handler = Tracer().capture_lambda_handler(capture_response=False)(handler)
+        if os.environ.get("FAULT_RULES_TABLE"):
+            from sagafaults.handler import wrap
+
+            handler = wrap(handler, name, [store.client], order_id_of)
+        return handler
+
+    return decorate
+
+
+def _saga_order_id(event: Any) -> str | None:
+    saga = event.get("saga") if isinstance(event, dict) else None
+    return saga.get("order_id") if isinstance(saga, dict) else None
+
+
+def saga_step(name: str, store: Store) -> Callable[[Step], Handler]:
+    """Turn `fn(saga, execution_id) -> saga` into the Lambda handler of the state named `name`."""
+
+    def decorate(fn: Step) -> Handler:
+        @lambda_function(name, store, _saga_order_id)
         @functools.wraps(fn)
         def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
             step = StepEvent.model_validate(event)
             logger.append_keys(order_id=step.saga.order_id, execution_id=step.execution_id, step=name)
-            tracer.put_annotation(key="order_id", value=step.saga.order_id)
             try:
                 result = fn(step.saga, step.execution_id)
             except SagaError as exc:
@@ -59,47 +89,3 @@ def saga_step(name: str) -> Callable[[Step], Callable[[dict[str, Any], LambdaCon
         return handler
 
     return decorate
-
-
-def failed_forward_step(saga: SagaState) -> tuple[str, str, str | None]:
-    """The forward step whose failure started the compensation, from `$.failures`."""
-    for step in FORWARD_STEPS:
-        if step in saga.failures:
-            failure = saga.failures[step]
-            return step, failure.error, _message(failure.cause)
-    return "Unknown", "Unknown", None
-
-
-def _message(cause: str | None) -> str | None:
-    """A Lambda failure's Cause is its error JSON (with a stack trace): keep the errorMessage."""
-    if cause and cause.startswith("{"):
-        try:
-            return str(json.loads(cause).get("errorMessage", cause))
-        except (ValueError, AttributeError):
-            return cause
-    return cause
-
-
-def compensate(orders: Any, saga: SagaState, execution_id: str, name: str,
-               undo: Callable[[], None] | None) -> SagaState:
-    """Run compensation `name` under this execution's lease: mark the saga COMPENSATING (once), undo, log.
-
-    When another owner holds the order (the reaper took it over), it compensates:
-    this compensation is a no-op.
-    """
-    lease = orders.compensation_lease(saga.order_id, execution_id, now_ms())
-    if lease is None:
-        logger.info("another owner compensates this order, or it is already compensated; nothing to do")
-        return saga
-    failed, error, cause = failed_forward_step(saga)
-    if orders.begin_compensation(lease, failed, error, cause, now_ms()):
-        count("StepFailed", failed)
-    if undo is not None:
-        undo()
-    if name == "CancelOrder":
-        orders.cancel(lease, now_ms())
-        count("SagaCompensated", name)
-    else:
-        orders.record_compensation(lease, name, now_ms())
-    count("CompensationRun", name)
-    return saga

@@ -1,10 +1,17 @@
-"""Unit-test fixtures: moto in-process, with tables built from template.yaml itself."""
+"""Unit-test fixtures: the handlers in this process, DynamoDB served by the stack's own engine.
+
+DynamoDB is the embedded stack's DynamoDB process (started once per session), so the unit tier meets the
+same concurrency model, transaction conflicts and error shapes as the stack tier. Every test gets fresh
+tables, built from template.yaml's own definitions. The other services (SQS, Step Functions) are moto
+in-process.
+"""
 
 from __future__ import annotations
 
 import importlib
 import os
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,12 +20,13 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from sagalocal.dynamodb.server import DynamoDBProcess
+from sagalocal.stack import free_port
 from sagalocal.template import Template
 
 ROOT = Path(__file__).resolve().parents[2]
 REGION = "us-east-1"
-TABLES = {"OrdersTable": "ORDERS_TABLE", "InventoryTable": "INVENTORY_TABLE",
-          "PaymentsTable": "PAYMENTS_TABLE", "IdempotencyTable": "IDEMPOTENCY_TABLE"}
+TABLES = {"OrdersTable": "ORDERS_TABLE", "InventoryTable": "INVENTORY_TABLE", "PaymentsTable": "PAYMENTS_TABLE"}
 CATALOG = [("SKU-1", "Blue mug", 1250, 10), ("SKU-2", "Red kettle", 4000, 3), ("SKU-3", "Teapot", 2500, 0)]
 
 
@@ -28,14 +36,25 @@ class FakeContext:
     memory_limit_in_mb: int = 512
     invoked_function_arn: str = f"arn:aws:lambda:{REGION}:123456789012:function:test-function"
     aws_request_id: str = "00000000-0000-0000-0000-000000000000"
+    remaining_ms: int = 9000
 
     def get_remaining_time_in_millis(self) -> int:
-        return 4000
+        return self.remaining_ms
 
 
 @pytest.fixture
 def context() -> FakeContext:
-    return FakeContext()
+    return FakeContext(aws_request_id=str(uuid.uuid4()))
+
+
+@pytest.fixture(scope="session")
+def dynamodb_engine(tmp_path_factory: pytest.TempPathFactory):
+    process = DynamoDBProcess(free_port(), tmp_path_factory.mktemp("dynamodb") / "DynamoDB.log")
+    process.start()
+    try:
+        yield process.endpoint
+    finally:
+        process.stop()
 
 
 def table_definitions() -> dict[str, dict[str, Any]]:
@@ -43,49 +62,45 @@ def table_definitions() -> dict[str, dict[str, Any]]:
     defs = {}
     for logical_id in TABLES:
         props = template.properties(logical_id)
-        defs[logical_id] = {
-            "AttributeDefinitions": props["AttributeDefinitions"],
-            "KeySchema": props["KeySchema"],
-            "BillingMode": props["BillingMode"],
-        }
-        if "GlobalSecondaryIndexes" in props:
-            defs[logical_id]["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
+        defs[logical_id] = {key: props[key] for key in ("AttributeDefinitions", "KeySchema", "BillingMode",
+                                                         "GlobalSecondaryIndexes") if key in props}
     return defs
 
 
+DEFINITIONS = table_definitions()
+
+
 @pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch):
-    """moto with the template's tables, a seeded catalog, and the handlers' environment."""
-    for key in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
+def aws(monkeypatch: pytest.MonkeyPatch, dynamodb_engine: str):
+    """Fresh tables from the template, a seeded catalog, and the handlers' environment."""
+    for key in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "FAULT_RULES_TABLE"):
         monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
-    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "OrderSaga")
-    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "order-saga")
-    monkeypatch.setenv("PAYMENT_GATEWAY", "fake")
-    monkeypatch.setenv("FAKE_GATEWAY_HANG_SECONDS", "0.2")
-    monkeypatch.setenv("LEASE_SECONDS", "20")
-    monkeypatch.setenv("SAGA_DEADLINE_SECONDS", "60")
-    monkeypatch.setenv("RESERVATION_TTL_SECONDS", "300")
+    env = {"AWS_DEFAULT_REGION": REGION, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_ENDPOINT_URL_DYNAMODB": dynamodb_engine, "POWERTOOLS_TRACE_DISABLED": "true",
+           "POWERTOOLS_METRICS_NAMESPACE": "OrderSaga", "POWERTOOLS_SERVICE_NAME": "order-saga",
+           "PAYMENT_GATEWAY": "fake", "FAKE_GATEWAY_HANG_SECONDS": "0.2", "LEASE_SECONDS": "20",
+           "SAGA_DEADLINE_SECONDS": "60", "RESERVATION_TTL_SECONDS": "300", "INDEX_SHARDS": "4"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
     with mock_aws():
         client = boto3.client("dynamodb", region_name=REGION)
-        for logical_id, definition in table_definitions().items():
-            name = f"test-{logical_id}"
+        run = uuid.uuid4().hex[:8]
+        for logical_id, definition in DEFINITIONS.items():
+            name = f"{logical_id}-{run}"
             client.create_table(TableName=name, **definition)
             monkeypatch.setenv(TABLES[logical_id], name)
         from order_saga.inventory import Inventory
+        from order_saga.store import Store
 
-        inventory = Inventory(client, os.environ["INVENTORY_TABLE"])
+        inventory = Inventory(Store(client), os.environ["INVENTORY_TABLE"])
         for sku, name, price, stock in CATALOG:
-            inventory.put_item(sku, name, price, "USD", stock)
+            inventory.add_item(sku, name, price, "USD", stock)
         yield client
 
 
 @pytest.fixture
 def handlers(aws):
-    """Import (fresh, inside moto) the handler module of a function: handlers('create_order')."""
+    """Import (fresh, with this test's environment) the handler module of a function: handlers('create_order')."""
 
     def load(name: str):
         module = f"functions.{name}.app"
@@ -95,13 +110,12 @@ def handlers(aws):
     return load
 
 
-# Every step renews its lease (a heartbeat), so a repeat moves lease_expires_at forward by design;
-# every other attribute of every item must be unchanged.
+# A repeat must leave every item unchanged, but for one attribute: the time a renewal would move.
 HEARTBEAT = "lease_expires_at"
 
 
 def scan_all(client) -> dict[str, list[dict[str, Any]]]:
-    """Every item of every table, sorted, without the lease heartbeat: what a run-twice test compares."""
+    """Every item of every table, sorted: what a run-twice test compares."""
     out = {}
     for env in TABLES.values():
         table = os.environ[env]

@@ -4,34 +4,45 @@ import os
 from typing import Any
 
 from order_saga.config import Timing
-from order_saga.dynamo import now_ms
+from order_saga.dynamo import from_ddb, now_ms, to_ddb
 from order_saga.gateway import LEDGER_PREFIX
-from order_saga.models import OrderRequest
+from order_saga.inventory import Inventory
+from order_saga.models import OrderLine, request_hash
 from order_saga.orders import Orders
+from order_saga.payments import Payments, payment_id
+from order_saga.store import Store
 
 EXECUTION = "arn:aws:states:us-east-1:123456789012:execution:order-saga-dev:ord_1"
 
 
-def new_saga(client: Any, order_id: str = "ord_1", items: list[dict] | None = None,
-             token: str = "tok_approve") -> dict[str, Any]:
-    """What the API does before starting the execution: the PENDING order, and the execution input."""
-    request = OrderRequest(customer_id="cust-1", items=items or [{"sku": "SKU-1", "quantity": 2}],
-                           payment_token=token)
-    assert orders_of(client).accept(order_id, request, EXECUTION, now_ms())
-    return {"order_id": order_id, **request.model_dump()}
-
-
 def orders_of(client: Any) -> Orders:
-    return Orders(client, os.environ["ORDERS_TABLE"], Timing.from_env())
+    return Orders(Store(client), os.environ["ORDERS_TABLE"], Timing.from_env())
 
 
-def invoke(module: Any, context: Any, saga: dict[str, Any]) -> dict[str, Any]:
-    return module.lambda_handler({"saga": saga, "execution_id": EXECUTION}, context)
+def new_saga(client: Any, order_id: str = "ord_1", items: list[dict] | None = None,
+             token: str = "tok_approve", customer_id: str = "cust-1") -> dict[str, Any]:
+    """What the API does before starting the execution: the priced PENDING order and its payment, in one
+    transaction; returns the execution input."""
+    store = Store(client)
+    timing = Timing.from_env()
+    orders = Orders(store, os.environ["ORDERS_TABLE"], timing)
+    lines = [OrderLine(**line) for line in items or [{"sku": "SKU-1", "quantity": 2}]]
+    priced, total, currency = Inventory(store, os.environ["INVENTORY_TABLE"], timing).price(lines)
+    body = {"customer_id": customer_id, "items": [line.model_dump() for line in lines], "payment_token": token}
+    now = now_ms()
+    order = orders.new_order(order_id, customer_id, body["items"], priced, total, currency,
+                             EXECUTION.replace(":ord_1", f":{order_id}"), request_hash(body), now)
+    payments = Payments(store, os.environ["PAYMENTS_TABLE"])
+    assert store.transact([orders.put_new(order), payments.put_new(order_id, 1, token, total, currency, now)]) is None
+    return {"order_id": order_id, "customer_id": customer_id, "lease_expires_at": order["lease_expires_at"],
+            "deadline_at": order["deadline_at"]}
+
+
+def invoke(module: Any, context: Any, saga: dict[str, Any], execution: str = EXECUTION) -> dict[str, Any]:
+    return module.lambda_handler({"saga": saga, "execution_id": execution}, context)
 
 
 def get(client: Any, table_env: str, **key: str) -> dict[str, Any] | None:
-    from order_saga.dynamo import from_ddb, to_ddb
-
     resp = client.get_item(TableName=os.environ[table_env], Key=to_ddb(key), ConsistentRead=True)
     return from_ddb(resp["Item"]) if "Item" in resp else None
 
@@ -49,8 +60,12 @@ def order(client: Any, order_id: str = "ord_1") -> dict[str, Any]:
 
 
 def payment(client: Any, order_id: str = "ord_1") -> dict[str, Any] | None:
-    return get(client, "PAYMENTS_TABLE", payment_id=order_id)
+    return get(client, "PAYMENTS_TABLE", payment_id=payment_id(order_id))
 
 
 def ledger(client: Any, order_id: str = "ord_1") -> dict[str, Any] | None:
-    return get(client, "PAYMENTS_TABLE", payment_id=LEDGER_PREFIX + order_id)
+    return get(client, "PAYMENTS_TABLE", payment_id=LEDGER_PREFIX + payment_id(order_id))
+
+
+def reservation(client: Any, order_id: str = "ord_1") -> dict[str, Any] | None:
+    return get(client, "INVENTORY_TABLE", pk=f"ORDER#{order_id}", sk="RESERVATION")

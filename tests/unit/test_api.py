@@ -9,11 +9,12 @@ from pathlib import Path
 import boto3
 import pytest
 
-from sagalocal.apigw import Route, find_route, proxy_event, routes_from_template
+from sagalocal.apigateway import find_route, proxy_event
+from sagalocal.provision import Route, routes_of
 from sagalocal.template import Template
 from tests.unit.conftest import ROOT, scan_all
 
-ROUTES = routes_from_template(Template(ROOT / "template.yaml"))
+ROUTES = routes_of(Template(ROOT / "template.yaml"))
 GOOD = {"customer_id": "cust-1", "items": [{"sku": "SKU-1", "quantity": 2}], "payment_token": "tok_approve"}
 
 
@@ -24,9 +25,7 @@ def api(aws, handlers, monkeypatch):
     arn = sfn.create_state_machine(name="order-saga-test", definition=definition,
                                    roleArn="arn:aws:iam::123456789012:role/sfn")["stateMachineArn"]
     monkeypatch.setenv("STATE_MACHINE_ARN", arn)
-    module = handlers("orders_api")
-    module.sfn_client = sfn
-    return module
+    return handlers("orders_api")
 
 
 def call(api, context, method, path, body=None, headers=None):
@@ -34,15 +33,14 @@ def call(api, context, method, path, body=None, headers=None):
     assert found is not None, f"no route for {method} {path}"
     route, params = found
     raw = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
-    event = proxy_event(route, method, path, params, headers or {}, {}, raw, "dev")
+    event = proxy_event(route, method, path, params, headers or {}, {}, raw, "dev", "123456789012")
     response = api.lambda_handler(event, context)
     return response["statusCode"], json.loads(response["body"]), response
 
 
 def executions():
     sfn = boto3.client("stepfunctions", region_name="us-east-1")
-    arn = os.environ["STATE_MACHINE_ARN"]
-    return sfn.list_executions(stateMachineArn=arn)["executions"]
+    return sfn.list_executions(stateMachineArn=os.environ["STATE_MACHINE_ARN"])["executions"]
 
 
 def test_post_starts_one_named_execution_and_returns_202(api, context, aws):
@@ -56,8 +54,27 @@ def test_post_starts_one_named_execution_and_returns_202(api, context, aws):
     status, view, _ = call(api, context, "GET", body["links"]["order"])
     assert status == 200
     assert view["saga_status"] == "PENDING"
-    assert view["items"] == GOOD["items"]
+    assert (view["items"], view["total"]) == (GOOD["items"], 2500)
     assert view["steps"] == []
+    assert "tok_" not in json.dumps(view)
+    assert "execution_arn" not in view
+
+
+def test_the_api_writes_the_order_and_the_card_in_two_requests(api, context):
+    before = api.store.attempts
+    status, _, _ = call(api, context, "POST", "/orders", GOOD, {"Idempotency-Key": "key-count"})
+    assert status == 202
+    assert api.store.attempts - before == 2  # the catalog read, and one transaction: order and payment
+
+
+def test_the_card_token_is_stored_only_in_the_payments_table(api, context, aws):
+    _, body, _ = call(api, context, "POST", "/orders", GOOD, {"Idempotency-Key": "key-token"})
+    tables = scan_all(aws)
+    holders = [table for table, items in tables.items() if "tok_approve" in json.dumps(items)]
+    assert holders == [os.environ["PAYMENTS_TABLE"]]
+    [execution] = executions()
+    sfn = boto3.client("stepfunctions", region_name="us-east-1")
+    assert "tok_" not in sfn.describe_execution(executionArn=execution["executionArn"])["input"]
 
 
 def test_same_key_same_body_replays_the_first_response(api, context):
@@ -68,13 +85,30 @@ def test_same_key_same_body_replays_the_first_response(api, context):
     assert len(executions()) == 1
 
 
+def test_a_resubmission_starts_a_saga_the_first_request_never_started(api, context, monkeypatch):
+    """The first request wrote the order, then died before StartExecution: the retry starts it."""
+    real = api._sfn.start_execution
+
+    def crash(**kwargs):
+        raise RuntimeError("the function died here")
+
+    monkeypatch.setattr(api._sfn, "start_execution", crash)
+    with pytest.raises(RuntimeError):
+        call(api, context, "POST", "/orders", GOOD, {"Idempotency-Key": "key-crash"})
+    assert executions() == []
+    monkeypatch.setattr(api._sfn, "start_execution", real)
+    status, body, _ = call(api, context, "POST", "/orders", GOOD, {"Idempotency-Key": "key-crash"})
+    assert status == 202
+    assert [e["name"] for e in executions()] == [body["order_id"]]
+
+
 def test_same_key_different_body_is_422_and_starts_nothing(api, context, aws):
     call(api, context, "POST", "/orders", GOOD, {"Idempotency-Key": "key-1"})
     tables = scan_all(aws)
-    changed = {**GOOD, "items": [{"sku": "SKU-1", "quantity": 3}]}
-    status, body, _ = call(api, context, "POST", "/orders", changed, {"Idempotency-Key": "key-1"})
-    assert status == 422
-    assert "different request body" in body["error"]
+    for changed in ({**GOOD, "items": [{"sku": "SKU-1", "quantity": 3}]}, {**GOOD, "payment_token": "tok_decline"}):
+        status, body, _ = call(api, context, "POST", "/orders", changed, {"Idempotency-Key": "key-1"})
+        assert status == 422
+        assert "different request body" in body["error"]
     assert len(executions()) == 1
     assert scan_all(aws) == tables
 
@@ -98,6 +132,8 @@ BAD_REQUESTS = [
     ("string quantity", {**GOOD, "items": [{"sku": "SKU-1", "quantity": "2"}]}, {"Idempotency-Key": "k"}),
     ("float quantity", {**GOOD, "items": [{"sku": "SKU-1", "quantity": 1.5}]}, {"Idempotency-Key": "k"}),
     ("huge quantity", {**GOOD, "items": [{"sku": "SKU-1", "quantity": 10**9}]}, {"Idempotency-Key": "k"}),
+    ("5,000-digit quantity", ('{"customer_id": "c", "payment_token": "tok_approve", "items": [{"sku": "SKU-1", '
+                              '"quantity": ' + "9" * 5000 + "}]}").encode(), {"Idempotency-Key": "k"}),
     ("client amount", {**GOOD, "amount": 1}, {"Idempotency-Key": "k"}),
     ("price in line", {**GOOD, "items": [{"sku": "SKU-1", "quantity": 1, "unit_price": 1}]},
      {"Idempotency-Key": "k"}),
@@ -119,6 +155,7 @@ def test_bad_request_is_400_with_a_clear_error_and_writes_nothing(api, context, 
     assert payload["error"] == "invalid request"
     assert payload["details"]
     assert all(d["problem"] for d in payload["details"])
+    assert None not in payload.values()
     assert scan_all(aws) == tables
     assert executions() == []
 
@@ -128,14 +165,14 @@ def test_unknown_sku_is_422_and_writes_nothing(api, context, aws):
     body = {**GOOD, "items": [{"sku": "SKU-1", "quantity": 1}, {"sku": "NOPE", "quantity": 1}]}
     status, payload, _ = call(api, context, "POST", "/orders", body, {"Idempotency-Key": "k"})
     assert status == 422
-    assert payload["unknown_skus"] == ["NOPE"]
+    assert payload == {"error": "unknown items", "unknown_skus": ["NOPE"]}
     assert scan_all(aws) == tables
 
 
 def test_get_unknown_order_is_404(api, context):
     status, payload, _ = call(api, context, "GET", "/orders/ord_doesnotexist")
     assert status == 404
-    assert "not found" in payload["error"]
+    assert payload == {"error": "order ord_doesnotexist not found"}
 
 
 def test_get_malformed_order_id_is_400(api, context):
@@ -158,4 +195,4 @@ def test_openapi_document_is_current(api):
     assert set(committed["paths"]) == {"/orders", "/orders/{order_id}"}
     post = committed["paths"]["/orders"]["post"]
     assert {p["name"].lower() for p in post["parameters"]} == {"idempotency-key"}
-    assert {"202", "400", "409", "422"} <= set(post["responses"])
+    assert {"202", "400", "422"} <= set(post["responses"])

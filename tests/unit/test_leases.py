@@ -1,4 +1,4 @@
-"""Leases, fencing and the reaper, on moto, with periods shortened through the environment."""
+"""Leases, fencing and the reaper, with periods shortened through the environment."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from order_saga.errors import LeaseLost, OrderLocked
+from order_saga.errors import LeaseLost, OrderLocked, OrderNotActive, PaymentVoided, ReservationReleased
 from tests.unit.conftest import scan_all
-from tests.unit.helpers import EXECUTION, invoke, ledger, new_saga, order, orders_of, payment, stock
+from tests.unit.helpers import EXECUTION, invoke, ledger, new_saga, order, orders_of, payment, reservation, stock
 
 OTHER = EXECUTION.replace(":ord_1", ":intruder")
 LEASE_S = 1.5  # long enough for consecutive steps on a loaded machine; the tests sleep past it
@@ -20,33 +20,31 @@ def short(monkeypatch):
     monkeypatch.setenv("RESERVATION_TTL_SECONDS", str(LEASE_S))
 
 
-def as_execution(module, context, saga, execution):
-    return module.lambda_handler({"saga": saga, "execution_id": execution}, context)
-
-
 def test_a_second_execution_is_refused_while_the_lease_is_live_and_changes_nothing(aws, handlers, context):
     saga = new_saga(aws)
     module = handlers("create_order")
     mine = invoke(module, context, saga)
     tables = scan_all(aws)
     with pytest.raises(OrderLocked):
-        as_execution(module, context, saga, OTHER)
+        invoke(module, context, saga, OTHER)
     assert scan_all(aws) == tables
     assert order(aws)["lease_owner"] == EXECUTION
     assert mine["fence"] == 1
 
 
-def test_the_fence_only_increases(aws, handlers, context, short):
+def test_the_fence_only_increases_and_one_takeover_wins(aws, handlers, context, short):
     saga = invoke(handlers("create_order"), context, new_saga(aws))
     time.sleep(LEASE_S + 0.1)
     orders = orders_of(aws)
-    lease = orders.take_over(order(aws), "reaper:1", int(time.time() * 1000))
-    assert lease is not None
-    assert lease.fence == saga["fence"] + 1 == order(aws)["fence"]
-    assert orders.take_over(order(aws), "reaper:2", int(time.time() * 1000)) is None  # lease is live again
+    now = int(time.time() * 1000)
+    [entry] = orders.abandoned(now)
+    assert set(entry) == {"order_id", "active", "lease_expires_at"}  # the index holds keys only
+    winners = [orders.take_over(entry, f"reaper:{n}", now) for n in range(2)]
+    assert [w is not None for w in winners] == [True, False]
+    assert winners[0][1].fence == saga["fence"] + 1 == order(aws)["fence"]
 
 
-def test_reaper_compensates_an_abandoned_saga_once(aws, handlers, context, short):
+def test_the_reaper_compensates_an_abandoned_saga_once(aws, handlers, context, short):
     saga = new_saga(aws)
     for name in ("create_order", "reserve_inventory", "authorize_payment"):
         saga = invoke(handlers(name), context, saga)
@@ -61,6 +59,8 @@ def test_reaper_compensates_an_abandoned_saga_once(aws, handlers, context, short
     item = order(aws)
     assert (item["status"], item["saga_status"]) == ("CANCELLED", "COMPENSATED")
     assert item["lease_owner"].startswith("reaper:")
+    assert item["previous_owner"] == EXECUTION
+    assert item["steps"]["Reaper"]["error"] == "LeaseExpired"
     assert "active" not in item
     tables = scan_all(aws)
     second = reaper.lambda_handler({"source": "aws.events"}, context)
@@ -75,7 +75,7 @@ def test_late_steps_of_the_old_execution_cannot_land_after_takeover(aws, handler
     time.sleep(LEASE_S + 0.1)
     handlers("reaper").lambda_handler({}, context)
     tables = scan_all(aws)
-    with pytest.raises(LeaseLost):
+    with pytest.raises(PaymentVoided):  # the reaper voided the payment before it was ever authorized
         invoke(handlers("authorize_payment"), context, saga)
     with pytest.raises(LeaseLost):
         invoke(handlers("confirm_order"), context, saga)
@@ -88,7 +88,7 @@ def test_late_steps_of_the_old_execution_cannot_land_after_takeover(aws, handler
     assert scan_all(aws) == tables
 
 
-def test_authorization_answered_after_takeover_is_voided_at_the_gateway(aws, handlers, context, short):
+def test_an_authorization_answered_after_takeover_is_voided_at_the_gateway(aws, handlers, context, short):
     saga = new_saga(aws)
     for name in ("create_order", "reserve_inventory"):
         saga = invoke(handlers(name), context, saga)
@@ -114,9 +114,10 @@ def test_an_order_whose_execution_never_started_is_cancelled(aws, handlers, cont
     time.sleep(LEASE_S + 0.1)
     assert handlers("reaper").lambda_handler({}, context)["compensated"] == ["ord_1"]
     assert order(aws)["saga_status"] == "COMPENSATED"
+    assert payment(aws)["status"] == "VOIDED"  # the card on file will never be charged
 
 
-def test_expired_reservation_returns_its_stock_exactly_once(aws, handlers, context, short, monkeypatch):
+def test_an_expired_reservation_returns_its_stock_exactly_once(aws, handlers, context, short, monkeypatch):
     monkeypatch.setenv("LEASE_SECONDS", "60")  # the saga is alive; only its reservation expires
     saga = new_saga(aws)
     for name in ("create_order", "reserve_inventory"):
@@ -128,21 +129,40 @@ def test_expired_reservation_returns_its_stock_exactly_once(aws, handlers, conte
     assert stock(aws, "SKU-1") == (10, 0, 0)
     # The saga goes on: its authorization works, but ConfirmOrder cannot commit a released reservation.
     saga = invoke(handlers("authorize_payment"), context, saga)
-    from order_saga.errors import ReservationReleased
-
     with pytest.raises(ReservationReleased):
         invoke(handlers("confirm_order"), context, saga)
     assert stock(aws, "SKU-1") == (10, 0, 0)
+    assert payment(aws)["status"] == "AUTHORIZED"  # nothing captured; RefundPayment voids it next
 
 
-def test_two_reapers_never_both_take_one_order(aws, handlers, context, short):
-    new_saga(aws)
+def test_the_reaper_reads_every_shard(aws, handlers, context, short):
+    """Orders spread over the index's shards (INDEX_SHARDS=4 here); one sweep finds them all."""
+    ids = [f"ord_shard_{n}" for n in range(12)]
+    for order_id in ids:
+        new_saga(aws, order_id=order_id)
+    shards = {order(aws, order_id)["active"] for order_id in ids}
+    assert len(shards) > 1
     time.sleep(LEASE_S + 0.1)
-    orders = orders_of(aws)
-    seen = order(aws)
-    now = int(time.time() * 1000)
-    winners = [orders.take_over(seen, f"reaper:{n}", now) for n in range(2)]
-    assert [w is not None for w in winners] == [True, False]
+    assert sorted(handlers("reaper").lambda_handler({}, context)["compensated"]) == sorted(ids)
+
+
+def test_one_order_that_cannot_be_reaped_does_not_stop_the_sweep(aws, handlers, context, short):
+    for order_id in ("ord_a", "ord_b"):
+        new_saga(aws, order_id=order_id)
+    time.sleep(LEASE_S + 0.1)
+    reaper = handlers("reaper")
+    real = reaper.reap_order
+
+    def flaky(entry, owner, now):
+        if entry["order_id"] == "ord_a":
+            raise RuntimeError("the gateway is down")
+        return real(entry, owner, now)
+
+    reaper.reap_order = flaky
+    result = reaper.lambda_handler({}, context)
+    assert (result["compensated"], result["failed"]) == (["ord_b"], ["ord_a"])
+    reaper.reap_order = real
+    assert order(aws, "ord_a")["saga_status"] == "PENDING"  # untouched: the next sweep takes it
 
 
 def test_a_parked_saga_is_redriven_by_invoking_its_compensations(aws, handlers, context, monkeypatch):
@@ -182,3 +202,27 @@ def test_no_lease_outlives_the_saga_deadline_and_an_overrunning_saga_is_reaped(a
     assert handlers("reaper").lambda_handler({}, context)["compensated"] == ["ord_1"]
     assert stock(aws, "SKU-1") == (10, 0, 0)
     assert order(aws)["saga_status"] == "COMPENSATED"
+
+
+def test_the_lease_is_renewed_only_past_half_its_life(aws, handlers, context, monkeypatch):
+    monkeypatch.setenv("LEASE_SECONDS", "2")
+    saga = invoke(handlers("create_order"), context, new_saga(aws))
+    first = order(aws)["lease_expires_at"]
+    saga = invoke(handlers("reserve_inventory"), context, saga)
+    assert order(aws)["lease_expires_at"] == first  # early in the lease: the index entry is not rewritten
+    time.sleep(1.1)
+    saga = invoke(handlers("authorize_payment"), context, saga)
+    renewed = order(aws)["lease_expires_at"]
+    assert renewed > first
+    assert saga["lease_expires_at"] == renewed
+
+
+def test_a_side_effect_is_refused_once_the_saga_is_compensating(aws, handlers, context):
+    """A ReserveInventory that arrives after InsufficientStock and CancelOrder holds no stock."""
+    saga = invoke(handlers("create_order"), context, new_saga(aws))
+    invoke(handlers("cancel_order"), context, {**saga, "failures": {
+        "ReserveInventory": {"Error": "InsufficientStock", "Cause": "x"}}})
+    with pytest.raises(OrderNotActive):
+        invoke(handlers("reserve_inventory"), context, saga)
+    assert stock(aws, "SKU-1") == (10, 0, 0)
+    assert reservation(aws) is None

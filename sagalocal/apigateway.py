@@ -1,0 +1,180 @@
+"""API Gateway (REST, proxy integration) on 127.0.0.1: routes, proxy events, and the local HTTP server.
+
+An HTTP request becomes the API Gateway proxy event `sam local start-api` builds, the route's function runs
+in the Lambda service, and its answer becomes the HTTP response. Requests are served concurrently.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from sagalocal.provision import Route
+
+MAX_BODY = 10 * 1024 * 1024  # API Gateway's payload limit
+JSON = {"Content-Type": "application/json"}
+
+
+def _pattern(resource: str) -> re.Pattern[str]:
+    parts = []
+    for segment in resource.strip("/").split("/"):
+        if segment.startswith("{") and segment.endswith("+}"):
+            parts.append(f"(?P<{segment[1:-2]}>.+)")
+        elif segment.startswith("{") and segment.endswith("}"):
+            parts.append(f"(?P<{segment[1:-1]}>[^/]+)")
+        else:
+            parts.append(re.escape(segment))
+    return re.compile("^/" + "/".join(parts) + "/?$")
+
+
+def find_route(routes: list[Route], method: str, path: str) -> tuple[Route, dict[str, str]] | None:
+    """The route for a request: static segments win over parameters, as in API Gateway."""
+    candidates = []
+    for route in routes:
+        if route.method not in ("ANY", method.upper()):
+            continue
+        found = _pattern(route.resource).match(path)
+        if found is not None:
+            candidates.append((route.resource.count("{"), route, found.groupdict()))
+    if not candidates:
+        return None
+    candidates.sort(key=lambda c: c[0])
+    return candidates[0][1], candidates[0][2]
+
+
+def proxy_event(route: Route, method: str, path: str, path_params: dict[str, str], headers: dict[str, str],
+                query: dict[str, list[str]], body: bytes | None, stage: str, account: str,
+                authorizer: dict[str, Any] | None = None) -> dict[str, Any]:
+    text: str | None = None
+    is_base64 = False
+    if body:
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            text, is_base64 = base64.b64encode(body).decode(), True
+    request_id = str(uuid.uuid4())
+    context: dict[str, Any] = {
+        "resourcePath": route.resource,
+        "httpMethod": method.upper(),
+        "path": f"/{stage}{path}",
+        "stage": stage,
+        "accountId": account,
+        "apiId": "local",
+        "protocol": "HTTP/1.1",
+        "requestId": request_id,
+        "extendedRequestId": request_id,
+        "requestTime": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime()),
+        "requestTimeEpoch": int(time.time() * 1000),
+        "identity": {"sourceIp": "127.0.0.1", "userAgent": headers.get("User-Agent", "")},
+    }
+    if authorizer is not None:
+        context["authorizer"] = authorizer
+    return {
+        "resource": route.resource,
+        "path": path,
+        "httpMethod": method.upper(),
+        "headers": dict(headers) or None,
+        "multiValueHeaders": {k: [v] for k, v in headers.items()} or None,
+        "queryStringParameters": {k: v[-1] for k, v in query.items()} or None,
+        "multiValueQueryStringParameters": dict(query) or None,
+        "pathParameters": path_params or None,
+        "stageVariables": None,
+        "body": text,
+        "isBase64Encoded": is_base64,
+        "requestContext": context,
+    }
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 1024  # the default backlog of 5 resets connections under a burst of clients
+
+
+Authorize = Callable[[Route, dict[str, str]], tuple[dict[str, Any] | None, tuple[int, bytes] | None]]
+
+
+def serve_api(routes: list[Route], stage: str, account: str, invoke: Callable[[str, Any], Any], port: int,
+              authorize: Authorize | None = None) -> _Server:
+    """Serve `routes` on 127.0.0.1:`port`. `authorize` returns the authorizer context, or the refusal."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+            pass
+
+        def setup(self) -> None:
+            super().setup()
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def _handle(self) -> None:
+            url = urlsplit(self.path)
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_BODY:
+                self._send(413, JSON, b'{"message":"Request Too Long"}')
+                return
+            body = self.rfile.read(length) if length else None
+            found = find_route(routes, self.command, url.path)
+            if found is None:
+                # API Gateway answers an unknown route with 403 Missing Authentication Token.
+                self._send(403, JSON, b'{"message":"Missing Authentication Token"}')
+                return
+            route, params = found
+            headers = {k: v for k, v in self.headers.items()}
+            context = None
+            if authorize is not None:
+                context, refusal = authorize(route, headers)
+                if refusal is not None:
+                    self._send(refusal[0], JSON, refusal[1])
+                    return
+            event = proxy_event(route, self.command, url.path, params, headers,
+                                parse_qs(url.query, keep_blank_values=True), body, stage, account, context)
+            try:
+                result = invoke(route.function, event)
+            except Exception as exc:  # noqa: BLE001 - throttled or broken: what API Gateway answers
+                status = 429 if type(exc).__name__ == "Throttled" else 502
+                message = "Too Many Requests" if status == 429 else "Internal server error"
+                self._send(status, JSON, json.dumps({"message": message}).encode())
+                return
+            if result.error or not isinstance(result.payload, dict) or "statusCode" not in result.payload:
+                # What API Gateway returns when the integration fails.
+                self._send(502, JSON, b'{"message": "Internal server error"}')
+                return
+            payload = result.payload
+            out_headers: dict[str, Any] = dict(payload.get("headers") or {})
+            for key, values in (payload.get("multiValueHeaders") or {}).items():
+                out_headers[key] = values
+            raw = payload.get("body") or ""
+            data = base64.b64decode(raw) if payload.get("isBase64Encoded") else str(raw).encode()
+            self._send(int(payload["statusCode"]), out_headers, data)
+
+        def _send(self, status: int, headers: dict[str, Any], data: bytes) -> None:
+            self.send_response(status)
+            for key, value in headers.items():
+                if key.lower() in ("content-length", "connection"):
+                    continue
+                for item in value if isinstance(value, list) else [value]:
+                    self.send_header(key, str(item))
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def __getattr__(self, name: str) -> Any:
+            # Every method reaches the router (an unknown route or method is API Gateway's 403), not 501.
+            if name.startswith("do_"):
+                return self._handle
+            raise AttributeError(name)
+
+    server = _Server(("127.0.0.1", port), Handler)
+    threading.Thread(target=server.serve_forever, name="sagalocal-api", daemon=True).start()
+    return server

@@ -1,0 +1,384 @@
+"""One function's execution environments, scaling as Lambda does, and the account's concurrency.
+
+An invocation takes an idle sandbox, or starts a new one if the function and the account have
+concurrency left; past that it is throttled at once (TooManyRequestsException), as Lambda throttles,
+and the caller's retry policy decides what happens next. Nothing queues.
+
+A new sandbox is forked from the function's template process and then waits for the template's measured
+init time before it serves (a cold start as long as on a real cold start, without the CPU of one). Idle
+sandboxes are closed after `idle_seconds`.
+
+The function's Timeout measures the handler's own time, as on AWS where each sandbox has its CPU: time the
+sandbox spent runnable but waiting for a CPU of this machine (Linux's schedstat) does not count.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sagalocal.awslambda.sandbox import read_message, write_message
+
+INIT_TIMEOUT_SECONDS = 60.0  # Lambda allows 10 s of init; a loaded 2-core machine importing pydantic needs more
+SANDBOX = str(Path(__file__).with_name("sandbox.py"))
+
+
+class Throttled(Exception):
+    """No concurrency left: what Lambda reports as TooManyRequestsException (Rate Exceeded)."""
+
+
+class RuntimeFailure(Exception):
+    """The function cannot run at all (its template process failed to start, or the stack is stopping)."""
+
+
+@dataclass
+class FunctionSpec:
+    logical_id: str
+    name: str
+    arn: str
+    handler: str
+    code_dir: Path
+    layer_dirs: list[Path]
+    environment: dict[str, str]
+    timeout: float
+    memory: int
+    log_path: Path
+    reserved_concurrency: int | None = None
+
+
+@dataclass
+class InvokeResult:
+    payload: Any  # the handler's result, or the error payload
+    error: bool
+    duration_ms: float  # the handler's own time
+    init_ms: float | None = None  # set on a cold start
+
+
+class Concurrency:
+    """The account's concurrent executions (Lambda's default is 1000; this machine's default is lower)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_use = 0
+        self.throttles = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            if self.in_use >= self.limit:
+                self.throttles += 1
+                return False
+            self.in_use += 1
+            return True
+
+    def give(self) -> None:
+        with self._lock:
+            self.in_use -= 1
+
+
+def _runqueue_ns(pid: int) -> int:
+    """Nanoseconds the process has spent runnable but waiting for a CPU (0 where schedstat is missing)."""
+    try:
+        with open(f"/proc/{pid}/schedstat", "rb") as f:
+            return int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+@dataclass
+class _Sandbox:
+    pid: int
+    request_fd: int
+    response_fd: int
+    idle_since: float = field(default_factory=time.monotonic)
+    used: bool = False
+
+    def alive(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def close(self, kill: bool = False) -> None:
+        if kill:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for fd in (self.request_fd, self.response_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class FunctionRuntime:
+    def __init__(self, spec: FunctionSpec, base_environment: dict[str, str], account: Concurrency,
+                 cold_start_delay: bool = True, idle_seconds: float = 120.0) -> None:
+        self.spec = spec
+        self.base_environment = base_environment
+        self.account = account
+        self.cold_start_delay = cold_start_delay
+        self.idle_seconds = idle_seconds
+        self._lock = threading.Lock()
+        self._fork_lock = threading.Lock()
+        self._idle: list[_Sandbox] = []
+        self._busy = 0
+        self._template: subprocess.Popen[bytes] | None = None
+        self._control: socket.socket | None = None
+        self._init_ms: float = 0.0
+        self._init_error: dict[str, Any] | None = None
+        self._closed = False
+        self.cold_starts = 0
+        self.throttles = 0
+
+    # ---- the template process -----------------------------------------------------------------
+    def environment(self) -> dict[str, str]:
+        env = dict(self.base_environment)
+        env.update(self.spec.environment)
+        env.update({
+            "_HANDLER": self.spec.handler,
+            "AWS_LAMBDA_FUNCTION_NAME": self.spec.name,
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.spec.memory),
+            "AWS_LAMBDA_FUNCTION_TIMEOUT": str(int(self.spec.timeout)),
+            "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+            "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{self.spec.name}",
+            "SAGALOCAL_FUNCTION_ARN": self.spec.arn,
+            "SAGALOCAL_PATH": os.pathsep.join(str(p) for p in [self.spec.code_dir, *self.spec.layer_dirs]),
+            "LAMBDA_TASK_ROOT": str(self.spec.code_dir),
+        })
+        return env
+
+    def start(self) -> None:
+        """Start the template process and wait for its init (the function's one real cold start)."""
+        with self._fork_lock:
+            if self._template is not None and self._template.poll() is None:
+                return
+            if self._closed:
+                raise RuntimeFailure(f"{self.spec.logical_id}: the stack is shutting down")
+            ours, theirs = socket.socketpair()
+            self.spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.spec.log_path, "ab") as log:
+                process = subprocess.Popen(
+                    [sys.executable, SANDBOX, str(theirs.fileno())], env=self.environment(),
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(theirs.fileno(),),
+                    cwd=str(self.spec.code_dir), start_new_session=True)
+            theirs.close()
+            ready, _, _ = select.select([ours], [], [], INIT_TIMEOUT_SECONDS)
+            init = read_message(ours.fileno()) if ready else None
+            if init is None:
+                process.kill()
+                ours.close()
+                raise RuntimeFailure(f"{self.spec.logical_id}: the handler did not initialize "
+                                     f"(see {self.spec.log_path})")
+            self._template, self._control = process, ours
+            self._init_ms = float(init.get("init_ms") or 0.0)
+            self._init_error = None if init.get("ready") else init.get("error")
+
+    @property
+    def init_ms(self) -> float:
+        return self._init_ms
+
+    def prewarm(self) -> None:
+        """One sandbox ready before the first invocation (as provisioned concurrency 1 would be)."""
+        self.start()
+        if self._init_error is not None:
+            return
+        with self._lock:
+            if self._idle or not self.account.take():
+                return
+        try:
+            sandbox = self._fork()
+        except BaseException:
+            self.account.give()
+            raise
+        with self._lock:
+            self._idle.append(sandbox)
+
+    def _fork(self) -> _Sandbox:
+        self.start()
+        assert self._control is not None
+        req_read, req_write = os.pipe()
+        resp_read, resp_write = os.pipe()
+        try:
+            with self._fork_lock:
+                write_message(self._control.fileno(), {"op": "fork"})
+                socket.send_fds(self._control, [b"F"], [req_read, resp_write])
+                answer = read_message(self._control.fileno())
+        finally:
+            os.close(req_read)
+            os.close(resp_write)
+        if not answer or "pid" not in answer:
+            os.close(req_write)
+            os.close(resp_read)
+            raise RuntimeFailure(f"{self.spec.logical_id}: could not start a sandbox: {answer}")
+        self.cold_starts += 1
+        return _Sandbox(int(answer["pid"]), req_write, resp_read)
+
+    # ---- invocations ---------------------------------------------------------------------------
+    def _acquire(self) -> tuple[_Sandbox | None, bool]:
+        """An idle sandbox, or (None, True) when a new one may start; Throttled when none may."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeFailure(f"{self.spec.logical_id}: the stack is shutting down")
+            while self._idle:
+                sandbox = self._idle.pop()
+                if sandbox.alive():
+                    self._busy += 1
+                    return sandbox, False
+                sandbox.close()
+                self.account.give()
+            reserved = self.spec.reserved_concurrency
+            if reserved is not None and self._busy >= reserved:
+                self.throttles += 1
+                raise Throttled(f"Rate Exceeded. ({self.spec.name}: reserved concurrency {reserved} in use)")
+            if not self.account.take():
+                self.throttles += 1
+                raise Throttled(f"Rate Exceeded. (account concurrency {self.account.limit} in use)")
+            self._busy += 1
+            return None, True
+
+    def _release(self, sandbox: _Sandbox | None) -> None:
+        with self._lock:
+            self._busy -= 1
+            if sandbox is not None and not self._closed:
+                sandbox.idle_since = time.monotonic()
+                self._idle.append(sandbox)
+                return
+        if sandbox is not None:
+            sandbox.close(kill=True)
+        self.account.give()
+
+    def invoke(self, event: Any, watch: Callable[[Callable[[], float]], None] | None = None) -> InvokeResult:
+        """Run the handler on `event`. `watch` receives a function that tells how long, so far, the sandbox
+        waited for a CPU of this machine (the Step Functions task timeout leaves that time out too)."""
+        sandbox, new = self._acquire()
+        cold_ms: float | None = None
+        if new:
+            try:
+                self.start()
+                if self._init_error is not None:  # the handler cannot import: every invocation fails so
+                    self._release(None)
+                    return InvokeResult(self._init_error, True, 0.0, self._init_ms)
+                sandbox = self._fork()
+            except BaseException:
+                self._release(None)
+                raise
+            cold_ms = self._init_ms
+            if self.cold_start_delay:
+                time.sleep(self._init_ms / 1000)
+        assert sandbox is not None
+        try:
+            result = self._run(sandbox, event, watch)
+        except BaseException:
+            self._release(None)
+            sandbox.close(kill=True)
+            raise
+        result.init_ms = cold_ms
+        if result.payload is _DEAD:
+            self._release(None)
+            sandbox.close(kill=True)
+            result.payload = {"errorType": result.error_type, "errorMessage": result.error_message}
+        else:
+            self._release(sandbox)
+        return result
+
+    def _run(self, sandbox: _Sandbox, event: Any, watch: Callable[[Callable[[], float]], None] | None) -> _Run:
+        timeout = self.spec.timeout
+        try:
+            write_message(sandbox.request_fd, {"event": event, "request_id": str(uuid.uuid4()), "timeout": timeout})
+            started_wall = time.monotonic()
+            started_queue = _runqueue_ns(sandbox.pid)
+            if watch is not None:
+                watch(lambda: (_runqueue_ns(sandbox.pid) - started_queue) / 1e9)
+            first = self._await(sandbox, started_wall, started_queue, timeout)
+            if first is None:
+                return _Run.dead(*self._timed_out(timeout), started_wall)
+            if "started" in first:
+                response = self._await(sandbox, started_wall, started_queue, timeout)
+                if response is None:
+                    return _Run.dead(*self._timed_out(timeout), started_wall)
+            else:
+                response = first
+        except _Exited:
+            return _Run.dead("Runtime.ExitError", f"RequestId: {uuid.uuid4()} Error: Runtime exited without "
+                                                  f"providing a reason (see {self.spec.log_path})", time.monotonic())
+        except OSError as exc:
+            return _Run.dead("Runtime.ExitError", f"{self.spec.logical_id}: {exc}", time.monotonic())
+        own = (time.monotonic() - started_wall) * 1000
+        if "error" in response:
+            return _Run(response["error"], True, own)
+        return _Run(response["result"], False, own)
+
+    def _await(self, sandbox: _Sandbox, started: float, queued_ns: int, timeout: float) -> dict[str, Any] | None:
+        """The sandbox's next message; None once the handler's own time passed the timeout."""
+        while True:
+            waited = (_runqueue_ns(sandbox.pid) - queued_ns) / 1e9
+            remaining = timeout - (time.monotonic() - started - waited)
+            if remaining <= 0:
+                return None
+            ready, _, _ = select.select([sandbox.response_fd], [], [], min(remaining, 0.25))
+            if ready:
+                message = read_message(sandbox.response_fd)
+                if message is None:
+                    raise _Exited()
+                return message  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _timed_out(timeout: float) -> tuple[str, str]:
+        return "Sandbox.Timedout", f"Task timed out after {timeout:.2f} seconds"
+
+    # ---- housekeeping --------------------------------------------------------------------------
+    def reap_idle(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            stale = [s for s in self._idle if now - s.idle_since > self.idle_seconds]
+            self._idle = [s for s in self._idle if s not in stale]
+        for sandbox in stale:
+            sandbox.close(kill=True)
+            self.account.give()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for sandbox in idle:
+            sandbox.close()  # EOF: the sandbox's loop ends and it exits
+            self.account.give()
+        if self._control is not None:
+            self._control.close()
+        if self._template is not None:
+            try:
+                self._template.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._template.pid, signal.SIGKILL)
+                self._template.wait()
+
+
+class _Exited(Exception):
+    pass
+
+
+_DEAD = object()
+
+
+@dataclass
+class _Run(InvokeResult):
+    error_type: str = ""
+    error_message: str = ""
+
+    @classmethod
+    def dead(cls, error_type: str, message: str, started: float) -> _Run:
+        return cls(_DEAD, True, (time.monotonic() - started) * 1000, None, error_type, message)

@@ -1,0 +1,188 @@
+"""A function's processes: one template that imports the handler once, and sandboxes forked from it.
+
+Run as a script by sagalocal.awslambda.runtime with the function's environment:
+
+  python sandbox.py CONTROL_FD
+
+The template process initializes like a Lambda cold start (the handler module imported, its module-level
+code run) and then only forks: each fork is a sandbox that serves invocations one at a time over two pipes
+(length-prefixed JSON), like a warm Lambda execution environment. Forking a ready template costs
+milliseconds where importing costs hundreds, so a function scales to many sandboxes without burning the
+machine's CPU on imports; the runtime adds the template's measured init time as a delay instead, so a
+cold start takes as long as it would have.
+
+Whatever the handler prints goes to the function's log file, never into the protocol.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Run as a script: its own folder must not shadow the handler's imports.
+if __name__ == "__main__":
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+
+import importlib  # noqa: E402
+import json  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import struct  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+from typing import Any  # noqa: E402
+
+_HEADER = struct.Struct(">I")
+
+
+def read_message(fd: int) -> Any:
+    header = _read_exact(fd, _HEADER.size)
+    if header is None:
+        return None
+    (length,) = _HEADER.unpack(header)
+    data = _read_exact(fd, length)
+    return None if data is None else json.loads(data)
+
+
+def write_message(fd: int, message: Any) -> None:
+    data = json.dumps(message).encode()
+    view = memoryview(_HEADER.pack(len(data)) + data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _read_exact(fd: int, size: int) -> bytes | None:
+    chunks = []
+    while size:
+        chunk = os.read(fd, size)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+class Context:
+    """The Lambda context object handlers receive."""
+
+    def __init__(self, request_id: str, deadline: float) -> None:
+        self.function_name = os.environ["AWS_LAMBDA_FUNCTION_NAME"]
+        self.function_version = "$LATEST"
+        self.memory_limit_in_mb = int(os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128"))
+        self.invoked_function_arn = os.environ["SAGALOCAL_FUNCTION_ARN"]
+        self.aws_request_id = request_id
+        self.log_group_name = os.environ.get("AWS_LAMBDA_LOG_GROUP_NAME", f"/aws/lambda/{self.function_name}")
+        self.log_stream_name = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME", "local")
+        self._deadline = deadline
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.time()) * 1000))
+
+
+def error_payload(exc: BaseException) -> dict[str, Any]:
+    """The payload AWS Lambda returns for an unhandled exception: errorType is the class name."""
+    return {
+        "errorType": type(exc).__name__,
+        "errorMessage": str(exc),
+        "stackTrace": traceback.format_exception(type(exc), exc, exc.__traceback__)[-10:],
+    }
+
+
+def serve(handler: Any, request_fd: int, response_fd: int) -> None:
+    """A sandbox: invocations one at a time until the runtime closes the request pipe."""
+    while True:
+        request = read_message(request_fd)
+        if request is None:
+            return
+        # The runtime measures the handler's own time from here (it excludes time spent waiting for a CPU).
+        write_message(response_fd, {"started": os.getpid()})
+        context = Context(request["request_id"], time.time() + request["timeout"])
+        try:
+            response = {"result": handler(request["event"], context)}
+        except BaseException as exc:  # noqa: BLE001 - a handler's failure is a response, not our crash
+            traceback.print_exc()
+            response = {"error": error_payload(exc)}
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            write_message(response_fd, response)
+        except TypeError as exc:
+            write_message(response_fd, {"error": {"errorType": "Runtime.MarshalError",
+                                                  "errorMessage": f"Unable to marshal response: {exc}"}})
+
+
+def _fork_sandbox(handler: Any, control: socket.socket, request_fd: int, response_fd: int) -> int:
+    pid = os.fork()
+    if pid:
+        os.close(request_fd)
+        os.close(response_fd)
+        return pid
+    # The sandbox.
+    control.close()
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    status = 0
+    try:
+        serve(handler, request_fd, response_fd)
+    except BaseException:  # noqa: BLE001
+        traceback.print_exc()
+        status = 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        _save_coverage()
+        os._exit(status)
+    return 0  # not reached
+
+
+def _save_coverage() -> None:
+    """A forked sandbox ends with os._exit, which skips atexit: save coverage data (when measured) first."""
+    try:
+        import coverage
+    except ImportError:
+        return
+    current = coverage.Coverage.current()
+    if current is not None:
+        current.stop()
+        current.save()
+
+
+def main() -> None:
+    control = socket.socket(fileno=int(sys.argv[1]))
+    sys.path[:0] = [p for p in os.environ.get("SAGALOCAL_PATH", "").split(os.pathsep) if p]
+    handler_path = os.environ["_HANDLER"]
+    module_name, _, function_name = handler_path.rpartition(".")
+    started, started_cpu = time.perf_counter(), time.process_time()
+    try:
+        handler = getattr(importlib.import_module(module_name), function_name)
+        # The init's CPU time is what a sandbox with a CPU of its own takes: the emulated cold start.
+        init: dict[str, Any] = {"ready": True, "init_ms": (time.process_time() - started_cpu) * 1000,
+                                "init_wall_ms": (time.perf_counter() - started) * 1000}
+    except BaseException as exc:  # noqa: BLE001 - reported to the caller as Lambda does
+        handler = None
+        payload = error_payload(exc)
+        payload["errorType"] = "Runtime.ImportModuleError"
+        payload["errorMessage"] = f"Unable to import module '{module_name}': {exc}"
+        init = {"ready": False, "error": payload}
+        traceback.print_exc()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # sandboxes are reaped automatically
+    write_message(control.fileno(), init)
+    while True:
+        request = read_message(control.fileno())
+        if request is None:
+            return
+        if handler is None:
+            write_message(control.fileno(), {"error": init["error"]})
+            continue
+        _, fds, _, _ = socket.recv_fds(control, 1, 2)
+        if len(fds) != 2:
+            write_message(control.fileno(), {"error": {"errorType": "Runtime.Unknown",
+                                                       "errorMessage": "sandbox pipes were not received"}})
+            continue
+        write_message(control.fileno(), {"pid": _fork_sandbox(handler, control, fds[0], fds[1])})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,364 @@
+"""Requests into moto's DynamoDB backend: fault rules, the concurrency model, capacity, and fast paths.
+
+Data-plane operations take a fast path: the JSON body goes to moto's handler method as it is (DynamoDB's
+wire format is already what moto's models take) and the result is dumped as JSON, instead of moto's
+generic model-driven parser and serializer, which were about half of the engine's CPU. Control-plane
+operations (CreateTable, DescribeTable, ...) take moto's generic path.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sagafaults.dynamodb import PREFIX, cancelled, conflict_reason, encode, error_response
+from sagafaults.rules import request_items
+from sagalocal.dynamodb.capacity import Image, Meter, index_writes, read_units, wire_size, write_units
+from sagalocal.dynamodb.concurrency import Conflict, Coordinator, Identity
+from sagalocal.dynamodb.faults import RuleBook
+
+log = logging.getLogger("sagalocal.dynamodb")
+ACCOUNT = "123456789012"
+SINGLE_WRITES = ("PutItem", "UpdateItem", "DeleteItem")
+FAST = ("GetItem", "PutItem", "UpdateItem", "DeleteItem", "Query", "Scan", "BatchGetItem", "BatchWriteItem",
+        "TransactWriteItems", "TransactGetItems")
+_REGION = re.compile(r"Credential=[^/]+/\d+/([a-z0-9-]+)/")
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes
+    lost_as: str | None = None  # "error" or "timeout": the request was applied, its response must not arrive
+    hold_ms: int = 0
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if hasattr(value, "isoformat"):
+        return value.timestamp()
+    raise TypeError(f"cannot serialize {type(value).__name__}")
+
+
+def _dump(result: Any) -> bytes:
+    return json.dumps(result, default=_default, separators=(",", ":")).encode()
+
+
+class Engine:
+    def __init__(self, window_ms: float = 2.0) -> None:
+        install_backend_patches()
+        self.coordinator = Coordinator(window_ms)
+        self.rules = RuleBook()
+        self.meter = Meter()
+
+    # ---- the entry point -----------------------------------------------------------------------
+    def handle(self, operation: str, raw: bytes, headers: Mapping[str, str]) -> Reply:
+        self.meter.request(operation)
+        try:
+            params = json.loads(raw or b"{}")
+            if not isinstance(params, dict):
+                raise ValueError("the body is not a JSON object")
+        except ValueError as exc:
+            return self._error(400, "SerializationException", str(exc))
+        region = _region(headers)
+        picked = self.rules.pick(operation, request_items(operation, params)) if self.rules.rules() else None
+        if picked is not None and picked[0].action == "dynamodb-error":
+            rule, hits = picked
+            n_items = len(params.get("TransactItems") or [])
+            status, body = error_response(str(rule.error), operation, hits, n_items)
+            self.meter.error(str(rule.error))
+            return Reply(status, encode(body))
+        token = params.get("ClientRequestToken") if operation == "TransactWriteItems" else None
+        if token:
+            claimed = self.coordinator.claim_token(str(token), self.coordinator.digest(raw))
+            if isinstance(claimed, bytes):
+                return Reply(200, claimed)
+            if isinstance(claimed, str):
+                return self._error(400, claimed, "Request with this ClientRequestToken: " + (
+                    "another transaction is still in progress" if claimed.startswith("Transaction")
+                    else "the token was already used with different parameters"))
+        try:
+            reply = self._execute(operation, params, raw, headers, region)
+        except Exception:
+            if token:
+                self.coordinator.settle_token(str(token), None)
+            raise
+        if token:
+            self.coordinator.settle_token(str(token), reply.body if reply.status == 200 else None)
+        if picked is not None and reply.status == 200:  # dynamodb-response-lost: applied, answer lost
+            rule = picked[0]
+            return Reply(500, encode({"__type": PREFIX + "InternalServerError", "message": "Internal server error"}),
+                         lost_as=rule.lost_as, hold_ms=rule.delay_ms)
+        if reply.status >= 400:
+            self.meter.error(_error_code(reply.body))
+        return reply
+
+    def _error(self, status: int, code: str, message: str) -> Reply:
+        self.meter.error(code)
+        return Reply(status, encode({"__type": PREFIX + code, "message": message}))
+
+    # ---- execution under the concurrency model -----------------------------------------------
+    def _execute(self, operation: str, params: dict[str, Any], raw: bytes, headers: Mapping[str, str],
+                 region: str) -> Reply:
+        if operation not in FAST:
+            with self.coordinator.apply:
+                return self._generic(raw, headers)
+        backend = _backend(region)
+        if operation in ("TransactWriteItems", "TransactGetItems"):
+            identities = [self._identity(backend, entry) for entry in params.get("TransactItems") or []]
+            writes = operation == "TransactWriteItems"
+            try:
+                with self.coordinator.transaction(identities, writes):
+                    with self.coordinator.apply:
+                        return self._moto(operation, params, region)
+            except Conflict as exc:
+                status, body = cancelled([conflict_reason() if i in exc.indexes else {"Code": "None"}
+                                          for i in range(len(identities))])
+                return Reply(status, encode(body))
+        if operation in SINGLE_WRITES:
+            key = params.get("Item") if operation == "PutItem" else params.get("Key")
+            self.coordinator.single_write(_identity_of(backend, params.get("TableName", ""), key or {}))
+        elif operation == "BatchWriteItem":
+            for table, requests in (params.get("RequestItems") or {}).items():
+                for request in requests:
+                    key = (request.get("PutRequest") or {}).get("Item") or (request.get("DeleteRequest") or {}).get(
+                        "Key") or {}
+                    self.coordinator.single_write(_identity_of(backend, table, key))
+        with self.coordinator.apply:
+            return self._moto(operation, params, region)
+
+    def _identity(self, backend: Any, entry: dict[str, Any]) -> Identity:
+        if not isinstance(entry, dict) or len(entry) != 1:
+            return ("?", repr(entry))
+        (kind, op), = entry.items()
+        return _identity_of(backend, op.get("TableName", ""), (op.get("Item") if kind == "Put" else op.get("Key"))
+                            or {})
+
+    def _moto(self, operation: str, params: dict[str, Any], region: str) -> Reply:
+        from moto.core.exceptions import JsonRESTError
+        from moto.dynamodb.responses import DynamoHandler
+
+        handler = DynamoHandler()
+        handler.body = params
+        handler.current_account = ACCOUNT
+        handler.region = region
+        handler.headers = {}
+        _meter_slot.charges = []
+        _meter_slot.transactional = operation in ("TransactWriteItems", "TransactGetItems")
+        try:
+            result = getattr(handler, _snake(operation))()
+        except JsonRESTError as exc:
+            return Reply(int(exc.code), exc.description.encode())
+        except KeyError as exc:  # moto reads a missing required parameter
+            return Reply(400, encode({"__type": PREFIX + "ValidationException",
+                                      "message": f"1 validation error detected: {exc} is required"}))
+        finally:
+            charges, _meter_slot.charges = _meter_slot.charges, None
+            for charge in charges or []:
+                self.meter.charge(*charge)
+        self._charge_reads(operation, params, result.result)
+        return Reply(200, _dump(result.result))
+
+    def _charge_reads(self, operation: str, params: dict[str, Any], result: Any) -> None:
+        if operation in ("Query", "Scan"):
+            size = sum(wire_size(item) for item in result.get("Items", []))
+            self.meter.charge(params.get("TableName", ""), rru=read_units(size, bool(params.get("ConsistentRead"))))
+        elif operation == "GetItem":
+            size = wire_size(result.get("Item") or {})
+            self.meter.charge(params.get("TableName", ""), rru=read_units(size, bool(params.get("ConsistentRead"))))
+        elif operation == "BatchGetItem":
+            for table, items in (result.get("Responses") or {}).items():
+                consistent = bool(((params.get("RequestItems") or {}).get(table) or {}).get("ConsistentRead"))
+                for item in items:
+                    self.meter.charge(table, rru=read_units(wire_size(item), consistent))
+        elif operation == "TransactGetItems":
+            for entry, response in zip(params.get("TransactItems") or [], result.get("Responses") or [], strict=False):
+                table = (entry.get("Get") or {}).get("TableName", "")
+                self.meter.charge(table, rru=read_units(wire_size(response.get("Item") or {}), True, True))
+
+    def _generic(self, raw: bytes, headers: Mapping[str, str]) -> Reply:
+        from moto.core.request import Request
+        from moto.dynamodb.responses import DynamoHandler
+
+        url = f"http://{headers.get('Host', 'localhost')}/"
+        request = Request.from_primitives("POST", url, dict(headers.items()), raw)
+        status, _, body = DynamoHandler.dispatch(request, url, request.headers)
+        return Reply(int(status), body.encode() if isinstance(body, str) else body)
+
+
+def _region(headers: Mapping[str, str]) -> str:
+    found = _REGION.search(headers.get("Authorization", "") or "")
+    return found.group(1) if found else "us-east-1"
+
+
+def _backend(region: str) -> Any:
+    from moto.dynamodb.models import dynamodb_backends
+
+    return dynamodb_backends[ACCOUNT][region]
+
+
+def _identity_of(backend: Any, table_name: str, key: dict[str, Any]) -> Identity:
+    try:
+        table = backend.get_table(table_name)
+    except Exception:  # noqa: BLE001 - moto answers ResourceNotFound when it runs the request
+        return (table_name, json.dumps(key, sort_keys=True))
+    parts = [key.get(table.hash_key_attr)]
+    if table.range_key_attr:
+        parts.append(key.get(table.range_key_attr))
+    return (table.name, json.dumps(parts, sort_keys=True))
+
+
+def _error_code(body: bytes) -> str:
+    try:
+        return str(json.loads(body).get("__type", "")).split("#")[-1] or "Unknown"
+    except ValueError:
+        return "Unknown"
+
+
+# ---- capacity: the item images around each write ----------------------------------------------
+_meter_slot = threading.local()
+
+
+def _record(table: str, wru: float = 0.0, iwru: float = 0.0, rru: float = 0.0) -> None:
+    charges = getattr(_meter_slot, "charges", None)
+    if charges is not None:
+        charges.append((table, wru, iwru, rru))
+
+
+def _write_metered(table: Any, before: Image | None, after: Any, changed: bool = True) -> None:
+    transactional = getattr(_meter_slot, "transactional", False)
+    _record(table.name, write_units(before.size if before else 0, after.size() if after else 0, transactional),
+            index_writes(table, before, after, changed))
+
+
+# ---- moto backend patches (in this process only) ------------------------------------------------
+@functools.cache
+def install_backend_patches() -> None:
+    """Check-then-apply transactions, parsed-expression caches, and capacity metering."""
+    from moto.dynamodb.models import DynamoDBBackend
+
+    DynamoDBBackend.transact_write_items = _transact_write_items  # type: ignore[method-assign]
+    for name in ("put_item", "update_item", "delete_item"):
+        setattr(DynamoDBBackend, name, _metered_write(getattr(DynamoDBBackend, name)))
+    _cache_update_expressions()
+
+
+def _key_values(table: Any, key: dict[str, Any]) -> tuple[Any, Any]:
+    from moto.dynamodb.models.dynamo_type import DynamoType
+
+    hash_value = DynamoType(key[table.hash_key_attr])
+    range_value = DynamoType(key[table.range_key_attr]) if table.range_key_attr in key else None
+    return hash_value, range_value
+
+
+def _metered_write(original: Callable[..., Any]) -> Callable[..., Any]:
+    def write(self: Any, table_name: str, key_or_item: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        from moto.dynamodb.exceptions import ConditionalCheckFailed
+
+        if getattr(_meter_slot, "charges", None) is None:
+            return original(self, table_name, key_or_item, *args, **kwargs)
+        table = self.get_table(table_name)
+        try:
+            hash_value, range_value = _key_values(table, key_or_item)
+            current = table.get_item(hash_value, range_value)
+        except Exception:  # noqa: BLE001 - a malformed key: moto reports it below
+            return original(self, table_name, key_or_item, *args, **kwargs)
+        before = Image(table, current) if current is not None else None
+        try:
+            result = original(self, table_name, key_or_item, *args, **kwargs)
+        except ConditionalCheckFailed:
+            _write_metered(table, before, current, changed=False)  # a failed condition still costs the write
+            raise
+        after = table.get_item(hash_value, range_value)
+        _write_metered(table, before, after)
+        return result
+
+    return write
+
+
+def _cache_update_expressions() -> None:
+    """UpdateExpressionParser.make parses the same few expressions over and over: tokenize once.
+
+    The token list is cached, not the AST: the validator rewrites the AST it is given.
+    """
+    from moto.dynamodb.parsing import expressions
+    from moto.dynamodb.parsing.tokens import ExpressionTokenizer
+
+    tokenize = functools.lru_cache(maxsize=1024)(lambda text: tuple(ExpressionTokenizer.make_list(text)))
+
+    @classmethod  # type: ignore[misc]
+    def make(cls: Any, expression_str: str) -> Any:
+        return cls(list(tokenize(expression_str))).parse()
+
+    expressions.UpdateExpressionParser.make = make  # type: ignore[method-assign]
+
+
+def _transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
+    """Check every condition, then apply every write: what DynamoDB guarantees, without moto's table copies."""
+    from moto.dynamodb.exceptions import (
+        MultipleTransactionsException,
+        TooManyTransactionsException,
+        TransactionCanceledException,
+        TransactWriteSingleOpException,
+    )
+    from moto.dynamodb.models import get_filter_expression as filter_expression
+
+    if len(transact_items) > 100:
+        raise TooManyTransactionsException()
+    seen: set[tuple[str, str]] = set()
+    ops, reasons, failed = [], [], False
+    for entry in transact_items:
+        if len(entry) > 1:
+            raise TransactWriteSingleOpException
+        op_type, op = next(iter(entry.items()))
+        if op_type not in ("ConditionCheck", "Put", "Delete", "Update"):
+            raise ValueError("Unsupported transaction operation")
+        table = self.get_table(op["TableName"])
+        source = op["Item"] if op_type == "Put" else op["Key"]
+        key = {table.hash_key_attr: source[table.hash_key_attr]}
+        if table.range_key_attr is not None:
+            key[table.range_key_attr] = source[table.range_key_attr]
+        identity = (table.name, json.dumps(key, sort_keys=True))
+        if identity in seen:
+            raise MultipleTransactionsException()
+        seen.add(identity)
+        current = table.get_item(*_key_values(table, key))
+        if op_type == "ConditionCheck":
+            _record(table.name, rru=read_units(current.size() if current else 0, True, transactional=True))
+        condition = op.get("ConditionExpression")
+        if condition is not None and not filter_expression(
+                condition, op.get("ExpressionAttributeNames"), op.get("ExpressionAttributeValues")).expr(current):
+            old = (current.to_json()["Attributes"]
+                   if current and op.get("ReturnValuesOnConditionCheckFailure") == "ALL_OLD" else None)
+            reasons.append(("ConditionalCheckFailed", "The conditional request failed", old))
+            failed = True
+        else:
+            reasons.append((None, None, None))
+        ops.append((op_type, op, key, table))
+    if failed:
+        for op_type, _op, key, table in ops:  # a cancelled transaction still costs its writes
+            if op_type != "ConditionCheck":
+                current = table.get_item(*_key_values(table, key))
+                _write_metered(table, Image(table, current) if current else None, current, changed=False)
+        raise TransactionCanceledException(reasons)
+    for op_type, op, key, _table in ops:
+        if op_type == "Put":
+            self.put_item(op["TableName"], op["Item"])
+        elif op_type == "Delete":
+            self.delete_item(op["TableName"], key)
+        elif op_type == "Update":
+            self.update_item(op["TableName"], key, update_expression=op["UpdateExpression"],
+                             expression_attribute_names=op.get("ExpressionAttributeNames"),
+                             expression_attribute_values=op.get("ExpressionAttributeValues"))

@@ -1,0 +1,363 @@
+"""Create a template's resources on the local services, as CloudFormation would: in dependency order, with
+CloudFormation's physical names (`<stack>-<LogicalId>-<RANDOM>` where the template names none), so nothing
+that runs here can rely on a name a deployed stack would not have.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import re
+import string
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sagalocal.awslambda.runtime import FunctionSpec
+from sagalocal.template import Template, TemplateError
+
+SUPPORTED = {
+    "AWS::DynamoDB::Table", "AWS::SQS::Queue", "AWS::SNS::Topic", "AWS::Logs::LogGroup",
+    "AWS::CloudWatch::Alarm", "AWS::CloudWatch::Dashboard", "AWS::Serverless::LayerVersion",
+    "AWS::Serverless::Function", "AWS::Serverless::StateMachine", "AWS::Serverless::Api",
+    "AWS::Cognito::UserPool", "AWS::Cognito::UserPoolClient", "AWS::Events::EventBus", "AWS::Events::Rule",
+    "AWS::SQS::QueuePolicy",
+}
+
+
+class StackError(Exception):
+    """The stack cannot start; the message says what and where."""
+
+
+@dataclass
+class Schedule:
+    function: str
+    name: str
+    expression: str
+    period: float | None  # seconds, for rate(); None for cron() (run on demand only)
+    enabled: bool = True
+
+    @classmethod
+    def parse(cls, function: str, name: str, props: dict[str, Any]) -> Schedule:
+        expression = str(props.get("Schedule") or props.get("ScheduleExpression") or "")
+        match = re.fullmatch(r"rate\((\d+) (minute|minutes|hour|hours|day|days)\)", expression)
+        if match:
+            unit = {"minute": 60, "hour": 3600, "day": 86400}[match.group(2).rstrip("s")]
+            period: float | None = int(match.group(1)) * unit
+        elif expression.startswith("cron("):
+            period = None
+        else:
+            raise StackError(f"Resources.{function}.Properties.Events.{name}.Properties.Schedule: "
+                             f"{expression!r} is not a rate() or cron() expression")
+        return cls(function, name, expression, period, props.get("Enabled", True) not in (False, "false"))
+
+
+@dataclass
+class Route:
+    method: str  # upper case, or ANY
+    resource: str  # "/orders/{order_id}"
+    function: str  # logical id of the function
+    auth: str | None = None  # the authorizer's name, None for an open route
+
+
+@dataclass
+class Provisioned:
+    """What the stack created: functions, routes, schedules, state machines, and what it skipped."""
+
+    functions: list[FunctionSpec] = field(default_factory=list)
+    routes: list[Route] = field(default_factory=list)
+    stage: str = "Prod"
+    authorizers: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {type, user_pool_arns, ...}
+    schedules: list[Schedule] = field(default_factory=list)
+    state_machines: dict[str, str] = field(default_factory=dict)  # logical id -> ARN
+    user_pools: dict[str, str] = field(default_factory=dict)  # logical id -> pool id
+    rules: list[dict[str, Any]] = field(default_factory=list)  # EventBridge rules with their targets
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def routes_of(template: Template) -> list[Route]:
+    """Every Api event of every function: the routes of the template's REST API."""
+    routes = []
+    for logical_id in template.of_type("AWS::Serverless::Function"):
+        for event in (template.properties(logical_id).get("Events") or {}).values():
+            if event.get("Type") == "Api":
+                props = event.get("Properties") or {}
+                auth = (props.get("Auth") or {}).get("Authorizer")
+                routes.append(Route(str(props["Method"]).upper(), str(props["Path"]), logical_id,
+                                    auth if isinstance(auth, str) else None))
+    return routes
+
+
+def suffix(rng: random.Random, length: int = 12) -> str:
+    return "".join(rng.choice(string.ascii_uppercase + string.digits) for _ in range(length))
+
+
+class Provisioner:
+    def __init__(self, template: Template, client: Callable[[str], Any], log_dir: Path,
+                 rng: random.Random | None = None) -> None:
+        self.t = template
+        self.client = client
+        self.log_dir = log_dir
+        self.root = template.path.parent.resolve()
+        self.rng = rng or random.Random()  # noqa: S311 - names, not secrets
+        self.out = Provisioned()
+        self.layers: dict[str, Path] = {}
+        self._role_arn: str | None = None
+
+    # ---- naming ---------------------------------------------------------------------------------------
+    def physical_name(self, logical_id: str, limit: int = 64, extension: str = "") -> str:
+        """CloudFormation's generated name: <stack>-<LogicalId>-<12 random characters>, within `limit`."""
+        tail = "-" + suffix(self.rng) + extension
+        head = f"{self.t.stack_name}-{logical_id}"[: max(1, limit - len(tail))]
+        return head + tail
+
+    def arn(self, service: str, resource: str) -> str:
+        return f"arn:aws:{service}:{self.t.region}:{self.t.account}:{resource}"
+
+    def _created(self, logical_id: str, ref: Any, **attributes: Any) -> None:
+        self.t.created[logical_id] = {"Ref": ref, **attributes}
+
+    # ---- all ----------------------------------------------------------------------------------------------
+    def create_all(self) -> Provisioned:
+        order, self.out.skipped = self.t.creation_order(SUPPORTED)
+        for logical_id in order:
+            kind = self.t.resources[logical_id]["Type"]
+            creator = getattr(self, "_" + re.sub(r"\W", "_", kind.split("::", 1)[1]).lower())
+            try:
+                creator(logical_id, self.t.resource_properties(logical_id))
+            except TemplateError as exc:
+                raise StackError(str(exc)) from exc
+        return self.out
+
+    def _require(self, logical_id: str, props: dict[str, Any], *names: str) -> None:
+        for name in names:
+            if name not in props:
+                raise StackError(f"Resources.{logical_id}.Properties.{name} is required")
+
+    # ---- data and messaging -------------------------------------------------------------------------------
+    def _dynamodb__table(self, logical_id: str, props: dict[str, Any]) -> None:
+        self._require(logical_id, props, "KeySchema", "AttributeDefinitions")
+        name = props.get("TableName") or self.physical_name(logical_id, 255)
+        args: dict[str, Any] = {"TableName": name, "KeySchema": props["KeySchema"],
+                                "AttributeDefinitions": props["AttributeDefinitions"],
+                                "BillingMode": props.get("BillingMode", "PROVISIONED")}
+        if args["BillingMode"] != "PAY_PER_REQUEST":
+            args["ProvisionedThroughput"] = props.get("ProvisionedThroughput",
+                                                      {"ReadCapacityUnits": 5, "WriteCapacityUnits": 5})
+        for key in ("GlobalSecondaryIndexes", "LocalSecondaryIndexes", "StreamSpecification"):
+            if key in props:
+                args[key] = props[key]
+        ddb = self.client("dynamodb")
+        try:
+            ddb.create_table(**args)
+        except Exception as exc:
+            raise StackError(f"Resources.{logical_id}: DynamoDB rejected the table: {exc}") from exc
+        ttl = props.get("TimeToLiveSpecification")
+        if ttl and ttl.get("Enabled"):
+            ddb.update_time_to_live(TableName=name, TimeToLiveSpecification=ttl)
+        self._created(logical_id, name, Arn=self.arn("dynamodb", f"table/{name}"))
+
+    def _sqs__queue(self, logical_id: str, props: dict[str, Any]) -> None:
+        fifo = str(props.get("FifoQueue", "")).lower() == "true"
+        name = props.get("QueueName") or self.physical_name(logical_id, 80, ".fifo" if fifo else "")
+        attributes = {}
+        for key, value in props.items():
+            if key in ("QueueName", "Tags"):
+                continue
+            attributes[key] = json.dumps(value) if isinstance(value, dict) else str(value).lower() \
+                if isinstance(value, bool) else str(value)
+        url = self.client("sqs").create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+        self._created(logical_id, url, QueueName=name, QueueUrl=url, Arn=self.arn("sqs", name))
+
+    def _sqs__queuepolicy(self, logical_id: str, props: dict[str, Any]) -> None:
+        self._created(logical_id, logical_id)  # policies are not enforced locally
+
+    def _sns__topic(self, logical_id: str, props: dict[str, Any]) -> None:
+        name = props.get("TopicName") or self.physical_name(logical_id, 256)
+        arn = self.client("sns").create_topic(Name=name)["TopicArn"]
+        self._created(logical_id, arn, TopicArn=arn, TopicName=name)
+
+    def _logs__loggroup(self, logical_id: str, props: dict[str, Any]) -> None:
+        name = props.get("LogGroupName") or self.physical_name(logical_id, 512)
+        logs = self.client("logs")
+        logs.create_log_group(logGroupName=name)
+        if "RetentionInDays" in props:
+            logs.put_retention_policy(logGroupName=name, retentionInDays=int(props["RetentionInDays"]))
+        self._created(logical_id, name, Arn=self.arn("logs", f"log-group:{name}:*"))
+
+    def _cloudwatch__alarm(self, logical_id: str, props: dict[str, Any]) -> None:
+        self._require(logical_id, props, "ComparisonOperator", "EvaluationPeriods")
+        name = props.get("AlarmName") or self.physical_name(logical_id, 255)
+        keep = ("AlarmDescription", "MetricName", "Namespace", "Statistic", "ExtendedStatistic", "Period",
+                "EvaluationPeriods", "DatapointsToAlarm", "Threshold", "ComparisonOperator", "TreatMissingData",
+                "AlarmActions", "OKActions", "Dimensions", "Metrics", "Unit")
+        args = {k: v for k, v in props.items() if k in keep}
+        for key in ("Period", "EvaluationPeriods", "DatapointsToAlarm"):
+            if key in args:
+                args[key] = int(args[key])
+        if "Threshold" in args:
+            args["Threshold"] = float(args["Threshold"])
+        self.client("cloudwatch").put_metric_alarm(AlarmName=name, **args)
+        self._created(logical_id, name, Arn=self.arn("cloudwatch", f"alarm:{name}"))
+
+    def _cloudwatch__dashboard(self, logical_id: str, props: dict[str, Any]) -> None:
+        name = props.get("DashboardName") or self.physical_name(logical_id, 255)
+        body = props.get("DashboardBody") or "{}"
+        self.client("cloudwatch").put_dashboard(DashboardName=name, DashboardBody=body if isinstance(body, str)
+                                                else json.dumps(body))
+        self._created(logical_id, name)
+
+    def _events__eventbus(self, logical_id: str, props: dict[str, Any]) -> None:
+        self._require(logical_id, props, "Name")
+        arn = self.client("events").create_event_bus(Name=props["Name"])["EventBusArn"]
+        self._created(logical_id, props["Name"], Arn=arn, Name=props["Name"])
+
+    def _events__rule(self, logical_id: str, props: dict[str, Any]) -> None:
+        name = props.get("Name") or self.physical_name(logical_id, 64)
+        events = self.client("events")
+        args = {k: v for k, v in props.items() if k in ("EventBusName", "Description", "State", "ScheduleExpression")}
+        if "EventPattern" in props:
+            args["EventPattern"] = json.dumps(props["EventPattern"])
+        arn = events.put_rule(Name=name, **args)["RuleArn"]
+        targets = [{k: v for k, v in target.items() if k in ("Id", "Arn", "InputPath", "SqsParameters")}
+                   for target in props.get("Targets") or []]
+        if targets:
+            events.put_targets(Rule=name, EventBusName=props.get("EventBusName", "default"), Targets=targets)
+        self.out.rules.append({"name": name, **props})
+        self._created(logical_id, name, Arn=arn)
+
+    # ---- identity -------------------------------------------------------------------------------------------
+    def _cognito__userpool(self, logical_id: str, props: dict[str, Any]) -> None:
+        keep = ("Policies", "AutoVerifiedAttributes", "UsernameAttributes", "Schema", "MfaConfiguration",
+                "AdminCreateUserConfig", "AccountRecoverySetting", "UserPoolTags")
+        args = {k: v for k, v in props.items() if k in keep}
+        name = props.get("UserPoolName") or self.physical_name(logical_id, 128)
+        pool = self.client("cognito-idp").create_user_pool(PoolName=name, **args)["UserPool"]
+        self.out.user_pools[logical_id] = pool["Id"]
+        self._created(logical_id, pool["Id"], Arn=pool["Arn"], ProviderName=f"cognito-idp.{self.t.region}"
+                      f".amazonaws.com/{pool['Id']}", UserPoolId=pool["Id"])
+
+    def _cognito__userpoolclient(self, logical_id: str, props: dict[str, Any]) -> None:
+        self._require(logical_id, props, "UserPoolId")
+        keep = ("ExplicitAuthFlows", "GenerateSecret", "AccessTokenValidity", "IdTokenValidity",
+                "RefreshTokenValidity", "TokenValidityUnits", "PreventUserExistenceErrors", "AllowedOAuthFlows",
+                "AllowedOAuthScopes", "CallbackURLs", "SupportedIdentityProviders")
+        args = {k: v for k, v in props.items() if k in keep}
+        name = props.get("ClientName") or self.physical_name(logical_id, 128)
+        created = self.client("cognito-idp").create_user_pool_client(UserPoolId=props["UserPoolId"],
+                                                                     ClientName=name, **args)["UserPoolClient"]
+        self._created(logical_id, created["ClientId"], ClientSecret=created.get("ClientSecret", ""))
+
+    # ---- compute --------------------------------------------------------------------------------------------
+    def _serverless__layerversion(self, logical_id: str, props: dict[str, Any]) -> None:
+        self._require(logical_id, props, "ContentUri")
+        path = (self.root / str(props["ContentUri"])).resolve()
+        if not path.is_dir():
+            raise StackError(f"Resources.{logical_id}.Properties.ContentUri: {path} is not a directory")
+        arn = self.arn("lambda", f"layer:{props.get('LayerName', logical_id)}:1")
+        self.layers[arn] = path
+        self._created(logical_id, arn)
+
+    def _role(self) -> str:
+        if self._role_arn is None:
+            self._role_arn = self.client("iam").create_role(
+                RoleName=f"{self.t.stack_name}-sagalocal-{suffix(self.rng, 8)}",
+                AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+        return self._role_arn
+
+    def _serverless__function(self, logical_id: str, props: dict[str, Any]) -> None:
+        self._require(logical_id, props, "CodeUri", "Handler", "Runtime")
+        code_dir = (self.root / str(props["CodeUri"])).resolve()
+        if not code_dir.is_dir():
+            raise StackError(f"Resources.{logical_id}.Properties.CodeUri: {code_dir} is not a directory")
+        handler = str(props["Handler"])
+        if "." not in handler:
+            raise StackError(f"Resources.{logical_id}.Properties.Handler: {handler!r} is not module.function")
+        layer_dirs = []
+        for layer in props.get("Layers", []):
+            if layer not in self.layers:
+                raise StackError(f"Resources.{logical_id}.Properties.Layers: {layer} is not a layer of this "
+                                 f"template (the local stack cannot fetch published layers)")
+            layer_dirs.append(self.layers[layer])
+        name = props.get("FunctionName") or self.physical_name(logical_id, 64)
+        arn = self.arn("lambda", f"function:{name}")
+        env = {k: str(v) for k, v in ((props.get("Environment") or {}).get("Variables") or {}).items()}
+        logging_config = props.get("LoggingConfig") or {}
+        if logging_config.get("LogFormat") == "JSON" and "ApplicationLogLevel" in logging_config:
+            env.setdefault("AWS_LAMBDA_LOG_LEVEL", str(logging_config["ApplicationLogLevel"]))
+        archive = io.BytesIO()
+        with zipfile.ZipFile(archive, "w") as zf:
+            zf.writestr("README.txt", f"runs from {code_dir} in a sagalocal sandbox")
+        timeout, memory = int(props.get("Timeout", 3)), int(props.get("MemorySize", 128))
+        self.client("lambda").create_function(
+            FunctionName=name, Runtime=str(props["Runtime"]), Role=self._role(), Handler=handler,
+            Code={"ZipFile": archive.getvalue()}, Timeout=timeout, MemorySize=memory,
+            Environment={"Variables": env})
+        reserved = props.get("ReservedConcurrentExecutions")
+        self.out.functions.append(FunctionSpec(
+            logical_id=logical_id, name=name, arn=arn, handler=handler, code_dir=code_dir, layer_dirs=layer_dirs,
+            environment=env, timeout=float(timeout), memory=memory, log_path=self.log_dir / f"{logical_id}.log",
+            reserved_concurrency=int(reserved) if reserved is not None else None))
+        for event_name, event in (props.get("Events") or {}).items():
+            kind, event_props = event.get("Type"), event.get("Properties") or {}
+            if kind in ("Schedule", "ScheduleV2"):
+                self.out.schedules.append(Schedule.parse(logical_id, event_name, event_props))
+        self.out.routes += [route for route in routes_of(self.t) if route.function == logical_id]
+        self._created(logical_id, name, Arn=arn)
+
+    def _serverless__statemachine(self, logical_id: str, props: dict[str, Any]) -> None:
+        if "DefinitionUri" in props:
+            uri = props["DefinitionUri"]
+            if not isinstance(uri, str):
+                raise StackError(f"Resources.{logical_id}.Properties.DefinitionUri: only a local file is supported")
+            path = self.root / uri
+            try:
+                text = path.read_text()
+            except OSError as exc:
+                raise StackError(f"Resources.{logical_id}.Properties.DefinitionUri: cannot read {path}: "
+                                 f"{exc.strerror}") from exc
+        elif "Definition" in props:
+            text = json.dumps(props["Definition"])
+        else:
+            raise StackError(f"Resources.{logical_id}.Properties: needs DefinitionUri or Definition")
+        substitutions = {k: str(v) for k, v in (props.get("DefinitionSubstitutions") or {}).items()}
+        text, unresolved = substitute(text, substitutions)
+        if unresolved:
+            raise StackError(f"Resources.{logical_id}.Properties.DefinitionSubstitutions: no value for "
+                             f"{', '.join(sorted(unresolved))}")
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise StackError(f"Resources.{logical_id}: the definition is not valid JSON: {exc}") from exc
+        name = props.get("Name") or f"{logical_id}-{suffix(self.rng)}"
+        arn = self.client("stepfunctions").create_state_machine(
+            name=name, definition=text, roleArn=self._role(), type=props.get("Type", "STANDARD"),
+        )["stateMachineArn"]
+        self.out.state_machines[logical_id] = arn
+        self._created(logical_id, arn, Arn=arn, Name=name)
+
+    def _serverless__api(self, logical_id: str, props: dict[str, Any]) -> None:
+        self.out.stage = str(props.get("StageName", self.out.stage))
+        auth = props.get("Auth") or {}
+        for name, spec in (auth.get("Authorizers") or {}).items():
+            self.out.authorizers[name] = dict(spec)
+        if auth.get("DefaultAuthorizer"):
+            self.out.authorizers["__default__"] = {"name": auth["DefaultAuthorizer"]}
+        self._created(logical_id, "local", RootResourceId="root")
+
+
+def substitute(text: str, substitutions: dict[str, str]) -> tuple[str, set[str]]:
+    """DefinitionSubstitutions: replace ${Name}; return the placeholders left without a value."""
+    unresolved: set[str] = set()
+
+    def replace(match: re.Match[str]) -> str:
+        key = match.group(1)
+        if key in substitutions:
+            return substitutions[key]
+        unresolved.add(key)
+        return match.group(0)
+
+    return re.sub(r"\$\{([A-Za-z0-9_.:-]+)\}", replace, text), unresolved

@@ -1,0 +1,209 @@
+"""Step Functions for the embedded stack: moto's ASL interpreter, wired to the local Lambda service.
+
+What this module changes in moto's interpreter, each for a reason:
+1. `lambda:invoke` tasks call the Lambda service directly instead of through moto's Lambda HTTP API
+   (about 28 ms per saga of serialization and HTTP on this machine).
+2. A task's TimeoutSeconds does not count time the Lambda sandbox spent waiting for a CPU of this
+   machine, as the Lambda timeout does not: on AWS the sandbox has its own CPU. Cold start delay, the
+   handler's own time and throttling retries all count, as on AWS.
+3. A definition is parsed once, not once per execution (9% of the engine's CPU). The parsed program is
+   immutable: an execution's state lives in its Environment.
+4. The interpreter's boto3 clients (for the other service integrations) are created once per service.
+5. The end of every execution is announced (`wait_for`), so a waiter needs no polling.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib
+import threading
+from collections.abc import Callable
+from typing import Any
+
+_lock = threading.Lock()
+_installed: list[Any] = []
+_ended: dict[str, threading.Event] = {}
+_ended_lock = threading.Lock()
+STALL_ATTRIBUTE = "sagalocal_stall"  # set on the task's frame: () -> seconds the sandbox waited for a CPU
+
+
+def install(lambda_service: Any) -> None:
+    """Install the patches (once per process) and route lambda:invoke to `lambda_service`."""
+    with _lock:
+        if _installed:
+            _installed[0] = lambda_service
+            return
+        _installed.append(lambda_service)
+        _direct_lambda_dispatch()
+        _timeouts_without_cpu_waits()
+        _cache_parsed_definitions()
+        _cache_interpreter_clients()
+        _announce_ends()
+
+
+def _service() -> Any:
+    return _installed[0]
+
+
+# ---- 1. lambda:invoke without HTTP ---------------------------------------------------------------
+def _direct_lambda_dispatch() -> None:
+    from moto.stepfunctions.parser.api import InvocationResponse
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+    from moto.utilities.collections import select_from_typed_dict
+
+    def execute_lambda_function_integration(env: Any, parameters: dict[str, Any], region: str,
+                                            state_credentials: Any) -> None:
+        if env.is_mocked_mode():
+            response = lambda_eval_utils._mocked_invoke_lambda_function(env=env)
+        else:
+            response = _service().invoke_for_states(parameters, watch=_watcher(env))
+        if response.get("FunctionError"):
+            raise lambda_eval_utils.LambdaFunctionErrorException(
+                response["FunctionError"], lambda_eval_utils.to_json_str(response["Payload"]))
+        env.stack.append(select_from_typed_dict(typed_dict=InvocationResponse, obj=response))
+
+    def exec_lambda_function(env: Any, parameters: dict[str, Any], region: str, account: str,
+                             credentials: Any) -> None:
+        response = _service().invoke_for_states(parameters, watch=_watcher(env))
+        if response.get("FunctionError"):
+            raise lambda_eval_utils.LambdaFunctionErrorException(
+                response["FunctionError"], lambda_eval_utils.to_json_str(response["Payload"]))
+        env.stack.append(response)
+
+    lambda_eval_utils.execute_lambda_function_integration = execute_lambda_function_integration
+    lambda_eval_utils.exec_lambda_function = exec_lambda_function
+
+
+def _watcher(env: Any) -> Callable[[Callable[[], float]], None]:
+    def watch(stall: Callable[[], float]) -> None:
+        setattr(env, STALL_ATTRIBUTE, stall)
+
+    return watch
+
+
+# ---- 2. task timeouts in the sandbox's own time --------------------------------------------------
+def _timeouts_without_cpu_waits() -> None:
+    from moto.stepfunctions.parser.asl.component.common.timeouts.timeout import EvalTimeoutError
+    from moto.stepfunctions.parser.asl.component.state.exec.execute_state import ExecutionState
+    from moto.stepfunctions.parser.utils import TMP_THREADS
+
+    def _evaluate_with_timeout(self: Any, env: Any) -> None:
+        """moto's ExecutionState._evaluate_with_timeout, with the wait extended by the sandbox's CPU waits."""
+        import time
+
+        self.timeout.eval(env=env)
+        timeout_seconds: float = env.stack.pop()
+        frame = env.open_frame()
+        frame.states.reset(input_value=env.states.get_input())
+        frame.stack = copy.deepcopy(env.stack)
+        outputs: list[Any] = []
+        exceptions: list[Exception | None] = [None]
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                self._eval_execution(frame)
+                outputs.extend(frame.stack)
+            except Exception as ex:  # noqa: BLE001 - re-raised in the state's thread below
+                exceptions.append(ex)
+            done.set()
+
+        thread = threading.Thread(target=run, daemon=True)
+        TMP_THREADS.append(thread)
+        thread.start()
+        started = time.monotonic()
+        finished = False
+        while True:
+            stall = getattr(frame, STALL_ATTRIBUTE, None)
+            remaining = timeout_seconds + (stall() if stall else 0.0) - (time.monotonic() - started)
+            if remaining <= 0:
+                break
+            if done.wait(min(remaining, 0.5)):
+                finished = True
+                break
+        frame.set_ended()
+        env.close_frame(frame)
+        exception = exceptions.pop()
+        if exception:
+            raise exception
+        if not finished:
+            raise EvalTimeoutError()
+        output = outputs.pop()
+        env.stack.append(output)
+        if not self._is_language_query_jsonpath():
+            env.states.set_result(output)
+        if self.assign_decl:
+            self.assign_decl.eval(env=env)
+        if self.result_selector:
+            self.result_selector.eval(env=env)
+        if self.result_path:
+            self.result_path.eval(env)
+        else:
+            env.states.reset(input_value=env.stack.pop())
+
+    ExecutionState._evaluate_with_timeout = _evaluate_with_timeout  # type: ignore[method-assign]
+
+
+# ---- 3. and 4. parse once, one client per service ------------------------------------------------
+def _cache_parsed_definitions() -> None:
+    from moto.stepfunctions.parser.backend import execution_worker
+
+    parse = functools.lru_cache(maxsize=64)(execution_worker.AmazonStateLanguageParser.parse)
+
+    def entrypoint(self: Any) -> Any:
+        return parse(self._evaluation_details.state_machine_details.definition)[0]
+
+    execution_worker.ExecutionWorker._get_evaluation_entrypoint = entrypoint  # type: ignore[method-assign]
+
+
+def _cache_interpreter_clients() -> None:
+    from moto.stepfunctions.parser.asl.utils import boto_client
+
+    original = boto_client.boto_client_for
+    clients: dict[tuple[str, str], Any] = {}
+    clients_lock = threading.Lock()
+
+    def boto_client_for(region: str, service: str, state_credentials: Any = None) -> Any:
+        with clients_lock:
+            if (region, service) not in clients:
+                clients[(region, service)] = original(region=region, service=service,
+                                                      state_credentials=state_credentials)
+            return clients[(region, service)]
+
+    boto_client.boto_client_for = boto_client_for
+    for name in ("state_task.lambda_eval_utils", "state_task.service.state_task_service_dynamodb",
+                 "state_task.service.state_task_service_sqs", "state_task.service.state_task_service_sns",
+                 "state_task.service.state_task_service_aws_sdk", "state_task.service.state_task_service_sfn",
+                 "state_task.service.state_task_service_events"):
+        module = importlib.import_module(f"moto.stepfunctions.parser.asl.component.state.exec.{name}")
+        if getattr(module, "boto_client_for", None) is original:
+            module.boto_client_for = boto_client_for  # type: ignore[attr-defined]
+
+
+# ---- 5. ends, announced --------------------------------------------------------------------------
+def _announce_ends() -> None:
+    from moto.stepfunctions.parser.backend.execution import BaseExecutionWorkerCommunication
+
+    original = BaseExecutionWorkerCommunication.terminated
+
+    def terminated(self: Any) -> None:
+        original(self)
+        _event_for(str(self.execution.exec_arn)).set()
+
+    BaseExecutionWorkerCommunication.terminated = terminated  # type: ignore[method-assign]
+
+
+def _event_for(arn: str) -> threading.Event:
+    with _ended_lock:
+        if arn not in _ended:
+            if len(_ended) > 100_000:  # keep memory bounded on a long-running stack
+                for old in list(_ended)[:50_000]:
+                    del _ended[old]
+            _ended[arn] = threading.Event()
+        return _ended[arn]
+
+
+def wait_for(arn: str, timeout: float) -> bool:
+    """Block until the execution has ended (True), or `timeout` seconds passed (False)."""
+    return _event_for(arn).wait(timeout)
