@@ -17,13 +17,13 @@ $(STAMP): requirements-dev.txt
 	@touch $@
 
 run: venv  ## Place the sample orders through the saga on the embedded local stack
-	$(PY) -m sagalocal run
+	$(PY) scripts/scenarios.py
 
-up: venv  ## Serve the stack on 127.0.0.1:3000 until Ctrl-C
-	$(PY) -m sagalocal up
+up: venv  ## Serve the stack on 127.0.0.1:3000 until Ctrl-C, the catalog seeded
+	$(PY) -m sagalocal up --init "$(PY) scripts/seed_catalog.py --stack-outputs .local/stack-outputs.json events/catalog.json"
 
-test: venv  ## Every test: unit (moto) and the embedded local stack
-	$(PY) -m pytest
+test: venv  ## Every test (unit, stack, browser) on two workers, with coverage of src/ and functions/
+	$(PY) -m pytest -n 2 --dist loadgroup --cov --cov-report=term-missing:skip-covered
 
 test-unit: venv
 	$(PY) -m pytest tests/unit

@@ -74,7 +74,7 @@ def run_init(stack: LocalStack, commands: list[str], workdir: Path) -> None:
         if done.returncode != 0:
             raise UsageError(f"--init {command!r} failed ({done.returncode}): {(done.stderr or done.stdout)[-2000:]}")
         if done.stdout.strip():
-            print(f"  init: {done.stdout.strip()}")
+            print(f"  init: {done.stdout.strip()}", file=sys.stderr)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -128,8 +128,10 @@ def cmd_invoke(args: argparse.Namespace) -> int:
     if args.endpoint:
         return _invoke_remote(args, event)
     stack = make_stack(args, None, warm=False)
+    known = stack.template.of_type("AWS::Serverless::Function")
+    if args.function not in known:  # before starting anything
+        raise UsageError(f"unknown function {args.function!r}; the template defines: {', '.join(sorted(known))}")
     with stack:
-        stack.lambdas.resolve(args.function)  # an unknown name fails here, listing the known ones
         run_init(stack, args.init or [], Path(".local/invoke"))
         result = stack.invoke(args.function, event)
     cold = f", init {result.init_ms:.0f} ms" if result.init_ms else ""
@@ -240,8 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--parameter-overrides", nargs="*", metavar="NAME=VALUE",
                        help="template parameters, as `sam deploy --parameter-overrides`")
         p.add_argument("--stack-name", help="the stack name (default: samconfig.toml's, else sam-app)")
-        p.add_argument("--concurrency", type=int, default=200,
-                       help="the account's concurrent Lambda executions (default 200; AWS's default is 1000)")
+        p.add_argument("--concurrency", type=int, default=1000,
+                       help="the account's concurrent Lambda executions (default 1000, as on AWS)")
         p.add_argument("--transaction-window-ms", type=float, default=2.0,
                        help="how long a DynamoDB transaction holds its items before committing (default 2 ms)")
         p.add_argument("--no-cold-start-delay", action="store_true",

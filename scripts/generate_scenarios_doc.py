@@ -29,12 +29,18 @@ def render() -> str:
         out.append(f"| {s['name']} | {outcome} | {e['saga_status']} | {' → '.join(e['path'])} |")
     out += [
         "",
-        "## Failure matrix: every forward step × every kind of failure",
+        "## Failure matrix: every step × every kind of failure",
         "",
-        "Faults are injected at the Lambda seam of the embedded stack (`sagalocal/faults.py`, modelled on AWS",
-        "FIS's Lambda actions) or come from the business itself (catalog, stock, test cards). Afterwards the",
-        "tables hold no residue (stock back, nothing held or captured, order cancelled), or, for a recovered",
-        "failure, a confirmed order charged exactly once.",
+        "Every forward step meets every kind of failure; every forward step and every compensation meets the",
+        "DynamoDB fault kinds (a transaction conflict, throttling, a write applied whose response is lost). The",
+        "faults are sagafaults rules (`src/sagafaults/`, with AWS FIS's Lambda action names and DynamoDB's own",
+        "error responses), applied by the handler wrapper that the FaultInjection template parameter turns on,",
+        "so the same rows run on the embedded stack and on any stack deployed with FaultInjection=true. Business",
+        "failures come from the business itself (stock, test cards). Afterwards the tables hold no residue",
+        "(stock back, nothing held or captured, order cancelled), or, for a recovered failure, a confirmed order",
+        "charged exactly once. \"Attempts\" counts the faulted state's invocations. A handler retries DynamoDB's",
+        "transient errors itself, within its time budget: usually it absorbs the fault in one invocation, and on a",
+        "loaded machine (or a slow day on AWS) the state machine's retry finishes the job.",
         "",
         "| step | failure | how | outcome | saga status | state path | money afterwards |",
         "|---|---|---|---|---|---|---|",
@@ -43,7 +49,8 @@ def render() -> str:
         e = r["expect"]
         outcome = e["status"] + (f" `{e['error']}`" if e.get("error") else "")
         saga = e.get("saga_status", "(no order was created)")
-        attempts = "".join(f" ({n} attempts of {s})" for s, n in e.get("attempts", {}).items())
+        attempts = "".join(f" ({n} attempts of {s})" for s, n in e.get("attempts", {}).items()) + "".join(
+            f" ({a} to {b} attempts of {s})" for s, (a, b) in e.get("attempts_between", {}).items())
         out.append(f"| {r['step']} | {r['fault']} | {r['how']} | {outcome}{attempts} | {saga} | "
                    f"{' → '.join(e['path'])} | {e['money']} |")
     return "\n".join(out) + "\n"

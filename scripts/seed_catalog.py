@@ -39,6 +39,15 @@ def validate(items: object) -> list[dict]:
     return items  # type: ignore[return-value]
 
 
+def seed(client: object, table: str, catalog: Path) -> tuple[int, int]:
+    """Add the catalog file's items that are not in the table yet: (added, already there)."""
+    items = validate(json.loads(catalog.read_text()))
+    inventory = Inventory(Store(client), table)
+    added = sum(inventory.add_item(item["sku"], item["name"], item["price"], item["currency"], item["available"])
+                for item in items)
+    return added, len(items) - added
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     where = parser.add_mutually_exclusive_group(required=True)
@@ -47,7 +56,7 @@ def main() -> int:
     parser.add_argument("catalog", type=Path)
     args = parser.parse_args()
     try:
-        items = validate(json.loads(args.catalog.read_text()))
+        validate(json.loads(args.catalog.read_text()))
     except (OSError, ValueError) as exc:
         print(f"error: {args.catalog}: {exc}", file=sys.stderr)
         return 2
@@ -58,11 +67,8 @@ def main() -> int:
         except (OSError, ValueError, KeyError) as exc:
             print(f"error: {args.stack_outputs}: no InventoryTableName output ({exc})", file=sys.stderr)
             return 2
-    inventory = Inventory(Store(boto3.client("dynamodb")), table)
-    added = [item["sku"] for item in items
-             if inventory.add_item(item["sku"], item["name"], item["price"], item["currency"], item["available"])]
-    present = len(items) - len(added)
-    print(f"{len(added)} catalog items added to {table}"
+    added, present = seed(boto3.client("dynamodb"), table, args.catalog)
+    print(f"{added} catalog items added to {table}"
           + (f"; {present} already there (add stock with scripts/restock.py)" if present else ""))
     return 0
 

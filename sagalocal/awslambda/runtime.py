@@ -66,7 +66,7 @@ class InvokeResult:
 
 
 class Concurrency:
-    """The account's concurrent executions (Lambda's default is 1000; this machine's default is lower)."""
+    """The account's concurrent executions (1000 by default, as on AWS)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -351,20 +351,25 @@ class FunctionRuntime:
             self.account.give()
 
     def close(self) -> None:
+        """Idle sandboxes and the template end on EOF; whatever still runs after a grace period is killed."""
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
         for sandbox in idle:
-            sandbox.close()  # EOF: the sandbox's loop ends and it exits
+            sandbox.close()  # EOF: the sandbox's loop ends and it exits (saving coverage, when measured)
             self.account.give()
         if self._control is not None:
             self._control.close()
         if self._template is not None:
             try:
-                self._template.wait(timeout=5)
+                self._template.wait(timeout=2)
             except subprocess.TimeoutExpired:
+                pass
+            try:  # the template's process group: its busy sandboxes too (a hung handler, say)
                 os.killpg(self._template.pid, signal.SIGKILL)
-                self._template.wait()
+            except ProcessLookupError:
+                pass
+            self._template.wait()
 
 
 class _Exited(Exception):

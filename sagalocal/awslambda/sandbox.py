@@ -24,6 +24,7 @@ if __name__ == "__main__":
     _here = os.path.dirname(os.path.abspath(__file__))
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
 
+import gc  # noqa: E402
 import importlib  # noqa: E402
 import json  # noqa: E402
 import signal  # noqa: E402
@@ -168,6 +169,7 @@ def main() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # sandboxes are reaped automatically
+    gc.freeze()  # the garbage collector leaves what init made alone: forked sandboxes keep sharing its pages
     write_message(control.fileno(), init)
     while True:
         request = read_message(control.fileno())

@@ -33,7 +33,7 @@ class UnknownFunction(Exception):
 
 
 class LambdaService:
-    def __init__(self, base_environment: dict[str, str], concurrency: int = 200, cold_start_delay: bool = True,
+    def __init__(self, base_environment: dict[str, str], concurrency: int = 1000, cold_start_delay: bool = True,
                  idle_seconds: float = 120.0) -> None:
         self.base_environment = base_environment
         self.account = Concurrency(concurrency)
@@ -101,8 +101,11 @@ class LambdaService:
 
     def stop(self) -> None:
         self._stopping.set()
-        for runtime in self.runtimes.values():
-            runtime.close()
+        threads = [threading.Thread(target=runtime.close, daemon=True) for runtime in self.runtimes.values()]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=10)
 
     def stats(self) -> dict[str, Any]:
         return {"concurrency": {"limit": self.account.limit, "in_use": self.account.in_use,

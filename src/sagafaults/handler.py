@@ -4,8 +4,8 @@ It exists only where the template's FaultInjection parameter is on: that creates
 gives every function its name (FAULT_RULES_TABLE). The handler module wraps itself only when that variable
 is set, so with FaultInjection off this module is never imported and no rule can ever apply.
 
-At the start of each invocation the wrapper reads the rules table (one Scan of a small table) and keeps the
-rules for this function and order. Then:
+At the start of each invocation the wrapper reads the rules for its order and the general ones (two Queries:
+the table is keyed by scope, the order id or "*") and keeps those for this function. Then:
   * invocation-add-delay sleeps before the handler runs (past the timeout, the invocation times out);
   * invocation-error raises the named error instead of running the handler, or (prevent_execution false)
     runs the handler and then exits the sandbox, so the write lands and the answer is lost (Runtime.ExitError);
@@ -30,6 +30,20 @@ from sagafaults.dynamodb import encode, error_response
 from sagafaults.rules import CRASH, DYNAMODB_ACTIONS, Rule, request_items
 
 Handler = Callable[[Any, Any], Any]
+ANY = "*"  # the scope of a rule that selects no order
+
+
+def rule_key(rule: Rule) -> dict[str, Any]:
+    """A rule's key in the rules table: its scope (the order it selects, or "*") and its id."""
+    return {"scope": {"S": rule.order_id or ANY}, "rule_id": {"S": rule.id}}
+
+
+def rule_item(rule: Rule) -> dict[str, Any]:
+    """The rules table item for `rule` (what the tests write): the rule as JSON, and its count left."""
+    item = {**rule_key(rule), "rule": {"S": json.dumps(rule.to_json())}}
+    if rule.count is not None:
+        item["remaining"] = {"N": str(rule.count)}
+    return item
 
 
 class _Body:
@@ -53,19 +67,23 @@ class Injector:
     def load(self, order_id: str | None) -> None:
         self.order_id = order_id
         self.rules = []
-        kwargs: dict[str, Any] = {"TableName": self.table, "ConsistentRead": True}
-        while True:
-            page = self.rules_client.scan(**kwargs)
-            for item in page.get("Items", []):
-                try:
-                    rule = Rule.from_json(item["rule"]["S"])
-                except (KeyError, ValueError):
-                    continue  # a malformed rule never applies
-                if rule.matches_context(self.function, order_id):
-                    self.rules.append((rule, "remaining" in item))
-            if "LastEvaluatedKey" not in page:
-                return
-            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        for scope in ([order_id] if order_id else []) + [ANY]:
+            kwargs: dict[str, Any] = {"TableName": self.table, "ConsistentRead": True,
+                                      "KeyConditionExpression": "#scope = :scope",
+                                      "ExpressionAttributeNames": {"#scope": "scope"},
+                                      "ExpressionAttributeValues": {":scope": {"S": scope}}}
+            while True:
+                page = self.rules_client.query(**kwargs)
+                for item in page.get("Items", []):
+                    try:
+                        rule = Rule.from_json(item["rule"]["S"])
+                    except (KeyError, ValueError):
+                        continue  # a malformed rule never applies
+                    if rule.matches_context(self.function, order_id):
+                        self.rules.append((rule, "remaining" in item))
+                if "LastEvaluatedKey" not in page:
+                    break
+                kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def spend(self, rule: Rule, counted: bool) -> bool:
         """Apply `rule` once more if its probability draws it and its count allows (spent atomically)."""
@@ -74,7 +92,7 @@ class Injector:
         if counted:
             try:
                 self.rules_client.update_item(
-                    TableName=self.table, Key={"rule_id": {"S": rule.id}},
+                    TableName=self.table, Key=rule_key(rule),
                     UpdateExpression="SET remaining = remaining - :one",
                     ConditionExpression="remaining > :zero",
                     ExpressionAttributeValues={":one": {"N": "1"}, ":zero": {"N": "0"}})

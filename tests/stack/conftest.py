@@ -1,9 +1,13 @@
-"""The stack under test: the embedded local stack, started once per session from template.yaml.
+"""The stack under test: an embedded local stack started once per session, or any deployed stack.
 
-The same tests run against any deployed stack (LocalStack, AWS) when the environment names it:
+A deployed stack (LocalStack, another emulator, AWS, or a second embedded stack started by hand) is named
+by the environment, and then reached only through it:
   SAGA_API_URL        the API's base URL
   SAGA_AWS_ENDPOINT   the AWS endpoint (omit for real AWS)
-  SAGA_STACK_OUTPUTS  a JSON file with the stack's Outputs (OrdersTableName, InventoryTableName, ...)
+  SAGA_STACK_OUTPUTS  a JSON file with the stack's Outputs (OrdersTableName, FaultRulesTableName, ...)
+Fault injection works on any stack deployed with FaultInjection=true (the FaultRulesTableName output).
+Tests that need the embedded stack itself are marked `embedded_only`, skip elsewhere with their reason,
+and are listed at the end of the run.
 """
 
 from __future__ import annotations
@@ -15,41 +19,31 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from sagalocal.stack import free_port
+from tests.stack.support import Target
 
 ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT = 120.0
+START_TIMEOUT = 180.0
+SEED = f"{sys.executable} {ROOT / 'scripts/seed_catalog.py'} --stack-outputs .local/stack-outputs.json " \
+       f"{ROOT / 'events/catalog.json'}"
+DEPLOYED = bool(os.environ.get("SAGA_API_URL"))
+SKIPPED_ELSEWHERE: list[tuple[str, str]] = []
 
 
-@dataclass
-class Target:
-    api_url: str
-    endpoint: str | None
-    outputs: dict[str, Any]
-    region: str = "us-east-1"
-    embedded: bool = False
-
-    def client(self, service: str) -> Any:
-        kwargs: dict[str, Any] = {"region_name": self.region}
-        if self.endpoint:
-            kwargs.update(endpoint_url=self.endpoint, aws_access_key_id="local", aws_secret_access_key="local")
-        return boto3.client(service, **kwargs)
-
-
-def start_embedded(workdir: Path, *extra: str) -> tuple[subprocess.Popen[bytes], Target]:
+def start_embedded(workdir: Path, *extra: str, overrides: tuple[str, ...] = ()) -> tuple[subprocess.Popen[bytes],
+                                                                                          Target]:
+    """`sagalocal up` in a subprocess, with fault injection on and the catalog seeded."""
     ready = workdir / "ready.json"
-    port = free_port()
     log = open(workdir / "stack.log", "wb")  # noqa: SIM115 - closed with the process
     process = subprocess.Popen(
-        [sys.executable, "-m", "sagalocal", "up", "--template", str(ROOT / "template.yaml"),
-         "--events", str(ROOT / "events"), "--port", str(port), "--ready-file", str(ready), *extra],
+        [sys.executable, "-m", "sagalocal", "up", "--template", str(ROOT / "template.yaml"), "--port", str(free_port()),
+         "--ready-file", str(ready), "--init", SEED, "--parameter-overrides", "FaultInjection=true", *overrides,
+         *extra],
         cwd=workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     deadline = time.monotonic() + START_TIMEOUT
@@ -62,15 +56,29 @@ def start_embedded(workdir: Path, *extra: str) -> tuple[subprocess.Popen[bytes],
             raise RuntimeError(f"the local stack did not start in {START_TIMEOUT:.0f} s")
         time.sleep(0.1)
     info = json.loads(ready.read_text())
-    return process, Target(info["api"], info["endpoint"], info["outputs"], info["region"], embedded=True)
+    return process, Target(info["api"], info["endpoint"], info["outputs"], info["region"], embedded=True,
+                           dynamodb_endpoint=info.get("dynamodb_endpoint"))
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def deployed_target() -> Target:
+    outputs = json.loads(Path(os.environ["SAGA_STACK_OUTPUTS"]).read_text())
+    return Target(os.environ["SAGA_API_URL"].rstrip("/"), os.environ.get("SAGA_AWS_ENDPOINT"), outputs,
+                  os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
 
 
 @pytest.fixture(scope="session")
 def target(tmp_path_factory: pytest.TempPathFactory):
-    if os.environ.get("SAGA_API_URL"):
-        outputs = json.loads(Path(os.environ["SAGA_STACK_OUTPUTS"]).read_text())
-        yield Target(os.environ["SAGA_API_URL"].rstrip("/"), os.environ.get("SAGA_AWS_ENDPOINT"), outputs,
-                     os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+    if DEPLOYED:
+        yield deployed_target()
         return
     process, stack = start_embedded(tmp_path_factory.mktemp("stack"))
     try:
@@ -79,16 +87,39 @@ def target(tmp_path_factory: pytest.TempPathFactory):
         stop(process)
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+@pytest.fixture(scope="session")
+def faults(target: Target):
+    """The portable fault rules (sagafaults), for stacks deployed with FaultInjection=true."""
+    from tests.stack.support import FaultRules
+
+    if not target.outputs.get("FaultRulesTableName"):
+        pytest.skip("the stack was deployed without FaultInjection=true (no FaultRulesTableName output)")
+    return FaultRules(target)
 
 
 @pytest.fixture
 def unique() -> str:
     """A suffix that makes this test's Idempotency-Keys its own on a shared stack."""
     return "-" + uuid.uuid4().hex[:12]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[Any]) -> None:
+    here = Path(__file__).parent
+    for item in items:  # one xdist worker runs every stack test, against one stack
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.xdist_group("stack"))
+    if not DEPLOYED:
+        return
+    for item in items:
+        marker = item.get_closest_marker("embedded_only")
+        if marker is not None:
+            reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "embedded stack only")
+            item.add_marker(pytest.mark.skip(reason=f"embedded only: {reason}"))
+            SKIPPED_ELSEWHERE.append((item.nodeid, reason))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if SKIPPED_ELSEWHERE:
+        terminalreporter.write_sep("-", f"{len(SKIPPED_ELSEWHERE)} embedded-only tests skipped on the deployed target")
+        for nodeid, reason in SKIPPED_ELSEWHERE:
+            terminalreporter.write_line(f"{nodeid}: {reason}")

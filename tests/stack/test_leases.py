@@ -1,7 +1,8 @@
 """Leases, fencing and the reaper on the embedded local stack, with periods shortened by configuration.
 
-The stack here is started with parameter overrides (what `sam deploy --parameter-overrides` would set)
-and runs the reaper on its schedule every second instead of every minute.
+The stacks here are started with parameter overrides (what `sam deploy --parameter-overrides` would set)
+and run the reaper on its schedule every second instead of every minute. A deployed stack has its periods
+fixed at deploy time, so these tests run on the embedded stack only.
 """
 
 from __future__ import annotations
@@ -10,53 +11,50 @@ import json
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from order_saga.dynamo import from_ddb, to_ddb
-from order_saga.gateway import LEDGER_PREFIX
-from sagalocal.scenarios import http
-from sagalocal.timeline import history, state_path, wait_for_execution
 from tests.stack.conftest import start_embedded, stop
+from tests.stack.support import path_of, place, start_direct, wait_for_execution
 
 LEASE = 3
-HANG = 12  # the fake gateway's tok_hang: longer than AuthorizePayment's 10 s task timeout
-OVERRIDES = [f"LeaseSeconds={LEASE}", "SagaDeadlineSeconds=60", f"ReservationTtlSeconds={LEASE}",
-             f"FakeGatewayHangSeconds={HANG}", "AuthorizePaymentTimeout=30"]
+HANG = 11  # the fake gateway's tok_hang: longer than AuthorizePayment's 10 s task timeout
+OVERRIDES = (f"LeaseSeconds={LEASE}", "SagaDeadlineSeconds=60", f"ReservationTtlSeconds={LEASE}",
+             f"FakeGatewayHangSeconds={HANG}", "AuthorizePaymentTimeout=30")
+pytestmark = pytest.mark.embedded_only(reason="shortens LeaseSeconds, ReservationTtlSeconds and the reaper's "
+                                              "schedule with parameter overrides, fixed on a deployed stack")
 
 
 @pytest.fixture(scope="module")
-def leased(tmp_path_factory, target):
-    if not target.embedded:
-        pytest.skip("these tests shorten the stack's periods: they run on the embedded stack")
-    process, stack = start_embedded(tmp_path_factory.mktemp("leased"), "--schedule-seconds", "1",
-                                    "--parameter-overrides", *OVERRIDES)
+def stacks(tmp_path_factory):
+    """Two stacks, started together: `leased` (short leases, a reaper every second) and `long_lease` (a lease
+    longer than the gateway's hang, so the execution itself times out and compensates)."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        leased = pool.submit(start_embedded, tmp_path_factory.mktemp("leased"), "--schedule-seconds", "1",
+                             overrides=OVERRIDES)
+        long_lease = pool.submit(start_embedded, tmp_path_factory.mktemp("long-lease"), overrides=(
+            f"FakeGatewayHangSeconds={HANG}", "AuthorizePaymentTimeout=30", "LeaseSeconds=60"))
+        started = [leased.result(), long_lease.result()]
     try:
-        yield stack
+        yield {"leased": started[0][1], "long_lease": started[1][1]}
     finally:
-        stop(process)
+        for process, _ in started:
+            stop(process)
 
 
 @pytest.fixture(scope="module")
-def long_lease(tmp_path_factory, target):
-    """A lease longer than the gateway's hang: the execution itself times out and compensates."""
-    if not target.embedded:
-        pytest.skip("these tests shorten the stack's periods: they run on the embedded stack")
-    overrides = [f"FakeGatewayHangSeconds={HANG}", "AuthorizePaymentTimeout=30", "LeaseSeconds=60"]
-    process, stack = start_embedded(tmp_path_factory.mktemp("long-lease"), "--parameter-overrides", *overrides)
-    try:
-        yield stack
-    finally:
-        stop(process)
+def leased(stacks):
+    return stacks["leased"]
 
 
-def get(stack, output, **key):
-    resp = stack.client("dynamodb").get_item(TableName=stack.outputs[output], Key=to_ddb(key), ConsistentRead=True)
-    return from_ddb(resp["Item"]) if "Item" in resp else None
+@pytest.fixture(scope="module")
+def long_lease(stacks):
+    return stacks["long_lease"]
 
 
 def stock(stack, sku="MUG-BLUE"):
-    item = get(stack, "InventoryTableName", pk=f"SKU#{sku}", sk="STOCK")
+    item = stack.stock(sku)
     return item["available"], item["reserved"], item["sold"]
 
 
@@ -71,100 +69,87 @@ def wait_until(predicate, timeout, what):
     raise AssertionError(f"{what}: not true after {timeout} s (last: {last})")
 
 
-def place(stack, token, quantity=1):
-    body = json.dumps({"customer_id": "cust-lease", "items": [{"sku": "MUG-BLUE", "quantity": quantity}],
-                       "payment_token": token}).encode()
-    status, accepted = http("POST", f"{stack.api_url}/orders", body, {"Idempotency-Key": uuid.uuid4().hex})
-    assert status == 202, accepted
-    return accepted
-
-
 def test_two_executions_racing_for_one_order_one_proceeds_one_is_refused(leased):
-    sfn = leased.client("stepfunctions")
-    order_id = "ord_race_" + uuid.uuid4().hex[:8]
+    accepted = place(leased, [{"sku": "MUG-BLUE", "quantity": 1}], "tok_approve")
+    order_id = accepted["order_id"]
     before = stock(leased)
-    saga = json.dumps({"order_id": order_id, "customer_id": "racer",
-                       "items": [{"sku": "MUG-BLUE", "quantity": 1}], "payment_token": "tok_approve"})
+    saga = {"order_id": order_id, "customer_id": "cust-stack"}
     arns = [None, None]
 
-    def start(i):
-        arns[i] = sfn.start_execution(stateMachineArn=leased.outputs["StateMachineArn"],
-                                      name=f"{order_id}-{i}", input=saga)["executionArn"]
+    def start(i):  # a second execution for the same order, started by hand, races the API's own
+        arns[i] = start_direct(leased, f"{order_id}-{i}", saga)
 
     threads = [threading.Thread(target=start, args=(i,)) for i in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    outcomes = sorted((wait_for_execution(sfn, arn, 60)["status"], arn) for arn in arns)
-    (failed, loser), (succeeded, winner) = outcomes
-    assert (failed, succeeded) == ("FAILED", "SUCCEEDED")
-    assert sfn.describe_execution(executionArn=loser)["error"] == "OrderLocked"
-    assert state_path(history(sfn, loser)) == ["CreateOrder", "OrderLocked"]
-    assert get(leased, "OrdersTableName", order_id=order_id)["lease_owner"] == winner
-    assert stock(leased)[0] == before[0] - 1  # reserved and sold once
-    ledger = get(leased, "PaymentsTableName", payment_id=LEDGER_PREFIX + order_id)
-    assert (ledger["state"], ledger["amount"]) == ("CAPTURED", 1250)
+    outcomes = [wait_for_execution(leased, arn, 60) for arn in [accepted["execution_arn"], *arns]]
+    assert sorted(o["status"] for o in outcomes) == ["FAILED", "FAILED", "SUCCEEDED"]
+    for described in outcomes:
+        if described["status"] == "FAILED":
+            assert described["error"] == "OrderLocked"
+            assert [v.name for v in path_of(leased, described["executionArn"])] == ["CreateOrder", "OrderLocked"]
+    winner = next(o["executionArn"] for o in outcomes if o["status"] == "SUCCEEDED")
+    assert leased.order(order_id)["lease_owner"] == winner
+    assert stock(leased)[2] == before[2] + 1  # sold once
+    assert (leased.ledger(order_id)["state"], leased.ledger(order_id)["amount"]) == ("CAPTURED", 1250)
 
 
 def test_an_execution_stopped_mid_saga_is_compensated_within_one_lease_period(leased):
     sfn = leased.client("stepfunctions")
     before = stock(leased)
-    accepted = place(leased, "tok_hang")
+    accepted = place(leased, [{"sku": "MUG-BLUE", "quantity": 1}], "tok_hang")
     order_id = accepted["order_id"]
-    wait_until(lambda: (get(leased, "PaymentsTableName", payment_id=order_id) or {}).get("status") == "AUTHORIZING",
-               30, "AuthorizePayment started")
+    wait_until(lambda: "ReserveInventory" in (leased.order(order_id) or {}).get("steps", {}), 30, "reserved")
+    time.sleep(0.5)  # AuthorizePayment has started: its gateway call hangs
     sfn.stop_execution(executionArn=accepted["execution_arn"], error="Operator", cause="stopped by the test")
     stopped = time.monotonic()
-    order = wait_until(lambda: (o := get(leased, "OrdersTableName", order_id=order_id))["saga_status"] ==
-                       "COMPENSATED" and o, LEASE + 10, "compensated by the reaper")
+    order = wait_until(lambda: (o := leased.order(order_id))["saga_status"] == "COMPENSATED" and o, LEASE + 10,
+                       "compensated by the reaper")
     took = time.monotonic() - stopped
-    # The lease was renewed when AuthorizePayment started, before the stop; the reaper sweeps every second.
+    # The lease was taken when the saga started; the reaper sweeps every second.
     assert took <= LEASE + 2, f"compensated {took:.1f} s after the stop"
     assert order["lease_owner"].startswith("reaper:")
     assert order["steps"]["Reaper"]["error"] == "LeaseExpired"
     assert stock(leased) == before
     # The stopped execution's Lambda still answers (after HANG s): its late authorization must not hold money.
-    wait_until(lambda: (get(leased, "PaymentsTableName", payment_id=LEDGER_PREFIX + order_id) or {}).get("state")
-               == "VOIDED", HANG + 10, "the late authorization voided at the gateway")
-    assert get(leased, "PaymentsTableName", payment_id=order_id)["status"] == "VOIDED"
+    wait_until(lambda: (leased.ledger(order_id) or {}).get("state") == "VOIDED", HANG + 10,
+               "the late authorization voided at the gateway")
+    assert leased.payment(order_id)["status"] == "VOIDED"
 
 
 def test_a_payment_completing_after_its_task_timed_out_and_after_void_leaves_no_money(long_lease):
     leased = long_lease
-    sfn = leased.client("stepfunctions")
     before = stock(leased)
-    accepted = place(leased, "tok_hang")
+    accepted = place(leased, [{"sku": "MUG-BLUE", "quantity": 1}], "tok_hang")
     order_id = accepted["order_id"]
-    described = wait_for_execution(sfn, accepted["execution_arn"], 60)
-    path = state_path(history(sfn, accepted["execution_arn"]))
+    described = wait_for_execution(leased, accepted["execution_arn"], 60)
     assert described["error"] == "Saga.Timeout"  # the 10 s task timeout, with the Lambda still running
-    assert path == ["CreateOrder", "ReserveInventory", "AuthorizePayment", "VoidPayment", "ReleaseInventory",
-                    "CancelOrder", "SagaCompensated"]
-    assert get(leased, "PaymentsTableName", payment_id=order_id)["status"] == "VOIDED"  # before the answer
+    assert [v.name for v in path_of(leased, accepted["execution_arn"])] == [
+        "CreateOrder", "ReserveInventory", "AuthorizePayment", "VoidPayment", "ReleaseInventory", "CancelOrder",
+        "SagaCompensated"]
+    assert leased.payment(order_id)["status"] == "VOIDED"  # before the answer
     # Now the gateway answers (HANG s after the call): the authorization lands nowhere and is voided.
-    wait_until(lambda: (e := get(leased, "PaymentsTableName", payment_id=LEDGER_PREFIX + order_id))
-               and e.get("state") in ("VOIDED", "CAPTURED", "AUTHORIZED"), HANG + 10, "the gateway answered")
-    time.sleep(0.5)  # the late handler's own void, right after its refused write
-    ledger = get(leased, "PaymentsTableName", payment_id=LEDGER_PREFIX + order_id)
-    assert ledger["state"] == "VOIDED"
-    assert get(leased, "PaymentsTableName", payment_id=order_id)["status"] == "VOIDED"
-    assert get(leased, "OrdersTableName", order_id=order_id)["saga_status"] == "COMPENSATED"
+    wait_until(lambda: (e := leased.ledger(order_id)) and e.get("state") in ("VOIDED", "CAPTURED", "AUTHORIZED"),
+               HANG + 10, "the gateway answered")
+    wait_until(lambda: leased.ledger(order_id)["state"] == "VOIDED", 5, "the late handler voided its authorization")
+    assert leased.payment(order_id)["status"] == "VOIDED"
+    assert leased.order(order_id)["saga_status"] == "COMPENSATED"
     assert stock(leased) == before
 
 
 def test_an_expired_reservation_returns_its_stock_once_even_with_two_reapers(leased):
     before = stock(leased)
-    accepted = place(leased, "tok_hang", quantity=2)
+    accepted = place(leased, [{"sku": "MUG-BLUE", "quantity": 2}], "tok_hang")
     order_id = accepted["order_id"]
-    wait_until(lambda: get(leased, "InventoryTableName", pk=f"ORDER#{order_id}", sk="RESERVATION"), 30,
-               "reserved")
+    wait_until(lambda: leased.reservation(order_id), 30, "reserved")
     assert stock(leased)[0] == before[0] - 2
     lam = leased.client("lambda")
     results = []
 
     def reap():
-        payload = lam.invoke(FunctionName="order-saga-ReaperFunction", Payload=b"{}")["Payload"].read()
+        payload = lam.invoke(FunctionName=leased.outputs["ReaperFunctionName"], Payload=b"{}")["Payload"].read()
         results.append(json.loads(payload))
 
     time.sleep(LEASE + 0.2)
@@ -174,10 +159,42 @@ def test_an_expired_reservation_returns_its_stock_once_even_with_two_reapers(lea
     for thread in reapers:
         thread.join()
     assert all("errorType" not in r for r in results), results
-    wait_until(lambda: get(leased, "InventoryTableName", pk=f"ORDER#{order_id}", sk="RESERVATION")["status"]
-               == "RELEASED", 10, "released")
+    wait_until(lambda: leased.reservation(order_id)["status"] == "RELEASED", 10, "released")
     assert stock(leased) == before  # back once: not twice, whoever released it
-    released_by_us = sum(order_id in r["released_reservations"] for r in results)
-    assert released_by_us <= 1
-    wait_for_execution(leased.client("stepfunctions"), accepted["execution_arn"], 60)
+    assert sum(order_id in r["released_reservations"] for r in results) <= 1
+    wait_for_execution(leased, accepted["execution_arn"], 60)
     assert stock(leased) == before
+
+
+def test_an_order_whose_execution_never_starts_is_cancelled_by_the_reaper(leased):
+    """The API wrote the order, then the saga never started (a crash between the two): no stock, no money."""
+    from order_saga.models import order_id_for
+
+    key = uuid.uuid4().hex
+    order_id = order_id_for(key)
+    # Write what the API writes, without starting the execution: an operator's StartExecution never came.
+    store_order(leased, order_id)
+    order = wait_until(lambda: (o := leased.order(order_id))["saga_status"] == "COMPENSATED" and o, LEASE + 10,
+                       "cancelled by the reaper")
+    assert order["status"] == "CANCELLED"
+    assert leased.payment(order_id)["status"] == "VOIDED"
+
+
+def store_order(stack, order_id: str) -> None:
+
+    from order_saga.config import Timing
+    from order_saga.dynamo import now_ms
+    from order_saga.models import PricedLine
+    from order_saga.orders import Orders
+    from order_saga.payments import Payments
+    from order_saga.store import Store
+
+    store = Store(stack.client("dynamodb"))
+    timing = Timing(lease_ms=LEASE * 1000, deadline_ms=60_000, reservation_ttl_ms=LEASE * 1000, shards=10)
+    orders = Orders(store, stack.outputs["OrdersTableName"], timing)
+    now = now_ms()
+    line = PricedLine(sku="MUG-BLUE", quantity=1, unit_price=1250)
+    order = orders.new_order(order_id, "cust-stack", [{"sku": "MUG-BLUE", "quantity": 1}], [line], 1250, "USD",
+                             "arn:none", "digest", now)
+    payment = Payments(store, stack.outputs["PaymentsTableName"]).put_new(order_id, 1, "tok_approve", 1250, "USD", now)
+    assert store.transact([orders.put_new(order), payment]) is None

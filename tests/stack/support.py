@@ -1,0 +1,219 @@
+"""What the stack tests share: the target, HTTP, waiting for executions, reading items, fault rules.
+
+Everything here works the same on the embedded stack and on a deployed one: names come from the stack's
+outputs, every list call paginates, and every wait has a deadline. Waiting uses the embedded stack's
+`/_sagalocal/executions/wait` (no polling) where it exists, and otherwise DescribeExecution with backoff,
+under one process-wide rate limit kept well below Step Functions' API quotas.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from order_saga.dynamo import from_ddb, to_ddb
+from order_saga.gateway import LEDGER_PREFIX
+from order_saga.payments import payment_id
+from sagafaults.handler import rule_item, rule_key
+from sagafaults.rules import Rule
+from sagalocal.timeline import StateVisit, history, paginate, visits
+
+STATE_API_RATE = 20.0  # Step Functions calls per second, all threads of this process together
+
+
+@dataclass
+class Target:
+    api_url: str
+    endpoint: str | None
+    outputs: dict[str, Any]
+    region: str = "us-east-1"
+    embedded: bool = False
+    dynamodb_endpoint: str | None = None
+    _clients: dict[str, Any] = field(default_factory=dict)
+
+    def client(self, service: str) -> Any:
+        if service not in self._clients:
+            endpoint = self.dynamodb_endpoint if service == "dynamodb" and self.dynamodb_endpoint else self.endpoint
+            kwargs: dict[str, Any] = {"region_name": self.region,
+                                      "config": Config(max_pool_connections=64, retries={"mode": "standard"})}
+            if endpoint:
+                kwargs.update(endpoint_url=endpoint, aws_access_key_id="local", aws_secret_access_key="local")
+            self._clients[service] = boto3.client(service, **kwargs)
+        return self._clients[service]
+
+    def get(self, output: str, **key: Any) -> dict[str, Any] | None:
+        resp = self.client("dynamodb").get_item(TableName=self.outputs[output], Key=to_ddb(key), ConsistentRead=True)
+        return from_ddb(resp["Item"]) if "Item" in resp else None
+
+    def order(self, order_id: str) -> dict[str, Any] | None:
+        return self.get("OrdersTableName", order_id=order_id)
+
+    def payment(self, order_id: str) -> dict[str, Any] | None:
+        return self.get("PaymentsTableName", payment_id=payment_id(order_id))
+
+    def ledger(self, order_id: str) -> dict[str, Any] | None:
+        return self.get("PaymentsTableName", payment_id=LEDGER_PREFIX + payment_id(order_id))
+
+    def reservation(self, order_id: str) -> dict[str, Any] | None:
+        return self.get("InventoryTableName", pk=f"ORDER#{order_id}", sk="RESERVATION")
+
+    def stock(self, sku: str) -> dict[str, Any] | None:
+        return self.get("InventoryTableName", pk=f"SKU#{sku}", sk="STOCK")
+
+    def add_item(self, sku: str, price: int, available: int, currency: str = "USD") -> None:
+        from order_saga.inventory import Inventory
+        from order_saga.store import Store
+
+        assert Inventory(Store(self.client("dynamodb")), self.outputs["InventoryTableName"]).add_item(
+            sku, sku, price, currency, available), f"sku {sku} exists already"
+
+
+# ---- HTTP ------------------------------------------------------------------------------------------------
+def http(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None,
+         timeout: float = 30.0) -> tuple[int, Any]:
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"not an HTTP URL: {url}")
+    headers = dict(headers or {})
+    if body is not None and not any(k.lower() == "content-type" for k in headers):
+        headers["Content-Type"] = "application/json"  # urllib would send form-urlencoded
+    request = urllib.request.Request(url, data=body, method=method, headers=headers)  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - the stack under test
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        try:
+            return exc.code, json.loads(raw or b"null")
+        except ValueError:
+            return exc.code, raw.decode(errors="replace")
+
+
+def place(target: Target, items: list[dict[str, Any]], token: str = "tok_approve", key: str | None = None,
+          customer: str = "cust-stack", timeout: float = 60.0) -> dict[str, Any]:
+    """POST /orders; the 202 body."""
+    import uuid
+
+    body = json.dumps({"customer_id": customer, "items": items, "payment_token": token}).encode()
+    status, accepted = http("POST", f"{target.api_url}/orders", body, {"Idempotency-Key": key or uuid.uuid4().hex},
+                            timeout=timeout)
+    assert status == 202, (status, accepted)
+    return accepted  # type: ignore[no-any-return]
+
+
+# ---- Step Functions, within its rate limits ------------------------------------------------------------------
+class _Bucket:
+    def __init__(self, rate: float) -> None:
+        self.rate, self.tokens, self.at = rate, rate, time.monotonic()
+        self.lock = threading.Lock()
+
+    def take(self) -> None:
+        while True:
+            with self.lock:
+                now = time.monotonic()
+                self.tokens = min(self.rate, self.tokens + (now - self.at) * self.rate)
+                self.at = now
+                if self.tokens >= 1:
+                    self.tokens -= 1
+                    return
+                wait = (1 - self.tokens) / self.rate
+            time.sleep(wait)
+
+
+_bucket = _Bucket(STATE_API_RATE)
+
+
+def describe(target: Target, arn: str) -> dict[str, Any]:
+    _bucket.take()
+    return target.client("stepfunctions").describe_execution(executionArn=arn)  # type: ignore[no-any-return]
+
+
+def wait_for_execution(target: Target, arn: str, timeout: float = 180.0) -> dict[str, Any]:
+    """The execution once it has ended. Raises TimeoutError naming the last status seen."""
+    deadline = time.monotonic() + timeout
+    status, pause = "unknown", 0.1
+    while True:
+        remaining = deadline - time.monotonic()
+        if target.embedded and target.endpoint and remaining > 0:
+            query = urllib.parse.urlencode({"arn": arn, "timeout": min(remaining, 60)})
+            with urllib.request.urlopen(f"{target.endpoint}/_sagalocal/executions/wait?{query}",  # noqa: S310
+                                        timeout=70):
+                pass
+        described = describe(target, arn)
+        status = described["status"]
+        if status != "RUNNING":
+            return described
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"execution {arn} still {status} after {timeout:.0f} s")
+        if not target.embedded:
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
+
+
+def wait_all(target: Target, arns: list[str], timeout: float = 300.0) -> dict[str, dict[str, Any]]:
+    """Every execution once ended (waited for concurrently, within the same deadline)."""
+    with ThreadPoolExecutor(max_workers=min(32, max(1, len(arns)))) as pool:
+        described = list(pool.map(lambda arn: wait_for_execution(target, arn, timeout), arns))
+    return dict(zip(arns, described, strict=True))
+
+
+def path_of(target: Target, arn: str) -> list[StateVisit]:
+    _bucket.take()
+    return visits(history(target.client("stepfunctions"), arn))
+
+
+def executions_named(target: Target, name: str) -> int:
+    """How many executions of the state machine carry this name (a paginated list)."""
+    _bucket.take()
+    listed = paginate(target.client("stepfunctions").list_executions, "executions",
+                      stateMachineArn=target.outputs["StateMachineArn"])
+    return sum(e["name"] == name for e in listed)
+
+
+def start_direct(target: Target, order_id: str, saga: dict[str, Any]) -> str:
+    """An operator's StartExecution, without the API."""
+    _bucket.take()
+    return str(target.client("stepfunctions").start_execution(
+        stateMachineArn=target.outputs["StateMachineArn"], name=order_id, input=json.dumps(saga))["executionArn"])
+
+
+# ---- fault rules (sagafaults, through the fault rules table) ---------------------------------------------------
+class FaultRules:
+    """The rules table of a stack deployed with FaultInjection=true: what the handlers' injector reads."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.table = target.outputs["FaultRulesTableName"]
+
+    def add(self, rule: dict[str, Any]) -> Rule:
+        parsed = Rule.from_json(rule)
+        self.target.client("dynamodb").put_item(TableName=self.table, Item=rule_item(parsed))
+        return parsed
+
+    def remaining(self, rule: Rule) -> int | None:
+        resp = self.target.client("dynamodb").get_item(TableName=self.table, Key=rule_key(rule), ConsistentRead=True)
+        item = from_ddb(resp["Item"]) if "Item" in resp else None
+        return None if item is None else item.get("remaining")
+
+    def remove(self, rule: Rule) -> None:
+        self.target.client("dynamodb").delete_item(TableName=self.table, Key=rule_key(rule))
+
+    @contextmanager
+    def applied(self, *rules: dict[str, Any]) -> Iterator[list[Rule]]:
+        added = [self.add(rule) for rule in rules]
+        try:
+            yield added
+        finally:
+            for rule in added:
+                self.remove(rule)
