@@ -31,6 +31,7 @@ from sagalocal.timeline import history
 ENDED = ("SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED")
 STATUSES = ("RUNNING", *ENDED, "PENDING_REDRIVE")
 MAX_PAGE_SIZE = 100
+CACHE_SIZE = 2000  # ended executions' descriptions and definitions kept
 SAGA_UNFINISHED = ("PENDING", "EXECUTING", "COMPENSATING")
 MONEY_RELEASED = ("VOIDED", "REFUNDED", "DECLINED")
 MAX_PAYMENT_METHODS = 5  # payment_id = <order id>#<method>, numbered from 1
@@ -182,8 +183,9 @@ class ConsoleData:
         self.sfn = source.client("stepfunctions")
         self.dynamodb = source.client("dynamodb")
         self.sqs = source.client("sqs")
+        # What an ended execution cannot change, kept so a refresh asks AWS only about what runs.
         self._ended: OrderedDict[str, dict[str, Any]] = OrderedDict()  # executionArn -> DescribeExecution
-        self._definitions: dict[str, dict[str, Any]] = {}  # executionArn -> the definition it ran
+        self._definitions: OrderedDict[str, dict[str, Any]] = OrderedDict()  # executionArn -> its definition
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="console-describe")
 
@@ -225,18 +227,23 @@ class ConsoleData:
         except self.sfn.exceptions.ExecutionDoesNotExist as exc:
             raise NotFound(f"no execution {arn}") from exc
         if described["status"] in ENDED:
-            with self._lock:
-                self._ended[arn] = described
-                while len(self._ended) > 5000:
-                    self._ended.popitem(last=False)
+            self._keep(self._ended, arn, described)
         return described
+
+    def _keep(self, cache: OrderedDict[str, dict[str, Any]], key: str, value: dict[str, Any]) -> None:
+        with self._lock:
+            cache[key] = value
+            while len(cache) > CACHE_SIZE:
+                cache.popitem(last=False)
 
     def _definition(self, arn: str) -> dict[str, Any]:
         """The definition this execution ran (it may differ from the live one after an update)."""
-        if arn not in self._definitions:
-            described = self.sfn.describe_state_machine_for_execution(executionArn=arn)
-            self._definitions[arn] = json.loads(described["definition"])
-        return self._definitions[arn]
+        with self._lock:
+            if arn in self._definitions:
+                return self._definitions[arn]
+        definition = json.loads(self.sfn.describe_state_machine_for_execution(executionArn=arn)["definition"])
+        self._keep(self._definitions, arn, definition)
+        return definition
 
     def execution(self, name: str) -> ExecutionView:
         arn = self.execution_arn(name)

@@ -78,7 +78,10 @@ class Refresh:
     """Whether a page's live part fetches itself again, and what it says about it."""
 
     def __init__(self, request: Request, active: bool, every: float, what: str) -> None:
-        self.since = float(request.args.get("since") or time.time())
+        try:
+            self.since = float(request.args.get("since") or time.time())
+        except ValueError:
+            self.since = time.time()
         self.expired = time.time() - self.since > REFRESH_FOR
         self.active = active and not self.expired
         self.every = every

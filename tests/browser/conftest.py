@@ -39,7 +39,7 @@ def chromium() -> Any:
 
 
 @pytest.fixture(scope="session")
-def stack(chromium: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Any:
     running = start_stack(tmp_path_factory.mktemp("console-stack"))
     try:
         yield running

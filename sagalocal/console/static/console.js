@@ -34,8 +34,10 @@
 
   function arrowMarker(defs, id) {
     const marker = document.createElementNS(SVG, "marker");
-    for (const [k, v] of Object.entries({id, viewBox: "0 0 10 10", refX: "9", refY: "5", markerWidth: "7",
-                                         markerHeight: "7", orient: "auto-start-reverse"})) marker.setAttribute(k, v);
+    // In user space, so a thick (taken) edge gets the same arrowhead as a thin one.
+    for (const [k, v] of Object.entries({id, viewBox: "0 0 10 10", refX: "9", refY: "5", markerWidth: "11",
+                                         markerHeight: "11", markerUnits: "userSpaceOnUse",
+                                         orient: "auto-start-reverse"})) marker.setAttribute(k, v);
     const tip = document.createElementNS(SVG, "path");
     tip.setAttribute("d", "M0,0 L10,5 L0,10 z");
     tip.setAttribute("class", `arrow ${id}`);
