@@ -106,6 +106,9 @@
     svg.setAttribute("height", size.height);
     canvas.style.width = `${size.width}px`;
     canvas.style.height = `${size.height}px`;
+    // A graph wider than the page is shrunk to fit (down to 60%), so the whole saga is seen at once.
+    const room = figure.clientWidth - 20;
+    if (size.width > room) canvas.style.zoom = String(Math.max(0.6, room / size.width));
     figure.dataset.drawn = "true";
   }
 
