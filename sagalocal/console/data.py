@@ -172,7 +172,8 @@ class ParkedMessage:
     body: Any
     failures: list[dict[str, Any]]
     order: OrderView | None
-    advice: list[str] = field(default_factory=list)
+    receive_note: str = ""
+    advice: list[str] = field(default_factory=list)  # the steps to take, in order
     checks: list[tuple[str, bool]] = field(default_factory=list)
 
 
@@ -338,24 +339,26 @@ def advise(parked: ParkedMessage, queue: QueueInfo) -> None:
         ("payment VOIDED, REFUNDED or DECLINED (or none)", all(s in MONEY_RELEASED for s in payment_states)),
         ("reservation RELEASED (or none)", reservation in (None, "RELEASED")),
     ]
-    advice = []
     if queue.name == "dead-letter":
-        advice.append("This message was received too often and moved to the dead-letter queue (operations.md §5): "
-                      "move it back with `aws sqs start-message-move-task`, or redrive it from here, then delete it.")
+        parked.receive_note = ("Received too often, so SQS moved it to the dead-letter queue (operations.md §5): move "
+                               "it back with `aws sqs start-message-move-task`, or redrive it from there and delete it "
+                               "there.")
     elif queue.max_receives:
         left = queue.max_receives - parked.receives
-        advice.append(f"Received {parked.receives} of {queue.max_receives} times: "
-                      + (f"{left} more receive(s) move it to the dead-letter queue (operations.md §2)."
-                         if left > 0 else "the next receive moves it to the dead-letter queue."))
+        parked.receive_note = f"Received {parked.receives} of {queue.max_receives} times: " + (
+            f"{left} more receive(s) move it to the dead-letter queue (operations.md §2)." if left > 0
+            else "the next receive moves it to the dead-letter queue.")
+    advice = []
     if order is None:
         advice.append("No order item: nothing to compensate. Read the execution's history, then delete the message.")
     elif status == "FAILED":
         failed = ", ".join(f"{f['state']}: {f['error']}" for f in parked.failures) or order.get("parked_error", "")
-        advice.append(f"1. Fix the cause ({failed}).")
-        advice.append("2. Nothing to reset: each compensation takes the parked order back to COMPENSATING itself.")
-        advice.append("3. Invoke " + ", then ".join(COMPENSATIONS_IN_ORDER) + " with the message body as the event, "
+        advice.append(f"Fix the cause ({failed}).")
+        advice.append("Nothing to reset: each compensation takes the parked order back to COMPENSATING itself.")
+        advice.append("Invoke " + ", then ".join(COMPENSATIONS_IN_ORDER) + " with the message body as the event, "
                       "in that order; stop at the first that fails (operations.md §3).")
-        advice.append("4. Check the order, the payment and the reservation (below), then 5. delete the message.")
+        advice.append("Check the order, the payment and the reservation (the checks below).")
+        advice.append("Delete the message (receive it with a long visibility timeout to get a receipt handle).")
     elif status in SAGA_UNFINISHED or status == "COMPLETED":
         advice.append(f"The order is still {status}: ParkSaga's own write did not land, so the reaper compensates it "
                       "once its lease has expired. Look again after LeaseSeconds plus one ReaperSchedule period "

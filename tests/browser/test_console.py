@@ -207,7 +207,7 @@ def test_parked_sagas_are_read_on_request_with_what_to_do(console, scenarios):
     expect(card).to_contain_text("TransientError")
     expect(card.locator(".advice")).to_contain_text(
         "Invoke RefundPayment, then VoidPayment, then ReleaseInventory, then CancelOrder")
-    expect(card.locator(".advice")).to_contain_text("4 more receive(s) move it to the dead-letter queue")
+    expect(card.locator("[data-receive-note]")).to_contain_text("4 more receive(s) move it to the dead-letter queue")
     expect(card.locator('.checks [data-check-ok="false"]')).to_contain_text(["order COMPENSATED", "reservation"])
     card.locator(f'a[href="/executions/{parked.order_id}"]').click()
     seen = statuses(page)
