@@ -125,11 +125,6 @@ class ExecutionView:
     output: Any
 
     @property
-    def failed_step(self) -> execution_reading.Visit | None:
-        """The first state that failed: the step whose error started the compensation."""
-        return next((v for v in self.reading.visits if v.status == "failed"), None)
-
-    @property
     def compensations(self) -> list[str]:
         return [v.name for v in self.reading.visits if v.role == "compensation"]
 

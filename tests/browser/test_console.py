@@ -214,6 +214,9 @@ def test_parked_sagas_are_read_on_request_with_what_to_do(console, scenarios):
     assert seen["ReleaseInventory"] == "failed"
     assert seen["ParkSaga"] == "compensating"
     expect(state(page, "ReleaseInventory")).to_have_attribute("data-retries", "3")
+    expect(page.locator('[data-summary="failed"]')).to_have_text([
+        re.compile("AuthorizePayment failed with PaymentDeclined"),
+        re.compile("ReleaseInventory failed with TransientError.* after 4 attempts")])
 
 
 def test_a_running_execution_refreshes_until_it_ends(console, stack, scenarios):
