@@ -6,6 +6,14 @@ STAMP  := $(VENV)/.installed-$(shell cksum < requirements-dev.txt | cut -d' ' -f
 
 .PHONY: run up test test-unit test-stack lint openapi docs build bench clean venv
 
+# The console's browser libraries (dagre, htmx), exactly as sagalocal/console/package-lock.json pins them.
+# `make venv` installs them with the Python dependencies, so every target that serves the console has them.
+CONSOLE_ASSETS := sagalocal/console/node_modules/.package-lock.json
+venv: $(CONSOLE_ASSETS)
+$(CONSOLE_ASSETS): sagalocal/console/package-lock.json
+	cd sagalocal/console && npm ci --ignore-scripts --no-audit --no-fund
+	@touch $@
+
 venv: $(STAMP)
 
 $(STAMP): requirements-dev.txt
@@ -39,8 +47,9 @@ lint: venv
 openapi: venv  ## Regenerate docs/openapi.json from the API's resolver
 	$(PY) scripts/generate_openapi.py
 
-docs: openapi  ## Regenerate the generated docs (OpenAPI, scenarios)
+docs: openapi  ## Regenerate the generated docs (OpenAPI, scenarios, the console's screenshots in docs/img)
 	$(PY) scripts/generate_scenarios_doc.py
+	$(PY) scripts/console_screenshots.py
 
 build: venv  ## sam build (needs python3.13 on PATH, e.g. PYENV_VERSION=3.13.0:3.11.7)
 	SAM_CLI_TELEMETRY=0 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" sam build
@@ -50,4 +59,4 @@ bench: venv  ## Every benchmark (engine, throughput, peer, cost, cold start) -> 
 	$(PY) bench/run_all.py
 
 clean:
-	rm -rf $(VENV) .aws-sam .local .pytest_cache .ruff_cache
+	rm -rf $(VENV) .aws-sam .local .pytest_cache .ruff_cache sagalocal/console/node_modules

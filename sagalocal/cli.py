@@ -4,6 +4,7 @@
   python -m sagalocal invoke F -e EVENT   what `sam local invoke` does, without Docker
   python -m sagalocal history EXECUTION   an execution's timeline (ARN or execution name)
   python -m sagalocal trigger F           run a scheduled function now, with EventBridge's event
+  python -m sagalocal console --endpoint URL --stack-outputs FILE   the web console for any running stack
 
 `--init CMD` runs a command once the stack serves (as LocalStack's ready hooks do), with the stack's
 endpoints in its environment: AWS_ENDPOINT_URL, SAGA_API_URL and SAGA_STACK_OUTPUTS (a JSON file of the
@@ -25,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sagalocal.console.cli import add_parser as add_console_parser
+from sagalocal.console.cli import serve_for_stack
 from sagalocal.provision import StackError
 from sagalocal.stack import CREDENTIALS, LocalStack, free_port
 from sagalocal.template import TemplateError
@@ -81,15 +84,18 @@ def cmd_up(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     stack = make_stack(args, args.port)
     stack.start()
+    console = None
     try:
         run_init(stack, args.init or [], Path(".local"))
-        info = stack.describe()
+        console, console_note = serve_for_stack(stack.endpoint, stack.region, stack.outputs, args.console_port)
+        info = {**stack.describe(), "console": console.url if console else None}
         STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
         STATE_FILE.write_text(json.dumps(info, indent=2))
         if args.ready_file:
             Path(args.ready_file).write_text(json.dumps(info))
         print(f"Local stack {stack.template.stack_name} up in {time.perf_counter() - started:.1f} s")
         print(f"  API           {stack.api_url}")
+        print(f"  Console       {console.url if console else 'not served: ' + console_note}")
         print(f"  AWS endpoint  {stack.endpoint}   (aws --endpoint-url {stack.endpoint} ..., region {stack.region},"
               f" any credentials)")
         for key, value in stack.outputs.items():
@@ -108,6 +114,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             pass
     finally:
+        if console is not None:
+            console.stop()
         STATE_FILE.unlink(missing_ok=True)
         stack.stop()
     return 0
@@ -259,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--ready-file", help="write the stack's endpoints and outputs here (JSON) once it serves")
     up.add_argument("--schedule-seconds", type=float, default=None,
                     help="run every scheduled function this often instead of its template rate")
+    up.add_argument("--console-port", type=int, default=0, help="the console's port on 127.0.0.1 (default: a free one)")
     up.set_defaults(func=cmd_up)
 
     invoke = sub.add_parser("invoke", help="invoke one function with an event file, as `sam local invoke`")
@@ -281,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     trigger.add_argument("--endpoint", help="AWS endpoint (default: the running `up` stack)")
     trigger.add_argument("--region", default="us-east-1")
     trigger.set_defaults(func=cmd_trigger)
+    add_console_parser(sub)
     return parser
 
 

@@ -1,0 +1,177 @@
+"""One execution read from its history: the states it visited, each with its attempts, input, output and error.
+
+The visits and their timings come from sagalocal.timeline.visits (the same reading `sagalocal history`
+prints); this module adds what a page shows of each: the task attempts as intervals (so retries and the
+waits between them can be drawn), the state's input and output, and each failure's error and cause.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from sagalocal.timeline import visits as timeline_visits
+
+TASK_START = ("TaskScheduled", "LambdaFunctionScheduled")
+TASK_OK = ("TaskSucceeded", "LambdaFunctionSucceeded")
+TASK_FAILED = ("TaskFailed", "TaskTimedOut", "TaskStartFailed", "TaskSubmitFailed", "LambdaFunctionFailed",
+               "LambdaFunctionTimedOut", "LambdaFunctionStartFailed", "LambdaFunctionScheduleFailed")
+EXECUTION_END = ("ExecutionSucceeded", "ExecutionFailed", "ExecutionAborted", "ExecutionTimedOut")
+
+
+def details(event: dict[str, Any]) -> dict[str, Any]:
+    """The event's `...EventDetails` member (every history event has at most one)."""
+    return next((v for k, v in event.items() if k.endswith("EventDetails") and isinstance(v, dict)), {})
+
+
+def parse_json(text: Any) -> Any:
+    if isinstance(text, str) and text.lstrip()[:1] in ("{", "[", '"'):
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text
+    return text
+
+
+def expand(value: Any) -> Any:
+    """A value with the JSON held in its strings parsed, at any depth (history events nest it)."""
+    value = parse_json(value)
+    if isinstance(value, dict):
+        return {k: expand(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand(v) for v in value]
+    return value
+
+
+def pretty(value: Any) -> str:
+    """JSON held in a string or not, indented for reading; other text as it is."""
+    value = parse_json(value)
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, indent=2, sort_keys=False, default=str)
+
+
+@dataclass
+class Cause:
+    """An error's cause: a Lambda error's message and stack trace when it is one, else the text itself."""
+    message: str
+    trace: list[str] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, cause: Any) -> Cause | None:
+        if cause in (None, ""):
+            return None
+        parsed = parse_json(cause)
+        if isinstance(parsed, dict) and "errorMessage" in parsed:
+            trace = parsed.get("stackTrace") or []
+            return cls(str(parsed["errorMessage"]), [str(line).rstrip() for line in trace])
+        return cls(pretty(parsed))
+
+
+@dataclass
+class Attempt:
+    number: int
+    start_ms: float
+    end_ms: float | None = None
+    outcome: str = "running"  # succeeded, failed, timed-out, running
+    error: str = ""
+    cause: Cause | None = None
+
+    @property
+    def duration_ms(self) -> float | None:
+        return None if self.end_ms is None else self.end_ms - self.start_ms
+
+
+@dataclass
+class Visit:
+    name: str
+    type: str
+    role: str
+    start_ms: float
+    end_ms: float | None
+    input: Any = None
+    output: Any = None
+    attempts: list[Attempt] = field(default_factory=list)
+    status: str = "running"  # succeeded, retried, failed, compensating, running, ended-succeeded, ended-failed
+    error: str = ""
+    cause: Cause | None = None
+
+    @property
+    def retries(self) -> int:
+        return max(0, len(self.attempts) - 1)
+
+    @property
+    def duration_ms(self) -> float | None:
+        return None if self.end_ms is None else self.end_ms - self.start_ms
+
+
+@dataclass
+class Reading:
+    visits: list[Visit]
+    total_ms: float  # the execution's length so far
+    events: list[dict[str, Any]]  # as GetExecutionHistory gave them, with `at_ms` since the start
+
+
+def _segments(events: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The events of each state visit: from its StateEntered up to the next one."""
+    out: list[list[dict[str, Any]]] = []
+    for event in events:
+        if event["type"].endswith("StateEntered"):
+            out.append([])
+        if out:
+            out[-1].append(event)
+    return out
+
+
+def read(events: list[dict[str, Any]], roles: dict[str, str], execution_status: str,
+         execution_error: str = "", execution_cause: Any = None, now_ms: float | None = None) -> Reading:
+    """Each visit's status is what its own events say; a Fail state ends with the execution's error."""
+    if not events:
+        return Reading([], 0.0, [])
+    t0 = events[0]["timestamp"].timestamp()
+    for event in events:
+        event["at_ms"] = (event["timestamp"].timestamp() - t0) * 1000
+    total_ms = events[-1]["at_ms"] if execution_status != "RUNNING" or now_ms is None else max(
+        now_ms - t0 * 1000, events[-1]["at_ms"])
+    out = []
+    for base, segment in zip(timeline_visits(events), _segments(events), strict=True):
+        visit = Visit(base.name, segment[0]["type"].removesuffix("StateEntered"), roles.get(base.name, ""),
+                      base.start_ms, base.end_ms, input=parse_json(details(segment[0]).get("input")))
+        for event in segment[1:]:
+            kind, info = event["type"], details(event)
+            if kind in TASK_START:
+                visit.attempts.append(Attempt(len(visit.attempts) + 1, event["at_ms"]))
+            elif visit.attempts and (kind in TASK_OK or kind in TASK_FAILED):
+                attempt = visit.attempts[-1]
+                attempt.end_ms = event["at_ms"]
+                attempt.outcome = "succeeded" if kind in TASK_OK else (
+                    "timed-out" if kind.endswith("TimedOut") else "failed")
+                attempt.error = info.get("error", "" if kind in TASK_OK else kind)
+                attempt.cause = Cause.read(info.get("cause"))
+            elif kind.endswith("StateExited"):
+                visit.output = parse_json(info.get("output"))
+        _settle(visit, execution_status, execution_error, execution_cause)
+        out.append(visit)
+    return Reading(out, total_ms, events)
+
+
+def _settle(visit: Visit, execution_status: str, execution_error: str, execution_cause: Any) -> None:
+    last = visit.attempts[-1] if visit.attempts else None
+    if visit.type == "Fail":
+        visit.status, visit.error = "ended-failed", execution_error
+        visit.cause = Cause.read(execution_cause)
+    elif visit.type == "Succeed":
+        visit.status = "ended-succeeded"
+    elif last is not None and last.outcome in ("failed", "timed-out"):
+        visit.status, visit.error, visit.cause = "failed", last.error, last.cause
+    elif visit.end_ms is None or (last is not None and last.outcome == "running"):
+        visit.status = "running" if execution_status == "RUNNING" else "failed"
+        if visit.status == "failed":
+            visit.error = execution_error or execution_status
+    elif visit.role == "compensation":
+        visit.status = "compensating"
+    elif visit.retries:
+        visit.status = "retried"
+    else:
+        visit.status = "succeeded"

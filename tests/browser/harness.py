@@ -1,0 +1,177 @@
+"""What the browser tests stand on, and what `make docs` takes its screenshots with (the same browser):
+one embedded stack with its console, the scenarios placed on it, and headless Chromium driven by Playwright.
+
+Chromium is Debian's (`apt-get install chromium chromium-driver`): `playwright install` cannot download a
+browser here, so Playwright drives the system binary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from order_saga.models import order_id_for
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path(os.environ.get("SAGA_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_PACKAGES = "chromium chromium-driver"
+# Without the background-networking switches Chromium waits on services it cannot reach on a closed network.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+START_TIMEOUT = 120.0
+SCENARIO_TIMEOUT = 90.0
+
+
+def browser_missing() -> str | None:
+    """Why the browser tests cannot run here, or None."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the Python package playwright is not installed: `make venv` installs requirements-dev.txt"
+    if not (CHROMIUM.is_file() or shutil.which(str(CHROMIUM))):
+        return (f"Chromium is not installed ({CHROMIUM} is missing): install Debian's packages with "
+                f"`sudo apt-get install -y {CHROMIUM_PACKAGES}` (.ci/run does it in CI)")
+    return None
+
+
+def launch(playwright: Any) -> Any:
+    return playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+
+
+def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
+         timeout: float = 30.0) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method,  # noqa: S310 - the local stack's own URL
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+@dataclass
+class Stack:
+    process: subprocess.Popen[bytes]
+    workdir: Path
+    console: str
+    api: str
+    endpoint: str
+    region: str
+    outputs: dict[str, Any]
+
+    def client(self, service: str) -> Any:
+        return boto3.client(service, endpoint_url=self.endpoint, region_name=self.region,
+                            aws_access_key_id="local", aws_secret_access_key="local")
+
+    def log_tail(self) -> str:
+        return (self.workdir / "stack.log").read_text(errors="replace")[-3000:]
+
+
+def start_stack(workdir: Path) -> Stack:
+    """`sagalocal up` as a person runs it (catalog seeded, console served), plus the fault rules table."""
+    ready = workdir / "ready.json"
+    seed = f"{sys.executable} {ROOT / 'scripts/seed_catalog.py'} --stack-outputs .local/stack-outputs.json " \
+           f"{ROOT / 'events/catalog.json'}"
+    log = open(workdir / "stack.log", "wb")  # noqa: SIM115 - closed with the process
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sagalocal", "up", "--template", str(ROOT / "template.yaml"), "--port", "0",
+         "--ready-file", str(ready), "--parameter-overrides", "FaultInjection=true", "--no-cold-start-delay",
+         "--init", seed],
+        cwd=workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    deadline = time.monotonic() + START_TIMEOUT
+    while not ready.exists():
+        if process.poll() is not None:
+            raise RuntimeError(f"sagalocal up exited with {process.returncode}: "
+                               f"{(workdir / 'stack.log').read_text(errors='replace')[-3000:]}")
+        if time.monotonic() > deadline:
+            stop_stack_process(process)
+            raise RuntimeError(f"sagalocal up did not write its ready file in {START_TIMEOUT:.0f} s")
+        time.sleep(0.1)
+    info = json.loads(ready.read_text())
+    if not info.get("console"):
+        stop_stack_process(process)
+        raise RuntimeError(f"sagalocal up served no console: {(workdir / 'stack.log').read_text()[-2000:]}")
+    return Stack(process, workdir, info["console"], info["api"], info["endpoint"], info["region"], info["outputs"])
+
+
+def stop_stack_process(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@dataclass
+class Placed:
+    name: str
+    token: str
+    order_id: str
+    execution_arn: str
+    status: str = "RUNNING"
+    error: str | None = None
+
+
+def add_fault(stack: Stack, rule: dict[str, Any]) -> None:
+    """A rule for the handlers' fault injector (template parameter FaultInjection): it reads this table."""
+    stack.client("dynamodb").put_item(TableName=stack.outputs["FaultRulesTableName"], Item={
+        "rule_id": {"S": uuid.uuid4().hex[:12]}, "rule": {"S": json.dumps(rule)}})
+
+
+def place_order(stack: Stack, name: str, token: str, fault: dict[str, Any] | None = None) -> Placed:
+    key = f"browser-{name}-{uuid.uuid4().hex[:10]}"
+    order_id = order_id_for(key)
+    if fault is not None:
+        add_fault(stack, {**fault, "order_id": order_id})
+    status, accepted = http("POST", f"{stack.api}/orders", {
+        "customer_id": "browser", "items": [{"sku": "MUG-BLUE", "quantity": 1}], "payment_token": token},
+        {"Idempotency-Key": key})
+    if status != 202:
+        raise RuntimeError(f"POST /orders answered {status}: {accepted}")
+    return Placed(name, token, accepted["order_id"], accepted["execution_arn"])
+
+
+def wait_ended(stack: Stack, placed: Placed, timeout: float = SCENARIO_TIMEOUT) -> Placed:
+    """Blocks on the stack's wait route (no polling); past the deadline, says the last status seen."""
+    query = urllib.parse.urlencode({"arn": placed.execution_arn, "timeout": timeout})
+    http("GET", f"{stack.endpoint}/_sagalocal/executions/wait?{query}", timeout=timeout + 10)
+    described = stack.client("stepfunctions").describe_execution(executionArn=placed.execution_arn)
+    placed.status, placed.error = described["status"], described.get("error")
+    if placed.status == "RUNNING":
+        raise TimeoutError(f"{placed.name} ({placed.order_id}) still RUNNING after {timeout:.0f} s")
+    return placed
+
+
+# The scenarios the pages are checked on: name -> (test card token, fault at the Lambda seam or None).
+SCENARIOS: dict[str, tuple[str, dict[str, Any] | None]] = {
+    "approved": ("tok_approve", None),
+    "declined": ("tok_decline", None),
+    "transient": ("tok_transient_2", None),  # two PaymentGatewayUnavailable, retried, then approved
+    # Declined, and ReleaseInventory fails on every attempt: the compensation spends its retries and parks.
+    "parked": ("tok_decline", {"action": "invocation-error", "function": "ReleaseInventory",
+                               "error": "TransientError", "count": None}),
+}
+
+
+def place_scenarios(stack: Stack) -> dict[str, Placed]:
+    placed = {name: place_order(stack, name, token, fault) for name, (token, fault) in SCENARIOS.items()}
+    return {name: wait_ended(stack, p) for name, p in placed.items()}

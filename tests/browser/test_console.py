@@ -1,0 +1,232 @@
+"""The console as a person uses it, in headless Chromium, on the scenarios the stack ran.
+
+Each test opens pages and checks what is on the screen: which states are marked how, which edges the path
+took, what the tables say. The `console` fixture fails a test whose page logged an error or shows a card token.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from playwright.sync_api import expect
+
+from tests.browser.harness import ROOT, place_order
+
+DEFINITION = json.loads((ROOT / "statemachine/order_saga.asl.json").read_text())
+FORWARD = ["CreateOrder", "ReserveInventory", "AuthorizePayment", "ConfirmOrder"]
+COMPENSATIONS = ["RefundPayment", "VoidPayment", "ReleaseInventory", "CancelOrder", "ParkSaga"]
+
+
+def state(page, name: str):
+    return page.locator(f'.graph .state[data-state="{name}"]')
+
+
+def edge(page, source: str, target: str):
+    return page.locator(f'.graph path.edge[data-source="{source}"][data-target="{target}"]')
+
+
+def taken_path(page) -> set[tuple[str, str]]:
+    expect(page.locator(".graph[data-drawn=true]")).to_have_count(1)
+    edges = page.locator('.graph path.edge[data-taken="true"]')
+    return {(edges.nth(i).get_attribute("data-source"), edges.nth(i).get_attribute("data-target"))
+            for i in range(edges.count())}
+
+
+def statuses(page) -> dict[str, str]:
+    boxes = page.locator(".graph .state")
+    return {boxes.nth(i).get_attribute("data-state"): boxes.nth(i).get_attribute("data-status")
+            for i in range(boxes.count())}
+
+
+def test_state_machine_graph_is_the_definition(console):
+    page = console.open("/state-machine")
+    expect(page.locator(".graph[data-drawn=true]")).to_have_count(1)
+    states = DEFINITION["States"]
+    expect(page.locator(".graph .state")).to_have_count(len(states))
+    for name, spec in states.items():
+        box = state(page, name)
+        expect(box).to_be_visible()
+        expect(box.locator(".state-comment")).to_have_text(spec["Comment"])
+    for name in FORWARD:
+        expect(state(page, name)).to_have_attribute("data-role", "forward")
+    for name in COMPENSATIONS:
+        expect(state(page, name)).to_have_attribute("data-role", "compensation")
+    expect(state(page, "OrderConfirmed")).to_have_attribute("data-role", "succeed")
+    for name in ("SagaCompensated", "CompensationFailed", "OrderLocked"):
+        expect(state(page, name)).to_have_attribute("data-role", "fail")
+    # Catch edges carry the errors they match; Next edges carry no label.
+    declined = page.locator('.graph .edge-label[data-edge="AuthorizePayment>catch>ReleaseInventory"]')
+    expect(declined).to_have_text("PaymentDeclined")
+    expect(page.locator('.graph .edge-label[data-edge="AuthorizePayment>catch>VoidPayment"]')).to_have_text(
+        "States.ALL")
+    expect(page.locator('.graph .edge-label[data-edge="ReserveInventory>catch>CancelOrder"]')).to_have_text(
+        "InsufficientStock")
+    expect(edge(page, "AuthorizePayment", "ConfirmOrder")).to_have_attribute("data-kind", "next")
+    # Forward steps, compensations and terminal states look different: stripe colour and shape.
+    def look(name: str) -> tuple[str, ...]:
+        return tuple(state(page, name).evaluate(
+            "el => [getComputedStyle(el).borderLeftColor, getComputedStyle(el).borderTopLeftRadius]"))
+    assert len({look("CreateOrder"), look("ReleaseInventory"), look("OrderConfirmed"), look("SagaCompensated")}) == 4
+    # Laid out, not stacked: no two states overlap.
+    boxes = [state(page, name).bounding_box() for name in states]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert a["x"] + a["width"] <= b["x"] or b["x"] + b["width"] <= a["x"] or \
+                a["y"] + a["height"] <= b["y"] or b["y"] + b["height"] <= a["y"], "two states overlap"
+
+
+def test_executions_list_newest_first_filtered_and_paginated(console, scenarios):
+    page = console.open("/executions")
+    for placed in scenarios.values():
+        row = page.locator(f'tr[data-execution="{placed.order_id}"]')
+        expect(row).to_have_attribute("data-status", placed.status)
+        expect(row.locator(".error")).to_have_text(placed.error or "")
+        expect(row.locator("td").nth(3)).to_have_text(re.compile(r"\d+(\.\d+)? (ms|s)"))
+    expect(page.locator(f'tr[data-execution="{scenarios["declined"].order_id}"] .error')).to_have_text(
+        "PaymentDeclined")
+    expect(page.locator(f'tr[data-execution="{scenarios["parked"].order_id}"] .error')).to_have_text(
+        "CompensationFailed")
+    starts = [float(s) for s in page.locator("td.start").evaluate_all("cells => cells.map(c => c.dataset.start)")]
+    assert starts == sorted(starts, reverse=True), "not newest first"
+
+    page.locator('[data-status-filter="FAILED"]').click()
+    expect(page).to_have_url(re.compile(r"status=FAILED"))
+    expect(page.locator(f'tr[data-execution="{scenarios["declined"].order_id}"]')).to_have_count(1)
+    expect(page.locator(f'tr[data-execution="{scenarios["approved"].order_id}"]')).to_have_count(0)
+    assert set(page.locator("tr[data-status]").evaluate_all("rows => rows.map(r => r.dataset.status)")) == {"FAILED"}
+
+    page = console.open("/executions?size=2")
+    first = page.locator("tr[data-execution]").evaluate_all("rows => rows.map(r => r.dataset.execution)")
+    assert len(first) == 2
+    page.locator("a[rel=next]").click()
+    expect(page.locator("a[rel=first]")).to_be_visible()
+    second = page.locator("tr[data-execution]").evaluate_all("rows => rows.map(r => r.dataset.execution)")
+    assert len(second) == 2
+    assert not set(first) & set(second), (first, second)
+
+
+def test_a_declined_order_followed_from_the_list_to_where_it_failed(console, scenarios):
+    declined = scenarios["declined"]
+    page = console.open("/executions?status=FAILED")
+    page.locator(f'tr[data-execution="{declined.order_id}"] a').click()
+    expect(page.locator("h1")).to_contain_text(declined.order_id)
+    assert taken_path(page) == {("CreateOrder", "ReserveInventory"), ("ReserveInventory", "AuthorizePayment"),
+                                ("AuthorizePayment", "ReleaseInventory"), ("ReleaseInventory", "CancelOrder"),
+                                ("CancelOrder", "SagaCompensated")}
+    expect(page.locator('.edge-label.taken[data-edge="AuthorizePayment>catch>ReleaseInventory"]')).to_have_text(
+        "PaymentDeclined")
+    seen = statuses(page)
+    assert seen["AuthorizePayment"] == "failed"
+    assert seen["ReleaseInventory"] == seen["CancelOrder"] == "compensating"
+    assert seen["CreateOrder"] == seen["ReserveInventory"] == "succeeded"
+    assert seen["SagaCompensated"] == "ended-failed"
+    assert {name for name, status in seen.items() if status == "not-visited"} == {
+        "ConfirmOrder", "OrderConfirmed", "RefundPayment", "VoidPayment", "ParkSaga", "CompensationFailed",
+        "OrderLocked"}
+    expect(state(page, "AuthorizePayment").locator(".badge.error")).to_have_text("✖ PaymentDeclined")
+    # Four looks, one per status, at a glance.
+    fills = {name: state(page, name).evaluate("el => getComputedStyle(el).backgroundColor")
+             for name in ("ReserveInventory", "AuthorizePayment", "ReleaseInventory", "ConfirmOrder")}
+    assert len(set(fills.values())) == 4, fills
+    expect(page.locator('[data-summary="failed"]')).to_contain_text("AuthorizePayment failed with PaymentDeclined")
+    expect(page.locator('[data-summary="compensations"]')).to_contain_text("ReleaseInventory → CancelOrder")
+    failed = page.locator('details.visit[data-state="AuthorizePayment"]')
+    expect(failed.locator("[data-state-error]")).to_have_text("PaymentDeclined")
+    expect(failed.locator("pre.cause")).to_have_text("card declined (test card)")
+    history = page.locator("table.history tbody tr")
+    expect(history.first).to_have_attribute("data-event-type", "ExecutionStarted")
+    expect(history.last).to_have_attribute("data-event-type", "ExecutionFailed")
+    expect(page.locator('tr[data-event-type="TaskFailed"]')).to_have_count(1)
+
+    page.locator("[data-order-link]").click()
+    expect(page.locator("[data-saga-status]")).to_have_attribute("data-saga-status", "COMPENSATED")
+    expect(page.locator("[data-reservation-status]")).to_have_attribute("data-reservation-status", "RELEASED")
+    expect(page.locator("[data-payment-status]")).to_have_attribute("data-payment-status", "DECLINED")
+    expect(page.locator("[data-failure]")).to_contain_text("AuthorizePayment: PaymentDeclined")
+    expect(page.locator('tr[data-step="CancelOrder"]')).to_have_attribute("data-step-status", "SUCCEEDED")
+
+
+def test_the_success_path_is_highlighted_through_order_confirmed(console, scenarios):
+    page = console.open(f"/executions/{scenarios['approved'].order_id}")
+    expect(page.locator("[data-execution-status]")).to_have_text("SUCCEEDED")
+    chain = [*FORWARD, "OrderConfirmed"]
+    assert taken_path(page) == set(zip(chain, chain[1:], strict=False))
+    seen = statuses(page)
+    assert [seen[name] for name in FORWARD] == ["succeeded"] * 4
+    assert seen["OrderConfirmed"] == "ended-succeeded"
+    assert all(seen[name] == "not-visited" for name in COMPENSATIONS)
+    expect(page.locator(".timeline tbody tr")).to_have_count(5)
+    expect(page.locator("table.history tbody tr").last).to_have_attribute("data-event-type", "ExecutionSucceeded")
+
+
+def test_the_transient_payment_retries_are_counted(console, scenarios):
+    page = console.open(f"/executions/{scenarios['transient'].order_id}")
+    expect(page.locator("[data-execution-status]")).to_have_text("SUCCEEDED")
+    authorize = state(page, "AuthorizePayment")
+    expect(authorize).to_have_attribute("data-status", "retried")
+    expect(authorize).to_have_attribute("data-retries", "2")
+    expect(authorize.locator(".badge.retries")).to_have_text("↻ 2 retries")
+    row = page.locator('.timeline tr[data-state="AuthorizePayment"]')
+    expect(row).to_have_attribute("data-attempts", "3")
+    expect(row.locator(".attempt.outcome-failed")).to_have_count(2)
+    expect(row.locator(".attempt.outcome-succeeded")).to_have_count(1)
+    expect(page.locator('[data-summary="retried"]')).to_contain_text(
+        "AuthorizePayment succeeded after 2 retries (PaymentGatewayUnavailable, PaymentGatewayUnavailable)")
+    attempts = page.locator('details.visit[data-state="AuthorizePayment"] table.attempts tbody tr')
+    expect(attempts).to_have_count(3)
+    assert taken_path(page) >= {("AuthorizePayment", "ConfirmOrder"), ("ConfirmOrder", "OrderConfirmed")}
+
+
+def test_order_page_shows_saga_steps_reservation_payment_and_lease(console, scenarios):
+    approved = scenarios["approved"]
+    page = console.open(f"/orders/{approved.order_id}")
+    expect(page.locator("[data-saga-status]")).to_have_attribute("data-saga-status", "COMPLETED")
+    expect(page.locator("[data-reservation-status]")).to_have_attribute("data-reservation-status", "COMMITTED")
+    expect(page.locator("[data-payment-status]")).to_have_attribute("data-payment-status", "CAPTURED")
+    expect(page.locator("[data-lease-owner]")).to_have_text(approved.order_id)
+    expect(page.locator("[data-fence]")).to_have_text("1")
+    expect(page.locator("[data-lease-expires]")).to_contain_text(re.compile(r"UTC \((in|.* ago)"))
+    steps = page.locator("tr[data-step]").evaluate_all("rows => rows.map(r => r.dataset.step)")
+    assert steps == FORWARD, steps
+    page.locator("[data-execution-link]").click()
+    expect(page.locator("h1")).to_contain_text(approved.order_id)
+
+
+def test_parked_sagas_are_read_on_request_with_what_to_do(console, scenarios):
+    parked = scenarios["parked"]
+    assert (parked.status, parked.error) == ("FAILED", "CompensationFailed")
+    page = console.open("/parked")
+    expect(page.locator('tr[data-queue="parked"] [data-visible]')).to_have_text("1")
+    expect(page.locator("[data-parked-order]")).to_have_count(0)  # opening the page receives nothing
+    page.locator("[data-read-messages]").click()
+    card = page.locator(f'[data-parked-order="{parked.order_id}"]')
+    expect(card).to_have_attribute("data-queue", "parked")
+    expect(card.locator("[data-receives]")).to_have_text("1")  # this read was the first receive
+    expect(card).to_contain_text("ReleaseInventory")
+    expect(card).to_contain_text("TransientError")
+    expect(card.locator(".advice")).to_contain_text(
+        "Invoke RefundPayment, then VoidPayment, then ReleaseInventory, then CancelOrder")
+    expect(card.locator("[data-receive-note]")).to_contain_text("4 more receive(s) move it to the dead-letter queue")
+    expect(card.locator('.checks [data-check-ok="false"]')).to_contain_text(["order COMPENSATED", "reservation"])
+    card.locator(f'a[href="/executions/{parked.order_id}"]').click()
+    seen = statuses(page)
+    assert seen["ReleaseInventory"] == "failed"
+    assert seen["ParkSaga"] == "compensating"
+    expect(state(page, "ReleaseInventory")).to_have_attribute("data-retries", "3")
+    expect(page.locator('[data-summary="failed"]')).to_have_text([
+        re.compile("AuthorizePayment failed with PaymentDeclined"),
+        re.compile("ReleaseInventory failed with TransientError.* after 4 attempts")])
+
+
+def test_a_running_execution_refreshes_until_it_ends(console, stack, scenarios):
+    slow = place_order(stack, "slow", "tok_approve", {"action": "invocation-add-delay", "function": "ReserveInventory",
+                                                      "delay_ms": 2500, "count": 1})
+    page = console.open(f"/executions/{slow.order_id}")
+    expect(page.locator("[data-execution-status]")).to_have_text("RUNNING")
+    expect(page.locator("[data-refresh]")).to_have_attribute("data-refresh", "on")
+    expect(page.locator("[data-refresh]")).to_contain_text("RUNNING")
+    # No reload: the page fetches itself until the execution ends, then stops.
+    expect(page.locator("[data-execution-status]")).to_have_text("SUCCEEDED", timeout=60_000)
+    expect(page.locator("[data-refresh]")).to_have_attribute("data-refresh", "off")
+    assert taken_path(page) >= {("ConfirmOrder", "OrderConfirmed")}

@@ -1,0 +1,117 @@
+"""What the console reads, without a browser: roles and edges from a definition, the path over it, and
+what is never shown. These run wherever the unit tests run, Chromium or not."""
+
+from __future__ import annotations
+
+import json
+import select
+import subprocess
+import sys
+import urllib.request
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from sagalocal.console.execution import read
+from sagalocal.console.graph import overlay, state_graph
+from sagalocal.console.redact import HIDDEN, redact
+
+DEFINITION = {
+    "StartAt": "Check",
+    "States": {
+        "Check": {"Type": "Choice", "Choices": [{"Variable": "$.ok", "BooleanEquals": True, "Next": "Work"}],
+                  "Default": "Refused"},
+        "Work": {"Type": "Task", "Resource": "x", "Next": "Done", "Comment": "does it",
+                 "Catch": [{"ErrorEquals": ["Busy"], "Next": "Undo"}, {"ErrorEquals": ["States.ALL"], "Next": "Undo"},
+                           {"ErrorEquals": ["Gone"], "Next": "Refused"}]},
+        "Undo": {"Type": "Task", "Resource": "x", "End": True},
+        "Done": {"Type": "Succeed"},
+        "Refused": {"Type": "Fail", "Error": "Refused"},
+    },
+}
+
+
+def test_roles_and_edges_come_from_the_definition():
+    graph = state_graph(DEFINITION)
+    roles = {node.name: node.role for node in graph.nodes}
+    assert roles == {"Check": "forward", "Work": "forward", "Undo": "compensation", "Done": "succeed",
+                     "Refused": "fail"}
+    edges = {(e.source, e.target, e.kind): e.label for e in graph.edges}
+    assert edges == {("Check", "Work", "choice"): "$.ok", ("Check", "Refused", "default"): "Default",
+                     ("Work", "Done", "next"): "", ("Work", "Undo", "catch"): "Busy / States.ALL",
+                     ("Work", "Refused", "catch"): "Gone"}
+
+
+def _events(*spec):
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    out = []
+    for n, (kind, ms, detail) in enumerate(spec, start=1):
+        event = {"id": n, "type": kind, "timestamp": t0 + timedelta(milliseconds=ms)}
+        if detail:
+            event[detail[0]] = detail[1]
+        out.append(event)
+    return out
+
+
+def test_the_path_takes_the_catch_that_matches_the_error_and_counts_retries():
+    events = _events(
+        ("ExecutionStarted", 0, None),
+        ("ChoiceStateEntered", 1, ("stateEnteredEventDetails", {"name": "Check", "input": "{}"})),
+        ("ChoiceStateExited", 2, ("stateExitedEventDetails", {"name": "Check", "output": "{}"})),
+        ("TaskStateEntered", 3, ("stateEnteredEventDetails", {"name": "Work", "input": "{}"})),
+        ("TaskScheduled", 4, None),
+        ("TaskFailed", 10, ("taskFailedEventDetails", {"error": "Flaky", "cause": "once"})),
+        ("TaskScheduled", 20, None),
+        ("TaskFailed", 30, ("taskFailedEventDetails", {"error": "Gone", "cause": json.dumps(
+            {"errorMessage": "it went", "stackTrace": ["a", "b"]})})),
+        ("TaskStateExited", 31, ("stateExitedEventDetails", {"name": "Work", "output": "{}"})),
+        ("FailStateEntered", 32, ("stateEnteredEventDetails", {"name": "Refused", "input": "{}"})),
+        ("ExecutionFailed", 33, ("executionFailedEventDetails", {"error": "Refused"})),
+    )
+    graph = state_graph(DEFINITION)
+    reading = read(events, {n.name: n.role for n in graph.nodes}, "FAILED", "Refused")
+    work = reading.visits[1]
+    assert (work.status, work.error, work.retries) == ("failed", "Gone", 1)
+    assert work.cause.message == "it went"
+    assert work.cause.trace == ["a", "b"]
+    assert [(round(a.start_ms), round(a.end_ms), a.outcome) for a in work.attempts] == [
+        (4, 10, "failed"), (20, 30, "failed")]
+    overlay(graph, reading.visits)
+    taken = {(e.source, e.target, e.kind) for e in graph.edges if e.taken}
+    assert taken == {("Check", "Work", "choice"), ("Work", "Refused", "catch")}  # not Busy / States.ALL -> Undo
+    assert {n.name: n.status for n in graph.nodes} == {"Check": "succeeded", "Work": "failed",
+                                                       "Undo": "not-visited", "Done": "not-visited",
+                                                       "Refused": "ended-failed"}
+
+
+@pytest.mark.parametrize("value", [
+    {"payment_token": "tok_1", "nextToken": "keep"},
+    json.dumps({"saga": {"token": "tok_1"}}),
+    json.dumps({"body": json.dumps({"card_token": "tok_1"})}),
+    '{"payment_token": "tok_1", "cut sho',  # a history event's input, truncated
+])
+def test_card_tokens_are_hidden_wherever_they_hide(value):
+    shown = json.dumps(redact(value))
+    assert "tok_1" not in shown
+    assert HIDDEN in shown
+
+
+def test_sagalocal_console_serves_any_endpoint_from_its_outputs(stack, scenarios, tmp_path):
+    """The `sagalocal console` command on the stack's AWS endpoint, as it would run on LocalStack's."""
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps(stack.outputs))
+    process = subprocess.Popen([sys.executable, "-m", "sagalocal", "console", "--endpoint", stack.endpoint,
+                                "--stack-outputs", str(outputs), "--port", "0"], stdout=subprocess.PIPE, text=True)
+    try:
+        ready, _, _ = select.select([process.stdout], [], [], 60)  # it prints its URL once it serves
+        assert ready, "sagalocal console printed nothing in 60 s"
+        line = process.stdout.readline()
+        url = line.split()[1]
+        assert url.startswith("http://127.0.0.1:"), line
+        with urllib.request.urlopen(f"{url}/executions?status=FAILED", timeout=30) as response:  # noqa: S310
+            page = response.read().decode()
+        assert scenarios["declined"].order_id in page
+        assert scenarios["approved"].order_id not in page
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
