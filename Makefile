@@ -30,8 +30,8 @@ run: venv  ## Place the sample orders through the saga on the embedded local sta
 up: venv  ## Serve the stack on 127.0.0.1:3000 until Ctrl-C, the catalog seeded
 	$(PY) -m sagalocal up --init "$(PY) scripts/seed_catalog.py --stack-outputs .local/stack-outputs.json events/catalog.json"
 
-test: venv  ## Every test (unit, stack, browser) on two workers, with coverage of src/ and functions/
-	$(PY) -m pytest -n 2 --dist loadgroup --cov --cov-report=term-missing:skip-covered
+test: venv  ## Every test (unit, stack, browser), two tiers at a time, with coverage of src/ and functions/
+	$(PY) scripts/run_tests.py
 
 test-unit: venv
 	$(PY) -m pytest tests/unit

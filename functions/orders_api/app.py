@@ -26,6 +26,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from order_saga.config import Timing
 from order_saga.dynamo import now_ms
+from order_saga.errors import TransientError
 from order_saga.inventory import Inventory
 from order_saga.models import OrderAccepted, OrderDocument, OrderRequest, ProblemBody, order_id_for, request_hash
 from order_saga.orders import Orders, order_view
@@ -76,7 +77,8 @@ def _problem(description: str) -> dict[str, Any]:
                            "content": {"application/json": {"model": OrderAccepted}}},
                      400: _problem("Malformed request or missing Idempotency-Key"),
                      415: _problem("The body is not JSON"),
-                     422: _problem("Unknown sku, or the Idempotency-Key was used with another body")})
+                     422: _problem("Unknown sku, or the Idempotency-Key was used with another body"),
+                     503: _problem("The order store is busy: retry with the same Idempotency-Key (Retry-After)")})
 def place_order(order: OrderRequest, idempotency_key: IdempotencyKey) -> Response[OrderAccepted | ProblemBody]:
     catalog = inventory.stock([line.sku for line in order.items])
     unknown = [line.sku for line in order.items if line.sku not in catalog]
@@ -132,6 +134,14 @@ def invalid_request(exc: RequestValidationError) -> Response:
     details = [{"where": ".".join(str(p) for p in e.get("loc", ())), "problem": e.get("msg", ""),
                 "type": e.get("type", "")} for e in exc.errors()]
     return error(400, "invalid request", details=details)
+
+
+@app.exception_handler(TransientError)
+def store_busy(exc: TransientError) -> Response:
+    """DynamoDB stayed busy past this request's budget: nothing was decided, the client retries with its key."""
+    logger.warning("the order store is busy", extra={"error": type(exc).__name__, "reason": str(exc)})
+    return Response(status_code=503, content_type=content_types.APPLICATION_JSON, headers={"Retry-After": "1"},
+                    body={"error": "the order store is busy; retry with the same Idempotency-Key"})
 
 
 @app.exception_handler(RequestUnsupportedContentType)

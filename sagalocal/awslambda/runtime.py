@@ -96,6 +96,22 @@ def _runqueue_ns(pid: int) -> int:
         return 0
 
 
+class _CpuWaits:
+    """Seconds a sandbox has waited for a CPU since this was made. Never decreases: once the process is gone
+    (its schedstat with it) the last reading stands."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.start = _runqueue_ns(pid)
+        self.last = 0.0
+
+    def __call__(self) -> float:
+        now = _runqueue_ns(self.pid)
+        if now >= self.start:
+            self.last = max(self.last, (now - self.start) / 1e9)
+        return self.last
+
+
 @dataclass
 class _Sandbox:
     pid: int
@@ -300,14 +316,14 @@ class FunctionRuntime:
         try:
             write_message(sandbox.request_fd, {"event": event, "request_id": str(uuid.uuid4()), "timeout": timeout})
             started_wall = time.monotonic()
-            started_queue = _runqueue_ns(sandbox.pid)
+            waits = _CpuWaits(sandbox.pid)
             if watch is not None:
-                watch(lambda: (_runqueue_ns(sandbox.pid) - started_queue) / 1e9)
-            first = self._await(sandbox, started_wall, started_queue, timeout)
+                watch(waits)
+            first = self._await(sandbox, started_wall, waits, timeout)
             if first is None:
                 return _Run.dead(*self._timed_out(timeout), started_wall)
             if "started" in first:
-                response = self._await(sandbox, started_wall, started_queue, timeout)
+                response = self._await(sandbox, started_wall, waits, timeout)
                 if response is None:
                     return _Run.dead(*self._timed_out(timeout), started_wall)
             else:
@@ -322,19 +338,18 @@ class FunctionRuntime:
             return _Run(response["error"], True, own)
         return _Run(response["result"], False, own)
 
-    def _await(self, sandbox: _Sandbox, started: float, queued_ns: int, timeout: float) -> dict[str, Any] | None:
+    def _await(self, sandbox: _Sandbox, started: float, waits: _CpuWaits, timeout: float) -> dict[str, Any] | None:
         """The sandbox's next message; None once the handler's own time passed the timeout."""
         while True:
-            waited = (_runqueue_ns(sandbox.pid) - queued_ns) / 1e9
-            remaining = timeout - (time.monotonic() - started - waited)
-            if remaining <= 0:
-                return None
-            ready, _, _ = select.select([sandbox.response_fd], [], [], min(remaining, 0.25))
+            remaining = timeout - (time.monotonic() - started - waits())
+            ready, _, _ = select.select([sandbox.response_fd], [], [], max(0.0, min(remaining, 0.25)))
             if ready:
                 message = read_message(sandbox.response_fd)
                 if message is None:
                     raise _Exited()
                 return message  # type: ignore[no-any-return]
+            if remaining <= 0:
+                return None
 
     @staticmethod
     def _timed_out(timeout: float) -> tuple[str, str]:

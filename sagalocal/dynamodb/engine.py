@@ -14,6 +14,7 @@ import json
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 from sagafaults.dynamodb import PREFIX, cancelled, conflict_reason, encode, error_response
 from sagafaults.rules import request_items
 from sagalocal.dynamodb.capacity import Image, Meter, index_writes, read_units, wire_size, write_units
-from sagalocal.dynamodb.concurrency import Conflict, Coordinator, Identity
+from sagalocal.dynamodb.concurrency import Coordinator, Identity
 from sagalocal.dynamodb.faults import RuleBook
 
 log = logging.getLogger("sagalocal.dynamodb")
@@ -73,7 +74,7 @@ class Engine:
         except ValueError as exc:
             return self._error(400, "SerializationException", str(exc))
         region = _region(headers)
-        picked = self.rules.pick(operation, request_items(operation, params)) if self.rules.rules() else None
+        picked = self.rules.pick(operation, request_items(operation, params)) if self.rules.active else None
         if picked is not None and picked[0].action == "dynamodb-error":
             rule, hits = picked
             n_items = len(params.get("TransactItems") or [])
@@ -118,26 +119,30 @@ class Engine:
         backend = _backend(region)
         if operation in ("TransactWriteItems", "TransactGetItems"):
             identities = [self._identity(backend, entry) for entry in params.get("TransactItems") or []]
-            writes = operation == "TransactWriteItems"
-            try:
-                with self.coordinator.transaction(identities, writes):
-                    with self.coordinator.apply:
-                        return self._moto(operation, params, region)
-            except Conflict as exc:
-                status, body = cancelled([conflict_reason() if i in exc.indexes else {"Code": "None"}
-                                          for i in range(len(identities))])
-                return Reply(status, encode(body))
-        if operation in SINGLE_WRITES:
+        elif operation in SINGLE_WRITES:
             key = params.get("Item") if operation == "PutItem" else params.get("Key")
-            self.coordinator.single_write(_identity_of(backend, params.get("TableName", ""), key or {}))
+            identities = [_identity_of(backend, params.get("TableName", ""), key or {})]
         elif operation == "BatchWriteItem":
-            for table, requests in (params.get("RequestItems") or {}).items():
-                for request in requests:
-                    key = (request.get("PutRequest") or {}).get("Item") or (request.get("DeleteRequest") or {}).get(
-                        "Key") or {}
-                    self.coordinator.single_write(_identity_of(backend, table, key))
+            identities = [_identity_of(backend, table, (r.get("PutRequest") or {}).get("Item")
+                                       or (r.get("DeleteRequest") or {}).get("Key") or {})
+                          for table, requests in (params.get("RequestItems") or {}).items() for r in requests]
+        else:
+            identities = []
         with self.coordinator.apply:
-            return self._moto(operation, params, region)
+            clash = self.coordinator.in_flight(identities) if identities else []
+            if clash:
+                if operation in ("TransactWriteItems", "TransactGetItems"):
+                    status, body = cancelled([conflict_reason() if i in clash else {"Code": "None"}
+                                              for i in range(len(identities))])
+                    return Reply(status, encode(body))
+                status, body = error_response("TransactionConflict", operation, clash, 0)
+                return Reply(status, encode(body))
+            reply = self._moto(operation, params, region)
+            until = self.coordinator.hold(identities) if operation == "TransactWriteItems" and reply.status == 200 \
+                else None
+        if until is not None:  # the commit takes its time: the answer leaves when the items are no longer in flight
+            time.sleep(max(0.0, until - time.monotonic()))
+        return reply
 
     def _identity(self, backend: Any, entry: dict[str, Any]) -> Identity:
         if not isinstance(entry, dict) or len(entry) != 1:
@@ -289,20 +294,45 @@ def _metered_write(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _cache_update_expressions() -> None:
-    """UpdateExpressionParser.make parses the same few expressions over and over: tokenize once.
+    """The saga sends the same few update expressions over and over: parse each once, and let the validator's
+    tree walks stop rebuilding their dispatch tables at every node.
 
-    The token list is cached, not the AST: the validator rewrites the AST it is given.
+    A cached AST is safe to share: moto's validator works on a deep copy of the tree it is given.
     """
-    from moto.dynamodb.parsing import expressions
-    from moto.dynamodb.parsing.tokens import ExpressionTokenizer
+    from moto.dynamodb.parsing import ast_nodes, expressions
 
-    tokenize = functools.lru_cache(maxsize=1024)(lambda text: tuple(ExpressionTokenizer.make_list(text)))
+    original = expressions.UpdateExpressionParser.make.__func__  # type: ignore[attr-defined]
+    parse = functools.lru_cache(maxsize=2048)(lambda cls, text: original(cls, text))
 
     @classmethod  # type: ignore[misc]
     def make(cls: Any, expression_str: str) -> Any:
-        return cls(list(tokenize(expression_str))).parse()
+        return parse(cls, expression_str)
 
     expressions.UpdateExpressionParser.make = make  # type: ignore[method-assign]
+
+    traverser = ast_nodes.DepthFirstTraverser
+
+    def nodes_to_be_processed(self: Any) -> tuple[type, ...]:
+        cached = self.__dict__.get("_sagalocal_types")
+        if cached is None:
+            cached = self.__dict__["_sagalocal_types"] = tuple(self._sagalocal_map().keys())
+        return cached  # type: ignore[no-any-return]
+
+    def processing_map(self: Any) -> dict[type, Any]:
+        cached = self.__dict__.get("_sagalocal_map_value")
+        if cached is None:
+            cached = self.__dict__["_sagalocal_map_value"] = type(self)._processing_map(self)
+        return cached  # type: ignore[no-any-return]
+
+    def process(self: Any, node: Any) -> Any:
+        for class_key, processor in self._sagalocal_map().items():
+            if isinstance(node, class_key):
+                return processor(node)
+        return None
+
+    traverser._sagalocal_map = processing_map  # type: ignore[attr-defined]
+    traverser.nodes_to_be_processed = nodes_to_be_processed  # type: ignore[method-assign]
+    traverser.process = process  # type: ignore[method-assign]
 
 
 def _transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:

@@ -30,6 +30,10 @@ class RuleBook:
             self._rules.append(rule)
         return rule
 
+    @property
+    def active(self) -> bool:
+        return bool(self._rules)
+
     def clear(self) -> None:
         with self._lock:
             self._rules.clear()

@@ -156,7 +156,7 @@ class DynamoDBProcess:
 
     def start(self, timeout: float = 60.0) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        ready = self.log_path.with_suffix(".ready")
+        ready = self.log_path.with_name(f"DynamoDB-{self.port}.ready")  # its own: stacks may start side by side
         ready.unlink(missing_ok=True)
         with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(

@@ -33,17 +33,17 @@ Handler = Callable[[Any, Any], Any]
 ANY = "*"  # the scope of a rule that selects no order
 
 
-def rule_key(rule: Rule) -> dict[str, Any]:
-    """A rule's key in the rules table: its scope (the order it selects, or "*") and its id."""
-    return {"scope": {"S": rule.order_id or ANY}, "rule_id": {"S": rule.id}}
+def scope_of(rule: Rule) -> str:
+    """The rules table item a rule lives in: the order it selects, or "*"."""
+    return rule.order_id or ANY
 
 
-def rule_item(rule: Rule) -> dict[str, Any]:
-    """The rules table item for `rule` (what the tests write): the rule as JSON, and its count left."""
-    item = {**rule_key(rule), "rule": {"S": json.dumps(rule.to_json())}}
+def rule_entry(rule: Rule) -> dict[str, Any]:
+    """A rule as its scope item's `by_id` map holds it: the rule as JSON, and its count left."""
+    entry: dict[str, Any] = {"rule": {"S": json.dumps(rule.to_json())}}
     if rule.count is not None:
-        item["remaining"] = {"N": str(rule.count)}
-    return item
+        entry["remaining"] = {"N": str(rule.count)}
+    return {"M": entry}
 
 
 class _Body:
@@ -67,23 +67,19 @@ class Injector:
     def load(self, order_id: str | None) -> None:
         self.order_id = order_id
         self.rules = []
-        for scope in ([order_id] if order_id else []) + [ANY]:
-            kwargs: dict[str, Any] = {"TableName": self.table, "ConsistentRead": True,
-                                      "KeyConditionExpression": "#scope = :scope",
-                                      "ExpressionAttributeNames": {"#scope": "scope"},
-                                      "ExpressionAttributeValues": {":scope": {"S": scope}}}
-            while True:
-                page = self.rules_client.query(**kwargs)
-                for item in page.get("Items", []):
+        keys = [{"scope": {"S": scope}} for scope in ([order_id] if order_id else []) + [ANY]]
+        request: dict[str, Any] = {self.table: {"Keys": keys, "ConsistentRead": True}}
+        while request:
+            page = self.rules_client.batch_get_item(RequestItems=request)
+            for item in page.get("Responses", {}).get(self.table, []):
+                for entry in (item.get("by_id") or {}).get("M", {}).values():
                     try:
-                        rule = Rule.from_json(item["rule"]["S"])
+                        rule = Rule.from_json(entry["M"]["rule"]["S"])
                     except (KeyError, ValueError):
                         continue  # a malformed rule never applies
                     if rule.matches_context(self.function, order_id):
-                        self.rules.append((rule, "remaining" in item))
-                if "LastEvaluatedKey" not in page:
-                    break
-                kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+                        self.rules.append((rule, "remaining" in entry["M"]))
+            request = page.get("UnprocessedKeys") or {}
 
     def spend(self, rule: Rule, counted: bool) -> bool:
         """Apply `rule` once more if its probability draws it and its count allows (spent atomically)."""
@@ -92,9 +88,10 @@ class Injector:
         if counted:
             try:
                 self.rules_client.update_item(
-                    TableName=self.table, Key=rule_key(rule),
-                    UpdateExpression="SET remaining = remaining - :one",
-                    ConditionExpression="remaining > :zero",
+                    TableName=self.table, Key={"scope": {"S": scope_of(rule)}},
+                    UpdateExpression="SET by_id.#id.remaining = by_id.#id.remaining - :one",
+                    ConditionExpression="by_id.#id.remaining > :zero",
+                    ExpressionAttributeNames={"#id": rule.id},
                     ExpressionAttributeValues={":one": {"N": "1"}, ":zero": {"N": "0"}})
             except self.rules_client.exceptions.ConditionalCheckFailedException:
                 return False

@@ -88,3 +88,4 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if MISSING and skipped:
         terminalreporter.write_sep("!", f"{len(skipped)} browser tests SKIPPED: {MISSING}", red=True, bold=True)
         terminalreporter.write_line(f"Install Chromium to run them: sudo apt-get install -y {CHROMIUM_PACKAGES}")
+

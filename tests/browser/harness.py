@@ -25,6 +25,8 @@ from typing import Any
 import boto3
 
 from order_saga.models import order_id_for
+from sagafaults.handler import rule_entry, scope_of
+from sagafaults.rules import Rule
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path(os.environ.get("SAGA_CHROMIUM", "/usr/bin/chromium"))
@@ -133,8 +135,13 @@ class Placed:
 
 def add_fault(stack: Stack, rule: dict[str, Any]) -> None:
     """A rule for the handlers' fault injector (template parameter FaultInjection): it reads this table."""
-    stack.client("dynamodb").put_item(TableName=stack.outputs["FaultRulesTableName"], Item={
-        "rule_id": {"S": uuid.uuid4().hex[:12]}, "rule": {"S": json.dumps(rule)}})
+    parsed = Rule.from_json(rule)
+    ddb, table, key = stack.client("dynamodb"), stack.outputs["FaultRulesTableName"], {"scope": {"S": scope_of(parsed)}}
+    ddb.update_item(TableName=table, Key=key, UpdateExpression="SET by_id = if_not_exists(by_id, :empty)",
+                    ExpressionAttributeValues={":empty": {"M": {}}})
+    ddb.update_item(TableName=table, Key=key, UpdateExpression="SET by_id.#id = :entry",
+                    ExpressionAttributeNames={"#id": parsed.id},
+                    ExpressionAttributeValues={":entry": rule_entry(parsed)})
 
 
 def place_order(stack: Stack, name: str, token: str, fault: dict[str, Any] | None = None) -> Placed:

@@ -34,6 +34,7 @@ def taken_path(page) -> set[tuple[str, str]]:
 
 
 def statuses(page) -> dict[str, str]:
+    expect(page.locator(".graph[data-drawn=true]")).to_have_count(1)  # the layout ran: every state is drawn
     boxes = page.locator(".graph .state")
     return {boxes.nth(i).get_attribute("data-state"): boxes.nth(i).get_attribute("data-status")
             for i in range(boxes.count())}

@@ -39,6 +39,7 @@ def start_embedded(workdir: Path, *extra: str, overrides: tuple[str, ...] = ()) 
                                                                                           Target]:
     """`sagalocal up` in a subprocess, with fault injection on and the catalog seeded."""
     ready = workdir / "ready.json"
+    ready.unlink(missing_ok=True)  # a stale file from an earlier stack would read as this one
     log = open(workdir / "stack.log", "wb")  # noqa: SIM115 - closed with the process
     process = subprocess.Popen(
         [sys.executable, "-m", "sagalocal", "up", "--template", str(ROOT / "template.yaml"), "--port", str(free_port()),
@@ -104,10 +105,6 @@ def unique() -> str:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[Any]) -> None:
-    here = Path(__file__).parent
-    for item in items:  # one xdist worker runs every stack test, against one stack
-        if here in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.xdist_group("stack"))
     if not DEPLOYED:
         return
     for item in items:

@@ -26,7 +26,7 @@ from botocore.config import Config
 from order_saga.dynamo import from_ddb, to_ddb
 from order_saga.gateway import LEDGER_PREFIX
 from order_saga.payments import payment_id
-from sagafaults.handler import rule_item, rule_key
+from sagafaults.handler import rule_entry, scope_of
 from sagafaults.rules import Rule
 from sagalocal.timeline import StateVisit, history, paginate, visits
 
@@ -100,14 +100,26 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict[str, st
             return exc.code, raw.decode(errors="replace")
 
 
+RETRIED = (429, 502, 503, 504)  # throttled or busy: what a client retries, with the same Idempotency-Key
+
+
+def post_order(target: Target, body: bytes, key: str, timeout: float = 60.0, attempts: int = 6) -> tuple[int, Any]:
+    """POST /orders as a careful client does: a throttled or busy answer is retried (same key) with backoff."""
+    for attempt in range(attempts):
+        status, answer = http("POST", f"{target.api_url}/orders", body, {"Idempotency-Key": key}, timeout=timeout)
+        if status not in RETRIED or attempt == attempts - 1:
+            return status, answer
+        time.sleep(min(4.0, 0.25 * 2 ** attempt))
+    raise AssertionError("unreachable")
+
+
 def place(target: Target, items: list[dict[str, Any]], token: str = "tok_approve", key: str | None = None,
           customer: str = "cust-stack", timeout: float = 60.0) -> dict[str, Any]:
     """POST /orders; the 202 body."""
     import uuid
 
     body = json.dumps({"customer_id": customer, "items": items, "payment_token": token}).encode()
-    status, accepted = http("POST", f"{target.api_url}/orders", body, {"Idempotency-Key": key or uuid.uuid4().hex},
-                            timeout=timeout)
+    status, accepted = post_order(target, body, key or uuid.uuid4().hex, timeout)
     assert status == 202, (status, accepted)
     return accepted  # type: ignore[no-any-return]
 
@@ -198,16 +210,24 @@ class FaultRules:
 
     def add(self, rule: dict[str, Any]) -> Rule:
         parsed = Rule.from_json(rule)
-        self.target.client("dynamodb").put_item(TableName=self.table, Item=rule_item(parsed))
+        ddb, key = self.target.client("dynamodb"), {"scope": {"S": scope_of(parsed)}}
+        ddb.update_item(TableName=self.table, Key=key, UpdateExpression="SET by_id = if_not_exists(by_id, :empty)",
+                        ExpressionAttributeValues={":empty": {"M": {}}})
+        ddb.update_item(TableName=self.table, Key=key, UpdateExpression="SET by_id.#id = :entry",
+                        ExpressionAttributeNames={"#id": parsed.id},
+                        ExpressionAttributeValues={":entry": rule_entry(parsed)})
         return parsed
 
     def remaining(self, rule: Rule) -> int | None:
-        resp = self.target.client("dynamodb").get_item(TableName=self.table, Key=rule_key(rule), ConsistentRead=True)
-        item = from_ddb(resp["Item"]) if "Item" in resp else None
-        return None if item is None else item.get("remaining")
+        resp = self.target.client("dynamodb").get_item(TableName=self.table, Key={"scope": {"S": scope_of(rule)}},
+                                                       ConsistentRead=True)
+        entry = from_ddb(resp["Item"]).get("by_id", {}).get(rule.id) if "Item" in resp else None
+        return None if entry is None else entry.get("remaining")
 
     def remove(self, rule: Rule) -> None:
-        self.target.client("dynamodb").delete_item(TableName=self.table, Key=rule_key(rule))
+        self.target.client("dynamodb").update_item(
+            TableName=self.table, Key={"scope": {"S": scope_of(rule)}}, UpdateExpression="REMOVE by_id.#id",
+            ExpressionAttributeNames={"#id": rule.id})
 
     @contextmanager
     def applied(self, *rules: dict[str, Any]) -> Iterator[list[Rule]]:

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from order_saga.models import order_id_for
 from sagalocal.timeline import paginate
-from tests.stack.support import http, wait_all
+from tests.stack.support import post_order, wait_all
 
 BATCHES, ORDERS_PER_BATCH = 5, 200
 SKUS = 3
@@ -101,8 +101,7 @@ class Batch:
         body = json.dumps({"customer_id": "invariants",
                            "items": [{"sku": self.skus[i], "quantity": q} for i, q in spec["lines"]],
                            "payment_token": spec["token"]}).encode()
-        submit = lambda _: http("POST", f"{self.target.api_url}/orders", body, {"Idempotency-Key": key},  # noqa: E731
-                                timeout=120)
+        submit = lambda _: post_order(self.target, body, key, timeout=120)  # noqa: E731
         with ThreadPoolExecutor(max_workers=1 + spec["duplicates"]) as pool:  # duplicates race the original
             answers = list(pool.map(submit, range(1 + spec["duplicates"])))
         assert all(status == 202 for status, _ in answers), answers

@@ -19,7 +19,7 @@ from tests.stack.conftest import start_embedded, stop
 from tests.stack.support import path_of, place, start_direct, wait_for_execution
 
 LEASE = 3
-HANG = 11  # the fake gateway's tok_hang: longer than AuthorizePayment's 10 s task timeout
+HANG = 14  # the fake gateway's tok_hang: longer than AuthorizePayment's 13 s task timeout
 OVERRIDES = (f"LeaseSeconds={LEASE}", "SagaDeadlineSeconds=60", f"ReservationTtlSeconds={LEASE}",
              f"FakeGatewayHangSeconds={HANG}", "AuthorizePaymentTimeout=30")
 pytestmark = pytest.mark.embedded_only(reason="shortens LeaseSeconds, ReservationTtlSeconds and the reaper's "
@@ -125,7 +125,7 @@ def test_a_payment_completing_after_its_task_timed_out_and_after_void_leaves_no_
     accepted = place(leased, [{"sku": "MUG-BLUE", "quantity": 1}], "tok_hang")
     order_id = accepted["order_id"]
     described = wait_for_execution(leased, accepted["execution_arn"], 60)
-    assert described["error"] == "Saga.Timeout"  # the 10 s task timeout, with the Lambda still running
+    assert described["error"] == "Saga.Timeout"  # the 13 s task timeout, with the Lambda still running
     assert [v.name for v in path_of(leased, accepted["execution_arn"])] == [
         "CreateOrder", "ReserveInventory", "AuthorizePayment", "VoidPayment", "ReleaseInventory", "CancelOrder",
         "SagaCompensated"]
