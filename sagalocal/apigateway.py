@@ -1,7 +1,11 @@
 """API Gateway (REST, proxy integration) on 127.0.0.1: routes, proxy events, and the local HTTP server.
 
 An HTTP request becomes the API Gateway proxy event `sam local start-api` builds, the route's function runs
-in the Lambda service, and its answer becomes the HTTP response. Requests are served concurrently.
+in the Lambda service, and its answer becomes the HTTP response. Requests are served concurrently. As on
+the stage: the stage's throttling (a token bucket: rate and burst, 429 past them) comes first, then the
+route's authorizer (401 without a valid token), and every request leaves an access log line in the stage's
+format. Paths are served with or without the stage prefix (/dev/orders and /orders), so a Location that
+carries the stage resolves here as on AWS.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ def find_route(routes: list[Route], method: str, path: str) -> tuple[Route, dict
 
 def proxy_event(route: Route, method: str, path: str, path_params: dict[str, str], headers: dict[str, str],
                 query: dict[str, list[str]], body: bytes | None, stage: str, account: str,
-                authorizer: dict[str, Any] | None = None) -> dict[str, Any]:
+                authorizer: dict[str, Any] | None = None, request_id: str | None = None) -> dict[str, Any]:
     text: str | None = None
     is_base64 = False
     if body:
@@ -61,7 +65,7 @@ def proxy_event(route: Route, method: str, path: str, path_params: dict[str, str
             text = body.decode("utf-8")
         except UnicodeDecodeError:
             text, is_base64 = base64.b64encode(body).decode(), True
-    request_id = str(uuid.uuid4())
+    request_id = request_id or str(uuid.uuid4())
     context: dict[str, Any] = {
         "resourcePath": route.resource,
         "httpMethod": method.upper(),
@@ -94,6 +98,46 @@ def proxy_event(route: Route, method: str, path: str, path_params: dict[str, str
     }
 
 
+class TokenBucket:
+    """API Gateway's throttling: `rate` requests per second in steady state, bursts up to `burst`."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = float(rate), float(burst)
+        self.tokens, self.at = float(burst), time.monotonic()
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+            self.at = now
+            if self.tokens < 1:
+                return False
+            self.tokens -= 1
+            return True
+
+
+class AccessLog:
+    """The stage's access log: the AccessLogSetting format with its $context variables, one line a request."""
+
+    _VARIABLE = re.compile(r"\$context\.([A-Za-z0-9_.]+)")
+
+    def __init__(self, path: Any, fmt: str) -> None:
+        self.path, self.format = path, fmt
+        self._lock = threading.Lock()
+
+    def write(self, context: dict[str, Any]) -> None:
+        def value(match: re.Match[str]) -> str:
+            found: Any = context
+            for part in match.group(1).split("."):
+                found = found.get(part) if isinstance(found, dict) else None
+            return "-" if found is None else json.dumps(found)[1:-1] if isinstance(found, str) else str(found)
+
+        line = self._VARIABLE.sub(value, self.format)
+        with self._lock, open(self.path, "a", encoding="utf-8") as out:
+            out.write(line + "\n")
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -104,7 +148,8 @@ Authorize = Callable[[Route, dict[str, str]], tuple[dict[str, Any] | None, tuple
 
 
 def serve_api(routes: list[Route], stage: str, account: str, invoke: Callable[[str, Any], Any], port: int,
-              authorize: Authorize | None = None) -> _Server:
+              authorize: Authorize | None = None, throttle: TokenBucket | None = None,
+              access_log: AccessLog | None = None) -> _Server:
     """Serve `routes` on 127.0.0.1:`port`. `authorize` returns the authorizer context, or the refusal."""
 
     class Handler(BaseHTTPRequestHandler):
@@ -118,27 +163,50 @@ def serve_api(routes: list[Route], stage: str, account: str, invoke: Callable[[s
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         def _handle(self) -> None:
+            started = time.monotonic()
+            self.log_context: dict[str, Any] = {
+                "requestId": str(uuid.uuid4()), "httpMethod": self.command, "resourcePath": "-",
+                "identity": {"sourceIp": self.client_address[0]}, "requestTimeEpoch": int(time.time() * 1000)}
+            try:
+                self._route()
+            finally:
+                if access_log is not None:
+                    self.log_context["responseLatency"] = int((time.monotonic() - started) * 1000)
+                    access_log.write(self.log_context)
+
+        def _route(self) -> None:
             url = urlsplit(self.path)
             length = int(self.headers.get("Content-Length") or 0)
             if length > MAX_BODY:
                 self._send(413, JSON, b'{"message":"Request Too Long"}')
                 return
             body = self.rfile.read(length) if length else None
-            found = find_route(routes, self.command, url.path)
+            if throttle is not None and not throttle.take():
+                self.log_context["error"] = {"messageString": "Too Many Requests"}
+                self._send(429, JSON, b'{"message":"Too Many Requests"}')
+                return
+            path = url.path
+            if path == f"/{stage}" or path.startswith(f"/{stage}/"):
+                path = path[len(stage) + 1:] or "/"
+            found = find_route(routes, self.command, path)
             if found is None:
                 # API Gateway answers an unknown route with 403 Missing Authentication Token.
                 self._send(403, JSON, b'{"message":"Missing Authentication Token"}')
                 return
             route, params = found
+            self.log_context["resourcePath"] = route.resource
             headers = {k: v for k, v in self.headers.items()}
             context = None
             if authorize is not None:
                 context, refusal = authorize(route, headers)
                 if refusal is not None:
+                    self.log_context["error"] = {"messageString": json.loads(refusal[1]).get("message")}
                     self._send(refusal[0], JSON, refusal[1])
                     return
-            event = proxy_event(route, self.command, url.path, params, headers,
-                                parse_qs(url.query, keep_blank_values=True), body, stage, account, context)
+                self.log_context["authorizer"] = context
+            event = proxy_event(route, self.command, path, params, headers,
+                                parse_qs(url.query, keep_blank_values=True), body, stage, account, context,
+                                self.log_context["requestId"])
             try:
                 result = invoke(route.function, event)
             except Exception as exc:  # noqa: BLE001 - throttled or broken: what API Gateway answers
@@ -159,6 +227,7 @@ def serve_api(routes: list[Route], stage: str, account: str, invoke: Callable[[s
             self._send(int(payload["statusCode"]), out_headers, data)
 
         def _send(self, status: int, headers: dict[str, Any], data: bytes) -> None:
+            self.log_context["status"] = status
             self.send_response(status)
             for key, value in headers.items():
                 if key.lower() in ("content-length", "connection"):

@@ -58,7 +58,7 @@ def make_stack(args: argparse.Namespace, api_port: int | None, warm: bool = True
                       concurrency=args.concurrency, schedule_seconds=getattr(args, "schedule_seconds", None),
                       stack_name=args.stack_name, warm=warm,
                       transaction_window_ms=args.transaction_window_ms,
-                      cold_start_delay=not args.no_cold_start_delay)
+                      cold_start_delay=not args.no_cold_start_delay, log_dir=Path(args.log_dir).resolve())
 
 
 def run_init(stack: LocalStack, commands: list[str], workdir: Path) -> None:
@@ -240,6 +240,40 @@ def cmd_trigger(args: argparse.Namespace) -> int:
     return 1 if response.get("FunctionError") else 0
 
 
+def _stack_outputs(args: argparse.Namespace) -> dict[str, Any]:
+    """The stack's outputs: a file, a deployed stack by name, or the running `up` stack."""
+    if args.stack_outputs:
+        return dict(json.loads(Path(args.stack_outputs).read_text()))
+    if args.stack_name and args.endpoint is None:
+        cfn = _client("cloudformation", None, args.region)
+        stack = cfn.describe_stacks(StackName=args.stack_name)["Stacks"][0]
+        return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+    import urllib.request
+
+    with urllib.request.urlopen(f"{_endpoint(args)}/_sagalocal/info", timeout=10) as response:  # noqa: S310
+        return dict(json.loads(response.read())["outputs"])
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """Sign a (test) user in and print their ID token, for `Authorization: Bearer <token>`."""
+    from sagalocal.signin import sign_in
+
+    outputs = _stack_outputs(args)
+    missing = [k for k in ("UserPoolId", "UserPoolClientId") if k not in outputs]
+    if missing:
+        raise UsageError(f"the stack has no output {', '.join(missing)}: is its API behind a Cognito authorizer?")
+    endpoint = None if (args.stack_outputs or args.stack_name) and not args.endpoint else _endpoint(args)
+    signed = sign_in(_client("cognito-idp", endpoint, args.region), outputs["UserPoolId"],
+                     outputs["UserPoolClientId"], args.username)
+    if args.json:
+        print(json.dumps({k: signed[k] for k in ("IdToken", "ExpiresIn", "sub", "username")}))
+    else:
+        print(signed["IdToken"])
+    print(f"signed in {args.username} (sub {signed['sub']}); the ID token is valid for "
+          f"{signed.get('ExpiresIn') or 3600} s", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sagalocal", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -250,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--parameter-overrides", nargs="*", metavar="NAME=VALUE",
                        help="template parameters, as `sam deploy --parameter-overrides`")
         p.add_argument("--stack-name", help="the stack name (default: samconfig.toml's, else sam-app)")
+        p.add_argument("--log-dir", default=".local/logs",
+                       help="where the functions', the API's and DynamoDB's logs go (default: .local/logs)")
         p.add_argument("--concurrency", type=int, default=1000,
                        help="the account's concurrent Lambda executions (default 1000, as on AWS)")
         p.add_argument("--transaction-window-ms", type=float, default=2.0,
@@ -290,6 +326,14 @@ def build_parser() -> argparse.ArgumentParser:
     trigger.add_argument("--endpoint", help="AWS endpoint (default: the running `up` stack)")
     trigger.add_argument("--region", default="us-east-1")
     trigger.set_defaults(func=cmd_trigger)
+    token = sub.add_parser("token", help="sign a test user in and print their ID token (the API's bearer token)")
+    token.add_argument("--username", default="customer-1", help="the user (created if missing; default customer-1)")
+    token.add_argument("--endpoint", help="AWS endpoint (default: the running `up` stack)")
+    token.add_argument("--stack-outputs", help="a deployed stack's outputs (JSON: UserPoolId, UserPoolClientId)")
+    token.add_argument("--stack-name", help="a deployed stack, whose outputs CloudFormation gives")
+    token.add_argument("--region", default="us-east-1")
+    token.add_argument("--json", action="store_true", help="print the token, its lifetime and the user's sub as JSON")
+    token.set_defaults(func=cmd_token)
     add_console_parser(sub)
     return parser
 

@@ -13,11 +13,14 @@ serves the stack's own control routes:
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qs
+
+from sagalocal.iam import Authorizer, credentials_of, denial_body, service_request
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -47,8 +50,35 @@ class Forwarder:
         raise AssertionError("unreachable")
 
 
+def _denied(environ: dict[str, Any], iam: Authorizer) -> tuple[bytes, str] | None:
+    """A function's request that its role does not allow: the denial body and its content type."""
+    signer = credentials_of({"Authorization": environ.get("HTTP_AUTHORIZATION", "")})
+    if signer is None or not iam.principals_known(signer[0]):
+        return None
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    body = environ["wsgi.input"].read(length) if length else b""
+    environ["wsgi.input"] = io.BytesIO(body)  # moto reads it again
+    target = environ.get("HTTP_X_AMZ_TARGET", "")
+    if target:  # the JSON protocols: the action is the target's suffix
+        action, json_protocol = target.rsplit(".", 1)[-1], True
+        try:
+            params = json.loads(body or b"{}")
+        except ValueError:
+            params = {}
+    else:  # the query protocol: Action=... in the form body or the query string
+        form = parse_qs(body.decode("utf-8", "replace")) or parse_qs(environ.get("QUERY_STRING", ""))
+        params = {k: v[-1] for k, v in form.items()}
+        action, json_protocol = params.get("Action", ""), False
+    request = service_request(signer[2], action, params if isinstance(params, dict) else {}, signer[1], iam.account)
+    message = iam.check(signer[0], [request])
+    if message is None:
+        return None
+    return denial_body(message, json_protocol), "application/x-amz-json-1.0" if json_protocol else "text/xml"
+
+
 def make_app(moto_app: WSGIApp, dynamodb: Forwarder, routes: dict[str, Callable[[str, dict[str, list[str]], bytes],
-                                                                                 tuple[int, Any]]]) -> WSGIApp:
+                                                                                 tuple[int, Any]]],
+             iam: Authorizer | None = None) -> WSGIApp:
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         target = environ.get("HTTP_X_AMZ_TARGET", "")
@@ -77,6 +107,10 @@ def make_app(moto_app: WSGIApp, dynamodb: Forwarder, routes: dict[str, Callable[
                 start_response(f"{status} {http.client.responses.get(status, 'Status')}",
                                [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
                 return [data]
+        denied = _denied(environ, iam) if iam is not None else None
+        if denied is not None:
+            start_response("400 Bad Request", [("Content-Type", denied[1]), ("Content-Length", str(len(denied[0])))])
+            return [denied[0]]
         return moto_app(environ, start_response)
 
     return app
@@ -86,8 +120,10 @@ class AwsEndpoint:
     """moto's server behind the forwarding app, on 127.0.0.1:`port`, in a thread of this process."""
 
     def __init__(self, port: int, dynamodb_port: int,
-                 routes: dict[str, Callable[[str, dict[str, list[str]], bytes], tuple[int, Any]]]) -> None:
+                 routes: dict[str, Callable[[str, dict[str, list[str]], bytes], tuple[int, Any]]],
+                 iam: Authorizer | None = None) -> None:
         self.port = port
+        self.iam = iam
         self.dynamodb = Forwarder(dynamodb_port)
         self.routes = routes
         self._server: Any = None
@@ -96,7 +132,7 @@ class AwsEndpoint:
         from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
         from werkzeug.serving import make_server
 
-        app = make_app(DomainDispatcherApplication(create_backend_app), self.dynamodb, self.routes)
+        app = make_app(DomainDispatcherApplication(create_backend_app), self.dynamodb, self.routes, self.iam)
         self._server = make_server("127.0.0.1", self.port, app, threaded=True, request_handler=MotoRequestHandler)
         self._server.socket.listen(1024)
         threading.Thread(target=self._server.serve_forever, name="sagalocal-aws-endpoint", daemon=True).start()

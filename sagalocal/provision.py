@@ -5,10 +5,12 @@ that runs here can rely on a name a deployed stack would not have.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import random
 import re
+import secrets
 import string
 import zipfile
 from collections.abc import Callable
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sagalocal.awslambda.runtime import FunctionSpec
+from sagalocal.iam import Principal, Statement, statements_of
 from sagalocal.template import Template, TemplateError
 
 SUPPORTED = {
@@ -74,7 +77,10 @@ class Provisioned:
     schedules: list[Schedule] = field(default_factory=list)
     state_machines: dict[str, str] = field(default_factory=dict)  # logical id -> ARN
     user_pools: dict[str, str] = field(default_factory=dict)  # logical id -> pool id
+    pool_clients: dict[str, set[str]] = field(default_factory=dict)  # pool id -> its app client ids
+    api: dict[str, Any] = field(default_factory=dict)  # the REST API's MethodSettings, AccessLogSetting
     rules: list[dict[str, Any]] = field(default_factory=list)  # EventBridge rules with their targets
+    principals: list[Principal] = field(default_factory=list)  # each function's identity and role policy
     skipped: dict[str, str] = field(default_factory=dict)
 
 
@@ -249,6 +255,7 @@ class Provisioner:
         name = props.get("ClientName") or self.physical_name(logical_id, 128)
         created = self.client("cognito-idp").create_user_pool_client(UserPoolId=props["UserPoolId"],
                                                                      ClientName=name, **args)["UserPoolClient"]
+        self.out.pool_clients.setdefault(str(props["UserPoolId"]), set()).add(created["ClientId"])
         self._created(logical_id, created["ClientId"], ClientSecret=created.get("ClientSecret", ""))
 
     # ---- compute --------------------------------------------------------------------------------------------
@@ -296,6 +303,12 @@ class Provisioner:
             FunctionName=name, Runtime=str(props["Runtime"]), Role=self._role(), Handler=handler,
             Code={"ZipFile": archive.getvalue()}, Timeout=timeout, MemorySize=memory,
             Environment={"Variables": env})
+        principal = Principal(function=name, role=self.physical_name(f"{logical_id}Role", 64),
+                              statements=self.role_statements(logical_id, props))
+        self.out.principals.append(principal)
+        env.update({"AWS_ACCESS_KEY_ID": principal.access_key_id,
+                    "AWS_SECRET_ACCESS_KEY": principal.secret_access_key,
+                    "AWS_SESSION_TOKEN": secrets.token_urlsafe(48)})
         reserved = props.get("ReservedConcurrentExecutions")
         self.out.functions.append(FunctionSpec(
             logical_id=logical_id, name=name, arn=arn, handler=handler, code_dir=code_dir, layer_dirs=layer_dirs,
@@ -307,6 +320,33 @@ class Provisioner:
                 self.out.schedules.append(Schedule.parse(logical_id, event_name, event_props))
         self.out.routes += [route for route in routes_of(self.t) if route.function == logical_id]
         self._created(logical_id, name, Arn=arn)
+
+    def role_statements(self, logical_id: str, props: dict[str, Any]) -> list[Statement]:
+        """The function's role as SAM writes it: its Policies (statements and policy templates) plus the
+        basic execution role's log actions and, with tracing on, X-Ray's write actions."""
+        statements = [Statement("Allow", ("logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"),
+                                ("*",))]
+        if props.get("Tracing") == "Active":
+            statements.append(Statement("Allow", ("xray:PutTraceSegments", "xray:PutTelemetryRecords"), ("*",)))
+        policies = props.get("Policies") or []
+        for index, policy in enumerate(policies if isinstance(policies, list) else [policies]):
+            where = f"Resources.{logical_id}.Properties.Policies[{index}]"
+            if isinstance(policy, dict) and "Statement" in policy:
+                try:
+                    statements += statements_of(policy)
+                except ValueError as exc:
+                    raise StackError(f"{where}: {exc}") from exc
+            elif isinstance(policy, dict) and len(policy) == 1:
+                name, parameters = next(iter(policy.items()))
+                try:
+                    document = _policy_templates().convert(name, parameters or {})
+                except Exception as exc:  # noqa: BLE001 - samtranslator's errors, with the place
+                    raise StackError(f"{where}: {exc}") from exc
+                statements += statements_of(self.t.resolve(document, where))
+            else:
+                raise StackError(f"{where}: {policy!r} is a managed policy; the local stack enforces statements "
+                                 f"and SAM policy templates only")
+        return statements
 
     def _serverless__statemachine(self, logical_id: str, props: dict[str, Any]) -> None:
         if "DefinitionUri" in props:
@@ -346,7 +386,15 @@ class Provisioner:
             self.out.authorizers[name] = dict(spec)
         if auth.get("DefaultAuthorizer"):
             self.out.authorizers["__default__"] = {"name": auth["DefaultAuthorizer"]}
+        self.out.api = {k: props[k] for k in ("MethodSettings", "AccessLogSetting") if k in props}
         self._created(logical_id, "local", RootResourceId="root")
+
+
+@functools.lru_cache(maxsize=1)
+def _policy_templates() -> Any:
+    from samtranslator.policy_template_processor.processor import PolicyTemplatesProcessor
+
+    return PolicyTemplatesProcessor(PolicyTemplatesProcessor.get_default_policy_templates_json())
 
 
 def substitute(text: str, substitutions: dict[str, str]) -> tuple[str, set[str]]:

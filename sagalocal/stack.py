@@ -14,10 +14,12 @@ LocalStack only wires the services together; each lives in its own module:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
 import tomllib
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +27,12 @@ import boto3
 from botocore.config import Config
 
 from sagalocal import stepfunctions
-from sagalocal.apigateway import serve_api
+from sagalocal.apigateway import AccessLog, TokenBucket, serve_api
 from sagalocal.awslambda.service import LambdaService
+from sagalocal.cognito import PoolAuthorizer
 from sagalocal.dynamodb.server import DynamoDBProcess
 from sagalocal.endpoint import AwsEndpoint
+from sagalocal.iam import Authorizer
 from sagalocal.provision import Provisioned, Provisioner, StackError
 from sagalocal.scheduler import Scheduler
 from sagalocal.template import Template
@@ -83,6 +87,7 @@ class LocalStack:
         self.template = Template(self.template_path, region=region, parameter_overrides=self.parameter_overrides,
                                  stack_name=stack_name or default_stack_name(self.template_path))
         self.lambdas = LambdaService({}, concurrency=concurrency, cold_start_delay=cold_start_delay)
+        self.iam = Authorizer(self.template.account)
         self.resources = Provisioned()
         self.outputs: dict[str, Any] = {}
         self.dynamodb: DynamoDBProcess | None = None
@@ -114,12 +119,14 @@ class LocalStack:
             self.endpoint_port = free_port()
         else:
             check_port_free(self.endpoint_port, "the AWS endpoint")
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         try:
             self.dynamodb = DynamoDBProcess(free_port(), self.log_dir / "DynamoDB.log", self.transaction_window_ms)
             self.dynamodb.start()
             self._start_aws_endpoint()
             self.lambdas.base_environment.update(self._function_environment())
             self.resources = Provisioner(self.template, self.client, self.log_dir).create_all()
+            self._register_identities()
             for spec in self.resources.functions:
                 self.lambdas.add(spec)
             self.outputs = self.template.outputs({"ApiUrl": self.api_url} if self.api_url else {})
@@ -127,7 +134,7 @@ class LocalStack:
                 self.lambdas.start_all()  # every function initialized before the first request
             if self.api_port is not None:
                 self._api = serve_api(self.resources.routes, self.resources.stage, self.template.account,
-                                      self.lambdas.invoke, self.api_port)
+                                      self.lambdas.invoke, self.api_port, **self._api_stage())
             self.scheduler = Scheduler(self.resources.schedules, self.lambdas.invoke, self.region,
                                        self.template.account, self.schedule_seconds)
             self.scheduler.start()
@@ -135,6 +142,58 @@ class LocalStack:
             self.stop()
             raise
         return self
+
+    def _api_stage(self) -> dict[str, Any]:
+        """The REST API's authorizers, throttling and access log, from the template."""
+        authorizers: dict[str, PoolAuthorizer] = {}
+        for name, spec in self.resources.authorizers.items():
+            if name == "__default__":
+                continue
+            if "UserPoolArn" not in spec:
+                raise StackError(f"authorizer {name}: only Cognito user pool authorizers are emulated")
+            arns = spec["UserPoolArn"] if isinstance(spec["UserPoolArn"], list) else [spec["UserPoolArn"]]
+            pool_id = str(arns[0]).rsplit("/", 1)[-1]
+            header = str((spec.get("Identity") or {}).get("Header", "Authorization"))
+            clients = self.resources.pool_clients.get(pool_id, set())
+            authorizers[name] = PoolAuthorizer(str(arns[0]), self.endpoint, clients, header)
+        default = self.resources.authorizers.get("__default__", {}).get("name")
+
+        def authorize(route: Any, headers: dict[str, str]) -> tuple[dict[str, Any] | None, tuple[int, bytes] | None]:
+            name = route.auth or default
+            if not name or name == "NONE":
+                return None, None
+            return authorizers[name].authorize(headers)
+
+        stage: dict[str, Any] = {"authorize": authorize}
+        for setting in self.resources.api.get("MethodSettings") or []:
+            if setting.get("ResourcePath") == "/*" and "ThrottlingRateLimit" in setting:
+                rate = float(setting["ThrottlingRateLimit"])
+                stage["throttle"] = TokenBucket(rate, float(setting.get("ThrottlingBurstLimit", rate)))
+        access = self.resources.api.get("AccessLogSetting")
+        if access and access.get("Format"):
+            stage["access_log"] = AccessLog(self.log_dir / "ApiAccess.log", str(access["Format"]))
+        return stage
+
+    def _register_identities(self) -> None:
+        """Each function's credentials and role: the DynamoDB process and the endpoint enforce them."""
+        principals = self.resources.principals
+        self.iam.register(principals)
+        assert self.dynamodb is not None
+        request = urllib.request.Request(self.dynamodb.endpoint + "/_sagalocal/iam", method="POST",  # noqa: S310
+                                         data=json.dumps([p.to_json() for p in principals]).encode())
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - our own 127.0.0.1 server
+            response.read()
+
+    def identities(self) -> dict[str, Any]:
+        """What each function's role allows, and what each function used, from both enforcement points."""
+        assert self.dynamodb is not None
+        with urllib.request.urlopen(self.dynamodb.endpoint + "/_sagalocal/iam", timeout=30) as response:  # noqa: S310
+            dynamodb = json.loads(response.read())
+        used: dict[str, list[list[str]]] = {}
+        for source in (dynamodb["used"], self.iam.used()):
+            for function, pairs in source.items():
+                used.setdefault(function, []).extend(pairs)
+        return {"principals": self.iam.principals(), "used": {k: sorted(v) for k, v in used.items()}}
 
     def _start_aws_endpoint(self) -> None:
         os.environ["MOTO_PORT"] = str(self.endpoint_port)  # moto's interpreter calls localhost:$MOTO_PORT
@@ -159,7 +218,8 @@ class LocalStack:
             "/_sagalocal/lambda/stats": lambda method, query, body: (200, self.lambdas.stats()),
             "/_sagalocal/executions/wait": self._wait_route,
             "/_sagalocal/info": lambda method, query, body: (200, self.describe()),
-        })
+            "/_sagalocal/iam": lambda method, query, body: (200, self.identities()),
+        }, self.iam)
         self.aws.start()
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         # The interpreter logs every Fail state and caught error at ERROR; the history has them all.
@@ -221,7 +281,7 @@ class LocalStack:
 
     def describe(self) -> dict[str, Any]:
         return {"endpoint": self.endpoint, "api": self.api_url, "region": self.region,
-                "stack_name": self.template.stack_name,
+                "stack_name": self.template.stack_name, "log_dir": str(self.log_dir),
                 "dynamodb_endpoint": self.dynamodb.endpoint if self.dynamodb else None,
                 "outputs": self.outputs,
                 "functions": {spec.logical_id: spec.name for spec in self.resources.functions},

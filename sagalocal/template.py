@@ -45,8 +45,8 @@ class Template:
         self.resources: dict[str, dict[str, Any]] = self.processed.get("Resources") or {}
         # What the local stack created, for Ref and Fn::GetAtt: logical id -> {"Ref": ..., "Arn": ..., ...}
         self.created: dict[str, dict[str, Any]] = {}
-        self.conditions = {name: bool(self.resolve({"Condition": name}, f"Conditions.{name}"))
-                           for name in self.processed.get("Conditions") or {}}
+        self.conditions = {name: self.resolve(expression, f"Conditions.{name}") is True
+                           for name, expression in (self.processed.get("Conditions") or {}).items()}
 
     # ---- parameters ---------------------------------------------------------------------------------
     def _parameter_values(self) -> dict[str, Any]:

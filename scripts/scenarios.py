@@ -4,8 +4,10 @@
   python scripts/scenarios.py --timeline      with each execution's timeline
   python scripts/scenarios.py --api URL --endpoint URL --stack-outputs FILE   on a running or deployed stack
 
-Each scenario posts its API event's request, waits for the execution, and compares the outcome, the state
-path, the retries and the order's statuses with what the scenario expects.
+Each scenario signs its event's customer in (the user pool of the stack's outputs; on a deployed stack that
+takes an operator's credentials), posts the event's request with the customer's ID token, waits for the
+execution, and compares the outcome, the state path, the retries and the order's statuses with what the
+scenario expects.
 """
 
 from __future__ import annotations
@@ -74,14 +76,34 @@ def load_manifest(events_dir: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: cannot read the scenario list: {exc}") from exc
 
 
-def request_from_event(path: Path) -> tuple[dict[str, str], bytes]:
-    """Headers and body of an API Gateway proxy event file."""
+def request_from_event(path: Path) -> tuple[dict[str, str], bytes, str]:
+    """Headers, body and customer (the authorizer's `cognito:username`) of an API Gateway proxy event file."""
     try:
         event = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: not a readable JSON event: {exc}") from exc
     headers = {k: str(v) for k, v in (event.get("headers") or {}).items()}
-    return headers, (event.get("body") or "").encode()
+    claims = ((event.get("requestContext") or {}).get("authorizer") or {}).get("claims") or {}
+    return headers, (event.get("body") or "").encode(), str(claims.get("cognito:username", "customer-1"))
+
+
+class Customers:
+    """Signs the scenarios' customers in to the stack's user pool, once each, and knows their executions."""
+
+    def __init__(self, cognito: Any, outputs: dict[str, Any]) -> None:
+        self.cognito, self.outputs = cognito, outputs
+        self.tokens: dict[str, str] = {}
+
+    def auth(self, username: str) -> dict[str, str]:
+        from sagalocal.signin import sign_in
+
+        if username not in self.tokens:
+            self.tokens[username] = sign_in(self.cognito, self.outputs["UserPoolId"],
+                                            self.outputs["UserPoolClientId"], username)["IdToken"]
+        return {"Authorization": f"Bearer {self.tokens[username]}"}
+
+    def execution_arn(self, order_id: str) -> str:
+        return f"{self.outputs['StateMachineArn'].replace(':stateMachine:', ':execution:')}:{order_id}"
 
 
 def wait_for(sfn: Any, arn: str, endpoint: str | None, timeout: float = 120.0) -> dict[str, Any]:
@@ -105,11 +127,13 @@ def wait_for(sfn: Any, arn: str, endpoint: str | None, timeout: float = 120.0) -
     raise TimeoutError(f"execution {arn} still {status} after {timeout:.0f} s")
 
 
-def run_scenario(spec: dict[str, Any], events_dir: Path, api_url: str, sfn: Any, endpoint: str | None = None,
-                 key_suffix: str = "", timeout: float = 120.0) -> ScenarioResult:
+def run_scenario(spec: dict[str, Any], events_dir: Path, api_url: str, sfn: Any, customers: Customers,
+                 endpoint: str | None = None, key_suffix: str = "", timeout: float = 120.0) -> ScenarioResult:
     result = ScenarioResult(spec["name"], spec["expect"])
     expect = spec["expect"]
-    headers, body = request_from_event(events_dir / spec["event"])
+    headers, body, customer = request_from_event(events_dir / spec["event"])
+    auth = customers.auth(customer)
+    headers.update(auth)
     if key_suffix:
         headers["Idempotency-Key"] = headers.get("Idempotency-Key", "") + key_suffix
     started = time.perf_counter()
@@ -122,13 +146,13 @@ def run_scenario(spec: dict[str, Any], events_dir: Path, api_url: str, sfn: Any,
     if any(payload != responses[0][1] for _, payload in responses[1:]):
         result.problems.append("a resubmission did not replay the first response")
     accepted = responses[0][1]
-    result.order_id, result.execution_arn = accepted["order_id"], accepted["execution_arn"]
+    result.order_id, result.execution_arn = accepted["order_id"], customers.execution_arn(accepted["order_id"])
     described = wait_for(sfn, result.execution_arn, endpoint, timeout)
     result.elapsed_ms = (time.perf_counter() - started) * 1000
     result.status, result.error = described["status"], described.get("error") or ""
     result.visits = visits(history(sfn, result.execution_arn))
     result.path = [v.name for v in result.visits]
-    status, order = http("GET", f"{api_url}/orders/{result.order_id}")
+    status, order = http("GET", urllib.parse.urljoin(api_url, accepted["links"]["order"]), headers=auth)
     if status != 200:
         result.problems.append(f"GET /orders/{result.order_id} answered {status}")
     else:
@@ -184,8 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.api:
         import boto3
 
-        sfn = boto3.client("stepfunctions", **({"endpoint_url": args.endpoint} if args.endpoint else {}))
-        results = run_all(manifest, args, args.api, sfn, args.endpoint)
+        if not args.stack_outputs:
+            parser.error("--api needs --stack-outputs (UserPoolId, UserPoolClientId, StateMachineArn)")
+        remote = {"endpoint_url": args.endpoint} if args.endpoint else {}
+        sfn = boto3.client("stepfunctions", **remote)
+        customers = Customers(boto3.client("cognito-idp", **remote), json.loads(args.stack_outputs.read_text()))
+        results = run_all(manifest, args, args.api, sfn, customers, args.endpoint)
     else:
         from sagalocal.stack import LocalStack, free_port
         from scripts.seed_catalog import seed
@@ -194,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
             seed(stack.client("dynamodb"), stack.outputs["InventoryTableName"], args.events / "catalog.json")
             print(f"Local stack up in {time.perf_counter() - started:.1f} s: API {stack.api_url}, "
                   f"AWS endpoint {stack.endpoint}")
-            results = run_all(manifest, args, str(stack.api_url), stack.client("stepfunctions"), stack.endpoint)
+            customers = Customers(stack.client("cognito-idp"), stack.outputs)
+            results = run_all(manifest, args, str(stack.api_url), stack.client("stepfunctions"), customers,
+                              stack.endpoint)
     failed = [r for r in results if not r.ok]
     print(format_results(results))
     print(f"{len(results) - len(failed)} of {len(results)} scenarios ended as expected "
@@ -202,13 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed or not results else 0
 
 
-def run_all(manifest: dict[str, Any], args: argparse.Namespace, api: str, sfn: Any,
+def run_all(manifest: dict[str, Any], args: argparse.Namespace, api: str, sfn: Any, customers: Customers,
             endpoint: str | None) -> list[ScenarioResult]:
     results = []
     for spec in manifest["scenarios"]:
         if args.only and spec["name"] not in args.only:
             continue
-        results.append(run_scenario(spec, args.events, api, sfn, endpoint))
+        results.append(run_scenario(spec, args.events, api, sfn, customers, endpoint))
         if args.timeline:
             described = sfn.describe_execution(executionArn=results[-1].execution_arn)
             print(format_timeline(described, history(sfn, results[-1].execution_arn)))

@@ -18,7 +18,7 @@ TIMING = Timing.from_env()
 store = dynamodb_store()
 orders = Orders(store, os.environ["ORDERS_TABLE"], TIMING)
 inventory = Inventory(store, os.environ["INVENTORY_TABLE"], TIMING)
-payments = Payments(store, os.environ["PAYMENTS_TABLE"], gateway_from_env(store))
+payments = Payments(store, os.environ["PAYMENTS_TABLE"], gateway_from_env(store), Timing.from_env())
 
 
 @saga_step("ConfirmOrder", store)

@@ -1,7 +1,12 @@
 """The orders API: POST /orders starts a saga, GET /orders/{order_id} shows it.
 
-The Idempotency-Key header names the order: the order id, and so the execution name, derive from it, so a
-resubmission can never start a second saga. The order item is the idempotency record: it is written with
+Both routes sit behind the API's Cognito authorizer: the customer is the signed-in user, the ID token's `sub`
+(API Gateway verified the token before this function runs). A customer sees only their own orders; another
+customer's order answers 404, exactly like a missing one.
+
+The Idempotency-Key header names the order: the order id, and so the execution name, derive from the customer
+and the key, so a resubmission can never start a second saga and two customers' keys never collide. The
+order item is the idempotency record: it is written with
 the payment (the card token goes to the payments table, and nowhere else) in one conditional transaction;
 a resubmission finds it, and replays the first answer if the body is the same (422 otherwise). Starting the
 execution is idempotent too (same name, same input), so a resubmission also starts a saga whose first
@@ -14,7 +19,6 @@ import json
 import os
 from typing import Annotated, Any
 
-import boto3
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 from aws_lambda_powertools.event_handler.openapi.exceptions import (
     RequestUnsupportedContentType,
@@ -23,6 +27,7 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import (
 from aws_lambda_powertools.event_handler.openapi.params import Header, Path
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.exceptions import BotoCoreError, ClientError
 
 from order_saga.config import Timing
 from order_saga.dynamo import now_ms
@@ -31,14 +36,14 @@ from order_saga.inventory import Inventory
 from order_saga.models import OrderAccepted, OrderDocument, OrderRequest, ProblemBody, order_id_for, request_hash
 from order_saga.orders import Orders, order_view
 from order_saga.payments import Payments
-from order_saga.step import dynamodb_store, lambda_function, logger
+from order_saga.step import aws_client, dynamodb_store, lambda_function, logger
 
 TIMING = Timing.from_env()
 store = dynamodb_store()
 orders = Orders(store, os.environ["ORDERS_TABLE"], TIMING)
 inventory = Inventory(store, os.environ["INVENTORY_TABLE"], TIMING)
 payments = Payments(store, os.environ["PAYMENTS_TABLE"])
-_sfn = boto3.client("stepfunctions")
+_sfn = aws_client("stepfunctions")
 STATE_MACHINE_ARN = os.environ["STATE_MACHINE_ARN"]
 
 
@@ -63,6 +68,27 @@ IdempotencyKey = Annotated[
 OrderId = Annotated[str, Path(min_length=1, max_length=80, pattern=r"^[A-Za-z0-9_-]+$")]
 
 
+class NotSignedIn(Exception):
+    """The request reached the function without the authorizer's claims (an API deployed without it)."""
+
+
+def customer() -> str:
+    """The signed-in customer: the `sub` claim API Gateway's Cognito authorizer verified."""
+    authorizer = app.current_event.request_context.authorizer
+    claims = authorizer.claims if authorizer else None
+    sub = (claims or {}).get("sub")
+    if not sub:
+        raise NotSignedIn()
+    return str(sub)
+
+
+def order_location(order_id: str) -> str:
+    """Where GET finds the order, as the client called the API: with the stage (or a custom domain's base
+    path), which requestContext.path carries and the route's path does not."""
+    called = app.current_event.request_context.path or app.current_event.path
+    return called[: len(called) - len(app.current_event.path)] + f"/orders/{order_id}"
+
+
 def error(status: int, message: str, **details: Any) -> Response[ProblemBody]:
     return Response(status_code=status, content_type=content_types.APPLICATION_JSON,
                     body={"error": message, **{k: v for k, v in details.items() if v is not None}})
@@ -76,6 +102,7 @@ def _problem(description: str) -> dict[str, Any]:
           responses={202: {"description": "The saga started (or, for a resubmission, had started)",
                            "content": {"application/json": {"model": OrderAccepted}}},
                      400: _problem("Malformed request or missing Idempotency-Key"),
+                     401: _problem("No valid ID token (answered by API Gateway's authorizer)"),
                      415: _problem("The body is not JSON"),
                      422: _problem("Unknown sku, or the Idempotency-Key was used with another body"),
                      503: _problem("The order store is busy: retry with the same Idempotency-Key (Retry-After)")})
@@ -88,11 +115,12 @@ def place_order(order: OrderRequest, idempotency_key: IdempotencyKey) -> Respons
     if len(currencies) > 1:
         return error(422, f"the items are priced in several currencies: {', '.join(currencies)}; order them apart")
     lines, total, currency = inventory.price(order.items, catalog)
-    order_id = order_id_for(idempotency_key)
+    customer_id = customer()
+    order_id = order_id_for(customer_id, idempotency_key)
     body = order.model_dump(mode="json")
     digest = request_hash(body)
     now = now_ms()
-    new = orders.new_order(order_id, order.customer_id, body["items"], lines, total, currency,
+    new = orders.new_order(order_id, customer_id, body["items"], lines, total, currency,
                            f"{STATE_MACHINE_ARN.replace(':stateMachine:', ':execution:')}:{order_id}", digest, now)
     cancelled = store.transact([orders.put_new(new),
                                 payments.put_new(order_id, 1, order.payment_token, total, currency, now)])
@@ -110,21 +138,36 @@ def place_order(order: OrderRequest, idempotency_key: IdempotencyKey) -> Respons
     except _sfn.exceptions.ExecutionAlreadyExists:
         execution_arn = new["execution_arn"]
         logger.info("execution already exists: a resubmission")
+    except (ClientError, BotoCoreError) as exc:
+        # The order is written, its saga not started: the client's retry with the same key starts it (and if
+        # it never retries, the order's lease expires and the reaper cancels it).
+        logger.warning("could not start the saga", extra={"reason": str(exc)})
+        return Response(status_code=503, content_type=content_types.APPLICATION_JSON, headers={"Retry-After": "1"},
+                        body={"error": "the order is recorded but its saga did not start; retry with the same "
+                                       "Idempotency-Key"})
     logger.info("saga started", extra={"execution_arn": execution_arn})
-    accepted = {"order_id": order_id, "execution_arn": execution_arn, "status": "PENDING",
-                "links": {"order": f"/orders/{order_id}"}}
+    accepted = {"order_id": order_id, "status": "PENDING", "links": {"order": order_location(order_id)}}
     return Response(status_code=202, content_type=content_types.APPLICATION_JSON, body=accepted,
                     headers={"Location": accepted["links"]["order"]})
 
 
 @app.get("/orders/<order_id>", summary="An order with its saga status and step log",
          responses={200: {"description": "The order", "content": {"application/json": {"model": OrderDocument}}},
-                    400: _problem("Malformed order id"), 404: _problem("No such order")})
+                    400: _problem("Malformed order id"),
+                    401: _problem("No valid ID token (answered by API Gateway's authorizer)"),
+                    404: _problem("No such order among the caller's")})
 def get_order(order_id: OrderId) -> Response[OrderDocument | ProblemBody]:
+    caller = customer()
     order = orders.get(order_id, consistent=False)
-    if order is None:
+    if order is None or order.get("customer_id") != caller:
         return error(404, f"order {order_id} not found")
     return Response(status_code=200, content_type=content_types.APPLICATION_JSON, body=order_view(order))
+
+
+@app.exception_handler(NotSignedIn)
+def not_signed_in(exc: NotSignedIn) -> Response:
+    logger.error("a request arrived without the authorizer's claims: is the API's Cognito authorizer on?")
+    return Response(status_code=401, content_type=content_types.APPLICATION_JSON, body={"error": "not signed in"})
 
 
 @app.exception_handler(RequestValidationError)

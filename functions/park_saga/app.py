@@ -11,17 +11,15 @@ import hashlib
 import json
 import os
 
-import boto3
-
 from order_saga.config import Timing
 from order_saga.dynamo import now_ms
 from order_saga.models import SagaState
 from order_saga.orders import Orders
-from order_saga.step import count, dynamodb_store, logger, saga_step
+from order_saga.step import aws_client, count, dynamodb_store, logger, saga_step
 
 store = dynamodb_store()
 orders = Orders(store, os.environ["ORDERS_TABLE"], Timing.from_env())
-_sqs = boto3.client("sqs")
+_sqs = aws_client("sqs")
 QUEUE_URL = os.environ["PARKED_SAGAS_QUEUE_URL"]
 
 

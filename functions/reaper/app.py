@@ -5,8 +5,12 @@
    fencing token, so the old execution's late writes cannot land and a second reaper cannot take the same
    order), stops the old execution, and compensates: money back, stock back, order cancelled.
 2. Reservations past their expiry: stock goes back, exactly once.
+3. Payments undone while an authorization may have been in flight at the gateway (its call's outcome was
+   unknown): once their reconciliation is due, the gateway is asked by the payment's idempotency key, and
+   an authorization that landed after the void is voided.
 
-Every shard of both indexes is read, every page of each. One order that cannot be finished is logged and
+Every shard of the indexes is read, every page of each (the payments' Reconcile index too). One order that
+cannot be finished is logged and
 counted (ReaperFailed, which an alarm watches) and the sweep goes on; its lease stays expired, so the next
 sweep tries it again.
 """
@@ -16,7 +20,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import boto3
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from order_saga import saga as steps
@@ -27,14 +30,14 @@ from order_saga.inventory import Inventory
 from order_saga.models import SagaState
 from order_saga.orders import Orders
 from order_saga.payments import CAPTURED, CAPTURING, Payments, payment_id
-from order_saga.step import count, dynamodb_store, lambda_function, logger
+from order_saga.step import aws_client, count, dynamodb_store, lambda_function, logger
 
 TIMING = Timing.from_env()
 store = dynamodb_store()
 orders = Orders(store, os.environ["ORDERS_TABLE"], TIMING)
 inventory = Inventory(store, os.environ["INVENTORY_TABLE"], TIMING)
-payments = Payments(store, os.environ["PAYMENTS_TABLE"], gateway_from_env(store))
-_sfn = boto3.client("stepfunctions")
+payments = Payments(store, os.environ["PAYMENTS_TABLE"], gateway_from_env(store), TIMING)
+_sfn = aws_client("stepfunctions")
 
 
 def reap_order(entry: dict[str, Any], owner: str, now: int) -> bool:
@@ -88,5 +91,18 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
             logger.exception("could not release an expired reservation", extra={"order_id": order_id})
             count("ReaperFailed", "Reaper")
             failed.append(order_id)
-    logger.info("sweep done", extra={"compensated": compensated, "released": released, "failed": failed})
-    return {"compensated": compensated, "released_reservations": released, "failed": failed}
+    reconciled: dict[str, str] = {}
+    for pid in payments.to_reconcile(now):
+        try:
+            reconciled[pid] = payments.reconcile(pid, now_ms())
+            if reconciled[pid] == "reversed":
+                count("AuthorizationReconciled", "Reaper")
+                logger.warning("an authorization left behind was voided", extra={"payment_id": pid})
+        except Exception:  # noqa: BLE001 - as above
+            logger.exception("could not reconcile a payment", extra={"payment_id": pid})
+            count("ReaperFailed", "Reaper")
+            failed.append(pid)
+    logger.info("sweep done", extra={"compensated": compensated, "released": released, "reconciled": reconciled,
+                                     "failed": failed})
+    return {"compensated": compensated, "released_reservations": released, "reconciled": reconciled,
+            "failed": failed}

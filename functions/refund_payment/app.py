@@ -15,7 +15,7 @@ from order_saga.step import count, dynamodb_store, saga_step
 
 store = dynamodb_store()
 orders = Orders(store, os.environ["ORDERS_TABLE"], Timing.from_env())
-payments = Payments(store, os.environ["PAYMENTS_TABLE"], gateway_from_env(store))
+payments = Payments(store, os.environ["PAYMENTS_TABLE"], gateway_from_env(store), Timing.from_env())
 
 
 @saga_step("RefundPayment", store)

@@ -24,6 +24,7 @@ from sagafaults.rules import request_items
 from sagalocal.dynamodb.capacity import Image, Meter, index_writes, read_units, wire_size, write_units
 from sagalocal.dynamodb.concurrency import Coordinator, Identity
 from sagalocal.dynamodb.faults import RuleBook
+from sagalocal.iam import Authorizer, credentials_of, denial_body, dynamodb_requests
 
 log = logging.getLogger("sagalocal.dynamodb")
 ACCOUNT = "123456789012"
@@ -63,6 +64,7 @@ class Engine:
         self.coordinator = Coordinator(window_ms)
         self.rules = RuleBook()
         self.meter = Meter()
+        self.iam = Authorizer(ACCOUNT)
 
     # ---- the entry point -----------------------------------------------------------------------
     def handle(self, operation: str, raw: bytes, headers: Mapping[str, str]) -> Reply:
@@ -74,6 +76,11 @@ class Engine:
         except ValueError as exc:
             return self._error(400, "SerializationException", str(exc))
         region = _region(headers)
+        signer = credentials_of(headers)
+        denial = self.iam.check(signer[0] if signer else None, dynamodb_requests(operation, params, region, ACCOUNT))
+        if denial is not None:
+            self.meter.error("AccessDeniedException")
+            return Reply(400, denial_body(denial))
         picked = self.rules.pick(operation, request_items(operation, params)) if self.rules.active else None
         if picked is not None and picked[0].action == "dynamodb-error":
             rule, hits = picked

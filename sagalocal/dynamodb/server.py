@@ -5,6 +5,7 @@
 Control endpoints (not DynamoDB's):
   GET|POST|DELETE /_sagalocal/faults   the fault rules this process applies to every request
   GET|DELETE      /_sagalocal/stats    requests by operation, capacity units by table (DELETE: reset)
+  GET|POST        /_sagalocal/iam      the functions' identities (POST registers them) and what each used
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 from sagafaults.rules import RuleError
 from sagalocal.dynamodb.engine import Engine, Reply
+from sagalocal.iam import Principal
 
 log = logging.getLogger("sagalocal.dynamodb")
 MAX_BODY = 16 * 1024 * 1024
@@ -103,13 +105,17 @@ def make_server(port: int, engine: Engine) -> _Server:
                         self._json(200, [])
                     else:
                         self._json(200, engine.rules.rules())
+                elif path == "/_sagalocal/iam":
+                    if self.command == "POST":
+                        engine.iam.register([Principal.from_json(p) for p in json.loads(raw or b"[]")])
+                    self._json(200, {"principals": engine.iam.principals(), "used": engine.iam.used()})
                 elif path == "/_sagalocal/stats":
                     if self.command == "DELETE":
                         engine.meter.reset()
                     self._json(200, {**engine.meter.snapshot(), "conflicts": engine.coordinator.conflicts})
                 else:
                     self._json(404, {"error": f"no such endpoint {path}"})
-            except (RuleError, ValueError) as exc:
+            except (RuleError, ValueError, KeyError, TypeError) as exc:
                 self._json(400, {"error": str(exc)})
 
         def _json(self, status: int, data: Any) -> None:

@@ -13,6 +13,7 @@ class Timing:
     deadline_ms: int  # the whole saga's deadline; no lease is renewed past it
     reservation_ttl_ms: int  # an unconfirmed reservation returns to stock after this
     shards: int = 1  # the write shards of the reaper's indexes (IndexShards)
+    reconcile_after_ms: int = 300_000  # when the reaper asks the gateway about an authorization left undecided
 
     @classmethod
     def from_env(cls) -> Timing:
@@ -21,6 +22,7 @@ class Timing:
             deadline_ms=int(float(os.environ["SAGA_DEADLINE_SECONDS"]) * 1000),
             reservation_ttl_ms=int(float(os.environ["RESERVATION_TTL_SECONDS"]) * 1000),
             shards=int(os.environ["INDEX_SHARDS"]),
+            reconcile_after_ms=int(float(os.environ.get("RECONCILE_AFTER_SECONDS", "300")) * 1000),
         )
 
     def shard(self, key: str) -> str:

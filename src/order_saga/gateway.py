@@ -4,14 +4,22 @@ Every gateway call carries an idempotency key (the payment id), as real card pro
 retried call never authorizes or captures twice, and an authorization can always be found and voided by
 its key (the reconciliation path uses that).
 
+Every call is bounded by the client's timeout (GATEWAY_TIMEOUT_SECONDS), which fits inside the function's
+own timeout, so no Lambda timeout ever cuts a gateway call short (docs/timeouts.md). A call that times out
+has an unknown outcome: the processor may still complete the authorization after the client gave up, and
+after the saga's compensation tried to void it. The reaper's reconciliation finds those by the payment's
+idempotency key (Payments.reconcile).
+
 The fake is chosen by configuration (PAYMENT_GATEWAY=fake). Like a processor's sandbox it knows test
 tokens, so no saga code ever needs a fault-injection hook:
 
   tok_approve        always approves
   tok_decline        always declines (PaymentDeclined)
   tok_transient_<N>  fails transiently N times for a payment, then approves
-  tok_hang           hangs for FAKE_GATEWAY_HANG_SECONDS, then approves
-                     (longer than the function's timeout by default)
+  tok_slow_<S>       the processor takes S seconds to authorize, whatever the client does: past the client's
+                     timeout the call fails with an unknown outcome, and the authorization lands S s after
+                     the first call (a retry meanwhile is told the request is in progress)
+  tok_hang           tok_slow_<FAKE_GATEWAY_HANG_SECONDS> (3600 by default)
 
 Any other token is declined, as a processor declines an unknown card. The fake keeps its ledger in a
 DynamoDB table (items keyed "fake-gateway#<key>"), so its state survives across Lambda sandboxes and
@@ -31,10 +39,34 @@ from order_saga.store import Store, Written
 
 LEDGER_PREFIX = "fake-gateway#"
 AUTHORIZED, CAPTURED, VOIDED, REFUNDED, DECLINED = "AUTHORIZED", "CAPTURED", "VOIDED", "REFUNDED", "DECLINED"
+PROCESSING = "PROCESSING"  # the processor has the request and has not decided yet
 
 
 class PaymentGateway(Protocol):
+    timeout: float  # seconds: the longest any one call takes
+
     def authorize(self, key: str, token: str, amount: int, currency: str) -> str: ...
+    def _slow(self, key: str, seconds: float, amount: int, currency: str) -> str:
+        """The processor takes `seconds` from the first call; the client waits at most its timeout."""
+        lands_at = int((time.time() + seconds) * 1000)
+        entry = self._record_once(key, {"state": PROCESSING, "lands_at": lands_at, "amount": amount,
+                                        "currency": currency, "auth_ref": f"auth_{key}"})
+        wait = int(entry.get("lands_at", 0)) / 1000 - time.time()
+        if entry.get("state") == PROCESSING and wait > self.timeout:
+            if int(entry["lands_at"]) != lands_at:  # a repeat of a call the processor is still working on
+                raise PaymentGatewayUnavailable("gateway: this payment's authorization is still in progress")
+            time.sleep(self.timeout)
+            raise PaymentGatewayUnavailable(f"gateway: no answer within {self.timeout:g} s; the authorization's "
+                                            f"outcome is unknown")
+        if wait > 0:
+            time.sleep(wait)
+        state = self.state(key)
+        if state == DECLINED:
+            raise PaymentDeclined("card declined")
+        if state in (VOIDED, REFUNDED):
+            raise PaymentNotAuthorized(f"gateway: the authorization was {state}")
+        return str(entry.get("auth_ref", f"auth_{key}"))
+
     def capture(self, key: str) -> None: ...
     def reverse(self, key: str) -> str | None: ...
     def state(self, key: str) -> str | None: ...
@@ -43,16 +75,21 @@ class PaymentGateway(Protocol):
 class FakeGateway:
     """A deterministic card processor sandbox (see the module docstring)."""
 
-    def __init__(self, store: Store, table: str, hang_seconds: float = 3600.0) -> None:
+    def __init__(self, store: Store, table: str, hang_seconds: float = 3600.0, timeout: float = 3.0) -> None:
         self.store = store
         self.table = table
         self.hang_seconds = hang_seconds
+        self.timeout = timeout
 
     def _key(self, key: str) -> dict[str, Any]:
         return to_ddb({"payment_id": LEDGER_PREFIX + key})
 
     def entry(self, key: str) -> dict[str, Any] | None:
-        return self.store.get(self.table, self._key(key))
+        entry = self.store.get(self.table, self._key(key))
+        if entry is not None and entry.get("state") == PROCESSING and time.time() * 1000 >= int(entry["lands_at"]):
+            self._move(key, PROCESSING, AUTHORIZED)  # the processor completed it meanwhile
+            entry = self.store.get(self.table, self._key(key))
+        return entry
 
     def state(self, key: str) -> str | None:
         entry = self.entry(key)
@@ -60,12 +97,13 @@ class FakeGateway:
 
     def authorize(self, key: str, token: str, amount: int, currency: str) -> str:
         transient = re.fullmatch(r"tok_transient_(\d+)", token)
+        slow = re.fullmatch(r"tok_slow_(\d+)", token)
         if transient:
             failures = self._count_attempt(key)
             if failures <= int(transient.group(1)):
                 raise PaymentGatewayUnavailable(f"gateway unavailable (test card, failure {failures})")
-        elif token == "tok_hang":
-            time.sleep(self.hang_seconds)
+        elif slow or token == "tok_hang":
+            return self._slow(key, float(slow.group(1)) if slow else self.hang_seconds, amount, currency)
         elif token != "tok_approve":
             self._record_once(key, {"state": DECLINED, "amount": amount, "currency": currency})
             raise PaymentDeclined("card declined (test card)")
@@ -73,6 +111,27 @@ class FakeGateway:
                                         "auth_ref": f"auth_{key}"})
         if entry.get("state") == DECLINED:
             raise PaymentDeclined("card declined")
+        return str(entry.get("auth_ref", f"auth_{key}"))
+
+    def _slow(self, key: str, seconds: float, amount: int, currency: str) -> str:
+        """The processor takes `seconds` from the first call; the client waits at most its timeout."""
+        lands_at = int((time.time() + seconds) * 1000)
+        entry = self._record_once(key, {"state": PROCESSING, "lands_at": lands_at, "amount": amount,
+                                        "currency": currency, "auth_ref": f"auth_{key}"})
+        wait = int(entry.get("lands_at", 0)) / 1000 - time.time()
+        if entry.get("state") == PROCESSING and wait > self.timeout:
+            if int(entry["lands_at"]) != lands_at:  # a repeat of a call the processor is still working on
+                raise PaymentGatewayUnavailable("gateway: this payment's authorization is still in progress")
+            time.sleep(self.timeout)
+            raise PaymentGatewayUnavailable(f"gateway: no answer within {self.timeout:g} s; the authorization's "
+                                            f"outcome is unknown")
+        if wait > 0:
+            time.sleep(wait)
+        state = self.state(key)
+        if state == DECLINED:
+            raise PaymentDeclined("card declined")
+        if state in (VOIDED, REFUNDED):
+            raise PaymentNotAuthorized(f"gateway: the authorization was {state}")
         return str(entry.get("auth_ref", f"auth_{key}"))
 
     def capture(self, key: str) -> None:
@@ -83,8 +142,9 @@ class FakeGateway:
                                        f"{(written.item or {}).get('state')}")
 
     def reverse(self, key: str) -> str | None:
-        """Give back whatever the key holds: void an authorization, refund a capture. Returns the final state
-        (None: nothing was ever authorized). Idempotent."""
+        """Give back whatever the key holds: void an authorization, refund a capture. Returns the state after
+        (None: nothing was ever authorized; PROCESSING: nothing to void yet, the processor has not decided, so
+        the authorization may still land: the caller has it reconciled). Idempotent."""
         for _ in range(3):
             state = self.state(key)
             if state not in (AUTHORIZED, CAPTURED):
@@ -122,5 +182,5 @@ def gateway_from_env(store: Store) -> PaymentGateway:
     kind = os.environ["PAYMENT_GATEWAY"]
     if kind == "fake":
         hang = float(os.environ.get("FAKE_GATEWAY_HANG_SECONDS", "3600"))
-        return FakeGateway(store, os.environ["PAYMENTS_TABLE"], hang)
+        return FakeGateway(store, os.environ["PAYMENTS_TABLE"], hang, float(os.environ["GATEWAY_TIMEOUT_SECONDS"]))
     raise RuntimeError(f"PAYMENT_GATEWAY={kind!r}: no such adapter (known: fake)")

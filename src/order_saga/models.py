@@ -21,9 +21,11 @@ COMPENSATED = "COMPENSATED"
 FAILED = "FAILED"
 
 
-def order_id_for(idempotency_key: str) -> str:
-    """The order id, and so the execution name, that an Idempotency-Key stands for."""
-    return "ord_" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
+def order_id_for(customer_id: str, idempotency_key: str) -> str:
+    """The order id, and so the execution name, that a customer's Idempotency-Key stands for. Keys are scoped
+    per customer: two customers choosing the same key place two orders."""
+    scoped = json.dumps([customer_id, idempotency_key], separators=(",", ":"))
+    return "ord_" + hashlib.sha256(scoped.encode()).hexdigest()[:32]
 
 
 def request_hash(body: dict) -> str:
@@ -39,11 +41,11 @@ class OrderLine(BaseModel):
 
 
 class OrderRequest(BaseModel):
-    """Body of POST /orders. There is no price or amount: prices come from the catalog."""
+    """Body of POST /orders. There is no price or amount: prices come from the catalog, and no customer: the
+    customer is the signed-in user (the token's `sub`), so a body naming one is refused as an unknown field."""
 
     model_config = ConfigDict(extra="forbid")
 
-    customer_id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")]
     items: Annotated[list[OrderLine], Field(min_length=1, max_length=MAX_LINES)]
     payment_token: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")]
 
@@ -120,7 +122,6 @@ class OrderLinks(BaseModel):
 
 class OrderAccepted(BaseModel):
     order_id: str
-    execution_arn: str
     status: str
     links: OrderLinks
 

@@ -8,16 +8,22 @@ moves it to AUTHORIZED (or DECLINED) after the gateway answered; ConfirmOrder to
 commit, then to CAPTURED once the gateway captured. Every move is conditional on the status it expects, so
 a repeat changes nothing and a late authorization (its task timed out and the payment was voided) cannot
 land: it finds VOIDED and voids at the gateway what it just authorized.
+
+Reconciliation: a payment undone while still PENDING may have an authorization in flight at the gateway (a
+call whose outcome was unknown), which can land after the void. Such a payment is marked (`reconcile`, one
+of the index shards, and `reconcile_at`), and the reaper asks the gateway about it by its idempotency key,
+the payment id, once `reconcile_at` passed: whatever landed is voided (Payments.reconcile).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from order_saga.config import Timing
 from order_saga.dynamo import to_ddb, values
-from order_saga.errors import PaymentDeclined, PaymentNotAuthorized, PaymentVoided
-from order_saga.gateway import PaymentGateway
-from order_saga.store import Store
+from order_saga.errors import PaymentDeclined, PaymentGatewayUnavailable, PaymentNotAuthorized, PaymentVoided
+from order_saga.gateway import PROCESSING, PaymentGateway
+from order_saga.store import ATTEMPT_SECONDS, Store
 
 PENDING = "PENDING"
 AUTHORIZED = "AUTHORIZED"
@@ -35,10 +41,12 @@ def payment_id(order_id: str, method: int = 1) -> str:
 
 
 class Payments:
-    def __init__(self, store: Store, table: str, gateway: PaymentGateway | None = None) -> None:
+    def __init__(self, store: Store, table: str, gateway: PaymentGateway | None = None,
+                 timing: Timing | None = None) -> None:
         self.store = store
         self.table = table
         self._gateway = gateway
+        self.timing = timing or Timing(lease_ms=0, deadline_ms=0, reservation_ttl_ms=0)
 
     @property
     def gateway(self) -> PaymentGateway:
@@ -80,6 +88,7 @@ class Payments:
             raise PaymentDeclined(payment.get("reason", "card declined"))
         if status in UNDONE:
             raise PaymentVoided(f"payment {pid} was {status} before it was authorized")
+        self._require_time("authorize")
         try:
             return self.gateway.authorize(pid, str(payment["token"]), int(payment["amount"]),
                                           str(payment["currency"]))
@@ -102,7 +111,19 @@ class Payments:
         self.gateway.reverse(pid)  # this late authorization must not hold money
         return PaymentVoided(f"payment {pid} was {(current or {}).get('status')} when its authorization returned")
 
+    def _require_time(self, call: str) -> None:
+        """A gateway call starts only if it and the DynamoDB write after it fit in the invocation: a call cut
+        short by the Lambda timeout would leave its outcome unknown."""
+        if self.store.time_left() < self.gateway.timeout + ATTEMPT_SECONDS:
+            raise PaymentGatewayUnavailable(f"not enough time left in this invocation to {call} at the gateway "
+                                            f"({self.gateway.timeout:g} s) and record it")
+
     # ---- ConfirmOrder ------------------------------------------------------------------------------------
+    def capture(self, pid: str) -> None:
+        """Take the money at the gateway (idempotent by the payment id); fails loudly if it cannot."""
+        self._require_time("capture")
+        self.gateway.capture(pid)
+
     def capturing_item(self, pid: str, now: int) -> dict[str, Any]:
         return self._move_item(pid, AUTHORIZED, CAPTURING, now)
 
@@ -123,15 +144,49 @@ class Payments:
         record). Idempotent; the item is conditional on the status read, so a concurrent change is noticed."""
         payment = self.get(pid)
         status = None if payment is None else payment.get("status")
-        if status in UNDONE or status == DECLINED:
+        # Nothing to give back: undone before, declined, or no payment at all (then nothing can authorize one
+        # later either: AuthorizePayment needs the payment the API writes with the order).
+        if status is None or status in UNDONE or status == DECLINED:
             return None
-        if status is None:  # no payment at all: a tombstone, so nothing can authorize later
-            tombstone = {"payment_id": pid, "order_id": pid.rsplit("#", 1)[0], "status": VOIDED,
-                         "created_at": now, "updated_at": now}
-            return {"Put": {"TableName": self.table, "Item": to_ddb(tombstone),
-                            "ConditionExpression": "attribute_not_exists(payment_id)"}}
+        self._require_time("void or refund")
         final = self.gateway.reverse(pid)  # PENDING too: an authorization may have landed at the gateway
-        return self._move_item(pid, str(status), REFUNDED if final == REFUNDED else VOIDED, now)
+        marker = {}
+        if status == PENDING and final in (None, PROCESSING):  # one may still land: have it reconciled
+            marker = {"reconcile": self.timing.shard(pid), "reconcile_at": now + self.timing.reconcile_after_ms}
+        return self._move_item(pid, str(status), REFUNDED if final == REFUNDED else VOIDED, now, **marker)
+
+    # ---- the reaper's reconciliation ---------------------------------------------------------------------
+    def to_reconcile(self, now: int) -> list[str]:
+        """Payment ids whose reconciliation is due, from every shard of the Reconcile index, every page."""
+        found: list[str] = []
+        for shard in self.timing.all_shards():
+            found += [str(item["payment_id"]) for item in self.store.query(
+                TableName=self.table, IndexName="Reconcile",
+                KeyConditionExpression="#shard = :shard AND reconcile_at <= :now",
+                ExpressionAttributeNames={"#shard": "reconcile"},
+                ExpressionAttributeValues=values(shard=shard, now=now))]
+        return found
+
+    def reconcile(self, pid: str, now: int) -> str:
+        """Ask the gateway, by the payment's idempotency key, what it holds for a payment we undid, and give
+        back whatever landed. Returns what was found: "reversed", "settled" (nothing held) or "undecided"
+        (the processor has not decided yet: asked again later)."""
+        state = self.gateway.state(pid)
+        marked = "attribute_exists(reconcile)"
+        if state == PROCESSING:
+            self.store.update(TableName=self.table, Key=self.key(pid), ConditionExpression=marked,
+                              UpdateExpression="SET reconcile_at = :later",
+                              ExpressionAttributeValues=values(later=now + self.timing.reconcile_after_ms))
+            return "undecided"
+        outcome = "settled"
+        if state in HOLDS_MONEY:
+            self.gateway.reverse(pid)
+            outcome = "reversed"
+        self.store.update(TableName=self.table, Key=self.key(pid), ConditionExpression=marked,
+                          UpdateExpression="REMOVE reconcile, reconcile_at SET reconciled_at = :now, "
+                                           "reconciled = :outcome",
+                          ExpressionAttributeValues=values(now=now, outcome=outcome))
+        return outcome
 
     def _move_item(self, pid: str, status_from: str, status_to: str, now: int, **fields: Any) -> dict[str, Any]:
         sets = ["#status = :to", "updated_at = :now"] + [f"#{name} = :{name}" for name in fields]

@@ -117,7 +117,7 @@ def confirm_order(store: Store, orders: Orders, inventory: Inventory, payments: 
         if any(cancelled.failed(i + 1) for i in range(len(lines))) or not (cancelled.failed(0)
                                                                             or cancelled.failed(payment)):
             raise ConcurrentUpdate(f"the stock commit of order {saga.order_id} was cancelled: {cancelled.reasons}")
-    payments.gateway.capture(pid)  # the stock is ours: now the money moves
+    payments.capture(pid)  # the stock is ours: now the money moves
     cancelled = store.transact([payments.captured_item(pid, now),
                                 orders.step_update(lease, "ConfirmOrder", now, finish=True)])
     if cancelled is not None:

@@ -33,6 +33,13 @@ def dynamodb_store() -> Store:
     return Store(boto3.client("dynamodb", config=CLIENT_CONFIG))
 
 
+def aws_client(service: str) -> Any:
+    """A client for another service with the same bounds as DynamoDB's: one attempt of at most 2 s (connect
+    0.5 s, read 1.5 s), so the call fits the function's timeout (docs/timeouts.md); the state machine (or the
+    API's client, with its Idempotency-Key) retries the whole step."""
+    return boto3.client(service, config=CLIENT_CONFIG)
+
+
 def count(name: str, step: str, value: float = 1, unit: str = MetricUnit.Count) -> None:
     """One metric with its own `step` dimension (alarms and the dashboard select on service and step)."""
     with single_metric(name=name, unit=unit, value=value, default_dimensions=metrics.default_dimensions) as metric:

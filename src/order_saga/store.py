@@ -15,7 +15,10 @@ it is sent; a single-item write retried after a lost response finds its own writ
 condition with the item, which the caller reads as "already done".
 
 When the budget is spent the error becomes the saga's transient error (StoreContention for conflicts,
-StoreThrottled for the rest), which the state machine retries.
+StoreThrottled for the rest), which the state machine retries. No call starts that could outlive the
+invocation: an attempt takes at most ATTEMPT_SECONDS (connect plus read timeout), and it is sent only if it
+ends ANSWER_SECONDS before the function's timeout, so a Lambda timeout never cuts a DynamoDB call short
+(docs/timeouts.md has the arithmetic).
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 from order_saga.dynamo import from_ddb
 from order_saga.errors import StoreContention, StoreThrottled
 
-# Every DynamoDB call: 1 s to connect, 2 s to answer, no SDK retries (this module retries, within the budget).
-CLIENT_CONFIG = Config(connect_timeout=1, read_timeout=2, retries={"total_max_attempts": 1},
+# Every DynamoDB call: 0.5 s to connect, 1.5 s to answer (DynamoDB answers in milliseconds; a request that has
+# not answered in 1.5 s is better retried), no SDK retries (this module retries, within the budget).
+CLIENT_CONFIG = Config(connect_timeout=0.5, read_timeout=1.5, retries={"total_max_attempts": 1},
                        tcp_keepalive=True, max_pool_connections=16)
 THROTTLING = {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded",
               "InternalServerError", "ServiceUnavailable", "TransactionInProgressException"}
@@ -41,7 +45,8 @@ CONFLICTS = {"TransactionConflictException"}
 TRANSIENT_REASONS = {"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"}
 BACKOFF_BASE, BACKOFF_CAP = 0.025, 0.5  # seconds: full jitter in [0, min(cap, base * 2**attempt)]
 MAX_ATTEMPTS = 8
-RESERVE_SECONDS = 2.5  # kept for the call in flight (read timeout) and the handler's own answer
+ATTEMPT_SECONDS = 2.0  # the longest one attempt can take: connect_timeout + read_timeout
+ANSWER_SECONDS = 0.5  # kept after the last call for the handler to answer
 
 
 @dataclass
@@ -73,8 +78,12 @@ class Store:
         self.attempts = 0  # requests sent, retries included (what a benchmark counts)
 
     def set_deadline(self, remaining_ms: int) -> None:
-        """The invocation's time budget: retries stop early enough for the handler to answer in time."""
-        self._deadline = time.monotonic() + remaining_ms / 1000 - RESERVE_SECONDS
+        """The invocation's time budget: no attempt starts that could end after it."""
+        self._deadline = time.monotonic() + remaining_ms / 1000 - ANSWER_SECONDS
+
+    def time_left(self) -> float:
+        """Seconds until the budget's end (infinite without one): what a call to another service may take."""
+        return float("inf") if self._deadline is None else self._deadline - time.monotonic()
 
     # ---- reads -------------------------------------------------------------------------------------------
     def get(self, table: str, key: dict[str, Any], consistent: bool = True) -> dict[str, Any] | None:
@@ -142,6 +151,9 @@ class Store:
     # ---- the retry policy --------------------------------------------------------------------------------
     def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
         attempt = 0
+        if self.time_left() < ATTEMPT_SECONDS:
+            raise StoreThrottled(f"DynamoDB: no time left in this invocation for a {operation} "
+                                 f"({self.time_left():.1f} s < {ATTEMPT_SECONDS} s); the step is retried")
         while True:
             self.attempts += 1
             try:
@@ -157,7 +169,7 @@ class Store:
 
     def _pause(self, attempt: int, kind: str, cause: Exception | None = None) -> None:
         delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** attempt))  # noqa: S311 - jitter
-        out_of_time = self._deadline is not None and time.monotonic() + delay > self._deadline
+        out_of_time = self.time_left() < delay + ATTEMPT_SECONDS
         if attempt + 1 >= MAX_ATTEMPTS or out_of_time:
             error = StoreContention if kind == "conflict" else StoreThrottled
             raise error(f"DynamoDB: {kind} after {attempt + 1} attempts"

@@ -80,6 +80,14 @@ class Stack:
         return boto3.client(service, endpoint_url=self.endpoint, region_name=self.region,
                             aws_access_key_id="local", aws_secret_access_key="local")
 
+    def signed_in(self, username: str = "browser") -> tuple[str, str]:
+        """(ID token, sub) of a customer of the stack's user pool."""
+        from sagalocal.signin import sign_in
+
+        signed = sign_in(self.client("cognito-idp"), self.outputs["UserPoolId"], self.outputs["UserPoolClientId"],
+                         username)
+        return signed["IdToken"], signed["sub"]
+
     def log_tail(self) -> str:
         return (self.workdir / "stack.log").read_text(errors="replace")[-3000:]
 
@@ -146,15 +154,17 @@ def add_fault(stack: Stack, rule: dict[str, Any]) -> None:
 
 def place_order(stack: Stack, name: str, token: str, fault: dict[str, Any] | None = None) -> Placed:
     key = f"browser-{name}-{uuid.uuid4().hex[:10]}"
-    order_id = order_id_for(key)
+    id_token, sub = stack.signed_in()
+    order_id = order_id_for(sub, key)
     if fault is not None:
         add_fault(stack, {**fault, "order_id": order_id})
     status, accepted = http("POST", f"{stack.api}/orders", {
-        "customer_id": "browser", "items": [{"sku": "MUG-BLUE", "quantity": 1}], "payment_token": token},
-        {"Idempotency-Key": key})
+        "items": [{"sku": "MUG-BLUE", "quantity": 1}], "payment_token": token},
+        {"Idempotency-Key": key, "Authorization": f"Bearer {id_token}"})
     if status != 202:
         raise RuntimeError(f"POST /orders answered {status}: {accepted}")
-    return Placed(name, token, accepted["order_id"], accepted["execution_arn"])
+    arn = f"{stack.outputs['StateMachineArn'].replace(':stateMachine:', ':execution:')}:{accepted['order_id']}"
+    return Placed(name, token, accepted["order_id"], arn)
 
 
 def wait_ended(stack: Stack, placed: Placed, timeout: float = SCENARIO_TIMEOUT) -> Placed:

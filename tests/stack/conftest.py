@@ -43,7 +43,8 @@ def start_embedded(workdir: Path, *extra: str, overrides: tuple[str, ...] = ()) 
     log = open(workdir / "stack.log", "wb")  # noqa: SIM115 - closed with the process
     process = subprocess.Popen(
         [sys.executable, "-m", "sagalocal", "up", "--template", str(ROOT / "template.yaml"), "--port", str(free_port()),
-         "--ready-file", str(ready), "--init", SEED, "--parameter-overrides", "FaultInjection=true", *overrides,
+         "--ready-file", str(ready), "--init", SEED, "--parameter-overrides", "FaultInjection=true",
+         "ReconcileAfterSeconds=1", *overrides,
          *extra],
         cwd=workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
@@ -58,7 +59,8 @@ def start_embedded(workdir: Path, *extra: str, overrides: tuple[str, ...] = ()) 
         time.sleep(0.1)
     info = json.loads(ready.read_text())
     return process, Target(info["api"], info["endpoint"], info["outputs"], info["region"], embedded=True,
-                           dynamodb_endpoint=info.get("dynamodb_endpoint"))
+                           dynamodb_endpoint=info.get("dynamodb_endpoint"), log_dir=info.get("log_dir"),
+                           workdir=str(workdir))
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -105,6 +107,8 @@ def unique() -> str:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[Any]) -> None:
+    # Tests that read what the whole tier left behind (marked runs_last) run after everything else.
+    items.sort(key=lambda item: item.get_closest_marker("runs_last") is not None)
     if not DEPLOYED:
         return
     for item in items:
@@ -120,3 +124,117 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_sep("-", f"{len(SKIPPED_ELSEWHERE)} embedded-only tests skipped on the deployed target")
         for nodeid, reason in SKIPPED_ELSEWHERE:
             terminalreporter.write_line(f"{nodeid}: {reason}")
+
+
+@pytest.fixture(scope="session")
+def every_path(target: Target, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Orders that take every path the code has, for the tests that read what the stack did (runs_last):
+    every scenario of events/scenarios.json; a payment that never answers (the saga gives up and voids it,
+    marked for reconciliation); with fault injection, a lost DynamoDB response on each forward step (the retry
+    finds the step done: the repeat path) and a compensation that fails until the saga is parked; a refund
+    (ConfirmOrder fails after its capture); an order abandoned mid-saga (stopped) that the reaper takes over;
+    and the reaper's sweep, which reconciles what is due."""
+    from order_saga.models import order_id_for
+    from scripts.scenarios import Customers, load_manifest, run_scenario
+    from tests.stack.support import place, wait_for_execution
+
+    events = ROOT / "events"
+    customers = Customers(target.client("cognito-idp"), target.outputs)
+    unique = "-" + uuid.uuid4().hex[:10]
+    ended: dict[str, Any] = {}
+    for spec in load_manifest(events)["scenarios"]:
+        result = run_scenario(spec, events, target.api_url, target.client("stepfunctions"), customers,
+                              target.endpoint if target.embedded else None, key_suffix=unique)
+        assert result.ok, result.problems
+        ended[spec["name"]] = result.status
+    hung = place(target, [{"sku": "MUG-BLUE", "quantity": 1}], "tok_hang")
+    ended["hang"] = wait_for_execution(target, hung["execution_arn"], timeout=120)["status"]
+    if target.outputs.get("FaultRulesTableName"):
+        faults = request.getfixturevalue("faults")
+        sub = target.sign_in()[1]
+
+        def faulted(name: str, token: str, rules: list[dict[str, Any]]) -> None:
+            key = uuid.uuid4().hex
+            order_id = order_id_for(sub, key)
+            added = [faults.add({**rule, "order_id": order_id}) for rule in rules]
+            try:
+                placed = place(target, [{"sku": "MUG-BLUE", "quantity": 1}], token, key=key)
+                ended[name] = wait_for_execution(target, placed["execution_arn"], timeout=180)["status"]
+            finally:
+                for rule in added:
+                    faults.remove(rule)
+
+        # ReserveInventory never gets to reserve: ReleaseInventory runs first and leaves its tombstone.
+        faulted("release-first", "tok_approve", [{"action": "invocation-error", "function": "ReserveInventory",
+                                                  "error": "TransientError", "count": 4}])
+        faulted("parked", "tok_decline", [{"action": "invocation-error", "error": "TransientError",
+                                           "function": "ReleaseInventory", "count": 10}])
+        # ConfirmOrder captures, then its invocation fails (crash after its write): RefundPayment gives it back.
+        faulted("refund", "tok_approve", [{"action": "invocation-error", "function": "ConfirmOrder",
+                                           "prevent_execution": False}])
+    if target.embedded:
+        ended["repeats"] = run_twice(target)
+    # Orders the reaper must finish: written as the API writes them, with a lease and a reservation already
+    # expired (an execution that died), one with its payment and one whose payment never got written.
+    abandon(target, with_payment=True)
+    abandon(target, with_payment=False, reserve=False)
+    # ...and a live order whose reservation expired: the reaper returns the stock and leaves the order be.
+    abandon(target, with_payment=True, lease_ms=60_000)
+    lam = target.client("lambda")
+    swept = json.loads(lam.invoke(FunctionName=target.outputs["ReaperFunctionName"], Payload=b"{}")["Payload"].read())
+    assert "errorType" not in swept, swept
+    assert len(swept["compensated"]) >= 2, swept
+    assert swept["released_reservations"], swept
+    return {"ended": ended, "swept": swept}
+
+
+def run_twice(target: Target) -> str:
+    """Lambda delivers at least once: each forward step of a saga invoked twice with the same event, as the
+    state machine would after a lost invocation response. The second finds its step done."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{target.endpoint}/_sagalocal/info", timeout=30) as response:  # noqa: S310
+        functions = json.loads(response.read())["functions"]
+    order_id = abandon(target, with_payment=True, reserve=False, lease_ms=60_000)
+    lam = target.client("lambda")
+    saga: dict[str, Any] = {"order_id": order_id, "customer_id": target.sign_in()[1]}
+    for step in ("CreateOrder", "ReserveInventory", "AuthorizePayment", "ConfirmOrder"):
+        event = json.dumps({"saga": saga, "execution_id": target.execution_arn(order_id)}).encode()
+        answers = [json.loads(lam.invoke(FunctionName=functions[f"{step}Function"], Payload=event)["Payload"].read())
+                   for _ in range(2)]
+        assert all("errorType" not in answer for answer in answers), (step, answers)
+        saga = answers[0]
+    order = target.order(order_id)
+    assert order is not None
+    assert order["saga_status"] == "COMPLETED", order
+    return "COMPLETED"
+
+
+def abandon(target: Target, with_payment: bool, reserve: bool = True, lease_ms: int = 1) -> str:
+    """An order as the API writes it, without its execution. By default one whose execution died after
+    ReserveInventory: its lease and its reservation have expired."""
+    from order_saga.config import Timing
+    from order_saga.dynamo import now_ms
+    from order_saga.inventory import Inventory
+    from order_saga.models import PricedLine
+    from order_saga.orders import Orders
+    from order_saga.payments import Payments
+    from order_saga.store import Store
+
+    store = Store(target.client("dynamodb"))
+    expired = Timing(lease_ms=lease_ms, deadline_ms=60_000, reservation_ttl_ms=1, shards=10)
+    order_id = "ord_abandoned_" + uuid.uuid4().hex[:16]
+    line = PricedLine(sku="MUG-BLUE", quantity=1, unit_price=1250)
+    now = now_ms() - (1000 if lease_ms == 1 else 0)
+    execution = target.execution_arn(order_id)  # never started
+    order = Orders(store, target.outputs["OrdersTableName"], expired).new_order(
+        order_id, target.sign_in()[1], [{"sku": "MUG-BLUE", "quantity": 1}], [line], 1250, "USD", execution,
+        "digest", now)
+    items = [Orders(store, target.outputs["OrdersTableName"], expired).put_new(order)]
+    if with_payment:
+        items.append(Payments(store, target.outputs["PaymentsTableName"]).put_new(order_id, 1, "tok_approve", 1250,
+                                                                                  "USD", now))
+    if reserve:
+        items += Inventory(store, target.outputs["InventoryTableName"], expired).reserve_items(order_id, [line], now)
+    assert store.transact(items) is None
+    return order_id

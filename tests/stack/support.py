@@ -41,7 +41,36 @@ class Target:
     region: str = "us-east-1"
     embedded: bool = False
     dynamodb_endpoint: str | None = None
+    log_dir: str | None = None  # the embedded stack's logs (functions, API access, DynamoDB)
+    workdir: str | None = None  # where the embedded stack runs (its stack.log)
     _clients: dict[str, Any] = field(default_factory=dict)
+    _tokens: dict[str, tuple[str, str, float]] = field(default_factory=dict)  # customer -> (token, sub, until)
+    _token_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def sign_in(self, customer: str = "cust-stack") -> tuple[str, str]:
+        """(ID token, sub) of a test customer, signed in through the stack's user pool (cached, renewed)."""
+        from sagalocal.signin import sign_in
+
+        with self._token_lock:
+            cached = self._tokens.get(customer)
+            if cached is None or cached[2] < time.monotonic():
+                signed = sign_in(self.client("cognito-idp"), self.outputs["UserPoolId"],
+                                 self.outputs["UserPoolClientId"], customer)
+                lifetime = float(signed.get("ExpiresIn") or 3600)
+                cached = (signed["IdToken"], signed["sub"], time.monotonic() + lifetime * 0.8)
+                self._tokens[customer] = cached
+            return cached[0], cached[1]
+
+    def auth(self, customer: str = "cust-stack") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.sign_in(customer)[0]}"}
+
+    def execution_arn(self, order_id: str) -> str:
+        """The order's execution: the state machine's, named by the order id."""
+        return f"{self.outputs['StateMachineArn'].replace(':stateMachine:', ':execution:')}:{order_id}"
+
+    def url(self, location: str) -> str:
+        """An absolute URL for a path the API returned (its Location carries the stage, as on AWS)."""
+        return urllib.parse.urljoin(self.api_url, location)
 
     def client(self, service: str) -> Any:
         if service not in self._clients:
@@ -103,10 +132,13 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict[str, st
 RETRIED = (429, 502, 503, 504)  # throttled or busy: what a client retries, with the same Idempotency-Key
 
 
-def post_order(target: Target, body: bytes, key: str, timeout: float = 60.0, attempts: int = 6) -> tuple[int, Any]:
-    """POST /orders as a careful client does: a throttled or busy answer is retried (same key) with backoff."""
+def post_order(target: Target, body: bytes, key: str, timeout: float = 60.0, attempts: int = 6,
+               customer: str = "cust-stack") -> tuple[int, Any]:
+    """POST /orders as a careful signed-in client does: a throttled or busy answer is retried (same key) with
+    backoff."""
+    headers = {"Idempotency-Key": key, **target.auth(customer)}
     for attempt in range(attempts):
-        status, answer = http("POST", f"{target.api_url}/orders", body, {"Idempotency-Key": key}, timeout=timeout)
+        status, answer = http("POST", f"{target.api_url}/orders", body, headers, timeout=timeout)
         if status not in RETRIED or attempt == attempts - 1:
             return status, answer
         time.sleep(min(4.0, 0.25 * 2 ** attempt))
@@ -115,13 +147,17 @@ def post_order(target: Target, body: bytes, key: str, timeout: float = 60.0, att
 
 def place(target: Target, items: list[dict[str, Any]], token: str = "tok_approve", key: str | None = None,
           customer: str = "cust-stack", timeout: float = 60.0) -> dict[str, Any]:
-    """POST /orders; the 202 body."""
+    """POST /orders as `customer`; the 202 body, with the execution's ARN (which the API does not disclose)."""
     import uuid
 
-    body = json.dumps({"customer_id": customer, "items": items, "payment_token": token}).encode()
-    status, accepted = post_order(target, body, key or uuid.uuid4().hex, timeout)
+    body = json.dumps({"items": items, "payment_token": token}).encode()
+    status, accepted = post_order(target, body, key or uuid.uuid4().hex, timeout, customer=customer)
     assert status == 202, (status, accepted)
-    return accepted  # type: ignore[no-any-return]
+    return {**accepted, "execution_arn": target.execution_arn(accepted["order_id"])}
+
+
+def get_order(target: Target, order_id: str, customer: str = "cust-stack") -> tuple[int, Any]:
+    return http("GET", f"{target.api_url}/orders/{order_id}", headers=target.auth(customer))
 
 
 # ---- Step Functions, within its rate limits ------------------------------------------------------------------

@@ -81,7 +81,7 @@ def test_a_template_it_cannot_read_names_the_resource_and_property(tmp_path):
 
 
 @pytest.mark.parametrize(("override", "message"), [
-    ("WorkflowType=SIDEWAYS", "Parameters.WorkflowType"),
+    ("FaultInjection=maybe", "Parameters.FaultInjection"),
     ("LeaseSeconds=0", "Parameters.LeaseSeconds: 0 is below MinValue 1"),
     ("NoSuchParameter=1", "no parameter named NoSuchParameter"),
 ])

@@ -35,8 +35,12 @@ RUN = uuid.uuid4().hex[:10]
 
 def unique(text: str, file: str) -> str:
     """The event file's text, or its expectation's, with this run's order ids and Idempotency-Keys."""
-    for key in set(re.findall(r'"Idempotency-Key": "([^"]+)"', (EVENTS / file).read_text())):
-        text = text.replace(order_id_for(key), order_id_for(f"{key}-{RUN}")).replace(f'"{key}"', f'"{key}-{RUN}"')
+    event = (EVENTS / file).read_text()
+    customer = re.search(r'"sub": "([^"]+)"', event)
+    for key in set(re.findall(r'"Idempotency-Key": "([^"]+)"', event)):
+        sub = customer.group(1) if customer else ""
+        text = text.replace(order_id_for(sub, key), order_id_for(sub, f"{key}-{RUN}")).replace(
+            f'"{key}"', f'"{key}-{RUN}"')
     return text.replace("ord_example", f"ord_example_{RUN}")
 
 

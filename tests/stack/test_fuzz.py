@@ -15,7 +15,6 @@ requests every run); SAGA_FUZZ_RANDOM=1 draws new ones.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -56,9 +55,17 @@ FUZZ_SETTINGS = settings(
 )
 
 
-def order_id_for(key: str) -> str:
-    """The order id the API derives from an Idempotency-Key (functions/orders_api/app.py)."""
-    return "ord_" + hashlib.sha256(key.encode()).hexdigest()[:32]
+FUZZER = "cust-fuzz"  # the signed-in customer every generated request is sent as
+
+
+def order_id_for(key: str, sub: str | None = None) -> str:
+    """The order id the API derives from the fuzzing customer's Idempotency-Key (functions/orders_api/app.py)."""
+    from order_saga.models import order_id_for as derive
+
+    return derive(sub or _SUBS[FUZZER], key)
+
+
+_SUBS: dict[str, str] = {}
 
 
 @dataclass
@@ -111,6 +118,7 @@ class Tables:
 
 @pytest.fixture(scope="module")
 def tables(target):
+    _SUBS[FUZZER] = target.sign_in(FUZZER)[1]
     return Tables(target)
 
 
@@ -147,7 +155,7 @@ def _check_case(case, target, tables: Tables, budget: dict[str, Any]) -> None:
     method = case.method.upper()
     key = _unique_key(case)
     before = tables.snapshot() if method != "GET" else None
-    response = case.call(base_url=target.api_url, timeout=TIMEOUT)
+    response = case.call(base_url=target.api_url, timeout=TIMEOUT, headers=target.auth(FUZZER))
     budget["sent"][method] = budget["sent"].get(method, 0) + 1
     budget["statuses"][response.status_code] = budget["statuses"].get(response.status_code, 0) + 1
     what = f"{method} {case.formatted_path} -> {response.status_code} {response.text[:300]!r}"
@@ -181,7 +189,7 @@ def test_fuzz_get_order(case, target, tables, budget):
 # tests/unit/test_api.py (missing key, bad quantities, extra fields, ...) are not repeated here:
 # these are the ones that depend on the bytes on the wire.
 
-GOOD = {"customer_id": "cust-fuzz", "items": [{"sku": "NO-SUCH-SKU", "quantity": 1}], "payment_token": "tok_approve"}
+GOOD = {"items": [{"sku": "NO-SUCH-SKU", "quantity": 1}], "payment_token": "tok_approve"}
 VALID_LINE = '{"sku": "MUG-BLUE", "quantity": 1}'
 
 
@@ -194,6 +202,7 @@ class Nasty:
     headers: dict[str, str] = field(default_factory=dict)
     expect: tuple[int, ...] = (400,)
     key: bool = True  # send a fresh, valid Idempotency-Key unless the case sets its own
+    auth: bool = True  # send the fuzzing customer's ID token unless the case sets its own Authorization
 
 
 def body(obj: Any) -> bytes:
@@ -205,7 +214,7 @@ NASTY = [
           b'], "payment_token": "tok_approve"}'),
     Nasty("invalid-utf8-truncated-sequence", body=b"\xc3\x28" * 16),
     Nasty("utf16-body", body=body(GOOD).decode().encode("utf-16")),
-    Nasty("5mb-customer-id", body=body({**GOOD, "customer_id": "c" * 5_000_000})),
+    Nasty("5mb-field", body=body({**GOOD, "payment_token": "c" * 5_000_000})),
     Nasty("5mb-not-json", body=b"x" * 5_000_000),
     Nasty("over-the-10mb-api-limit", body=b"x" * (10 * 1024 * 1024 + 1), expect=(413,)),
     Nasty("10000-levels-of-[", body=b"[" * 10_000),
@@ -253,12 +262,22 @@ NASTY = [
           key=False),
     Nasty("encoded-slash-before-the-id", method="GET", path="/orders%2Ford_a", expect=(403, 404), key=False),
     Nasty("post-to-encoded-slash-path", path="/orders%2F", body=body(GOOD), expect=(403, 404)),
+    # Who is calling: anything but a valid ID token of the stack's user pool is refused before the function.
+    Nasty("no-token", body=body(GOOD), expect=(401,), auth=False),
+    Nasty("get-without-a-token", method="GET", path="/orders/ord_fuzz_absent", expect=(401,), key=False,
+          auth=False),
+    Nasty("bearer-without-a-token", body=body(GOOD), headers={"Authorization": "Bearer "}, expect=(401,),
+          auth=False),
+    Nasty("not-a-jwt", body=body(GOOD), headers={"Authorization": "Bearer not.a.jwt"}, expect=(401,), auth=False),
+    Nasty("unsigned-jwt", body=body(GOOD), expect=(401,), auth=False, headers={"Authorization": "Bearer " + (
+        "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhdHRhY2tlciIsInRva2VuX3VzZSI6ImlkIn0.")}),
+    Nasty("token-in-the-query-string", path="/orders?access_token=x", body=body(GOOD), expect=(401,), auth=False),
 ]
 
 
 @pytest.mark.parametrize("nasty", NASTY, ids=[n.name for n in NASTY])
 def test_hostile_request_is_refused_quickly_and_writes_nothing(nasty: Nasty, target, tables):
-    headers = {"Content-Type": "application/json", **nasty.headers}
+    headers = {"Content-Type": "application/json", **(target.auth(FUZZER) if nasty.auth else {}), **nasty.headers}
     key = nasty.headers.get("Idempotency-Key")
     if nasty.key:
         key = headers["Idempotency-Key"] = "nasty-" + uuid.uuid4().hex
@@ -285,25 +304,31 @@ def fuzz_sku(target) -> str:
 
 
 @settings(FUZZ_SETTINGS, max_examples=12)
-@given(customer=st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}\Z", fullmatch=True),
+@given(customer=st.sampled_from(["fuzz-a", "fuzz-b", "fuzz.c@example.com"]),
        quantity=st.integers(min_value=1, max_value=1000),
        token=st.sampled_from(["tok_approve", "tok_decline", "tok_transient_1", "tok_not_a_test_card"]))
-def test_valid_order_is_accepted_once_and_readable(target, tables, fuzz_sku, customer, quantity, token):
-    order = {"customer_id": customer, "items": [{"sku": fuzz_sku, "quantity": quantity}], "payment_token": token}
+def test_valid_order_is_accepted_once_and_readable_by_its_customer_only(target, tables, fuzz_sku, customer,
+                                                                         quantity, token):
+    order = {"items": [{"sku": fuzz_sku, "quantity": quantity}], "payment_token": token}
     key = "fuzz-valid-" + uuid.uuid4().hex
-    headers = {"Idempotency-Key": key}
+    token_header, sub = target.auth(customer), target.sign_in(customer)[1]
+    headers = {"Idempotency-Key": key, **token_header}
     first = requests.post(target.api_url + "/orders", json=order, headers=headers, timeout=TIMEOUT)
     assert first.status_code == 202, first.text
     accepted = first.json()
     tables.accepted.add(accepted["order_id"])
-    assert accepted["order_id"] == order_id_for(key)
-    assert first.headers["Location"] == accepted["links"]["order"] == f"/orders/{accepted['order_id']}"
+    assert accepted["order_id"] == order_id_for(key, sub)
+    assert first.headers["Location"] == accepted["links"]["order"]
+    assert accepted["links"]["order"].endswith(f"/orders/{accepted['order_id']}")
     again = requests.post(target.api_url + "/orders", json=order, headers=headers, timeout=TIMEOUT)
     assert (again.status_code, again.json()) == (202, accepted)
-    view = requests.get(target.api_url + accepted["links"]["order"], timeout=TIMEOUT)
+    view = requests.get(target.url(accepted["links"]["order"]), headers=token_header, timeout=TIMEOUT)
     assert view.status_code == 200, view.text
-    assert (view.json()["customer_id"], view.json()["items"]) == (customer, order["items"])
-    assert wait_for_execution(target, accepted["execution_arn"], timeout=90)["status"] in ("SUCCEEDED", "FAILED")
+    assert (view.json()["customer_id"], view.json()["items"]) == (sub, order["items"])
+    other = requests.get(target.url(accepted["links"]["order"]), headers=target.auth(FUZZER), timeout=TIMEOUT)
+    assert other.status_code == 404, other.text  # another customer's order is not theirs to see
+    described = wait_for_execution(target, target.execution_arn(accepted["order_id"]), timeout=90)
+    assert described["status"] in ("SUCCEEDED", "FAILED")
 
 
 # ---- Last: the fuzzing above really ran, and every saga it started ended ----

@@ -94,19 +94,19 @@ class Batch:
 
     def place(self, spec) -> dict:
         key = uuid.uuid4().hex
-        order_id = order_id_for(key)
+        order_id = order_id_for(self.target.sign_in("invariants")[1], key)
         if spec["fault"] is not None:
             step, rule = spec["fault"]
             self.rules.append(self.faults.add({**rule, "function": step, "order_id": order_id}))
-        body = json.dumps({"customer_id": "invariants",
-                           "items": [{"sku": self.skus[i], "quantity": q} for i, q in spec["lines"]],
+        body = json.dumps({"items": [{"sku": self.skus[i], "quantity": q} for i, q in spec["lines"]],
                            "payment_token": spec["token"]}).encode()
-        submit = lambda _: post_order(self.target, body, key, timeout=120)  # noqa: E731
+        submit = lambda _: post_order(self.target, body, key, timeout=120, customer="invariants")  # noqa: E731
         with ThreadPoolExecutor(max_workers=1 + spec["duplicates"]) as pool:  # duplicates race the original
             answers = list(pool.map(submit, range(1 + spec["duplicates"])))
         assert all(status == 202 for status, _ in answers), answers
         assert all(payload == answers[0][1] for _, payload in answers), "a resubmission answered differently"
-        return {"key": key, "order_id": order_id, "arn": answers[0][1]["execution_arn"], "spec": spec}
+        assert answers[0][1]["order_id"] == order_id
+        return {"key": key, "order_id": order_id, "arn": self.target.execution_arn(order_id), "spec": spec}
 
     def run(self) -> list[dict]:
         with ThreadPoolExecutor(max_workers=32) as pool:

@@ -19,9 +19,12 @@ from tests.stack.conftest import start_embedded, stop
 from tests.stack.support import path_of, place, start_direct, wait_for_execution
 
 LEASE = 3
-HANG = 14  # the fake gateway's tok_hang: longer than AuthorizePayment's 13 s task timeout
+# tok_hang's processing time: the gateway client gives up after GatewayTimeoutSeconds (3 s) with an unknown
+# outcome, the saga compensates, and the processor completes the authorization HANG s after the call: an
+# authorization left behind, which the reaper's reconciliation voids (ReconcileAfterSeconds=1 here).
+HANG = 10
 OVERRIDES = (f"LeaseSeconds={LEASE}", "SagaDeadlineSeconds=60", f"ReservationTtlSeconds={LEASE}",
-             f"FakeGatewayHangSeconds={HANG}", "AuthorizePaymentTimeout=30")
+             f"FakeGatewayHangSeconds={HANG}", "ReconcileAfterSeconds=1")
 pytestmark = pytest.mark.embedded_only(reason="shortens LeaseSeconds, ReservationTtlSeconds and the reaper's "
                                               "schedule with parameter overrides, fixed on a deployed stack")
 
@@ -29,12 +32,13 @@ pytestmark = pytest.mark.embedded_only(reason="shortens LeaseSeconds, Reservatio
 @pytest.fixture(scope="module")
 def stacks(tmp_path_factory):
     """Two stacks, started together: `leased` (short leases, a reaper every second) and `long_lease` (a lease
-    longer than the gateway's hang, so the execution itself times out and compensates)."""
+    longer than the gateway's hang, so the execution itself gives up on the payment and compensates, and the
+    reaper runs only when a test invokes it)."""
     with ThreadPoolExecutor(max_workers=2) as pool:
         leased = pool.submit(start_embedded, tmp_path_factory.mktemp("leased"), "--schedule-seconds", "1",
                              overrides=OVERRIDES)
         long_lease = pool.submit(start_embedded, tmp_path_factory.mktemp("long-lease"), overrides=(
-            f"FakeGatewayHangSeconds={HANG}", "AuthorizePaymentTimeout=30", "LeaseSeconds=60"))
+            f"FakeGatewayHangSeconds={HANG}", "ReconcileAfterSeconds=1", "LeaseSeconds=60"))
         started = [leased.result(), long_lease.result()]
     try:
         yield {"leased": started[0][1], "long_lease": started[1][1]}
@@ -73,7 +77,7 @@ def test_two_executions_racing_for_one_order_one_proceeds_one_is_refused(leased)
     accepted = place(leased, [{"sku": "MUG-BLUE", "quantity": 1}], "tok_approve")
     order_id = accepted["order_id"]
     before = stock(leased)
-    saga = {"order_id": order_id, "customer_id": "cust-stack"}
+    saga = {"order_id": order_id, "customer_id": leased.sign_in()[1]}
     arns = [None, None]
 
     def start(i):  # a second execution for the same order, started by hand, races the API's own
@@ -113,28 +117,39 @@ def test_an_execution_stopped_mid_saga_is_compensated_within_one_lease_period(le
     assert order["lease_owner"].startswith("reaper:")
     assert order["steps"]["Reaper"]["error"] == "LeaseExpired"
     assert stock(leased) == before
-    # The stopped execution's Lambda still answers (after HANG s): its late authorization must not hold money.
+    # The processor completes the authorization HANG s after the call, after the void: the reaper's
+    # reconciliation finds it by the payment's idempotency key and voids it.
     wait_until(lambda: (leased.ledger(order_id) or {}).get("state") == "VOIDED", HANG + 10,
-               "the late authorization voided at the gateway")
-    assert leased.payment(order_id)["status"] == "VOIDED"
+               "the authorization left behind voided at the gateway")
+    payment = wait_until(lambda: (p := leased.payment(order_id)).get("reconciled") and p, 10, "reconciled")
+    assert (payment["status"], payment["reconciled"]) == ("VOIDED", "reversed")
 
 
-def test_a_payment_completing_after_its_task_timed_out_and_after_void_leaves_no_money(long_lease):
+def test_a_payment_completing_after_the_saga_gave_up_on_it_is_reconciled_and_leaves_no_money(long_lease):
     leased = long_lease
     before = stock(leased)
     accepted = place(leased, [{"sku": "MUG-BLUE", "quantity": 1}], "tok_hang")
     order_id = accepted["order_id"]
+    called = time.time()
     described = wait_for_execution(leased, accepted["execution_arn"], 60)
-    assert described["error"] == "Saga.Timeout"  # the 13 s task timeout, with the Lambda still running
+    assert described["error"] == "PaymentGatewayUnavailable"  # the client's timeout, then "in progress"
     assert [v.name for v in path_of(leased, accepted["execution_arn"])] == [
         "CreateOrder", "ReserveInventory", "AuthorizePayment", "VoidPayment", "ReleaseInventory", "CancelOrder",
         "SagaCompensated"]
-    assert leased.payment(order_id)["status"] == "VOIDED"  # before the answer
-    # Now the gateway answers (HANG s after the call): the authorization lands nowhere and is voided.
-    wait_until(lambda: (e := leased.ledger(order_id)) and e.get("state") in ("VOIDED", "CAPTURED", "AUTHORIZED"),
-               HANG + 10, "the gateway answered")
-    wait_until(lambda: leased.ledger(order_id)["state"] == "VOIDED", 5, "the late handler voided its authorization")
-    assert leased.payment(order_id)["status"] == "VOIDED"
+    payment = leased.payment(order_id)
+    assert payment["status"] == "VOIDED"
+    assert "reconcile_at" in payment
+    ledger = leased.ledger(order_id)
+    assert ledger["state"] == "PROCESSING"
+    # The processor completes the authorization HANG s after the call: money held for a cancelled order...
+    time.sleep(max(0.0, int(ledger["lands_at"]) / 1000 - time.time()) + 0.2)
+    assert time.time() - called >= HANG - 1
+    swept = json.loads(leased.client("lambda").invoke(FunctionName=leased.outputs["ReaperFunctionName"],
+                                                      Payload=b"{}")["Payload"].read())
+    # ...until the reaper asks the gateway about the payment by its idempotency key, and voids it.
+    assert swept["reconciled"] == {f"{order_id}#1": "reversed"}, swept
+    assert leased.ledger(order_id)["state"] == "VOIDED"
+    assert leased.payment(order_id)["reconciled"] == "reversed"
     assert leased.order(order_id)["saga_status"] == "COMPENSATED"
     assert stock(leased) == before
 
@@ -171,7 +186,7 @@ def test_an_order_whose_execution_never_starts_is_cancelled_by_the_reaper(leased
     from order_saga.models import order_id_for
 
     key = uuid.uuid4().hex
-    order_id = order_id_for(key)
+    order_id = order_id_for(leased.sign_in()[1], key)
     # Write what the API writes, without starting the execution: an operator's StartExecution never came.
     store_order(leased, order_id)
     order = wait_until(lambda: (o := leased.order(order_id))["saga_status"] == "COMPENSATED" and o, LEASE + 10,

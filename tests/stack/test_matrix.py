@@ -31,18 +31,19 @@ def run_row(target, faults, n: int, row: dict) -> dict:
     target.add_item(sku, PRICE, STOCK)
     trigger = row["trigger"]
     key = f"matrix-{row['id']}-{uuid.uuid4().hex}"
-    order_id = order_id_for(key)
+    _, customer = target.sign_in("matrix")
+    order_id = order_id_for(customer, key)
     rules = [faults.add({**rule, "order_id": order_id}) for rule in trigger.get("rules", [])]
     try:
         items = [{"sku": sku, "quantity": trigger.get("quantity", QUANTITY)}]
-        order = {"customer_id": "matrix", "items": items, "payment_token": trigger.get("token", "tok_approve")}
+        order = {"items": items, "payment_token": trigger.get("token", "tok_approve")}
         if trigger.get("direct_start"):
-            arn = start_direct(target, order_id, {"order_id": order_id, "customer_id": "matrix"})
+            arn = start_direct(target, order_id, {"order_id": order_id, "customer_id": customer})
         else:
             status, accepted = http("POST", f"{target.api_url}/orders", json.dumps(order).encode(),
-                                    {"Idempotency-Key": key}, timeout=60)
+                                    {"Idempotency-Key": key, **target.auth("matrix")}, timeout=60)
             assert status == 202, accepted
-            arn = accepted["execution_arn"]
+            arn = target.execution_arn(accepted["order_id"])
         described = wait_for_execution(target, arn, timeout=240)
     finally:
         spent = [faults.remaining(rule) for rule in rules]

@@ -28,7 +28,7 @@ def new_saga(client: Any, order_id: str = "ord_1", items: list[dict] | None = No
     orders = Orders(store, os.environ["ORDERS_TABLE"], timing)
     lines = [OrderLine(**line) for line in items or [{"sku": "SKU-1", "quantity": 2}]]
     priced, total, currency = Inventory(store, os.environ["INVENTORY_TABLE"], timing).price(lines)
-    body = {"customer_id": customer_id, "items": [line.model_dump() for line in lines], "payment_token": token}
+    body = {"items": [line.model_dump() for line in lines], "payment_token": token}
     now = now_ms()
     order = orders.new_order(order_id, customer_id, body["items"], priced, total, currency,
                              EXECUTION.replace(":ord_1", f":{order_id}"), request_hash(body), now)

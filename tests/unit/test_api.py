@@ -15,7 +15,8 @@ from sagalocal.template import Template
 from tests.unit.conftest import ROOT, scan_all
 
 ROUTES = routes_of(Template(ROOT / "template.yaml"))
-GOOD = {"customer_id": "cust-1", "items": [{"sku": "SKU-1", "quantity": 2}], "payment_token": "tok_approve"}
+GOOD = {"items": [{"sku": "SKU-1", "quantity": 2}], "payment_token": "tok_approve"}
+ALICE, BOB = "5f0c3c4e-alice", "9a1d7b22-bob"  # the `sub` claims API Gateway's authorizer passes
 
 
 @pytest.fixture
@@ -28,12 +29,15 @@ def api(aws, handlers, monkeypatch):
     return handlers("orders_api")
 
 
-def call(api, context, method, path, body=None, headers=None):
+def call(api, context, method, path, body=None, headers=None, customer: str | None = ALICE):
+    """The request as API Gateway passes it, signed in as `customer` (None: no authorizer claims)."""
+    path = path.removeprefix("/dev")
     found = find_route(ROUTES, method, path)
     assert found is not None, f"no route for {method} {path}"
     route, params = found
     raw = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
-    event = proxy_event(route, method, path, params, headers or {}, {}, raw, "dev", "123456789012")
+    authorizer = None if customer is None else {"claims": {"sub": customer, "token_use": "id"}}
+    event = proxy_event(route, method, path, params, headers or {}, {}, raw, "dev", "123456789012", authorizer)
     response = api.lambda_handler(event, context)
     return response["statusCode"], json.loads(response["body"]), response
 
@@ -47,8 +51,8 @@ def test_post_starts_one_named_execution_and_returns_202(api, context, aws):
     status, body, response = call(api, context, "POST", "/orders", GOOD, {"Idempotency-Key": "key-1"})
     assert status == 202, body
     assert body["status"] == "PENDING"
-    assert body["execution_arn"].endswith(":" + body["order_id"])
-    assert body["links"]["order"] == f"/orders/{body['order_id']}"
+    assert "execution_arn" not in body  # it carries the account id
+    assert body["links"]["order"] == f"/dev/orders/{body['order_id']}"  # with the stage, as the client called
     assert response["multiValueHeaders"]["Location"] == [body["links"]["order"]]
     assert [e["name"] for e in executions()] == [body["order_id"]]
     status, view, _ = call(api, context, "GET", body["links"]["order"])
@@ -58,6 +62,45 @@ def test_post_starts_one_named_execution_and_returns_202(api, context, aws):
     assert view["steps"] == []
     assert "tok_" not in json.dumps(view)
     assert "execution_arn" not in view
+    assert view["customer_id"] == ALICE
+
+
+def test_the_customer_is_the_signed_in_user_never_the_body(api, context, aws):
+    tables = scan_all(aws)
+    status, payload, _ = call(api, context, "POST", "/orders", {**GOOD, "customer_id": BOB}, {"Idempotency-Key": "k"})
+    assert status == 400, payload
+    assert [d["where"] for d in payload["details"]] == ["body.customer_id"]
+    assert payload["details"][0]["type"] == "extra_forbidden"
+    assert scan_all(aws) == tables
+    assert executions() == []
+
+
+def test_without_the_authorizer_s_claims_the_api_answers_401_and_writes_nothing(api, context, aws):
+    tables = scan_all(aws)
+    for method, path, body in (("POST", "/orders", GOOD), ("GET", "/orders/ord_x", None)):
+        status, payload, _ = call(api, context, method, path, body, {"Idempotency-Key": "k"}, customer=None)
+        assert (status, payload) == (401, {"error": "not signed in"})
+    assert scan_all(aws) == tables
+
+
+def test_a_customer_sees_only_their_own_orders(api, context):
+    placed = call(api, context, "POST", "/orders", GOOD, {"Idempotency-Key": "mine"})[1]
+    assert call(api, context, "GET", placed["links"]["order"])[0] == 200
+    status, theirs, _ = call(api, context, "GET", placed["links"]["order"], customer=BOB)
+    status_missing, missing, _ = call(api, context, "GET", "/orders/ord_00000000000000000000000000000000",
+                                      customer=BOB)
+    assert (status, status_missing) == (404, 404)
+    assert theirs == {"error": f"order {placed['order_id']} not found"}  # word for word what a missing one says
+    assert set(theirs) == set(missing)
+
+
+def test_idempotency_keys_are_scoped_per_customer(api, context):
+    alice = call(api, context, "POST", "/orders", GOOD, {"Idempotency-Key": "same-key"})
+    bob = call(api, context, "POST", "/orders", {**GOOD, "payment_token": "tok_decline"},
+               {"Idempotency-Key": "same-key"}, customer=BOB)
+    assert (alice[0], bob[0]) == (202, 202)  # not 422: Bob's key is not Alice's
+    assert alice[1]["order_id"] != bob[1]["order_id"]
+    assert len(executions()) == 2
 
 
 def test_the_api_writes_the_order_and_the_card_in_two_requests(api, context):
@@ -132,7 +175,7 @@ BAD_REQUESTS = [
     ("string quantity", {**GOOD, "items": [{"sku": "SKU-1", "quantity": "2"}]}, {"Idempotency-Key": "k"}),
     ("float quantity", {**GOOD, "items": [{"sku": "SKU-1", "quantity": 1.5}]}, {"Idempotency-Key": "k"}),
     ("huge quantity", {**GOOD, "items": [{"sku": "SKU-1", "quantity": 10**9}]}, {"Idempotency-Key": "k"}),
-    ("5,000-digit quantity", ('{"customer_id": "c", "payment_token": "tok_approve", "items": [{"sku": "SKU-1", '
+    ("5,000-digit quantity", ('{"payment_token": "tok_approve", "items": [{"sku": "SKU-1", '
                               '"quantity": ' + "9" * 5000 + "}]}").encode(), {"Idempotency-Key": "k"}),
     ("client amount", {**GOOD, "amount": 1}, {"Idempotency-Key": "k"}),
     ("price in line", {**GOOD, "items": [{"sku": "SKU-1", "quantity": 1, "unit_price": 1}]},
@@ -140,8 +183,8 @@ BAD_REQUESTS = [
     ("duplicate sku", {**GOOD, "items": [{"sku": "SKU-1", "quantity": 1}] * 2}, {"Idempotency-Key": "k"}),
     ("too many lines", {**GOOD, "items": [{"sku": f"S{i}", "quantity": 1} for i in range(51)]},
      {"Idempotency-Key": "k"}),
-    ("missing customer", {k: v for k, v in GOOD.items() if k != "customer_id"}, {"Idempotency-Key": "k"}),
-    ("huge customer", {**GOOD, "customer_id": "c" * 10_000}, {"Idempotency-Key": "k"}),
+    ("customer in the body", {**GOOD, "customer_id": "c"}, {"Idempotency-Key": "k"}),
+    ("missing token", {k: v for k, v in GOOD.items() if k != "payment_token"}, {"Idempotency-Key": "k"}),
     ("huge body", {**GOOD, "filler": "x" * 1_000_000}, {"Idempotency-Key": "k"}),
     ("token with spaces", {**GOOD, "payment_token": "tok approve"}, {"Idempotency-Key": "k"}),
 ]
@@ -195,4 +238,4 @@ def test_openapi_document_is_current(api):
     assert set(committed["paths"]) == {"/orders", "/orders/{order_id}"}
     post = committed["paths"]["/orders"]["post"]
     assert {p["name"].lower() for p in post["parameters"]} == {"idempotency-key"}
-    assert {"202", "400", "422"} <= set(post["responses"])
+    assert {"202", "400", "401", "422"} <= set(post["responses"])

@@ -64,7 +64,7 @@ def test_the_reaper_compensates_an_abandoned_saga_once(aws, handlers, context, s
     assert "active" not in item
     tables = scan_all(aws)
     second = reaper.lambda_handler({"source": "aws.events"}, context)
-    assert second == {"compensated": [], "released_reservations": [], "failed": []}
+    assert second == {"compensated": [], "released_reservations": [], "reconciled": {}, "failed": []}
     assert scan_all(aws) == tables
 
 
@@ -205,13 +205,22 @@ def test_no_lease_outlives_the_saga_deadline_and_an_overrunning_saga_is_reaped(a
 
 
 def test_the_lease_is_renewed_only_past_half_its_life(aws, handlers, context, monkeypatch):
-    monkeypatch.setenv("LEASE_SECONDS", "2")
-    saga = invoke(handlers("create_order"), context, new_saga(aws))
+    """On a clock of the test's own (the steps take `now` from it), so a loaded machine changes nothing."""
+    monkeypatch.setenv("LEASE_SECONDS", "20")
+    clock = [time.time() * 1000]
+
+    def step(name):
+        module = handlers(name)
+        monkeypatch.setattr(module, "now_ms", lambda: int(clock[0]))
+        return module
+
+    saga = invoke(step("create_order"), context, new_saga(aws))
     first = order(aws)["lease_expires_at"]
-    saga = invoke(handlers("reserve_inventory"), context, saga)
+    clock[0] += 9_000  # 9 of the lease's 20 s: less than half its life gone
+    saga = invoke(step("reserve_inventory"), context, saga)
     assert order(aws)["lease_expires_at"] == first  # early in the lease: the index entry is not rewritten
-    time.sleep(1.1)
-    saga = invoke(handlers("authorize_payment"), context, saga)
+    clock[0] += 2_000  # 11 s: past half its life
+    saga = invoke(step("authorize_payment"), context, saga)
     renewed = order(aws)["lease_expires_at"]
     assert renewed > first
     assert saga["lease_expires_at"] == renewed

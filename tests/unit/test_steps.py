@@ -299,3 +299,76 @@ def test_compensation_logs_the_execution_as_the_owner(aws, handlers, context):
     item = order(aws)
     assert item["lease_owner"] == EXECUTION
     assert (item["failure"]["step"], item["failure"]["error"]) == ("ReserveInventory", "InsufficientStock")
+
+
+# ---- the gateway's time budget and the reconciliation of authorizations left behind ----------------------
+def test_a_gateway_call_past_its_timeout_fails_with_an_unknown_outcome_and_a_retry_is_told_it_is_in_progress(
+        aws, handlers, context, monkeypatch):
+    monkeypatch.setenv("GATEWAY_TIMEOUT_SECONDS", "0.3")
+    saga = run_forward(handlers, context, new_saga(aws, token="tok_slow_30"), upto=2)
+    module = handlers("authorize_payment")
+    started = time.monotonic()
+    with pytest.raises(PaymentGatewayUnavailable, match="outcome is unknown"):
+        invoke(module, context, saga)
+    assert 0.3 <= time.monotonic() - started < 2  # the client's timeout, not the processor's 30 s
+    with pytest.raises(PaymentGatewayUnavailable, match="in progress"):
+        invoke(module, context, saga)
+    assert payment(aws)["status"] == "PENDING"
+    assert ledger(aws)["state"] == "PROCESSING"
+
+
+def test_no_gateway_call_starts_without_time_for_it_and_the_write_after_it(aws, handlers, context):
+    saga = run_forward(handlers, context, new_saga(aws), upto=2)
+    context.remaining_ms = 5_000  # 4.5 s of budget < the gateway's 3 s + a DynamoDB attempt's 2 s
+    with pytest.raises(PaymentGatewayUnavailable, match="not enough time"):
+        invoke(handlers("authorize_payment"), context, saga)
+    assert ledger(aws) is None  # never reached the gateway
+    assert payment(aws)["status"] == "PENDING"
+
+
+def test_an_authorization_that_lands_after_the_void_is_reconciled_by_the_reaper(aws, handlers, context,
+                                                                               monkeypatch):
+    monkeypatch.setenv("GATEWAY_TIMEOUT_SECONDS", "0.2")
+    monkeypatch.setenv("RECONCILE_AFTER_SECONDS", "0")
+    saga = run_forward(handlers, context, new_saga(aws, token="tok_slow_2"), upto=2)
+    with pytest.raises(PaymentGatewayUnavailable):
+        invoke(handlers("authorize_payment"), context, saga)
+    # The saga gives up on the payment and voids it: nothing has landed at the gateway yet.
+    invoke(handlers("void_payment"), context, fail_at(saga, "AuthorizePayment"))
+    voided = payment(aws)
+    assert voided["status"] == "VOIDED"
+    assert "reconcile" in voided
+    assert "reconcile_at" in voided
+    assert ledger(aws)["state"] == "PROCESSING"
+    time.sleep(2.1)  # the processor completes the authorization after the void: money is held for nothing
+    reaper = handlers("reaper")
+    swept = reaper.lambda_handler({}, context)
+    assert swept["reconciled"] == {"ord_1#1": "reversed"}
+    assert ledger(aws)["state"] == "VOIDED"
+    after = payment(aws)
+    assert "reconcile" not in after
+    assert after["reconciled"] == "reversed"
+    assert reaper.lambda_handler({}, context)["reconciled"] == {}  # once
+
+
+def test_reconciliation_waits_while_the_processor_has_not_decided(aws, handlers, context, monkeypatch):
+    monkeypatch.setenv("GATEWAY_TIMEOUT_SECONDS", "0.2")
+    monkeypatch.setenv("RECONCILE_AFTER_SECONDS", "0")
+    saga = run_forward(handlers, context, new_saga(aws, token="tok_slow_60"), upto=2)
+    with pytest.raises(PaymentGatewayUnavailable):
+        invoke(handlers("authorize_payment"), context, saga)
+    invoke(handlers("void_payment"), context, fail_at(saga, "AuthorizePayment"))
+    assert handlers("reaper").lambda_handler({}, context)["reconciled"] == {"ord_1#1": "undecided"}
+    assert "reconcile" in payment(aws)  # still marked: asked again at a later sweep
+    assert ledger(aws)["state"] == "PROCESSING"
+
+
+def test_a_payment_voided_after_a_clear_decline_or_before_any_call_needs_no_reconciliation(aws, handlers, context):
+    saga = run_forward(handlers, context, new_saga(aws), upto=2)
+    invoke(handlers("void_payment"), context, fail_at(saga, "AuthorizePayment"))  # PENDING, never called
+    # Nothing reached the gateway, but a call could have been in flight: reconciliation asks once, later.
+    assert "reconcile" in payment(aws)
+    saga2 = run_forward(handlers, context, new_saga(aws, order_id="ord_2", token="tok_approve"), upto=3)
+    invoke(handlers("void_payment"), context, fail_at(saga2, "ConfirmOrder"))
+    assert payment(aws, "ord_2")["status"] == "VOIDED"
+    assert "reconcile" not in payment(aws, "ord_2")  # it was AUTHORIZED: the void itself gave the money back

@@ -101,10 +101,19 @@ def test_a_lost_single_write_response_is_retried_and_finds_its_own_write(aws, ta
 def test_a_conflict_that_outlasts_the_budget_is_store_contention(aws, table, engine_rules):
     engine_rules({"action": "dynamodb-error", "error": "TransactionConflict", "table": table, "count": None})
     s = store()
-    s.set_deadline(2_700)  # 0.2 s of retries after the reserve for the call in flight
+    s.set_deadline(2_700)  # 0.2 s of retries: an attempt (2 s) and the answer (0.5 s) must still fit
     with pytest.raises(StoreContention, match="conflict"):
         s.transact([{"Put": {"TableName": table, "Item": to_ddb({"k": "g"})}}])
     assert s.attempts >= 2
+
+
+def test_no_call_starts_that_could_outlive_the_invocation(aws, table):
+    s = store()
+    s.set_deadline(2_400)  # 1.9 s of budget: less than one attempt's 2 s (connect + read timeout)
+    with pytest.raises(StoreThrottled, match="no time left"):
+        s.put(TableName=table, Item=to_ddb({"k": "late"}))
+    assert s.attempts == 0
+    assert aws.get_item(TableName=table, Key=to_ddb({"k": "late"})).get("Item") is None
 
 
 def test_throttling_that_outlasts_the_attempts_is_store_throttled(aws, table, engine_rules):

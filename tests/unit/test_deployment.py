@@ -1,0 +1,178 @@
+"""What makes the template safe to deploy: least privilege, auth, logs without data, alarms, and timeouts that nest.
+
+The stack tier proves the other half of least privilege: every action granted here is one the code uses
+(tests/stack/test_privileges.py), and the embedded stack refuses any action not granted, as IAM does.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from order_saga.store import ANSWER_SECONDS, ATTEMPT_SECONDS
+from sagalocal.template import Template
+from tests.unit.test_template import ROOT, TASKS, TEMPLATE, function_of
+
+RAW = TEMPLATE.raw
+FUNCTIONS = TEMPLATE.of_type("AWS::Serverless::Function")
+FAULTY = Template(ROOT / "template.yaml", parameter_overrides={"FaultInjection": "true"})
+# What the code may call: the data-plane actions it uses, on its own tables, indexes, queue and state machine.
+CALLABLE = {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:ConditionCheckItem",
+            "dynamodb:BatchGetItem", "dynamodb:Query", "states:StartExecution", "states:StopExecution",
+            "sqs:SendMessage"}
+# Actions AWS accepts only on Resource "*": Step Functions' log delivery (and X-Ray, which has no resources).
+STAR_ONLY = {"logs:CreateLogDelivery", "logs:GetLogDelivery", "logs:UpdateLogDelivery", "logs:DeleteLogDelivery",
+             "logs:ListLogDeliveries", "logs:PutResourcePolicy", "logs:DescribeResourcePolicies",
+             "logs:DescribeLogGroups"}
+
+
+def statements(template: Template, logical_id: str) -> list[dict[str, Any]]:
+    found = []
+    for policy in template.properties(logical_id).get("Policies") or []:
+        policy = template.resolve(policy, logical_id) if template is FAULTY else policy
+        if isinstance(policy, dict) and "Statement" in policy:
+            found += policy["Statement"]
+    return found
+
+
+@pytest.mark.parametrize("logical_id", FUNCTIONS)
+def test_each_function_has_only_explicit_statements_of_callable_actions_on_named_resources(logical_id):
+    policies = TEMPLATE.properties(logical_id).get("Policies") or []
+    for policy in policies:
+        if isinstance(policy, dict) and set(policy) == {"Fn::If"}:
+            continue  # the fault rules table's statement, only with FaultInjection (checked below)
+        assert isinstance(policy, dict), f"{logical_id}: {policy!r} is a managed policy"
+        assert set(policy) == {"Statement"}, \
+            f"{logical_id}: {policy!r} is a policy template or managed policy (broader than the code)"
+    for statement in statements(TEMPLATE, logical_id):
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        assert statement["Effect"] == "Allow"
+        assert set(actions) <= CALLABLE, f"{logical_id}: {set(actions) - CALLABLE}"
+        assert not any("*" in action for action in actions)
+        resource = statement["Resource"]
+        assert resource != "*", logical_id
+        assert not isinstance(resource, list), f"{logical_id}: one named resource per statement"
+        text = str(resource)
+        assert "Table" in text or "Queue" in text or "StateMachine" in text, f"{logical_id}: {resource!r}"
+
+
+@pytest.mark.parametrize("logical_id", FUNCTIONS)
+def test_fault_injection_adds_only_the_rules_table_and_only_when_it_is_on(logical_id):
+    def rules_statements(template: Template) -> list[dict[str, Any]]:
+        props = template.resource_properties(logical_id)
+        return [s for p in props.get("Policies") or [] for s in p.get("Statement", [])
+                if "FaultRulesTable" in str(s.get("Resource"))]
+
+    assert rules_statements(TEMPLATE) == []
+    [statement] = rules_statements(FAULTY)
+    assert sorted(statement["Action"]) == ["dynamodb:BatchGetItem", "dynamodb:UpdateItem"]
+
+
+def test_the_state_machine_role_uses_star_only_for_log_delivery_and_xray():
+    for policy in TEMPLATE.properties("OrderSagaStateMachine")["Policies"]:
+        if isinstance(policy, str):
+            assert policy == "AWSXrayWriteOnlyAccess"  # X-Ray's actions take no resource
+        elif "Statement" in policy:
+            for statement in policy["Statement"]:
+                if statement["Resource"] == "*":
+                    assert set(statement["Action"]) <= STAR_ONLY
+        else:
+            assert set(policy) == {"LambdaInvokePolicy"}  # one function each
+
+
+def test_the_fault_injection_condition_is_off_by_default_and_leaves_nothing_behind():
+    assert TEMPLATE.conditions == {"FaultInjectionEnabled": False}
+    assert "FaultRulesTable" not in TEMPLATE.of_type("AWS::DynamoDB::Table")
+    assert "FaultRulesTableName" not in TEMPLATE.outputs({})
+    assert FAULTY.conditions == {"FaultInjectionEnabled": True}
+    for logical_id in FUNCTIONS:
+        env = TEMPLATE.resolve(TEMPLATE.properties(logical_id)["Environment"]["Variables"], logical_id)
+        assert "FAULT_RULES_TABLE" not in env
+
+
+def test_every_route_needs_a_signed_in_customer():
+    api = TEMPLATE.properties("OrdersApi")
+    assert api["Auth"]["DefaultAuthorizer"] == "CustomerAuthorizer"
+    assert api["Auth"]["Authorizers"]["CustomerAuthorizer"]["UserPoolArn"] == {"Fn::GetAtt": ["UserPool", "Arn"]}
+    for event in TEMPLATE.properties("OrdersApiFunction")["Events"].values():
+        assert "Auth" not in event["Properties"], "no route opts out of the authorizer"
+    client = TEMPLATE.properties("UserPoolClient")
+    assert client["GenerateSecret"] is False
+    assert "ALLOW_USER_PASSWORD_AUTH" not in client["ExplicitAuthFlows"]  # passwords never leave the client
+    assert TEMPLATE.properties("UserPool")["AdminCreateUserConfig"]["AllowAdminCreateUserOnly"] is True
+
+
+def test_the_api_has_one_stage_throttling_and_access_logs_without_headers():
+    api = TEMPLATE.properties("OrdersApi")
+    assert api["OpenApiVersion"].startswith("3.")  # no extra "Stage" stage
+    [setting] = api["MethodSettings"]
+    assert (setting["ResourcePath"], setting["HttpMethod"]) == ("/*", "*")
+    assert {"ThrottlingRateLimit", "ThrottlingBurstLimit"} <= set(setting)
+    log_format = api["AccessLogSetting"]["Format"]
+    assert "$context.authorizer.claims.sub" in log_format
+    assert "$context.requestId" in log_format
+    assert not re.search(r"header|authorization|token", log_format, re.IGNORECASE)
+
+
+def test_logs_carry_no_execution_data_and_the_log_level_parameter_works():
+    logging = TEMPLATE.properties("OrderSagaStateMachine")["Logging"]
+    assert (logging["Level"], logging["IncludeExecutionData"]) == ("ERROR", False)
+    config = RAW["Globals"]["Function"]["LoggingConfig"]
+    assert config["LogFormat"] == "JSON"
+    assert config["ApplicationLogLevel"] == {"Ref": "LogLevel"}
+    assert set(RAW["Parameters"]["LogLevel"]["AllowedValues"]) <= {"TRACE", "DEBUG", "INFO", "WARN", "ERROR",
+                                                                   "FATAL"}
+    assert "POWERTOOLS_LOG_LEVEL" not in RAW["Globals"]["Function"]["Environment"]["Variables"]
+
+
+def test_standard_workflows_only():
+    assert "WorkflowType" not in RAW["Parameters"]
+    assert RAW["Resources"]["OrderSagaStateMachine"]["Properties"]["Type"] == "STANDARD"
+
+
+def test_the_reaper_has_reserved_concurrency_and_its_failures_raise_alarms():
+    assert TEMPLATE.properties("ReaperFunction")["ReservedConcurrentExecutions"] == 1
+    alarm = TEMPLATE.properties("ReaperFailedAlarm")
+    namespace = RAW["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_METRICS_NAMESPACE"]
+    assert (alarm["Namespace"], alarm["MetricName"]) == (namespace, "ReaperFailed")
+    # The dimensions step.count() emits: service (Powertools) and step.
+    assert {d["Name"]: d["Value"] for d in alarm["Dimensions"]} == {"service": "order-saga", "step": "Reaper"}
+    assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+    errors = TEMPLATE.properties("ReaperErrorsAlarm")
+    assert errors["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": "ReaperFunction"}}]
+
+
+def _number(name: str) -> float:
+    return float(TEMPLATE.parameters[name])
+
+
+def _timeout(logical_id: str) -> float:
+    return float(TEMPLATE.resolve(TEMPLATE.properties(logical_id).get("Timeout", 3), logical_id))
+
+
+def test_every_call_fits_its_function_and_every_function_its_task():
+    """docs/timeouts.md's arithmetic, on the template's defaults. A DynamoDB attempt takes at most
+    ATTEMPT_SECONDS, the gateway GatewayTimeoutSeconds; the handler keeps ANSWER_SECONDS to answer."""
+    gateway = _number("GatewayTimeoutSeconds")
+    calls = {  # the calls of the longest path, in order (A: a DynamoDB attempt, G: the gateway)
+        "CreateOrderFunction": "A",
+        "ReserveInventoryFunction": "A",
+        "AuthorizePaymentFunction": "AGA",  # read the payment, authorize, record
+        "ConfirmOrderFunction": "AGA",  # commit + CAPTURING, capture, CAPTURED + COMPLETED
+        "VoidPaymentFunction": "AAGA",  # take the compensation lease, read the payment, void, record
+        "RefundPaymentFunction": "AAGA",
+        "ReleaseInventoryFunction": "AAA",
+        "CancelOrderFunction": "A",
+        "OrdersApiFunction": "AAA",  # catalog, order + payment, StartExecution
+    }
+    for logical_id, path in calls.items():
+        need = ANSWER_SECONDS + path.count("A") * ATTEMPT_SECONDS + path.count("G") * gateway
+        assert _timeout(logical_id) >= need, f"{logical_id}: {path} needs {need} s"
+    for name, state in TASKS.items():
+        assert state["TimeoutSeconds"] >= _timeout(function_of(state)) + 3, name  # + a cold start's init
+    forward = [TASKS[name] for name in ("CreateOrder", "ReserveInventory", "AuthorizePayment", "ConfirmOrder")]
+    longest_attempt = max(state["TimeoutSeconds"] for state in forward)
+    longest_delay = max(r["MaxDelaySeconds"] for state in forward for r in state["Retry"])
+    assert _number("LeaseSeconds") > longest_attempt + longest_delay  # a retried step still holds its lease
