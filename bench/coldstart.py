@@ -20,8 +20,8 @@ from typing import Any
 from common import OUT, median
 from stacks import venv
 
-RUNTIME_REQUIREMENTS = ["boto3==1.43.108", "botocore==1.43.127", "jmespath==1.1.0", "python-dateutil==2.9.0.post0",
-                        "s3transfer==0.19.3", "six==1.17.0", "urllib3==2.8.0"]
+RUNTIME_REQUIREMENTS = ("boto3==1.43.108 botocore==1.43.127 jmespath==1.1.0 python-dateutil==2.9.0.post0 "
+                        "s3transfer==0.19.3 six==1.17.0 urllib3==2.8.0").split()
 ENV = {  # every variable the handlers of both trees read, with deployed-looking values
     "ORDERS_TABLE": "order-saga-dev-OrdersTable", "INVENTORY_TABLE": "order-saga-dev-InventoryTable",
     "PAYMENTS_TABLE": "order-saga-dev-PaymentsTable", "IDEMPOTENCY_TABLE": "order-saga-dev-IdempotencyTable",

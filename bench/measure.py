@@ -130,7 +130,7 @@ def throughput(stack: Any, clients: int, seconds: float) -> dict[str, Any]:
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(lambda _: [saga(stack) for _ in range(2)], range(clients)))  # sandboxes scale out first
         stop_at = time.monotonic() + seconds
-        cpu_before, started = stack.cpu(), time.perf_counter()
+        cpu_before, started = stack.cpu(True), time.perf_counter()
 
         def client(_: int) -> list[dict[str, Any]]:
             done = []
@@ -143,7 +143,7 @@ def throughput(stack: Any, clients: int, seconds: float) -> dict[str, Any]:
     wall = [r["wall_ms"] for r in rows]
     return {"clients": clients, "sagas": len(rows), "seconds": elapsed, "per_s": len(rows) / elapsed,
             "p50_ms": median(wall), "p95_ms": pct(wall, 95), "failed": sum(r["status"] != "SUCCEEDED" for r in rows),
-            "cpu_ms_per_saga": cpu_delta(cpu_before, stack.cpu(), len(rows))}
+            "cpu_ms_per_saga": cpu_delta(cpu_before, stack.cpu(True), len(rows))}
 
 
 def post_rate(stack: Any, threads: int, seconds: float) -> dict[str, Any]:
@@ -169,10 +169,10 @@ def post_rate(stack: Any, threads: int, seconds: float) -> dict[str, Any]:
         wait_all(stack, arns, 300)
         statuses.clear()
         arns.clear()
-        cpu_before, started = stack.cpu(), time.perf_counter()
+        cpu_before, started = stack.cpu(True), time.perf_counter()
         list(pool.map(client, [time.monotonic() + seconds] * threads))
         elapsed = time.perf_counter() - started
-        cpu = cpu_delta(cpu_before, stack.cpu(), len(arns))
+        cpu = cpu_delta(cpu_before, stack.cpu(True), len(arns))
     ended = wait_all(stack, arns, 300)
     return {"threads": threads, "seconds": elapsed, "accepted_per_s": len(arns) / elapsed, "cpu_ms_per_post": cpu,
             "statuses": dict(statuses), "drained": sum(s != "RUNNING" for s in ended.values()), "accepted": len(arns)}
@@ -249,13 +249,3 @@ def profile(stack: Any, seconds: float) -> dict[str, Any]:
             "top": {role: [(fn, count * per_saga) for fn, count in c.most_common(6)] for role, c in by_role.items()},
             "modules": {role: [(m, count * per_saga) for m, count in c.most_common(6)]
                         for role, c in by_module.items()}}
-
-
-def all_on(stack: Any, quick: bool) -> dict[str, Any]:
-    """Counts, throughput at 1, 2, 4, 8 clients, the burst: one stack, the others idle."""
-    result: dict[str, Any] = {"startup_s": stack.startup_s}
-    result["counts"] = per_saga_counts(stack, 3 if quick else 5)
-    seconds = 2 if quick else 8
-    result["throughput"] = [throughput(stack, c, seconds) for c in ((1, 8) if quick else (1, 2, 4, 8))]
-    return result
-

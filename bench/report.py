@@ -12,7 +12,7 @@ NA = "not measured"
 
 def g(d: Any, *path: Any, default: Any = None) -> Any:
     for key in path:
-        if not isinstance(d, (dict, list)) or (isinstance(d, dict) and key not in d):
+        if not isinstance(d, (dict, list, tuple)) or (isinstance(d, dict) and key not in d):
             return default
         d = d[key]
     return d
@@ -22,74 +22,63 @@ def f(x: Any, fmt: str = "{:.0f}", unit: str = "") -> str:
     return NA if x is None else fmt.format(x) + unit
 
 
-def verdict(ok: bool | None) -> str:
-    return "not measured" if ok is None else ("met" if ok else "**missed**")
-
-
-def throughput(r: dict[str, Any], tree: str) -> tuple[str, float | None, bool]:
+def rate_text(r: dict[str, Any], tree: str) -> tuple[str, list[float]]:
     levels = g(r, tree, "throughput") or []
-    if not levels:
-        return NA, None, False
     rates = [lv["per_s"] for lv in levels]
-    text = f"{rates[-1]:.1f}/s at {levels[-1]['clients']} (" + ", ".join(
-        f"{lv['clients']}: {lv['per_s']:.1f}" for lv in levels[:-1]) + ")"
-    return text, rates[-1], all(b > a for a, b in zip(rates, rates[1:], strict=False))
+    return (f"{rates[-1]:.1f}/s at {levels[-1]['clients']} (" + ", ".join(f"{lv['clients']}: {lv['per_s']:.1f}"
+                                                                        for lv in levels[:-1]) + ")"
+            if levels else NA), rates
 
 
 def rows(r: dict[str, Any]) -> list[list[str]]:
-    new_c, old_c = g(r, "new", "counts"), g(r, "baseline", "counts")
-    lat = r.get("latency") or {}
+    """[figure, published, 5d5f643 this run, new this run, target, verdict]; the verdict judges `value`."""
     out = []
-    req = g(new_c, "requests")
-    out.append(["DynamoDB requests per happy saga", "25", f(g(old_c, "requests"), "{:.1f}"), f(req, "{:.1f}"),
-                "<= 10", verdict(None if req is None else req <= 10)])
-    wru, rru = g(new_c, "wru"), g(new_c, "rru")
-    out.append(["WRU per happy saga (AWS pricing)", "51", "51 (published; not metered)", f(wru, "{:.1f}"), "<= 35",
-                verdict(None if wru is None else wru <= 35)])
-    out.append(["RRU per happy saga", "7", "7 (published; not metered)", f(rru, "{:.1f}"), "-", ""])
-    old_cost = cost(old_c, 51, 7)["total"] if old_c else None
-    new_cost = cost(new_c, wru, rru)["total"] if new_c else None
-    out.append(["$ per million happy sagas (DynamoDB + transitions + Lambda requests)", "32.75 (DynamoDB alone)",
-                f(old_cost, "{:.2f}"), f(new_cost, "{:.2f}"), "-", ""])
+
+    def add(figure: str, published: str, old: str, new: str, target: str, value: Any = None,
+            ok: Any = None) -> None:
+        verdict = "" if ok is None else "not measured" if value is None else "met" if ok(value) else "**missed**"
+        out.append([figure, published, old, new, target, verdict])
+
+    new_c, old_c, lat, posts = g(r, "new", "counts"), g(r, "baseline", "counts"), r.get("latency") or {}, \
+        r.get("post_rate") or {}
+    req, wru, rru = g(new_c, "requests"), g(new_c, "wru"), g(new_c, "rru")
+    add("DynamoDB requests per happy saga", "25", f(g(old_c, "requests"), "{:.1f}"), f(req, "{:.1f}"), "<= 10", req,
+        lambda v: v <= 10)
+    add("WRU per happy saga (AWS pricing)", "51", "51 (published; not metered)", f(wru, "{:.1f}"), "<= 35", wru,
+        lambda v: v <= 35)
+    add("RRU per happy saga", "7", "7 (published; not metered)", f(rru, "{:.1f}"), "-")
+    add("$ per million happy sagas (DynamoDB + transitions + Lambda requests)", "32.75 (DynamoDB alone)",
+        f(cost(old_c, 51, 7)["total"] if old_c else None, "{:.2f}"),
+        f(cost(new_c, wru, rru)["total"] if new_c else None, "{:.2f}"), "-")
     med = g(lat, "new", "median_ms")
-    out.append(["embedded median per happy saga, POST to SUCCEEDED", "243 ms", f(g(lat, "baseline", "median_ms"),
-                unit=" ms"), f(med, unit=" ms"), "<= 60 ms", verdict(None if med is None else med <= 60)])
-    ratio = {t: g(lat, "ministack", "median_ms") / g(lat, t, "median_ms") if g(lat, "ministack") and g(lat, t) else None
-             for t in ("baseline", "new")}
-    stop = {t: g(lat, "ministack", "median_stop_ms") / g(lat, t, "median_stop_ms")
-            if g(lat, "ministack") and g(lat, t) else None for t in ("baseline", "new")}
+    add("embedded median per happy saga, POST to SUCCEEDED", "243 ms", f(g(lat, "baseline", "median_ms"), unit=" ms"),
+        f(med, unit=" ms"), "<= 60 ms", med, lambda v: v <= 60)
+    ratios = {t: (g(lat, "ministack", "median_ms") / g(lat, t, "median_ms"),
+                  g(lat, "ministack", "median_stop_ms") / g(lat, t, "median_stop_ms"))
+              for t in ("baseline", "new") if g(lat, "ministack") and g(lat, t)}
+    text = {t: f"{x:.2f}x ({y:.2f}x by stopDate)" for t, (x, y) in ratios.items()}
     why = r["blocked"].get("start ministack and samlocal deploy")
-    out.append(["independent emulator (ministack) / embedded, same run", "1.04-1.17x",
-                f(ratio["baseline"], "{:.2f}x") + (f" ({stop['baseline']:.2f}x by stopDate)" if stop["baseline"]
-                                                   else ""),
-                (f(ratio["new"], "{:.2f}x") + (f" ({stop['new']:.2f}x by stopDate)" if stop["new"] else ""))
-                if not why else f"blocked: {why[:120]}", ">= 5x",
-                verdict(None if ratio["new"] is None else ratio["new"] >= 5)])
-    old_t, _, _ = throughput(r, "baseline")
-    new_t, rate, rising = throughput(r, "new")
-    out.append(["throughput at 8 clients (1, 2, 4 in brackets), sagas/s", "~5/s", old_t, new_t,
-                ">= 15/s, rising", verdict(None if rate is None else rate >= 15 and rising)])
-    posts = r.get("post_rate") or {}
+    add("independent emulator (ministack) / embedded, same run", "1.04-1.17x", text.get("baseline", NA),
+        f"blocked: {why[:150]}" if why else text.get("new", NA), ">= 5x", g(ratios, "new", 0), lambda v: v >= 5)
+    (old_t, _), (new_t, rates) = rate_text(r, "baseline"), rate_text(r, "new")
+    add("throughput at 8 clients (1, 2, 4 in brackets), sagas/s", "~5/s", old_t, new_t, ">= 15/s, rising",
+        rates or None, lambda v: v[-1] >= 15 and all(b > a for a, b in zip(v, v[1:], strict=False)))
     new_p = g(posts, "new", "accepted_per_s")
-    out.append(["local API POST /orders accepted per second (32 threads)", "~5/s",
-                f(g(posts, "baseline", "accepted_per_s"), "{:.0f}/s"), f(new_p, "{:.0f}/s"), ">= 100/s",
-                verdict(None if new_p is None else new_p >= 100)])
+    add("local API POST /orders accepted per second (32 threads)", "~5/s",
+        f(g(posts, "baseline", "accepted_per_s"), "{:.0f}/s"), f(new_p, "{:.0f}/s"), ">= 100/s", new_p,
+        lambda v: v >= 100)
     burst = g(r, "burst", "emulator_timeouts")
-    out.append(["200-order burst, emulator-made timeouts", "1", "not re-run (quoted)", f(burst), "0",
-                verdict(None if burst is None else burst == 0)])
-    mt = r.get("make_test") or {}
-    secs = mt.get("seconds")
-    out.append(["`make test`, fresh clone", "8-11 min", "not re-run (quoted)",
-                f(secs / 60 if secs else None, "{:.1f} min"), "<= 5 min, >= 1,000 invariant sagas",
-                verdict(None if secs is None else secs <= 300)])
-    cs_new, cs_old = g(r, "coldstart", "trees", "new"), g(r, "coldstart", "trees", "baseline")
-    out.append(["step handler cold init / import boto3", "1.9-2.2x",
-                f"{cs_old['min']:.2f}-{cs_old['max']:.2f}x" if cs_old else NA,
-                f"{cs_new['min']:.2f}-{cs_new['max']:.2f}x" if cs_new else NA, "<= 1.5x",
-                verdict(None if not cs_new else cs_new["max"] <= 1.5)])
+    add(f"{g(r, 'burst', 'orders', default=200)}-order burst, emulator-made timeouts", "1", "not re-run (quoted)",
+        f(burst), "0", burst, lambda v: v == 0)
+    secs = g(r, "make_test", "seconds")
+    add("`make test`, fresh clone", "8-11 min", "not re-run (quoted)", f(secs and secs / 60, "{:.1f} min"),
+        "<= 5 min, >= 1,000 invariant sagas", secs, lambda v: v <= 300)
+    cs = {t: f"{c['min']:.2f}-{c['max']:.2f}x" for t, c in (g(r, "coldstart", "trees") or {}).items()}
+    add("step handler cold init / import boto3", "1.9-2.2x", cs.get("baseline", NA), cs.get("new", NA), "<= 1.5x",
+        g(r, "coldstart", "trees", "new", "max"), lambda v: v <= 1.5)
     su = r.get("startup_s") or {}
-    out.append(["stack start-up to ready, catalog seeded", "-", f(su.get("baseline"), "{:.1f} s"),
-                f(su.get("new"), "{:.1f} s"), "-", ""])
+    add("stack start-up to ready, catalog seeded", "-", f(su.get("baseline"), "{:.1f} s"),
+        f(su.get("new"), "{:.1f} s"), "-")
     return out
 
 
@@ -172,7 +161,8 @@ def render(r: dict[str, Any], img_path: str, img_rel: str) -> str:
             "retried with the same Idempotency-Key; every execution is awaited and its history read for "
             "`States.Timeout` or `Task timed out`.",
             "- **CPU per saga by process**: user+system CPU of every process in each stack's tree (/proc), before "
-            "and after; a process that ended in between is left out.",
+            "and after; a process that ended in between is left out. Where one stack runs alone (throughput, POST "
+            "rate), the bench process's own CPU is shown too (`bench client`).",
             "- Excluded: the reaper's schedule (every stack deployed with `ReaperSchedule=rate(1 day)`), fault "
             "injection (off), the first sagas after start (warm-up)."]
     if lat:

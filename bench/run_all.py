@@ -110,7 +110,10 @@ def main() -> int:
             up.pop("ministack").stop()
         for name in ("new", "baseline"):
             if up.get(name):
-                results[name] = phase(results, f"{name}: counts and throughput", measure.all_on, up[name], quick)
+                results[name] = {"counts": phase(results, f"{name}: per saga", measure.per_saga_counts, up[name], 5),
+                                 "throughput": [t for c in (1, 2, 4, 8) if (t := phase(
+                                     results, f"{name}: {c} clients", measure.throughput, up[name], c,
+                                     2 if quick else 8))]}
         if up.get("new"):
             results["profile"] = phase(results, "new: py-spy", measure.profile, up["new"], 4 if quick else 10)
             results["burst"] = phase(results, "new: order burst", measure.burst, up["new"], 60 if quick else 200)

@@ -11,6 +11,7 @@ is read. ministack binds 127.0.0.1 only (BIND_HOST).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -23,7 +24,7 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from common import CATALOG, OUT, ROOT, free_port, http
+from common import CATALOG, OUT, ROOT, free_port, group_cpu, http, processes
 
 BASELINE_COMMIT = "5d5f643"
 BASELINE = os.path.join(OUT, "baseline")
@@ -31,15 +32,13 @@ PYENV = {"PYENV_VERSION": "3.13.0:3.11.7", "SAM_CLI_TELEMETRY": "0"}
 NO_REAPER = "ReaperSchedule=rate(1 day)"  # no sweep in the middle of a measurement
 MINISTACK_VENV = os.path.join(OUT, "ministack-venv")
 # ministack pins a botocore this venv cannot share; aws-sam-translator expands the SAM transform.
-MINISTACK_REQUIREMENTS = [
-    "ministack==1.5.33", "boto3==1.43.106", "botocore==1.43.106", "aws-sam-translator==1.115.0",
-    "Hypercorn==0.18.0", "h11==0.16.0", "h2==4.4.1", "hpack==4.2.0", "hyperframe==6.1.0", "priority==2.0.0",
-    "wsproto==1.3.2", "PyYAML==6.0.4", "defusedxml==0.7.1", "jsonata-python==0.7.1", "graphql-core==3.2.12",
-    "jmespath==1.1.0", "python-dateutil==2.9.0.post0", "s3transfer==0.19.3", "six==1.17.0", "urllib3==2.8.0",
-    "pydantic==2.13.5", "pydantic_core==2.46.5", "annotated-types==0.8.0", "typing_extensions==4.16.0",
-    "typing-inspection==0.4.5", "jsonschema==4.26.0", "jsonschema-specifications==2025.9.1",
-    "referencing==0.37.0", "rpds-py==2026.9.1", "attrs==26.1.0",
-]
+MINISTACK_REQUIREMENTS = (
+    "ministack==1.5.33 boto3==1.43.106 botocore==1.43.106 aws-sam-translator==1.115.0 Hypercorn==0.18.0 h11==0.16.0 "
+    "h2==4.4.1 hpack==4.2.0 hyperframe==6.1.0 priority==2.0.0 wsproto==1.3.2 PyYAML==6.0.4 defusedxml==0.7.1 "
+    "jsonata-python==0.7.1 graphql-core==3.2.12 jmespath==1.1.0 python-dateutil==2.9.0.post0 s3transfer==0.19.3 "
+    "six==1.17.0 urllib3==2.8.0 pydantic==2.13.5 pydantic_core==2.46.5 annotated-types==0.8.0 "
+    "typing_extensions==4.16.0 typing-inspection==0.4.5 jsonschema==4.26.0 jsonschema-specifications==2025.9.1 "
+    "referencing==0.37.0 rpds-py==2026.9.1 attrs==26.1.0").split()
 ROLES = {"dynamodb.server": "DynamoDB process", "sandbox.py": "Lambda sandboxes", "worker.py": "Lambda sandboxes"}
 
 
@@ -91,33 +90,28 @@ class Stack:
             time.sleep(0.05)
         self.startup_s = time.perf_counter() - started
         with open(ready) as f:
-            return json.load(f) if ready.endswith(".json") else {}
+            return json.load(f)
 
     def connect(self, api: str, endpoint: str, outputs: dict[str, Any]) -> None:
         self.api, self.endpoint, self.outputs = api.rstrip("/"), endpoint, outputs
         self.sfn = client("stepfunctions", endpoint)
 
-    def cpu(self) -> dict[str, float]:
-        from common import group_cpu
-
-        return group_cpu(self.proc.pid, self.roles) if self.proc else {}
+    def cpu(self, client: bool = False) -> dict[str, float]:
+        """CPU seconds by process role; with `client`, the bench process's own too (one stack measured alone)."""
+        return {**group_cpu(self.proc.pid, self.roles), **({"bench client": sum(os.times()[:2])} if client else {})}
 
     def stop(self) -> None:
+        """SIGTERM to the stack's group, then SIGKILL to whatever of its process tree is left (by pid)."""
         if self.proc is None:
             return
-        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(self.proc.pid, sig)
-                self.proc.wait(timeout=wait)
-                break
-            except ProcessLookupError:
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # sandboxes left in the group
-        except ProcessLookupError:
-            pass
+        tree = [pid for pid, _, _ in processes(self.proc.pid)]
+        with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=20)
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.proc.wait()
         self.proc = None
 
 
