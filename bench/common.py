@@ -81,8 +81,8 @@ def place(api: str, sku: str = SKU, attempts: int = 8) -> tuple[str, int]:
     raise AssertionError("unreachable")
 
 
-def wait_end(stack: Any, arn: str, timeout: float = 120.0) -> dict[str, Any]:
-    """The ended execution: the embedded stack announces it (no polling); other stacks are polled every POLL_S."""
+def wait_end(stack: Any, arn: str, timeout: float = 120.0, poll: float = POLL_S) -> dict[str, Any]:
+    """The ended execution: the embedded stack announces it (no polling); other stacks are polled every `poll` s."""
     deadline = time.monotonic() + timeout
     while True:
         if stack.announces_ends:
@@ -94,15 +94,15 @@ def wait_end(stack: Any, arn: str, timeout: float = 120.0) -> dict[str, Any]:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{arn} still RUNNING after {timeout:.0f} s")
         if not stack.announces_ends:
-            time.sleep(POLL_S)
+            time.sleep(poll)
 
 
-def saga(stack: Any, sku: str = SKU) -> dict[str, Any]:
+def saga(stack: Any, sku: str = SKU, poll: float = POLL_S) -> dict[str, Any]:
     """One saga, POST to its end: wall ms as the client saw it, and ms to the stopDate the stack stamped."""
     started_at, started = time.time(), time.perf_counter()
     arn, retried = place(stack.api, sku)
     posted = time.perf_counter()
-    described = wait_end(stack, arn)
+    described = wait_end(stack, arn, poll=poll)
     return {"arn": arn, "status": described["status"], "retried": retried,
             "post_ms": (posted - started) * 1000, "wall_ms": (time.perf_counter() - started) * 1000,
             "stop_ms": (described["stopDate"].timestamp() - started_at) * 1000}

@@ -12,23 +12,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from common import (
-    BURST_SKU,
-    BURST_STOCK,
-    OUT,
-    cpu_delta,
-    history,
-    http,
-    median,
-    order_body,
-    pct,
-    place,
-    post_order,
-    processes,
-    role_of,
-    saga,
-    wait_end,
-)
+import common as cm
+from common import cpu_delta, history, http, median, pct, place, processes, role_of, saga, wait_end
 
 PRICES = {"wru": 0.625, "rru": 0.125, "transition": 25.0, "lambda_request": 0.20}  # $ per million
 
@@ -134,8 +119,8 @@ def throughput(stack: Any, clients: int, seconds: float) -> dict[str, Any]:
 
         def client(_: int) -> list[dict[str, Any]]:
             done = []
-            while time.monotonic() < stop_at:
-                done.append(saga(stack))
+            while time.monotonic() < stop_at:  # polling stacks: 50 DescribeExecution/s in all, as with one client
+                done.append(saga(stack, poll=cm.POLL_S * clients))
             return done
 
         rows = [r for chunk in pool.map(client, range(clients)) for r in chunk]
@@ -156,7 +141,7 @@ def post_rate(stack: Any, threads: int, seconds: float) -> dict[str, Any]:
 
     def client(stop_at: float) -> None:
         while True:
-            status, payload = post_order(stack.api, order_body(), {"Idempotency-Key": os.urandom(12).hex()})
+            status, payload = cm.post_order(stack.api, cm.order_body(), {"Idempotency-Key": os.urandom(12).hex()})
             with lock:
                 statuses[status] += 1
                 if status in (200, 201, 202):
@@ -181,7 +166,7 @@ def post_rate(stack: Any, threads: int, seconds: float) -> dict[str, Any]:
 def wait_all(stack: Any, arns: list[str], timeout: float) -> dict[str, str]:
     def end(arn: str) -> str:
         try:
-            return wait_end(stack, arn, timeout)["status"]
+            return wait_end(stack, arn, timeout, poll=0.25)["status"]
         except TimeoutError:
             return "RUNNING"
     with ThreadPoolExecutor(16 if stack.announces_ends else 4) as pool:
@@ -189,13 +174,13 @@ def wait_all(stack: Any, arns: list[str], timeout: float) -> dict[str, str]:
 
 
 def burst(stack: Any, orders: int) -> dict[str, Any]:
-    """`orders` orders at once against BURST_STOCK units; every one awaited, every history read for timeouts
+    """`orders` orders at once against cm.BURST_STOCK units; every one awaited, every history read for timeouts
     the emulator made (States.Timeout, or a Lambda 'Task timed out')."""
     barrier = threading.Barrier(orders)
 
     def one(_: int) -> tuple[str, int]:
         barrier.wait()
-        return place(stack.api, BURST_SKU, attempts=12)
+        return place(stack.api, cm.BURST_SKU, attempts=12)
 
     started = time.perf_counter()
     with ThreadPoolExecutor(orders) as pool:
@@ -208,7 +193,8 @@ def burst(stack: Any, orders: int) -> dict[str, Any]:
         if "States.Timeout" in events or "Task timed out" in events:
             timeouts.append(arn)
         outcomes[status] += 1
-    return {"orders": orders, "stock": BURST_STOCK, "posted_s": posted_s, "all_ended_s": time.perf_counter() - started,
+    return {"orders": orders, "stock": cm.BURST_STOCK, "posted_s": posted_s,
+            "all_ended_s": time.perf_counter() - started,
             "outcomes": dict(outcomes), "retried_posts": sum(r for _, r in placed),
             "emulator_timeouts": len(timeouts), "timed_out": timeouts[:5]}
 
@@ -222,7 +208,7 @@ def profile(stack: Any, seconds: float) -> dict[str, Any]:
     busy = [(pid, cmd) for pid, cmd, cpu in processes(stack.proc.pid) if cpu - before.get(pid, cpu) > 0.005]
     spies = []
     for pid, cmd in busy:
-        out = os.path.join(OUT, f"py-spy-{stack.name}-{pid}.txt")
+        out = os.path.join(cm.OUT, f"py-spy-{stack.name}-{pid}.txt")
         spies.append((role_of(cmd, stack.roles), out, subprocess.Popen(
             [os.path.join(os.path.dirname(sys.executable), "py-spy"), "record", "--pid", str(pid), "--gil",
              "--nonblocking", "--nolineno", "--format", "raw", "--rate", "100", "--duration", str(int(seconds)),

@@ -131,6 +131,7 @@ def render(r: dict[str, Any], img_path: str, img_rel: str) -> str:
            f"min{' (--quick: small samples, not figures)' if r['quick'] else ''}. Load average (1, 5, 15 min) "
            f"{la} at the start, {le} at the end."]
     if la[0] > 1.0:
+        out.append("")
         out.append(f"**The load average was {la[0]} at the start (another job shared the 2 cores): the figures may "
                    "be pessimistic.** Ratios and old-beside-new come from the same run and are what to read.")
     out += ["", "## Issue 10's targets", "",
@@ -143,8 +144,9 @@ def render(r: dict[str, Any], img_path: str, img_rel: str) -> str:
             "- Each stack runs in processes of its own and is reached over HTTP only; the bench is another process.",
             "- **End of an execution.** The new stack announces it (`GET /_sagalocal/executions/wait`, no polling "
             "inside or outside the stack); 5d5f643 and ministack cannot, so the bench polls DescribeExecution every "
-            "20 ms from its own process. Polling adds ~10 ms on average to their wall figures, so the ratios are "
-            "also given by the stopDate each stack stamps (POST sent -> stopDate, same machine clock).",
+            "20 ms from its own process (throughput: 20 ms x clients, so 50 calls/s in all). Polling adds ~10 ms "
+            "on average to their wall figures, so the ratios are also given by the stopDate each stack stamps "
+            "(POST sent -> stopDate, same machine clock).",
             "- **Latency** (and the ministack ratio): happy sagas one at a time, the three stacks taking turns "
             "(3 warm-up sagas each, not counted). Every order goes through `bench/common.py:post_order`.",
             "- **Requests and units**: the new stack's DynamoDB process counts requests and meters WRU/RRU as AWS "
