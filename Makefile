@@ -54,9 +54,11 @@ docs: openapi  ## Regenerate the generated docs (OpenAPI, scenarios, the console
 build: venv  ## sam build (needs python3.13 on PATH, e.g. PYENV_VERSION=3.13.0:3.11.7)
 	SAM_CLI_TELEMETRY=0 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" sam build
 
-bench: venv  ## Every benchmark (engine, throughput, peer, cost, cold start) -> docs/benchmarks.md
+# Issue 10's targets, old (5d5f643) beside new in one run -> docs/benchmarks.md. Never runs `make test`: give its
+# duration with BENCH_ARGS="--make-test-seconds S" (or --make-test-log FILE); BENCH_ARGS=--quick for a smoke run.
+bench: $(STAMP)  ## Benchmarks: this stack, 5d5f643's and ministack's, cold start -> docs/benchmarks.md
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
-	$(PY) bench/run_all.py
+	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .aws-sam .local .pytest_cache .ruff_cache sagalocal/console/node_modules

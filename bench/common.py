@@ -1,155 +1,183 @@
-"""What the benchmarks share: paths, the happy-path order, starting the embedded stack, statistics, results files.
+"""What the benchmarks share: paths, HTTP with keep-alive, posting orders, waiting for executions, CPU by process.
 
-Every benchmark is a script that prints its figures and, with --json PATH, writes them for
-bench/run_all.py, which renders docs/benchmarks.md. A benchmark never fails for being slow.
+Every order the benchmarks place goes through `post_order` (one place to add an Authorization header when
+the API requires a token: `HEADERS`). Every wait has a deadline.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
+import http.client as httpclient
 import json
-import logging
 import math
 import os
-import shutil
+import socket
 import statistics
-import subprocess
-import sys
+import threading
 import time
+import urllib.parse
 import uuid
-import warnings
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-for _p in (str(ROOT), str(ROOT / "src")):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, ".local", "bench")
+SKU, BURST_SKU, BURST_STOCK = "BENCH-1", "BURST-50", 50
+CATALOG = [{"sku": SKU, "name": "Bench item", "price": 100, "currency": "USD", "available": 10_000_000},
+           {"sku": BURST_SKU, "name": "Burst item", "price": 100, "currency": "USD", "available": BURST_STOCK}]
+HEADERS = {"Content-Type": "application/json"}  # add {"Authorization": "Bearer ..."} here when the API needs it
+POLL_S = 0.02  # DescribeExecution interval where a stack cannot announce an execution's end
+RETRIED = (429, 500, 502, 503, 504)
 
-PY = sys.executable
-RESULTS_DIR = ROOT / ".local" / "bench"
-SAM_BUILD_DIR = Path(os.environ.get("BENCH_SAM_BUILD_DIR", "/tmp/sam-build-bench"))  # noqa: S108 - as documented
-SAM_CACHE_DIR = Path(os.environ.get("BENCH_SAM_CACHE_DIR", "/tmp/sam-build-bench-cache"))  # noqa: S108
-SKU = "BENCH-1"
-ORDER = {"customer_id": "bench", "items": [{"sku": SKU, "quantity": 1}], "payment_token": "tok_approve"}
-FORWARD = ["create_order", "reserve_inventory", "authorize_payment", "confirm_order"]
-HANDLERS = ["orders_api", "create_order", "reserve_inventory", "authorize_payment", "confirm_order",
-            "refund_payment", "void_payment", "release_inventory", "cancel_order", "park_saga", "reaper"]
+_local = threading.local()
 
 
-def quiet() -> None:
-    """The stack logs every caught error and Powertools warns about empty metrics: not figures."""
-    logging.disable(logging.WARNING)
-    warnings.filterwarnings("ignore")
+def http(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None,
+         timeout: float = 60.0) -> tuple[int, Any, dict[str, str]]:
+    """One request on this thread's keep-alive connection to the URL's host: (status, JSON or text, headers)."""
+    parts = urllib.parse.urlsplit(url)
+    conns = _local.__dict__.setdefault("conns", {})
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    for attempt in range(2):
+        conn = conns.get(parts.netloc)
+        if conn is None:
+            conn = conns[parts.netloc] = httpclient.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            response = conn.getresponse()
+            raw = response.read()
+            break
+        except (OSError, httpclient.HTTPException):
+            conn.close()
+            conns.pop(parts.netloc, None)
+            if attempt:
+                raise
+    try:
+        payload = json.loads(raw or b"null")
+    except ValueError:
+        payload = raw.decode(errors="replace")
+    return response.status, payload, dict(response.getheaders())
 
 
-@contextlib.contextmanager
-def silenced_stdout():
-    """Handlers called in this process print their EMF metrics lines to stdout."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        yield
+def order_body(sku: str = SKU) -> bytes:
+    return json.dumps({"customer_id": "bench", "items": [{"sku": sku, "quantity": 1}],
+                       "payment_token": "tok_approve"}).encode()
 
 
-def start_stack(**kwargs: Any):
-    """The embedded stack in this process, the reaper's schedule effectively off, one item in stock."""
-    from sagalocal.stack import LocalStack, free_port
-
-    kwargs.setdefault("api_port", free_port())
-    kwargs.setdefault("schedule_seconds", 1e9)  # no reaper sweep in the middle of a measurement
-    kwargs.setdefault("log_dir", RESULTS_DIR / "logs")
-    stack = LocalStack(ROOT / "template.yaml", **kwargs).start()
-    seed(stack.client("dynamodb"), stack.outputs["InventoryTableName"])
-    return stack
+def post_order(api: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    """POST /orders once: (status, body). Every order of every benchmark goes through here."""
+    status, payload, _ = http("POST", f"{api}/orders", body, {**HEADERS, **(headers or {})})
+    return status, payload
 
 
-def seed(ddb: Any, table: str, stock: int = 10_000_000) -> None:
-    from order_saga.inventory import Inventory
-
-    Inventory(ddb, table).put_item(SKU, "Bench item", 100, "USD", stock)
-
-
-def place_order(api_url: str, order: dict[str, Any] | None = None, key: str | None = None) -> dict[str, Any]:
-    from sagalocal.scenarios import http
-
-    status, accepted = http("POST", f"{api_url}/orders", json.dumps(order or ORDER).encode(),
-                            {"Idempotency-Key": key or uuid.uuid4().hex})
-    if status != 202:
-        raise RuntimeError(f"POST /orders answered {status}: {accepted}")
-    return accepted
+def place(api: str, sku: str = SKU, attempts: int = 8) -> tuple[str, int]:
+    """POST /orders as a careful client: 429/5xx retried with the same key. (execution ARN, answers retried)."""
+    key, body = uuid.uuid4().hex, order_body(sku)
+    for attempt in range(attempts):
+        status, payload = post_order(api, body, {"Idempotency-Key": key})
+        if status in (200, 201, 202):
+            return payload["execution_arn"], attempt
+        if status not in RETRIED or attempt == attempts - 1:
+            raise RuntimeError(f"POST /orders answered {status}: {str(payload)[:300]}")
+        time.sleep(min(2.0, 0.1 * 2 ** attempt))
+    raise AssertionError("unreachable")
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]
+def wait_end(stack: Any, arn: str, timeout: float = 120.0, poll: float = POLL_S) -> dict[str, Any]:
+    """The ended execution: the embedded stack announces it (no polling); other stacks are polled every `poll` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if stack.announces_ends:
+            query = urllib.parse.urlencode({"arn": arn, "timeout": max(0.1, deadline - time.monotonic())})
+            http("GET", f"{stack.endpoint}/_sagalocal/executions/wait?{query}", timeout=timeout + 10)
+        described = stack.sfn.describe_execution(executionArn=arn)
+        if described["status"] != "RUNNING":
+            return described
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{arn} still RUNNING after {timeout:.0f} s")
+        if not stack.announces_ends:
+            time.sleep(poll)
 
 
+def saga(stack: Any, sku: str = SKU, poll: float = POLL_S) -> dict[str, Any]:
+    """One saga, POST to its end: wall ms as the client saw it, and ms to the stopDate the stack stamped."""
+    started_at, started = time.time(), time.perf_counter()
+    arn, retried = place(stack.api, sku)
+    posted = time.perf_counter()
+    described = wait_end(stack, arn, poll=poll)
+    return {"arn": arn, "status": described["status"], "retried": retried,
+            "post_ms": (posted - started) * 1000, "wall_ms": (time.perf_counter() - started) * 1000,
+            "stop_ms": (described["stopDate"].timestamp() - started_at) * 1000}
+
+
+def history(stack: Any, arn: str) -> list[dict[str, Any]]:
+    events, token = [], None
+    while True:
+        page = stack.sfn.get_execution_history(executionArn=arn, maxResults=1000, **({"nextToken": token} if token
+                                                                                    else {}))
+        events += page["events"]
+        token = page.get("nextToken")
+        if not token:
+            return events
+
+
+# ---- CPU by process -----------------------------------------------------------------------------------
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def processes(root: int) -> list[tuple[int, str, float]]:
+    """(pid, command line, CPU seconds user + system) of `root` and every process below it."""
+    table: dict[int, tuple[int, str, float]] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        table[int(pid)] = (int(stat[1]), cmd, (int(stat[11]) + int(stat[12])) / _TICK)
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        if pid in table:
+            found.append((pid, table[pid][1], table[pid][2]))
+            todo += [child for child, row in table.items() if row[0] == pid]
+    return found
+
+
+def role_of(cmd: str, roles: dict[str, str]) -> str:
+    return next((role for key, role in roles.items() if key in cmd), "stack process")
+
+
+def group_cpu(root: int, roles: dict[str, str]) -> dict[str, float]:
+    """CPU seconds of the process tree under `root`, summed by role (`roles`: command-line substring -> role)."""
+    out: dict[str, float] = {}
+    for _, cmd, cpu in processes(root):
+        out[role_of(cmd, roles)] = out.get(role_of(cmd, roles), 0.0) + cpu
+    return out
+
+
+def cpu_delta(before: dict[str, float], after: dict[str, float], per: int) -> dict[str, float]:
+    """ms per unit of work, by role (a process that ended in between is left out)."""
+    return {role: (after[role] - before.get(role, 0.0)) * 1000 / max(1, per) for role in sorted(after)}
+
+
+# ---- statistics and small things ---------------------------------------------------------------------------
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def write_json(path: str | None, data: dict[str, Any]) -> None:
-    if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(data, indent=2, default=str))
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
 
 
-def json_arg(argv: list[str] | None = None) -> str | None:
-    import argparse
-
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--json")
-    known, _ = parser.parse_known_args(argv)
-    return known.json
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
-def pyenv_env() -> dict[str, str]:
-    """The environment `sam build` needs: python3.13 on PATH (pyenv), the venv's sam, no telemetry."""
-    env = dict(os.environ)
-    env.setdefault("PYENV_VERSION", "3.13.0:3.11.7")
-    env["SAM_CLI_TELEMETRY"] = "0"
-    env["PATH"] = f"{ROOT / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-    return env
-
-
-def sam_build(timeout: float = 300) -> dict[str, Any]:
-    """`sam build` into SAM_BUILD_DIR (cached in SAM_CACHE_DIR). Returns what happened, never raises."""
-    sam = shutil.which("sam", path=pyenv_env()["PATH"])
-    if sam is None:
-        return {"ok": False, "error": "sam not found in .venv/bin or on PATH"}
-    cmd = [sam, "build", "--template-file", str(ROOT / "template.yaml"), "--build-dir", str(SAM_BUILD_DIR),
-           "--cached", "--cache-dir", str(SAM_CACHE_DIR), "--parallel"]
-    started = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=pyenv_env(), capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"ok": False, "error": f"`{' '.join(cmd)}` did not finish in {timeout:.0f} s"}
-    seconds = time.perf_counter() - started
-    if proc.returncode != 0 or not (SAM_BUILD_DIR / "template.yaml").exists():
-        tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
-        return {"ok": False, "error": f"`{' '.join(cmd)}` exited {proc.returncode}: {' | '.join(tail)}",
-                "seconds": seconds}
-    return {"ok": True, "seconds": round(seconds, 1), "command": " ".join(cmd), "build_dir": str(SAM_BUILD_DIR)}
-
-
-def warm_all_workers(stack: Any, functions: list[str] | None = None) -> None:
-    """Start every pool's max_workers processes now, so no measured saga waits for a worker's imports.
-
-    Uses WorkerPool's acquire/release (sagalocal/workers.py); if they change, the pools warm as they grow.
-    """
-    import concurrent.futures
-
-    pools = [pool for logical_id, pool in stack.pools.items() if functions is None or logical_id in functions]
-
-    def fill(pool: Any) -> None:
-        acquire, release = getattr(pool, "_acquire", None), getattr(pool, "_release", None)
-        if acquire is None or release is None:
-            return
-        held = [acquire() for _ in range(pool.max_workers)]
-        for worker in held:
-            release(worker)
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as executor:
-        list(executor.map(fill, pools))
+def load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]

@@ -1,114 +1,144 @@
-"""Run every benchmark, print its figures, and write docs/benchmarks.md with its plots (what `make bench` runs).
+"""`make bench`: issue 10's targets, today's (5d5f643) figure beside the new one, measured in one run.
 
-  0. sam build into /tmp/sam-build-bench (shared by the peer and cold-start benchmarks)
-  1. engine.py       engine overhead: local stack vs the floor, the moto patches, py-spy profile
-  2. throughput.py   sagas/s and latency percentiles at 1, 4, 8, 16 clients
-  3. peer.py         the same template on ministack (samlocal deploy), beside the embedded stack
-  4. cost.py         transitions, invocations, DynamoDB units and dollars per saga, every scenario
-  5. coldstart.py    handler module init vs `import boto3`, -X importtime, package sizes
+  1. sam build of both trees; cold start of every step handler of both (bench/coldstart.py)
+  2. three stacks up (bench/stacks.py): this tree's embedded stack, 5d5f643's, and ministack with the same
+     template; happy sagas on all three, taking turns (bench/measure.py)
+  3. on each embedded stack alone: DynamoDB requests and units per saga, throughput at 1, 2, 4, 8 clients;
+     then on the new one: py-spy, the 200-order burst, POST /orders per second (also on 5d5f643)
+  4. the table, printed and written to docs/benchmarks.md (--quick: .local/bench/benchmarks-quick.md)
 
-Each benchmark runs in its own process (the embedded stack and moto's patches are process-global) and
-writes .local/bench/results/<name>.json; bench/report.py renders them. A benchmark never fails the
-build for being slow; one that crashes is reported as such, the others still run, and the exit
-status is 1.
-
-Usage: python bench/run_all.py [--quick] [--only engine,cost,...]
+A benchmark never fails the build for being slow. A phase that cannot run is reported with its reason.
+Usage: python bench/run_all.py [--quick] [--make-test-seconds S | --make-test-log FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import glob
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
-from pathlib import Path
+import traceback
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PY, RESULTS_DIR, ROOT, sam_build  # noqa: E402
-
-HERE = Path(__file__).resolve().parent
-FULL = {
-    "engine": ["-n", "30", "--variant-n", "8", "--rounds", "2", "--profile-seconds", "15"],
-    "throughput": ["--per-level", "60"],
-    "peer": ["-n", "15"],
-    "cost": [],
-    "coldstart": ["--runs", "7"],
-}
-QUICK = {
-    "engine": ["-n", "8", "--variant-n", "3", "--rounds", "1", "--profile-seconds", "6"],
-    "throughput": ["--per-level", "16"],
-    "peer": ["-n", "4"],
-    "cost": [],
-    "coldstart": ["--runs", "2"],
-}
-TIMEOUTS = {"engine": 900, "throughput": 600, "peer": 900, "cost": 300, "coldstart": 600}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import coldstart  # noqa: E402
+import measure  # noqa: E402
+import stacks  # noqa: E402
+from common import OUT, ROOT, load  # noqa: E402
+from report import render, table  # noqa: E402
 
 
-def machine() -> str:
-    try:
-        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    except OSError:
-        load = "?"
-    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, load average {load} at the start, "
-            f"Python {platform.python_version()}")
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small samples: check the pipeline, not the figures")
-    parser.add_argument("--only", default="", help="comma-separated benchmarks (default: all)")
-    args = parser.parse_args()
-    plan = QUICK if args.quick else FULL
-    only = [x for x in args.only.split(",") if x]
-    out_dir = RESULTS_DIR / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
+def phase(results: dict[str, Any], name: str, fn: Any, *args: Any) -> Any:
+    print(f"== {name}", flush=True)
     started = time.perf_counter()
-    meta = {"date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"), "machine": machine(),
-            "quick": args.quick, "durations": {}}
-    print(f"== make bench: {meta['machine']}", flush=True)
+    try:
+        value = fn(*args)
+    except stacks.Blocked as exc:
+        results["blocked"][name] = str(exc)
+        print(f"   blocked: {exc}", flush=True)
+        return None
+    except Exception as exc:  # noqa: BLE001 - reported, the other phases still run
+        results["blocked"][name] = f"{type(exc).__name__}: {exc}"
+        results["crashed"].append(name)
+        traceback.print_exc()
+        return None
+    print(f"   {time.perf_counter() - started:.0f} s", flush=True)
+    return value
 
-    print("\n== 0. sam build (for the peer and the package sizes)", flush=True)
-    built = sam_build()
-    meta["sam_build"] = built
-    meta["durations"]["sam build"] = built.get("seconds", 0)
-    print(f"  built in {built['seconds']:.1f} s: {built['build_dir']}" if built["ok"] else f"  {built['error']}",
-          flush=True)
 
-    crashed = []
-    for number, (name, extra) in enumerate(plan.items(), 1):
-        if only and name not in only:
-            continue
-        print(f"\n== {number}. {name}", flush=True)
-        out = out_dir / f"{name}.json"
-        out.unlink(missing_ok=True)
-        t0 = time.perf_counter()
-        try:
-            proc = subprocess.run([PY, str(HERE / f"{name}.py"), *extra, "--json", str(out)], cwd=ROOT,
-                                  timeout=TIMEOUTS[name])
-            code = proc.returncode
-        except subprocess.TimeoutExpired:
-            code = f"timed out after {TIMEOUTS[name]} s"
-        meta["durations"][name] = time.perf_counter() - t0
-        if code != 0 or not out.exists():
-            reason = f"the benchmark exited {code}" if not isinstance(code, str) else code
-            print(f"  {name}: CRASHED: {reason} (see the output above)", flush=True)
-            out.write_text(json.dumps({"crashed": reason}))
-            crashed.append(name)
+def make_test_figure(seconds: float | None, log: str | None) -> dict[str, Any]:
+    """`make test`'s duration, never run here: from the command line, a log of it, or .local/tests/*.log."""
+    if seconds:
+        return {"seconds": seconds, "source": "given on the command line (--make-test-seconds)"}
+    logs = [log] if log else sorted(glob.glob(os.path.join(ROOT, ".local", "tests", "*.log")))
+    found: list[float] = []
+    sagas = None
+    for path in logs:
+        text = open(path, errors="replace").read()
+        found += [float(s) for s in re.findall(r"make test: .*?; (\d+) s in all", text)]
+        found += [float(s) for s in re.findall(r" in ([\d.]+)s \(", text)]
+        sagas = sagas or next(iter(re.findall(r"(\d+) sagas in \d+ batches", text)), None)
+    if not found:
+        return {"source": "not given (pass --make-test-seconds S or --make-test-log FILE; make test is never run "
+                          "by the bench)"}
+    return {"seconds": max(found), "invariant_sagas": sagas,
+            "source": f"read from {', '.join(os.path.relpath(p, ROOT) for p in logs)} (the longest duration in it)"}
 
-    meta["total_s"] = time.perf_counter() - started
-    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2))
-    print("\n== report", flush=True)
-    proc = subprocess.run([PY, str(HERE / "report.py"), str(out_dir)], cwd=ROOT)
-    if proc.returncode != 0:
-        crashed.append("report")
-    print(f"\n== done in {meta['total_s'] / 60:.1f} min"
-          + (f"; crashed: {', '.join(crashed)}" if crashed else ""), flush=True)
-    sys.exit(1 if crashed else 0)
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a smoke run (< 2 min): small samples, no figures")
+    parser.add_argument("--make-test-seconds", type=float)
+    parser.add_argument("--make-test-log")
+    args = parser.parse_args()
+    quick = args.quick
+    os.makedirs(OUT, exist_ok=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    results: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"), "quick": quick,
+        "commit": commit.stdout.strip(), "baseline": stacks.BASELINE_COMMIT, "load_start": load(),
+        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, Python "
+                   f"{platform.python_version()}", "blocked": {}, "crashed": []}
+    started = time.perf_counter()
+    print(f"make bench{' --quick' if quick else ''}: {results['machine']}, load {results['load_start']}", flush=True)
+
+    builds = {"new": os.path.join(OUT, "build-new"), "baseline": os.path.join(OUT, "build-baseline")}
+    phase(results, "sam build (this tree)", stacks.sam_build, ROOT, builds["new"])
+    if phase(results, "sam build (5d5f643)", lambda: stacks.sam_build(stacks.extract_baseline(),
+                                                                       builds["baseline"])) is None:
+        builds.pop("baseline")
+    results["coldstart"] = phase(results, "cold start", coldstart.measure, builds, 1 if quick else 7)
+
+    up: dict[str, Any] = {}
+    try:
+        for name, start in (("new", stacks.start_new), ("baseline", stacks.start_baseline)):
+            up[name] = phase(results, f"start the {name} stack", start)
+        if "sam build (this tree)" not in results["blocked"]:
+            up["ministack"] = phase(results, "start ministack and samlocal deploy", stacks.start_ministack,
+                                    builds["new"])
+        live = [s for s in up.values() if s is not None]
+        results["startup_s"] = {s.name: s.startup_s for s in live}
+        results["latency"] = phase(results, "happy sagas, interleaved on " + ", ".join(s.name for s in live),
+                                   measure.interleaved_latency, live, 6 if quick else 40)
+        if up.get("ministack"):
+            up.pop("ministack").stop()
+        for name in ("new", "baseline"):
+            if up.get(name):
+                results[name] = {"counts": phase(results, f"{name}: per saga", measure.per_saga_counts, up[name], 5),
+                                 "throughput": [t for c in (1, 2, 4, 8) if (t := phase(
+                                     results, f"{name}: {c} clients", measure.throughput, up[name], c,
+                                     2 if quick else 8))]}
+        if up.get("new"):
+            results["profile"] = phase(results, "new: py-spy", measure.profile, up["new"], 4 if quick else 10)
+            results["burst"] = phase(results, "new: order burst", measure.burst, up["new"], 60 if quick else 200)
+        for name in ("new", "baseline"):
+            if up.get(name):
+                results.setdefault("post_rate", {})[name] = phase(
+                    results, f"{name}: POST /orders per second", measure.post_rate, up[name], 32, 1 if quick else 5)
+                up.pop(name).stop()
+    finally:
+        for stack in up.values():
+            if stack is not None:
+                stack.stop()
+    results["make_test"] = make_test_figure(args.make_test_seconds, args.make_test_log)
+    results["load_end"], results["minutes"] = load(), (time.perf_counter() - started) / 60
+    with open(os.path.join(OUT, "results.json"), "w") as f:
+        json.dump(results, f, indent=1, default=str)
+    print("\n" + table(results, markdown=False))
+    path = os.path.join(OUT, "benchmarks-quick.md") if quick else os.path.join(ROOT, "docs", "benchmarks.md")
+    img = os.path.join(OUT if quick else os.path.join(ROOT, "docs", "img"), "bench-throughput.png")
+    with open(path, "w") as f:
+        f.write(render(results, img, os.path.relpath(img, os.path.dirname(path))))
+    print(f"\nwritten: {os.path.relpath(path, ROOT)}, {os.path.relpath(img, ROOT)}; {results['minutes']:.1f} min; "
+          f"load {results['load_start']} -> {results['load_end']}")
+    return 1 if results["crashed"] else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
