@@ -28,7 +28,7 @@ run: venv  ## Place the sample orders through the saga on the embedded local sta
 	$(PY) scripts/scenarios.py
 
 up: venv  ## Serve the stack on 127.0.0.1:3000 until Ctrl-C, the catalog seeded
-	$(PY) -m sagalocal up --init "$(PY) scripts/seed_catalog.py --stack-outputs .local/stack-outputs.json events/catalog.json"
+	$(PY) -m sagalocal up --init "$(PY) scripts/seed_catalog.py --stack-outputs .local/stack-outputs.json events/catalog.json --promotions events/promotions.json"
 
 test: venv  ## Every test (unit, stack, browser), two tiers at a time, with coverage of src/ and functions/
 	$(PY) scripts/run_tests.py
@@ -47,8 +47,9 @@ lint: venv
 openapi: venv  ## Regenerate docs/openapi.json from the API's resolver
 	$(PY) scripts/generate_openapi.py
 
-docs: openapi  ## Regenerate the generated docs (OpenAPI, scenarios, the console's screenshots in docs/img)
+docs: openapi  ## Regenerate the generated docs (OpenAPI, scenarios, the README diagram, the console's screenshots in docs/img)
 	$(PY) scripts/generate_scenarios_doc.py
+	$(PY) scripts/generate_diagram.py
 	$(PY) scripts/console_screenshots.py
 
 build: venv  ## sam build (needs python3.13 on PATH, e.g. PYENV_VERSION=3.13.0:3.11.7)

@@ -29,6 +29,8 @@ ENV = {  # every variable the handlers of both trees read, with deployed-looking
     "PARKED_SAGAS_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/order-saga-parked-dev.fifo",
     "PAYMENT_GATEWAY": "fake", "FAKE_GATEWAY_HANG_SECONDS": "3600", "LEASE_SECONDS": "20",
     "SAGA_DEADLINE_SECONDS": "60", "RESERVATION_TTL_SECONDS": "300", "INDEX_SHARDS": "10",
+    "GATEWAY_TIMEOUT_SECONDS": "3", "RECONCILE_AFTER_SECONDS": "300",
+    "PROMOTIONS_TABLE": "order-saga-dev-PromotionsTable", "EVENT_BUS_NAME": "order-saga-dev",
     "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "bench",
     "AWS_SECRET_ACCESS_KEY": "bench", "POWERTOOLS_SERVICE_NAME": "order-saga",
     "POWERTOOLS_METRICS_NAMESPACE": "OrderSaga", "POWERTOOLS_LOG_LEVEL": "INFO",

@@ -1,7 +1,8 @@
 """What the benchmarks share: paths, HTTP with keep-alive, posting orders, waiting for executions, CPU by process.
 
-Every order the benchmarks place goes through `post_order` (one place to add an Authorization header when
-the API requires a token: `HEADERS`). Every wait has a deadline.
+Every order the benchmarks place goes through `post_order`, with the stack's own body and headers: the current
+API needs a signed-in customer's ID token (signed in once per stack, through its user pool) and takes no
+customer in the body; 5d5f643's API took `customer_id` in the body and no token. Every wait has a deadline.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ from typing import Any
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, ".local", "bench")
 SKU, BURST_SKU, BURST_STOCK = "BENCH-1", "BURST-50", 50
+PATH_SKU, PATH_PRICE, SOLD_OUT = "BENCH-PATHS", 2500, "BENCH-SOLD-OUT"  # transitions per path (coupons, split cards)
 CATALOG = [{"sku": SKU, "name": "Bench item", "price": 100, "currency": "USD", "available": 10_000_000},
+           {"sku": PATH_SKU, "name": "Paths item", "price": PATH_PRICE, "currency": "USD", "available": 1_000_000},
+           {"sku": SOLD_OUT, "name": "Sold out", "price": PATH_PRICE, "currency": "USD", "available": 0},
            {"sku": BURST_SKU, "name": "Burst item", "price": 100, "currency": "USD", "available": BURST_STOCK}]
-HEADERS = {"Content-Type": "application/json"}  # add {"Authorization": "Bearer ..."} here when the API needs it
+HEADERS = {"Content-Type": "application/json"}
 POLL_S = 0.02  # DescribeExecution interval where a stack cannot announce an execution's end
 RETRIED = (429, 500, 502, 503, 504)
 
@@ -57,24 +61,35 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict[str, st
     return response.status, payload, dict(response.getheaders())
 
 
-def order_body(sku: str = SKU) -> bytes:
-    return json.dumps({"customer_id": "bench", "items": [{"sku": sku, "quantity": 1}],
-                       "payment_token": "tok_approve"}).encode()
+def order_body(stack: Any, sku: str = SKU) -> bytes:
+    order: dict[str, Any] = {"items": [{"sku": sku, "quantity": 1}], "payment_token": "tok_approve"}
+    if getattr(stack, "legacy_api", False):  # 5d5f643: the customer in the body, no sign-in
+        order["customer_id"] = "bench"
+    return json.dumps(order).encode()
 
 
-def post_order(api: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+def post_order(stack: Any, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, Any]:
     """POST /orders once: (status, body). Every order of every benchmark goes through here."""
-    status, payload, _ = http("POST", f"{api}/orders", body, {**HEADERS, **(headers or {})})
+    status, payload, _ = http("POST", f"{stack.api}/orders", body,
+                              {**HEADERS, **getattr(stack, "auth", {}), **(headers or {})})
     return status, payload
 
 
-def place(api: str, sku: str = SKU, attempts: int = 8) -> tuple[str, int]:
+def execution_arn(stack: Any, accepted: dict[str, Any]) -> str:
+    """The execution an accepted order started (5d5f643 answered it; the current API does not disclose it)."""
+    if "execution_arn" in accepted:
+        return str(accepted["execution_arn"])
+    machine = str(stack.outputs["StateMachineArn"])
+    return f"{machine.replace(':stateMachine:', ':execution:')}:{accepted['order_id']}"
+
+
+def place(stack: Any, sku: str = SKU, attempts: int = 8) -> tuple[str, int]:
     """POST /orders as a careful client: 429/5xx retried with the same key. (execution ARN, answers retried)."""
-    key, body = uuid.uuid4().hex, order_body(sku)
+    key, body = uuid.uuid4().hex, order_body(stack, sku)
     for attempt in range(attempts):
-        status, payload = post_order(api, body, {"Idempotency-Key": key})
+        status, payload = post_order(stack, body, {"Idempotency-Key": key})
         if status in (200, 201, 202):
-            return payload["execution_arn"], attempt
+            return execution_arn(stack, payload), attempt
         if status not in RETRIED or attempt == attempts - 1:
             raise RuntimeError(f"POST /orders answered {status}: {str(payload)[:300]}")
         time.sleep(min(2.0, 0.1 * 2 ** attempt))
@@ -100,7 +115,7 @@ def wait_end(stack: Any, arn: str, timeout: float = 120.0, poll: float = POLL_S)
 def saga(stack: Any, sku: str = SKU, poll: float = POLL_S) -> dict[str, Any]:
     """One saga, POST to its end: wall ms as the client saw it, and ms to the stopDate the stack stamped."""
     started_at, started = time.time(), time.perf_counter()
-    arn, retried = place(stack.api, sku)
+    arn, retried = place(stack, sku)
     posted = time.perf_counter()
     described = wait_end(stack, arn, poll=poll)
     return {"arn": arn, "status": described["status"], "retried": retried,

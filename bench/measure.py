@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -102,6 +103,52 @@ def per_saga_counts(stack: Any, k: int) -> dict[str, Any]:
     return out
 
 
+# The kinds of order whose paths differ: (name, extra body fields, payment tokens).
+PATHS = [("plain, one card", {}, ["tok_approve"]),
+         ("coupon", {"coupon": "FIVEOFF"}, ["tok_approve"]),
+         ("2 cards", {}, ["tok_approve"] * 2),
+         ("3 cards", {}, ["tok_approve"] * 3),
+         ("coupon, 3 cards", {"coupon": "FIVEOFF"}, ["tok_approve"] * 3),
+         ("declined", {}, ["tok_decline"]),
+         ("coupon, declined", {"coupon": "FIVEOFF"}, ["tok_decline"]),
+         ("2 cards, one declined", {}, ["tok_approve", "tok_decline"]),
+         ("out of stock", {"sku": "sold out"}, ["tok_approve"])]
+
+
+def transitions_per_path(stack: Any) -> list[dict[str, Any]]:
+    """State transitions (what Standard workflows bill), Lambda requests and $ per million sagas for each kind of
+    order, one saga each: the paths differ by a coupon, a split payment, a decline."""
+    from common import PATH_PRICE, PATH_SKU, SOLD_OUT, execution_arn, post_order
+
+    rows = []
+    for name, extra, tokens in PATHS:
+        extra = dict(extra)
+        sku = SOLD_OUT if extra.pop("sku", None) else PATH_SKU
+        order: dict[str, Any] = {"items": [{"sku": sku, "quantity": 1}], **extra}
+        total = PATH_PRICE - (500 if "coupon" in extra else 0)  # FIVEOFF: 5.00 off
+        if len(tokens) == 1:
+            order["payment_token"] = tokens[0]
+        else:
+            order["payment"] = [{"token": t, "amount": total // len(tokens) + (total % len(tokens) if i == 0 else 0)}
+                                for i, t in enumerate(tokens)]
+        status, accepted = post_order(stack, json.dumps(order).encode(), {"Idempotency-Key": uuid.uuid4().hex})
+        if status != 202:
+            raise RuntimeError(f"{name}: POST /orders answered {status}: {str(accepted)[:300]}")
+        arn = execution_arn(stack, accepted)
+        described = wait_end(stack, arn)
+        events = history(stack, arn)
+        entered = sum(e["type"].endswith("StateEntered") for e in events)
+        scheduled = sum(e["type"] in ("TaskScheduled", "LambdaFunctionScheduled") for e in events)
+        tasks = sum(e["type"] == "TaskStateEntered" for e in events)
+        transitions = entered + max(0, scheduled - tasks)
+        rows.append({"path": name, "status": described["status"], "error": described.get("error"),
+                     "states": [e["stateEnteredEventDetails"]["name"] for e in events if e["type"].endswith(
+                         "StateEntered")], "transitions": transitions, "lambda_requests": 1 + scheduled,
+                     "usd_per_million": transitions * PRICES["transition"]
+                     + (1 + scheduled) * PRICES["lambda_request"]})
+    return rows
+
+
 def cost(counts: dict[str, Any], wru: float, rru: float) -> dict[str, float]:
     """$ per million happy sagas on AWS: DynamoDB on demand, Standard transitions, Lambda requests."""
     parts = {"DynamoDB": wru * PRICES["wru"] + rru * PRICES["rru"],
@@ -141,11 +188,11 @@ def post_rate(stack: Any, threads: int, seconds: float) -> dict[str, Any]:
 
     def client(stop_at: float) -> None:
         while True:
-            status, payload = cm.post_order(stack.api, cm.order_body(), {"Idempotency-Key": os.urandom(12).hex()})
+            status, payload = cm.post_order(stack, cm.order_body(stack), {"Idempotency-Key": os.urandom(12).hex()})
             with lock:
                 statuses[status] += 1
                 if status in (200, 201, 202):
-                    arns.append(payload["execution_arn"])
+                    arns.append(cm.execution_arn(stack, payload))
             if time.monotonic() >= stop_at:
                 return
 
@@ -180,7 +227,7 @@ def burst(stack: Any, orders: int) -> dict[str, Any]:
 
     def one(_: int) -> tuple[str, int]:
         barrier.wait()
-        return place(stack.api, cm.BURST_SKU, attempts=12)
+        return place(stack, cm.BURST_SKU, attempts=12)
 
     started = time.perf_counter()
     with ThreadPoolExecutor(orders) as pool:

@@ -95,6 +95,13 @@ class Stack:
     def connect(self, api: str, endpoint: str, outputs: dict[str, Any]) -> None:
         self.api, self.endpoint, self.outputs = api.rstrip("/"), endpoint, outputs
         self.sfn = client("stepfunctions", endpoint)
+        self.auth: dict[str, str] = {}
+        if "UserPoolId" in outputs:  # the API needs a signed-in customer: one, signed in once
+            from sagalocal.signin import sign_in
+
+            signed = sign_in(client("cognito-idp", endpoint), outputs["UserPoolId"], outputs["UserPoolClientId"],
+                             "bench")
+            self.auth = {"Authorization": f"Bearer {signed['IdToken']}"}
 
     def cpu(self, client: bool = False) -> dict[str, float]:
         """CPU seconds by process role; with `client`, the bench process's own too (one stack measured alone)."""
@@ -128,7 +135,8 @@ def start_new() -> Stack:
     stack.announces_ends = True
     catalog = write_catalog(stack.workdir)
     ready = os.path.join(stack.workdir, "ready.json")
-    seed = f"{sys.executable} {ROOT}/scripts/seed_catalog.py --stack-outputs .local/stack-outputs.json {catalog}"
+    seed = (f"{sys.executable} {ROOT}/scripts/seed_catalog.py --stack-outputs .local/stack-outputs.json {catalog} "
+            f"--promotions {ROOT}/events/promotions.json")
     info = stack.spawn([sys.executable, "-m", "sagalocal", "up", "--template", f"{ROOT}/template.yaml",
                         "--port", str(free_port()), "--ready-file", ready, "--init", seed,
                         "--parameter-overrides", NO_REAPER],
@@ -152,6 +160,7 @@ def start_baseline() -> Stack:
     root = extract_baseline()
     stack = Stack("baseline")
     stack.roles = {"worker.py": "Lambda sandboxes"}
+    stack.legacy_api = True
     write_catalog(stack.workdir)
     ready = os.path.join(stack.workdir, "ready.json")
     stack.recording = os.path.join(stack.workdir, "moto_recording")

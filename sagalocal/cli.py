@@ -30,7 +30,7 @@ from sagalocal.console.cli import add_parser as add_console_parser
 from sagalocal.console.cli import serve_for_stack
 from sagalocal.provision import StackError
 from sagalocal.stack import CREDENTIALS, LocalStack, free_port
-from sagalocal.template import TemplateError
+from sagalocal.template import Template, TemplateError
 
 STATE_FILE = Path(".local/stack.json")
 
@@ -274,6 +274,30 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stats(args: argparse.Namespace) -> int:
+    """The template's CloudWatch dashboards, computed from the metrics the running stack's functions emitted."""
+    import urllib.request
+
+    from sagalocal.metrics import dashboards, read_logs, report
+
+    log_dir = args.log_dir
+    if not log_dir:
+        with urllib.request.urlopen(f"{_endpoint(args)}/_sagalocal/info", timeout=10) as response:  # noqa: S310
+            log_dir = json.loads(response.read()).get("log_dir")
+    template = Template(Path(args.template))
+    evaluated = dashboards(template, Path(log_dir))
+    if not evaluated:
+        raise UsageError(f"{args.template} defines no AWS::CloudWatch::Dashboard")
+    print(f"(metrics from {log_dir}, the whole run)")
+    print(report(evaluated))
+    if args.all:
+        points = read_logs(Path(log_dir))
+        print("== every metric: namespace metric dimensions -> samples, sum")
+        for (namespace, name, dims), values in sorted(points.items()):
+            print(f"  {namespace} {name} {dict(dims)} -> {len(values)}, {sum(values):g}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sagalocal", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -334,6 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--region", default="us-east-1")
     token.add_argument("--json", action="store_true", help="print the token, its lifetime and the user's sub as JSON")
     token.set_defaults(func=cmd_token)
+    stats = sub.add_parser("stats", help="the template's CloudWatch dashboards, from the running stack's metrics")
+    stats.add_argument("--template", default="template.yaml")
+    stats.add_argument("--endpoint", help="AWS endpoint (default: the running `up` stack)")
+    stats.add_argument("--log-dir", help="read these log files instead of the running stack's")
+    stats.add_argument("--all", action="store_true", help="also list every metric with its sample count and sum")
+    stats.set_defaults(func=cmd_stats)
     add_console_parser(sub)
     return parser
 

@@ -3,10 +3,11 @@
 The token comes from the route's identity source (the Authorization header, with or without "Bearer "). It
 must be an RS256 JWT signed by a key of the pool's JWKS (fetched once from the pool's
 /.well-known/jwks.json, which moto's Cognito serves with the keys it signs with), issued by the pool
-(`iss`), for one of its app clients (`aud`), an ID token (`token_use`: no authorization scopes are
-configured), and not expired. Anything else answers 401 {"message":"Unauthorized"}, or
-{"message":"The incoming token has expired"}, without invoking the function. The verified claims reach the
-function as requestContext.authorizer.claims, every value a string, as API Gateway passes them.
+(`iss`; like API Gateway, any app client of the pool will do: the authorizer names pools, not clients), an
+ID token (`token_use`: no authorization scopes are configured), and not expired. Anything else answers 401
+{"message":"Unauthorized"}, or {"message":"The incoming token has expired"}, without invoking the function.
+The verified claims reach the function as requestContext.authorizer.claims, every value a string, as API
+Gateway passes them.
 """
 
 from __future__ import annotations
@@ -56,8 +57,7 @@ class PoolAuthorizer:
         except (JoseError, ValueError):
             return None, UNAUTHORIZED
         claims = token.claims
-        if (claims.get("iss") != self.issuer or claims.get("token_use") != "id"
-                or claims.get("aud") not in self.client_ids):
+        if claims.get("iss") != self.issuer or claims.get("token_use") != "id" or not claims.get("aud"):
             return None, UNAUTHORIZED
         if not isinstance(claims.get("exp"), int | float) or claims["exp"] <= time.time():
             return None, EXPIRED

@@ -8,6 +8,7 @@ serves the stack's own control routes:
   /_sagalocal/dynamodb/stats      its requests and capacity units (DELETE resets them)
   /_sagalocal/lambda/stats        cold starts, throttles and concurrency of every function
   /_sagalocal/executions/wait     ?arn=...&timeout=S: returns when the execution has ended, without polling
+  /_sagalocal/metrics             the template's CloudWatch dashboards, evaluated on the functions' EMF lines
 """
 
 from __future__ import annotations

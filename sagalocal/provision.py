@@ -27,7 +27,7 @@ SUPPORTED = {
     "AWS::CloudWatch::Alarm", "AWS::CloudWatch::Dashboard", "AWS::Serverless::LayerVersion",
     "AWS::Serverless::Function", "AWS::Serverless::StateMachine", "AWS::Serverless::Api",
     "AWS::Cognito::UserPool", "AWS::Cognito::UserPoolClient", "AWS::Events::EventBus", "AWS::Events::Rule",
-    "AWS::SQS::QueuePolicy",
+    "AWS::SQS::QueuePolicy", "AWS::IAM::Role",
 }
 
 
@@ -81,6 +81,8 @@ class Provisioned:
     api: dict[str, Any] = field(default_factory=dict)  # the REST API's MethodSettings, AccessLogSetting
     rules: list[dict[str, Any]] = field(default_factory=list)  # EventBridge rules with their targets
     principals: list[Principal] = field(default_factory=list)  # each function's identity and role policy
+    stream_mappings: list[dict[str, Any]] = field(default_factory=list)  # DynamoDB stream -> function
+    roles: dict[str, list[Statement]] = field(default_factory=dict)  # role ARN -> its statements
     skipped: dict[str, str] = field(default_factory=dict)
 
 
@@ -153,18 +155,21 @@ class Provisioner:
         if args["BillingMode"] != "PAY_PER_REQUEST":
             args["ProvisionedThroughput"] = props.get("ProvisionedThroughput",
                                                       {"ReadCapacityUnits": 5, "WriteCapacityUnits": 5})
-        for key in ("GlobalSecondaryIndexes", "LocalSecondaryIndexes", "StreamSpecification"):
+        for key in ("GlobalSecondaryIndexes", "LocalSecondaryIndexes"):
             if key in props:
                 args[key] = props[key]
+        if "StreamSpecification" in props:  # CloudFormation names the view; the API also wants it enabled
+            args["StreamSpecification"] = {"StreamEnabled": True, **props["StreamSpecification"]}
         ddb = self.client("dynamodb")
         try:
-            ddb.create_table(**args)
+            created = ddb.create_table(**args)["TableDescription"]
         except Exception as exc:
             raise StackError(f"Resources.{logical_id}: DynamoDB rejected the table: {exc}") from exc
         ttl = props.get("TimeToLiveSpecification")
         if ttl and ttl.get("Enabled"):
             ddb.update_time_to_live(TableName=name, TimeToLiveSpecification=ttl)
-        self._created(logical_id, name, Arn=self.arn("dynamodb", f"table/{name}"))
+        self._created(logical_id, name, Arn=self.arn("dynamodb", f"table/{name}"),
+                      StreamArn=created.get("LatestStreamArn", ""))
 
     def _sqs__queue(self, logical_id: str, props: dict[str, Any]) -> None:
         fifo = str(props.get("FifoQueue", "")).lower() == "true"
@@ -268,6 +273,21 @@ class Provisioner:
         self.layers[arn] = path
         self._created(logical_id, arn)
 
+    def _iam__role(self, logical_id: str, props: dict[str, Any]) -> None:
+        """A role the template defines: created, and its inline policies kept for the functions that assume it
+        (managed policies are not read locally: a role that has any is refused)."""
+        if props.get("ManagedPolicyArns"):
+            raise StackError(f"Resources.{logical_id}.Properties.ManagedPolicyArns: the local stack enforces inline "
+                             f"policies only")
+        name = props.get("RoleName") or self.physical_name(logical_id, 64)
+        arn = self.client("iam").create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(
+            props.get("AssumeRolePolicyDocument") or {}))["Role"]["Arn"]
+        try:
+            self.out.roles[arn] = statements_of([p["PolicyDocument"] for p in props.get("Policies") or []])
+        except (KeyError, ValueError) as exc:
+            raise StackError(f"Resources.{logical_id}.Properties.Policies: {exc}") from exc
+        self._created(logical_id, name, Arn=arn, RoleId=name)
+
     def _role(self) -> str:
         if self._role_arn is None:
             self._role_arn = self.client("iam").create_role(
@@ -303,8 +323,15 @@ class Provisioner:
             FunctionName=name, Runtime=str(props["Runtime"]), Role=self._role(), Handler=handler,
             Code={"ZipFile": archive.getvalue()}, Timeout=timeout, MemorySize=memory,
             Environment={"Variables": env})
-        principal = Principal(function=name, role=self.physical_name(f"{logical_id}Role", 64),
-                              statements=self.role_statements(logical_id, props))
+        if props.get("Role"):
+            role_arn = str(props["Role"])
+            if role_arn not in self.out.roles:
+                raise StackError(f"Resources.{logical_id}.Properties.Role: {role_arn} is not a role of this template "
+                                 f"(the local stack cannot read an outside role's policies)")
+            principal = Principal(function=name, role=role_arn.rsplit("/", 1)[-1], statements=self.out.roles[role_arn])
+        else:
+            principal = Principal(function=name, role=self.physical_name(f"{logical_id}Role", 64),
+                                  statements=self.role_statements(logical_id, props))
         self.out.principals.append(principal)
         env.update({"AWS_ACCESS_KEY_ID": principal.access_key_id,
                     "AWS_SECRET_ACCESS_KEY": principal.secret_access_key,
@@ -318,6 +345,19 @@ class Provisioner:
             kind, event_props = event.get("Type"), event.get("Properties") or {}
             if kind in ("Schedule", "ScheduleV2"):
                 self.out.schedules.append(Schedule.parse(logical_id, event_name, event_props))
+            elif kind == "DynamoDB":
+                stream = str(event_props.get("Stream", ""))
+                if "/stream/" not in stream:
+                    raise StackError(f"Resources.{logical_id}.Properties.Events.{event_name}.Properties.Stream: "
+                                     f"{stream!r} is not a stream of this template's tables")
+                filters = [f["Pattern"] for f in (event_props.get("FilterCriteria") or {}).get("Filters", [])]
+                self.out.stream_mappings.append({
+                    "function": logical_id, "stream_arn": stream, "table": stream.split(":table/", 1)[1].split("/")[0],
+                    "batch_size": int(event_props.get("BatchSize", 100)), "filters": filters,
+                    "starting_position": str(event_props.get("StartingPosition", "LATEST")),
+                    "max_retries": int(event_props.get("MaximumRetryAttempts", -1)),
+                    "bisect": str(event_props.get("BisectBatchOnFunctionError", "false")).lower() == "true",
+                    "access_key_id": principal.access_key_id})
         self.out.routes += [route for route in routes_of(self.t) if route.function == logical_id]
         self._created(logical_id, name, Arn=arn)
 

@@ -26,8 +26,9 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from sagalocal import stepfunctions
+from sagalocal import metrics, stepfunctions
 from sagalocal.apigateway import AccessLog, TokenBucket, serve_api
+from sagalocal.awslambda.eventsources import StreamMapping
 from sagalocal.awslambda.service import LambdaService
 from sagalocal.cognito import PoolAuthorizer
 from sagalocal.dynamodb.server import DynamoDBProcess
@@ -93,6 +94,7 @@ class LocalStack:
         self.dynamodb: DynamoDBProcess | None = None
         self.aws: AwsEndpoint | None = None
         self.scheduler: Scheduler | None = None
+        self.streams: list[StreamMapping] = []
         self._api: Any = None
 
     # ---- endpoints and clients ---------------------------------------------------------------------
@@ -138,6 +140,10 @@ class LocalStack:
             self.scheduler = Scheduler(self.resources.schedules, self.lambdas.invoke, self.region,
                                        self.template.account, self.schedule_seconds)
             self.scheduler.start()
+            self.streams = [StreamMapping(spec, self.dynamodb.endpoint, self.lambdas.invoke)
+                            for spec in self.resources.stream_mappings]
+            for mapping in self.streams:
+                mapping.start()
         except BaseException:
             self.stop()
             raise
@@ -219,6 +225,8 @@ class LocalStack:
             "/_sagalocal/executions/wait": self._wait_route,
             "/_sagalocal/info": lambda method, query, body: (200, self.describe()),
             "/_sagalocal/iam": lambda method, query, body: (200, self.identities()),
+            "/_sagalocal/metrics": lambda method, query, body: (200, {"log_dir": str(self.log_dir), "dashboards":
+                                                                      metrics.dashboards(self.template, self.log_dir)}),
         }, self.iam)
         self.aws.start()
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
@@ -255,6 +263,9 @@ class LocalStack:
         return env
 
     def stop(self) -> None:
+        for mapping in self.streams:
+            mapping.stop()
+        self.streams = []
         if self.scheduler is not None:
             self.scheduler.stop()
         if self._api is not None:
@@ -286,4 +297,5 @@ class LocalStack:
                 "outputs": self.outputs,
                 "functions": {spec.logical_id: spec.name for spec in self.resources.functions},
                 "schedules": self.scheduler.describe() if self.scheduler else [],
+                "stream_mappings": [mapping.describe() for mapping in self.streams],
                 "not_emulated": dict(sorted(self.resources.skipped.items()))}

@@ -12,7 +12,7 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 # The module reads its configuration at import, as on Lambda; no call is made to AWS here.
 for name in ("ORDERS_TABLE", "INVENTORY_TABLE", "PAYMENTS_TABLE", "LEASE_SECONDS", "SAGA_DEADLINE_SECONDS",
-             "RESERVATION_TTL_SECONDS", "INDEX_SHARDS", "GATEWAY_TIMEOUT_SECONDS"):
+             "RESERVATION_TTL_SECONDS", "INDEX_SHARDS", "GATEWAY_TIMEOUT_SECONDS", "PROMOTIONS_TABLE"):
     os.environ.setdefault(name, "1" if name.endswith(("SECONDS", "SHARDS")) else "unused")
 os.environ.setdefault("STATE_MACHINE_ARN", "arn:aws:states:us-east-1:123456789012:stateMachine:unused")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")

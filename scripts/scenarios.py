@@ -216,10 +216,12 @@ def main(argv: list[str] | None = None) -> int:
         results = run_all(manifest, args, args.api, sfn, customers, args.endpoint)
     else:
         from sagalocal.stack import LocalStack, free_port
-        from scripts.seed_catalog import seed
+        from scripts.seed_catalog import seed, seed_promotions
 
         with LocalStack(ROOT / "template.yaml", api_port=free_port()) as stack:
             seed(stack.client("dynamodb"), stack.outputs["InventoryTableName"], args.events / "catalog.json")
+            seed_promotions(stack.client("dynamodb"), stack.outputs["PromotionsTableName"],
+                            args.events / "promotions.json")
             print(f"Local stack up in {time.perf_counter() - started:.1f} s: API {stack.api_url}, "
                   f"AWS endpoint {stack.endpoint}")
             customers = Customers(stack.client("cognito-idp"), stack.outputs)

@@ -1,4 +1,5 @@
-"""AuthorizePayment: hold the order's total on the customer's card (nothing is captured yet)."""
+"""AuthorizePayment: hold a payment method's amount on its card (nothing is captured yet); once per method in
+the AuthorizePayments Map of a split payment."""
 
 from __future__ import annotations
 
@@ -19,5 +20,5 @@ payments = Payments(store, os.environ["PAYMENTS_TABLE"], gateway_from_env(store)
 
 
 @saga_step("AuthorizePayment", store)
-def lambda_handler(saga: SagaState, execution_id: str) -> SagaState:
-    return steps.authorize_payment(store, orders, payments, saga, execution_id, now_ms())
+def lambda_handler(saga: SagaState, execution_id: str, method: int = 1) -> SagaState:
+    return steps.authorize_payment(store, orders, payments, saga, execution_id, now_ms(), method)

@@ -1,4 +1,5 @@
-"""ConfirmOrder: commit the reserved stock, then capture the payment, then confirm the order."""
+"""ConfirmOrder: commit the reserved stock and the coupon's redemption, then capture every payment method, then
+confirm the order."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from order_saga.inventory import Inventory
 from order_saga.models import SagaState
 from order_saga.orders import Orders
 from order_saga.payments import Payments
+from order_saga.promotions import Promotions
 from order_saga.step import count, dynamodb_store, saga_step
 
 TIMING = Timing.from_env()
@@ -19,10 +21,11 @@ store = dynamodb_store()
 orders = Orders(store, os.environ["ORDERS_TABLE"], TIMING)
 inventory = Inventory(store, os.environ["INVENTORY_TABLE"], TIMING)
 payments = Payments(store, os.environ["PAYMENTS_TABLE"], gateway_from_env(store), Timing.from_env())
+promotions = Promotions(store, os.environ["PROMOTIONS_TABLE"])
 
 
 @saga_step("ConfirmOrder", store)
 def lambda_handler(saga: SagaState, execution_id: str) -> SagaState:
-    confirmed = steps.confirm_order(store, orders, inventory, payments, saga, execution_id, now_ms())
+    confirmed = steps.confirm_order(store, orders, inventory, payments, saga, execution_id, now_ms(), promotions)
     count("SagaCompleted", "ConfirmOrder")
     return confirmed

@@ -31,11 +31,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from order_saga.config import Timing
 from order_saga.dynamo import now_ms
-from order_saga.errors import TransientError
+from order_saga.errors import CouponExpired, CouponInvalid, TransientError
 from order_saga.inventory import Inventory
 from order_saga.models import OrderAccepted, OrderDocument, OrderRequest, ProblemBody, order_id_for, request_hash
 from order_saga.orders import Orders, order_view
 from order_saga.payments import Payments
+from order_saga.promotions import Promotions, coupon_key
 from order_saga.step import aws_client, dynamodb_store, lambda_function, logger
 
 TIMING = Timing.from_env()
@@ -43,6 +44,7 @@ store = dynamodb_store()
 orders = Orders(store, os.environ["ORDERS_TABLE"], TIMING)
 inventory = Inventory(store, os.environ["INVENTORY_TABLE"], TIMING)
 payments = Payments(store, os.environ["PAYMENTS_TABLE"])
+promotions = Promotions(store, os.environ["PROMOTIONS_TABLE"])
 _sfn = aws_client("stepfunctions")
 STATE_MACHINE_ARN = os.environ["STATE_MACHINE_ARN"]
 
@@ -104,34 +106,71 @@ def _problem(description: str) -> dict[str, Any]:
                      400: _problem("Malformed request or missing Idempotency-Key"),
                      401: _problem("No valid ID token (answered by API Gateway's authorizer)"),
                      415: _problem("The body is not JSON"),
-                     422: _problem("Unknown sku, or the Idempotency-Key was used with another body"),
+                     422: _problem("Unknown sku, unknown or expired coupon, or the Idempotency-Key was used with "
+                                   "another body"),
                      503: _problem("The order store is busy: retry with the same Idempotency-Key (Retry-After)")})
 def place_order(order: OrderRequest, idempotency_key: IdempotencyKey) -> Response[OrderAccepted | ProblemBody]:
-    catalog = inventory.stock([line.sku for line in order.items])
+    # The catalog's lines and the coupon, in one request.
+    keys = {inventory.table: inventory.stock_keys([line.sku for line in order.items])}
+    if order.coupon:
+        keys[promotions.table] = [coupon_key(order.coupon)]
+    found = store.batch_get_tables(keys)
+    catalog = {item["sku"]: item for item in found[inventory.table]}
     unknown = [line.sku for line in order.items if line.sku not in catalog]
     if unknown:
         return error(422, "unknown items", unknown_skus=unknown)
     currencies = sorted({catalog[line.sku]["currency"] for line in order.items})
     if len(currencies) > 1:
         return error(422, f"the items are priced in several currencies: {', '.join(currencies)}; order them apart")
-    lines, total, currency = inventory.price(order.items, catalog)
+    lines, subtotal, currency = inventory.price(order.items, catalog)
+    now = now_ms()
+    discount = 0
+    if order.coupon:
+        coupon = next(iter(found.get(promotions.table) or []), None)
+        try:
+            discount = promotions.discount(coupon, order.coupon, subtotal, currency, now)
+        except (CouponInvalid, CouponExpired) as exc:
+            # A resubmission of an order accepted before the coupon ran out is replayed, not refused.
+            accepted = orders.get(order_id_for(customer(), idempotency_key))
+            if accepted and accepted.get("request_hash") == request_hash(order.model_dump(mode="json",
+                                                                                            exclude_none=True)):
+                return start_saga(accepted)
+            return error(422, str(exc), coupon=order.coupon)
+    total = subtotal - discount
+    methods = order.methods(total)
+    if sum(m.amount for m in methods) != total:
+        return error(400, "invalid request", details=[{
+            "where": "body.payment", "type": "payment_total",
+            "problem": f"the payment amounts sum to {sum(m.amount for m in methods)}; the order's total after "
+                       f"discount is {total} {currency}"}])
     customer_id = customer()
     order_id = order_id_for(customer_id, idempotency_key)
-    body = order.model_dump(mode="json")
+    body = order.model_dump(mode="json", exclude_none=True)
     digest = request_hash(body)
-    now = now_ms()
     new = orders.new_order(order_id, customer_id, body["items"], lines, total, currency,
-                           f"{STATE_MACHINE_ARN.replace(':stateMachine:', ':execution:')}:{order_id}", digest, now)
-    cancelled = store.transact([orders.put_new(new),
-                                payments.put_new(order_id, 1, order.payment_token, total, currency, now)])
+                           f"{STATE_MACHINE_ARN.replace(':stateMachine:', ':execution:')}:{order_id}", digest, now,
+                           coupon=order.coupon, discount=discount, amounts=[m.amount for m in methods])
+    cancelled = store.transact([orders.put_new(new)] + [
+        payments.put_new(order_id, n, method.token, method.amount, currency, now)
+        for n, method in enumerate(methods, start=1)])
     if cancelled is not None:
         existing = cancelled.item(0)
         if not existing or existing.get("request_hash") != digest:
             return error(422, "this Idempotency-Key was already used with a different request body")
         new = existing  # a resubmission: replay the first answer (and start the saga if it never started)
+    return start_saga(new)
+
+
+def start_saga(new: dict[str, Any]) -> Response[OrderAccepted | ProblemBody]:
+    """Start the order's saga (once: the execution is named after the order) and answer 202."""
+    order_id = new["order_id"]
     logger.append_keys(order_id=order_id)
     saga_input = {"order_id": order_id, "customer_id": new["customer_id"],
                   "lease_expires_at": new["lease_expires_at"], "deadline_at": new["deadline_at"]}
+    if new.get("coupon"):
+        saga_input["coupon"] = new["coupon"]  # RouteOrder sends the saga through ApplyCoupon
+    if len(new.get("payment_amounts") or [1]) > 1:  # RouteOrder sends it through the AuthorizePayments Map
+        saga_input["methods"] = list(range(1, len(new["payment_amounts"]) + 1))
     try:
         execution_arn = _sfn.start_execution(stateMachineArn=STATE_MACHINE_ARN, name=order_id,
                                              input=json.dumps(saga_input))["executionArn"]

@@ -30,6 +30,7 @@ from order_saga.inventory import Inventory
 from order_saga.models import SagaState
 from order_saga.orders import Orders
 from order_saga.payments import CAPTURED, CAPTURING, Payments, payment_id
+from order_saga.promotions import Promotions
 from order_saga.step import aws_client, count, dynamodb_store, lambda_function, logger
 
 TIMING = Timing.from_env()
@@ -37,6 +38,7 @@ store = dynamodb_store()
 orders = Orders(store, os.environ["ORDERS_TABLE"], TIMING)
 inventory = Inventory(store, os.environ["INVENTORY_TABLE"], TIMING)
 payments = Payments(store, os.environ["PAYMENTS_TABLE"], gateway_from_env(store), TIMING)
+promotions = Promotions(store, os.environ["PROMOTIONS_TABLE"])
 _sfn = aws_client("stepfunctions")
 
 
@@ -54,11 +56,17 @@ def reap_order(entry: dict[str, Any], owner: str, now: int) -> bool:
                                 cause="the reaper took the order over and compensates it")
         except Exception as exc:  # noqa: BLE001 - already ended, or never started: the fence protects us anyway
             logger.info("could not stop the execution", extra={"execution": execution, "reason": str(exc)})
+    methods = list(range(1, len(order.get("payment_amounts") or [0]) + 1))
     saga = SagaState(order_id=order["order_id"], customer_id=order["customer_id"], fence=lease.fence,
-                     deadline_at=lease.deadline_at, lease_expires_at=lease.expires_at)
-    captured = (payments.get(payment_id(saga.order_id)) or {}).get("status") in (CAPTURING, CAPTURED)
+                     deadline_at=lease.deadline_at, lease_expires_at=lease.expires_at, coupon=order.get("coupon"),
+                     methods=methods if len(methods) > 1 else None)
+    captured = any((payments.get(payment_id(saga.order_id, m)) or {}).get("status") in (CAPTURING, CAPTURED)
+                   for m in methods)
     steps.compensate(store, orders, saga, owner, "RefundPayment" if captured else "VoidPayment", now_ms(),
-                     steps.undo_payment(payments, saga.order_id, now_ms()))
+                     steps.undo_payment(payments, saga.order_id, now_ms(), methods))
+    if saga.coupon:
+        steps.compensate(store, orders, saga, owner, "ReleaseCoupon", now_ms(),
+                         steps.undo_coupon(promotions, saga.coupon, saga.order_id, now_ms()))
     steps.compensate(store, orders, saga, owner, "ReleaseInventory", now_ms(),
                      steps.undo_reservation(inventory, saga.order_id, now_ms()))
     steps.compensate(store, orders, saga, owner, "CancelOrder", now_ms(), finish=True)

@@ -22,7 +22,7 @@ payments = Payments(store, os.environ["PAYMENTS_TABLE"], gateway_from_env(store)
 def lambda_handler(saga: SagaState, execution_id: str) -> SagaState:
     now = now_ms()
     saga, acted = steps.compensate(store, orders, saga, execution_id, "RefundPayment", now,
-                                   steps.undo_payment(payments, saga.order_id, now))
+                                   steps.undo_payment(payments, saga.order_id, now, steps.methods_of(saga)))
     if acted:
         count("CompensationRun", "RefundPayment")
     return saga

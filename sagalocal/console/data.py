@@ -194,6 +194,24 @@ class ConsoleData:
             return name
         return self.state_machine_arn.replace(":stateMachine:", ":execution:") + ":" + name
 
+    # ---- the dashboard ---------------------------------------------------------------------------------
+    def dashboards(self) -> tuple[list[dict[str, Any]], str]:
+        """The template's CloudWatch dashboards, evaluated by the embedded stack on its functions' metrics, and
+        where they came from. ([], why) where no embedded stack answers: on AWS the dashboard is CloudWatch's."""
+        import urllib.error
+        import urllib.request
+
+        name = self.outputs.get("DashboardName", "the stack's dashboard")
+        elsewhere = f"On AWS, open the CloudWatch dashboard {name}: CloudWatch computes it from the same metrics."
+        if not self.source.endpoint:
+            return [], elsewhere
+        try:
+            with urllib.request.urlopen(f"{self.source.endpoint}/_sagalocal/metrics", timeout=30) as response:  # noqa: S310
+                answer = json.loads(response.read())
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            return [], f"{self.source.endpoint} is not an embedded stack's endpoint ({exc}). {elsewhere}"
+        return answer["dashboards"], f"metrics from the functions' log files in {answer['log_dir']}, the whole run"
+
     # ---- the state machine ---------------------------------------------------------------------------
     def state_machine(self) -> tuple[dict[str, Any], Graph]:
         described = self.sfn.describe_state_machine(stateMachineArn=self.state_machine_arn)
@@ -319,7 +337,7 @@ class ConsoleData:
         return parked
 
 
-COMPENSATIONS_IN_ORDER = ("RefundPayment", "VoidPayment", "ReleaseInventory", "CancelOrder")
+COMPENSATIONS_IN_ORDER = ("RefundPayment", "VoidPayment", "ReleaseCoupon", "ReleaseInventory", "CancelOrder")
 
 
 def advise(parked: ParkedMessage, queue: QueueInfo) -> None:

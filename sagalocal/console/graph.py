@@ -3,8 +3,10 @@
 Each state gets a role from the definition's shape alone, so nothing is drawn or classified by hand:
   forward        on the chain StartAt reaches through Next, Default and Choice edges (the happy path)
   compensation   a Task or Pass state reached only through some Catch (what runs when a step fails)
-  succeed        a Succeed state, or an End state on the forward chain
+  succeed        a Succeed state, or a Pass or Choice that ends the forward chain (a Task that ends it, such as
+                 ConfirmOrder, is a forward step: it does work)
   fail           a Fail state
+A Map is one node; its iterations' states are drawn inside it (their retries and errors count on the Map).
 The browser lays the graph out (dagre, sagalocal/console/static/console.js); this module only says what
 the nodes and edges are.
 """
@@ -46,6 +48,7 @@ class Graph:
     comment: str
     nodes: list[Node]
     edges: list[Edge]
+    inner: dict[str, str] = field(default_factory=dict)  # a Map's iteration state -> the Map
 
     def node(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)
@@ -90,14 +93,16 @@ def state_graph(definition: dict[str, Any]) -> Graph:
         kind = state["Type"]
         if kind == "Fail":
             role = "fail"
-        elif kind == "Succeed" or (state.get("End") and name in forward):
+        elif kind == "Succeed" or (state.get("End") and name in forward and kind not in ("Task", "Map", "Parallel")):
             role = "succeed"
         elif name in forward:
             role = "forward"
         else:
             role = "compensation"
         nodes.append(Node(name, kind, role, state.get("Comment", "")))
-    return Graph(definition["StartAt"], definition.get("Comment", ""), nodes, edges)
+    inner = {inner_name: name for name, state in states.items() if state["Type"] == "Map"
+             for inner_name in ((state.get("ItemProcessor") or state.get("Iterator") or {}).get("States") or {})}
+    return Graph(definition["StartAt"], definition.get("Comment", ""), nodes, edges, inner)
 
 
 def _catch_matches(edge: Edge, error: str) -> bool:
@@ -110,10 +115,16 @@ def overlay(graph: Graph, visits: list[Visit]) -> Graph:
     for node in graph.nodes:
         node.status = "not-visited"
     for visit in visits:
+        if visit.name in graph.inner:  # a Map iteration's state: its retries and error count on the Map
+            node = graph.node(graph.inner[visit.name])
+            node.retries += visit.retries
+            node.error = node.error or (visit.error if visit.status == "failed" else "")
+            continue
         node = graph.node(visit.name)
         node.status = visit.status
         node.retries += visit.retries
         node.error = visit.error or node.error
+    visits = [visit for visit in visits if visit.name not in graph.inner]
     for step, (here, there) in enumerate(zip(visits, visits[1:], strict=False), start=1):
         candidates = [e for e in graph.edges if e.source == here.name and e.target == there.name]
         if here.status == "failed" and here.error:

@@ -111,6 +111,7 @@ class ConsoleApp:
             Rule("/executions/<path:name>", endpoint="execution"),
             Rule("/orders/<order_id>", endpoint="order"),
             Rule("/parked", endpoint="parked", methods=["GET", "POST"]),
+            Rule("/dashboard", endpoint="dashboard"),
             Rule("/static/<path:name>", endpoint="static"),
             Rule("/vendor/<name>", endpoint="vendor"),
         ])
@@ -200,6 +201,12 @@ class ConsoleApp:
             messages = self.data.read_parked()
         return self.render(request, "parked.html", {"queues": self.data.queues(), "messages": messages,
                                                     "title": "Parked sagas"})
+
+    def on_dashboard(self, request: Request) -> Response:
+        dashboards, source = self.data.dashboards()
+        refresh = Refresh(request, bool(dashboards), REFRESH_IDLE, "the metrics so far")
+        return self.render(request, "dashboard.html", {"dashboards": dashboards, "source": source,
+                                                       "refresh": refresh, "title": "Dashboard"})
 
     # ---- assets --------------------------------------------------------------------------------------
     def on_static(self, request: Request, name: str) -> Response:

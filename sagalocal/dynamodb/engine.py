@@ -21,6 +21,7 @@ from typing import Any
 
 from sagafaults.dynamodb import PREFIX, cancelled, conflict_reason, encode, error_response
 from sagafaults.rules import request_items
+from sagalocal.dynamodb import streams
 from sagalocal.dynamodb.capacity import Image, Meter, index_writes, read_units, wire_size, write_units
 from sagalocal.dynamodb.concurrency import Coordinator, Identity
 from sagalocal.dynamodb.faults import RuleBook
@@ -262,6 +263,7 @@ def install_backend_patches() -> None:
     from moto.dynamodb.models import DynamoDBBackend
 
     DynamoDBBackend.transact_write_items = _transact_write_items  # type: ignore[method-assign]
+    streams.install()
     for name in ("put_item", "update_item", "delete_item"):
         setattr(DynamoDBBackend, name, _metered_write(getattr(DynamoDBBackend, name)))
     _cache_update_expressions()

@@ -6,6 +6,8 @@ Control endpoints (not DynamoDB's):
   GET|POST|DELETE /_sagalocal/faults   the fault rules this process applies to every request
   GET|DELETE      /_sagalocal/stats    requests by operation, capacity units by table (DELETE: reset)
   GET|POST        /_sagalocal/iam      the functions' identities (POST registers them) and what each used
+  GET             /_sagalocal/streams  ?table=&after=&limit=&ack=&stream_arn=&as=: a table's stream records, read
+                                       by an event source mapping with the function's identity (`as`)
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from sagafaults.rules import RuleError
 from sagalocal.dynamodb.engine import Engine, Reply
+from sagalocal.dynamodb.streams import STREAMS
 from sagalocal.iam import Principal
 
 log = logging.getLogger("sagalocal.dynamodb")
@@ -109,6 +113,18 @@ def make_server(port: int, engine: Engine) -> _Server:
                     if self.command == "POST":
                         engine.iam.register([Principal.from_json(p) for p in json.loads(raw or b"[]")])
                     self._json(200, {"principals": engine.iam.principals(), "used": engine.iam.used()})
+                elif path == "/_sagalocal/streams":
+                    query = {k: v[-1] for k, v in parse_qs(urlsplit(self.path).query).items()}
+                    signer = query.get("as")
+                    denial = engine.iam.check(signer, [(action, query.get("stream_arn", "*"))
+                                                       for action in ("dynamodb:DescribeStream",
+                                                                      "dynamodb:GetShardIterator",
+                                                                      "dynamodb:GetRecords")])
+                    if denial is not None:
+                        self._json(403, {"error": denial})
+                        return
+                    self._json(200, STREAMS.read(query["table"], int(query.get("after", 0)),
+                                                 int(query.get("limit", 100)), int(query.get("ack", 0))))
                 elif path == "/_sagalocal/stats":
                     if self.command == "DELETE":
                         engine.meter.reset()

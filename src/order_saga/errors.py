@@ -62,6 +62,18 @@ class ReservationExpired(BusinessError):
     """The reservation outlived its expiry before ConfirmOrder could commit it."""
 
 
+class CouponInvalid(BusinessError):
+    """The order's coupon does not exist (any more), or does not apply to the order's currency."""
+
+
+class CouponExpired(BusinessError):
+    """The order's coupon is outside its validity window."""
+
+
+class CouponExhausted(BusinessError):
+    """The coupon reached its global number of redemptions, or the customer's own limit."""
+
+
 class PaymentGatewayUnavailable(TransientError):
     """The payment gateway failed temporarily (timeout, 5xx, throttling)."""
 
@@ -81,3 +93,7 @@ class ConcurrentUpdate(TransientError):
 # The names the state machine treats as transient (kept in sync by a unit test).
 TRANSIENT_ERROR_NAMES = ("TransientError", "PaymentGatewayUnavailable", "StoreThrottled", "StoreContention",
                          "ConcurrentUpdate")
+
+
+class PublishFailed(TransientError):
+    """EventBridge refused some outcome events: the stream batch is retried (consumers drop repeats by id)."""

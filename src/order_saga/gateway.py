@@ -20,6 +20,8 @@ tokens, so no saga code ever needs a fault-injection hook:
                      timeout the call fails with an unknown outcome, and the authorization lands S s after
                      the first call (a retry meanwhile is told the request is in progress)
   tok_hang           tok_slow_<FAKE_GATEWAY_HANG_SECONDS> (3600 by default)
+  tok_capture_fails  authorizes, but the authorization has expired when it is captured: the capture is
+                     refused (PaymentNotAuthorized) and the hold is gone
 
 Any other token is declined, as a processor declines an unknown card. The fake keeps its ledger in a
 DynamoDB table (items keyed "fake-gateway#<key>"), so its state survives across Lambda sandboxes and
@@ -46,27 +48,6 @@ class PaymentGateway(Protocol):
     timeout: float  # seconds: the longest any one call takes
 
     def authorize(self, key: str, token: str, amount: int, currency: str) -> str: ...
-    def _slow(self, key: str, seconds: float, amount: int, currency: str) -> str:
-        """The processor takes `seconds` from the first call; the client waits at most its timeout."""
-        lands_at = int((time.time() + seconds) * 1000)
-        entry = self._record_once(key, {"state": PROCESSING, "lands_at": lands_at, "amount": amount,
-                                        "currency": currency, "auth_ref": f"auth_{key}"})
-        wait = int(entry.get("lands_at", 0)) / 1000 - time.time()
-        if entry.get("state") == PROCESSING and wait > self.timeout:
-            if int(entry["lands_at"]) != lands_at:  # a repeat of a call the processor is still working on
-                raise PaymentGatewayUnavailable("gateway: this payment's authorization is still in progress")
-            time.sleep(self.timeout)
-            raise PaymentGatewayUnavailable(f"gateway: no answer within {self.timeout:g} s; the authorization's "
-                                            f"outcome is unknown")
-        if wait > 0:
-            time.sleep(wait)
-        state = self.state(key)
-        if state == DECLINED:
-            raise PaymentDeclined("card declined")
-        if state in (VOIDED, REFUNDED):
-            raise PaymentNotAuthorized(f"gateway: the authorization was {state}")
-        return str(entry.get("auth_ref", f"auth_{key}"))
-
     def capture(self, key: str) -> None: ...
     def reverse(self, key: str) -> str | None: ...
     def state(self, key: str) -> str | None: ...
@@ -104,6 +85,10 @@ class FakeGateway:
                 raise PaymentGatewayUnavailable(f"gateway unavailable (test card, failure {failures})")
         elif slow or token == "tok_hang":
             return self._slow(key, float(slow.group(1)) if slow else self.hang_seconds, amount, currency)
+        elif token == "tok_capture_fails":
+            entry = self._record_once(key, {"state": AUTHORIZED, "amount": amount, "currency": currency,
+                                            "auth_ref": f"auth_{key}", "expires_before_capture": True})
+            return str(entry.get("auth_ref", f"auth_{key}"))
         elif token != "tok_approve":
             self._record_once(key, {"state": DECLINED, "amount": amount, "currency": currency})
             raise PaymentDeclined("card declined (test card)")
@@ -136,7 +121,15 @@ class FakeGateway:
 
     def capture(self, key: str) -> None:
         """Take the authorized money. A repeat is a no-op; anything but an authorization is refused."""
-        written = self._move(key, AUTHORIZED, CAPTURED)
+        written = self.store.update(
+            TableName=self.table, Key=self._key(key), UpdateExpression="SET #state = :to",
+            ConditionExpression="#state = :from AND attribute_not_exists(expires_before_capture)",
+            ExpressionAttributeNames={"#state": "state"},
+            ExpressionAttributeValues=values(to=CAPTURED, **{"from": AUTHORIZED}))
+        if not written.ok and (written.item or {}).get("expires_before_capture") and \
+                (written.item or {}).get("state") == AUTHORIZED:
+            self._move(key, AUTHORIZED, VOIDED)  # the issuer released the hold
+            raise PaymentNotAuthorized("gateway: the authorization expired before its capture (test card)")
         if not written.ok and (written.item or {}).get("state") != CAPTURED:
             raise PaymentNotAuthorized(f"gateway: nothing to capture, the payment is "
                                        f"{(written.item or {}).get('state')}")

@@ -74,6 +74,9 @@ class Inventory:
         return {item["sku"]: item for item in self.store.batch_get(self.table, [stock_key(s) for s in skus],
                                                                      consistent)}
 
+    def stock_keys(self, skus: list[str]) -> list[dict[str, Any]]:
+        return [stock_key(s) for s in skus]
+
     def price(self, items: list[OrderLine], catalog: dict[str, dict[str, Any]] | None = None
               ) -> tuple[list[PricedLine], int, str]:
         """Price the lines from the catalog (read now, unless given). Raises UnknownItem for a sku the catalog

@@ -6,9 +6,12 @@ import hashlib
 import json
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Sku = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+CouponCode = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Z0-9][A-Z0-9-]*$")]
+CardToken = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")]
+MAX_METHODS = 3
 Quantity = Annotated[int, Field(ge=1, le=1000, strict=True)]
 MAX_LINES = 50
 
@@ -40,14 +43,40 @@ class OrderLine(BaseModel):
     quantity: Quantity
 
 
+class PaymentMethod(BaseModel):
+    """One method of a split payment: a card token and the amount (minor units) it pays."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    token: CardToken
+    amount: Annotated[int, Field(ge=1, le=100_000_000, strict=True)]
+
+
 class OrderRequest(BaseModel):
-    """Body of POST /orders. There is no price or amount: prices come from the catalog, and no customer: the
-    customer is the signed-in user (the token's `sub`), so a body naming one is refused as an unknown field."""
+    """Body of POST /orders. There is no price: prices come from the catalog, and the coupon's discount is priced
+    by the server. No customer: the customer is the signed-in user (the token's `sub`), so a body naming one is
+    refused as an unknown field. One payment method (`payment_token`, which pays the total) or a split
+    (`payment`: 1 to 3 methods whose amounts sum exactly to the total after discount), never both."""
 
     model_config = ConfigDict(extra="forbid")
 
     items: Annotated[list[OrderLine], Field(min_length=1, max_length=MAX_LINES)]
-    payment_token: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")]
+    payment_token: CardToken | None = None
+    payment: Annotated[list[PaymentMethod], Field(min_length=1, max_length=MAX_METHODS)] | None = None
+    coupon: CouponCode | None = None
+
+    @model_validator(mode="after")
+    def _one_way_to_pay(self) -> OrderRequest:
+        if (self.payment_token is None) == (self.payment is None):
+            raise ValueError("pay with `payment_token` (one card) or `payment` (1 to 3 methods), exactly one of them")
+        return self
+
+    def methods(self, total: int) -> list[PaymentMethod]:
+        """The payment methods; a single `payment_token` pays the whole total."""
+        if self.payment is not None:
+            return self.payment
+        # Not validated: the whole total, whatever the catalog's prices make it (the client chose no amount).
+        return [PaymentMethod.model_construct(token=str(self.payment_token), amount=total)]
 
     @field_validator("items")
     @classmethod
@@ -91,6 +120,8 @@ class SagaState(BaseModel):
     lines: list[PricedLine] | None = None  # added by CreateOrder, from the order the API priced
     total: int | None = None  # added by CreateOrder, minor units
     currency: str | None = None
+    coupon: str | None = None  # from the API: the order's coupon code; present only when there is one
+    methods: list[int] | None = None  # from the API: the payment methods' numbers, when more than one
     fence: int | None = None  # added by CreateOrder: the lease's fencing token
     authorization: str | None = None  # added by AuthorizePayment (gateway reference)
     failures: dict[str, StepFailure] = Field(default_factory=dict)  # added by Catch
@@ -109,10 +140,12 @@ class SagaState(BaseModel):
 
 
 class StepEvent(BaseModel):
-    """The payload every saga task receives: the saga state and the execution that runs it."""
+    """The payload every saga task receives: the saga state and the execution that runs it (and, inside the
+    AuthorizePayments Map, the payment method of the iteration)."""
 
     saga: SagaState
     execution_id: str
+    method: int | None = None
 
 
 # ---- API responses (documented in the OpenAPI document) ----
@@ -141,8 +174,12 @@ class OrderDocument(BaseModel):
     saga_status: str
     items: list[OrderLine]
     lines: list[PricedLine] | None = None
+    subtotal: int | None = None
+    coupon: str | None = None
+    discount: int | None = None
     total: int | None = None
     currency: str | None = None
+    payments: list[dict[str, str | int]] | None = None
     created_at: int
     updated_at: int
     parked_error: str | None = None
@@ -153,3 +190,4 @@ class ProblemBody(BaseModel):
     error: str
     details: list[dict[str, str]] | None = None
     unknown_skus: list[str] | None = None
+    coupon: str | None = None

@@ -31,8 +31,9 @@ FAILED = "FAILED"
 
 # The states of the state machine in the order they can run: breaks ties in the step log's times.
 STEP_ORDER = (
-    "CreateOrder", "ReserveInventory", "AuthorizePayment", "ConfirmOrder", "Reaper",
-    "RefundPayment", "VoidPayment", "ReleaseInventory", "CancelOrder", "ParkSaga",
+    "CreateOrder", "ReserveInventory", "ApplyCoupon", "AuthorizePayment", "AuthorizePayment.1", "AuthorizePayment.2",
+    "AuthorizePayment.3", "ConfirmOrder", "Reaper", "RefundPayment", "VoidPayment", "ReleaseCoupon",
+    "ReleaseInventory", "CancelOrder", "ParkSaga",
 )
 # A compensation may act while the saga is in any of these (FAILED: an operator redrives a parked saga).
 COMPENSABLE = (models.PENDING, models.EXECUTING, models.COMPLETED, models.COMPENSATING, models.FAILED)
@@ -62,12 +63,16 @@ class Orders:
     # ---- the API ---------------------------------------------------------------------------------------
     def new_order(self, order_id: str, customer_id: str, items: list[dict[str, Any]],
                   lines: list[models.PricedLine], total: int, currency: str, execution_arn: str, digest: str,
-                  now: int) -> dict[str, Any]:
+                  now: int, coupon: str | None = None, discount: int = 0,
+                  amounts: list[int] | None = None) -> dict[str, Any]:
         """The PENDING order the API writes: unowned, with a lease that runs out (the reaper cancels an order
-        whose execution never starts)."""
+        whose execution never starts). `total` is after the coupon's `discount`; `amounts` are what each payment
+        method pays (one method: the total)."""
+        priced = {"subtotal": total + discount, "discount": discount, "coupon": coupon} if coupon else {}
         return {
             "order_id": order_id, "customer_id": customer_id, "items": items,
-            "lines": [line.model_dump() for line in lines], "total": total, "currency": currency,
+            "lines": [line.model_dump() for line in lines], "total": total, "currency": currency, **priced,
+            "payment_amounts": amounts or [total],
             "status": ORDER_RECEIVED, "saga_status": models.PENDING, "execution_arn": execution_arn,
             "request_hash": digest, "steps": {}, "created_at": now, "updated_at": now,
             "active": self.timing.shard(order_id), "fence": 0,
@@ -301,8 +306,10 @@ def order_view(order: dict[str, Any]) -> dict[str, Any]:
     if failure:
         steps.append({"step": failure["step"], "status": FAILED, "at": failure["at"], "error": failure["error"]})
     steps.sort(key=lambda e: (e["at"], STEP_ORDER.index(e["step"]) if e["step"] in STEP_ORDER else 99))
-    keys = ("order_id", "customer_id", "status", "saga_status", "items", "lines", "total", "currency",
-            "created_at", "updated_at", "parked_error")
+    keys = ("order_id", "customer_id", "status", "saga_status", "items", "lines", "subtotal", "coupon", "discount",
+            "total", "currency", "created_at", "updated_at", "parked_error")
     view = {k: order[k] for k in keys if k in order}
+    view["payments"] = [{"method": n, "amount": amount}
+                        for n, amount in enumerate(order.get("payment_amounts") or [order.get("total")], start=1)]
     view["steps"] = steps
     return view

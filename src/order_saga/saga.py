@@ -22,21 +22,33 @@ from collections.abc import Callable
 from typing import Any
 
 from order_saga import models
-from order_saga.errors import ConcurrentUpdate, ReservationExpired, ReservationReleased
+from order_saga.errors import ConcurrentUpdate, CouponInvalid, ReservationExpired, ReservationReleased
 from order_saga.inventory import COMMITTED, RESERVED, Inventory
 from order_saga.models import PricedLine, SagaState
 from order_saga.orders import Orders
 from order_saga.payments import HOLDS_MONEY, Payments, payment_id
+from order_saga.promotions import COMMITTED as REDEMPTION_COMMITTED
+from order_saga.promotions import HELD, Promotions
 from order_saga.store import Store
 
-FORWARD_STEPS = ("CreateOrder", "ReserveInventory", "AuthorizePayment", "ConfirmOrder")
+FORWARD_STEPS = ("CreateOrder", "ReserveInventory", "ApplyCoupon", "AuthorizePayment", "AuthorizePayments",
+                 "ConfirmOrder")
+
+
+def methods_of(saga: SagaState) -> list[int]:
+    """The payment methods' numbers: [1] for an order paid with one card."""
+    return saga.methods or [1]
 
 
 # ---- forward steps ---------------------------------------------------------------------------------------
 def create_order(orders: Orders, saga: SagaState, owner: str, now: int) -> SagaState:
-    """Take the order's lease: the saga is EXECUTING, with the lines the API priced."""
+    """Take the order's lease: the saga is EXECUTING, with what the API priced and stored (the lines, the
+    total, the coupon, the payment methods, the customer), whatever the execution's input said."""
     order, lease = orders.acquire(saga, owner, now)
+    amounts = order.get("payment_amounts") or []
     return saga.model_copy(update={
+        "customer_id": order.get("customer_id", saga.customer_id), "coupon": order.get("coupon"),
+        "methods": list(range(1, len(amounts) + 1)) if len(amounts) > 1 else None,
         "lines": [PricedLine(**line) for line in order["lines"]], "total": order["total"],
         "currency": order["currency"], "fence": lease.fence, "deadline_at": lease.deadline_at,
         "lease_expires_at": lease.expires_at})
@@ -65,17 +77,45 @@ def reserve_inventory(store: Store, orders: Orders, inventory: Inventory, saga: 
     raise ConcurrentUpdate(f"the reservation of order {saga.order_id} was cancelled: {cancelled.reasons}")
 
 
-def authorize_payment(store: Store, orders: Orders, payments: Payments, saga: SagaState, owner: str,
-                      now: int) -> SagaState:
-    """Hold the order's total on the card; record the authorization under the lease."""
+def apply_coupon(store: Store, orders: Orders, promotions: Promotions, saga: SagaState, owner: str,
+                 now: int) -> SagaState:
+    """Hold one redemption of the order's coupon, within its global and per-customer limits."""
+    code = saga.coupon
+    if not code:
+        raise CouponInvalid("the order has no coupon (ApplyCoupon runs only when there is one)")
     lease = orders.lease_of(saga, owner)
-    pid = payment_id(saga.order_id)
+    coupon = promotions.coupon(code)
+    if coupon is None:
+        raise CouponInvalid(f"no coupon {code}")
+    items = promotions.hold_items(code, saga.order_id, saga.customer_id, int(coupon["per_customer"]), now) + [
+        orders.step_update(lease, "ApplyCoupon", now)]
+    cancelled = store.transact(items)
+    if cancelled is None:
+        return saga.model_copy(update={"lease_expires_at": orders.renewed(lease, now)})
+    if cancelled.failed(3):
+        raise orders.refusal(cancelled.item(3), lease, now)
+    if cancelled.failed(0):
+        if (cancelled.item(0) or {}).get("status") in (HELD, REDEMPTION_COMMITTED):
+            return _after_repeat(orders, saga)  # held before: a repeat
+        raise CouponInvalid(f"the redemption of coupon {code} for order {saga.order_id} was released")
+    if cancelled.failed(1) or cancelled.failed(2):
+        raise promotions.refusal(code, cancelled.item(1) if cancelled.failed(1) else coupon, cancelled.failed(2), now)
+    raise ConcurrentUpdate(f"the coupon hold of order {saga.order_id} was cancelled: {cancelled.reasons}")
+
+
+def authorize_payment(store: Store, orders: Orders, payments: Payments, saga: SagaState, owner: str,
+                      now: int, method: int = 1) -> SagaState:
+    """Hold one payment method's amount on its card; record the authorization under the lease. An order paid
+    with several methods runs this once per method (the AuthorizePayments Map), each logged on its own."""
+    lease = orders.lease_of(saga, owner)
+    pid = payment_id(saga.order_id, method)
+    step = "AuthorizePayment" if saga.methods is None else f"AuthorizePayment.{method}"
     payment = payments.get(pid)
     reference = payments.authorize_at_gateway(payment, now)
     if payment is not None and payment.get("status") in HOLDS_MONEY:
         return _after_repeat(orders, saga, authorization=reference)
     cancelled = store.transact([payments.authorized_item(pid, reference, now),
-                                orders.step_update(lease, "AuthorizePayment", now)])
+                                orders.step_update(lease, step, now)])
     if cancelled is not None:
         if cancelled.failed(1):
             payments.reverse(pid)  # the lease is gone: this authorization must not hold money
@@ -89,16 +129,18 @@ def authorize_payment(store: Store, orders: Orders, payments: Payments, saga: Sa
 
 
 def confirm_order(store: Store, orders: Orders, inventory: Inventory, payments: Payments, saga: SagaState,
-                  owner: str, now: int) -> SagaState:
-    """Commit the stock, then capture the money, then confirm the order."""
+                  owner: str, now: int, promotions: Promotions | None = None) -> SagaState:
+    """Commit the stock (and the coupon's redemption), then capture every payment method, then confirm."""
     lines, _ = saga.require_priced()
     lease = orders.lease_of(saga, owner)
-    pid = payment_id(saga.order_id)
-    items = inventory.commit_items(saga.order_id, lines, now) + [payments.capturing_item(pid, now),
-                                                                  orders.guard(lease, now)]
+    pids = [payment_id(saga.order_id, m) for m in methods_of(saga)]
+    stock = inventory.commit_items(saga.order_id, lines, now)
+    capturing = [payments.capturing_item(pid, now) for pid in pids]
+    coupon = [promotions.commit_item(saga.coupon, saga.order_id, now)] if saga.coupon and promotions else []
+    items = stock + capturing + coupon + [orders.guard(lease, now)]
     cancelled = store.transact(items)
     if cancelled is not None:
-        guard, payment = len(items) - 1, len(items) - 2
+        guard = len(items) - 1
         if cancelled.failed(guard):
             if _completed_by(cancelled.item(guard), owner):
                 return saga  # confirmed before: a repeat
@@ -110,22 +152,33 @@ def confirm_order(store: Store, orders: Orders, inventory: Inventory, payments: 
                                          f"{reservation.get('expires_at')}")
             if reservation.get("status") != COMMITTED:
                 raise ReservationReleased(f"order {saga.order_id} holds no reservation to commit")
-        if cancelled.failed(payment):
-            error = payments.not_capturable(cancelled.item(payment))
-            if error is not None:
-                raise error
-        if any(cancelled.failed(i + 1) for i in range(len(lines))) or not (cancelled.failed(0)
-                                                                            or cancelled.failed(payment)):
+        first_payment = len(stock)
+        for index in range(first_payment, first_payment + len(pids)):
+            if cancelled.failed(index):
+                error = payments.not_capturable(cancelled.item(index))
+                if error is not None:
+                    raise error
+        if coupon and cancelled.failed(guard - 1):
+            raise CouponInvalid(f"the coupon redemption of order {saga.order_id} was released before confirming")
+        # What is left: a repeat (the reservation COMMITTED, the payments CAPTURING), or a conflict we cannot name.
+        repeat = cancelled.failed(0) or any(cancelled.failed(i) for i in range(first_payment, guard))
+        if not repeat or any(cancelled.failed(i + 1) for i in range(len(lines))):
             raise ConcurrentUpdate(f"the stock commit of order {saga.order_id} was cancelled: {cancelled.reasons}")
-    payments.capture(pid)  # the stock is ours: now the money moves
-    cancelled = store.transact([payments.captured_item(pid, now),
-                                orders.step_update(lease, "ConfirmOrder", now, finish=True)])
+    for pid in pids:
+        payments.capture(pid)  # the stock is ours: now the money moves, method by method
+    final = [payments.captured_item(pid, now) for pid in pids] + [
+        orders.step_update(lease, "ConfirmOrder", now, finish=True)]
+    cancelled = store.transact(final)
     if cancelled is not None:
-        if cancelled.failed(1) and not _completed_by(cancelled.item(1), owner):
-            raise orders.refusal(cancelled.item(1), lease, now)
-        if cancelled.failed(0) and not cancelled.failed(1):
-            error = payments.not_capturable(cancelled.item(0))
-            raise error or ConcurrentUpdate(f"the payment of order {saga.order_id} changed while confirming it")
+        order_index = len(final) - 1
+        if cancelled.failed(order_index) and not _completed_by(cancelled.item(order_index), owner):
+            raise orders.refusal(cancelled.item(order_index), lease, now)
+        if not cancelled.failed(order_index):
+            for index in range(len(pids)):
+                if cancelled.failed(index):
+                    error = payments.not_capturable(cancelled.item(index))
+                    raise error or ConcurrentUpdate(f"the payment of order {saga.order_id} changed while "
+                                                    f"confirming it")
     return saga
 
 
@@ -193,12 +246,17 @@ def compensate(store: Store, orders: Orders, saga: SagaState, owner: str, step: 
     return saga.model_copy(update={"fence": lease.fence, "deadline_at": lease.deadline_at}), acted
 
 
-def undo_payment(payments: Payments, order_id: str, now: int) -> Undo:
+def undo_payment(payments: Payments, order_id: str, now: int, methods: list[int] | None = None) -> Undo:
+    """Give back what every payment method holds: void each authorization, refund each capture."""
     def undo() -> list[dict[str, Any]]:
-        item = payments.undo_item(payment_id(order_id), now)
-        return [] if item is None else [item]
+        items = [payments.undo_item(payment_id(order_id, m), now) for m in methods or [1]]
+        return [item for item in items if item is not None]
 
     return undo
+
+
+def undo_coupon(promotions: Promotions, code: str, order_id: str, now: int) -> Undo:
+    return lambda: promotions.release_items(code, order_id, now)
 
 
 def undo_reservation(inventory: Inventory, order_id: str, now: int) -> Undo:

@@ -15,8 +15,9 @@ import boto3
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.config import Config
 
-from order_saga.errors import SagaError
+from order_saga.errors import SagaError, TransientError
 from order_saga.models import SagaState, StepEvent
 from order_saga.store import CLIENT_CONFIG, Store
 
@@ -25,7 +26,7 @@ metrics = Metrics()
 TRACING = os.environ.get("POWERTOOLS_TRACE_DISABLED", "false").lower() != "true"
 
 Handler = Callable[[dict[str, Any], LambdaContext], Any]
-Step = Callable[[SagaState, str], SagaState]
+Step = Callable[..., SagaState]  # fn(saga, execution_id[, method=n]) -> saga
 
 
 def dynamodb_store() -> Store:
@@ -33,11 +34,13 @@ def dynamodb_store() -> Store:
     return Store(boto3.client("dynamodb", config=CLIENT_CONFIG))
 
 
-def aws_client(service: str) -> Any:
+def aws_client(service: str, read_timeout: float | None = None) -> Any:
     """A client for another service with the same bounds as DynamoDB's: one attempt of at most 2 s (connect
     0.5 s, read 1.5 s), so the call fits the function's timeout (docs/timeouts.md); the state machine (or the
-    API's client, with its Idempotency-Key) retries the whole step."""
-    return boto3.client(service, config=CLIENT_CONFIG)
+    API's client, with its Idempotency-Key) retries the whole step. A longer `read_timeout` where a call given
+    up on may have landed anyway and a retry repeats it (PutEvents: a repeated event)."""
+    config = CLIENT_CONFIG if read_timeout is None else CLIENT_CONFIG.merge(Config(read_timeout=read_timeout))
+    return boto3.client(service, config=config)
 
 
 def count(name: str, step: str, value: float = 1, unit: str = MetricUnit.Count) -> None:
@@ -46,7 +49,7 @@ def count(name: str, step: str, value: float = 1, unit: str = MetricUnit.Count) 
         metric.add_dimension(name="step", value=step)
 
 
-def lambda_function(name: str, store: Store, order_id_of: Callable[[Any], str | None] | None = None,
+def lambda_function(name: str, store: Store | None, order_id_of: Callable[[Any], str | None] | None = None,
                     **log_context: Any) -> Callable[[Handler], Handler]:
     """A Lambda handler with Powertools, the store's time budget, tracing where it is on, and fault injection
     where the template turned it on (FaultInjection)."""
@@ -54,7 +57,8 @@ def lambda_function(name: str, store: Store, order_id_of: Callable[[Any], str | 
     def decorate(fn: Handler) -> Handler:
         @functools.wraps(fn)
         def budgeted(event: dict[str, Any], context: LambdaContext) -> Any:
-            store.set_deadline(context.get_remaining_time_in_millis())
+            if store is not None:
+                store.set_deadline(context.get_remaining_time_in_millis())
             return fn(event, context)
 
         handler: Handler = metrics.log_metrics(logger.inject_lambda_context(clear_state=True, **log_context)(budgeted))
@@ -65,7 +69,7 @@ def lambda_function(name: str, store: Store, order_id_of: Callable[[Any], str | 
         if os.environ.get("FAULT_RULES_TABLE"):
             from sagafaults.handler import wrap
 
-            handler = wrap(handler, name, [store.client], order_id_of)
+            handler = wrap(handler, name, [store.client] if store is not None else [], order_id_of)
         return handler
 
     return decorate
@@ -86,9 +90,12 @@ def saga_step(name: str, store: Store) -> Callable[[Step], Handler]:
             step = StepEvent.model_validate(event)
             logger.append_keys(order_id=step.saga.order_id, execution_id=step.execution_id, step=name)
             try:
-                result = fn(step.saga, step.execution_id)
+                # Inside the AuthorizePayments Map, each iteration names its payment method.
+                result = fn(step.saga, step.execution_id, **({"method": step.method} if step.method else {}))
             except SagaError as exc:
                 logger.warning("step failed", extra={"error": type(exc).__name__, "reason": str(exc)})
+                if isinstance(exc, TransientError):  # the dashboard's retries per step (CancelOrder counts failures)
+                    count("StepRetried", name)
                 raise
             logger.info("step succeeded")
             return result.dump()

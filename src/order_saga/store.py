@@ -91,12 +91,21 @@ class Store:
         return from_ddb(resp["Item"]) if "Item" in resp else None
 
     def batch_get(self, table: str, keys: list[dict[str, Any]], consistent: bool = False) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = []
-        for start in range(0, len(keys), 100):
-            request: dict[str, Any] = {table: {"Keys": keys[start:start + 100], "ConsistentRead": consistent}}
+        return self.batch_get_tables({table: keys}, consistent)[table]
+
+    def batch_get_tables(self, keys_by_table: dict[str, list[dict[str, Any]]],
+                         consistent: bool = False) -> dict[str, list[dict[str, Any]]]:
+        """Items of several tables in one BatchGetItem (100 keys a request; unprocessed keys asked again)."""
+        found: dict[str, list[dict[str, Any]]] = {table: [] for table in keys_by_table}
+        pending = [(table, key) for table, keys in keys_by_table.items() for key in keys]
+        for start in range(0, len(pending), 100):
+            request: dict[str, Any] = {}
+            for table, key in pending[start:start + 100]:
+                request.setdefault(table, {"Keys": [], "ConsistentRead": consistent})["Keys"].append(key)
             while request:
                 resp = self._call("batch_get_item", RequestItems=request)
-                found.extend(from_ddb(raw) for raw in resp["Responses"].get(table, []))
+                for table, raws in resp["Responses"].items():
+                    found[table].extend(from_ddb(raw) for raw in raws)
                 request = resp.get("UnprocessedKeys") or {}
                 if request:
                     self._pause(0, "UnprocessedKeys")

@@ -152,19 +152,22 @@ def add_fault(stack: Stack, rule: dict[str, Any]) -> None:
                     ExpressionAttributeValues={":entry": rule_entry(parsed)})
 
 
-def place_order(stack: Stack, name: str, token: str, fault: dict[str, Any] | None = None) -> Placed:
+def place_order(stack: Stack, name: str, token: str | list[str], fault: dict[str, Any] | None = None) -> Placed:
+    """One Blue mug (12.50), paid with one card, or split evenly over the cards of a list of tokens."""
     key = f"browser-{name}-{uuid.uuid4().hex[:10]}"
     id_token, sub = stack.signed_in()
     order_id = order_id_for(sub, key)
     if fault is not None:
         add_fault(stack, {**fault, "order_id": order_id})
-    status, accepted = http("POST", f"{stack.api}/orders", {
-        "items": [{"sku": "MUG-BLUE", "quantity": 1}], "payment_token": token},
-        {"Idempotency-Key": key, "Authorization": f"Bearer {id_token}"})
+    payment: dict[str, Any] = {"payment_token": token} if isinstance(token, str) else {
+        "payment": [{"token": t, "amount": 1250 // len(token) + (1250 % len(token) if i == 0 else 0)}
+                    for i, t in enumerate(token)]}
+    status, accepted = http("POST", f"{stack.api}/orders", {"items": [{"sku": "MUG-BLUE", "quantity": 1}], **payment},
+                            {"Idempotency-Key": key, "Authorization": f"Bearer {id_token}"})
     if status != 202:
         raise RuntimeError(f"POST /orders answered {status}: {accepted}")
     arn = f"{stack.outputs['StateMachineArn'].replace(':stateMachine:', ':execution:')}:{accepted['order_id']}"
-    return Placed(name, token, accepted["order_id"], arn)
+    return Placed(name, str(token), accepted["order_id"], arn)
 
 
 def wait_ended(stack: Stack, placed: Placed, timeout: float = SCENARIO_TIMEOUT) -> Placed:
@@ -179,10 +182,11 @@ def wait_ended(stack: Stack, placed: Placed, timeout: float = SCENARIO_TIMEOUT) 
 
 
 # The scenarios the pages are checked on: name -> (test card token, fault at the Lambda seam or None).
-SCENARIOS: dict[str, tuple[str, dict[str, Any] | None]] = {
+SCENARIOS: dict[str, tuple[str | list[str], dict[str, Any] | None]] = {
     "approved": ("tok_approve", None),
     "declined": ("tok_decline", None),
     "transient": ("tok_transient_2", None),  # two PaymentGatewayUnavailable, retried, then approved
+    "split-declined": (["tok_approve", "tok_decline"], None),  # two cards; the second declined: both voided
     # Declined, and ReleaseInventory fails on every attempt: the compensation spends its retries and parks.
     "parked": ("tok_decline", {"action": "invocation-error", "function": "ReleaseInventory",
                                "error": "TransientError", "count": None}),

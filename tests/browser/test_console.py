@@ -14,8 +14,9 @@ from playwright.sync_api import expect
 from tests.browser.harness import ROOT, place_order
 
 DEFINITION = json.loads((ROOT / "statemachine/order_saga.asl.json").read_text())
-FORWARD = ["CreateOrder", "ReserveInventory", "AuthorizePayment", "ConfirmOrder"]
-COMPENSATIONS = ["RefundPayment", "VoidPayment", "ReleaseInventory", "CancelOrder", "ParkSaga"]
+FORWARD = ["CreateOrder", "ReserveInventory", "AuthorizePayment", "ConfirmOrder"]  # the plain order's steps
+COMPENSATIONS = ["RefundPayment", "VoidPayment", "ReleaseCoupon", "ReleaseInventory", "CancelOrder", "ParkSaga"]
+PLAIN = ["CreateOrder", "ReserveInventory", "RouteOrder", "AuthorizePayment", "ConfirmOrder"]  # its path
 
 
 def state(page, name: str):
@@ -49,15 +50,14 @@ def test_state_machine_graph_is_the_definition(console):
         box = state(page, name)
         expect(box).to_be_visible()
         expect(box.locator(".state-comment")).to_have_text(spec["Comment"])
-    for name in FORWARD:
+    for name in [*FORWARD, "ApplyCoupon", "AuthorizePayments", "RouteOrder", "PayRoute"]:
         expect(state(page, name)).to_have_attribute("data-role", "forward")
-    for name in COMPENSATIONS:
+    for name in [*COMPENSATIONS, "CouponHeld"]:
         expect(state(page, name)).to_have_attribute("data-role", "compensation")
-    expect(state(page, "OrderConfirmed")).to_have_attribute("data-role", "succeed")
     for name in ("SagaCompensated", "CompensationFailed", "OrderLocked"):
         expect(state(page, name)).to_have_attribute("data-role", "fail")
     # Catch edges carry the errors they match; Next edges carry no label.
-    declined = page.locator('.graph .edge-label[data-edge="AuthorizePayment>catch>ReleaseInventory"]')
+    declined = page.locator('.graph .edge-label[data-edge="AuthorizePayment>catch>CouponHeld"]')
     expect(declined).to_have_text("PaymentDeclined")
     expect(page.locator('.graph .edge-label[data-edge="AuthorizePayment>catch>VoidPayment"]')).to_have_text(
         "States.ALL")
@@ -68,7 +68,7 @@ def test_state_machine_graph_is_the_definition(console):
     def look(name: str) -> tuple[str, ...]:
         return tuple(state(page, name).evaluate(
             "el => [getComputedStyle(el).borderLeftColor, getComputedStyle(el).borderTopLeftRadius]"))
-    assert len({look("CreateOrder"), look("ReleaseInventory"), look("OrderConfirmed"), look("SagaCompensated")}) == 4
+    assert len({look("CreateOrder"), look("ReleaseInventory"), look("SagaCompensated")}) == 3
     # Laid out, not stacked: no two states overlap.
     boxes = [state(page, name).bounding_box() for name in states]
     for i, a in enumerate(boxes):
@@ -112,10 +112,11 @@ def test_a_declined_order_followed_from_the_list_to_where_it_failed(console, sce
     page = console.open("/executions?status=FAILED")
     page.locator(f'tr[data-execution="{declined.order_id}"] a').click()
     expect(page.locator("h1")).to_contain_text(declined.order_id)
-    assert taken_path(page) == {("CreateOrder", "ReserveInventory"), ("ReserveInventory", "AuthorizePayment"),
-                                ("AuthorizePayment", "ReleaseInventory"), ("ReleaseInventory", "CancelOrder"),
+    assert taken_path(page) == {("CreateOrder", "ReserveInventory"), ("ReserveInventory", "RouteOrder"),
+                                ("RouteOrder", "AuthorizePayment"), ("AuthorizePayment", "CouponHeld"),
+                                ("CouponHeld", "ReleaseInventory"), ("ReleaseInventory", "CancelOrder"),
                                 ("CancelOrder", "SagaCompensated")}
-    expect(page.locator('.edge-label.taken[data-edge="AuthorizePayment>catch>ReleaseInventory"]')).to_have_text(
+    expect(page.locator('.edge-label.taken[data-edge="AuthorizePayment>catch>CouponHeld"]')).to_have_text(
         "PaymentDeclined")
     seen = statuses(page)
     assert seen["AuthorizePayment"] == "failed"
@@ -123,8 +124,8 @@ def test_a_declined_order_followed_from_the_list_to_where_it_failed(console, sce
     assert seen["CreateOrder"] == seen["ReserveInventory"] == "succeeded"
     assert seen["SagaCompensated"] == "ended-failed"
     assert {name for name, status in seen.items() if status == "not-visited"} == {
-        "ConfirmOrder", "OrderConfirmed", "RefundPayment", "VoidPayment", "ParkSaga", "CompensationFailed",
-        "OrderLocked"}
+        "ConfirmOrder", "ApplyCoupon", "PayRoute", "AuthorizePayments", "RefundPayment", "VoidPayment",
+        "ReleaseCoupon", "ParkSaga", "CompensationFailed", "OrderLocked"}
     expect(state(page, "AuthorizePayment").locator(".badge.error")).to_have_text("✖ PaymentDeclined")
     # Four looks, one per status, at a glance.
     fills = {name: state(page, name).evaluate("el => getComputedStyle(el).backgroundColor")
@@ -151,12 +152,10 @@ def test_a_declined_order_followed_from_the_list_to_where_it_failed(console, sce
 def test_the_success_path_is_highlighted_through_order_confirmed(console, scenarios):
     page = console.open(f"/executions/{scenarios['approved'].order_id}")
     expect(page.locator("[data-execution-status]")).to_have_text("SUCCEEDED")
-    chain = [*FORWARD, "OrderConfirmed"]
-    assert taken_path(page) == set(zip(chain, chain[1:], strict=False))
+    assert taken_path(page) == set(zip(PLAIN, PLAIN[1:], strict=False))
     seen = statuses(page)
     assert [seen[name] for name in FORWARD] == ["succeeded"] * 4
-    assert seen["OrderConfirmed"] == "ended-succeeded"
-    assert all(seen[name] == "not-visited" for name in COMPENSATIONS)
+    assert all(seen[name] == "not-visited" for name in [*COMPENSATIONS, "ApplyCoupon", "AuthorizePayments"])
     expect(page.locator(".timeline tbody tr")).to_have_count(5)
     expect(page.locator("table.history tbody tr").last).to_have_attribute("data-event-type", "ExecutionSucceeded")
 
@@ -176,7 +175,7 @@ def test_the_transient_payment_retries_are_counted(console, scenarios):
         "AuthorizePayment succeeded after 2 retries (PaymentGatewayUnavailable, PaymentGatewayUnavailable)")
     attempts = page.locator('details.visit[data-state="AuthorizePayment"] table.attempts tbody tr')
     expect(attempts).to_have_count(3)
-    assert taken_path(page) >= {("AuthorizePayment", "ConfirmOrder"), ("ConfirmOrder", "OrderConfirmed")}
+    assert taken_path(page) >= {("RouteOrder", "AuthorizePayment"), ("AuthorizePayment", "ConfirmOrder")}
 
 
 def test_order_page_shows_saga_steps_reservation_payment_and_lease(console, scenarios):
@@ -207,7 +206,7 @@ def test_parked_sagas_are_read_on_request_with_what_to_do(console, scenarios):
     expect(card).to_contain_text("ReleaseInventory")
     expect(card).to_contain_text("TransientError")
     expect(card.locator(".advice")).to_contain_text(
-        "Invoke RefundPayment, then VoidPayment, then ReleaseInventory, then CancelOrder")
+        "Invoke RefundPayment, then VoidPayment, then ReleaseCoupon, then ReleaseInventory, then CancelOrder")
     expect(card.locator("[data-receive-note]")).to_contain_text("4 more receive(s) move it to the dead-letter queue")
     expect(card.locator('.checks [data-check-ok="false"]')).to_contain_text(["order COMPENSATED", "reservation"])
     card.locator(f'a[href="/executions/{parked.order_id}"]').click()
@@ -230,4 +229,44 @@ def test_a_running_execution_refreshes_until_it_ends(console, stack, scenarios):
     # No reload: the page fetches itself until the execution ends, then stops.
     expect(page.locator("[data-execution-status]")).to_have_text("SUCCEEDED", timeout=60_000)
     expect(page.locator("[data-refresh]")).to_have_attribute("data-refresh", "off")
-    assert taken_path(page) >= {("ConfirmOrder", "OrderConfirmed")}
+    assert taken_path(page) >= {("AuthorizePayment", "ConfirmOrder")}
+
+
+def test_a_split_payment_is_one_map_state_and_both_cards_are_shown(console, scenarios):
+    split = scenarios["split-declined"]
+    assert (split.status, split.error) == ("FAILED", "PaymentDeclined")
+    page = console.open(f"/executions/{split.order_id}")
+    seen = statuses(page)
+    assert "AuthorizeMethod" not in seen  # the Map's iterations are inside its node, not states of their own
+    assert seen["AuthorizePayments"] == "failed"
+    assert seen["VoidPayment"] == seen["ReleaseInventory"] == "compensating"
+    assert taken_path(page) >= {("RouteOrder", "AuthorizePayments"), ("AuthorizePayments", "VoidPayment"),
+                                ("VoidPayment", "CouponHeld"), ("CouponHeld", "ReleaseInventory")}
+    expect(state(page, "AuthorizePayments").locator(".badge.error")).to_have_text("✖ PaymentDeclined")
+    # The timeline lists each card's authorization.
+    expect(page.locator('.timeline tr[data-state="AuthorizeMethod"]')).to_have_count(2)
+    page.locator("[data-order-link]").click()
+    cards = page.locator("[data-payment-status]")
+    expect(cards).to_have_count(2)
+    assert sorted(cards.evaluate_all("pills => pills.map(p => p.dataset.paymentStatus)")) == ["DECLINED", "VOIDED"]
+
+
+def test_the_dashboard_shows_the_templates_widgets_with_the_runs_metrics(console, scenarios):
+    page = console.open("/dashboard")
+    for title in ("Sagas by outcome", "Success rate (%)", "Saga duration (ms)", "Failures per step (business errors)",
+                  "Retries per step (transient errors)", "Parked sagas and reaper takeovers"):
+        expect(page.locator(f'[data-widget="{title}"]')).to_have_count(1)
+    outcomes = page.locator('[data-widget="Sagas by outcome"]')
+    # The scenarios ended (approved, transient: confirmed; declined, split-declined: cancelled). Their outcome
+    # events are published from the orders table's stream, a moment later: the page refreshes itself until then.
+    nothing = re.compile(r"^(0(\.0)?)?$")
+    expect(outcomes.locator('[data-line="confirmed"]')).not_to_have_attribute("data-value", nothing, timeout=30_000)
+    expect(outcomes.locator('[data-line="cancelled"]')).not_to_have_attribute("data-value", nothing, timeout=30_000)
+    p50 = page.locator('[data-widget="Saga duration (ms)"] [data-line="p50"]')
+    assert float(p50.get_attribute("data-value")) > 0
+    rate = float(page.locator('[data-widget="Success rate (%)"] [data-line="confirmed / finished"]')
+                 .get_attribute("data-value"))
+    assert 0 < rate < 100  # some confirmed, some cancelled
+    declined = page.locator('[data-widget="Failures per step (business errors)"] [data-line="AuthorizePayment"]')
+    assert float(declined.get_attribute("data-value")) >= 1  # the declined card
+    expect(page.locator("[data-metrics-source]")).to_contain_text("log files")

@@ -30,7 +30,7 @@ from tests.stack.support import Target
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 180.0
 SEED = f"{sys.executable} {ROOT / 'scripts/seed_catalog.py'} --stack-outputs .local/stack-outputs.json " \
-       f"{ROOT / 'events/catalog.json'}"
+       f"{ROOT / 'events/catalog.json'} --promotions {ROOT / 'events/promotions.json'}"
 DEPLOYED = bool(os.environ.get("SAGA_API_URL"))
 SKIPPED_ELSEWHERE: list[tuple[str, str]] = []
 
@@ -129,11 +129,12 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 @pytest.fixture(scope="session")
 def every_path(target: Target, request: pytest.FixtureRequest) -> dict[str, Any]:
     """Orders that take every path the code has, for the tests that read what the stack did (runs_last):
-    every scenario of events/scenarios.json; a payment that never answers (the saga gives up and voids it,
-    marked for reconciliation); with fault injection, a lost DynamoDB response on each forward step (the retry
-    finds the step done: the repeat path) and a compensation that fails until the saga is parked; a refund
-    (ConfirmOrder fails after its capture); an order abandoned mid-saga (stopped) that the reaper takes over;
-    and the reaper's sweep, which reconciles what is due."""
+    every scenario of events/scenarios.json (a coupon and split payments among them); a payment that never
+    answers (the saga gives up and voids it, marked for reconciliation); a coupon released after a decline;
+    with fault injection, a lost DynamoDB response on each forward step (the retry finds the step done: the
+    repeat path) and a compensation that fails until the saga is parked; a refund (ConfirmOrder fails after
+    its capture); an order abandoned mid-saga (stopped) that the reaper takes over; and the reaper's sweep,
+    which reconciles what is due."""
     from order_saga.models import order_id_for
     from scripts.scenarios import Customers, load_manifest, run_scenario
     from tests.stack.support import place, wait_for_execution
@@ -149,35 +150,46 @@ def every_path(target: Target, request: pytest.FixtureRequest) -> dict[str, Any]
         ended[spec["name"]] = result.status
     hung = place(target, [{"sku": "MUG-BLUE", "quantity": 1}], "tok_hang")
     ended["hang"] = wait_for_execution(target, hung["execution_arn"], timeout=120)["status"]
+    # A coupon held, then given back (ReleaseCoupon) when the card is declined.
+    declined = place(target, [{"sku": "MUG-BLUE", "quantity": 1}], "tok_decline", coupon="FIVEOFF")
+    ended["coupon-released"] = wait_for_execution(target, declined["execution_arn"], timeout=120)["status"]
     if target.outputs.get("FaultRulesTableName"):
         faults = request.getfixturevalue("faults")
         sub = target.sign_in()[1]
 
-        def faulted(name: str, token: str, rules: list[dict[str, Any]]) -> None:
+        def faulted(name: str, token: str, rules: list[dict[str, Any]], coupon: str | None = None) -> None:
             key = uuid.uuid4().hex
             order_id = order_id_for(sub, key)
             added = [faults.add({**rule, "order_id": order_id}) for rule in rules]
             try:
-                placed = place(target, [{"sku": "MUG-BLUE", "quantity": 1}], token, key=key)
+                placed = place(target, [{"sku": "MUG-BLUE", "quantity": 1}], token, key=key, coupon=coupon)
                 ended[name] = wait_for_execution(target, placed["execution_arn"], timeout=180)["status"]
             finally:
                 for rule in added:
                     faults.remove(rule)
 
+        # ApplyCoupon never gets to hold: ReleaseCoupon runs first and leaves its tombstone.
+        faulted("coupon-tombstone", "tok_approve", [{"action": "invocation-error", "function": "ApplyCoupon",
+                                                     "error": "TransientError", "count": 4}], coupon="FIVEOFF")
         # ReserveInventory never gets to reserve: ReleaseInventory runs first and leaves its tombstone.
         faulted("release-first", "tok_approve", [{"action": "invocation-error", "function": "ReserveInventory",
                                                   "error": "TransientError", "count": 4}])
         faulted("parked", "tok_decline", [{"action": "invocation-error", "error": "TransientError",
                                            "function": "ReleaseInventory", "count": 10}])
-        # ConfirmOrder captures, then its invocation fails (crash after its write): RefundPayment gives it back.
+        # ConfirmOrder captures, then its invocation fails (crash after its write) on every attempt: RefundPayment
+        # gives the money back.
         faulted("refund", "tok_approve", [{"action": "invocation-error", "function": "ConfirmOrder",
-                                           "prevent_execution": False}])
+                                           "prevent_execution": False, "count": None}])
     if target.embedded:
         ended["repeats"] = run_twice(target)
     # Orders the reaper must finish: written as the API writes them, with a lease and a reservation already
     # expired (an execution that died), one with its payment and one whose payment never got written.
     abandon(target, with_payment=True)
     abandon(target, with_payment=False, reserve=False)
+    # ...with a coupon: one whose redemption was held (the reaper gives it back), one whose ApplyCoupon never ran
+    # (the reaper leaves a tombstone).
+    abandon(target, with_payment=True, coupon="FIVEOFF", hold=True)
+    abandon(target, with_payment=True, coupon="FIVEOFF", hold=False)
     # ...and a live order whose reservation expired: the reaper returns the stock and leaves the order be.
     abandon(target, with_payment=True, lease_ms=60_000)
     lam = target.client("lambda")
@@ -195,10 +207,11 @@ def run_twice(target: Target) -> str:
 
     with urllib.request.urlopen(f"{target.endpoint}/_sagalocal/info", timeout=30) as response:  # noqa: S310
         functions = json.loads(response.read())["functions"]
-    order_id = abandon(target, with_payment=True, reserve=False, lease_ms=60_000)
+    order_id = abandon(target, with_payment=True, reserve=False, lease_ms=60_000, coupon="FIVEOFF")
     lam = target.client("lambda")
-    saga: dict[str, Any] = {"order_id": order_id, "customer_id": target.sign_in()[1]}
-    for step in ("CreateOrder", "ReserveInventory", "AuthorizePayment", "ConfirmOrder"):
+    # The input the API gives an order with a coupon: its id, its customer, its coupon.
+    saga: dict[str, Any] = {"order_id": order_id, "customer_id": target.sign_in()[1], "coupon": "FIVEOFF"}
+    for step in ("CreateOrder", "ReserveInventory", "ApplyCoupon", "AuthorizePayment", "ConfirmOrder"):
         event = json.dumps({"saga": saga, "execution_id": target.execution_arn(order_id)}).encode()
         answers = [json.loads(lam.invoke(FunctionName=functions[f"{step}Function"], Payload=event)["Payload"].read())
                    for _ in range(2)]
@@ -210,15 +223,18 @@ def run_twice(target: Target) -> str:
     return "COMPLETED"
 
 
-def abandon(target: Target, with_payment: bool, reserve: bool = True, lease_ms: int = 1) -> str:
+def abandon(target: Target, with_payment: bool, reserve: bool = True, lease_ms: int = 1, coupon: str | None = None,
+            hold: bool = False) -> str:
     """An order as the API writes it, without its execution. By default one whose execution died after
-    ReserveInventory: its lease and its reservation have expired."""
+    ReserveInventory: its lease and its reservation have expired. With a coupon (5.00 off), and with its
+    redemption held if `hold` (the execution died after ApplyCoupon)."""
     from order_saga.config import Timing
     from order_saga.dynamo import now_ms
     from order_saga.inventory import Inventory
     from order_saga.models import PricedLine
     from order_saga.orders import Orders
     from order_saga.payments import Payments
+    from order_saga.promotions import Promotions
     from order_saga.store import Store
 
     store = Store(target.client("dynamodb"))
@@ -227,13 +243,18 @@ def abandon(target: Target, with_payment: bool, reserve: bool = True, lease_ms: 
     line = PricedLine(sku="MUG-BLUE", quantity=1, unit_price=1250)
     now = now_ms() - (1000 if lease_ms == 1 else 0)
     execution = target.execution_arn(order_id)  # never started
+    discount = 500 if coupon else 0
+    customer = target.sign_in()[1]
     order = Orders(store, target.outputs["OrdersTableName"], expired).new_order(
-        order_id, target.sign_in()[1], [{"sku": "MUG-BLUE", "quantity": 1}], [line], 1250, "USD", execution,
-        "digest", now)
+        order_id, customer, [{"sku": "MUG-BLUE", "quantity": 1}], [line], 1250 - discount, "USD", execution,
+        "digest", now, coupon=coupon, discount=discount, amounts=[1250 - discount])
     items = [Orders(store, target.outputs["OrdersTableName"], expired).put_new(order)]
     if with_payment:
-        items.append(Payments(store, target.outputs["PaymentsTableName"]).put_new(order_id, 1, "tok_approve", 1250,
-                                                                                  "USD", now))
+        items.append(Payments(store, target.outputs["PaymentsTableName"]).put_new(
+            order_id, 1, "tok_approve", 1250 - discount, "USD", now))
+    if coupon and hold:
+        items += Promotions(store, target.outputs["PromotionsTableName"]).hold_items(coupon, order_id, customer, 1000,
+                                                                                     now)
     if reserve:
         items += Inventory(store, target.outputs["InventoryTableName"], expired).reserve_items(order_id, [line], now)
     assert store.transact(items) is None

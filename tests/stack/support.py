@@ -89,11 +89,34 @@ class Target:
     def order(self, order_id: str) -> dict[str, Any] | None:
         return self.get("OrdersTableName", order_id=order_id)
 
-    def payment(self, order_id: str) -> dict[str, Any] | None:
-        return self.get("PaymentsTableName", payment_id=payment_id(order_id))
+    def payment(self, order_id: str, method: int = 1) -> dict[str, Any] | None:
+        return self.get("PaymentsTableName", payment_id=payment_id(order_id, method))
 
-    def ledger(self, order_id: str) -> dict[str, Any] | None:
-        return self.get("PaymentsTableName", payment_id=LEDGER_PREFIX + payment_id(order_id))
+    def ledger(self, order_id: str, method: int = 1) -> dict[str, Any] | None:
+        return self.get("PaymentsTableName", payment_id=LEDGER_PREFIX + payment_id(order_id, method))
+
+    def coupon(self, code: str) -> dict[str, Any] | None:
+        return self.get("PromotionsTableName", pk=f"COUPON#{code}", sk="COUPON")
+
+    def redemption(self, code: str, order_id: str) -> dict[str, Any] | None:
+        return self.get("PromotionsTableName", pk=f"COUPON#{code}", sk=f"ORDER#{order_id}")
+
+    def coupon_use(self, code: str, customer: str) -> int:
+        """How many of the coupon's redemptions the customer holds."""
+        item = self.get("PromotionsTableName", pk=f"COUPON#{code}", sk=f"CUSTOMER#{customer}")
+        return int((item or {}).get("used", 0))
+
+    def promotions(self) -> Any:
+        from order_saga.promotions import Promotions
+        from order_saga.store import Store
+
+        return Promotions(Store(self.client("dynamodb")), self.outputs["PromotionsTableName"])
+
+    def add_coupon(self, code: str, kind: str = "percent", value: int = 10, max_redemptions: int = 5,
+                   per_customer: int = 1, valid_for: float = 3600.0, currency: str | None = None) -> None:
+        now = int(time.time() * 1000)
+        assert self.promotions().add_coupon(code, kind, value, now - 60_000, now + int(valid_for * 1000),
+                                            max_redemptions, per_customer, currency), f"coupon {code} exists already"
 
     def reservation(self, order_id: str) -> dict[str, Any] | None:
         return self.get("InventoryTableName", pk=f"ORDER#{order_id}", sk="RESERVATION")
@@ -146,14 +169,15 @@ def post_order(target: Target, body: bytes, key: str, timeout: float = 60.0, att
 
 
 def place(target: Target, items: list[dict[str, Any]], token: str = "tok_approve", key: str | None = None,
-          customer: str = "cust-stack", timeout: float = 60.0) -> dict[str, Any]:
+          customer: str = "cust-stack", timeout: float = 60.0, coupon: str | None = None) -> dict[str, Any]:
     """POST /orders as `customer`; the 202 body, with the execution's ARN (which the API does not disclose)."""
     import uuid
 
-    body = json.dumps({"items": items, "payment_token": token}).encode()
-    status, accepted = post_order(target, body, key or uuid.uuid4().hex, timeout, customer=customer)
+    order: dict[str, Any] = {"items": items, "payment_token": token, **({"coupon": coupon} if coupon else {})}
+    status, accepted = post_order(target, json.dumps(order).encode(), key or uuid.uuid4().hex, timeout,
+                                  customer=customer)
     assert status == 202, (status, accepted)
-    return {**accepted, "execution_arn": target.execution_arn(accepted["order_id"])}
+    return {**accepted, "execution_arn": target.execution_arn(accepted["order_id"]), "customer": customer}
 
 
 def get_order(target: Target, order_id: str, customer: str = "cust-stack") -> tuple[int, Any]:

@@ -60,3 +60,42 @@ def engine_conflicts(target) -> int | None:
         return None
     with urllib.request.urlopen(f"{target.endpoint}/_sagalocal/dynamodb/stats") as response:  # noqa: S310
         return int(json.loads(response.read())["conflicts"])
+
+
+COUPON_ORDERS, COUPON_LIMIT, COUPON_CUSTOMERS = 60, 5, 6
+
+
+def test_orders_racing_for_a_coupon_with_a_small_limit(target):
+    """60 orders from 6 customers at once for a coupon with 5 redemptions in all and 2 per customer: no more
+    redemptions than either limit allows, each one a confirmed order, every other order refused or undone."""
+    sku, code = "COUPONED-" + uuid.uuid4().hex[:8], "RACE" + uuid.uuid4().hex[:8].upper()
+    target.add_item(sku, PRICE, COUPON_ORDERS)
+    target.add_coupon(code, "percent", 30, max_redemptions=COUPON_LIMIT, per_customer=2)
+    customers = [f"racer-{n}" for n in range(COUPON_CUSTOMERS)]
+
+    def order(n: int) -> dict:
+        return place(target, [{"sku": sku, "quantity": 1}], coupon=code, customer=customers[n % COUPON_CUSTOMERS],
+                     timeout=120)
+
+    with ThreadPoolExecutor(max_workers=COUPON_ORDERS) as pool:
+        accepted = list(pool.map(order, range(COUPON_ORDERS)))
+    ended = wait_all(target, [a["execution_arn"] for a in accepted], timeout=600)
+    outcomes = Counter(f"{d['status']} {d.get('error') or ''}".strip() for d in ended.values())
+    confirmed = []
+    for a in accepted:
+        described, order_doc = ended[a["execution_arn"]], target.order(a["order_id"])
+        redemption = target.redemption(code, a["order_id"])
+        if described["status"] == "SUCCEEDED":
+            assert (order_doc["status"], redemption["status"]) == ("CONFIRMED", "COMMITTED")
+            assert order_doc["total"] == PRICE - PRICE * 30 // 100
+            confirmed.append(a)
+        else:
+            assert order_doc["saga_status"] == "COMPENSATED", described.get("error")
+            assert (redemption or {}).get("status") in (None, "RELEASED")
+    coupon = target.coupon(code)
+    assert coupon["redeemed"] == len(confirmed) <= COUPON_LIMIT  # the global limit held
+    for customer in customers:
+        used = target.coupon_use(code, target.sign_in(customer)[1])
+        assert used == sum(a["customer"] == customer for a in confirmed) <= 2  # and each customer's
+    assert outcomes["FAILED CouponExhausted"] > 0, outcomes  # (60 orders for 5 redemptions: some were refused)
+    print(f"\n{COUPON_ORDERS} orders racing for {COUPON_LIMIT} redemptions: {dict(outcomes)}")

@@ -29,7 +29,8 @@ from tests.stack.conftest import DEPLOYED, ROOT
 EVENTS = ROOT / "events"
 MANIFEST = json.loads((EVENTS / "manifest.json").read_text())
 ENTRIES: dict[str, dict[str, Any]] = MANIFEST["events"]
-NOT_EVENTS = {"catalog.json", "scenarios.json", "manifest.json"}  # data, not events
+NOT_EVENTS = {"catalog.json", "promotions.json", "scenarios.json", "manifest.json"}  # data, not events
+PUBLISHED = "outcomes"  # what the saga publishes (tests/unit/test_outcome_events.py), not a function's event
 RUN = uuid.uuid4().hex[:10]
 
 
@@ -108,7 +109,8 @@ def test_event_gives_its_documented_result(file: str, invoked):
 
 
 def test_the_manifest_lists_every_event_file_and_only_existing_ones():
-    on_disk = {path.relative_to(EVENTS).as_posix() for path in EVENTS.rglob("*.json")} - NOT_EVENTS
+    on_disk = {path.relative_to(EVENTS).as_posix() for path in EVENTS.rglob("*.json")
+               if path.parent.name != PUBLISHED} - NOT_EVENTS
     assert on_disk, "no event files found"
     assert on_disk - set(ENTRIES) == set(), "event files missing from events/manifest.json"
     assert set(ENTRIES) - on_disk == set(), "manifest entries whose file does not exist"
@@ -123,10 +125,15 @@ def test_every_manifest_entry_names_a_function_and_one_documented_result():
         expect = entry["expect"]
         assert (expect.get("ok") is True) != ("errorType" in expect), f"{file}: expect ok or an errorType, not both"
         # steps/<name>.json is the event of the function whose code is functions/<name>/; api/ is the API's;
-        # schedule/<name>.json is the scheduled function's (functions/<name>/).
+        # schedule/<name>.json is the scheduled function's (functions/<name>/); streams/ holds DynamoDB stream
+        # records, for the function a stream event source mapping feeds.
         folder = Path(file).parts[0]
         code = Path(str(template.properties(entry["function"])["CodeUri"])).name
         if folder in ("steps", "schedule"):
             assert code == Path(file).stem, f"{file} is listed for {entry['function']} (functions/{code}/)"
+        elif folder == "streams":
+            events = template.properties(entry["function"]).get("Events") or {}
+            streams = [e for e in events.values() if e.get("Type") == "DynamoDB"]
+            assert streams, f"{file}: no stream feeds {entry['function']}"
         else:
             assert (folder, entry["function"]) == ("api", "OrdersApiFunction"), file

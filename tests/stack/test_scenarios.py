@@ -33,7 +33,7 @@ def body_of(name: str) -> dict:
 
 def test_success_confirms_captures_once_and_commits_stock(target, unique):
     r = scenario(target, "success", unique)
-    assert r.path == ["CreateOrder", "ReserveInventory", "AuthorizePayment", "ConfirmOrder", "OrderConfirmed"]
+    assert r.path == ["CreateOrder", "ReserveInventory", "RouteOrder", "AuthorizePayment", "ConfirmOrder"]
     order = target.order(r.order_id)
     assert (order["status"], order["saga_status"]) == ("CONFIRMED", "COMPLETED")
     expected_total = sum(CATALOG[line["sku"]]["price"] * line["quantity"] for line in body_of("success")["items"])
@@ -45,8 +45,8 @@ def test_success_confirms_captures_once_and_commits_stock(target, unique):
 
 def test_declined_payment_releases_stock_and_holds_no_money(target, unique):
     r = scenario(target, "declined-payment", unique)
-    assert r.path == ["CreateOrder", "ReserveInventory", "AuthorizePayment", "ReleaseInventory", "CancelOrder",
-                      "SagaCompensated"]
+    assert r.path == ["CreateOrder", "ReserveInventory", "RouteOrder", "AuthorizePayment", "CouponHeld",
+                      "ReleaseInventory", "CancelOrder", "SagaCompensated"]
     assert r.error == "PaymentDeclined"
     order = target.order(r.order_id)
     assert (order["status"], order["saga_status"]) == ("CANCELLED", "COMPENSATED")
@@ -78,6 +78,57 @@ def test_duplicate_submission_starts_one_saga_and_replays_the_response(target, u
     # run_scenario checked: both POSTs answered 202 with the same body, and one execution exists.
 
 
+def test_a_coupon_is_priced_by_the_api_held_then_redeemed_once(target, unique):
+    coupon_before = target.coupon("FIVEOFF")
+    r = scenario(target, "coupon", unique)
+    order = target.order(r.order_id)
+    subtotal = sum(CATALOG[line["sku"]]["price"] * line["quantity"] for line in body_of("coupon")["items"])
+    assert (order["subtotal"], order["coupon"], order["discount"], order["total"]) == (
+        subtotal, "FIVEOFF", 500, subtotal - 500)
+    assert (target.ledger(r.order_id)["state"], target.ledger(r.order_id)["amount"]) == ("CAPTURED", subtotal - 500)
+    assert target.redemption("FIVEOFF", r.order_id)["status"] == "COMMITTED"
+    assert target.coupon("FIVEOFF")["redeemed"] >= coupon_before["redeemed"] + 1  # (others may redeem it too)
+
+
+def test_a_split_payment_captures_each_card_for_its_own_amount(target, unique):
+    r = scenario(target, "split-payment", unique)
+    amounts = [method["amount"] for method in body_of("split-payment")["payment"]]
+    assert [(target.ledger(r.order_id, m)["state"], target.ledger(r.order_id, m)["amount"])
+            for m in (1, 2)] == [("CAPTURED", amount) for amount in amounts]
+    assert sum(amounts) == target.order(r.order_id)["total"]
+
+
+def test_a_split_payment_with_a_declined_card_voids_the_other(target, unique):
+    r = scenario(target, "split-payment-declined", unique)
+    states = sorted(target.ledger(r.order_id, m)["state"] for m in (1, 2))
+    assert states == ["DECLINED", "VOIDED"]
+    order = target.order(r.order_id)
+    assert (order["failure"]["step"], order["failure"]["error"]) == ("AuthorizePayments", "PaymentDeclined")
+    assert target.reservation(r.order_id)["status"] == "RELEASED"
+
+
+@pytest.mark.parametrize(("change", "status", "field"), [
+    ({"coupon": "NO-SUCH-COUPON"}, 422, "coupon"),
+    ({"coupon": "SUMMER25"}, 422, "coupon"),  # its window ended in 2025
+    ({"payment_token": None, "payment": [{"token": "tok_approve", "amount": 1}, {"token": "tok_approve", "amount": 1}]},
+     400, "payment_total"),
+    ({"payment_token": None, "payment": []}, 400, None),
+    ({"payment": [{"token": "tok_approve", "amount": 2500}]}, 400, None),  # a token and a payment list
+])
+def test_a_bad_coupon_or_payment_split_is_refused_and_writes_nothing(target, unique, change, status, field):
+    body = {**body_of("success"), **change}
+    body = {k: v for k, v in body.items() if v is not None}
+    key = "bad-order" + unique
+    got, payload = http("POST", f"{target.api_url}/orders", json.dumps(body).encode(),
+                        {"Idempotency-Key": key, "Content-Type": "application/json", **target.auth("cust-ada")})
+    assert got == status, payload
+    if field:
+        assert field in json.dumps(payload), payload
+    from order_saga.models import order_id_for
+
+    assert target.order(order_id_for(target.sign_in("cust-ada")[1], key)) is None
+
+
 def test_same_key_with_another_body_is_422(target, unique):
     r = scenario(target, "success", unique)
     headers = {"Idempotency-Key": "order-success-0001" + unique, "Content-Type": "application/json",
@@ -96,8 +147,8 @@ def test_a_gateway_that_never_answers_costs_the_client_timeout_and_the_saga_comp
     described = wait_for_execution(target, accepted["execution_arn"], timeout=90)
     visits = path_of(target, accepted["execution_arn"])
     assert [v.name for v in visits] == [
-        "CreateOrder", "ReserveInventory", "AuthorizePayment", "VoidPayment", "ReleaseInventory", "CancelOrder",
-        "SagaCompensated"]
+        "CreateOrder", "ReserveInventory", "RouteOrder", "AuthorizePayment", "VoidPayment", "CouponHeld",
+        "ReleaseInventory", "CancelOrder", "SagaCompensated"]
     authorize = next(v for v in visits if v.name == "AuthorizePayment")
     assert set(authorize.errors) == {"PaymentGatewayUnavailable"}
     assert described["error"] == "PaymentGatewayUnavailable"

@@ -50,6 +50,20 @@ def logs(target) -> dict[str, str]:
     for output in ("FunctionsLogGroupName", "StateMachineLogGroupName", "ApiAccessLogGroupName"):
         events = paginate(client.filter_log_events, "events", logGroupName=target.outputs[output])
         found[output] = "\n".join(event["message"] for event in events)
+    if not any(found.values()) and target.endpoint:
+        # An embedded stack addressed as a deployed one writes its logs to files, not to CloudWatch Logs: its
+        # info route says where (on this machine).
+        import json
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{target.endpoint}/_sagalocal/info", timeout=10) as response:  # noqa: S310
+                log_dir = json.loads(response.read()).get("log_dir")
+        except (OSError, ValueError):
+            log_dir = None
+        if log_dir and Path(log_dir).is_dir():
+            found.update({str(path): path.read_text(errors="replace") for path in Path(log_dir).rglob("*")
+                          if path.is_file()})
     return found
 
 

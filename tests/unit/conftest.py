@@ -26,7 +26,14 @@ from sagalocal.template import Template
 
 ROOT = Path(__file__).resolve().parents[2]
 REGION = "us-east-1"
-TABLES = {"OrdersTable": "ORDERS_TABLE", "InventoryTable": "INVENTORY_TABLE", "PaymentsTable": "PAYMENTS_TABLE"}
+TABLES = {"OrdersTable": "ORDERS_TABLE", "InventoryTable": "INVENTORY_TABLE", "PaymentsTable": "PAYMENTS_TABLE",
+          "PromotionsTable": "PROMOTIONS_TABLE"}
+DAY_MS = 86_400_000
+# code: (kind, value, currency, valid from/until relative to now, max redemptions, per customer)
+COUPONS = {"TENOFF": ("percent", 10, None, (-DAY_MS, DAY_MS), 1000, 1),
+           "FIVEOFF": ("amount", 500, "USD", (-DAY_MS, DAY_MS), 1000, 1000),
+           "ONLYTWO": ("percent", 50, None, (-DAY_MS, DAY_MS), 2, 1),
+           "OLD": ("percent", 10, None, (-2 * DAY_MS, -DAY_MS), 1000, 1)}
 CATALOG = [("SKU-1", "Blue mug", 1250, 10), ("SKU-2", "Red kettle", 4000, 3), ("SKU-3", "Teapot", 2500, 0)]
 
 
@@ -96,6 +103,12 @@ def aws(monkeypatch: pytest.MonkeyPatch, dynamodb_engine: str):
         inventory = Inventory(Store(client), os.environ["INVENTORY_TABLE"])
         for sku, name, price, stock in CATALOG:
             inventory.add_item(sku, name, price, "USD", stock)
+        from order_saga.dynamo import now_ms
+        from order_saga.promotions import Promotions
+
+        promotions, now = Promotions(Store(client), os.environ["PROMOTIONS_TABLE"]), now_ms()
+        for code, (kind, value, currency, (start, end), limit, per_customer) in COUPONS.items():
+            promotions.add_coupon(code, kind, value, now + start, now + end, limit, per_customer, currency)
         yield client
 
 

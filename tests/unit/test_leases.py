@@ -136,14 +136,23 @@ def test_an_expired_reservation_returns_its_stock_exactly_once(aws, handlers, co
 
 
 def test_the_reaper_reads_every_shard(aws, handlers, context, short):
-    """Orders spread over the index's shards (INDEX_SHARDS=4 here); one sweep finds them all."""
+    """Orders spread over the index's shards (INDEX_SHARDS=4 here); one sweep finds them all. (On a loaded
+    machine it may run out of its time before it has compensated every one: those it leaves, with the reason,
+    to the next sweep, as the schedule would.)"""
     ids = [f"ord_shard_{n}" for n in range(12)]
     for order_id in ids:
         new_saga(aws, order_id=order_id)
     shards = {order(aws, order_id)["active"] for order_id in ids}
     assert len(shards) > 1
     time.sleep(LEASE_S + 0.1)
-    assert sorted(handlers("reaper").lambda_handler({}, context)["compensated"]) == sorted(ids)
+    first = handlers("reaper").lambda_handler({}, context)
+    assert sorted(first["compensated"] + first["failed"]) == sorted(ids)  # found on every shard
+    compensated = set(first["compensated"])
+    for _ in range(4):
+        if compensated == set(ids):
+            break
+        compensated |= set(handlers("reaper").lambda_handler({}, context)["compensated"])
+    assert compensated == set(ids)
 
 
 def test_one_order_that_cannot_be_reaped_does_not_stop_the_sweep(aws, handlers, context, short):

@@ -1,0 +1,95 @@
+"""DynamoDB Streams for the tables that ask for one (StreamSpecification): one shard per table, each change
+recorded once, in order, as a Lambda event source mapping receives it.
+
+moto records stream records in a list whose sequence numbers come from its length, and keeps them for ever;
+here every change becomes a record with a process-wide increasing sequence number, and a consumer
+acknowledges what it processed, which is then trimmed (as DynamoDB drops records after 24 hours). The
+stack's event source mapping reads them through the DynamoDB process's `/_sagalocal/streams` route.
+
+As on DynamoDB, a write that changes nothing (the same item put again, an update to the values it has)
+records nothing, and an UpdateItem that creates its item is one INSERT with the whole new item (moto writes
+the bare key first, then the update: two changes, which are recorded here as the one the caller made).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import uuid
+from typing import Any
+
+
+class Streams:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seq = itertools.count(1)
+        self._records: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+
+    def add(self, table: Any, old: Any, new: Any) -> None:
+        if old is None and new is None:
+            return
+        if old is not None and new is not None and old.to_json() == new.to_json():
+            return  # nothing changed: DynamoDB writes no stream record
+        view = (table.stream_specification or {}).get("StreamViewType", "NEW_AND_OLD_IMAGES")
+        item = old if old is not None else new
+        keys = {table.hash_key_attr: item.hash_key.to_json()}
+        if table.range_key_attr is not None:
+            keys[table.range_key_attr] = item.range_key.to_json()
+        change: dict[str, Any] = {"ApproximateCreationDateTime": round(time.time(), 3), "Keys": keys,
+                                  "StreamViewType": view}
+        if new is not None and view in ("NEW_IMAGE", "NEW_AND_OLD_IMAGES"):
+            change["NewImage"] = new.to_json()["Attributes"]
+        if old is not None and view in ("OLD_IMAGE", "NEW_AND_OLD_IMAGES"):
+            change["OldImage"] = old.to_json()["Attributes"]
+        name = "INSERT" if old is None else "REMOVE" if new is None else "MODIFY"
+        with self._lock:
+            seq = next(self._seq)
+            change["SequenceNumber"] = str(seq)
+            change["SizeBytes"] = len(str(change))
+            record = {"eventID": uuid.uuid4().hex, "eventName": name, "eventVersion": "1.1",
+                      "eventSource": "aws:dynamodb", "awsRegion": table.region_name, "dynamodb": change}
+            self._records.setdefault(table.name, []).append((seq, record))
+
+    def read(self, table: str, after: int, limit: int, acknowledged: int) -> list[dict[str, Any]]:
+        """The records after sequence number `after` (at most `limit`), once the consumer's acknowledged ones
+        are trimmed."""
+        with self._lock:
+            records = self._records.get(table, [])
+            if acknowledged:
+                records[:] = [(seq, rec) for seq, rec in records if seq > acknowledged]
+            return [rec for seq, rec in records if seq > after][:limit]
+
+
+STREAMS = Streams()
+
+
+_pending = threading.local()  # the changes of the UpdateItem running in this thread
+
+
+def install() -> None:
+    """Every change of a table with a stream goes to STREAMS (instead of moto's ever-growing list)."""
+    from moto.dynamodb.models import DynamoDBBackend
+    from moto.dynamodb.models.table import StreamShard
+
+    def add(self: Any, old: Any, new: Any) -> None:
+        changes = getattr(_pending, "changes", None)
+        if changes is not None:
+            changes.append((self.table, old, new))
+        else:
+            STREAMS.add(self.table, old, new)
+
+    original = DynamoDBBackend.update_item
+
+    def update_item(self: Any, *args: Any, **kwargs: Any) -> Any:
+        outer = getattr(_pending, "changes", None)
+        _pending.changes = []
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            changes, _pending.changes = _pending.changes, outer
+            if changes:  # one record for the call: from the item before it to the item after it
+                STREAMS.add(changes[0][0], changes[0][1], changes[-1][2])
+
+    StreamShard.add = add  # type: ignore[method-assign]
+    DynamoDBBackend.update_item = update_item  # type: ignore[method-assign]
