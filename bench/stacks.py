@@ -38,7 +38,10 @@ MINISTACK_REQUIREMENTS = (
     "jsonata-python==0.7.1 graphql-core==3.2.12 jmespath==1.1.0 python-dateutil==2.9.0.post0 s3transfer==0.19.3 "
     "six==1.17.0 urllib3==2.8.0 pydantic==2.13.5 pydantic_core==2.46.5 annotated-types==0.8.0 "
     "typing_extensions==4.16.0 typing-inspection==0.4.5 jsonschema==4.26.0 jsonschema-specifications==2025.9.1 "
-    "referencing==0.37.0 rpds-py==2026.9.1 attrs==26.1.0").split()
+    "referencing==0.37.0 rpds-py==2026.9.1 attrs==26.1.0 "
+    # ministack verifies a Cognito token's RS256 signature with cryptography, and without it refuses every token
+    # (401): the API's Cognito authorizer needs it.
+    "cryptography==50.0.2 cffi==2.1.1 pycparser==3.12").split()
 ROLES = {"dynamodb.server": "DynamoDB process", "sandbox.py": "Lambda sandboxes", "worker.py": "Lambda sandboxes"}
 
 
