@@ -239,3 +239,26 @@ def test_openapi_document_is_current(api):
     post = committed["paths"]["/orders"]["post"]
     assert {p["name"].lower() for p in post["parameters"]} == {"idempotency-key"}
     assert {"202", "400", "401", "422"} <= set(post["responses"])
+
+
+def test_a_start_execution_refused_is_503_and_the_retry_starts_the_saga(api, context, monkeypatch):
+    """Step Functions refuses the start (throttled): the order is recorded, the answer says to retry with the
+    same key, and the retry starts the saga once."""
+    from botocore.exceptions import ClientError
+
+    real = api._sfn.start_execution
+
+    def throttled(**kwargs):
+        raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, "StartExecution")
+
+    monkeypatch.setattr(api._sfn, "start_execution", throttled)
+    status, body, response = call(api, context, "POST", "/orders", GOOD, {"Idempotency-Key": "key-throttled"})
+    retry_after = (response.get("headers") or {}).get("Retry-After") or \
+        ((response.get("multiValueHeaders") or {}).get("Retry-After") or [None])[0]
+    assert (status, retry_after) == (503, "1")
+    assert "retry with the same Idempotency-Key" in body["error"]
+    assert executions() == []
+    monkeypatch.setattr(api._sfn, "start_execution", real)
+    status, body, _ = call(api, context, "POST", "/orders", GOOD, {"Idempotency-Key": "key-throttled"})
+    assert status == 202
+    assert [e["name"] for e in executions()] == [body["order_id"]]
