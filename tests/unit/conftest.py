@@ -43,7 +43,10 @@ class FakeContext:
     memory_limit_in_mb: int = 512
     invoked_function_arn: str = f"arn:aws:lambda:{REGION}:123456789012:function:test-function"
     aws_request_id: str = "00000000-0000-0000-0000-000000000000"
-    remaining_ms: int = 9000
+    # Generous: this tier checks what the handlers do, and runs beside the stack tier on two busy cores, where an
+    # invocation's own wall time can pass a step's 9 s. The budget itself is tested with a short one
+    # (test_steps.py, test_store.py) and on the stack, where each function has its template timeout.
+    remaining_ms: int = 60_000
 
     def get_remaining_time_in_millis(self) -> int:
         return self.remaining_ms
