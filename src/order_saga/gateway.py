@@ -99,17 +99,20 @@ class FakeGateway:
         return str(entry.get("auth_ref", f"auth_{key}"))
 
     def _slow(self, key: str, seconds: float, amount: int, currency: str) -> str:
-        """The processor takes `seconds` from the first call; the client waits at most its timeout."""
-        lands_at = int((time.time() + seconds) * 1000)
+        """The processor takes `seconds` from the first call; the client waits at most its timeout, counted from
+        the start of its call (time spent recording the request counts too)."""
+        started = time.time()
+        lands_at = int((started + seconds) * 1000)
         entry = self._record_once(key, {"state": PROCESSING, "lands_at": lands_at, "amount": amount,
                                         "currency": currency, "auth_ref": f"auth_{key}"})
-        wait = int(entry.get("lands_at", 0)) / 1000 - time.time()
-        if entry.get("state") == PROCESSING and wait > self.timeout:
+        lands = int(entry.get("lands_at", 0)) / 1000
+        if entry.get("state") == PROCESSING and lands - started > self.timeout:
             if int(entry["lands_at"]) != lands_at:  # a repeat of a call the processor is still working on
                 raise PaymentGatewayUnavailable("gateway: this payment's authorization is still in progress")
-            time.sleep(self.timeout)
+            time.sleep(max(0.0, started + self.timeout - time.time()))
             raise PaymentGatewayUnavailable(f"gateway: no answer within {self.timeout:g} s; the authorization's "
                                             f"outcome is unknown")
+        wait = lands - time.time()
         if wait > 0:
             time.sleep(wait)
         state = self.state(key)
