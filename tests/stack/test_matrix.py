@@ -23,7 +23,7 @@ import pytest
 from order_saga.models import order_id_for
 from order_saga.promotions import Promotions
 from tests.stack.conftest import ROOT
-from tests.stack.support import http, path_of, start_direct, wait_for_execution
+from tests.stack.support import path_of, post_order, start_direct, wait_for_execution
 
 MATRIX = json.loads((Path(__file__).with_name("scenario_matrix.json")).read_text())["rows"]
 STOCK, PRICE, QUANTITY = 10, 1000, 2
@@ -86,8 +86,8 @@ def run_row(target, faults, n: int, row: dict) -> dict:
         if trigger.get("direct_start"):
             arn = start_direct(target, order_id, {"order_id": order_id, "customer_id": customer})
         else:
-            status, accepted = http("POST", f"{target.api_url}/orders", json.dumps(order).encode(),
-                                    {"Idempotency-Key": key, **target.auth("matrix")}, timeout=60)
+            # As a careful client: a 429 or a 503 (the store busy, 69 rows at once) is retried with the same key.
+            status, accepted = post_order(target, json.dumps(order).encode(), key, timeout=60, customer="matrix")
             assert status == 202, accepted
             if spec:
                 after_post(target, spec, code)
