@@ -140,3 +140,14 @@ def scan_all(client) -> dict[str, list[dict[str, Any]]]:
                  for item in client.scan(TableName=table, ConsistentRead=True)["Items"]]
         out[table] = sorted(items, key=lambda i: repr(sorted(i.items())))
     return out
+
+
+@pytest.fixture
+def api(aws, handlers, monkeypatch):
+    """The OrdersApi handler, with a state machine from the ASL to start (the API's and the coupon tests')."""
+    sfn = boto3.client("stepfunctions", region_name="us-east-1")
+    definition = Path(ROOT / "statemachine/order_saga.asl.json").read_text()
+    arn = sfn.create_state_machine(name="order-saga-test", definition=definition,
+                                   roleArn="arn:aws:iam::123456789012:role/sfn")["stateMachineArn"]
+    monkeypatch.setenv("STATE_MACHINE_ARN", arn)
+    return handlers("orders_api")

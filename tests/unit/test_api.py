@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import boto3
 import pytest
@@ -17,16 +16,6 @@ from tests.unit.conftest import ROOT, scan_all
 ROUTES = routes_of(Template(ROOT / "template.yaml"))
 GOOD = {"items": [{"sku": "SKU-1", "quantity": 2}], "payment_token": "tok_approve"}
 ALICE, BOB = "5f0c3c4e-alice", "9a1d7b22-bob"  # the `sub` claims API Gateway's authorizer passes
-
-
-@pytest.fixture
-def api(aws, handlers, monkeypatch):
-    sfn = boto3.client("stepfunctions", region_name="us-east-1")
-    definition = Path(ROOT / "statemachine/order_saga.asl.json").read_text()
-    arn = sfn.create_state_machine(name="order-saga-test", definition=definition,
-                                   roleArn="arn:aws:iam::123456789012:role/sfn")["stateMachineArn"]
-    monkeypatch.setenv("STATE_MACHINE_ARN", arn)
-    return handlers("orders_api")
 
 
 def call(api, context, method, path, body=None, headers=None, customer: str | None = ALICE):

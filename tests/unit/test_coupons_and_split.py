@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -245,16 +244,6 @@ def test_add_coupon_never_overwrites_a_coupon_and_its_count(aws, handlers, conte
 
 
 # ---- 2. the API ------------------------------------------------------------------------------------------------
-@pytest.fixture
-def api(aws, handlers, monkeypatch):
-    sfn = boto3.client("stepfunctions", region_name="us-east-1")
-    definition = Path(ROOT / "statemachine/order_saga.asl.json").read_text()
-    arn = sfn.create_state_machine(name="order-saga-test", definition=definition,
-                                   roleArn="arn:aws:iam::123456789012:role/sfn")["stateMachineArn"]
-    monkeypatch.setenv("STATE_MACHINE_ARN", arn)
-    return handlers("orders_api")
-
-
 def post(api, context, body, key="k-1"):
     found = find_route(ROUTES, "POST", "/orders")
     assert found is not None
