@@ -326,15 +326,20 @@ def test_no_gateway_call_starts_without_time_for_it_and_the_write_after_it(aws, 
     assert payment(aws)["status"] == "PENDING"
 
 
-def test_an_authorization_that_lands_after_the_void_is_reconciled_by_the_reaper(aws, handlers, context,
-                                                                               monkeypatch):
+def given_up_and_voided(aws, handlers, context, monkeypatch, token: str) -> None:
+    """A slow processor: the client gives up after 0.2 s (outcome unknown), and the saga voids the payment,
+    marking it for a reconciliation due at once."""
     monkeypatch.setenv("GATEWAY_TIMEOUT_SECONDS", "0.2")
     monkeypatch.setenv("RECONCILE_AFTER_SECONDS", "0")
-    saga = run_forward(handlers, context, new_saga(aws, token="tok_slow_2"), upto=2)
+    saga = run_forward(handlers, context, new_saga(aws, token=token), upto=2)
     with pytest.raises(PaymentGatewayUnavailable):
         invoke(handlers("authorize_payment"), context, saga)
-    # The saga gives up on the payment and voids it: nothing has landed at the gateway yet.
     invoke(handlers("void_payment"), context, fail_at(saga, "AuthorizePayment"))
+
+
+def test_an_authorization_that_lands_after_the_void_is_reconciled_by_the_reaper(aws, handlers, context,
+                                                                               monkeypatch):
+    given_up_and_voided(aws, handlers, context, monkeypatch, "tok_slow_2")  # nothing has landed at the gateway yet
     voided = payment(aws)
     assert voided["status"] == "VOIDED"
     assert "reconcile" in voided
@@ -352,12 +357,7 @@ def test_an_authorization_that_lands_after_the_void_is_reconciled_by_the_reaper(
 
 
 def test_reconciliation_waits_while_the_processor_has_not_decided(aws, handlers, context, monkeypatch):
-    monkeypatch.setenv("GATEWAY_TIMEOUT_SECONDS", "0.2")
-    monkeypatch.setenv("RECONCILE_AFTER_SECONDS", "0")
-    saga = run_forward(handlers, context, new_saga(aws, token="tok_slow_60"), upto=2)
-    with pytest.raises(PaymentGatewayUnavailable):
-        invoke(handlers("authorize_payment"), context, saga)
-    invoke(handlers("void_payment"), context, fail_at(saga, "AuthorizePayment"))
+    given_up_and_voided(aws, handlers, context, monkeypatch, "tok_slow_60")
     assert handlers("reaper").lambda_handler({}, context)["reconciled"] == {"ord_1#1": "undecided"}
     assert "reconcile" in payment(aws)  # still marked: asked again at a later sweep
     assert ledger(aws)["state"] == "PROCESSING"
