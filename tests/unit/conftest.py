@@ -136,8 +136,8 @@ def scan_all(client) -> dict[str, list[dict[str, Any]]]:
     out = {}
     for env in TABLES.values():
         table = os.environ[env]
-        items = [{k: v for k, v in item.items() if k != HEARTBEAT}
-                 for item in client.scan(TableName=table, ConsistentRead=True)["Items"]]
+        pages = client.get_paginator("scan").paginate(TableName=table, ConsistentRead=True)
+        items = [{k: v for k, v in item.items() if k != HEARTBEAT} for page in pages for item in page["Items"]]
         out[table] = sorted(items, key=lambda i: repr(sorted(i.items())))
     return out
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from order_saga.config import Timing
@@ -11,6 +12,7 @@ from order_saga.models import OrderLine, request_hash
 from order_saga.orders import Orders
 from order_saga.payments import Payments, payment_id
 from order_saga.store import Store
+from tests.unit.conftest import HEARTBEAT, scan_all
 
 EXECUTION = "arn:aws:states:us-east-1:123456789012:execution:order-saga-dev:ord_1"
 
@@ -40,6 +42,17 @@ def new_saga(client: Any, order_id: str = "ord_1", items: list[dict] | None = No
 
 def invoke(module: Any, context: Any, saga: dict[str, Any], execution: str = EXECUTION) -> dict[str, Any]:
     return module.lambda_handler({"saga": saga, "execution_id": execution}, context)
+
+
+def second_run_changes_nothing(client: Any, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Runs a step twice: the second run returns what the first returned (but for the lease's expiry) and
+    leaves every table as the first run left it. Returns the first run's result."""
+    first = run()
+    tables = scan_all(client)
+    second = run()
+    assert {k: v for k, v in second.items() if k != HEARTBEAT} == {k: v for k, v in first.items() if k != HEARTBEAT}
+    assert scan_all(client) == tables
+    return first
 
 
 def get(client: Any, table_env: str, **key: str) -> dict[str, Any] | None:
