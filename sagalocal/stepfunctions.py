@@ -7,7 +7,10 @@ What this module changes in moto's interpreter, each for a reason:
    machine, as the Lambda timeout does not: on AWS the sandbox has its own CPU. Cold start delay, the
    handler's own time and throttling retries all count, as on AWS.
 3. A definition is parsed once, not once per execution (9% of the engine's CPU). The parsed program is
-   immutable: an execution's state lives in its Environment.
+   immutable: an execution's state lives in its Environment. Likewise each JSONPath: moto parses every
+   path at every use (and so do EventBridge's input transformers), and jsonpath_ng builds a new ply
+   parser for each parse (a third of the stack process's CPU per saga). A parsed path is not changed
+   by find() or update_or_create().
 4. The interpreter's boto3 clients (for the other service integrations) are created once per service.
 5. The end of every execution is announced (`wait_for`), so a waiter needs no polling.
 """
@@ -38,6 +41,7 @@ def install(lambda_service: Any) -> None:
         _direct_lambda_dispatch()
         _timeouts_without_cpu_waits()
         _cache_parsed_definitions()
+        _cache_parsed_json_paths()
         _cache_interpreter_clients()
         _announce_ends()
 
@@ -145,7 +149,7 @@ def _timeouts_without_cpu_waits() -> None:
     ExecutionState._evaluate_with_timeout = _evaluate_with_timeout  # type: ignore[method-assign]
 
 
-# ---- 3. and 4. parse once, one client per service ------------------------------------------------
+# ---- 3. and 4. parse once (definitions and JSONPaths), one client per service ------------------------
 def _cache_parsed_definitions() -> None:
     from moto.stepfunctions.parser.backend import execution_worker
 
@@ -155,6 +159,20 @@ def _cache_parsed_definitions() -> None:
         return parse(self._evaluation_details.state_machine_details.definition)[0]
 
     execution_worker.ExecutionWorker._get_evaluation_entrypoint = entrypoint  # type: ignore[method-assign]
+
+
+def _cache_parsed_json_paths() -> None:
+    """jsonpath_ng's two parse functions, cached; moto's modules that bound them at import, rebound. EventBridge's
+    input transformer (moto/events/utils.py) imports jsonpath_ng.ext's at each call, so it gets the cached one."""
+    import jsonpath_ng
+    import jsonpath_ng.ext
+    from moto.stepfunctions.parser.asl.component.common.path import result_path
+    from moto.stepfunctions.parser.asl.utils import json_path
+
+    for package, users in ((jsonpath_ng, [result_path]), (jsonpath_ng.ext, [json_path])):
+        parse = functools.lru_cache(maxsize=4096)(package.parse)
+        for module in (package, *users):
+            module.parse = parse  # type: ignore[attr-defined]
 
 
 def _cache_interpreter_clients() -> None:
