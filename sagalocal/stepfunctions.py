@@ -13,6 +13,10 @@ What this module changes in moto's interpreter, each for a reason:
    by find() or update_or_create().
 4. The interpreter's boto3 clients (for the other service integrations) are created once per service.
 5. The end of every execution is announced (`wait_for`), so a waiter needs no polling.
+6. One execution per name, as on AWS. moto's StartExecution looks for an execution of that name, then
+   (after deep-copying the state machine) appends a new one: two concurrent StartExecutions of one name
+   both started. The saga's API starts the execution named after the order at every retry of a POST, so
+   racing retries made two executions of one order. Here the look and the append are one step per name.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ def install(lambda_service: Any) -> None:
         _cache_parsed_json_paths()
         _cache_interpreter_clients()
         _announce_ends()
+        _one_execution_per_name()
 
 
 def _service() -> Any:
@@ -225,3 +230,18 @@ def _event_for(arn: str) -> threading.Event:
 def wait_for(arn: str, timeout: float) -> bool:
     """Block until the execution has ended (True), or `timeout` seconds passed (False)."""
     return _event_for(arn).wait(timeout)
+
+
+# ---- 6. one execution per name -------------------------------------------------------------------
+def _one_execution_per_name() -> None:
+    from moto.stepfunctions.parser.models import StepFunctionsParserBackend
+
+    original = StepFunctionsParserBackend.start_execution
+    locks = [threading.Lock() for _ in range(64)]  # striped: names that differ seldom wait for each other
+
+    def start_execution(self: Any, state_machine_arn: str, name: Any = None, execution_input: Any = None,
+                        trace_header: Any = None) -> Any:
+        with locks[hash((state_machine_arn, name)) % len(locks)]:
+            return original(self, state_machine_arn, name, execution_input, trace_header)
+
+    StepFunctionsParserBackend.start_execution = start_execution  # type: ignore[method-assign]

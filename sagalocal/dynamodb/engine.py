@@ -9,6 +9,7 @@ operations (CreateTable, DescribeTable, ...) take moto's generic path.
 from __future__ import annotations
 
 import base64
+import collections
 import functools
 import json
 import logging
@@ -318,6 +319,20 @@ def _cache_update_expressions() -> None:
         return parse(cls, expression_str)
 
     expressions.UpdateExpressionParser.make = make  # type: ignore[method-assign]
+
+    # Condition expressions: the lexing (a dozen regexes compiled and tried at each token) depends on the text
+    # alone, the rest of the parse on the names and values too. The tokens are immutable named tuples with
+    # empty children that the parser's later passes only read, so one tuple of them serves every request.
+    from moto.dynamodb.comparisons import ConditionExpressionParser
+
+    lex = functools.lru_cache(maxsize=2048)(
+        lambda text: tuple(ConditionExpressionParser(text, None, None)._sagalocal_lex()))
+
+    def lex_condition_expression(self: Any) -> Any:
+        return collections.deque(lex(self.condition_expression))
+
+    ConditionExpressionParser._sagalocal_lex = ConditionExpressionParser._lex_condition_expression  # type: ignore[attr-defined]
+    ConditionExpressionParser._lex_condition_expression = lex_condition_expression  # type: ignore[method-assign]
 
     traverser = ast_nodes.DepthFirstTraverser
 

@@ -267,6 +267,25 @@ def test_a_failed_condition_is_conditional_check_failed_with_the_item_only_when_
     assert ddb.get_item(TableName=table, Key=key("a"), ConsistentRead=True)["Item"] == stored
 
 
+def test_one_condition_text_is_judged_on_each_request_s_own_names_and_values(ddb):
+    """The engine lexes a condition's text once and keeps the tokens: the names and values are each request's."""
+    table = new_table(ddb)
+    ddb.put_item(TableName=table, Item={**key("a"), "v": {"N": "7"}, "w": {"N": "1"}})
+    text = "#f = :x AND attribute_exists(k)"
+
+    def update(field: str, x: str) -> None:
+        ddb.update_item(TableName=table, Key=key("a"), UpdateExpression="ADD n :one", ConditionExpression=text,
+                        ExpressionAttributeNames={"#f": field},
+                        ExpressionAttributeValues={":x": {"N": x}, ":one": {"N": "1"}})
+
+    update("v", "7")
+    update("w", "1")
+    for field, x in (("v", "1"), ("w", "7"), ("missing", "7")):
+        with pytest.raises(ddb.exceptions.ConditionalCheckFailedException):
+            update(field, x)
+    assert ddb.get_item(TableName=table, Key=key("a"), ConsistentRead=True)["Item"]["n"] == {"N": "2"}
+
+
 def test_a_failed_condition_cancels_the_whole_transaction_and_names_its_item(ddb):
     table = new_table(ddb)
     stored = {**key("a"), "v": {"N": "7"}}
