@@ -13,6 +13,7 @@ serves the stack's own control routes:
 
 from __future__ import annotations
 
+import functools
 import http.client
 import io
 import json
@@ -117,6 +118,16 @@ def make_app(moto_app: WSGIApp, dynamodb: Forwarder, routes: dict[str, Callable[
     return app
 
 
+def _list_moto_modules_once() -> None:
+    """moto's server lists its own package folder (an isdir for each of ~150 entries) at every request to find
+    the service a host names; the folder does not change while the stack runs, so list it once."""
+    from moto import backends
+
+    if not getattr(backends.list_of_moto_modules, "cache_info", None):
+        modules = tuple(backends.list_of_moto_modules())
+        backends.list_of_moto_modules = functools.lru_cache(maxsize=1)(lambda: modules)
+
+
 class AwsEndpoint:
     """moto's server behind the forwarding app, on 127.0.0.1:`port`, in a thread of this process."""
 
@@ -133,6 +144,7 @@ class AwsEndpoint:
         from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
         from werkzeug.serving import make_server
 
+        _list_moto_modules_once()
         app = make_app(DomainDispatcherApplication(create_backend_app), self.dynamodb, self.routes, self.iam)
         self._server = make_server("127.0.0.1", self.port, app, threaded=True, request_handler=MotoRequestHandler)
         self._server.socket.listen(1024)
