@@ -132,8 +132,9 @@ def render(r: dict[str, Any], img_path: str, img_rel: str) -> str:
            f"{la} at the start, {le} at the end."]
     if la[0] > 1.0:
         out.append("")
-        out.append(f"**The load average was {la[0]} at the start (another job shared the 2 cores): the figures may "
-                   "be pessimistic.** Ratios and old-beside-new come from the same run and are what to read.")
+        out.append(f"**The machine was not idle at the start (load average {la[0]} over 1 minute, {la[1]} over 5): "
+                   "the figures may be pessimistic.** Ratios and old-beside-new come from the same run and are what "
+                   "to read.")
     out += ["", "## Issue 10's targets", "",
             f"`{PUBLISHED}` is what the issue quotes; `5d5f643, this run` is that commit's stack measured again "
             "in this run, beside the new one, on the same machine at the same time.", "", table(r), ""]

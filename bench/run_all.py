@@ -52,6 +52,12 @@ def phase(results: dict[str, Any], name: str, fn: Any, *args: Any) -> Any:
     return value
 
 
+def shown(path: str) -> str:
+    """A path as the report shows it: relative to the tree when inside it."""
+    inside = os.path.abspath(path).startswith(ROOT + os.sep)
+    return os.path.relpath(path, ROOT) if inside else os.path.abspath(path)
+
+
 def make_test_figure(seconds: float | None, log: str | None) -> dict[str, Any]:
     """`make test`'s duration, never run here: from the command line, a log of it, or .local/tests/*.log."""
     if seconds:
@@ -68,7 +74,7 @@ def make_test_figure(seconds: float | None, log: str | None) -> dict[str, Any]:
         return {"source": "not given (pass --make-test-seconds S or --make-test-log FILE; make test is never run "
                           "by the bench)"}
     return {"seconds": max(found), "invariant_sagas": sagas,
-            "source": f"read from {', '.join(os.path.relpath(p, ROOT) for p in logs)} (the longest duration in it)"}
+            "source": f"read from {', '.join(shown(p) for p in logs)} (the longest duration in it)"}
 
 
 def main() -> int:
