@@ -13,7 +13,6 @@ serves the stack's own control routes:
 
 from __future__ import annotations
 
-import functools
 import http.client
 import io
 import json
@@ -123,9 +122,8 @@ def _list_moto_modules_once() -> None:
     the service a host names; the folder does not change while the stack runs, so list it once."""
     from moto import backends
 
-    if not getattr(backends.list_of_moto_modules, "cache_info", None):
-        modules = tuple(backends.list_of_moto_modules())
-        backends.list_of_moto_modules = functools.lru_cache(maxsize=1)(lambda: modules)
+    modules = tuple(backends.list_of_moto_modules())  # a second stack in this process lists the tuple again
+    backends.list_of_moto_modules = lambda: modules
 
 
 class AwsEndpoint:

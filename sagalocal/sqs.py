@@ -11,12 +11,11 @@ anything else. What a caller sees is unchanged.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator, Mapping
+import functools
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-_lock = threading.Lock()
-_moto_builds: list[Any] = []  # moto's own Queue.attributes getter, once installed
+_moto_getter: list[Callable[[Any], dict[str, Any]]] = []  # moto's own Queue.attributes getter, once installed
 
 
 class QueueAttributes(Mapping[str, Any]):
@@ -51,15 +50,13 @@ class QueueAttributes(Mapping[str, Any]):
 
 def _moto_attributes(queue: Any) -> dict[str, Any]:
     """The whole dict, built by moto's own getter."""
-    return _moto_builds[0](queue)
+    return _moto_getter[0](queue)
 
 
+@functools.cache
 def install() -> None:
     """Patch moto's SQS Queue (once per process)."""
     from moto.sqs.models import Queue
 
-    with _lock:
-        if _moto_builds:
-            return
-        _moto_builds.append(Queue.attributes.fget)
-        Queue.attributes = property(QueueAttributes)  # type: ignore[method-assign,assignment]
+    _moto_getter.append(Queue.attributes.fget)
+    Queue.attributes = property(QueueAttributes)  # type: ignore[method-assign,assignment]

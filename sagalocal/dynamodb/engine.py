@@ -268,6 +268,7 @@ def install_backend_patches() -> None:
     for name in ("put_item", "update_item", "delete_item"):
         setattr(DynamoDBBackend, name, _metered_write(getattr(DynamoDBBackend, name)))
     _cache_update_expressions()
+    _cache_condition_lexing()
 
 
 def _key_values(table: Any, key: dict[str, Any]) -> tuple[Any, Any]:
@@ -320,20 +321,6 @@ def _cache_update_expressions() -> None:
 
     expressions.UpdateExpressionParser.make = make  # type: ignore[method-assign]
 
-    # Condition expressions: the lexing (a dozen regexes compiled and tried at each token) depends on the text
-    # alone, the rest of the parse on the names and values too. The tokens are immutable named tuples with
-    # empty children that the parser's later passes only read, so one tuple of them serves every request.
-    from moto.dynamodb.comparisons import ConditionExpressionParser
-
-    lex = functools.lru_cache(maxsize=2048)(
-        lambda text: tuple(ConditionExpressionParser(text, None, None)._sagalocal_lex()))
-
-    def lex_condition_expression(self: Any) -> Any:
-        return collections.deque(lex(self.condition_expression))
-
-    ConditionExpressionParser._sagalocal_lex = ConditionExpressionParser._lex_condition_expression  # type: ignore[attr-defined]
-    ConditionExpressionParser._lex_condition_expression = lex_condition_expression  # type: ignore[method-assign]
-
     traverser = ast_nodes.DepthFirstTraverser
 
     def nodes_to_be_processed(self: Any) -> tuple[type, ...]:
@@ -357,6 +344,21 @@ def _cache_update_expressions() -> None:
     traverser._sagalocal_map = processing_map  # type: ignore[attr-defined]
     traverser.nodes_to_be_processed = nodes_to_be_processed  # type: ignore[method-assign]
     traverser.process = process  # type: ignore[method-assign]
+
+
+def _cache_condition_lexing() -> None:
+    """Condition expressions: the lexing (a dozen regexes compiled and tried at each token) depends on the text
+    alone, the rest of the parse on the names and values too. The tokens are immutable named tuples with empty
+    children that the parser's later passes only read, so one tuple of them serves every request."""
+    from moto.dynamodb.comparisons import ConditionExpressionParser
+
+    original = ConditionExpressionParser._lex_condition_expression
+    lex = functools.lru_cache(maxsize=2048)(lambda text: tuple(original(ConditionExpressionParser(text, None, None))))
+
+    def lex_condition_expression(self: Any) -> Any:
+        return collections.deque(lex(self.condition_expression))
+
+    ConditionExpressionParser._lex_condition_expression = lex_condition_expression  # type: ignore[method-assign]
 
 
 def _transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:

@@ -6,6 +6,7 @@ import copy
 import json
 import threading
 import time
+from types import SimpleNamespace
 
 import boto3
 import pytest
@@ -29,7 +30,7 @@ def sfn(monkeypatch):
         time.sleep(0.05)
         return copy.deepcopy(*args, **kwargs)
 
-    monkeypatch.setattr(models, "copy", type("slow_copy", (), {"deepcopy": staticmethod(slow_deepcopy)}))
+    monkeypatch.setattr(models, "copy", SimpleNamespace(deepcopy=slow_deepcopy))
     with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
         client = boto3.client("stepfunctions", region_name="us-east-1")
         arn = client.create_state_machine(name="race", definition=DEFINITION,
