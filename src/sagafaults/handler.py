@@ -169,12 +169,15 @@ def wrap(handler: Handler, function: str, clients: list[Any],
                 time.sleep(rule.delay_ms / 1000)
             if rule is not None and rule.action == "invocation-error" and rule.prevent_execution:
                 raise _error(str(rule.error))
-            result = handler(event, context)
-            if rule is not None and rule.action == "invocation-error":
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(1)  # the sandbox dies after the handler's writes: Runtime.ExitError  # noqa: SLF001
-            return result
+            try:
+                return handler(event, context)
+            finally:
+                # As FIS's invocation-error without preventExecution: the invocation fails after the handler ran,
+                # whether it returned or raised (a step failing on its own must not spend the rule unfailed).
+                if rule is not None and rule.action == "invocation-error":
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(1)  # the sandbox dies after the handler's writes: Runtime.ExitError  # noqa: SLF001
         finally:
             injector.rules = []
 
