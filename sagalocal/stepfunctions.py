@@ -17,6 +17,11 @@ What this module changes in moto's interpreter, each for a reason:
    (after deep-copying the state machine) appends a new one: two concurrent StartExecutions of one name
    both started. The saga's API starts the execution named after the order at every retry of a POST, so
    racing retries made two executions of one order. Here the look and the append are one step per name.
+7. A stopped execution stays stopped. moto's interpreter skips every step of a program that no longer
+   runs, its Catch included, so a task that failed just as StopExecution landed went on as uncaught, and
+   its error replaced the stop: the execution ended FAILED with the task's error (a saga's CreateOrder
+   refused with OrderNotActive, seen once when the reaper stopped the execution whose lease it took).
+   On AWS a stopped execution is ABORTED. Here an error does not replace a stop or a time-out.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ def install(lambda_service: Any) -> None:
         _cache_interpreter_clients()
         _announce_ends()
         _one_execution_per_name()
+        _stop_is_final()
 
 
 def _service() -> Any:
@@ -245,3 +251,19 @@ def _one_execution_per_name() -> None:
             return original(self, state_machine_arn, name, execution_input, trace_header)
 
     StepFunctionsParserBackend.start_execution = start_execution  # type: ignore[method-assign]
+
+
+# ---- 7. a stop is final --------------------------------------------------------------------------
+def _stop_is_final() -> None:
+    from moto.stepfunctions.parser.asl.eval.environment import Environment
+    from moto.stepfunctions.parser.asl.eval.program_state import ProgramStopped, ProgramTimedOut
+
+    original = Environment.set_error
+
+    def set_error(self: Any, error: Any) -> None:
+        with self._state_mutex:  # an RLock, taken again by moto's set_error
+            if isinstance(self.program_state(), ProgramStopped | ProgramTimedOut):
+                return  # ended already: the error is a pruned step's, as though uncaught
+            original(self, error)
+
+    Environment.set_error = set_error  # type: ignore[method-assign]

@@ -95,20 +95,24 @@ def test_two_executions_racing_for_one_order_one_proceeds_one_is_refused(leased)
     paths = {o["executionArn"]: [v.name for v in path_of(leased, o["executionArn"])] for o in outcomes}
     # At most one execution gets past CreateOrder (takes the lease); the others are refused there and change
     # nothing: with OrderLocked while the holder runs or has finished, with OrderNotActive once the reaper has
-    # begun to compensate the order (their CancelOrder then has nothing of theirs to undo).
+    # begun to compensate the order (their CancelOrder then has nothing of theirs to undo). The reaper stops the
+    # execution whose lease it took, wherever that one is (even in a retry of its CreateOrder).
     holders = [arn for arn, path in paths.items() if "ReserveInventory" in path]
     assert len(holders) <= 1, paths
+    stopped = [o["executionArn"] for o in outcomes if o["status"] == "ABORTED"]
     refused = {o["executionArn"]: (o.get("error"), tuple(paths[o["executionArn"]])) for o in outcomes
-               if o["executionArn"] not in holders}
+               if o["executionArn"] not in holders + stopped}
     order = leased.order(order_id)
     if order["status"] == "CONFIRMED":  # the usual case: it went through
         assert holders == [order["lease_owner"]], paths
+        assert stopped == [], paths
         assert next(o for o in outcomes if o["executionArn"] == holders[0])["status"] == "SUCCEEDED"
         assert sorted(refused.values()) == [("OrderLocked", ("CreateOrder", "OrderLocked"))] * 2, paths
         assert stock(leased)[2] == before[2] + 1  # sold once
         assert (leased.ledger(order_id)["state"], leased.ledger(order_id)["amount"]) == ("CAPTURED", 1250)
     else:  # on a loaded machine its 3 s lease can run out first: the reaper takes over and nothing is sold
         assert order["saga_status"] == "COMPENSATED", order
+        assert stopped in ([], [order.get("previous_owner")]), (stopped, order)
         assert set(refused.values()) <= {("OrderLocked", ("CreateOrder", "OrderLocked")),
                                          ("OrderNotActive", ("CreateOrder", "CancelOrder", "SagaCompensated"))}, paths
         assert stock(leased)[2] == before[2]

@@ -1,4 +1,5 @@
-"""sagalocal/stepfunctions.py: one execution per name, however many StartExecutions of it race (as on AWS)."""
+"""sagalocal/stepfunctions.py: one execution per name, however many StartExecutions of it race, and a stopped
+execution ends ABORTED whatever its task did meanwhile (both as on AWS)."""
 
 from __future__ import annotations
 
@@ -87,3 +88,40 @@ def test_other_names_still_start_their_own_executions(sfn):
     counter = iter(range(RACERS))
     race(lambda: client.start_execution(stateMachineArn=arn, name=f"ord_{next(counter)}", input="{}"))
     assert sorted(e["name"] for e in executions(client, arn)) == sorted(f"ord_{n}" for n in range(RACERS))
+
+
+CAUGHT = json.dumps({"StartAt": "Read", "States": {
+    "Read": {"Type": "Task", "Resource": "arn:aws:states:::aws-sdk:dynamodb:getItem",
+             "Parameters": {"TableName": "missing", "Key": {"pk": {"S": "1"}}},
+             "Catch": [{"ErrorEquals": ["States.ALL"], "Next": "Caught"}], "End": True},
+    "Caught": {"Type": "Pass", "End": True}}})
+
+
+def test_an_execution_stopped_as_its_task_fails_is_aborted_not_failed_with_the_tasks_error(monkeypatch):
+    """StopExecution lands between a task's failure and its Catch (moved there deterministically here)."""
+    from moto.stepfunctions.parser.asl.component.state.exec.execute_state import ExecutionState
+
+    stepfunctions._stop_is_final()
+    handle_catch = ExecutionState._handle_catch
+
+    def stopped_first(self, env, failure_event):
+        execution = env.states.context_object.context_object_data["Execution"]["Id"]
+        boto3.client("stepfunctions", region_name="us-east-1").stop_execution(
+            executionArn=execution, error="LeaseExpired", cause="stopped by the test")
+        handle_catch(self, env, failure_event)
+
+    monkeypatch.setattr(ExecutionState, "_handle_catch", stopped_first)
+    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
+        client = boto3.client("stepfunctions", region_name="us-east-1")
+        machine = client.create_state_machine(name="stopped", definition=CAUGHT,
+                                              roleArn="arn:aws:iam::123456789012:role/sfn")["stateMachineArn"]
+        arn = client.start_execution(stateMachineArn=machine, name="ord_stopped")["executionArn"]
+        deadline = time.monotonic() + 20
+        while (described := client.describe_execution(executionArn=arn))["status"] == "RUNNING":
+            assert time.monotonic() < deadline, "the execution never ended"
+            time.sleep(0.05)
+        events = client.get_execution_history(executionArn=arn)["events"]
+    assert described["status"] == "ABORTED", described
+    assert described.get("error") != "DynamoDb.ResourceNotFoundException"
+    assert events[-1]["type"] == "ExecutionAborted"
+    assert "TaskFailed" in [e["type"] for e in events]  # the task did fail: the stop came after it
