@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,31 +27,87 @@ class StateVisit:
         return max(0, self.attempts - 1)
 
 
+EXECUTION_ENDED = ("ExecutionFailed", "ExecutionSucceeded", "ExecutionAborted", "ExecutionTimedOut")
+TASK_SCHEDULED = ("TaskScheduled", "LambdaFunctionScheduled")
+TASK_FAILED = ("TaskFailed", "TaskTimedOut", "LambdaFunctionFailed", "LambdaFunctionTimedOut")
+
+
+def details(event: dict[str, Any]) -> dict[str, Any]:
+    """The event's `...EventDetails` member (every history event has at most one)."""
+    return next((v for k, v in event.items() if k.endswith("EventDetails") and isinstance(v, dict)), {})
+
+
+def segments(events: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The events of each state visit, from its StateEntered on, in the order the visits began.
+
+    An event belongs to the visit of the event it follows (its previousEventId), so the interleaved events of a
+    Map's concurrent iterations fall to their own visits; an event without that link falls to the latest visit.
+    Events after the execution ended are left out (moto records a Map's other iterations ending after it).
+    """
+    out: list[list[dict[str, Any]]] = []
+    owner: dict[Any, list[dict[str, Any]]] = {}
+    for event in events:
+        kind = event["type"]
+        if kind in EXECUTION_ENDED:
+            break
+        if kind.endswith("StateEntered"):
+            segment = [event]
+            out.append(segment)
+        elif not out:
+            continue  # before the first state
+        else:
+            segment = _owner(event, owner.get(event.get("previousEventId"), out[-1]), out)
+            segment.append(event)
+        owner[event.get("id")] = segment
+    return out
+
+
+def _owner(event: dict[str, Any], chained: list[dict[str, Any]], out: list[list[dict[str, Any]]]
+           ) -> list[dict[str, Any]]:
+    """The visit an event belongs to where its link says otherwise: a Map's or a Parallel's own events (they
+    follow its last branch's events) belong to the latest visit of such a state, and an event that names its
+    state (StateExited) to the latest visit of that state."""
+    kind, name = event["type"], details(event).get("name")
+    container = next((c for c in ("Map", "Parallel") if kind.startswith((f"{c}State", f"{c}Iteration"))), None)
+    if container is not None:
+        return _latest(out, chained, lambda first: first["type"] == f"{container}StateEntered")
+    if name is not None:
+        return _latest(out, chained, lambda first: details(first).get("name") == name)
+    return chained
+
+
+def _latest(out: list[list[dict[str, Any]]], chained: list[dict[str, Any]],
+            fits: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+    """`chained` if its first event fits, else the latest segment whose first event does."""
+    return chained if fits(chained[0]) else next((seg for seg in reversed(out) if fits(seg[0])), chained)
+
+
 def visits(events: list[dict[str, Any]]) -> list[StateVisit]:
     if not events:
         return []
     t0 = events[0]["timestamp"].timestamp()
+
+    def at(event: dict[str, Any]) -> float:
+        return (event["timestamp"].timestamp() - t0) * 1000
+
     out: list[StateVisit] = []
-    current: StateVisit | None = None
-    for event in events:
-        kind = event["type"]
-        at = (event["timestamp"].timestamp() - t0) * 1000
-        if kind.endswith("StateEntered"):
-            current = StateVisit(event["stateEnteredEventDetails"]["name"], kind.removesuffix("StateEntered"), at)
-            out.append(current)
-            if kind in ("FailStateEntered", "SucceedStateEntered"):
-                current.end_ms = at
-        elif kind.endswith("StateExited") and current is not None:
-            current.end_ms = at
-        elif kind in ("TaskScheduled", "LambdaFunctionScheduled") and current is not None:
-            current.attempts += 1
-        elif kind in ("TaskFailed", "TaskTimedOut", "LambdaFunctionFailed", "LambdaFunctionTimedOut") \
-                and current is not None:
-            details = next((v for k, v in event.items() if k.endswith("EventDetails")), {})
-            current.errors.append(details.get("error", kind))
-        elif kind in ("ExecutionFailed", "ExecutionSucceeded", "ExecutionAborted", "ExecutionTimedOut"):
-            if current is not None and current.end_ms is None:
-                current.end_ms = at
+    for first, *rest in segments(events):
+        kind = first["type"]
+        visit = StateVisit(first["stateEnteredEventDetails"]["name"], kind.removesuffix("StateEntered"), at(first))
+        if kind in ("FailStateEntered", "SucceedStateEntered"):
+            visit.end_ms = visit.start_ms
+        for event in rest:
+            if event["type"].endswith("StateExited"):
+                visit.end_ms = at(event)
+            elif event["type"] in TASK_SCHEDULED:
+                visit.attempts += 1
+            elif event["type"] in TASK_FAILED:
+                visit.errors.append(details(event).get("error", event["type"]))
+        out.append(visit)
+    ended = next((event for event in events if event["type"] in EXECUTION_ENDED), None)
+    for visit in out:  # the visits still open when the execution ended (stopped, failed, timed out) end there
+        if ended is not None and visit.end_ms is None:
+            visit.end_ms = at(ended)
     return out
 
 

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from sagalocal.timeline import details, segments
 from sagalocal.timeline import visits as timeline_visits
 
 TASK_START = ("TaskScheduled", "LambdaFunctionScheduled")
@@ -18,11 +19,6 @@ TASK_OK = ("TaskSucceeded", "LambdaFunctionSucceeded")
 TASK_FAILED = ("TaskFailed", "TaskTimedOut", "TaskStartFailed", "TaskSubmitFailed", "LambdaFunctionFailed",
                "LambdaFunctionTimedOut", "LambdaFunctionStartFailed", "LambdaFunctionScheduleFailed")
 EXECUTION_END = ("ExecutionSucceeded", "ExecutionFailed", "ExecutionAborted", "ExecutionTimedOut")
-
-
-def details(event: dict[str, Any]) -> dict[str, Any]:
-    """The event's `...EventDetails` member (every history event has at most one)."""
-    return next((v for k, v in event.items() if k.endswith("EventDetails") and isinstance(v, dict)), {})
 
 
 def parse_json(text: Any) -> Any:
@@ -113,17 +109,6 @@ class Reading:
     events: list[dict[str, Any]]  # as GetExecutionHistory gave them, with `at_ms` since the start
 
 
-def _segments(events: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """The events of each state visit: from its StateEntered up to the next one."""
-    out: list[list[dict[str, Any]]] = []
-    for event in events:
-        if event["type"].endswith("StateEntered"):
-            out.append([])
-        if out:
-            out[-1].append(event)
-    return out
-
-
 def read(events: list[dict[str, Any]], roles: dict[str, str], execution_status: str,
          execution_error: str = "", execution_cause: Any = None, now_ms: float | None = None) -> Reading:
     """Each visit's status is what its own events say; a Fail state ends with the execution's error."""
@@ -135,9 +120,11 @@ def read(events: list[dict[str, Any]], roles: dict[str, str], execution_status: 
     total_ms = events[-1]["at_ms"] if execution_status != "RUNNING" or now_ms is None else max(
         now_ms - t0 * 1000, events[-1]["at_ms"])
     out = []
-    for base, segment in zip(timeline_visits(events), _segments(events), strict=True):
+    by_id = {event.get("id"): event for event in events}
+    for base, segment in zip(timeline_visits(events), segments(events), strict=True):
         visit = Visit(base.name, segment[0]["type"].removesuffix("StateEntered"), roles.get(base.name, ""),
                       base.start_ms, base.end_ms, input=parse_json(details(segment[0]).get("input")))
+        failed = ""  # a Map's or a Parallel's failure: the error of the branch that failed it
         for event in segment[1:]:
             kind, info = event["type"], details(event)
             if kind in TASK_START:
@@ -151,9 +138,22 @@ def read(events: list[dict[str, Any]], roles: dict[str, str], execution_status: 
                 attempt.cause = Cause.read(info.get("cause"))
             elif kind.endswith("StateExited"):
                 visit.output = parse_json(info.get("output"))
+            elif kind in ("MapStateFailed", "ParallelStateFailed"):
+                failed = _failure_before(event, by_id) or kind
         _settle(visit, execution_status, execution_error, execution_cause)
+        if failed:
+            visit.status, visit.error = "failed", failed
         out.append(visit)
     return Reading(out, total_ms, events)
+
+
+def _failure_before(event: dict[str, Any], by_id: dict[Any, dict[str, Any]]) -> str:
+    """The nearest error up the event's previousEventId chain: a failed Map follows its failed iteration."""
+    for _ in range(8):  # a task's failure, then its iteration's and the Map's, are a few links apart
+        event = by_id.get(event.get("previousEventId"), {})
+        if not event or details(event).get("error"):
+            return str(details(event).get("error", ""))
+    return ""
 
 
 def _settle(visit: Visit, execution_status: str, execution_error: str, execution_cause: Any) -> None:

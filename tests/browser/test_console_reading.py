@@ -15,6 +15,7 @@ import pytest
 from sagalocal.console.execution import read
 from sagalocal.console.graph import overlay, state_graph
 from sagalocal.console.redact import HIDDEN, redact
+from sagalocal.timeline import visits as timeline_visits
 
 DEFINITION = {
     "StartAt": "Check",
@@ -82,6 +83,34 @@ def test_the_path_takes_the_catch_that_matches_the_error_and_counts_retries():
     assert {n.name: n.status for n in graph.nodes} == {"Check": "succeeded", "Work": "failed",
                                                        "Undo": "not-visited", "Done": "not-visited",
                                                        "Refused": "ended-failed"}
+
+
+def test_a_maps_concurrent_iterations_each_keep_their_own_attempts_and_errors():
+    """Their events interleave in the history; each follows its own (previousEventId), as moto and AWS link them.
+    A moto Map records its other iterations ending after the execution ended: those are not visits' events."""
+    entered = ("stateEnteredEventDetails", {"name": "Authorize", "input": "{}"})
+    failed = ("taskFailedEventDetails", {"error": "PaymentGatewayUnavailable", "cause": "slow"})
+    exited = ("stateExitedEventDetails", {"name": "Authorize", "output": "{}"})
+    map_entered, map_exited = (("stateEnteredEventDetails", {"name": "Pay"}),
+                               ("stateExitedEventDetails", {"name": "Pay"}))
+    spec = [  # (type, previousEventId, details); the ids are 1, 2, ...
+        ("ExecutionStarted", 0, None), ("MapStateEntered", 1, map_entered), ("MapStateStarted", 2, None),
+        ("MapIterationStarted", 3, None), ("TaskStateEntered", 4, entered), ("TaskScheduled", 5, None),  # 4-6: #0
+        ("MapIterationStarted", 3, None), ("TaskStateEntered", 7, entered), ("TaskScheduled", 8, None),  # 7-9: #1
+        ("TaskFailed", 9, failed),                                                    # 10: #1 fails once
+        ("TaskSucceeded", 6, None), ("TaskStateExited", 11, exited),                  # 11-12: #0 done
+        ("TaskScheduled", 10, None), ("TaskSucceeded", 13, None), ("TaskStateExited", 14, exited),  # 13-15: #1
+        ("MapStateSucceeded", 15, None), ("MapStateExited", 16, map_exited),          # 16-17: as moto links them
+        ("ExecutionSucceeded", 17, None), ("MapIterationSucceeded", 12, None),        # 19: after the end (moto)
+    ]
+    events = _events(*[(kind, n * 10, detail) for n, (kind, _, detail) in enumerate(spec)])
+    for event, (_, previous, _) in zip(events, spec, strict=True):
+        event["previousEventId"] = previous
+    reading = read(events, {}, "SUCCEEDED")
+    assert [(v.name, len(v.attempts), [a.error for a in v.attempts]) for v in reading.visits] == [
+        ("Pay", 0, []), ("Authorize", 1, [""]), ("Authorize", 2, ["PaymentGatewayUnavailable", ""])]
+    assert [(v.name, v.attempts, v.errors, round(v.end_ms)) for v in timeline_visits(events)] == [
+        ("Pay", 0, [], 160), ("Authorize", 1, [], 110), ("Authorize", 2, ["PaymentGatewayUnavailable"], 140)]
 
 
 @pytest.mark.parametrize("value", [
