@@ -24,6 +24,7 @@ import boto3
 from botocore.config import Config
 
 from order_saga.dynamo import from_ddb, to_ddb
+from order_saga.errors import TRANSIENT_ERROR_NAMES
 from order_saga.gateway import LEDGER_PREFIX
 from order_saga.payments import payment_id
 from sagafaults.handler import rule_entry, scope_of
@@ -150,6 +151,17 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict[str, st
             return exc.code, json.loads(raw or b"null")
         except ValueError:
             return exc.code, raw.decode(errors="replace")
+
+
+# What a busy machine, or a busy AWS, adds to any state: a gateway call that outlives the client's timeout, a
+# throttled or contended store (the Map's methods write one order at once), a throttled invocation. Each is
+# retried by the state's Retry; a test's own injected failures are TransientError or crashes.
+LOAD_ERRORS = frozenset({*TRANSIENT_ERROR_NAMES, "Lambda.TooManyRequestsException"} - {"TransientError"})
+
+
+def attempts_beyond_load(visits_of_state: list[StateVisit]) -> int:
+    """The state's attempts, less one for each retry that a load error (LOAD_ERRORS) caused."""
+    return sum(v.attempts - sum(e in LOAD_ERRORS for e in v.errors) for v in visits_of_state)
 
 
 RETRIED = (429, 502, 503, 504)  # throttled or busy: what a client retries, with the same Idempotency-Key

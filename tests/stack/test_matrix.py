@@ -4,10 +4,11 @@ every forward step and compensation x the DynamoDB fault kinds (conflict, thrott
 Each row gets its own catalog item and its own order, and its fault rules are scoped to that order, so all
 rows run at once on the shared stack. The faults are sagafaults rules in the stack's fault rules table, so
 the matrix runs on any stack deployed with FaultInjection=true. Every row asserts the exact state path, the
-attempts of the faulted state, the saga status, and the tables afterwards: no residue (stock back, nothing
-held or captured on any method, the coupon's counts back, order cancelled), or, for a recovered failure, a
-confirmed order charged exactly once per method for the discounted total and its coupon redeemed once. The
-Map's inner state (AuthorizeMethod, once per method) is left out of the path; its attempts are summed.
+attempts of the faulted state (less the retries a busy machine caused: see LOAD_ERRORS), the saga status, and
+the tables afterwards: no residue (stock back, nothing held or captured on any method, the coupon's counts
+back, order cancelled), or, for a recovered failure, a confirmed order charged exactly once per method for the
+discounted total and its coupon redeemed once. The Map's inner state (AuthorizeMethod, once per method) is
+left out of the path; its attempts are summed.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import pytest
 from order_saga.models import order_id_for
 from order_saga.promotions import Promotions
 from tests.stack.conftest import ROOT
-from tests.stack.support import path_of, post_order, start_direct, wait_for_execution
+from tests.stack.support import attempts_beyond_load, path_of, post_order, start_direct, wait_for_execution
 
 MATRIX = json.loads((Path(__file__).with_name("scenario_matrix.json")).read_text())["rows"]
 STOCK, PRICE, QUANTITY = 10, 1000, 2
@@ -134,8 +135,9 @@ def test_matrix_row(outcomes, row):
     assert [v.name for v in got["visits"] if v.name != INNER] == expect["path"]
     assert got["status"] == expect["status"]
     assert got["error"] == expect.get("error")
-    for state, attempts in expect.get("attempts", {}).items():
-        assert sum(v.attempts for v in got["visits"] if v.name == state) == attempts
+    for state, attempts in expect.get("attempts", {}).items():  # the fault's, and any a busy machine added
+        seen = [v for v in got["visits"] if v.name == state]
+        assert attempts_beyond_load(seen) == attempts, [(v.attempts, v.errors) for v in seen]
     for state, (least, most) in expect.get("attempts_between", {}).items():
         assert least <= sum(v.attempts for v in got["visits"] if v.name == state) <= most
     assert all(left in (None, 0) for left in got["rules_left"]), f"a fault was not applied: {got['rules_left']}"
