@@ -24,11 +24,11 @@ import boto3
 from botocore.config import Config
 
 from order_saga.dynamo import from_ddb, to_ddb
-from order_saga.errors import TRANSIENT_ERROR_NAMES
 from order_saga.gateway import LEDGER_PREFIX
 from order_saga.payments import payment_id
 from sagafaults.handler import rule_entry, scope_of
 from sagafaults.rules import Rule
+from sagalocal.scenarios import LOAD_ERRORS
 from sagalocal.timeline import StateVisit, history, paginate, visits
 
 STATE_API_RATE = 20.0  # Step Functions calls per second, all threads of this process together
@@ -151,12 +151,6 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict[str, st
             return exc.code, json.loads(raw or b"null")
         except ValueError:
             return exc.code, raw.decode(errors="replace")
-
-
-# What a busy machine, or a busy AWS, adds to any state: a gateway call that outlives the client's timeout, a
-# throttled or contended store (the Map's methods write one order at once), a throttled invocation. Each is
-# retried by the state's Retry; a test's own injected failures are TransientError or crashes.
-LOAD_ERRORS = frozenset({*TRANSIENT_ERROR_NAMES, "Lambda.TooManyRequestsException"} - {"TransientError"})
 
 
 def attempts_beyond_load(visits_of_state: list[StateVisit]) -> int:
