@@ -119,12 +119,10 @@ def read(events: list[dict[str, Any]], roles: dict[str, str], execution_status: 
         event["at_ms"] = (event["timestamp"].timestamp() - t0) * 1000
     total_ms = events[-1]["at_ms"] if execution_status != "RUNNING" or now_ms is None else max(
         now_ms - t0 * 1000, events[-1]["at_ms"])
-    out = []
-    by_id = {event.get("id"): event for event in events}
+    out, failed_containers = [], []
     for base, segment in zip(timeline_visits(events), segments(events), strict=True):
         visit = Visit(base.name, segment[0]["type"].removesuffix("StateEntered"), roles.get(base.name, ""),
                       base.start_ms, base.end_ms, input=parse_json(details(segment[0]).get("input")))
-        failed = ""  # a Map's or a Parallel's failure: the error of the branch that failed it
         for event in segment[1:]:
             kind, info = event["type"], details(event)
             if kind in TASK_START:
@@ -139,21 +137,19 @@ def read(events: list[dict[str, Any]], roles: dict[str, str], execution_status: 
             elif kind.endswith("StateExited"):
                 visit.output = parse_json(info.get("output"))
             elif kind in ("MapStateFailed", "ParallelStateFailed"):
-                failed = _failure_before(event, by_id) or kind
+                failed_containers.append(visit)
         _settle(visit, execution_status, execution_error, execution_cause)
-        if failed:
-            visit.status, visit.error = "failed", failed
         out.append(visit)
+    for container in failed_containers:  # its failure events carry no error: it is the failed branch's
+        container.status, container.error = "failed", _branch_error(container, out)
     return Reading(out, total_ms, events)
 
 
-def _failure_before(event: dict[str, Any], by_id: dict[Any, dict[str, Any]]) -> str:
-    """The nearest error up the event's previousEventId chain: a failed Map follows its failed iteration."""
-    for _ in range(8):  # a task's failure, then its iteration's and the Map's, are a few links apart
-        event = by_id.get(event.get("previousEventId"), {})
-        if not event or details(event).get("error"):
-            return str(details(event).get("error", ""))
-    return ""
+def _branch_error(container: Visit, visits: list[Visit]) -> str:
+    """The first error among the visits that began within the Map or Parallel `container`: its branches'."""
+    inside = [v for v in visits if v is not container and v.start_ms >= container.start_ms
+              and (container.end_ms is None or v.start_ms <= container.end_ms)]
+    return next((v.error for v in inside if v.status == "failed" and v.error), f"{container.type}StateFailed")
 
 
 def _settle(visit: Visit, execution_status: str, execution_error: str, execution_cause: Any) -> None:

@@ -113,6 +113,31 @@ def test_a_maps_concurrent_iterations_each_keep_their_own_attempts_and_errors():
         ("Pay", 0, [], 160), ("Authorize", 1, [], 110), ("Authorize", 2, ["PaymentGatewayUnavailable"], 140)]
 
 
+def test_a_failed_map_shows_the_error_its_failed_iteration_had():
+    """A Map's failure events carry no error, and moto links MapStateFailed to whichever iteration wrote last
+    (here the one that succeeded): the error is the failed iteration's, found by time, not by that link."""
+    entered = ("stateEnteredEventDetails", {"name": "Authorize", "input": "{}"})
+    spec = [  # (type, previousEventId, details); the ids are 1, 2, ...
+        ("ExecutionStarted", 0, None), ("MapStateEntered", 1, ("stateEnteredEventDetails", {"name": "Pay"})),
+        ("MapStateStarted", 2, None), ("MapIterationStarted", 3, None), ("TaskStateEntered", 4, entered),  # 4-5
+        ("MapIterationStarted", 3, None), ("TaskStateEntered", 6, entered),                               # 6-7
+        ("TaskScheduled", 5, None), ("TaskScheduled", 7, None),                                           # 8-9
+        ("TaskFailed", 9, ("taskFailedEventDetails", {"error": "PaymentDeclined", "cause": "no"})),      # 10
+        ("TaskSucceeded", 8, None),                                                                       # 11
+        ("MapStateFailed", 11, None), ("MapStateExited", 12, ("stateExitedEventDetails", {"name": "Pay"})),
+        ("TaskStateEntered", 13, ("stateEnteredEventDetails", {"name": "Void", "input": "{}"})),          # 14
+        ("TaskScheduled", 14, None), ("TaskFailed", 15, ("taskFailedEventDetails", {"error": "Later"})),
+        ("ExecutionFailed", 16, ("executionFailedEventDetails", {"error": "Later"})),
+    ]
+    events = _events(*[(kind, n * 10, detail) for n, (kind, _, detail) in enumerate(spec)])
+    for event, (_, previous, _) in zip(events, spec, strict=True):
+        event["previousEventId"] = previous
+    reading = read(events, {}, "FAILED", "Later")
+    assert [(v.name, v.status, v.error) for v in reading.visits] == [
+        ("Pay", "failed", "PaymentDeclined"), ("Authorize", "succeeded", ""),
+        ("Authorize", "failed", "PaymentDeclined"), ("Void", "failed", "Later")]
+
+
 @pytest.mark.parametrize("value", [
     {"payment_token": "tok_1", "nextToken": "keep"},
     json.dumps({"saga": {"token": "tok_1"}}),
