@@ -79,7 +79,7 @@ def test_racing_starts_of_one_name_with_other_inputs_start_one_and_refuse_the_re
                                                   input=json.dumps({"n": next(counter)})))
     refused = [r for r in results if isinstance(r, Exception)]
     assert len(refused) == RACERS - 1
-    assert all(isinstance(r, client.exceptions.ExecutionAlreadyExists) for r in refused)
+    assert all(isinstance(r, client.exceptions.ExecutionAlreadyExists) for r in refused), [repr(r) for r in refused]
     assert [e["name"] for e in executions(client, arn)] == ["ord_2"]
 
 
