@@ -65,7 +65,11 @@ class Source:
             # A local endpoint takes any credentials; AWS itself gets the usual credential chain.
             kwargs.update(endpoint_url=self.endpoint, aws_access_key_id="local",
                           aws_secret_access_key="local")  # noqa: S106 - not a secret
-        return boto3.client(service, **kwargs)
+        client = boto3.client(service, **kwargs)
+        # botocore builds a client's exception classes at first use, without a lock: request threads meeting their
+        # first error at once could each build their own, and `except client.exceptions.X` then missed. Built here.
+        _ = client.exceptions
+        return client
 
 
 def _item(raw: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -7,11 +7,13 @@ import json
 import select
 import subprocess
 import sys
+import threading
 import urllib.request
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from sagalocal.console.data import Source
 from sagalocal.console.execution import read
 from sagalocal.console.graph import overlay, state_graph
 from sagalocal.console.redact import HIDDEN, redact
@@ -136,6 +138,29 @@ def test_a_failed_map_shows_the_error_its_failed_iteration_had():
     assert [(v.name, v.status, v.error) for v in reading.visits] == [
         ("Pay", "failed", "PaymentDeclined"), ("Authorize", "succeeded", ""),
         ("Authorize", "failed", "PaymentDeclined"), ("Void", "failed", "Later")]
+
+
+def test_the_consoles_clients_have_their_exception_classes_before_any_thread_uses_them():
+    """botocore builds a client's exception classes at first use, without a lock: threads that meet their first
+    error at once can each build their own, and an `except client.exceptions.X` then misses the error."""
+    client = Source("http://127.0.0.1:1", "us-east-1", {}).client("stepfunctions")
+    built: list[int] = []
+
+    def look() -> None:
+        built.append(id(client.exceptions.ExecutionDoesNotExist))
+
+    threads = [threading.Thread(target=look) for _ in range(12)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch at almost every bytecode: without the fix this failed 3 of 3
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+    finally:
+        sys.setswitchinterval(interval)
+    assert len(built) == 12
+    assert set(built) == {id(client.exceptions.ExecutionDoesNotExist)}
 
 
 @pytest.mark.parametrize("value", [

@@ -80,7 +80,9 @@ class Target:
                                       "config": Config(max_pool_connections=64, retries={"mode": "standard"})}
             if endpoint:
                 kwargs.update(endpoint_url=endpoint, aws_access_key_id="local", aws_secret_access_key="local")
-            self._clients[service] = boto3.client(service, **kwargs)
+            client = boto3.client(service, **kwargs)
+            _ = client.exceptions  # built here: at first use, racing threads could each build their own (no lock)
+            self._clients[service] = client
         return self._clients[service]
 
     def get(self, output: str, **key: Any) -> dict[str, Any] | None:
