@@ -29,7 +29,8 @@ class StateVisit:
 
 EXECUTION_ENDED = ("ExecutionFailed", "ExecutionSucceeded", "ExecutionAborted", "ExecutionTimedOut")
 TASK_SCHEDULED = ("TaskScheduled", "LambdaFunctionScheduled")
-TASK_FAILED = ("TaskFailed", "TaskTimedOut", "LambdaFunctionFailed", "LambdaFunctionTimedOut")
+TASK_FAILED = ("TaskFailed", "TaskTimedOut", "TaskStartFailed", "TaskSubmitFailed", "LambdaFunctionFailed",
+               "LambdaFunctionTimedOut", "LambdaFunctionStartFailed", "LambdaFunctionScheduleFailed")
 
 
 def details(event: dict[str, Any]) -> dict[str, Any]:
@@ -105,9 +106,9 @@ def visits(events: list[dict[str, Any]]) -> list[StateVisit]:
                 visit.errors.append(details(event).get("error", event["type"]))
         out.append(visit)
     ended = next((event for event in events if event["type"] in EXECUTION_ENDED), None)
-    for visit in out:  # the visits still open when the execution ended (stopped, failed, timed out) end there
-        if ended is not None and visit.end_ms is None:
-            visit.end_ms = at(ended)
+    if ended is not None:  # the visits still open when the execution ended (stopped, failed, timed out) end there
+        for visit in out:
+            visit.end_ms = at(ended) if visit.end_ms is None else visit.end_ms
     return out
 
 

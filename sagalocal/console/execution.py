@@ -11,14 +11,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from sagalocal.timeline import details, segments
+from sagalocal.timeline import TASK_FAILED, TASK_SCHEDULED, details, segments
 from sagalocal.timeline import visits as timeline_visits
 
-TASK_START = ("TaskScheduled", "LambdaFunctionScheduled")
 TASK_OK = ("TaskSucceeded", "LambdaFunctionSucceeded")
-TASK_FAILED = ("TaskFailed", "TaskTimedOut", "TaskStartFailed", "TaskSubmitFailed", "LambdaFunctionFailed",
-               "LambdaFunctionTimedOut", "LambdaFunctionStartFailed", "LambdaFunctionScheduleFailed")
-EXECUTION_END = ("ExecutionSucceeded", "ExecutionFailed", "ExecutionAborted", "ExecutionTimedOut")
 
 
 def parse_json(text: Any) -> Any:
@@ -125,7 +121,7 @@ def read(events: list[dict[str, Any]], roles: dict[str, str], execution_status: 
                       base.start_ms, base.end_ms, input=parse_json(details(segment[0]).get("input")))
         for event in segment[1:]:
             kind, info = event["type"], details(event)
-            if kind in TASK_START:
+            if kind in TASK_SCHEDULED:
                 visit.attempts.append(Attempt(len(visit.attempts) + 1, event["at_ms"]))
             elif visit.attempts and (kind in TASK_OK or kind in TASK_FAILED):
                 attempt = visit.attempts[-1]
