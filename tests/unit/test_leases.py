@@ -14,6 +14,15 @@ OTHER = EXECUTION.replace(":ord_1", ":intruder")
 LEASE_S = 1.5  # long enough for consecutive steps on a loaded machine; the tests sleep past it
 
 
+def run_steps(handlers, context, saga, *names):
+    """The steps one after another, their modules imported first: a fresh import under load (a cold start)
+    took longer than the short lease once, and the lease runs from CreateOrder on."""
+    modules = [handlers(name) for name in names]
+    for module in modules:
+        saga = invoke(module, context, saga)
+    return saga
+
+
 @pytest.fixture
 def short(monkeypatch):
     monkeypatch.setenv("LEASE_SECONDS", str(LEASE_S))
@@ -46,8 +55,7 @@ def test_the_fence_only_increases_and_one_takeover_wins(aws, handlers, context, 
 
 def test_the_reaper_compensates_an_abandoned_saga_once(aws, handlers, context, short):
     saga = new_saga(aws)
-    for name in ("create_order", "reserve_inventory", "authorize_payment"):
-        saga = invoke(handlers(name), context, saga)
+    saga = run_steps(handlers, context, saga, "create_order", "reserve_inventory", "authorize_payment")
     assert stock(aws, "SKU-1") == (8, 2, 0)
     time.sleep(LEASE_S + 0.1)  # the execution stopped: no more heartbeats
     reaper = handlers("reaper")
@@ -70,8 +78,7 @@ def test_the_reaper_compensates_an_abandoned_saga_once(aws, handlers, context, s
 
 def test_late_steps_of_the_old_execution_cannot_land_after_takeover(aws, handlers, context, short):
     saga = new_saga(aws)
-    for name in ("create_order", "reserve_inventory"):
-        saga = invoke(handlers(name), context, saga)
+    saga = run_steps(handlers, context, saga, "create_order", "reserve_inventory")
     time.sleep(LEASE_S + 0.1)
     handlers("reaper").lambda_handler({}, context)
     tables = scan_all(aws)
@@ -90,9 +97,8 @@ def test_late_steps_of_the_old_execution_cannot_land_after_takeover(aws, handler
 
 def test_an_authorization_answered_after_takeover_is_voided_at_the_gateway(aws, handlers, context, short):
     saga = new_saga(aws)
-    for name in ("create_order", "reserve_inventory"):
-        saga = invoke(handlers(name), context, saga)
     module = handlers("authorize_payment")
+    saga = run_steps(handlers, context, saga, "create_order", "reserve_inventory")
     real_authorize = module.payments.gateway.authorize
 
     def slow_gateway(*args, **kwargs):
@@ -120,8 +126,7 @@ def test_an_order_whose_execution_never_started_is_cancelled(aws, handlers, cont
 def test_an_expired_reservation_returns_its_stock_exactly_once(aws, handlers, context, short, monkeypatch):
     monkeypatch.setenv("LEASE_SECONDS", "60")  # the saga is alive; only its reservation expires
     saga = new_saga(aws)
-    for name in ("create_order", "reserve_inventory"):
-        saga = invoke(handlers(name), context, saga)
+    saga = run_steps(handlers, context, saga, "create_order", "reserve_inventory")
     time.sleep(LEASE_S + 0.1)
     reaper = handlers("reaper")
     assert reaper.lambda_handler({}, context)["released_reservations"] == ["ord_1"]
@@ -182,8 +187,7 @@ def test_a_parked_saga_is_redriven_by_invoking_its_compensations(aws, handlers, 
     monkeypatch.setenv("PARKED_SAGAS_QUEUE_URL",
                        sqs.create_queue(QueueName="parked.fifo", Attributes={"FifoQueue": "true"})["QueueUrl"])
     saga = new_saga(aws)
-    for name in ("create_order", "reserve_inventory", "authorize_payment"):
-        saga = invoke(handlers(name), context, saga)
+    saga = run_steps(handlers, context, saga, "create_order", "reserve_inventory", "authorize_payment")
     parked = {**saga, "failures": {"AuthorizePayment": {"Error": "States.Timeout", "Cause": "x"},
                                    "VoidPayment": {"Error": "PaymentGatewayUnavailable", "Cause": "y"}}}
     invoke(handlers("park_saga"), context, parked)
@@ -201,8 +205,7 @@ def test_no_lease_outlives_the_saga_deadline_and_an_overrunning_saga_is_reaped(a
     monkeypatch.setenv("LEASE_SECONDS", "60")
     monkeypatch.setenv("SAGA_DEADLINE_SECONDS", "1.5")
     saga = new_saga(aws)
-    for name in ("create_order", "reserve_inventory"):
-        saga = invoke(handlers(name), context, saga)
+    saga = run_steps(handlers, context, saga, "create_order", "reserve_inventory")
     item = order(aws)
     assert item["lease_expires_at"] <= item["deadline_at"]  # a 60 s lease is capped at the 1.5 s deadline
     time.sleep(1.7)
