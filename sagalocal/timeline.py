@@ -17,6 +17,7 @@ class StateVisit:
     end_ms: float | None = None
     attempts: int = 0  # task invocations (1 + retries)
     errors: list[str] = field(default_factory=list)  # every error seen, in order
+    events: list[dict[str, Any]] = field(default_factory=list, repr=False, compare=False)  # its own, entered first
 
     @property
     def duration_ms(self) -> float | None:
@@ -92,9 +93,11 @@ def visits(events: list[dict[str, Any]]) -> list[StateVisit]:
         return (event["timestamp"].timestamp() - t0) * 1000
 
     out: list[StateVisit] = []
-    for first, *rest in segments(events):
+    for segment in segments(events):
+        first, *rest = segment
         kind = first["type"]
-        visit = StateVisit(first["stateEnteredEventDetails"]["name"], kind.removesuffix("StateEntered"), at(first))
+        visit = StateVisit(first["stateEnteredEventDetails"]["name"], kind.removesuffix("StateEntered"), at(first),
+                           events=segment)
         if kind in ("FailStateEntered", "SucceedStateEntered"):
             visit.end_ms = visit.start_ms
         for event in rest:

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from sagalocal.timeline import TASK_FAILED, TASK_SCHEDULED, details, segments
+from sagalocal.timeline import TASK_FAILED, TASK_SCHEDULED, details
 from sagalocal.timeline import visits as timeline_visits
 
 TASK_OK = ("TaskSucceeded", "LambdaFunctionSucceeded")
@@ -116,7 +116,8 @@ def read(events: list[dict[str, Any]], roles: dict[str, str], execution_status: 
     total_ms = events[-1]["at_ms"] if execution_status != "RUNNING" or now_ms is None else max(
         now_ms - t0 * 1000, events[-1]["at_ms"])
     out, failed_containers = [], []
-    for base, segment in zip(timeline_visits(events), segments(events), strict=True):
+    for base in timeline_visits(events):
+        segment = base.events
         visit = Visit(base.name, segment[0]["type"].removesuffix("StateEntered"), roles.get(base.name, ""),
                       base.start_ms, base.end_ms, input=parse_json(details(segment[0]).get("input")))
         for event in segment[1:]:

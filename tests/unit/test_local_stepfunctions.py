@@ -16,7 +16,8 @@ from moto import mock_aws
 
 from sagalocal import stepfunctions
 
-stepfunctions._one_execution_per_name()  # the patch alone: the others need a stack's Lambda service
+stepfunctions._one_execution_per_name()  # these two patches alone: the others need a stack's Lambda service
+stepfunctions._stop_is_final()
 
 DEFINITION = json.dumps({"StartAt": "Wait", "States": {"Wait": {"Type": "Wait", "Seconds": 2, "End": True}}})
 RACERS = 12
@@ -105,7 +106,6 @@ def test_an_execution_stopped_as_its_task_fails_is_aborted_not_failed_with_the_t
     """StopExecution lands between a task's failure and its Catch (moved there deterministically here)."""
     from moto.stepfunctions.parser.asl.component.state.exec.execute_state import ExecutionState
 
-    stepfunctions._stop_is_final()
     handle_catch = ExecutionState._handle_catch
 
     def stopped_first(self, env, failure_event):
