@@ -22,11 +22,19 @@ What this module changes in moto's interpreter, each for a reason:
    its error replaced the stop: the execution ended FAILED with the task's error (a saga's CreateOrder
    refused with OrderNotActive, seen once when the reaper stopped the execution whose lease it took).
    On AWS a stopped execution is ABORTED. Here an error does not replace a stop or a time-out.
+8. Names are reused after 90 days, as on AWS ("names can be reused after 90 days", StartExecution's API
+   reference): a closed execution older than that is forgotten (its history is gone on AWS too), and a
+   StartExecution of its name starts a new execution with the same ARN. moto refuses a closed name for ever.
+   `NOW` is the clock this rule reads (the deterministic simulation sets its virtual clock there).
+9. `$$.Execution.StartTime` is an ISO 8601 string, as on AWS. moto puts a datetime object in the context
+   object, which no intrinsic function can format (States.Format failed with "Object of type datetime is
+   not JSON serializable"). The saga's tasks get their execution's identity from it: `<ARN>#<StartTime>`.
 """
 
 from __future__ import annotations
 
 import copy
+import datetime
 import functools
 import importlib
 import threading
@@ -37,7 +45,15 @@ _lock = threading.Lock()
 _installed: list[Any] = []
 _ended: dict[str, threading.Event] = {}
 _ended_lock = threading.Lock()
-STALL_ATTRIBUTE = "sagalocal_stall"  # set on the task's frame: () -> seconds the sandbox waited for a CPU
+STALL_ATTRIBUTE = "sagalocal_stall"
+NAME_REUSE_AFTER = datetime.timedelta(days=90)
+
+
+def _utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+NOW: Callable[[], datetime.datetime] = _utcnow  # set on the task's frame: () -> seconds the sandbox waited for a CPU
 
 
 def install(lambda_service: Any) -> None:
@@ -55,6 +71,8 @@ def install(lambda_service: Any) -> None:
         _announce_ends()
         _one_execution_per_name()
         _stop_is_final()
+        _names_reused_after_90_days()
+        _start_time_as_text()
 
 
 def _service() -> Any:
@@ -243,7 +261,9 @@ def _one_execution_per_name() -> None:
     from moto.stepfunctions.parser.models import StepFunctionsParserBackend
 
     original = StepFunctionsParserBackend.start_execution
-    locks = [threading.Lock() for _ in range(64)]  # striped: names that differ seldom wait for each other
+    # Striped: names that differ seldom wait for each other. Re-entrant: the deterministic simulation runs an
+    # execution inside its StartExecution, and a step of it may start the same name again (a resubmission).
+    locks = [threading.RLock() for _ in range(64)]
 
     def start_execution(self: Any, state_machine_arn: str, name: Any = None, execution_input: Any = None,
                         trace_header: Any = None) -> Any:
@@ -267,3 +287,37 @@ def _stop_is_final() -> None:
             original(self, error)
 
     Environment.set_error = set_error  # type: ignore[method-assign]
+
+
+# ---- 8. names reused after 90 days ---------------------------------------------------------------
+def _names_reused_after_90_days() -> None:
+    from moto.stepfunctions.models import StateMachine
+
+    original = StateMachine._handle_name_input_idempotency
+
+    def handle_name_input_idempotency(self: Any, name: str, execution_input: str) -> Any:
+        freed_before = NOW() - NAME_REUSE_AFTER
+        self.executions[:] = [e for e in self.executions
+                              if not (e.name == name and getattr(e, "stop_date", None) is not None
+                                      and e.stop_date < freed_before)]
+        return original(self, name, execution_input)
+
+    StateMachine._handle_name_input_idempotency = handle_name_input_idempotency  # type: ignore[method-assign]
+
+
+# ---- 9. $$.Execution.StartTime as text -----------------------------------------------------------
+def _start_time_as_text() -> None:
+    from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
+
+    original = ExecutionWorker._get_evaluation_environment
+
+    def get_evaluation_environment(self: Any) -> Any:
+        env = original(self)
+        execution = env.states.context_object.context_object_data["Execution"]
+        started = execution.get("StartTime")
+        if isinstance(started, datetime.datetime):
+            execution["StartTime"] = started.astimezone(datetime.UTC).isoformat(timespec="milliseconds").replace(
+                "+00:00", "Z")
+        return env
+
+    ExecutionWorker._get_evaluation_environment = get_evaluation_environment  # type: ignore[method-assign]
