@@ -1,0 +1,136 @@
+"""What must hold after every simulated run, whatever failed and whoever took over (docs/simulation.md).
+
+Each check returns the violations it finds, as sentences naming the invariant, so that a counterexample reads
+as what broke: no oversell; stock conserved; every order in one terminal state with exactly one outcome event; a
+COMPLETED order stays COMPLETED, fully captured, its stock sold; past the pivot (the stock commit, a capture)
+the saga only goes forward, unless the processor itself refused a capture; nothing held once the saga ended;
+coupon limits.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Any
+
+from sagalocal.sim.world import World
+
+TERMINAL = ("COMPLETED", "COMPENSATED")
+HELD_AT_GATEWAY = ("AUTHORIZED", "CAPTURED")
+
+
+def check(world: World) -> list[str]:
+    from order_saga.dynamo import from_ddb
+    from order_saga.events import outcome
+    from sagalocal.dynamodb.streams import STREAMS
+
+    orders = {o["order_id"]: o for o in world.items("OrdersTable")}
+    inventory = world.items("InventoryTable")
+    payments = [p for p in world.items("PaymentsTable") if "#" in str(p["payment_id"])]
+    promotions = world.items("PromotionsTable")
+    stock = {str(i["sku"]): i for i in inventory if i["sk"] == "STOCK"}
+    reservations = {str(i["order_id"]): i for i in inventory if i["sk"] == "RESERVATION"}
+    redemptions = {str(i["sk"]).removeprefix("ORDER#"): i for i in promotions if str(i["sk"]).startswith("ORDER#")}
+    payments_of: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for payment in payments:
+        payments_of[str(payment["order_id"])].append(payment)
+    ledger = world.gateway.ledger
+    violations: list[str] = []
+
+    # Stock: never below zero, conserved, and the counters agree with the reservations.
+    for sku, item in stock.items():
+        available, reserved, sold = int(item["available"]), int(item["reserved"]), int(item["sold"])
+        if min(available, reserved, sold) < 0:
+            violations.append(f"oversell: {sku} available {available}, reserved {reserved}, sold {sold}")
+        initial = world.stack.initial_stock[sku]
+        if available + reserved + sold != initial:
+            violations.append(f"stock not conserved: {sku} {available}+{reserved}+{sold} != {initial}")
+        held = sum(line["quantity"] for r in reservations.values() if r["status"] == "RESERVED"
+                   for line in r["lines"] if line["sku"] == sku)
+        committed = sum(line["quantity"] for r in reservations.values() if r["status"] == "COMMITTED"
+                        for line in r["lines"] if line["sku"] == sku)
+        if (reserved, sold) != (held, committed):
+            violations.append(f"stock counters disagree with reservations: {sku} reserved {reserved} (reservations "
+                              f"hold {held}), sold {sold} (reservations committed {committed})")
+
+    # The orders table's history: outcome events (as PublishOutcome derives them) and what each order ever was.
+    events: dict[str, list[str]] = defaultdict(list)
+    ever: dict[str, set[str]] = defaultdict(set)
+    for record in STREAMS.read("OrdersTable", 0, 10_000_000, 0):
+        event = outcome(record)
+        new = from_ddb(record["dynamodb"].get("NewImage") or {})
+        if new:
+            ever[str(new["order_id"])].add(str(new.get("saga_status")))
+        if event is not None:
+            events[event["Detail"]["order_id"]].append(event["DetailType"])
+    committed_ever = set()
+    for record in STREAMS.read("InventoryTable", 0, 10_000_000, 0):
+        new = from_ddb(record["dynamodb"].get("NewImage") or {})
+        if new.get("sk") == "RESERVATION" and new.get("status") == "COMMITTED":
+            committed_ever.add(str(new["order_id"]))
+
+    for order_id, order in orders.items():
+        status = order.get("saga_status")
+        mine = payments_of[order_id]
+        keys = [str(p["payment_id"]) for p in mine]
+        refused = any(key in world.gateway.refused_captures for key in keys)
+        if status not in TERMINAL:
+            violations.append(f"not terminal: order is {status}" + (" (parked)" if status == "FAILED" else ""))
+        expected = {"COMPLETED": ["OrderConfirmed"], "COMPENSATED": ["OrderCancelled"], "FAILED": ["SagaParked"]}
+        if events[order_id] != expected.get(str(status), []):
+            violations.append(f"outcome events {events[order_id]} for an order that ended {status}")
+        if "COMPLETED" in ever[order_id] and status != "COMPLETED":
+            violations.append(f"a COMPLETED order was undone: it is now {status} ({order.get('status')})")
+        captured = [key for key in keys if key in world.captures]
+        if (captured or order_id in committed_ever) and not refused and status != "COMPLETED":
+            what = f"captured {', '.join(_method(k) for k in captured)}" if captured else "stock committed"
+            violations.append(f"rolled back past the pivot: {what}, the processor refused nothing, and the order "
+                              f"ended {status}")
+        reservation = reservations.get(order_id)
+        redemption = redemptions.get(order_id)
+        if status == "COMPLETED":
+            if (reservation or {}).get("status") != "COMMITTED":
+                violations.append(f"COMPLETED but its reservation is {(reservation or {}).get('status')}")
+            wrong = [f"{_method(p['payment_id'])} {p['status']}/{(ledger.get(p['payment_id']) or {}).get('state')}"
+                     for p in mine if p["status"] != "CAPTURED"
+                     or (ledger.get(p["payment_id"]) or {}).get("state") != "CAPTURED"]
+            if wrong:
+                violations.append(f"COMPLETED but not fully captured: {', '.join(wrong)}")
+            taken = sum(int(ledger[k]["amount"]) for k in keys if (ledger.get(k) or {}).get("state") == "CAPTURED")
+            if taken != int(order["total"]):
+                violations.append(f"COMPLETED with {taken} captured of a total of {order['total']}")
+            if order.get("coupon") and (redemption or {}).get("status") != "COMMITTED":
+                violations.append(f"COMPLETED but its coupon redemption is {(redemption or {}).get('status')}")
+        else:
+            held = [f"{_method(k)} {ledger[k]['state']}" for k in keys
+                    if (ledger.get(k) or {}).get("state") in HELD_AT_GATEWAY]
+            if held:
+                violations.append(f"money held for an order that ended {status}: {', '.join(held)}")
+            if reservation is not None and reservation["status"] != "RELEASED":
+                violations.append(f"stock held for an order that ended {status}: reservation {reservation['status']}")
+            if redemption is not None and redemption["status"] != "RELEASED":
+                violations.append(f"coupon held for an order that ended {status}: redemption {redemption['status']}")
+            left = [f"{_method(p['payment_id'])} {p['status']}" for p in mine
+                    if p["status"] in ("AUTHORIZED", "CAPTURING", "CAPTURED")]
+            if left:
+                violations.append(f"payment items left holding for an order that ended {status}: {', '.join(left)}")
+
+    # Coupon limits: the count is the redemptions held or committed, within both limits.
+    for coupon in (p for p in promotions if p["sk"] == "COUPON"):
+        code = coupon["code"]
+        live = [r for r in promotions if r["pk"] == f"COUPON#{code}" and str(r["sk"]).startswith("ORDER#")
+                and r["status"] in ("HELD", "COMMITTED")]
+        if int(coupon["redeemed"]) != len(live) or int(coupon["redeemed"]) > int(coupon["max_redemptions"]):
+            violations.append(f"coupon {code}: redeemed {coupon['redeemed']}, {len(live)} redemptions live, "
+                              f"limit {coupon['max_redemptions']}")
+        per_customer = Counter(str(r.get("customer")) for r in live)
+        for entry in (p for p in promotions if p["pk"] == f"COUPON#{code}" and str(p["sk"]).startswith("CUSTOMER#")):
+            customer = str(entry["sk"]).removeprefix("CUSTOMER#")
+            used = int(entry.get("used", 0))
+            if used > int(coupon["per_customer"]) or used != per_customer.get(customer, 0):
+                violations.append(f"coupon {code}: customer uses {used}, {per_customer.get(customer, 0)} live, "
+                                  f"per-customer limit {coupon['per_customer']}")
+    return violations
+
+
+def _method(payment_id: Any) -> str:
+    return "card #" + str(payment_id).rpartition("#")[2]
