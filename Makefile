@@ -48,6 +48,7 @@ openapi: venv  ## Regenerate docs/openapi.json from the API's resolver
 	$(PY) scripts/generate_openapi.py
 
 docs: openapi  ## Regenerate the generated docs (OpenAPI, scenarios, the README diagram, the console's screenshots in docs/img)
+	$(PY) -m sagalocal.sim.explore --write-doc
 	$(PY) scripts/generate_scenarios_doc.py
 	$(PY) scripts/generate_diagram.py
 	$(PY) scripts/console_screenshots.py

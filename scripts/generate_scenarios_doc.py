@@ -53,7 +53,17 @@ def render() -> str:
             f" ({a} to {b} attempts of {s})" for s, (a, b) in e.get("attempts_between", {}).items())
         out.append(f"| {r['step']} | {r['fault']} | {r['how']} | {outcome}{attempts} | {saga} | "
                    f"{' → '.join(e['path'])} | {e['money']} |")
-    return "\n".join(out) + "\n"
+    return "\n".join(out) + "\n" + explorer_section()
+
+
+EXPLORER_MARK = "<!-- explorer: written by python -m sagalocal.sim.explore --write-doc; tests/sim checks it -->"
+
+
+def explorer_section() -> str:
+    """The crash-point explorer's section, kept as the explorer last wrote it (it counts its cases by running the
+    simulation, which this script, imported by the stack tier, must not start)."""
+    current = (ROOT / "docs/scenarios.md").read_text()
+    return current[current.index(EXPLORER_MARK) - 1:] if EXPLORER_MARK in current else ""
 
 
 if __name__ == "__main__":

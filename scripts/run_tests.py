@@ -1,7 +1,8 @@
 """`make test`: every tier, side by side, with coverage of src/ and functions/ in every process.
 
-Three pytest processes: the stack tier, its two heaviest tests (on a stack of their own), and the unit and
-browser tiers. Much of the stack tier waits (timeouts, backoffs, leases), so the others fill the machine.
+Three pytest processes: the stack tier, its two heaviest tests (on a stack of their own), and the unit,
+simulation and browser tiers (the simulation's crash-point explorer runs in two worker processes of its
+own). Much of the stack tier waits (timeouts, backoffs, leases), so the others fill the machine.
 Coverage follows every process they start (the stacks, the DynamoDB processes, the Lambda sandboxes:
 pyproject.toml's [tool.coverage]); the data is combined and reported at the end. The exit status is the
 first failing group's.
@@ -24,7 +25,7 @@ HEAVY = ["tests/stack/test_invariants.py", "tests/stack/test_concurrency.py"]
 GROUPS = {
     "stack": ["tests/stack", *[f"--deselect={path}" for path in HEAVY]],
     "stack, under load": [*HEAVY, "-s"],  # -s: their summaries (outcomes of the 1,000 sagas, the races) print
-    "unit and browser": ["tests/unit", "tests/browser"],
+    "unit, simulation and browser": ["tests/unit", "tests/sim", "tests/browser"],
 }
 
 

@@ -33,7 +33,15 @@ from order_saga.config import Timing
 from order_saga.dynamo import now_ms
 from order_saga.errors import CouponExpired, CouponInvalid, TransientError
 from order_saga.inventory import Inventory
-from order_saga.models import OrderAccepted, OrderDocument, OrderRequest, ProblemBody, order_id_for, request_hash
+from order_saga.models import (
+    PENDING,
+    OrderAccepted,
+    OrderDocument,
+    OrderRequest,
+    ProblemBody,
+    order_id_for,
+    request_hash,
+)
 from order_saga.orders import Orders, order_view
 from order_saga.payments import Payments
 from order_saga.promotions import Promotions, coupon_key
@@ -150,11 +158,11 @@ def place_order(order: OrderRequest, idempotency_key: IdempotencyKey) -> Respons
     new = orders.new_order(order_id, customer_id, body["items"], lines, total, currency,
                            f"{STATE_MACHINE_ARN.replace(':stateMachine:', ':execution:')}:{order_id}", digest, now,
                            coupon=order.coupon, discount=discount, amounts=[m.amount for m in methods])
-    cancelled = store.transact([orders.put_new(new)] + [
-        payments.put_new(order_id, n, method.token, method.amount, currency, now)
-        for n, method in enumerate(methods, start=1)])
+    cancelled = store.transact({"order": orders.put_new(new), **{
+        f"payment:{n}": payments.put_new(order_id, n, method.token, method.amount, currency, now)
+        for n, method in enumerate(methods, start=1)}})
     if cancelled is not None:
-        existing = cancelled.item(0)
+        existing = cancelled.item("order")
         if not existing or existing.get("request_hash") != digest:
             return error(422, "this Idempotency-Key was already used with a different request body")
         new = existing  # a resubmission: replay the first answer (and start the saga if it never started)
@@ -162,9 +170,14 @@ def place_order(order: OrderRequest, idempotency_key: IdempotencyKey) -> Respons
 
 
 def start_saga(new: dict[str, Any]) -> Response[OrderAccepted | ProblemBody]:
-    """Start the order's saga (once: the execution is named after the order) and answer 202."""
+    """Start the order's saga (once: the execution is named after the order) and answer 202. A resubmission of
+    an order whose saga already began replays the answer and starts nothing: Step Functions frees an execution
+    name 90 days after it closed, and a new execution then would act on a finished order."""
     order_id = new["order_id"]
     logger.append_keys(order_id=order_id)
+    if new.get("saga_status", PENDING) != PENDING:
+        logger.info("a resubmission of an order whose saga began: replayed", extra={"saga": new.get("saga_status")})
+        return accepted_response(order_id)
     saga_input = {"order_id": order_id, "customer_id": new["customer_id"],
                   "lease_expires_at": new["lease_expires_at"], "deadline_at": new["deadline_at"]}
     if new.get("coupon"):
@@ -185,6 +198,11 @@ def start_saga(new: dict[str, Any]) -> Response[OrderAccepted | ProblemBody]:
                         body={"error": "the order is recorded but its saga did not start; retry with the same "
                                        "Idempotency-Key"})
     logger.info("saga started", extra={"execution_arn": execution_arn})
+    return accepted_response(order_id)
+
+
+def accepted_response(order_id: str) -> Response[OrderAccepted | ProblemBody]:
+    """The answer to an accepted order, the same for the first request and every resubmission."""
     accepted = {"order_id": order_id, "status": "PENDING", "links": {"order": order_location(order_id)}}
     return Response(status_code=202, content_type=content_types.APPLICATION_JSON, body=accepted,
                     headers={"Location": accepted["links"]["order"]})

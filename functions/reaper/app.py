@@ -3,7 +3,8 @@
 1. Orders whose lease expired while their saga is unfinished (the execution was stopped, timed out,
    crashed, or ran past the saga deadline): the reaper takes the lease over with a conditional write (a new
    fencing token, so the old execution's late writes cannot land and a second reaper cannot take the same
-   order), stops the old execution, and compensates: money back, stock back, order cancelled.
+   order), stops the old execution, and compensates: money back, stock back, order cancelled. An order past
+   the pivot (CONFIRMING: its stock committed) is finished instead: captured, COMPLETED, OrderConfirmed.
 2. Reservations past their expiry: stock goes back, exactly once.
 3. Payments undone while an authorization may have been in flight at the gateway (its call's outcome was
    unknown): once their reconciliation is due, the gateway is asked by the payment's idempotency key, and
@@ -25,9 +26,10 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from order_saga import saga as steps
 from order_saga.config import Timing
 from order_saga.dynamo import now_ms
+from order_saga.errors import PaymentNotAuthorized
 from order_saga.gateway import gateway_from_env
 from order_saga.inventory import Inventory
-from order_saga.models import SagaState
+from order_saga.models import CONFIRMING, SagaState
 from order_saga.orders import Orders
 from order_saga.payments import CAPTURED, CAPTURING, Payments, payment_id
 from order_saga.promotions import Promotions
@@ -42,13 +44,15 @@ promotions = Promotions(store, os.environ["PROMOTIONS_TABLE"])
 _sfn = aws_client("stepfunctions")
 
 
-def reap_order(entry: dict[str, Any], owner: str, now: int) -> bool:
+def reap_order(entry: dict[str, Any], owner: str, now: int) -> str | None:
+    """Take an abandoned order over and finish it: "completed" past the pivot, else "compensated"; None when it
+    was not abandoned after all (renewed meanwhile, or another reaper took it)."""
     taken = orders.take_over(entry, owner, now)
     if taken is None:
-        return False  # renewed meanwhile, or another reaper took it
+        return None
     order, lease = taken
     logger.append_keys(order_id=order["order_id"])
-    previous = str(order.get("previous_owner", ""))
+    previous = str(order.get("previous_owner", "")).split("#")[0]  # an execution's owner id: <arn>#<start time>
     execution = previous if ":execution:" in previous else str(order.get("execution_arn", ""))
     if ":execution:" in execution:
         try:
@@ -60,6 +64,14 @@ def reap_order(entry: dict[str, Any], owner: str, now: int) -> bool:
     saga = SagaState(order_id=order["order_id"], customer_id=order["customer_id"], fence=lease.fence,
                      deadline_at=lease.deadline_at, lease_expires_at=lease.expires_at, coupon=order.get("coupon"),
                      methods=methods if len(methods) > 1 else None)
+    if order.get("saga_status") == CONFIRMING:  # past the pivot: finish it, never undo it
+        try:
+            steps.finish_confirmation(store, orders, payments, saga, lease, now_ms())
+            count("SagaReaped", "Reaper")
+            logger.warning("abandoned saga past the pivot completed", extra={"previous_owner": previous})
+            return "completed"
+        except PaymentNotAuthorized:
+            pass  # the processor refused a capture: the order is COMPENSATING; compensate it below
     captured = any((payments.get(payment_id(saga.order_id, m)) or {}).get("status") in (CAPTURING, CAPTURED)
                    for m in methods)
     steps.compensate(store, orders, saga, owner, "RefundPayment" if captured else "VoidPayment", now_ms(),
@@ -73,18 +85,19 @@ def reap_order(entry: dict[str, Any], owner: str, now: int) -> bool:
     count("SagaReaped", "Reaper")
     logger.warning("abandoned saga compensated", extra={"was": entry.get("saga_status"),
                                                          "previous_owner": order.get("previous_owner")})
-    return True
+    return "compensated"
 
 
 @lambda_function("Reaper", store)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     now = now_ms()
     owner = f"reaper:{context.aws_request_id}"
-    compensated, released, failed = [], [], []
+    compensated, completed, released, failed = [], [], [], []
     for entry in orders.abandoned(now):
         try:
-            if reap_order(entry, owner, now):
-                compensated.append(entry["order_id"])
+            reaped = reap_order(entry, owner, now)
+            if reaped is not None:
+                (completed if reaped == "completed" else compensated).append(entry["order_id"])
         except Exception:  # one stubborn order must not stop the sweep; its lease stays expired: next sweep
             logger.exception("could not compensate an abandoned saga", extra={"order_id": entry["order_id"]})
             count("ReaperFailed", "Reaper")
@@ -110,7 +123,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
             logger.exception("could not reconcile a payment", extra={"payment_id": pid})
             count("ReaperFailed", "Reaper")
             failed.append(pid)
-    logger.info("sweep done", extra={"compensated": compensated, "released": released, "reconciled": reconciled,
-                                     "failed": failed})
-    return {"compensated": compensated, "released_reservations": released, "reconciled": reconciled,
-            "failed": failed}
+    logger.info("sweep done", extra={"compensated": compensated, "completed": completed, "released": released,
+                                     "reconciled": reconciled, "failed": failed})
+    return {"compensated": compensated, "completed": completed, "released_reservations": released,
+            "reconciled": reconciled, "failed": failed}

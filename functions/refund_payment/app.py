@@ -1,4 +1,9 @@
-"""RefundPayment: compensates ConfirmOrder's capture. Refunds captured money, or voids what was only authorized."""
+"""RefundPayment: compensates ConfirmOrder's capture. Refunds captured money, or voids what was only authorized.
+
+It follows ConfirmOrder's failure. If ConfirmOrder's stock commit had landed (the order is past the pivot, still
+this execution's), nothing is undone: the saga only goes forward, so RefundPayment finishes the confirmation
+(captures, completes) and the state machine ends at SagaConfirmed. Only the processor's refusal of a capture
+turns it back, and then it refunds as usual."""
 
 from __future__ import annotations
 
@@ -7,8 +12,9 @@ import os
 from order_saga import saga as steps
 from order_saga.config import Timing
 from order_saga.dynamo import now_ms
+from order_saga.errors import PaymentNotAuthorized
 from order_saga.gateway import gateway_from_env
-from order_saga.models import SagaState
+from order_saga.models import COMPLETED, SagaState
 from order_saga.orders import Orders
 from order_saga.payments import Payments
 from order_saga.step import count, dynamodb_store, saga_step
@@ -21,6 +27,17 @@ payments = Payments(store, os.environ["PAYMENTS_TABLE"], gateway_from_env(store)
 @saga_step("RefundPayment", store)
 def lambda_handler(saga: SagaState, execution_id: str) -> SagaState:
     now = now_ms()
+    pivoted = steps.past_pivot(orders, saga, execution_id)
+    if pivoted is not None:
+        lease, status = pivoted
+        if status == COMPLETED:
+            return saga.model_copy(update={"confirmed": True})  # ConfirmOrder's final write had landed
+        try:
+            steps.finish_confirmation(store, orders, payments, saga, lease, now)
+            count("SagaCompleted", "RefundPayment")
+            return saga.model_copy(update={"confirmed": True})
+        except PaymentNotAuthorized:
+            pass  # the processor refused a capture: the order is COMPENSATING, and this refunds it
     saga, acted = steps.compensate(store, orders, saga, execution_id, "RefundPayment", now,
                                    steps.undo_payment(payments, saga.order_id, now, steps.methods_of(saga)))
     if acted:

@@ -334,7 +334,8 @@ class ConsoleData:
                     for state, failure in (saga.get("failures") or {}).items() if isinstance(failure, dict)]
         sent = attributes.get("SentTimestamp")
         parked = ParkedMessage(queue.name, message["MessageId"], order_id,
-                               str(body.get("execution_id", "")) if isinstance(body, dict) else "",
+                               # the execution's identity is <ARN>#<start time>: the ARN names the page
+                               str(body.get("execution_id", "")).split("#")[0] if isinstance(body, dict) else "",
                                int(sent) / 1000 if sent else None, int(attributes.get("ApproximateReceiveCount", 0)),
                                body, failures, self.order(order_id) if order_id else None)
         advise(parked, queue)

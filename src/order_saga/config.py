@@ -14,6 +14,7 @@ class Timing:
     reservation_ttl_ms: int  # an unconfirmed reservation returns to stock after this
     shards: int = 1  # the write shards of the reaper's indexes (IndexShards)
     reconcile_after_ms: int = 300_000  # when the reaper asks the gateway about an authorization left undecided
+    pivot_lease_ms: int = 90_000  # ConfirmOrder's lease from its stock commit on: its worst case, retries included
 
     @classmethod
     def from_env(cls) -> Timing:
@@ -23,6 +24,7 @@ class Timing:
             reservation_ttl_ms=int(float(os.environ["RESERVATION_TTL_SECONDS"]) * 1000),
             shards=int(os.environ["INDEX_SHARDS"]),
             reconcile_after_ms=int(float(os.environ.get("RECONCILE_AFTER_SECONDS", "300")) * 1000),
+            pivot_lease_ms=int(float(os.environ.get("PIVOT_LEASE_SECONDS", "90")) * 1000),
         )
 
     def shard(self, key: str) -> str:

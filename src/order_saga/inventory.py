@@ -21,7 +21,7 @@ from order_saga.config import Timing
 from order_saga.dynamo import to_ddb, values
 from order_saga.errors import ConcurrentUpdate, InsufficientStock, UnknownItem
 from order_saga.models import OrderLine, PricedLine
-from order_saga.store import Store
+from order_saga.store import Cancelled, Items, Store
 
 RESERVED = "RESERVED"
 COMMITTED = "COMMITTED"
@@ -97,57 +97,57 @@ class Inventory:
     def reservation(self, order_id: str) -> dict[str, Any] | None:
         return self.store.get(self.table, reservation_key(order_id))
 
-    def reserve_items(self, order_id: str, lines: list[PricedLine], now: int) -> list[dict[str, Any]]:
-        """ReserveInventory's part of its transaction: the reservation, then each line's stock."""
+    def reserve_items(self, order_id: str, lines: list[PricedLine], now: int) -> Items:
+        """ReserveInventory's part of its transaction: the reservation, then each line's stock ("stock:<sku>")."""
         reservation = {"pk": f"ORDER#{order_id}", "sk": "RESERVATION", "order_id": order_id,
                        "status": RESERVED, "lines": [line.model_dump() for line in lines], "reserved_at": now,
                        "expires_at": now + self.timing.reservation_ttl_ms, "expiring": self.timing.shard(order_id)}
-        items: list[dict[str, Any]] = [{"Put": {
+        items: Items = {"reservation": {"Put": {
             "TableName": self.table, "Item": to_ddb(reservation), "ConditionExpression": "attribute_not_exists(pk)",
-        }}]
+        }}}
         for line in lines:
-            items.append({"Update": {
+            items[f"stock:{line.sku}"] = {"Update": {
                 "TableName": self.table, "Key": stock_key(line.sku),
                 "UpdateExpression": "SET available = available - :q, reserved = reserved + :q",
                 "ConditionExpression": "available >= :q", "ExpressionAttributeValues": values(q=line.quantity),
-            }})
+            }}
         return items
 
     @staticmethod
-    def short_of(lines: list[PricedLine], failed: list[bool]) -> InsufficientStock | None:
-        """InsufficientStock naming the lines whose stock condition failed (failed[i] for lines[i])."""
-        short = [line.sku for line, fail in zip(lines, failed, strict=True) if fail]
+    def short_of(cancelled: Cancelled) -> InsufficientStock | None:
+        """InsufficientStock naming the lines whose stock condition failed in a cancelled reservation."""
+        short = [name.removeprefix("stock:") for name in cancelled.failed_among("stock:")]
         return InsufficientStock(f"not enough stock for: {', '.join(short)}") if short else None
 
     def move_items(self, order_id: str, lines: list[dict[str, Any]], status_from: str, status_to: str,
                    field_from: str, field_to: str, now: int, unexpired: bool = False,
-                   expired: bool = False) -> list[dict[str, Any]]:
+                   expired: bool = False) -> Items:
         """A reservation's status change and its stock moving between counters, as transaction items."""
         condition = "#status = :from"
         if unexpired:
             condition += " AND expires_at > :now"
         if expired:
             condition += " AND expires_at < :now"
-        items: list[dict[str, Any]] = [{"Update": {
+        items: Items = {"reservation": {"Update": {
             "TableName": self.table, "Key": reservation_key(order_id),
             "UpdateExpression": "SET #status = :to, updated_at = :now REMOVE expiring",
             "ConditionExpression": condition, "ExpressionAttributeNames": {"#status": "status"},
             "ExpressionAttributeValues": values(to=status_to, now=now, **{"from": status_from}),
-        }}]
+        }}}
         for line in lines:
-            items.append({"Update": {
+            items[f"stock:{line['sku']}"] = {"Update": {
                 "TableName": self.table, "Key": stock_key(line["sku"]),
                 "UpdateExpression": f"SET {field_from} = {field_from} - :q, {field_to} = {field_to} + :q",
                 "ConditionExpression": f"{field_from} >= :q", "ExpressionAttributeValues": values(q=line["quantity"]),
-            }})
+            }}
         return items
 
-    def commit_items(self, order_id: str, lines: list[PricedLine], now: int) -> list[dict[str, Any]]:
+    def commit_items(self, order_id: str, lines: list[PricedLine], now: int) -> Items:
         """ConfirmOrder's stock part: the reserved units become sold, unless the reservation expired."""
         return self.move_items(order_id, [line.model_dump() for line in lines], RESERVED, COMMITTED, "reserved",
                                "sold", now, unexpired=True)
 
-    def release_items(self, order_id: str, now: int) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    def release_items(self, order_id: str, now: int) -> tuple[Items, dict[str, Any] | None]:
         """ReleaseInventory's part of its transaction, from the reservation as it is now (and that reservation).
 
         Reserved (or committed) units go back to available. With no reservation, a RELEASED tombstone, so a
@@ -158,8 +158,8 @@ class Inventory:
         if reservation is None:
             tombstone = {"pk": f"ORDER#{order_id}", "sk": "RESERVATION", "order_id": order_id, "status": RELEASED,
                          "lines": [], "released_at": now}
-            return [{"Put": {"TableName": self.table, "Item": to_ddb(tombstone),
-                             "ConditionExpression": "attribute_not_exists(pk)"}}], None
+            return {"reservation": {"Put": {"TableName": self.table, "Item": to_ddb(tombstone),
+                                            "ConditionExpression": "attribute_not_exists(pk)"}}}, None
         status = reservation["status"]
         if status == RESERVED:
             return self.move_items(order_id, reservation["lines"], RESERVED, RELEASED, "reserved", "available",
@@ -167,7 +167,7 @@ class Inventory:
         if status == COMMITTED:
             return self.move_items(order_id, reservation["lines"], COMMITTED, RELEASED, "sold", "available",
                                    now), reservation
-        return [], reservation
+        return {}, reservation
 
     # ---- expiry (the reaper) -----------------------------------------------------------------------------
     def expired(self, now: int) -> list[dict[str, Any]]:
@@ -189,7 +189,7 @@ class Inventory:
                                                         "reserved", "available", now, expired=True))
         if cancelled is None:
             return True
-        if cancelled.failed(0):
+        if cancelled.failed("reservation"):
             return False  # committed or released meanwhile: not ours to return
         raise ConcurrentUpdate(f"the stock of order {order_id}'s reservation changed under its release: "
                                f"{cancelled.reasons}")

@@ -18,6 +18,7 @@ MAX_LINES = 50
 # Saga statuses (the order item's `saga_status`).
 PENDING = "PENDING"
 EXECUTING = "EXECUTING"
+CONFIRMING = "CONFIRMING"  # past the pivot: ConfirmOrder committed the stock; from here the saga only goes forward
 COMPLETED = "COMPLETED"
 COMPENSATING = "COMPENSATING"
 COMPENSATED = "COMPENSATED"
@@ -126,6 +127,7 @@ class SagaState(BaseModel):
     authorization: str | None = None  # added by AuthorizePayment (gateway reference)
     failures: dict[str, StepFailure] = Field(default_factory=dict)  # added by Catch
     outcome: Outcome | None = None  # added by CancelOrder: the error the execution ends with
+    confirmed: bool | None = None  # added by RefundPayment when it found the order past the pivot and finished it
 
     def require_priced(self) -> tuple[list[PricedLine], int]:
         if self.lines is None or self.total is None:

@@ -35,8 +35,12 @@ STEP_ORDER = (
     "AuthorizePayment.3", "ConfirmOrder", "Reaper", "RefundPayment", "VoidPayment", "ReleaseCoupon",
     "ReleaseInventory", "CancelOrder", "ParkSaga",
 )
-# A compensation may act while the saga is in any of these (FAILED: an operator redrives a parked saga).
-COMPENSABLE = (models.PENDING, models.EXECUTING, models.COMPLETED, models.COMPENSATING, models.FAILED)
+# A compensation may act while the saga is in any of these (FAILED: an operator redrives a parked saga). Never on
+# an order past the pivot (CONFIRMING: it only goes forward) nor on a COMPLETED one (final for every execution
+# and for the reaper; refunding a delivered order is a separate operation, never a compensation).
+COMPENSABLE = (models.PENDING, models.EXECUTING, models.COMPENSATING, models.FAILED)
+# The order is owned and on its way: a second execution is refused (OrderLocked).
+UNDERWAY = (models.EXECUTING, models.CONFIRMING, models.COMPLETED)
 
 
 @dataclass(frozen=True)
@@ -109,12 +113,12 @@ class Orders:
         if not written.ok:
             if not order:
                 raise OrderNotActive(f"order {saga.order_id} does not exist")
-            if order.get("lease_owner") == owner and order.get("saga_status") in (models.EXECUTING, models.COMPLETED):
+            if order.get("lease_owner") == owner and order.get("saga_status") in UNDERWAY:
                 pass  # a repeat (or a lost response): the lease is ours
             elif order.get("saga_status") == models.PENDING and order.get("lease_owner") not in (None, owner):
                 raise OrderLocked(f"order {saga.order_id} is owned by {order.get('lease_owner')} until "
                                   f"{order.get('lease_expires_at')}")
-            elif order.get("saga_status") in (models.EXECUTING, models.COMPLETED):
+            elif order.get("saga_status") in UNDERWAY:
                 raise OrderLocked(f"order {saga.order_id} is owned by {order.get('lease_owner')}")
             else:
                 raise OrderNotActive(f"order {saga.order_id} is {order.get('saga_status')}")
@@ -138,30 +142,66 @@ class Orders:
             return min(now + self.timing.lease_ms, lease.deadline_at)
         return lease.expires_at
 
-    def step_update(self, lease: Lease, step: str, now: int, finish: bool = False) -> dict[str, Any]:
-        """The order's part of a forward step's transaction: the lease check, the step log, the renewal.
-
-        `finish` (ConfirmOrder) completes the saga: COMPLETED, the order CONFIRMED, out of the reaper's index.
-        """
+    def step_update(self, lease: Lease, step: str, now: int) -> dict[str, Any]:
+        """The order's part of a forward step's transaction: the lease check, the step log, the renewal."""
         sets = ["steps.#step = :entry", "updated_at = :now"]
         vals: dict[str, Any] = {"entry": {"status": SUCCEEDED, "at": now}, "now": now, "owner": lease.owner,
                                 "fence": lease.fence, "executing": models.EXECUTING}
         expires = self.renewed(lease, now)
-        if expires != lease.expires_at and not finish:
+        if expires != lease.expires_at:
             sets.append("lease_expires_at = :expires")
             vals["expires"] = expires
-        names = {"#step": step}
-        if finish:
-            sets += ["saga_status = :completed", "#status = :confirmed"]
-            vals.update(completed=models.COMPLETED, confirmed=ORDER_CONFIRMED)
-            names["#status"] = "status"
         return {"Update": {
             "TableName": self.table, "Key": self.key(lease.order_id),
-            "UpdateExpression": "SET " + ", ".join(sets) + (" REMOVE active" if finish else ""),
+            "UpdateExpression": "SET " + ", ".join(sets),
             "ConditionExpression": ("lease_owner = :owner AND fence = :fence AND lease_expires_at >= :now "
                                     "AND saga_status = :executing"),
-            "ExpressionAttributeNames": names, "ExpressionAttributeValues": values(**vals),
+            "ExpressionAttributeNames": {"#step": step}, "ExpressionAttributeValues": values(**vals),
         }}
+
+    def pivot(self, lease: Lease, now: int) -> dict[str, Any]:
+        """The order's part of ConfirmOrder's stock commit: EXECUTING -> CONFIRMING under an unexpired lease, which
+        becomes the pivot lease (ConfirmOrder's worst case, retries included). From here the saga only goes
+        forward: compensations refuse the order, and the reaper finishes it instead of undoing it."""
+        return {"Update": {
+            "TableName": self.table, "Key": self.key(lease.order_id),
+            "UpdateExpression": ("SET saga_status = :confirming, pivot_at = :now, lease_expires_at = :expires, "
+                                 "updated_at = :now"),
+            "ConditionExpression": ("lease_owner = :owner AND fence = :fence AND lease_expires_at >= :now "
+                                    "AND saga_status = :executing"),
+            "ExpressionAttributeValues": values(
+                confirming=models.CONFIRMING, now=now, expires=now + self.timing.pivot_lease_ms, owner=lease.owner,
+                fence=lease.fence, executing=models.EXECUTING),
+        }}
+
+    def complete(self, lease: Lease, step: str, now: int) -> dict[str, Any]:
+        """The order's part of the final write past the pivot: COMPLETED, the order CONFIRMED, out of the reaper's
+        index. Owned by owner and fence, not by expiry: past the pivot only a takeover (a new fence) stops it."""
+        return {"Update": {
+            "TableName": self.table, "Key": self.key(lease.order_id),
+            "UpdateExpression": ("SET steps.#step = :entry, updated_at = :now, saga_status = :completed, "
+                                 "#status = :confirmed REMOVE active"),
+            "ConditionExpression": "lease_owner = :owner AND fence = :fence AND saga_status = :confirming",
+            "ExpressionAttributeNames": {"#step": step, "#status": "status"},
+            "ExpressionAttributeValues": values(
+                entry={"status": SUCCEEDED, "at": now}, now=now, completed=models.COMPLETED,
+                confirmed=ORDER_CONFIRMED, owner=lease.owner, fence=lease.fence, confirming=models.CONFIRMING),
+        }}
+
+    def give_up_pivot(self, lease: Lease, now: int) -> bool:
+        """The processor refused a capture past the pivot: the one definite outcome that turns the saga back.
+        CONFIRMING -> COMPENSATING, so the compensations (or the reaper's) may undo it."""
+        return self.store.update(
+            TableName=self.table, Key=self.key(lease.order_id),
+            UpdateExpression="SET saga_status = :compensating, updated_at = :now",
+            ConditionExpression="lease_owner = :owner AND fence = :fence AND saga_status = :confirming",
+            ExpressionAttributeValues=values(compensating=models.COMPENSATING, now=now, owner=lease.owner,
+                                             fence=lease.fence, confirming=models.CONFIRMING)).ok
+
+    @staticmethod
+    def holds(order: dict[str, Any] | None, lease: Lease) -> bool:
+        """`lease` owns the order (owner and fence; expiry aside)."""
+        return bool(order) and order.get("lease_owner") == lease.owner and order.get("fence") == lease.fence
 
     def guard(self, lease: Lease, now: int) -> dict[str, Any]:
         """A transaction's check that `lease` still holds the order, unexpired, with the saga EXECUTING."""
@@ -246,19 +286,21 @@ class Orders:
         }}
 
 
-    def park(self, order_id: str, error: str, now: int) -> None:
-        """ParkSaga: the compensation budget is spent; FAILED until an operator redrives it.
-
-        Unfenced on purpose: whoever parks, the order must leave the reaper's index.
-        """
-        self.store.update(
-            TableName=self.table, Key=self.key(order_id),
+    def park(self, saga: models.SagaState, owner: str, error: str, now: int) -> bool:
+        """ParkSaga: the compensation budget is spent; FAILED (out of the reaper's index) until an operator
+        finishes it. Fenced like every write: only the execution that owns the order parks it (an order the reaper
+        took over, or one past the pivot or finished, is not parked). False: not ours to park."""
+        ownership = ("lease_owner = :owner AND fence = :fence" if saga.fence is not None
+                     else "(attribute_not_exists(lease_owner) OR lease_owner = :owner)")
+        statuses = {f"s{i}": status for i, status in enumerate(COMPENSABLE)}
+        return self.store.update(
+            TableName=self.table, Key=self.key(saga.order_id),
             UpdateExpression="SET saga_status = :failed, parked_error = :error, steps.ParkSaga = :entry, "
                              "updated_at = :now REMOVE active",
-            ConditionExpression="attribute_exists(order_id) AND saga_status <> :compensated",
-            ExpressionAttributeValues=values(failed=models.FAILED, error=error[:1000], now=now,
-                                             entry={"status": SUCCEEDED, "at": now},
-                                             compensated=models.COMPENSATED))
+            ConditionExpression=f"{ownership} AND saga_status IN ({', '.join(':' + k for k in statuses)})",
+            ExpressionAttributeValues=values(failed=models.FAILED, error=error[:1000], now=now, owner=owner,
+                                             entry={"status": SUCCEEDED, "at": now}, **statuses,
+                                             **({"fence": saga.fence} if saga.fence is not None else {}))).ok
 
     # ---- the reaper ---------------------------------------------------------------------------------------
     def abandoned(self, now: int) -> list[dict[str, Any]]:
@@ -272,23 +314,30 @@ class Orders:
         return sorted(found, key=lambda entry: entry["lease_expires_at"])
 
     def take_over(self, entry: dict[str, Any], owner: str, now: int) -> tuple[dict[str, Any], Lease] | None:
-        """The reaper's takeover of an abandoned order: a new owner and fence, the saga COMPENSATING.
+        """The reaper's takeover of an abandoned order: a new owner and fence; the saga COMPENSATING, or, past the
+        pivot, still CONFIRMING (the reaper finishes it).
 
         Conditional on the lease expiry the reaper saw, so it never races a live execution (which would
         have renewed) nor a second reaper: exactly one takeover wins.
         """
+        order = self.get(entry["order_id"])
+        if order is None or "active" not in order or order.get("lease_expires_at") != entry["lease_expires_at"]:
+            return None
+        pivoted = order.get("saga_status") == models.CONFIRMING
         written = self.store.update(
             TableName=self.table, Key=self.key(entry["order_id"]),
             UpdateExpression=("SET previous_owner = if_not_exists(lease_owner, :nobody), lease_owner = :owner, "
                               "fence = fence + :one, "
                               "lease_expires_at = :expires, saga_status = :compensating, steps.#step = :entry, "
                               "updated_at = :now"),
-            ConditionExpression="attribute_exists(active) AND lease_expires_at = :seen",
+            ConditionExpression="attribute_exists(active) AND lease_expires_at = :seen AND saga_status = :was",
             ExpressionAttributeNames={"#step": "Reaper"},
             ExpressionAttributeValues=values(
-                owner=owner, one=1, expires=now + self.timing.lease_ms, compensating=models.COMPENSATING,
+                owner=owner, one=1, expires=now + (self.timing.pivot_lease_ms if pivoted else self.timing.lease_ms),
+                compensating=models.CONFIRMING if pivoted else models.COMPENSATING, was=order.get("saga_status"),
                 entry={"status": SUCCEEDED, "at": now, "error": "LeaseExpired",
-                       "cause": "the lease expired with the saga unfinished"},
+                       "cause": ("the lease expired past the pivot: the reaper finishes the order" if pivoted
+                                 else "the lease expired with the saga unfinished")},
                 now=now, seen=int(entry["lease_expires_at"]), nobody="nobody"),
             ReturnValues="ALL_NEW")
         if not written.ok or not written.item:

@@ -20,7 +20,7 @@ from typing import Any
 
 from order_saga.dynamo import to_ddb, values
 from order_saga.errors import CouponExhausted, CouponExpired, CouponInvalid
-from order_saga.store import Store
+from order_saga.store import Items, Store
 
 HELD, COMMITTED, RELEASED = "HELD", "COMMITTED", "RELEASED"
 PERCENT, AMOUNT = "percent", "amount"
@@ -86,24 +86,24 @@ class Promotions:
         return max(0, min(discount, subtotal - 1))
 
     # ---- ApplyCoupon ----------------------------------------------------------------------------------------
-    def hold_items(self, code: str, order_id: str, customer: str, per_customer: int, now: int) -> list[dict[str, Any]]:
+    def hold_items(self, code: str, order_id: str, customer: str, per_customer: int, now: int) -> Items:
         """ApplyCoupon's part of its transaction: the redemption, the coupon's count under its global limit and
         validity window, and the customer's count under the per-customer limit."""
         redemption = {"pk": f"COUPON#{code}", "sk": f"ORDER#{order_id}", "order_id": order_id, "code": code,
                       "customer": customer, "status": HELD, "held_at": now}
-        return [
-            {"Put": {"TableName": self.table, "Item": to_ddb(redemption),
-                     "ConditionExpression": "attribute_not_exists(pk)"}},
-            {"Update": {"TableName": self.table, "Key": coupon_key(code),
-                        "UpdateExpression": "SET redeemed = redeemed + :one",
-                        "ConditionExpression": ("attribute_exists(pk) AND redeemed < max_redemptions "
-                                                "AND valid_from <= :now AND valid_until > :now"),
-                        "ExpressionAttributeValues": values(one=1, now=now)}},
-            {"Update": {"TableName": self.table, "Key": customer_key(code, customer),
-                        "UpdateExpression": "SET used = if_not_exists(used, :zero) + :one",
-                        "ConditionExpression": "attribute_not_exists(used) OR used < :limit",
-                        "ExpressionAttributeValues": values(zero=0, one=1, limit=per_customer)}},
-        ]
+        return {
+            "redemption": {"Put": {"TableName": self.table, "Item": to_ddb(redemption),
+                                   "ConditionExpression": "attribute_not_exists(pk)"}},
+            "coupon": {"Update": {"TableName": self.table, "Key": coupon_key(code),
+                                  "UpdateExpression": "SET redeemed = redeemed + :one",
+                                  "ConditionExpression": ("attribute_exists(pk) AND redeemed < max_redemptions "
+                                                          "AND valid_from <= :now AND valid_until > :now"),
+                                  "ExpressionAttributeValues": values(one=1, now=now)}},
+            "customer": {"Update": {"TableName": self.table, "Key": customer_key(code, customer),
+                                    "UpdateExpression": "SET used = if_not_exists(used, :zero) + :one",
+                                    "ConditionExpression": "attribute_not_exists(used) OR used < :limit",
+                                    "ExpressionAttributeValues": values(zero=0, one=1, limit=per_customer)}},
+        }
 
     @staticmethod
     def refusal(code: str, coupon: dict[str, Any] | None, customer_refused: bool, now: int) -> Exception:
@@ -128,27 +128,30 @@ class Promotions:
                            "ExpressionAttributeValues": values(held=HELD, committed=COMMITTED, now=now)}}
 
     # ---- ReleaseCoupon, the reaper ---------------------------------------------------------------------------
-    def release_items(self, code: str, order_id: str, now: int) -> list[dict[str, Any]]:
+    def release_items(self, code: str, order_id: str, now: int) -> Items:
         """Give the redemption back (both counts down), or leave a tombstone if none was held. [] when it was
         released before. Conditional on the status read, so a concurrent hold is noticed."""
         redemption = self.store.get(self.table, redemption_key(code, order_id))
         if redemption is None:
             tombstone = {"pk": f"COUPON#{code}", "sk": f"ORDER#{order_id}", "order_id": order_id, "code": code,
                          "status": RELEASED, "released_at": now}
-            return [{"Put": {"TableName": self.table, "Item": to_ddb(tombstone),
-                             "ConditionExpression": "attribute_not_exists(pk)"}}]
+            return {"redemption": {"Put": {"TableName": self.table, "Item": to_ddb(tombstone),
+                                           "ConditionExpression": "attribute_not_exists(pk)"}}}
         if redemption["status"] == RELEASED:
-            return []
+            return {}
         customer = str(redemption["customer"])
-        return [
-            {"Update": {"TableName": self.table, "Key": redemption_key(code, order_id),
-                        "UpdateExpression": "SET #status = :released, released_at = :now",
-                        "ConditionExpression": "#status = :was", "ExpressionAttributeNames": {"#status": "status"},
-                        "ExpressionAttributeValues": values(released=RELEASED, now=now, was=redemption["status"])}},
-            {"Update": {"TableName": self.table, "Key": coupon_key(code),
-                        "UpdateExpression": "SET redeemed = redeemed - :one", "ConditionExpression": "redeemed > :zero",
-                        "ExpressionAttributeValues": values(one=1, zero=0)}},
-            {"Update": {"TableName": self.table, "Key": customer_key(code, customer),
-                        "UpdateExpression": "SET used = used - :one", "ConditionExpression": "used > :zero",
-                        "ExpressionAttributeValues": values(one=1, zero=0)}},
-        ]
+        return {
+            "redemption": {"Update": {
+                "TableName": self.table, "Key": redemption_key(code, order_id),
+                "UpdateExpression": "SET #status = :released, released_at = :now",
+                "ConditionExpression": "#status = :was", "ExpressionAttributeNames": {"#status": "status"},
+                "ExpressionAttributeValues": values(released=RELEASED, now=now, was=redemption["status"])}},
+            "coupon": {"Update": {
+                "TableName": self.table, "Key": coupon_key(code),
+                "UpdateExpression": "SET redeemed = redeemed - :one", "ConditionExpression": "redeemed > :zero",
+                "ExpressionAttributeValues": values(one=1, zero=0)}},
+            "customer": {"Update": {
+                "TableName": self.table, "Key": customer_key(code, customer),
+                "UpdateExpression": "SET used = used - :one", "ConditionExpression": "used > :zero",
+                "ExpressionAttributeValues": values(one=1, zero=0)}},
+        }

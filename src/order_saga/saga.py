@@ -5,14 +5,17 @@ TransactWriteItems; when it is cancelled, the items' own state (returned by the 
 whether the step already ran (a repeat, or a retry after a lost response: success), lost its lease
 (LeaseLost, OrderNotActive) or failed for a business reason.
 
-ConfirmOrder is the one step with two transactions around the gateway: the stock is committed (and the
-payment marked CAPTURING) first, the money is captured next, and the order is completed last. Money moves
-only once the stock side is certain; a failure after the capture is retried until it completes, so no paid
-order is refunded because the store hiccuped.
+ConfirmOrder is the pivot, with two transactions around the gateway: the stock is committed, every payment
+marked CAPTURING and the order moved to CONFIRMING first; the money is captured next; the order is completed
+last. Once the commit landed the saga only goes forward: a retry recognises its own commit (the order
+CONFIRMING under its owner and fence) and captures; RefundPayment and the reaper finish such an order instead of
+undoing it. Only the processor's refusal of a capture turns it back (docs/leases.md).
 
 A compensation undoes its effect and moves the order to COMPENSATING in one transaction, under the lease
 of the execution that compensates (or of the reaper, once it took the order over: then the execution's own
-compensations find the order is not theirs and do nothing).
+compensations find the order is not theirs and do nothing). It checks that it owns a compensable order before
+it calls the gateway. Transactions name their items ("reservation", "stock:<sku>", "payment:<n>", "order"),
+and a cancellation is read by name.
 """
 
 from __future__ import annotations
@@ -22,14 +25,22 @@ from collections.abc import Callable
 from typing import Any
 
 from order_saga import models
-from order_saga.errors import ConcurrentUpdate, CouponInvalid, ReservationExpired, ReservationReleased
+from order_saga.errors import (
+    ConcurrentUpdate,
+    CouponInvalid,
+    PaymentNotAuthorized,
+    ReservationExpired,
+    ReservationReleased,
+)
 from order_saga.inventory import COMMITTED, RESERVED, Inventory
 from order_saga.models import PricedLine, SagaState
-from order_saga.orders import Orders
+from order_saga.orders import COMPENSABLE, Lease, Orders
 from order_saga.payments import HOLDS_MONEY, Payments, payment_id
 from order_saga.promotions import COMMITTED as REDEMPTION_COMMITTED
 from order_saga.promotions import HELD, Promotions
-from order_saga.store import Store
+from order_saga.store import Cancelled, Items, Store
+
+PAST_PIVOT = (models.CONFIRMING, models.COMPLETED)
 
 FORWARD_STEPS = ("CreateOrder", "ReserveInventory", "ApplyCoupon", "AuthorizePayment", "AuthorizePayments",
                  "ConfirmOrder")
@@ -59,19 +70,18 @@ def reserve_inventory(store: Store, orders: Orders, inventory: Inventory, saga: 
     """Take every line's quantity from available into reserved, all or nothing."""
     lines, _ = saga.require_priced()
     lease = orders.lease_of(saga, owner)
-    items = inventory.reserve_items(saga.order_id, lines, now) + [orders.step_update(lease, "ReserveInventory", now)]
-    cancelled = store.transact(items)
+    cancelled = store.transact({**inventory.reserve_items(saga.order_id, lines, now),
+                                "order": orders.step_update(lease, "ReserveInventory", now)})
     if cancelled is None:
         return saga.model_copy(update={"lease_expires_at": orders.renewed(lease, now)})
-    guard = len(items) - 1
-    if cancelled.failed(guard):
-        raise orders.refusal(cancelled.item(guard), lease, now)
-    if cancelled.failed(0):
-        reservation = cancelled.item(0) or {}
+    if cancelled.failed("order"):
+        raise orders.refusal(cancelled.item("order"), lease, now)
+    if cancelled.failed("reservation"):
+        reservation = cancelled.item("reservation") or {}
         if reservation.get("status") in (RESERVED, COMMITTED):
             return _after_repeat(orders, saga)  # reserved before: a repeat, or a retry after a lost response
         raise ReservationReleased(f"the reservation of order {saga.order_id} was released; it cannot be taken again")
-    short = inventory.short_of(lines, [cancelled.failed(i + 1) for i in range(len(lines))])
+    short = inventory.short_of(cancelled)
     if short is not None:
         raise short
     raise ConcurrentUpdate(f"the reservation of order {saga.order_id} was cancelled: {cancelled.reasons}")
@@ -87,19 +97,20 @@ def apply_coupon(store: Store, orders: Orders, promotions: Promotions, saga: Sag
     coupon = promotions.coupon(code)
     if coupon is None:
         raise CouponInvalid(f"no coupon {code}")
-    items = promotions.hold_items(code, saga.order_id, saga.customer_id, int(coupon["per_customer"]), now) + [
-        orders.step_update(lease, "ApplyCoupon", now)]
-    cancelled = store.transact(items)
+    cancelled = store.transact({
+        **promotions.hold_items(code, saga.order_id, saga.customer_id, int(coupon["per_customer"]), now),
+        "order": orders.step_update(lease, "ApplyCoupon", now)})
     if cancelled is None:
         return saga.model_copy(update={"lease_expires_at": orders.renewed(lease, now)})
-    if cancelled.failed(3):
-        raise orders.refusal(cancelled.item(3), lease, now)
-    if cancelled.failed(0):
-        if (cancelled.item(0) or {}).get("status") in (HELD, REDEMPTION_COMMITTED):
+    if cancelled.failed("order"):
+        raise orders.refusal(cancelled.item("order"), lease, now)
+    if cancelled.failed("redemption"):
+        if (cancelled.item("redemption") or {}).get("status") in (HELD, REDEMPTION_COMMITTED):
             return _after_repeat(orders, saga)  # held before: a repeat
         raise CouponInvalid(f"the redemption of coupon {code} for order {saga.order_id} was released")
-    if cancelled.failed(1) or cancelled.failed(2):
-        raise promotions.refusal(code, cancelled.item(1) if cancelled.failed(1) else coupon, cancelled.failed(2), now)
+    if cancelled.failed("coupon") or cancelled.failed("customer"):
+        raise promotions.refusal(code, cancelled.item("coupon") if cancelled.failed("coupon") else coupon,
+                                 cancelled.failed("customer"), now)
     raise ConcurrentUpdate(f"the coupon hold of order {saga.order_id} was cancelled: {cancelled.reasons}")
 
 
@@ -114,14 +125,14 @@ def authorize_payment(store: Store, orders: Orders, payments: Payments, saga: Sa
     reference = payments.authorize_at_gateway(payment, now)
     if payment is not None and payment.get("status") in HOLDS_MONEY:
         return _after_repeat(orders, saga, authorization=reference)
-    cancelled = store.transact([payments.authorized_item(pid, reference, now),
-                                orders.step_update(lease, step, now)])
+    cancelled = store.transact({"payment": payments.authorized_item(pid, reference, now),
+                                "order": orders.step_update(lease, step, now)})
     if cancelled is not None:
-        if cancelled.failed(1):
+        if cancelled.failed("order"):
             payments.reverse(pid)  # the lease is gone: this authorization must not hold money
-            raise orders.refusal(cancelled.item(1), lease, now)
-        error = payments.late_authorization(pid, cancelled.item(0)) if cancelled.failed(0) else ConcurrentUpdate(
-            f"the authorization of order {saga.order_id} was cancelled: {cancelled.reasons}")
+            raise orders.refusal(cancelled.item("order"), lease, now)
+        error = payments.late_authorization(pid, cancelled.item("payment")) if cancelled.failed("payment") else (
+            ConcurrentUpdate(f"the authorization of order {saga.order_id} was cancelled: {cancelled.reasons}"))
         if error is not None:
             raise error
         return _after_repeat(orders, saga, authorization=reference)
@@ -130,60 +141,75 @@ def authorize_payment(store: Store, orders: Orders, payments: Payments, saga: Sa
 
 def confirm_order(store: Store, orders: Orders, inventory: Inventory, payments: Payments, saga: SagaState,
                   owner: str, now: int, promotions: Promotions | None = None) -> SagaState:
-    """Commit the stock (and the coupon's redemption), then capture every payment method, then confirm."""
+    """The pivot. Commit the stock and the coupon's redemption, mark every payment CAPTURING and the order
+    CONFIRMING, in one transaction; then capture every payment method and complete the order.
+
+    Before the commit lands, a failure compensates. Once it landed, the saga only goes forward: a retry finds
+    the order CONFIRMING under its own owner and fence (its own commit) and goes on to capture.
+    """
     lines, _ = saga.require_priced()
     lease = orders.lease_of(saga, owner)
-    pids = [payment_id(saga.order_id, m) for m in methods_of(saga)]
-    stock = inventory.commit_items(saga.order_id, lines, now)
-    capturing = [payments.capturing_item(pid, now) for pid in pids]
-    coupon = [promotions.commit_item(saga.coupon, saga.order_id, now)] if saga.coupon and promotions else []
-    items = stock + capturing + coupon + [orders.guard(lease, now)]
-    cancelled = store.transact(items)
+    methods = methods_of(saga)
+    items = {**inventory.commit_items(saga.order_id, lines, now),
+             **{f"payment:{m}": payments.capturing_item(payment_id(saga.order_id, m), now) for m in methods}}
+    if saga.coupon and promotions:
+        items["redemption"] = promotions.commit_item(saga.coupon, saga.order_id, now)
+    cancelled = store.transact({**items, "order": orders.pivot(lease, now)})
     if cancelled is not None:
-        guard = len(items) - 1
-        if cancelled.failed(guard):
-            if _completed_by(cancelled.item(guard), owner):
-                return saga  # confirmed before: a repeat
-            raise orders.refusal(cancelled.item(guard), lease, now)
-        if cancelled.failed(0):
-            reservation = cancelled.item(0) or {}
-            if reservation.get("status") == RESERVED:
-                raise ReservationExpired(f"the reservation of order {saga.order_id} expired at "
-                                         f"{reservation.get('expires_at')}")
-            if reservation.get("status") != COMMITTED:
-                raise ReservationReleased(f"order {saga.order_id} holds no reservation to commit")
-        first_payment = len(stock)
-        for index in range(first_payment, first_payment + len(pids)):
-            if cancelled.failed(index):
-                error = payments.not_capturable(cancelled.item(index))
-                if error is not None:
-                    raise error
-        if coupon and cancelled.failed(guard - 1):
-            raise CouponInvalid(f"the coupon redemption of order {saga.order_id} was released before confirming")
-        # What is left: a repeat (the reservation COMMITTED, the payments CAPTURING), or a conflict we cannot name.
-        repeat = cancelled.failed(0) or any(cancelled.failed(i) for i in range(first_payment, guard))
-        if not repeat or any(cancelled.failed(i + 1) for i in range(len(lines))):
-            raise ConcurrentUpdate(f"the stock commit of order {saga.order_id} was cancelled: {cancelled.reasons}")
-    for pid in pids:
-        payments.capture(pid)  # the stock is ours: now the money moves, method by method
-    final = [payments.captured_item(pid, now) for pid in pids] + [
-        orders.step_update(lease, "ConfirmOrder", now, finish=True)]
-    cancelled = store.transact(final)
-    if cancelled is not None:
-        order_index = len(final) - 1
-        if cancelled.failed(order_index) and not _completed_by(cancelled.item(order_index), owner):
-            raise orders.refusal(cancelled.item(order_index), lease, now)
-        if not cancelled.failed(order_index):
-            for index in range(len(pids)):
-                if cancelled.failed(index):
-                    error = payments.not_capturable(cancelled.item(index))
-                    raise error or ConcurrentUpdate(f"the payment of order {saga.order_id} changed while "
-                                                    f"confirming it")
-    return saga
+        order = cancelled.item("order")
+        if cancelled.failed("order"):
+            if not (orders.holds(order, lease) and (order or {}).get("saga_status") in PAST_PIVOT):
+                raise orders.refusal(order, lease, now)
+            # Our own commit landed before (a retry after a lost response, a failed capture, a crash).
+        else:
+            _not_committable(cancelled, saga, payments, methods)
+    return finish_confirmation(store, orders, payments, saga, lease, now)
 
 
-def _completed_by(order: dict[str, Any] | None, owner: str) -> bool:
-    return bool(order) and order.get("saga_status") == models.COMPLETED and order.get("lease_owner") == owner
+def _not_committable(cancelled: Cancelled, saga: SagaState, payments: Payments, methods: list[int]) -> None:
+    """Why the stock commit was refused while the order was still ours and unpivoted: raise it."""
+    if cancelled.failed("reservation"):
+        reservation = cancelled.item("reservation") or {}
+        if reservation.get("status") == RESERVED:
+            raise ReservationExpired(f"the reservation of order {saga.order_id} expired at "
+                                     f"{reservation.get('expires_at')}")
+        raise ReservationReleased(f"order {saga.order_id} holds no reservation to commit "
+                                  f"({reservation.get('status')})")
+    for method in methods:
+        if cancelled.failed(f"payment:{method}"):
+            raise payments.not_capturable(cancelled.item(f"payment:{method}")) or ConcurrentUpdate(
+                f"payment {method} of order {saga.order_id} changed while committing")
+    if "redemption" in cancelled.reasons and cancelled.failed("redemption"):
+        raise CouponInvalid(f"the coupon redemption of order {saga.order_id} was released before confirming")
+    raise ConcurrentUpdate(f"the stock commit of order {saga.order_id} was cancelled: {cancelled.reasons}")
+
+
+def finish_confirmation(store: Store, orders: Orders, payments: Payments, saga: SagaState, lease: Lease,
+                        now: int, step: str = "ConfirmOrder") -> SagaState:
+    """Past the pivot: capture every payment method (idempotent at the processor), then complete the order, all
+    under `lease` (ConfirmOrder's, a compensation's that found the order pivoted, or the reaper's). Only the
+    processor's refusal of a capture turns the saga back (the order becomes COMPENSATING)."""
+    methods = methods_of(saga)
+    for method in methods:
+        try:
+            payments.capture(payment_id(saga.order_id, method))
+        except PaymentNotAuthorized:
+            orders.give_up_pivot(lease, now)
+            raise
+    final = {f"payment:{m}": payments.captured_item(payment_id(saga.order_id, m), now) for m in methods}
+    cancelled = store.transact({**final, "order": orders.complete(lease, step, now)})
+    if cancelled is None:
+        return saga
+    order = cancelled.item("order")
+    if cancelled.failed("order"):
+        if orders.holds(order, lease) and (order or {}).get("saga_status") == models.COMPLETED:
+            return saga  # completed before: a repeat
+        raise orders.refusal(order, lease, now)
+    for method in methods:
+        if cancelled.failed(f"payment:{method}"):
+            raise payments.not_capturable(cancelled.item(f"payment:{method}")) or ConcurrentUpdate(
+                f"payment {method} of order {saga.order_id} changed while confirming it")
+    raise ConcurrentUpdate(f"the completion of order {saga.order_id} was cancelled: {cancelled.reasons}")
 
 
 def _after_repeat(orders: Orders, saga: SagaState, **update: Any) -> SagaState:
@@ -213,44 +239,64 @@ def _message(cause: str | None) -> str | None:
     return cause
 
 
-Undo = Callable[[], list[dict[str, Any]]]
+Undo = Callable[[], Items]
 
 
 def compensate(store: Store, orders: Orders, saga: SagaState, owner: str, step: str, now: int,
                undo: Undo | None = None, finish: bool = False) -> tuple[SagaState, bool]:
     """Run compensation `step` under `owner`'s lease: undo, and log it on the order, in one transaction.
 
-    Returns the state (with the lease it ran under) and whether it acted; False when another owner (the
-    reaper) compensates this order, or it is already cancelled: then this is a no-op.
+    Returns the state (with the lease it ran under) and whether it acted; False when the order is not this
+    owner's to compensate: another owner (the reaper) compensates it, it is already cancelled, it is past the
+    pivot (it only goes forward) or COMPLETED (final). That is checked before anything is undone: no call to the
+    gateway for an order that is not ours.
     """
     lease = orders.compensation_lease(saga, owner, now)
     if lease is None:
         return saga, False
+    held = saga.model_copy(update={"fence": lease.fence, "deadline_at": lease.deadline_at})
+    order = orders.get(saga.order_id)
+    if not orders.holds(order, lease):
+        return saga, False
+    if (order or {}).get("saga_status") not in COMPENSABLE:
+        return held, False  # ours, but cancelled before (a repeat), past the pivot, or COMPLETED
     failure = failed_forward_step(saga)
     for _ in range(5):
-        items = undo() if undo is not None else []
+        items = undo() if undo is not None else {}
         update = orders.compensation_update(lease, step, failure, now, finish, log_once=not items)
         if not items:
             acted = store.update(**update["Update"]).ok  # False: done before, or not ours any more
             break
-        cancelled = store.transact([*items, update])
+        cancelled = store.transact({**items, "order": update})
         if cancelled is None:
             acted = True
             break
-        if cancelled.failed(len(items)):
+        if cancelled.failed("order"):
             acted = False  # the order is not ours any more: its new owner compensates
             break
         # The payment or reservation changed while undoing it (a late step landed): undo again.
     else:
         raise ConcurrentUpdate(f"order {saga.order_id}: the effect kept changing while {step} undid it")
-    return saga.model_copy(update={"fence": lease.fence, "deadline_at": lease.deadline_at}), acted
+    return held, acted
+
+
+def past_pivot(orders: Orders, saga: SagaState, owner: str) -> tuple[Lease, str] | None:
+    """The lease under which `owner` may finish an order that is past the pivot, and its status (CONFIRMING or
+    COMPLETED, still held by this owner and fence); None when the order is not past the pivot or not ours."""
+    if saga.fence is None or saga.deadline_at is None:
+        return None
+    lease = Lease(saga.order_id, owner, saga.fence, saga.deadline_at, saga.lease_expires_at or 0)
+    order = orders.get(saga.order_id) or {}
+    if orders.holds(order, lease) and order.get("saga_status") in PAST_PIVOT:
+        return lease, str(order["saga_status"])
+    return None
 
 
 def undo_payment(payments: Payments, order_id: str, now: int, methods: list[int] | None = None) -> Undo:
     """Give back what every payment method holds: void each authorization, refund each capture."""
-    def undo() -> list[dict[str, Any]]:
-        items = [payments.undo_item(payment_id(order_id, m), now) for m in methods or [1]]
-        return [item for item in items if item is not None]
+    def undo() -> Items:
+        items = {f"payment:{m}": payments.undo_item(payment_id(order_id, m), now) for m in methods or [1]}
+        return {name: item for name, item in items.items() if item is not None}
 
     return undo
 

@@ -57,18 +57,28 @@ class Written:
     item: dict[str, Any] | None = None
 
 
+Items = dict[str, dict[str, Any]]  # a transaction's items by name: {"reservation": {...}, "order": {...}}
+
+
 @dataclass
 class Cancelled:
-    """A transaction cancelled by its conditions: per item, the reason code (None: held) and the item."""
+    """A transaction cancelled by its conditions: per item name, the reason code (None: held) and the item as it
+    was (ALL_OLD), so a caller reads `cancelled.failed("order")`, never an index."""
 
-    reasons: list[str | None]
-    items: list[dict[str, Any] | None] = field(default_factory=list)
+    reasons: dict[str, str | None]
+    items: dict[str, dict[str, Any] | None] = field(default_factory=dict)
 
-    def failed(self, index: int) -> bool:
-        return self.reasons[index] == "ConditionalCheckFailed"
+    def failed(self, name: str) -> bool:
+        if name not in self.reasons:
+            raise KeyError(f"the transaction had no item named {name!r} (it had {', '.join(self.reasons)})")
+        return self.reasons[name] == "ConditionalCheckFailed"
 
-    def item(self, index: int) -> dict[str, Any] | None:
-        return self.items[index] if index < len(self.items) else None
+    def item(self, name: str) -> dict[str, Any] | None:
+        return self.items.get(name)
+
+    def failed_among(self, prefix: str) -> list[str]:
+        """The names starting with `prefix` whose condition failed: failed_among("stock:")."""
+        return [name for name in self.reasons if name.startswith(prefix) and self.failed(name)]
 
 
 class Store:
@@ -141,20 +151,24 @@ class Store:
         attributes = resp.get("Attributes")
         return Written(True, from_ddb(attributes) if attributes else None)
 
-    def transact(self, items: list[dict[str, Any]]) -> Cancelled | None:
-        """One TransactWriteItems. None: applied. Cancelled: its conditions failed (and nothing was written)."""
-        for entry in items:
+    def transact(self, items: Items) -> Cancelled | None:
+        """One TransactWriteItems of the named items, in their order. None: applied. Cancelled: its conditions
+        failed (and nothing was written); the reasons and old items come back under the same names."""
+        for entry in items.values():
             op = next(iter(entry.values()))
             if "ConditionExpression" in op:
                 op.setdefault("ReturnValuesOnConditionCheckFailure", "ALL_OLD")
         try:
-            self._call("transact_write_items", TransactItems=items, ClientRequestToken=str(uuid.uuid4()))
+            self._call("transact_write_items", TransactItems=list(items.values()),
+                       ClientRequestToken=str(uuid.uuid4()))
         except ClientError as exc:
             if _code(exc) != "TransactionCanceledException":
                 raise
             reasons = exc.response.get("CancellationReasons", [])
-            return Cancelled([None if r.get("Code") in (None, "None") else r.get("Code") for r in reasons],
-                             [from_ddb(r["Item"]) if r.get("Item") else None for r in reasons])
+            return Cancelled({name: None if r.get("Code") in (None, "None") else r.get("Code")
+                              for name, r in zip(items, reasons, strict=False)},
+                             {name: from_ddb(r["Item"]) if r.get("Item") else None
+                              for name, r in zip(items, reasons, strict=False)})
         return None
 
     # ---- the retry policy --------------------------------------------------------------------------------

@@ -248,14 +248,14 @@ def abandon(target: Target, with_payment: bool, reserve: bool = True, lease_ms: 
     order = Orders(store, target.outputs["OrdersTableName"], expired).new_order(
         order_id, customer, [{"sku": "MUG-BLUE", "quantity": 1}], [line], 1250 - discount, "USD", execution,
         "digest", now, coupon=coupon, discount=discount, amounts=[1250 - discount])
-    items = [Orders(store, target.outputs["OrdersTableName"], expired).put_new(order)]
+    items = {"order": Orders(store, target.outputs["OrdersTableName"], expired).put_new(order)}
     if with_payment:
-        items.append(Payments(store, target.outputs["PaymentsTableName"]).put_new(
-            order_id, 1, "tok_approve", 1250 - discount, "USD", now))
+        items["payment:1"] = Payments(store, target.outputs["PaymentsTableName"]).put_new(
+            order_id, 1, "tok_approve", 1250 - discount, "USD", now)
     if coupon and hold:
-        items += Promotions(store, target.outputs["PromotionsTableName"]).hold_items(coupon, order_id, customer, 1000,
+        items |= Promotions(store, target.outputs["PromotionsTableName"]).hold_items(coupon, order_id, customer, 1000,
                                                                                      now)
     if reserve:
-        items += Inventory(store, target.outputs["InventoryTableName"], expired).reserve_items(order_id, [line], now)
+        items |= Inventory(store, target.outputs["InventoryTableName"], expired).reserve_items(order_id, [line], now)
     assert store.transact(items) is None
     return order_id

@@ -35,7 +35,8 @@ def new_saga(client: Any, order_id: str = "ord_1", items: list[dict] | None = No
     order = orders.new_order(order_id, customer_id, body["items"], priced, total, currency,
                              EXECUTION.replace(":ord_1", f":{order_id}"), request_hash(body), now)
     payments = Payments(store, os.environ["PAYMENTS_TABLE"])
-    assert store.transact([orders.put_new(order), payments.put_new(order_id, 1, token, total, currency, now)]) is None
+    assert store.transact({"order": orders.put_new(order),
+                           "payment:1": payments.put_new(order_id, 1, token, total, currency, now)}) is None
     return {"order_id": order_id, "customer_id": customer_id, "lease_expires_at": order["lease_expires_at"],
             "deadline_at": order["deadline_at"]}
 

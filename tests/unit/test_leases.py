@@ -72,7 +72,7 @@ def test_the_reaper_compensates_an_abandoned_saga_once(aws, handlers, context, s
     assert "active" not in item
     tables = scan_all(aws)
     second = reaper.lambda_handler({"source": "aws.events"}, context)
-    assert second == {"compensated": [], "released_reservations": [], "reconciled": {}, "failed": []}
+    assert second == {"compensated": [], "completed": [], "released_reservations": [], "reconciled": {}, "failed": []}
     assert scan_all(aws) == tables
 
 

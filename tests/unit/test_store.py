@@ -61,10 +61,10 @@ def test_a_transaction_conflict_is_retried_and_lands_once(aws, table, engine_rul
     engine_rules({"action": "dynamodb-error", "error": "TransactionConflict", "table": table, "key": "^b$",
                   "count": 2})
     s = store()
-    items = [{"Put": {"TableName": table, "Item": to_ddb({"k": "a"}),
-                      "ConditionExpression": "attribute_not_exists(k)"}},
-             {"Update": {"TableName": table, "Key": to_ddb({"k": "b"}), "UpdateExpression": "ADD n :one",
-                         "ExpressionAttributeValues": values(one=1)}}]
+    items = {"a": {"Put": {"TableName": table, "Item": to_ddb({"k": "a"}),
+                           "ConditionExpression": "attribute_not_exists(k)"}},
+             "b": {"Update": {"TableName": table, "Key": to_ddb({"k": "b"}), "UpdateExpression": "ADD n :one",
+                              "ExpressionAttributeValues": values(one=1)}}}
     assert s.transact(items) is None
     assert s.attempts == 3
     assert s.get(table, to_ddb({"k": "b"}))["n"] == 1
@@ -81,10 +81,10 @@ def test_a_single_write_conflicting_with_a_transaction_is_retried(aws, table, en
 def test_a_lost_transaction_response_is_retried_with_its_token_and_applies_once(aws, table, engine_rules):
     engine_rules({"action": "dynamodb-response-lost", "operation": "TransactWriteItems", "table": table, "count": 1})
     s = store()
-    items = [{"Update": {"TableName": table, "Key": to_ddb({"k": "d"}), "UpdateExpression": "ADD n :one",
-                         "ExpressionAttributeValues": values(one=1)}},
-             {"Put": {"TableName": table, "Item": to_ddb({"k": "e"}),
-                      "ConditionExpression": "attribute_not_exists(k)"}}]
+    items = {"d": {"Update": {"TableName": table, "Key": to_ddb({"k": "d"}), "UpdateExpression": "ADD n :one",
+                              "ExpressionAttributeValues": values(one=1)}},
+             "e": {"Put": {"TableName": table, "Item": to_ddb({"k": "e"}),
+                           "ConditionExpression": "attribute_not_exists(k)"}}}
     assert s.transact(items) is None  # the retry carries the same ClientRequestToken: success, not a conflict
     assert s.attempts == 2
     assert s.get(table, to_ddb({"k": "d"}))["n"] == 1  # applied once
@@ -103,7 +103,7 @@ def test_a_conflict_that_outlasts_the_budget_is_store_contention(aws, table, eng
     s = store()
     s.set_deadline(2_700)  # 0.2 s of retries: an attempt (2 s) and the answer (0.5 s) must still fit
     with pytest.raises(StoreContention, match="conflict"):
-        s.transact([{"Put": {"TableName": table, "Item": to_ddb({"k": "g"})}}])
+        s.transact({"g": {"Put": {"TableName": table, "Item": to_ddb({"k": "g"})}}})
     assert s.attempts >= 2
 
 
@@ -129,11 +129,15 @@ def test_a_failed_condition_is_an_answer_not_retried(aws, table):
     assert s.put(TableName=table, Item=to_ddb({"k": "i"})).ok
     written = s.put(TableName=table, Item=to_ddb({"k": "i"}), ConditionExpression="attribute_not_exists(k)")
     assert (written.ok, written.item, s.attempts) == (False, {"k": "i"}, 2)
-    cancelled = s.transact([{"Put": {"TableName": table, "Item": to_ddb({"k": "i"}),
-                                     "ConditionExpression": "attribute_not_exists(k)"}}])
+    cancelled = s.transact({"again": {"Put": {"TableName": table, "Item": to_ddb({"k": "i"}),
+                                              "ConditionExpression": "attribute_not_exists(k)"}},
+                            "other": {"Put": {"TableName": table, "Item": to_ddb({"k": "j"})}}})
     assert cancelled is not None
-    assert cancelled.failed(0)
-    assert cancelled.item(0) == {"k": "i"}
+    assert (cancelled.failed("again"), cancelled.failed("other")) == (True, False)
+    assert (cancelled.item("again"), cancelled.item("other")) == ({"k": "i"}, None)
+    assert cancelled.failed_among("ag") == ["again"]
+    with pytest.raises(KeyError, match="no item named 'nope'"):
+        cancelled.failed("nope")
 
 
 def test_other_errors_are_raised_as_they_are(aws, table):

@@ -97,16 +97,16 @@ def test_forward_steps_retry_only_transient_errors_and_catch_business_errors_the
         "Lambda.TooManyRequestsException", "Lambda.ClientExecutionTimeoutException"}
     business = {cls.__name__ for cls in vars(errors).values()
                 if isinstance(cls, type) and issubclass(cls, errors.BusinessError) and cls is not errors.BusinessError}
-    # ConfirmOrder also retries a crash: the repeat finds the order confirmed (a confirmed order is never refunded
-    # for an infrastructure failure after its write).
-    crash = {"Runtime.ExitError", "Lambda.Unknown"}
+    # Every forward step also retries what a crashed or timed-out sandbox produces: every step is idempotent and
+    # fenced, so its repeat finds what the dead attempt left (no sale is cancelled because a sandbox died).
+    crash = {"Runtime.ExitError", "Sandbox.Timedout", "Lambda.Unknown", "States.Timeout"}
     inner = STATES["AuthorizePayments"]["ItemProcessor"]["States"]["AuthorizeMethod"]
-    assert {e for r in inner["Retry"] for e in r["ErrorEquals"]} == transient
+    assert {e for r in inner["Retry"] for e in r["ErrorEquals"]} == transient | crash
     assert STATES["AuthorizePayments"]["Catch"][-1]["ErrorEquals"] == ["States.ALL"]
     for name in ("CreateOrder", "ReserveInventory", "ApplyCoupon", "AuthorizePayment", "ConfirmOrder"):
         state = STATES[name]
         retried = {e for r in state["Retry"] for e in r["ErrorEquals"]}
-        assert retried == (transient | crash if name == "ConfirmOrder" else transient), name
+        assert retried == transient | crash, name
         assert all(r["JitterStrategy"] == "FULL" and r["BackoffRate"] > 1 and r["MaxDelaySeconds"]
                    for r in state["Retry"])
         catches = [set(c["ErrorEquals"]) for c in state["Catch"]]
@@ -126,8 +126,12 @@ def test_every_compensation_retries_and_parks_when_its_budget_is_spent():
 
 
 def compensation_paths(state_name: str) -> list[list[str]]:
-    """Every sequence of compensations from an entry point to the end (a Choice splits it: coupon or not)."""
+    """Every sequence of compensations from an entry point to the end (a Choice splits it: coupon or not). The
+    branch where RefundPayment found the order past the pivot and finished it (FinishedForward -> SagaConfirmed)
+    compensates nothing, by design: it is left out here and checked on its own."""
     state = STATES.get(state_name)
+    if state_name == "SagaConfirmed":
+        return []
     if state is None or state["Type"] in ("Fail", "Succeed"):
         return [[]]
     if state["Type"] == "Choice":
@@ -164,6 +168,30 @@ def test_every_failure_path_compensates_every_step_that_may_have_had_an_effect(s
                 assert all(needed & set(path) for path in paths), (step, catch, done, paths)
         for path in paths:
             assert path == sorted(path, key=ORDER.index), "compensations run in reverse order"
+
+
+def test_the_pivot_lease_outlasts_confirm_orders_worst_case():
+    """From its stock commit on, ConfirmOrder holds the order for PivotLeaseSeconds: every attempt at its full
+    TimeoutSeconds plus the longest retry waits must fit, so a live ConfirmOrder is never taken over."""
+    state = STATES["ConfirmOrder"]
+    (retry,) = state["Retry"]
+    waits = sum(min(retry["IntervalSeconds"] * retry["BackoffRate"] ** n, retry["MaxDelaySeconds"])
+                for n in range(retry["MaxAttempts"]))
+    worst = state["TimeoutSeconds"] * (1 + retry["MaxAttempts"]) + waits
+    assert worst == 79
+    assert int(TEMPLATE.parameters["PivotLeaseSeconds"]) >= worst
+    assert int(TEMPLATE.parameters["LeaseSeconds"]) < worst  # why the pivot needs a lease of its own
+
+
+def test_only_refund_payment_may_finish_an_order_forward():
+    """Past the pivot the saga only goes forward: the one way out of the compensations to success is RefundPayment
+    (which follows ConfirmOrder) finding the order past the pivot; its Choice tests the flag it sets."""
+    leading = [name for name, state in STATES.items() if "SagaConfirmed" in successors(state)]
+    assert leading == ["FinishedForward"]
+    assert [name for name, state in STATES.items() if "FinishedForward" in successors(state)] == ["RefundPayment"]
+    assert STATES["FinishedForward"]["Choices"] == [{"Variable": "$.confirmed", "IsPresent": True,
+                                                     "Next": "SagaConfirmed"}]
+    assert STATES["SagaConfirmed"]["Type"] == "Succeed"
 
 
 def test_the_plain_path_keeps_its_transitions_and_a_coupon_adds_two():

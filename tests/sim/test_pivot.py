@@ -1,0 +1,183 @@
+"""The four ways the saga used to undo a sale that had succeeded, and the crash that cancelled one: each a plain
+test on the deterministic simulation (sagalocal/sim), each failing on the code before the pivot (see
+docs/simulation.md). The explorer (test_explorer.py) covers them with every other crash point too."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import pytest
+
+from sagalocal.sim.explore import PATHS, run_case, seed_of
+from sagalocal.sim.invariants import check
+from sagalocal.sim.world import DAY, NAME_REUSE_DAYS, Fault, Point, World
+
+
+@functools.cache
+def points(path: str) -> tuple[Point, ...]:
+    return tuple(run_case(path, None).points)
+
+
+def at(path: str, attempt: str, call: str) -> int:
+    """The index of the side effect that `attempt` (e.g. "ConfirmOrder#1") makes first with a call starting so."""
+    return next(p.index for p in points(path) if p.attempt == attempt and p.call.startswith(call))
+
+
+def run(path: str, fault: Fault | None) -> tuple[World, list[str]]:
+    with World(seed=seed_of(f"{path}:{fault.label() if fault else 'clean'}"), fault=fault) as world:
+        world.run(PATHS[path])
+        return world, check(world)
+
+
+def the_order(world: World) -> dict[str, Any]:
+    (order,) = world.items("OrdersTable")
+    return order
+
+
+def outcome_events(world: World) -> list[str]:
+    from order_saga.events import outcome
+
+    return [e["DetailType"] for e in (outcome(r) for r in world.order_stream()) if e is not None]
+
+
+def executions(world: World) -> list[str]:
+    return [e["status"] for e in world.executions()]
+
+
+def test_confirm_order_retried_after_its_commit_goes_on_to_capture():
+    """Bug 1: the capture fails (a processor time-out) after the stock commit landed. The retry used to re-send
+    the commit, read its failed stock conditions as ConcurrentUpdate, and refund and cancel the paid order."""
+    world, violations = run("plain", Fault(at("plain", "ConfirmOrder#1", "gateway.capture"), "before"))
+    assert violations == []
+    assert (the_order(world)["saga_status"], world.attempts["ConfirmOrder"]) == ("COMPLETED", 2)
+    assert executions(world) == ["SUCCEEDED"]
+    assert outcome_events(world) == ["OrderConfirmed"]
+
+
+def test_a_crash_right_after_the_commit_is_retried_into_the_capture():
+    world, violations = run("plain", Fault(at("plain", "ConfirmOrder#1", "dynamodb.transact"), "crash"))
+    assert violations == []
+    assert (the_order(world)["saga_status"], executions(world)) == ("COMPLETED", ["SUCCEEDED"])
+
+
+def test_a_lease_that_expires_between_two_captures_is_finished_by_the_reaper_not_refunded():
+    """Bug 2: past the pivot an expired lease rolled back: the reaper refunded the captured card. Now it finishes
+    the order (captures the rest, completes it), and the old execution is stopped."""
+    fault = Fault(at("two-cards", "ConfirmOrder#1", "gateway.capture(#1)"), "pause", "reaper")
+    world, violations = run("two-cards", fault)
+    assert violations == []
+    order = the_order(world)
+    assert (order["saga_status"], order["status"], order["steps"]["Reaper"]["error"]) == (
+        "COMPLETED", "CONFIRMED", "LeaseExpired")
+    assert sorted(world.gateway.ledger[k]["state"] for k in world.gateway.ledger) == ["CAPTURED", "CAPTURED"]
+    assert outcome_events(world) == ["OrderConfirmed"]
+    assert executions(world) == ["ABORTED"]  # the reaper stopped the execution whose lease it took
+
+
+def test_a_resubmission_after_the_execution_name_is_freed_starts_nothing_and_undoes_nothing():
+    """Bug 3: 90 days after the execution closed, Step Functions accepts its name again (same ARN); a resubmitted
+    request started a new execution that took the completed order for its own and released its sold stock."""
+    world, violations = run("plain", Fault(-1, "pause", "resubmit-after-90-days"))
+    assert violations == []
+    assert [status for status, _ in world.responses] == [202, 202]
+    assert world.responses[0][1] == world.responses[1][1]  # the stored answer, replayed
+    assert (the_order(world)["saga_status"], executions(world)) == ("COMPLETED", ["SUCCEEDED"])
+    assert outcome_events(world) == ["OrderConfirmed"]
+
+
+def test_an_execution_that_reuses_a_freed_name_is_refused_by_the_completed_order():
+    """Bug 3 from the other side: whatever starts a new execution of the freed name (an operator, an old client),
+    it has an identity of its own (ARN and start time), so CreateOrder does not take it for a repeat."""
+    with World(seed=1) as world:
+        world.run(PATHS["plain"])
+        (first,) = world.executions()
+        world.clock_advance((NAME_REUSE_DAYS + 1) * DAY)
+        described = world.stack.sfn.describe_execution(executionArn=first["executionArn"])
+        again = world.stack.sfn.start_execution(stateMachineArn=world.stack.state_machine_arn, name=first["name"],
+                                                input=described["input"])
+        assert again["executionArn"] == first["executionArn"]  # the same ARN, as on AWS
+        ended = world.stack.sfn.describe_execution(executionArn=again["executionArn"])
+        assert (ended["status"], ended.get("error")) == ("FAILED", "OrderLocked")
+        world.settle()
+        assert check(world) == []
+        assert the_order(world)["saga_status"] == "COMPLETED"
+
+
+def test_an_error_after_the_final_write_leaves_the_completed_order_completed():
+    """Bug 4: an error no Retry lists, after ConfirmOrder's final write, went to the Catch and RefundPayment
+    refunded a COMPLETED order (both OrderConfirmed and OrderCancelled were published). Now RefundPayment finds
+    the order past the pivot and the execution ends at SagaConfirmed."""
+    world, violations = run("plain", Fault(at("plain", "ConfirmOrder#1", "dynamodb.transact[Update:Payments"),
+                                           "error"))
+    assert violations == []
+    assert (the_order(world)["saga_status"], executions(world)) == ("COMPLETED", ["SUCCEEDED"])
+    assert outcome_events(world) == ["OrderConfirmed"]
+    assert not [p for p in world.points if p.function == "RefundPayment" and p.call.startswith("gateway")]
+
+
+def test_an_error_between_the_commit_and_the_capture_is_finished_forward():
+    world, violations = run("two-cards", Fault(at("two-cards", "ConfirmOrder#1", "gateway.capture(#1)"), "error"))
+    assert violations == []
+    assert (the_order(world)["saga_status"], executions(world)) == ("COMPLETED", ["SUCCEEDED"])
+    assert ("SagaCompleted", "RefundPayment") in world.metrics
+
+
+@pytest.mark.parametrize(("path", "attempt", "call"), [
+    ("plain", "CreateOrder#1", "dynamodb.update_item"),
+    ("plain", "ReserveInventory#1", "dynamodb.transact"),
+    ("coupon", "ApplyCoupon#1", "dynamodb.transact"),
+    ("plain", "AuthorizePayment#1", "gateway.authorize"),
+    ("plain", "AuthorizePayment#1", "dynamodb.transact"),
+    ("two-cards", "AuthorizePayment#2", "dynamodb.transact"),
+])
+@pytest.mark.parametrize("kind", ["crash", "timeout"])
+def test_a_forward_step_whose_sandbox_dies_is_retried_not_compensated(path, attempt, call, kind):
+    """A crashed (Runtime.ExitError) or timed-out (States.Timeout) forward step cancelled its order: every step
+    is idempotent and fenced, so it is retried and the sale goes through."""
+    world, violations = run(path, Fault(at(path, attempt, call), kind))
+    assert violations == []
+    assert (the_order(world)["saga_status"], executions(world)) == ("COMPLETED", ["SUCCEEDED"])
+
+
+def test_park_saga_is_fenced():
+    """ParkSaga of an execution that no longer owns the order changes nothing and parks nothing."""
+    with World(seed=2) as world:
+        world.run(PATHS["plain"])
+        (execution,) = world.executions()
+        order = the_order(world)
+        saga = {"order_id": order["order_id"], "customer_id": order["customer_id"], "fence": 0,
+                "failures": {"RefundPayment": {"Error": "PaymentGatewayUnavailable", "Cause": "down"}}}
+        owner = f"{execution['executionArn']}#2027-01-01T00:00:00.000Z"
+        answer = world.invoke_task("ParkSagaFunction", {"saga": saga, "execution_id": owner})
+        assert "FunctionError" not in answer
+        assert the_order(world)["saga_status"] == "COMPLETED"
+        queue = world.stack.sqs_url
+        assert "Messages" not in world.stack.sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=0)
+
+
+@pytest.mark.parametrize("function", ["VoidPaymentFunction", "RefundPaymentFunction"])
+def test_a_compensation_that_does_not_own_the_order_calls_no_gateway(function):
+    """A late compensation of an execution that no longer owns the order (another execution's identity, the same
+    fence) used to reverse the payment at the gateway first and find out afterwards, on the fenced write, that
+    the order was not its own: a paid, COMPLETED order lost its money. Now it checks first."""
+    with World(seed=3) as world:
+        world.run(PATHS["plain"])
+        (execution,) = world.executions()
+        order = the_order(world)
+        saga = {"order_id": order["order_id"], "customer_id": order["customer_id"], "fence": order["fence"],
+                "deadline_at": order["deadline_at"], "lease_expires_at": order["lease_expires_at"],
+                "failures": {"ConfirmOrder": {"Error": "States.Timeout", "Cause": "late"}}}
+        stranger = f"{execution['executionArn']}#2026-09-01T00:00:00.000Z"  # same ARN, another start time
+        answer = world.invoke_task(function, {"saga": saga, "execution_id": stranger})
+        assert "FunctionError" not in answer
+        assert not [p for p in world.points if p.call.startswith("gateway.reverse")]
+        assert [entry["state"] for entry in world.gateway.ledger.values()] == ["CAPTURED"]
+        assert check(world) == []
+
+
+def test_a_case_replays_exactly():
+    fault = Fault(at("two-cards", "ConfirmOrder#1", "gateway.capture(#2)"), "crash", "reaper")
+    first, second = run_case("two-cards", fault), run_case("two-cards", fault)
+    assert [str(p) for p in first.points] == [str(p) for p in second.points]
+    assert first.log == second.log
