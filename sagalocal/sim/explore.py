@@ -15,15 +15,16 @@ follow-up at that point. Every case is a fresh world seeded from its name, so it
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sagalocal.sim.invariants import check
-from sagalocal.sim.world import FOLLOW_UPS_AFTER_END, FOLLOW_UPS_AT_POINT, KINDS, Fault, Order, Point, World
+from sagalocal.sim.world import FOLLOW_UPS_AFTER_END, FOLLOW_UPS_AT_POINT, KINDS, Fault, Mix, Order, Point, World
 
 PATHS: dict[str, Order] = {
     "plain": Order([{"sku": "SKU-1", "quantity": 2}], ["tok_approve"]),
@@ -38,6 +39,38 @@ PATHS: dict[str, Order] = {
     "capture-refused": Order([{"sku": "SKU-1", "quantity": 1}], ["tok_capture_fails"]),
     "second-capture-refused": Order([{"sku": "SKU-1", "quantity": 2}], ["tok_approve", "tok_capture_fails"]),
 }
+
+
+# What the random mixes draw their orders from (tests/sim/test_mix.py): every route, and orders that compete for
+# stock (5 SKU-1, 2 SKU-2) and for coupons (FEW: 2 redemptions; TENOFF: one per customer).
+MENU = [PATHS["plain"], PATHS["coupon"], PATHS["two-cards"], PATHS["three-cards"], PATHS["declined"],
+        PATHS["capture-refused"], PATHS["second-capture-refused"],
+        Order([{"sku": "SKU-2", "quantity": 1}], ["tok_approve"], coupon="FEW"),
+        Order([{"sku": "SKU-1", "quantity": 3}], ["tok_approve", "tok_approve"], coupon="FEW")]
+
+
+def mix_orders(seed: int, count: int = 6) -> list[Order]:
+    """The orders of random mix `seed`: drawn from MENU, each with its own key, from one of three customers."""
+    rng = random.Random(seed)
+    return [replace(rng.choice(MENU), key=f"mix-{n}", customer=f"sim-customer-{rng.randrange(3)}")
+            for n in range(count)]
+
+
+@dataclass
+class MixResult:
+    violations: list[str]
+    log: list[str]
+    statuses: list[str]  # each order's saga status at the end
+    faults: int  # faults that struck (follow-ups and interleavings not counted)
+
+
+def run_mix(seed: int) -> MixResult:
+    """One random mix, settled and checked."""
+    with World(seed=seed, mix=Mix(mix_orders(seed))) as world:
+        world.run_mix()
+        faults = sum(1 for line in world.log if line.split(" ", 1)[0].split("+")[0] in KINDS)
+        return MixResult(check(world), world.log, sorted(str(o["saga_status"]) for o in world.items("OrdersTable")),
+                         faults)
 
 
 @dataclass
@@ -168,7 +201,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--points", action="store_true", help="list each path's side effects")
     parser.add_argument("--show", type=int, default=20, help="counterexamples to print (default 20)")
     parser.add_argument("--write-doc", action="store_true", help="write the case counts into docs/scenarios.md")
+    parser.add_argument("--mix", type=int, metavar="SEED", help="run one random mix (tests/sim/test_mix.py)")
     args = parser.parse_args(argv)
+    if args.mix is not None:
+        result = run_mix(args.mix)
+        violations, log = result.violations, result.log
+        print(f"mix {args.mix}: " + "; ".join(f"{o.key} {o.describe()} ({o.customer})" for o in mix_orders(args.mix)))
+        for line in log:
+            print(f"  {line}")
+        for violation in violations:
+            print(f"  VIOLATION: {violation}")
+        return 1 if violations else 0
     if args.write_doc:
         write_doc(count_cases(list(PATHS)))
         print(f"wrote the explorer's section of {DOC.relative_to(DOC.parents[1])}")

@@ -587,18 +587,46 @@ class Order:
 
 
 CATALOG = [("SKU-1", "Blue mug", 1250, 5), ("SKU-2", "Red kettle", 4000, 2)]
-COUPONS = {"TENOFF": ("percent", 10, None, 1000, 1), "GONE": ("percent", 50, None, 1, 1)}
+COUPONS = {"TENOFF": ("percent", 10, None, 1000, 1), "GONE": ("percent", 50, None, 1, 1),
+           "FEW": ("percent", 20, None, 2, 1)}
 SPENT = {"GONE": "ord_earlier"}  # coupons whose every redemption an earlier, completed order holds
+
+
+@dataclass
+class Mix:
+    """Many orders at once, with faults and follow-ups drawn at random (from the world's seeded generator) at
+    every side effect: another order placed right there (interleaving it with the step in flight), a fault of
+    any kind, or a follow-up. Nested at most `depth` invocations deep."""
+
+    pending: list[Order]  # the orders not placed yet
+    interleave: float = 0.25
+    fault: float = 0.04
+    follow_up: float = 0.02
+    depth: int = 4
+
+    def decide(self, world: World, point: Point) -> tuple[str, str | None] | None:
+        if len(world.invocations) > self.depth:
+            return None
+        draw = world.rng.random()
+        if draw < self.interleave:
+            return ("pause", "order") if self.pending else None
+        if draw < self.interleave + self.fault:
+            return world.rng.choice(KINDS), None
+        if draw < self.interleave + self.fault + self.follow_up:
+            return "pause", world.rng.choice(FOLLOW_UPS_AT_POINT)
+        return None
 
 
 class World:
     """One run: fresh tables, a fresh gateway, the clock at EPOCH, everything random seeded by `seed`."""
 
-    def __init__(self, seed: int = 0, fault: Fault | None = None) -> None:
+    def __init__(self, seed: int = 0, fault: Fault | None = None, mix: Mix | None = None) -> None:
         self.stack = stack()
         self.seed = seed
         self.rng = random.Random(seed)
         self.fault = fault
+        self.mix = mix
+        self.placed: list[Order] = []
         self.points: list[Point] = []
         self.invocations: list[Invocation] = []
         self.task_timeouts: list[float] = []
@@ -657,37 +685,45 @@ class World:
         point = Point(len(self.points), invocation.function if invocation else "world",
                       invocation.label if invocation else "world", call)
         self.points.append(point)
-        fault = self.fault
-        if fault is None or fault.point != point.index or self.fired:
+        decision = self._decide(point)
+        if decision is None:
             return act()
-        self.fired = True
-        self.log.append(f"fault {fault.kind} at {point}")
-        if fault.kind == "before":
-            self._follow_up_at_point(invocation)
+        kind, follow_up = decision
+        if kind != "pause" or follow_up:
+            self.log.append(f"{kind}{'+' + follow_up if follow_up else ''} at {point}")
+        if kind == "before":
+            self._follow_up_at_point(invocation, follow_up)
             raise before_error(call)
         try:
             result = act()
         except Exception:
-            self._after_landing(invocation)
+            self._after_landing(invocation, kind, follow_up)
             raise
-        self._after_landing(invocation)
+        self._after_landing(invocation, kind, follow_up)
         return result
 
-    def _after_landing(self, invocation: Invocation | None) -> None:
+    def _decide(self, point: Point) -> tuple[str, str | None] | None:
+        """What happens at this side effect: (fault kind or "pause", follow-up), or None for nothing."""
+        if self.mix is not None:
+            return self.mix.decide(self, point)
         fault = self.fault
-        assert fault is not None
-        self._follow_up_at_point(invocation)
-        if fault.kind == "crash":
+        if fault is None or fault.point != point.index or self.fired:
+            return None
+        self.fired = True
+        return fault.kind, fault.follow_up
+
+    def _after_landing(self, invocation: Invocation | None, kind: str, follow_up: str | None) -> None:
+        self._follow_up_at_point(invocation, follow_up)
+        if kind == "crash":
             raise SandboxCrash("injected: the sandbox died after the call landed")
-        if fault.kind == "timeout":
+        if kind == "timeout":
             raise SandboxTimeout("injected: the invocation outlived its task's timeout after the call landed")
-        if fault.kind == "error":
+        if kind == "error":
             raise InjectedBug("injected: an unexpected error after the call landed")
         if invocation is not None and CLOCK.now > invocation.deadline:
             raise SandboxTimeout("the follow-up outlasted this invocation's time: it timed out meanwhile")
 
-    def _follow_up_at_point(self, invocation: Invocation | None) -> None:
-        follow_up = self.fault.follow_up if self.fault else None
+    def _follow_up_at_point(self, invocation: Invocation | None, follow_up: str | None) -> None:
         if follow_up == "reaper":
             leases = [int(o["lease_expires_at"]) for o in self.items("OrdersTable") if "active" in o]
             CLOCK.now = max([CLOCK.now, *(ms / 1000 + 1 for ms in leases)])
@@ -700,9 +736,12 @@ class World:
                                               cause="stopped by the simulation")
             except self.stack.sfn.exceptions.ExecutionDoesNotExist:
                 pass
-        elif follow_up == "resubmit" and self.order is not None:
-            self.log.append("the client resubmits while the saga runs")
-            self.post(self.order)
+        elif follow_up == "resubmit" and self.placed:
+            order = self.placed[-1] if self.mix is None else self.rng.choice(self.placed)
+            self.log.append(f"the client resubmits {order.key} while sagas run")
+            self.post(order)
+        elif follow_up == "order" and self.mix is not None and self.mix.pending:
+            self.post(self.mix.pending.pop(0))
 
     def clock_advance(self, seconds: float) -> None:
         CLOCK.sleep(seconds)
@@ -768,11 +807,11 @@ class World:
         from sagalocal.provision import Route
 
         self.order = order
+        if order not in self.placed:
+            self.placed.append(order)
         total = sum(_price(i["sku"]) * i["quantity"] for i in order.items)
-        if order.coupon == "TENOFF":
-            total -= total * 10 // 100
-        if order.coupon == "GONE":
-            total -= total * 50 // 100
+        if order.coupon in COUPONS:
+            total -= total * COUPONS[order.coupon][1] // 100  # every coupon here is a percentage
         body = json.dumps(order.body(total)).encode()
         status, answer = 0, {}
         for _ in range(attempts):
@@ -810,6 +849,14 @@ class World:
             result = self.run_reaper()
             if result is not None and not any(result.values()):
                 return
+
+    def run_mix(self) -> None:
+        """The mix's orders, placed one after another where no side effect placed them first; then the world
+        settles."""
+        assert self.mix is not None
+        while self.mix.pending:
+            self.post(self.mix.pending.pop(0))
+        self.settle()
 
     def run(self, order: Order) -> None:
         """One case: the order placed, the fault plan applied, the follow-up after the end, the world settled."""
