@@ -51,8 +51,11 @@ def main(argv: list[str]) -> int:
         print(f"\n{'=' * 25} {name} (ran alongside; {log.relative_to(ROOT)}) {'=' * 25}")
         print(log.read_text(), end="")
     for empty in ROOT.glob(".coverage.*"):  # a worker killed before it wrote anything (a stack's stop)
-        if empty.stat().st_size == 0:
-            empty.unlink()
+        try:
+            if empty.stat().st_size == 0:
+                empty.unlink()
+        except FileNotFoundError:  # a worker's temporary file, gone since the listing
+            continue
     subprocess.run([sys.executable, "-m", "coverage", "combine", "-q"], cwd=ROOT, env=env, check=False)
     print(f"\n{'=' * 25} coverage of src/ and functions/, every process {'=' * 25}")
     subprocess.run([sys.executable, "-m", "coverage", "report", "--skip-covered"], cwd=ROOT, env=env, check=False)

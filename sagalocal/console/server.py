@@ -101,6 +101,8 @@ class ConsoleApp:
         self.jinja.filters.update(when=_when, duration=_duration, relative=_relative,
                                   pretty=lambda value: pretty(expand(value)),
                                   arn_name=lambda arn: str(arn).rsplit(":", 1)[-1],
+                                  # a lease owner: an execution's identity (<ARN>#<start time>) or reaper:<id>
+                                  owner_name=lambda owner: str(owner).split("#")[0].rsplit(":", 1)[-1],
                                   event_details=lambda event: pretty(expand(details(event))))
         self.jinja.globals.update(outputs=data.outputs, endpoint=data.source.endpoint or "AWS",
                                   region=data.source.region, statuses=console_data.STATUSES)

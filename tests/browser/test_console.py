@@ -124,8 +124,8 @@ def test_a_declined_order_followed_from_the_list_to_where_it_failed(console, sce
     assert seen["CreateOrder"] == seen["ReserveInventory"] == "succeeded"
     assert seen["SagaCompensated"] == "ended-failed"
     assert {name for name, status in seen.items() if status == "not-visited"} == {
-        "ConfirmOrder", "ApplyCoupon", "PayRoute", "AuthorizePayments", "RefundPayment", "VoidPayment",
-        "ReleaseCoupon", "ParkSaga", "CompensationFailed", "OrderLocked"}
+        "ConfirmOrder", "ApplyCoupon", "PayRoute", "AuthorizePayments", "RefundPayment", "FinishedForward",
+        "SagaConfirmed", "VoidPayment", "ReleaseCoupon", "ParkSaga", "CompensationFailed", "OrderLocked"}
     expect(state(page, "AuthorizePayment").locator(".badge.error")).to_have_text("✖ PaymentDeclined")
     # Four looks, one per status, at a glance.
     fills = {name: state(page, name).evaluate("el => getComputedStyle(el).backgroundColor")
