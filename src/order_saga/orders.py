@@ -203,16 +203,6 @@ class Orders:
         """`lease` owns the order (owner and fence; expiry aside)."""
         return bool(order) and order.get("lease_owner") == lease.owner and order.get("fence") == lease.fence
 
-    def guard(self, lease: Lease, now: int) -> dict[str, Any]:
-        """A transaction's check that `lease` still holds the order, unexpired, with the saga EXECUTING."""
-        return {"ConditionCheck": {
-            "TableName": self.table, "Key": self.key(lease.order_id),
-            "ConditionExpression": ("lease_owner = :owner AND fence = :fence AND lease_expires_at >= :now "
-                                    "AND saga_status = :executing"),
-            "ExpressionAttributeValues": values(owner=lease.owner, fence=lease.fence, now=now,
-                                                executing=models.EXECUTING),
-        }}
-
     @staticmethod
     def refusal(order: dict[str, Any] | None, lease: Lease, now: int) -> Exception:
         """Why a step's lease check failed, from the order as it is."""
@@ -272,15 +262,13 @@ class Orders:
             sets.append("#state = :cancelled")
             names["#state"] = "status"
             vals["cancelled"] = ORDER_CANCELLED
-        condition_statuses = []
-        for i, status in enumerate(COMPENSABLE):
-            vals[f"s{i}"] = status
-            condition_statuses.append(f":s{i}")
+        statuses = _compensable_values()
+        vals.update(statuses)
         return {"Update": {
             "TableName": self.table, "Key": self.key(lease.order_id),
             "UpdateExpression": "SET " + ", ".join(sets) + (" REMOVE active" if finish else ""),
             "ConditionExpression": (f"lease_owner = :owner AND fence = :fence AND saga_status IN "
-                                    f"({', '.join(condition_statuses)})"
+                                    f"({', '.join(':' + k for k in statuses)})"
                                     + (" AND attribute_not_exists(steps.#step)" if log_once else "")),
             "ExpressionAttributeNames": names, "ExpressionAttributeValues": values(**vals),
         }}
@@ -292,7 +280,7 @@ class Orders:
         took over, or one past the pivot or finished, is not parked). False: not ours to park."""
         ownership = ("lease_owner = :owner AND fence = :fence" if saga.fence is not None
                      else "(attribute_not_exists(lease_owner) OR lease_owner = :owner)")
-        statuses = {f"s{i}": status for i, status in enumerate(COMPENSABLE)}
+        statuses = _compensable_values()
         return self.store.update(
             TableName=self.table, Key=self.key(saga.order_id),
             UpdateExpression="SET saga_status = :failed, parked_error = :error, steps.ParkSaga = :entry, "
@@ -343,6 +331,11 @@ class Orders:
         if not written.ok or not written.item:
             return None
         return written.item, self.lease_of_order(written.item)
+
+
+def _compensable_values() -> dict[str, str]:
+    """ExpressionAttributeValues names for `saga_status IN (...)` over COMPENSABLE: {"s0": "PENDING", ...}."""
+    return {f"s{i}": status for i, status in enumerate(COMPENSABLE)}
 
 
 def order_view(order: dict[str, Any]) -> dict[str, Any]:
