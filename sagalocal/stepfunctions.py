@@ -162,20 +162,25 @@ def _timeouts_without_cpu_waits() -> None:
             raise exception
         if not finished:
             raise EvalTimeoutError()
-        output = outputs.pop()
-        env.stack.append(output)
-        if not self._is_language_query_jsonpath():
-            env.states.set_result(output)
-        if self.assign_decl:
-            self.assign_decl.eval(env=env)
-        if self.result_selector:
-            self.result_selector.eval(env=env)
-        if self.result_path:
-            self.result_path.eval(env)
-        else:
-            env.states.reset(input_value=env.stack.pop())
+        finish_task_state(self, env, outputs.pop())
 
     ExecutionState._evaluate_with_timeout = _evaluate_with_timeout  # type: ignore[method-assign]
+
+
+def finish_task_state(state: Any, env: Any, output: Any) -> None:
+    """The end of moto's ExecutionState._evaluate_with_timeout once the task produced `output`: the result, its
+    Assign, ResultSelector and ResultPath (or the output as the state's new input)."""
+    env.stack.append(output)
+    if not state._is_language_query_jsonpath():
+        env.states.set_result(output)
+    if state.assign_decl:
+        state.assign_decl.eval(env=env)
+    if state.result_selector:
+        state.result_selector.eval(env=env)
+    if state.result_path:
+        state.result_path.eval(env)
+    else:
+        env.states.reset(input_value=env.stack.pop())
 
 
 # ---- 3. and 4. parse once (definitions and JSONPaths), one client per service ------------------------

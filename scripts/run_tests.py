@@ -1,7 +1,7 @@
 """`make test`: every tier, side by side, with coverage of src/ and functions/ in every process.
 
-Three pytest processes: the stack tier, its two heaviest tests (on a stack of their own), and the unit,
-simulation and browser tiers (the simulation's crash-point explorer runs in two worker processes of its
+Four pytest processes: the stack tier, its two heaviest tests (on a stack of their own), the unit and browser
+tiers, and the simulation (its crash-point explorer and random mixes run in two worker processes of their
 own). Much of the stack tier waits (timeouts, backoffs, leases), so the others fill the machine.
 Coverage follows every process they start (the stacks, the DynamoDB processes, the Lambda sandboxes:
 pyproject.toml's [tool.coverage]); the data is combined and reported at the end. The exit status is the
@@ -25,7 +25,8 @@ HEAVY = ["tests/stack/test_invariants.py", "tests/stack/test_concurrency.py"]
 GROUPS = {
     "stack": ["tests/stack", *[f"--deselect={path}" for path in HEAVY]],
     "stack, under load": [*HEAVY, "-s"],  # -s: their summaries (outcomes of the 1,000 sagas, the races) print
-    "unit, simulation and browser": ["tests/unit", "tests/sim", "tests/browser"],
+    "unit and browser": ["tests/unit", "tests/browser"],
+    "simulation": ["tests/sim", "-s"],  # -s: the explorer's and the mixes' summaries print
 }
 
 

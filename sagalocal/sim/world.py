@@ -314,6 +314,15 @@ class Stack:
 
 
 _STACK: list[Stack] = []
+_MOCK: list[Any] = []
+
+
+def shutdown() -> None:
+    """Stop the process's simulated AWS (moto's mock, which patches every boto3 client of the process) and forget
+    the stack; the next world boots a new one. Tests that share a process with the simulation call it after."""
+    while _MOCK:
+        _MOCK.pop().stop()
+    _STACK.clear()
 
 
 def stack() -> Stack:
@@ -332,6 +341,7 @@ def stack() -> Stack:
         os.environ.pop(key, None)
     mock = mock_aws(config={"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}})
     mock.start()
+    _MOCK.append(mock)
     logging.getLogger("moto").setLevel(logging.CRITICAL)  # the interpreter logs every caught error
     warnings.filterwarnings("ignore", message="No application metrics to publish")
     _install_patches()
@@ -516,13 +526,7 @@ def _install_patches() -> None:
         output = frame.stack.pop()
         frame.set_ended()
         env.close_frame(frame)
-        env.stack.append(output)
-        if self.result_selector:
-            self.result_selector.eval(env=env)
-        if self.result_path:
-            self.result_path.eval(env)
-        else:
-            env.states.reset(input_value=env.stack.pop())
+        local_sfn.finish_task_state(self, env, output)
         return None
 
     ExecutionState._evaluate_with_timeout = evaluate_with_timeout  # type: ignore[method-assign]
