@@ -27,19 +27,31 @@ payments = Payments(store, os.environ["PAYMENTS_TABLE"], gateway_from_env(store)
 @saga_step("RefundPayment", store)
 def lambda_handler(saga: SagaState, execution_id: str) -> SagaState:
     now = now_ms()
+    # Twice at most: the order may pivot between the two looks (a ConfirmOrder of this execution still running
+    # after its task timed out); then it goes forward, unless the processor refuses a capture, then it is refunded.
+    for _ in range(2):
+        finished = finish_if_past_pivot(saga, execution_id, now)
+        if finished is not None:
+            return finished
+        compensated, acted = steps.compensate(store, orders, saga, execution_id, "RefundPayment", now,
+                                              steps.undo_payment(payments, saga.order_id, now, steps.methods_of(saga)))
+        if acted:
+            count("CompensationRun", "RefundPayment")
+            return compensated
+    return compensated
+
+
+def finish_if_past_pivot(saga: SagaState, execution_id: str, now: int) -> SagaState | None:
+    """The saga state marked confirmed if the order is past the pivot and this execution's (finished here if
+    ConfirmOrder had not); None when it is not, or when the processor refused a capture (then it is refunded)."""
     pivoted = steps.past_pivot(orders, saga, execution_id)
-    if pivoted is not None:
-        lease, status = pivoted
-        if status == COMPLETED:
-            return saga.model_copy(update={"confirmed": True})  # ConfirmOrder's final write had landed
+    if pivoted is None:
+        return None
+    lease, status = pivoted
+    if status != COMPLETED:
         try:
             steps.finish_confirmation(store, orders, payments, saga, lease, now)
             count("SagaCompleted", "RefundPayment")
-            return saga.model_copy(update={"confirmed": True})
         except PaymentNotAuthorized:
-            pass  # the processor refused a capture: the order is COMPENSATING, and this refunds it
-    saga, acted = steps.compensate(store, orders, saga, execution_id, "RefundPayment", now,
-                                   steps.undo_payment(payments, saga.order_id, now, steps.methods_of(saga)))
-    if acted:
-        count("CompensationRun", "RefundPayment")
-    return saga
+            return None  # the processor refused a capture: the order is COMPENSATING, and this refunds it
+    return saga.model_copy(update={"confirmed": True})

@@ -198,6 +198,20 @@ class Orders:
             ExpressionAttributeValues=values(compensating=models.COMPENSATING, now=now, owner=lease.owner,
                                              fence=lease.fence, confirming=models.CONFIRMING)).ok
 
+    def claim_for_compensation(self, lease: Lease, now: int) -> bool:
+        """A compensation's first write, before it undoes anything (a gateway call included): the order is this
+        lease's and compensable, and from now on COMPENSATING, so that no late step of the same execution (a
+        ConfirmOrder still running after its task timed out) can land afterwards: the pivot needs EXECUTING.
+        False: not ours, or not compensable (past the pivot, finished)."""
+        statuses = _compensable_values()
+        return self.store.update(
+            TableName=self.table, Key=self.key(lease.order_id),
+            UpdateExpression="SET saga_status = :compensating",
+            ConditionExpression=(f"lease_owner = :owner AND fence = :fence AND saga_status IN "
+                                 f"({', '.join(':' + k for k in statuses)})"),
+            ExpressionAttributeValues=values(compensating=models.COMPENSATING, owner=lease.owner, fence=lease.fence,
+                                             **statuses)).ok
+
     @staticmethod
     def holds(order: dict[str, Any] | None, lease: Lease) -> bool:
         """`lease` owns the order (owner and fence; expiry aside)."""

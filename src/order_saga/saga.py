@@ -34,7 +34,7 @@ from order_saga.errors import (
 )
 from order_saga.inventory import COMMITTED, RESERVED, Inventory
 from order_saga.models import PricedLine, SagaState
-from order_saga.orders import COMPENSABLE, Lease, Orders
+from order_saga.orders import Lease, Orders
 from order_saga.payments import HOLDS_MONEY, Payments, payment_id
 from order_saga.promotions import COMMITTED as REDEMPTION_COMMITTED
 from order_saga.promotions import HELD, Promotions
@@ -248,18 +248,17 @@ def compensate(store: Store, orders: Orders, saga: SagaState, owner: str, step: 
 
     Returns the state (with the lease it ran under) and whether it acted; False when the order is not this
     owner's to compensate: another owner (the reaper) compensates it, it is already cancelled, it is past the
-    pivot (it only goes forward) or COMPLETED (final). That is checked before anything is undone: no call to the
-    gateway for an order that is not ours.
+    pivot (it only goes forward) or COMPLETED (final). That is settled by a conditional write before anything is
+    undone (Orders.claim_for_compensation): no call to the gateway for an order that is not ours, and no late
+    step of this execution can pivot the order once its compensation began.
     """
     lease = orders.compensation_lease(saga, owner, now)
     if lease is None:
         return saga, False
     held = saga.model_copy(update={"fence": lease.fence, "deadline_at": lease.deadline_at})
-    order = orders.get(saga.order_id)
-    if not orders.holds(order, lease):
-        return saga, False
-    if (order or {}).get("saga_status") not in COMPENSABLE:
-        return held, False  # ours, but cancelled before (a repeat), past the pivot, or COMPLETED
+    if not orders.claim_for_compensation(lease, now):
+        # Not ours (another owner compensates), or ours but cancelled before (a repeat), past the pivot, COMPLETED.
+        return held if orders.holds(orders.get(saga.order_id), lease) else saga, False
     failure = failed_forward_step(saga)
     for _ in range(5):
         items = undo() if undo is not None else {}

@@ -181,3 +181,60 @@ def test_a_case_replays_exactly():
     first, second = run_case("two-cards", fault), run_case("two-cards", fault)
     assert [str(p) for p in first.points] == [str(p) for p in second.points]
     assert first.log == second.log
+
+
+class _NoExecution:
+    """An API whose StartExecution starts nothing: the test drives the tasks itself."""
+
+    def start_execution(self, **kwargs):
+        return {"executionArn": f"arn:aws:states:us-east-1:123456789012:execution:OrderSaga:{kwargs['name']}"}
+
+
+@pytest.mark.parametrize("when", ["before-its-claim", "after-its-claim"])
+def test_a_confirm_order_still_running_when_refund_payment_starts_never_loses_the_sale(monkeypatch, when):
+    """A ConfirmOrder invocation outlives its task (a cold start's init is not in the function's timeout; a
+    Lambda.ServiceException can come back while the function runs), so RefundPayment starts while it is still
+    running. Found by an independent review, not by the explorer: the simulation kills a timed-out invocation.
+    Before RefundPayment's claim, the late ConfirmOrder pivots and completes: RefundPayment finishes forward and
+    refunds nothing. After it, the late ConfirmOrder cannot pivot (the order is COMPENSATING): refunded, released.
+    Before the fix, RefundPayment read the order, the late ConfirmOrder captured and completed, and RefundPayment
+    refunded the captured card of a COMPLETED order."""
+    with World(seed=4) as world:
+        monkeypatch.setattr(world.stack.modules["OrdersApiFunction"], "_sfn", _NoExecution())
+        _, answer = world.post(PATHS["plain"])
+        monkeypatch.undo()
+        order = the_order(world)
+        execution = (f"arn:aws:states:us-east-1:123456789012:execution:OrderSaga:{answer['order_id']}"
+                     f"#2027-01-01T00:00:00.000Z")
+        saga = {"order_id": order["order_id"], "customer_id": order["customer_id"],
+                "lease_expires_at": order["lease_expires_at"], "deadline_at": order["deadline_at"]}
+        for function in ("CreateOrderFunction", "ReserveInventoryFunction", "AuthorizePaymentFunction"):
+            saga = world.invoke_task(function, {"saga": saga, "execution_id": execution})["Payload"]
+        refund = world.stack.modules["RefundPaymentFunction"]
+        late = []
+
+        def late_confirm_order():
+            if not late:
+                late.append(world.invoke_task("ConfirmOrderFunction", {"saga": saga, "execution_id": execution}))
+
+        if when == "before-its-claim":
+            claim = refund.orders.claim_for_compensation
+            monkeypatch.setattr(refund.orders, "claim_for_compensation",
+                                lambda *a: (late_confirm_order(), claim(*a))[1])
+        else:
+            read = refund.payments.get
+            monkeypatch.setattr(refund.payments, "get", lambda pid: (late_confirm_order(), read(pid))[1])
+        failed = dict(saga, failures={"ConfirmOrder": {"Error": "States.Timeout", "Cause": "the task timed out"}})
+        answer = world.invoke_task("RefundPaymentFunction", {"saga": failed, "execution_id": execution})
+        monkeypatch.undo()
+        assert "FunctionError" not in answer
+        assert late  # the late ConfirmOrder ran inside RefundPayment
+        world.settle()
+        assert check(world) == []
+        ledger = [entry["state"] for entry in world.gateway.ledger.values()]
+        if when == "before-its-claim":
+            assert answer["Payload"].get("confirmed") is True
+            assert (the_order(world)["saga_status"], ledger) == ("COMPLETED", ["CAPTURED"])
+        else:
+            assert late[0]["Payload"]["errorType"] == "OrderNotActive"
+            assert (the_order(world)["saga_status"], ledger) == ("COMPENSATED", ["VOIDED"])
