@@ -306,7 +306,6 @@ class Stack:
     modules: dict[str, Any]  # logical id -> handler module
     timeouts: dict[str, float]  # logical id -> the function's Timeout (seconds)
     sfn: Any
-    dynamodb: Any
     sqs: Any
     sqs_url: str
     parameters: dict[str, Any]
@@ -386,7 +385,7 @@ def stack() -> Stack:
         os.environ.update(env)
         modules[logical_id] = _load(folder)
         timeouts[logical_id] = float(template.resolve(props.get("Timeout", 3), f"{logical_id}.Timeout"))
-    built = Stack(arn, modules, timeouts, sfn, dynamodb, sqs, queue, dict(template.parameters))
+    built = Stack(arn, modules, timeouts, sfn, sqs, queue, dict(template.parameters))
     _STACK.append(built)
     return built
 
@@ -641,7 +640,6 @@ class World:
         self.fired = False
         self.log: list[str] = []  # what happened, for a counterexample's report
         self.responses: list[tuple[int, dict[str, Any]]] = []
-        self.order: Order | None = None
 
     # -- set-up and tear-down ---------------------------------------------------------------------------------
     def __enter__(self) -> World:
@@ -810,7 +808,6 @@ class World:
         from sagalocal.apigateway import proxy_event
         from sagalocal.provision import Route
 
-        self.order = order
         if order not in self.placed:
             self.placed.append(order)
         total = sum(_price(i["sku"]) * i["quantity"] for i in order.items)
