@@ -47,7 +47,8 @@ lint: venv
 openapi: venv  ## Regenerate docs/openapi.json from the API's resolver
 	$(PY) scripts/generate_openapi.py
 
-docs: openapi  ## Regenerate the generated docs (OpenAPI, scenarios, the README diagram, the console's screenshots in docs/img)
+docs: openapi  ## Regenerate the generated docs (OpenAPI, the timing table, scenarios, the README diagram, the console's screenshots in docs/img)
+	$(PY) scripts/generate_timing_table.py
 	$(PY) -m sagalocal.sim.explore --write-doc
 	$(PY) scripts/generate_scenarios_doc.py
 	$(PY) scripts/generate_diagram.py

@@ -173,11 +173,9 @@ def test_every_failure_path_compensates_every_step_that_may_have_had_an_effect(s
 def test_the_pivot_lease_outlasts_confirm_orders_worst_case():
     """From its stock commit on, ConfirmOrder holds the order for PivotLeaseSeconds: every attempt at its full
     TimeoutSeconds plus the longest retry waits must fit, so a live ConfirmOrder is never taken over."""
-    state = STATES["ConfirmOrder"]
-    (retry,) = state["Retry"]
-    waits = sum(min(retry["IntervalSeconds"] * retry["BackoffRate"] ** n, retry["MaxDelaySeconds"])
-                for n in range(retry["MaxAttempts"]))
-    worst = state["TimeoutSeconds"] * (1 + retry["MaxAttempts"]) + waits
+    from scripts.generate_timing_table import worst_case  # the arithmetic of docs/timeouts.md's table
+
+    worst = worst_case(STATES["ConfirmOrder"])
     assert worst == 79
     assert int(TEMPLATE.parameters["PivotLeaseSeconds"]) >= worst
     assert int(TEMPLATE.parameters["LeaseSeconds"]) < worst  # why the pivot needs a lease of its own
