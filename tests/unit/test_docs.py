@@ -1,4 +1,4 @@
-"""The docs match the code: the tables they generate are current, and every name they use exists.
+"""The docs match the code: every name they use exists, and the tables generated from the code are current.
 
 README.md and docs/*.md name tables, functions, queues, parameters, outputs, states, errors and statuses. Each
 such name must be one the project defines, as the diagram test keeps the README's diagram current:
@@ -15,7 +15,11 @@ such name must be one the project defines, as the diagram test keeps the README'
   values, metric names), the ASL (state names, error names, field names), the code (classes, their members,
   the names and string constants it uses), docs/events.schema.json, botocore's models of the AWS services the
   template uses (operations, fields, errors, enum values), Python's builtins, or ALLOWED below, each entry with
-  its reason. A misspelt state name belongs to none of them.
+  its reason (an entry no doc uses, or one a source defines anyway, fails too). A misspelt state name belongs
+  to none of them.
+
+And: every relative link and anchor resolves, docs/deploying.md's parameter table is the template's, and the
+timing table of docs/timeouts.md is what scripts/generate_timing_table.py writes now.
 """
 
 from __future__ import annotations
@@ -42,17 +46,13 @@ ASL_NAMESPACES = ("States", "Lambda", "Sandbox", "Runtime")
 # Names no vocabulary above defines, each with the reason it may appear in the docs.
 ALLOWED = {
     # Products and projects, named as their makers spell them.
-    "DynamoDB": "AWS's database", "EventBridge": "AWS's event bus", "CloudWatch": "AWS's monitoring",
-    "CloudFormation": "AWS's deployment service", "LocalStack": "the AWS emulator the CI workflow deploys to",
-    "GitHub": "where the CI workflows run", "JavaScript": "the console's browser code", "OpenAPI": "the API's spec",
-    "PyPI": "Python's package index", "JSONPath": "the path syntax of the ASL's InputPath, OutputPath, ResultPath",
+    "EventBridge": "AWS's event bus", "CloudWatch": "AWS's monitoring", "JavaScript": "the console's browser code",
+    "OpenAPI": "the API's spec",
+    "JSONPath": "the path syntax of the ASL's InputPath, OutputPath, ResultPath",
     "JSONEncoder": "Python's json encoder, a frame of benchmarks.md's profiles",
     # AWS names that are no API operation, field or error of botocore's models.
     "ExecutionsFailed": "Step Functions' CloudWatch metric of failed executions",
-    "AmazonAPIGatewayPushToCloudWatchLogs": "the AWS managed policy API Gateway's logging role needs",
     "UserPoolClientV2": "operations.md's example name for a second app client, added while rotating",
-    # Test card tokens' placeholders and the CLI's, in the docs' own words.
-    "FakeGatewayHangSeconds": "a parameter (also checked as one)",
 }
 
 
@@ -243,13 +243,17 @@ def aws_names() -> set[str]:
 
 
 @cache
-def vocabulary() -> set[str]:
+def defined() -> set[str]:
+    """Every name the project's sources and AWS's models define, without ALLOWED."""
     from order_saga import orders
 
     schema = json.loads((ROOT / "docs/events.schema.json").read_text())
     return (template_names() | words_of(template().raw) | asl_states() | asl_errors() | words_of(asl())
-            | code()[2] | words_of(schema) | set(orders.STEP_ORDER) | aws_names() | set(dir(builtins))
-            | set(ALLOWED))
+            | code()[2] | words_of(schema) | set(orders.STEP_ORDER) | aws_names() | set(dir(builtins)))
+
+
+def vocabulary() -> set[str]:
+    return defined() | set(ALLOWED)
 
 
 def statuses() -> set[str]:
@@ -292,6 +296,13 @@ def test_every_name_the_docs_use_is_defined_by_the_template_the_asl_the_code_or_
                for path in DOCS for line, name, where in names_in(path)
                for why in [problem(name, where)] if why]
     assert not unknown, "names the project does not define:\n" + "\n".join(unknown)
+
+
+def test_every_allowed_name_is_used_and_defined_nowhere_else():
+    used = {part.removesuffix("s") if part not in ALLOWED else part
+            for path in DOCS for _, name, _ in names_in(path) for part in name.split(".")}
+    assert set(ALLOWED) <= used, f"allowed but used in no doc: {sorted(set(ALLOWED) - used)}"
+    assert not set(ALLOWED) & defined(), f"allowed, but defined anyway: {sorted(set(ALLOWED) & defined())}"
 
 
 def test_every_state_diagram_node_is_a_state_of_the_asl_or_a_saga_status():
