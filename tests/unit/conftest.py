@@ -8,6 +8,7 @@ in-process.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import sys
@@ -80,6 +81,11 @@ def table_definitions() -> dict[str, dict[str, Any]]:
 DEFINITIONS = table_definitions()
 
 
+@functools.cache
+def shared_session() -> boto3.Session:
+    return boto3.Session()
+
+
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch, dynamodb_engine: str):
     """Fresh tables from the template, a seeded catalog, and the handlers' environment."""
@@ -94,6 +100,11 @@ def aws(monkeypatch: pytest.MonkeyPatch, dynamodb_engine: str):
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     with mock_aws():
+        # One boto3 session for the whole tier: each test's clients (and the handlers' own, made at import) reuse
+        # its loaded service models instead of parsing them again (moto's mock starts each test without a default
+        # session; a fresh one costs 150 ms per client). Credentials and endpoints still come from this
+        # test's environment, which every test sets alike.
+        boto3.DEFAULT_SESSION = shared_session()
         client = boto3.client("dynamodb", region_name=REGION)
         run = uuid.uuid4().hex[:8]
         for logical_id, definition in DEFINITIONS.items():
