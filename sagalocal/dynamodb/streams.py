@@ -29,7 +29,9 @@ class Streams:
     def add(self, table: Any, old: Any, new: Any) -> None:
         if old is None and new is None:
             return
-        if old is not None and new is not None and old.to_json() == new.to_json():
+        old_image = old.to_json()["Attributes"] if old is not None else None
+        new_image = new.to_json()["Attributes"] if new is not None else None
+        if old_image is not None and old_image == new_image:
             return  # nothing changed: DynamoDB writes no stream record
         view = (table.stream_specification or {}).get("StreamViewType", "NEW_AND_OLD_IMAGES")
         item = old if old is not None else new
@@ -38,10 +40,10 @@ class Streams:
             keys[table.range_key_attr] = item.range_key.to_json()
         change: dict[str, Any] = {"ApproximateCreationDateTime": round(time.time(), 3), "Keys": keys,
                                   "StreamViewType": view}
-        if new is not None and view in ("NEW_IMAGE", "NEW_AND_OLD_IMAGES"):
-            change["NewImage"] = new.to_json()["Attributes"]
-        if old is not None and view in ("OLD_IMAGE", "NEW_AND_OLD_IMAGES"):
-            change["OldImage"] = old.to_json()["Attributes"]
+        if new_image is not None and view in ("NEW_IMAGE", "NEW_AND_OLD_IMAGES"):
+            change["NewImage"] = new_image
+        if old_image is not None and view in ("OLD_IMAGE", "NEW_AND_OLD_IMAGES"):
+            change["OldImage"] = old_image
         name = "INSERT" if old is None else "REMOVE" if new is None else "MODIFY"
         with self._lock:
             seq = next(self._seq)

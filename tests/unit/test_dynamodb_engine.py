@@ -430,3 +430,46 @@ def test_a_transaction_larger_than_4_mb_is_accepted(ddb):
                                             for n in range(11)])  # ~4.3 MB: AWS answers ValidationException
     pages = ddb.get_paginator("scan").paginate(TableName=table, Select="COUNT")  # 1 MB a page
     assert sum(page["Count"] for page in pages) == 11
+
+
+@pytest.mark.parametrize("expression", [
+    "SET a = if_not_exists(a, :zero) + :one, #b.c[2] = :v REMOVE d ADD e :n",
+    "SET steps.#step = :entry, updated_at = :now, lease_expires_at = :expires",
+    "REMOVE active SET saga_status = :failed DELETE tags :t",
+])
+def test_an_update_expression_tree_is_copied_whole_and_shares_nothing(expression):
+    """The engine copies update expression trees node by node (sagalocal/dynamodb/engine.py): every node a new
+    object of the same type with the same fields, each child's parent its copied parent, nothing mutable shared."""
+    import copy
+
+    from moto.dynamodb.parsing.ast_nodes import Node
+    from moto.dynamodb.parsing.expressions import UpdateExpressionParser
+
+    from sagalocal.dynamodb.engine import install_backend_patches
+
+    install_backend_patches()
+    tree = UpdateExpressionParser.make(expression)
+    clone = copy.deepcopy(tree)
+
+    def same(a: Any, b: Any, parent_b: Any) -> int:
+        assert type(a) is type(b) and a is not b
+        assert b.parent is parent_b
+        assert set(vars(a)) == set(vars(b))
+        for name, value in vars(a).items():
+            if name in ("parent", "children"):
+                continue
+            assert vars(b)[name] == value
+            assert isinstance(value, (str, int, float, bool, type(None))) or vars(b)[name] is not value, name
+        count = 1
+        for x, y in zip(a.children or [], b.children or [], strict=True):
+            if isinstance(x, Node):
+                count += same(x, y, b)
+            else:
+                assert x == y
+        return count
+
+    assert same(tree, clone, None) > 3
+    inner = clone.children[0]  # a node inside a tree copies the tree with it, as the generic copy does
+    inner_copy = copy.deepcopy(inner)
+    assert inner_copy.parent is not None and inner_copy.parent is not clone
+    assert type(inner_copy.parent) is type(clone)
