@@ -197,6 +197,7 @@ def render() -> str:
         return "claim (A), then per card: payment (A), void or refund (G); record (A)"
 
     forward_waits = max(max(retry_waits(r)) for name in FORWARD for r in f.tasks[name]["Retry"])
+    longest_forward = max(t["TimeoutSeconds"] for n, t in f.tasks.items() if n in FORWARD)
     for name, state in f.tasks.items():
         logical_id = function_of(state)
         timeout, task = f.timeout(logical_id), state["TimeoutSeconds"]
@@ -208,7 +209,8 @@ def render() -> str:
         if name in FORWARD:
             longest_wait = max(max(retry_waits(r)) for r in state["Retry"])
             held = (f"one attempt + the longest wait: {fmt(task)} + {fmt(longest_wait)} = {fmt(task + longest_wait)} "
-                    f"{'<' if task + longest_wait < lease else '≥'} `LeaseSeconds` {fmt(lease)}")
+                    f"{'<' if task + longest_wait < lease / 2 else '≥'} half of `LeaseSeconds` {fmt(lease / 2)} "
+                    f"(what the last step may leave)")
             if name == "ConfirmOrder":
                 held += (f"; from the pivot on, the worst case {fmt(worst)} "
                          f"{'≤' if worst <= pivot_lease else '>'} `PivotLeaseSeconds` {fmt(pivot_lease)}")
@@ -264,10 +266,10 @@ def render() -> str:
     rows += [
         f"| `LeaseSeconds` {fmt(lease)} | | | | | | renewed by a forward step's own write once less than half "
         f"({fmt(lease / 2)} s) is left, to at most `SagaDeadlineSeconds`; so after any forward step at least "
-        f"{fmt(lease / 2)} s are left (less only near the deadline), not {fmt(lease)}: a retry after a whole "
-        f"timed-out attempt and the longest "
-        f"wait (forward: {fmt(max(t['TimeoutSeconds'] for n, t in f.tasks.items() if n in FORWARD))} + "
-        f"{fmt(forward_waits)}) may find the lease expired (`LeaseLost`: the saga compensates) |",
+        f"{fmt(lease / 2)} s are left (less only near the deadline), "
+        f"{'more' if lease / 2 > longest_forward + forward_waits else 'NOT more'} than a whole timed-out attempt and "
+        f"the longest wait (forward: {fmt(longest_forward)} + {fmt(forward_waits)} = "
+        f"{fmt(longest_forward + forward_waits)}): a retry still holds the lease |",
         f"| `PivotLeaseSeconds` {fmt(pivot_lease)} | | | | | | set by ConfirmOrder's stock commit, past "
         f"`SagaDeadlineSeconds` if need be; ConfirmOrder's worst case "
         f"{fmt(worst_case(f.tasks['ConfirmOrder']))} fits in it |",

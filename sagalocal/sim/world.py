@@ -102,7 +102,8 @@ class InjectedBug(BaseException):  # noqa: N818 - an error no Retry lists, after
 
 # before: the call fails before it lands with the error its step retries; crash, timeout, error: it lands and
 # the invocation then dies (Runtime.ExitError), times out (States.Timeout) or raises an error no Retry lists.
-# pause: nothing fails; only the follow-up runs at that point.
+# pause: nothing fails; only the follow-up runs at that point. hang (for named tests, not in KINDS): the call
+# never answers and never lands; the invocation runs to its timeout.
 KINDS = ("before", "crash", "timeout", "error")
 FOLLOW_UPS_AT_POINT = ("reaper", "stop", "resubmit")
 FOLLOW_UPS_AFTER_END = ("resubmit-after-end", "resubmit-after-90-days")
@@ -696,6 +697,11 @@ class World:
         if kind == "before":
             self._follow_up_at_point(invocation, follow_up)
             raise before_error(call)
+        if kind == "hang":
+            self._follow_up_at_point(invocation, follow_up)
+            if invocation is not None:
+                CLOCK.now = max(CLOCK.now, invocation.deadline)
+            raise SandboxTimeout("injected: the call never answered; the invocation timed out before it landed")
         try:
             result = act()
         except Exception:

@@ -11,7 +11,7 @@ import pytest
 
 from sagalocal.sim.explore import PATHS, run_case, seed_of
 from sagalocal.sim.invariants import check
-from sagalocal.sim.world import DAY, NAME_REUSE_DAYS, Fault, Point, World
+from sagalocal.sim.world import CLOCK, DAY, NAME_REUSE_DAYS, Fault, Point, World
 
 
 @functools.cache
@@ -121,6 +121,40 @@ def test_an_error_between_the_commit_and_the_capture_is_finished_forward():
     assert violations == []
     assert (the_order(world)["saga_status"], executions(world)) == ("COMPLETED", ["SUCCEEDED"])
     assert ("SagaCompleted", "RefundPayment") in world.metrics
+
+
+class _LateAndHung:
+    """A World's decider (as a Mix's): the previous step's write lands as late as a step can write without renewing
+    the lease (half of it left, to the millisecond), then the next step's first call hangs until the invocation
+    times out."""
+
+    def __init__(self, late_at: int, hung_at: int) -> None:
+        self.late_at, self.hung_at, self.pending = late_at, hung_at, []
+
+    def decide(self, world: World, point: Point) -> tuple[str, str | None] | None:
+        if point.index == self.late_at:
+            (order,) = world.items("OrdersTable")
+            half = world.lease_seconds() / 2
+            CLOCK.now = max(CLOCK.now, int(order["lease_expires_at"]) / 1000 - half)
+        return ("hang", None) if point.index == self.hung_at else None
+
+
+@pytest.mark.parametrize(("late", "hung"), [
+    (("AuthorizePayment#1", "dynamodb.transact"), ("ConfirmOrder#1", "dynamodb.transact")),
+    (("ReserveInventory#1", "dynamodb.transact"), ("AuthorizePayment#1", "gateway.authorize")),
+])
+def test_a_step_that_times_out_before_its_first_write_is_retried_within_the_lease_the_last_step_left(late, hung):
+    """A forward step renews the lease only once less than half of it is left, so the next step may start with half
+    a lease. Its first attempt may hang to its timeout and wait for its retry: the retry must still hold the lease.
+    With LeaseSeconds 25 it did not (half a lease, 12.5 s, against ConfirmOrder's 14 s timeout and its wait): the
+    retry found the lease expired (LeaseLost) and the saga cancelled a sale that a retry would have made."""
+    decider = _LateAndHung(at("plain", *late), at("plain", *hung))
+    with World(seed=seed_of(f"plain:late-and-hung:{late[0]}"), mix=decider) as world:  # type: ignore[arg-type]
+        world.run(PATHS["plain"])
+        violations = check(world)
+    assert violations == []
+    assert any(line.startswith("hang at") for line in world.log), world.log
+    assert (the_order(world)["saga_status"], executions(world)) == ("COMPLETED", ["SUCCEEDED"])
 
 
 @pytest.mark.parametrize(("path", "attempt", "call"), [

@@ -197,4 +197,6 @@ def test_every_call_fits_its_function_and_every_function_its_task():
                                         "ConfirmOrder")]
     longest_attempt = max(state["TimeoutSeconds"] for state in forward)
     longest_delay = max(r["MaxDelaySeconds"] for state in forward for r in state["Retry"])
-    assert _number("LeaseSeconds") > longest_attempt + longest_delay  # a retried step still holds its lease
+    # A step renews the lease only once less than half is left: the next step may start with half of it, and its
+    # retry after a whole timed-out attempt and the longest wait must still hold it.
+    assert _number("LeaseSeconds") / 2 > longest_attempt + longest_delay
