@@ -1,4 +1,4 @@
-"""Screenshots of the console for the README (make docs), through the browser the browser tests use.
+"""Screenshots of the console for the docs (make docs), through the browser the browser tests use.
 
 Stands up the embedded stack as the browser tests do, places their scenarios, and writes into docs/img/:
   console_executions.png             the executions list

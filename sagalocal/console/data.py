@@ -2,7 +2,7 @@
 
 Nothing here knows sagalocal's internals, so the same console reads the embedded stack, LocalStack or AWS:
 a `Source` is an endpoint (None: AWS itself), a region and the stack's Outputs. The application's tables are
-read with boto3 directly, by the keys the README documents (the console imports nothing from src/).
+read with boto3 directly, by the keys docs/architecture.md documents (the console imports nothing from src/).
 
 Every list call follows nextToken; an execution that has ended never changes, so its description is kept.
 """
@@ -377,10 +377,14 @@ def advise(parked: ParkedMessage, queue: QueueInfo) -> None:
                       "in that order; stop at the first that fails (operations.md §3).")
         advice.append("Check the order, the payment and the reservation (the checks below).")
         advice.append("Delete the message (receive it with a long visibility timeout to get a receipt handle).")
-    elif status in SAGA_UNFINISHED or status == "COMPLETED":
-        advice.append(f"The order is still {status}: ParkSaga's own write did not land, so the reaper compensates it "
-                      "once its lease has expired. Look again after LeaseSeconds plus one ReaperSchedule period "
-                      "before you run anything (operations.md §3, step 2).")
+    elif status == "COMPENSATING":
+        advice.append("The order is COMPENSATING: a redrive began and stopped. Run the compensations again, in order "
+                      "(operations.md §3, step 3), then check.")
+    elif status in SAGA_UNFINISHED or status in ("CONFIRMING", "COMPLETED"):
+        advice.append(f"The order is {status}: ParkSaga marks an order FAILED before it sends this message, so it was "
+                      "acted on since, and it is the reaper's (never compensate a CONFIRMING or COMPLETED order). Look "
+                      "again after LeaseSeconds plus one ReaperSchedule period before you run anything "
+                      "(operations.md §3, step 2).")
     elif all(ok for _, ok in parked.checks):
         advice.append("Already compensated and every check passes: delete the message (operations.md §3, step 5).")
     else:
