@@ -23,6 +23,7 @@ from typing import Any
 
 from sagafaults.dynamodb import PREFIX, cancelled, conflict_reason, encode, error_response
 from sagafaults.rules import request_items
+from sagalocal import motomodels
 from sagalocal.dynamodb import streams
 from sagalocal.dynamodb.capacity import Image, Meter, index_writes, read_units, wire_size, write_units
 from sagalocal.dynamodb.concurrency import Coordinator, Identity
@@ -265,6 +266,7 @@ def install_backend_patches() -> None:
     from moto.dynamodb.models import DynamoDBBackend
 
     DynamoDBBackend.transact_write_items = _transact_write_items  # type: ignore[method-assign]
+    motomodels.stop_tracking_instances()
     streams.install()
     for name in ("put_item", "update_item", "delete_item"):
         setattr(DynamoDBBackend, name, _metered_write(getattr(DynamoDBBackend, name)))

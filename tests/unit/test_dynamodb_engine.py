@@ -473,3 +473,21 @@ def test_an_update_expression_tree_is_copied_whole_and_shares_nothing(expression
     inner_copy = copy.deepcopy(inner)
     assert inner_copy.parent is not None and inner_copy.parent is not clone
     assert type(inner_copy.parent) is type(clone)
+
+
+def test_the_engine_keeps_no_item_it_no_longer_stores():
+    """moto tracks every model object it creates until its mock is reset; the engine's processes and the
+    simulation never reset theirs (sagalocal/motomodels.py): an item replaced or deleted must be garbage."""
+    import gc
+    import weakref
+
+    from moto.dynamodb.models.dynamo_type import DynamoType, Item
+
+    from sagalocal.dynamodb.engine import install_backend_patches
+
+    install_backend_patches()
+    item = Item(DynamoType({"S": "ord_1"}), None, {"order_id": {"S": "ord_1"}, "total": {"N": "5"}})
+    gone = weakref.ref(item)
+    del item
+    gc.collect()
+    assert gone() is None
