@@ -68,6 +68,13 @@ def check(world: World) -> list[str]:
         if new.get("sk") == "RESERVATION" and new.get("status") == "COMMITTED":
             committed_ever.add(str(new["order_id"]))
 
+    # An execution that succeeded confirmed its order (it is named after it): a saga never reports a sale it undid.
+    for execution in world.executions():
+        if execution["status"] == "SUCCEEDED":
+            ended = (orders.get(execution["name"]) or {}).get("saga_status")
+            if ended != "COMPLETED":
+                violations.append(f"the execution succeeded but its order ended {ended}")
+
     for order_id, order in orders.items():
         status = order.get("saga_status")
         mine = payments_of[order_id]
