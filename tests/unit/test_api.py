@@ -251,3 +251,62 @@ def test_a_start_execution_refused_is_503_and_the_retry_starts_the_saga(api, con
     status, body, _ = call(api, context, "POST", "/orders", GOOD, {"Idempotency-Key": "key-throttled"})
     assert status == 202
     assert [e["name"] for e in executions()] == [body["order_id"]]
+
+
+@pytest.mark.parametrize(("case", "body", "headers", "status", "problem"), [
+    ("not JSON content", b"items=1", {"Idempotency-Key": "k", "Content-Type": "text/plain"}, 415, None),
+    ("not UTF-8", b'{"items": "\xff\xfe"}', {"Idempotency-Key": "k", "Content-Type": "application/json"}, 400,
+     "the body is not UTF-8 text"),
+    ("nested too deeply", b"[" * 100_000 + b"]" * 100_000, {"Idempotency-Key": "k"}, 400,
+     "the JSON body is nested too deeply"),
+], ids=["415", "utf-8", "depth"])
+def test_a_body_the_api_cannot_read_is_refused_and_writes_nothing(api, context, aws, case, body, headers, status,
+                                                                   problem):
+    """Bodies that only a raw HTTP client sends (the stack tier's fuzzing sends them too): a clear 4xx, nothing
+    written, no saga started."""
+    tables = scan_all(aws)
+    answered, payload, _ = call(api, context, "POST", "/orders", body, headers)
+    assert answered == status, payload
+    if problem:
+        assert [d["problem"] for d in payload["details"]] == [problem]
+    else:
+        assert "application/json" in payload["error"]
+    assert scan_all(aws) == tables
+    assert executions() == []
+
+
+def test_a_start_execution_whose_answer_was_lost_is_found_by_the_retry(api, context, monkeypatch):
+    """The first request's StartExecution started the saga but its answer never came back (the API answered 503);
+    by the retry the execution has ended, so StartExecution answers ExecutionAlreadyExists (as it does for a closed
+    execution of that name): the retry answers 202 for the execution already there and starts nothing more."""
+    real = api._sfn.start_execution
+
+    def lost(**kwargs):
+        real(**kwargs)
+        raise api._sfn.exceptions.ClientError(
+            {"Error": {"Code": "ServiceUnavailable", "Message": "the answer was lost"}}, "StartExecution")
+
+    def closed(**kwargs):
+        raise api._sfn.exceptions.ExecutionAlreadyExists(
+            {"Error": {"Code": "ExecutionAlreadyExists", "Message": "Execution Already Exists"}}, "StartExecution")
+
+    monkeypatch.setattr(api._sfn, "start_execution", lost)
+    first, _, _ = call(api, context, "POST", "/orders", GOOD, {"Idempotency-Key": "key-lost"})
+    assert first == 503
+    monkeypatch.setattr(api._sfn, "start_execution", closed)
+    status, body, _ = call(api, context, "POST", "/orders", GOOD, {"Idempotency-Key": "key-lost"})
+    assert status == 202, body
+    assert [e["name"] for e in executions()] == [body["order_id"]]
+
+
+def test_a_cancelled_order_shows_the_step_that_failed_in_its_step_log(api, context, aws):
+    """GET /orders/{id}: the failure a compensation recorded appears in the step log, in time order."""
+    _, placed, _ = call(api, context, "POST", "/orders", GOOD, {"Idempotency-Key": "key-failed"})
+    aws.update_item(TableName=os.environ["ORDERS_TABLE"], Key={"order_id": {"S": placed["order_id"]}},
+                    UpdateExpression="SET failure = :f",
+                    ExpressionAttributeValues={":f": {"M": {"step": {"S": "AuthorizePayment"}, "at": {"N": "1"},
+                                                            "error": {"S": "PaymentDeclined"}}}})
+    status, order, _ = call(api, context, "GET", f"/orders/{placed['order_id']}")
+    assert status == 200, order
+    failed = [s for s in order["steps"] if s["status"] == "FAILED"]
+    assert failed == [{"step": "AuthorizePayment", "status": "FAILED", "at": 1, "error": "PaymentDeclined"}]

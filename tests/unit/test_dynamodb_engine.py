@@ -452,7 +452,8 @@ def test_an_update_expression_tree_is_copied_whole_and_shares_nothing(expression
     clone = copy.deepcopy(tree)
 
     def same(a: Any, b: Any, parent_b: Any) -> int:
-        assert type(a) is type(b) and a is not b
+        assert type(a) is type(b)
+        assert a is not b
         assert b.parent is parent_b
         assert set(vars(a)) == set(vars(b))
         for name, value in vars(a).items():
@@ -471,7 +472,8 @@ def test_an_update_expression_tree_is_copied_whole_and_shares_nothing(expression
     assert same(tree, clone, None) > 3
     inner = clone.children[0]  # a node inside a tree copies the tree with it, as the generic copy does
     inner_copy = copy.deepcopy(inner)
-    assert inner_copy.parent is not None and inner_copy.parent is not clone
+    assert inner_copy.parent is not None
+    assert inner_copy.parent is not clone
     assert type(inner_copy.parent) is type(clone)
 
 

@@ -46,3 +46,27 @@ def test_the_sandbox_exits_after_a_handler_that_raised(crash_rule):
     with pytest.raises(Crashed):
         faults.wrap(raises, "CreateOrder", [])({"saga": {}}, None)
     assert crash_rule == [1]
+
+
+@pytest.mark.parametrize("lost_as", ["error", "timeout"])
+def test_a_lost_response_rule_applies_the_write_and_the_client_sees_a_failure(aws, lost_as):
+    """A handler's own DynamoDB client (sagafaults' botocore hook, as a deployed stack's functions run it): the write
+    reaches the table, and its answer is replaced by a 500 or a read timeout, so the caller must retry it."""
+    import os
+
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import ClientError, ReadTimeoutError
+
+    table = os.environ["ORDERS_TABLE"]
+    client = boto3.client("dynamodb", region_name="us-east-1",
+                          config=Config(retries={"max_attempts": 1}, read_timeout=1))
+    injector = faults.Injector("CreateOrder", "rules", rules_client=None)
+    injector.rules = [(Rule(action="dynamodb-response-lost", operation="PutItem", lost_as=lost_as, delay_ms=10,
+                            count=None), False)]
+    injector.hook(client)
+    expected = ClientError if lost_as == "error" else ReadTimeoutError
+    with pytest.raises(expected):
+        client.put_item(TableName=table, Item={"order_id": {"S": "ord_lost"}, "total": {"N": "5"}})
+    assert aws.get_item(TableName=table, Key={"order_id": {"S": "ord_lost"}})["Item"]["total"] == {"N": "5"}
+    assert injector.applied  # the rule was spent and logged

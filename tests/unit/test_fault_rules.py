@@ -44,3 +44,12 @@ def test_single_item_requests_name_their_one_item():
     assert lost.dynamodb_targets("GetItem", [("Orders", "ord_1")]) is None  # a read has no response to lose
     throttle = Rule(action="dynamodb-error", error="ThrottlingException", key="ord_1")
     assert throttle.dynamodb_targets("Query", [("Orders", "")]) is None  # the pattern meets no key
+
+
+def test_a_key_that_is_not_a_regular_expression_is_refused_with_the_reason():
+    import pytest
+
+    from sagafaults.rules import RuleError
+
+    with pytest.raises(RuleError, match="key is not a regular expression"):
+        Rule.from_json({"action": "dynamodb-error", "error": "TransactionConflict", "key": "RESERVATION("})
