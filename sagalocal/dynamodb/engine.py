@@ -320,7 +320,9 @@ def _cache_update_expressions() -> None:
 
     @classmethod  # type: ignore[misc]
     def make(cls: Any, expression_str: str) -> Any:
-        return parse(cls, expression_str)
+        tree = parse(cls, expression_str)
+        tree._sagalocal_text = expression_str  # the key of the checks that depend on the text alone
+        return tree
 
     expressions.UpdateExpressionParser.make = make  # type: ignore[method-assign]
 
@@ -348,6 +350,46 @@ def _cache_update_expressions() -> None:
     traverser.nodes_to_be_processed = nodes_to_be_processed  # type: ignore[method-assign]
     traverser.process = process  # type: ignore[method-assign]
     ast_nodes.Node.__deepcopy__ = _deepcopy_node  # type: ignore[attr-defined]
+    _skip_checks_already_passed()
+
+
+def _skip_checks_already_passed() -> None:
+    """Three of the validator's ten tree walks check the expression alone (how many clauses, overlapping paths,
+    no key attribute updated): given the same expression text, attribute names and table keys they pass or fail
+    alike. Once they passed for a combination, they are not walked again; a combination that failed is checked
+    every time, so it fails every time."""
+    from moto.dynamodb.parsing import validators
+
+    pure = (validators.ActionCountValidator, validators.OverlappingPathsValidator,
+            validators.UpdateHashRangeKeyValidator)
+    passed: set[tuple[Any, ...]] = set()
+    update_validator = validators.UpdateExpressionValidator
+    original_init, original_processors = update_validator.__init__, update_validator.get_ast_processors
+    original_validate = update_validator.validate
+
+    def __init__(self: Any, expression: Any, expression_attribute_names: Any, *args: Any, **kwargs: Any) -> None:
+        text = getattr(expression, "_sagalocal_text", None)
+        table = kwargs.get("table", args[-1] if args else None)
+        self._sagalocal_key = None if text is None or table is None else (
+            text, tuple(sorted((expression_attribute_names or {}).items())), tuple(table.table_key_attrs))
+        original_init(self, expression, expression_attribute_names, *args, **kwargs)
+
+    def get_ast_processors(self: Any) -> list[Any]:
+        processors = original_processors(self)
+        if getattr(self, "_sagalocal_key", None) in passed:
+            return [p for p in processors if not isinstance(p, pure)]
+        return processors  # type: ignore[no-any-return]
+
+    def validate(self: Any) -> Any:
+        result = original_validate(self)
+        key = getattr(self, "_sagalocal_key", None)
+        if key is not None and len(passed) < 4096:
+            passed.add(key)
+        return result
+
+    update_validator.__init__ = __init__  # type: ignore[method-assign]
+    update_validator.get_ast_processors = get_ast_processors  # type: ignore[method-assign]
+    update_validator.validate = validate  # type: ignore[method-assign]
 
 
 _IMMUTABLE = (str, int, float, bool, type(None))

@@ -493,3 +493,22 @@ def test_the_engine_keeps_no_item_it_no_longer_stores():
     del item
     gc.collect()
     assert gone() is None
+
+
+def test_an_update_that_would_change_the_key_is_refused_every_time_even_after_its_text_passed(aws):
+    """The engine skips the expression-only checks for an expression text, names and table keys that passed
+    them before (sagalocal/dynamodb/engine.py): the same text with names that now point at the key is checked
+    again, and refused each time."""
+    import os
+
+    table = os.environ["ORDERS_TABLE"]
+    key = {"order_id": {"S": "ord_key"}}
+    aws.put_item(TableName=table, Item={**key, "note": {"S": "a"}})
+    update = {"TableName": table, "Key": key, "UpdateExpression": "SET #field = :v",
+              "ExpressionAttributeValues": {":v": {"S": "b"}}}
+    for _ in range(2):
+        aws.update_item(**update, ExpressionAttributeNames={"#field": "note"})
+    for _ in range(2):
+        with pytest.raises(ClientError, match="Cannot update attribute order_id"):
+            aws.update_item(**update, ExpressionAttributeNames={"#field": "order_id"})
+    assert aws.get_item(TableName=table, Key=key)["Item"] == {**key, "note": {"S": "b"}}
