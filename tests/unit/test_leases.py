@@ -247,3 +247,13 @@ def test_a_side_effect_is_refused_once_the_saga_is_compensating(aws, handlers, c
         invoke(handlers("reserve_inventory"), context, saga)
     assert stock(aws, "SKU-1") == (10, 0, 0)
     assert reservation(aws) is None
+
+
+def test_a_compensation_without_a_fence_leaves_alone_an_order_another_execution_owns(aws, handlers, context):
+    """An execution whose CreateOrder failed compensates with a state that carries no fence: it takes the order
+    only from nobody or from itself. One that another execution owns is left exactly as it is."""
+    saga = new_saga(aws)
+    invoke(handlers("create_order"), context, saga, execution=EXECUTION + "#2026-01-01T00:00:00Z")  # another one
+    tables = scan_all(aws)
+    invoke(handlers("cancel_order"), context, saga)  # this execution's state: no fence
+    assert scan_all(aws) == tables
