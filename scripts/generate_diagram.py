@@ -14,6 +14,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from scripts.markers import replace_block
+
 ROOT = Path(__file__).resolve().parents[1]
 ASL = ROOT / "statemachine/order_saga.asl.json"
 README = ROOT / "README.md"
@@ -74,10 +76,7 @@ def block() -> str:
 
 
 def readme_with_diagram(text: str) -> str:
-    if START not in text or END not in text:
-        raise SystemExit(f"README.md has no diagram markers ({START} ... {END})")
-    head, rest = text.split(START, 1)
-    return head + block() + rest.split(END, 1)[1]
+    return replace_block(text, START, END, block(), "README.md")
 
 
 if __name__ == "__main__":

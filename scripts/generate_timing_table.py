@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from scripts.markers import replace_block
+
 ROOT = Path(__file__).resolve().parents[1]
 ASL_PATH = ROOT / "statemachine/order_saga.asl.json"
 TEMPLATE_PATH = ROOT / "template.yaml"
@@ -306,10 +308,7 @@ def block() -> str:
 
 
 def doc_with_table(text: str) -> str:
-    if START not in text or END not in text:
-        raise SystemExit(f"docs/timeouts.md has no table markers ({START} ... {END})")
-    head, rest = text.split(START, 1)
-    return head + block() + rest.split(END, 1)[1]
+    return replace_block(text, START, END, block(), "docs/timeouts.md")
 
 
 if __name__ == "__main__":
