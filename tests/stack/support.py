@@ -268,6 +268,33 @@ def start_direct(target: Target, order_id: str, saga: dict[str, Any]) -> str:
         stateMachineArn=target.outputs["StateMachineArn"], name=order_id, input=json.dumps(saga))["executionArn"])
 
 
+def settle_late_authorizations(target: Target, orders: dict[str, int], rounds: int = 4,
+                                pause: float = 3.0) -> set[str]:
+    """Let the reaper void what landed after its saga gave up on it, as its schedule would.
+
+    An authorization can land after the saga gave up on it: a card's iteration of the AuthorizePayments Map still
+    running when another card failed the Map and VoidPayment ran (the Map stops, the Lambda invocation in flight
+    does not), or a gateway call whose answer came too late to record. The late invocation voids it itself when
+    its write is refused; if it cannot (it crashed, it timed out), VoidPayment's reconciliation mark has the
+    reaper's sweep void it (every ReaperSchedule; ReconcileAfterSeconds=1 on the test stacks). So where one of
+    `orders` (order id -> number of payment methods) still shows an authorization at the gateway, wait and run
+    the sweep, up to `rounds` times. Returns the payment ids the sweeps reversed; what they did not void stays,
+    for the caller's invariants to catch."""
+    reversed_: set[str] = set()
+    for _ in range(rounds):
+        dangling = [order_id for order_id, methods in orders.items()
+                    if any((target.ledger(order_id, m) or {}).get("state") == "AUTHORIZED"
+                           for m in range(1, methods + 1))]
+        if not dangling:
+            break
+        time.sleep(pause)  # past ReconcileAfterSeconds, and past the late invocation's own timeout in a few rounds
+        swept = json.loads(target.client("lambda").invoke(
+            FunctionName=target.outputs["ReaperFunctionName"], Payload=b"{}")["Payload"].read())
+        assert "errorType" not in swept, swept
+        reversed_.update(pid for pid, outcome in swept["reconciled"].items() if outcome == "reversed")
+    return reversed_
+
+
 # ---- fault rules (sagafaults, through the fault rules table) ---------------------------------------------------
 class FaultRules:
     """The rules table of a stack deployed with FaultInjection=true: what the handlers' injector reads."""

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from order_saga.models import order_id_for
 from order_saga.promotions import Promotions
 from sagalocal.timeline import paginate
-from tests.stack.support import post_order, wait_all
+from tests.stack.support import post_order, settle_late_authorizations, wait_all
 
 BATCHES, ORDERS_PER_BATCH = 2, 50
 SKUS = 3
@@ -171,23 +171,13 @@ class Batch:
         return placed
 
     def reconcile(self, placed: list[dict]) -> None:
-        """An authorization can land after its saga gave up on it: a card's iteration of the AuthorizePayments
-        Map still running when another card failed the Map and VoidPayment ran (the Map stops, the Lambda
-        invocation in flight does not), or a gateway call whose answer came too late to record. VoidPayment marks
-        such a payment for reconciliation, and the reaper's sweep voids it at the gateway (every ReaperSchedule;
-        ReconcileAfterSeconds=1 on the test stacks). So where a cancelled order still shows an authorization, run
-        the sweep as its schedule would, and read again; what it does not void stays, and fails the invariants."""
-        for _ in range(4):
-            dangling = [p for p in placed if p["order"]["saga_status"] != "COMPLETED"
-                        and any((ledger or {}).get("state") == "AUTHORIZED" for ledger in p["ledgers"])]
-            if not dangling:
-                return
-            time.sleep(3)  # past ReconcileAfterSeconds, and past the late invocation's own timeout in a few rounds
-            swept = json.loads(self.target.client("lambda").invoke(
-                FunctionName=self.target.outputs["ReaperFunctionName"], Payload=b"{}")["Payload"].read())
-            assert "errorType" not in swept, swept
-            RECONCILED.update(pid for pid, outcome in swept["reconciled"].items() if outcome == "reversed")
-            for p in dangling:
+        """Where a cancelled order still shows an authorization (one that landed after its saga gave up on it),
+        run the reaper's sweep as its schedule would (support.settle_late_authorizations), and read again."""
+        cancelled = {p["order_id"]: p["spec"]["methods"] for p in placed
+                     if (p["order"] or {}).get("saga_status") != "COMPLETED"}
+        RECONCILED.update(settle_late_authorizations(self.target, cancelled))
+        for p in placed:
+            if p["order_id"] in cancelled:
                 methods = range(1, p["spec"]["methods"] + 1)
                 p["payments"] = [self.target.payment(p["order_id"], m) for m in methods]
                 p["ledgers"] = [self.target.ledger(p["order_id"], m) for m in methods]
