@@ -3,6 +3,7 @@
   python -m sagalocal up        stand the stack up and serve until Ctrl-C
   python -m sagalocal invoke F -e EVENT   what `sam local invoke` does, without Docker
   python -m sagalocal history EXECUTION   an execution's timeline (ARN or execution name)
+  python -m sagalocal redrive EXECUTION   RedriveExecution, wait for its end, print its timeline
   python -m sagalocal trigger F           run a scheduled function now, with EventBridge's event
   python -m sagalocal console --endpoint URL --stack-outputs FILE   the web console for any running stack
 
@@ -209,22 +210,47 @@ def _endpoint(args: argparse.Namespace) -> str:
                      "or pass --endpoint")
 
 
-def cmd_history(args: argparse.Namespace) -> int:
-    from sagalocal.timeline import format_timeline, history, paginate
+def _execution_arn(sfn: Any, name_or_arn: str) -> str:
+    """An execution's ARN from its ARN or its name (looked up on every state machine of the stack)."""
+    from sagalocal.timeline import paginate
+
+    if name_or_arn.startswith("arn:"):
+        return name_or_arn
+    for machine in paginate(sfn.list_state_machines, "stateMachines"):
+        candidate = machine["stateMachineArn"].replace(":stateMachine:", ":execution:") + ":" + name_or_arn
+        try:
+            sfn.describe_execution(executionArn=candidate)
+            return str(candidate)
+        except sfn.exceptions.ExecutionDoesNotExist:
+            continue
+    raise UsageError(f"no execution named {name_or_arn!r} on any state machine")
+
+
+def cmd_redrive(args: argparse.Namespace) -> int:
+    """RedriveExecution (a failed, aborted or timed-out execution resumes at the state that did not succeed), then
+    wait for the execution to end and print its timeline. Exit status 0 if it then succeeded."""
+    from sagalocal.timeline import format_timeline, history
 
     sfn = _client("stepfunctions", _endpoint(args), args.region)
-    arn = args.execution
-    if not arn.startswith("arn:"):
-        for machine in paginate(sfn.list_state_machines, "stateMachines"):
-            candidate = machine["stateMachineArn"].replace(":stateMachine:", ":execution:") + ":" + arn
-            try:
-                sfn.describe_execution(executionArn=candidate)
-                arn = candidate
-                break
-            except sfn.exceptions.ExecutionDoesNotExist:
-                continue
-        else:
-            raise UsageError(f"no execution named {args.execution!r} on any state machine")
+    arn = _execution_arn(sfn, args.execution)
+    try:
+        sfn.redrive_execution(executionArn=arn)
+    except sfn.exceptions.ExecutionNotRedrivable as exc:
+        raise UsageError(f"{arn} cannot be redriven: {exc.response['Error'].get('Message')}") from exc
+    deadline = time.monotonic() + args.timeout
+    while (described := sfn.describe_execution(executionArn=arn))["status"] == "RUNNING":
+        if time.monotonic() > deadline:
+            raise UsageError(f"{arn} still RUNNING after {args.timeout:g} s")
+        time.sleep(0.5)
+    print(format_timeline(described, history(sfn, arn)))
+    return 0 if described["status"] == "SUCCEEDED" else 1
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from sagalocal.timeline import format_timeline, history
+
+    sfn = _client("stepfunctions", _endpoint(args), args.region)
+    arn = _execution_arn(sfn, args.execution)
     print(format_timeline(sfn.describe_execution(executionArn=arn), history(sfn, arn)))
     return 0
 
@@ -346,6 +372,13 @@ def build_parser() -> argparse.ArgumentParser:
     hist.add_argument("--endpoint", help="AWS endpoint (default: the running `up` stack)")
     hist.add_argument("--region", default="us-east-1")
     hist.set_defaults(func=cmd_history)
+
+    redrive = sub.add_parser("redrive", help="redrive a failed execution, wait for its end, print its timeline")
+    redrive.add_argument("execution", help="execution ARN or name (a parked saga's order id)")
+    redrive.add_argument("--endpoint", help="AWS endpoint (default: the running `up` stack)")
+    redrive.add_argument("--region", default="us-east-1")
+    redrive.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for its end (default 600)")
+    redrive.set_defaults(func=cmd_redrive)
 
     trigger = sub.add_parser("trigger", help="run a scheduled function now, on a running stack")
     trigger.add_argument("function", help="logical id (e.g. ReaperFunction)")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sagalocal.awslambda.runtime import FunctionSpec
+from sagalocal.eventbridge import rule_of_function_event
 from sagalocal.iam import Principal, Statement, statements_of
 from sagalocal.template import Template, TemplateError
 
@@ -345,6 +346,13 @@ class Provisioner:
             kind, event_props = event.get("Type"), event.get("Properties") or {}
             if kind in ("Schedule", "ScheduleV2"):
                 self.out.schedules.append(Schedule.parse(logical_id, event_name, event_props))
+            elif kind == "EventBridgeRule":
+                wiring = rule_of_function_event(arn, event_name, event_props)
+                events, rule_name = self.client("events"), self.physical_name(f"{logical_id}{event_name}", 64)
+                events.put_rule(Name=rule_name, **wiring["rule"])
+                events.put_targets(Rule=rule_name, EventBusName=wiring["rule"].get("EventBusName", "default"),
+                                   Targets=[wiring["target"]])
+                self.out.rules.append({"name": rule_name, "function": logical_id, **event_props})
             elif kind == "DynamoDB":
                 stream = str(event_props.get("Stream", ""))
                 if "/stream/" not in stream:

@@ -26,7 +26,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from sagalocal import metrics, motomodels, sqs, stepfunctions
+from sagalocal import eventbridge, metrics, motomodels, sqs, stepfunctions
 from sagalocal.apigateway import AccessLog, TokenBucket, serve_api
 from sagalocal.awslambda.eventsources import StreamMapping
 from sagalocal.awslambda.service import LambdaService
@@ -219,6 +219,7 @@ class LocalStack:
 
         LambdaSimpleBackend.invoke = invoke  # type: ignore[method-assign]  # moto's no-Docker Lambda seam
         stepfunctions.install(self.lambdas)
+        eventbridge.install(self.lambdas, self.template.account, self.region)
         sqs.install()
         motomodels.stop_tracking_instances()
         assert self.dynamodb is not None

@@ -29,6 +29,12 @@ What this module changes in moto's interpreter, each for a reason:
 9. `$$.Execution.StartTime` is an ISO 8601 string, as on AWS. moto puts a datetime object in the context
    object, which no intrinsic function can format (States.Format failed with "Object of type datetime is
    not JSON serializable"). The saga's tasks get their execution's identity from it: `<ARN>#<StartTime>`.
+10. An execution's end is a "Step Functions Execution Status Change" event, as AWS sends one to the account's
+   default EventBridge bus for every status change of a Standard execution. Here only the ends (SUCCEEDED,
+   FAILED, TIMED_OUT, ABORTED; AWS also sends RUNNING at a start and at a redrive), with the detail AWS
+   documents (executionArn, stateMachineArn, name, status, startDate and stopDate in epoch milliseconds, input,
+   output). `ENDED` holds who hears them: the embedded stack's EventBridge (sagalocal/eventbridge.py), or the
+   simulation. The saga parks a saga on its execution's failure this way (functions/park_saga).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import copy
 import datetime
 import functools
 import importlib
+import json
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -54,6 +61,7 @@ def _utcnow() -> datetime.datetime:
 
 
 NOW: Callable[[], datetime.datetime] = _utcnow  # set on the task's frame: () -> seconds the sandbox waited for a CPU
+ENDED: list[Callable[[dict[str, Any]], None]] = []  # who hears an execution's end: its status change event
 
 
 def install(lambda_service: Any) -> None:
@@ -242,6 +250,10 @@ def _announce_ends() -> None:
     def terminated(self: Any) -> None:
         original(self)
         _event_for(str(self.execution.exec_arn)).set()
+        if ENDED:
+            event = status_change_event(self.execution)
+            for listener in list(ENDED):
+                listener(event)
 
     BaseExecutionWorkerCommunication.terminated = terminated  # type: ignore[method-assign]
 
@@ -254,6 +266,25 @@ def _event_for(arn: str) -> threading.Event:
                     del _ended[old]
             _ended[arn] = threading.Event()
         return _ended[arn]
+
+
+def status_change_event(execution: Any) -> dict[str, Any]:
+    """The EventBridge event AWS sends for an execution's current status (PutEvents' entry form)."""
+
+    def ms(when: Any) -> int | None:
+        return int(when.timestamp() * 1000) if isinstance(when, datetime.datetime) else None
+
+    output = execution.output
+    detail = {
+        "executionArn": str(execution.exec_arn), "stateMachineArn": str(execution.state_machine_arn),
+        "name": execution.name, "status": str(getattr(execution.exec_status, "value", execution.exec_status)),
+        "startDate": ms(execution.start_date), "stopDate": ms(execution.stop_date),
+        "input": json.dumps(execution.input_data), "inputDetails": {"included": True},
+        "output": None if output is None else json.dumps(output),
+        "outputDetails": None if output is None else {"included": True},
+    }
+    return {"Source": "aws.states", "DetailType": "Step Functions Execution Status Change",
+            "Resources": [str(execution.exec_arn)], "Detail": json.dumps(detail)}
 
 
 def wait_for(arn: str, timeout: float) -> bool:

@@ -1,9 +1,17 @@
-"""ParkSaga: a compensation spent its retry budget. Park the saga state for an operator.
+"""ParkSaga: an execution of the saga failed with its order unfinished. Park the saga for an operator.
 
-The order is marked FAILED (fenced: only by the execution that still owns it), then the state goes to the
-parked-sagas queue (which has a dead-letter queue) and the SagaParked metric feeds an alarm.
-docs/operations.md says how to finish a parked saga. The state carries no card token (it never does); the
-message names the failures by error only. `execution_id` is the execution's identity, `<ARN>#<start time>`.
+Run by EventBridge on Step Functions' "Execution Status Change" events (status FAILED, this state machine only:
+see the rule in template.yaml), not by the state machine: a compensation that spends its retries fails the
+execution at that very state, so that RedriveExecution resumes the rollback there once the cause is fixed
+(docs/operations.md). Every FAILED execution comes here, most of them finished sagas (SagaCompensated, an
+OrderLocked refusal): the conditional write below tells them apart. It parks only an order that this execution
+still owns (owner `<ARN>#<start time>`) and that is unfinished: PENDING, EXECUTING or COMPENSATING (one read
+tells; the write is conditional on the same). Not an order the reaper took over (it finishes it), nor one past the
+pivot, completed, compensated or parked already.
+
+Parking: the order is FAILED and out of the reaper's index (so the reaper does not fight the operator), one
+message goes to the parked-sagas FIFO queue (deduplicated on the execution and its redrive count), and the
+SagaParked metric feeds the alarm. The message carries no card token.
 """
 
 from __future__ import annotations
@@ -11,35 +19,61 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from typing import Any
+
+from aws_lambda_powertools.utilities.parser import parse
+from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
+from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from order_saga.config import Timing
 from order_saga.dynamo import now_ms
-from order_saga.models import SagaState
+from order_saga.models import ExecutionStatusChange
 from order_saga.orders import Orders
-from order_saga.step import aws_client, count, dynamodb_store, logger, saga_step
+from order_saga.step import aws_client, count, dynamodb_store, lambda_function, logger
 
 store = dynamodb_store()
 orders = Orders(store, os.environ["ORDERS_TABLE"], Timing.from_env())
 _sqs = aws_client("sqs")
+_sfn = aws_client("stepfunctions")
 QUEUE_URL = os.environ["PARKED_SAGAS_QUEUE_URL"]
 
 
-@saga_step("ParkSaga", store)
-def lambda_handler(saga: SagaState, execution_id: str) -> SagaState:
-    failed = ", ".join(f"{step}: {f.error}" for step, f in saga.failures.items())
-    if not orders.park(saga, execution_id, failed, now_ms()):
-        # Not this execution's to park: the reaper took the order over (it finishes it), or the order is past
-        # the pivot or finished. Nothing for an operator.
-        logger.warning("not parked: the order is no longer this execution's", extra={"failures": failed})
-        return saga
+class ExecutionFailed(EventBridgeModel):
+    detail: ExecutionStatusChange
+
+
+def _order_id_of(event: Any) -> str | None:
+    detail = event.get("detail") if isinstance(event, dict) else None
+    return ExecutionStatusChange.model_validate(detail).order_id() if isinstance(detail, dict) else None
+
+
+@lambda_function("ParkSaga", store, _order_id_of)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    change = parse(event=event, model=ExecutionFailed).detail
+    order_id = change.order_id()
+    logger.append_keys(order_id=order_id, execution_arn=change.execution_arn, step="ParkSaga")
+    if order_id is None:
+        logger.warning("not parked: the execution's input names no order")
+        return {"parked": False}
+    if not orders.parkable(orders.get(order_id), change.owner(), change.execution_arn):
+        # A finished saga (compensated, refused, completed), or one the reaper took over: nothing for an operator.
+        return {"parked": False}
+    # Only for a saga to park (rare): DescribeExecution has a low API quota, and most failed executions are not.
+    described = _sfn.describe_execution(executionArn=change.execution_arn)
+    error, cause = str(described.get("error") or "unknown"), str(described.get("cause") or "")
+    if not orders.park(order_id, change.owner(), change.execution_arn, error, now_ms()):
+        return {"parked": False}  # changed meanwhile (the reaper took it over, or a retry of this event parked it)
+    redrives = int(described.get("redriveCount") or 0)
     _sqs.send_message(
         QueueUrl=QUEUE_URL,
-        MessageBody=json.dumps({"execution_id": execution_id, "saga": saga.dump()}),
-        MessageAttributes={"order_id": {"DataType": "String", "StringValue": saga.order_id}},
-        # A FIFO queue: a retried ParkSaga within five minutes does not park the saga twice.
-        MessageGroupId=saga.order_id,
-        MessageDeduplicationId=hashlib.sha256(execution_id.encode()).hexdigest(),
+        MessageBody=json.dumps({"order_id": order_id, "execution_arn": change.execution_arn, "error": error,
+                                "cause": cause[:2000], "redrive_count": redrives}),
+        MessageAttributes={"order_id": {"DataType": "String", "StringValue": order_id}},
+        # A FIFO queue: EventBridge's or Lambda's retry of this event within five minutes does not park it twice;
+        # a redriven execution that fails again is a new message.
+        MessageGroupId=order_id,
+        MessageDeduplicationId=hashlib.sha256(f"{change.owner()}#{redrives}".encode()).hexdigest(),
     )
     count("SagaParked", "ParkSaga")
-    logger.error("saga parked: compensation failed", extra={"failures": failed})
-    return saga
+    logger.error("saga parked: a compensation spent its retries", extra={"error": error})
+    return {"parked": True}

@@ -5,7 +5,8 @@ effects: every DynamoDB write and every gateway call, in order, whoever makes it
 compensation, the reaper). Then, at each of them, each fault kind (sagalocal.sim.world.KINDS), each combined
 with each follow-up (none; the lease expiring and the reaper taking over; StopExecution; the client resubmitting
 while the saga runs, after it ended, after its execution name was freed), and a pause (no fault) with each
-follow-up at that point. Every case is a fresh world seeded from its name, so it replays exactly:
+follow-up at that point; then the parking cases (an outage there, fixed and redriven at the end; a late redrive
+after a takeover: world.PARKING_CASES). Every case is a fresh world seeded from its name, so it replays exactly:
 
   python -m sagalocal.sim.explore                 # every case of every path; the counterexamples
   python -m sagalocal.sim.explore --path plain    # one path
@@ -24,7 +25,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sagalocal.sim.invariants import check
-from sagalocal.sim.world import FOLLOW_UPS_AFTER_END, FOLLOW_UPS_AT_POINT, KINDS, Fault, Mix, Order, Point, World
+from sagalocal.sim.world import (
+    FOLLOW_UPS_AFTER_END,
+    FOLLOW_UPS_AT_POINT,
+    KINDS,
+    PARKING_CASES,
+    Fault,
+    Mix,
+    Order,
+    Point,
+    World,
+)
 
 PATHS: dict[str, Order] = {
     "plain": Order([{"sku": "SKU-1", "quantity": 2}], ["tok_approve"]),
@@ -125,6 +136,9 @@ def cases(path: str, points: list[Point]) -> Iterator[Fault]:
                 yield Fault(point.index, kind, follow_up)
         for follow_up in at_point:
             yield Fault(point.index, "pause", follow_up)
+        for kind, follow_up in PARKING_CASES:
+            if follow_up != "stop+redrive" or "stop" in at_point:
+                yield Fault(point.index, kind, follow_up)
 
 
 def parse_case(text: str) -> tuple[str, Fault | None]:
@@ -177,7 +191,12 @@ each one it injects each fault (it fails before it lands with a retried error; i
 crashes; it lands and the task times out; it lands and an error no Retry lists follows), each with each
 follow-up (none; the lease expires and the reaper takes over; StopExecution; the client resubmits while the
 saga runs, after it ended, and after Step Functions freed its execution name), and a pause with each
-follow-up at that point. After every case it checks the invariants (sagalocal/sim/invariants.py).
+follow-up at that point. And the parking cases: an outage of the dependency at that point (every later call of
+that function fails too, so its retries run out; a compensation's fails the execution, which parks the saga),
+alone or with the reaper taking over there, after which the operator fixes the cause and redrives the parked
+execution (docs/operations.md); and the reaper (or a StopExecution) at that point followed, at the end, by a
+redrive of every execution that can be redriven, which must change nothing. After every case it checks the
+invariants (sagalocal/sim/invariants.py).
 
 **{sum(per_path.values()):,} cases** in all, every one replayable by its name
 (`python -m sagalocal.sim.explore --case plain:crash@5+reaper`):

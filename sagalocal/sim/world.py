@@ -107,6 +107,14 @@ class InjectedBug(BaseException):  # noqa: N818 - an error no Retry lists, after
 KINDS = ("before", "crash", "timeout", "error")
 FOLLOW_UPS_AT_POINT = ("reaper", "stop", "resubmit")
 FOLLOW_UPS_AFTER_END = ("resubmit-after-end", "resubmit-after-90-days")
+# outage: the call fails before it lands, and so does every later call of the same function (the dependency is
+# down for it) until an operator fixes the cause: its retries run out, and a compensation's fails the execution,
+# which parks the saga. At the end the operator follows docs/operations.md: fix the cause, redrive every parked
+# execution, check. The +redrive follow-ups: the reaper takes over (or a StopExecution stops the execution) at
+# the point, and at the end an operator redrives every execution that can be redriven, late and needlessly: it
+# must change nothing.
+OUTAGE = "outage"
+PARKING_CASES = ((OUTAGE, None), (OUTAGE, "reaper"), ("pause", "reaper+redrive"), ("pause", "stop+redrive"))
 
 
 @dataclass(frozen=True)
@@ -455,6 +463,8 @@ def _install_patches() -> None:
 
     install_backend_patches()
     local_sfn.install(SimLambda())
+    # An execution's end is an EventBridge event (its status change): the running world delivers it (deliver_events).
+    local_sfn.ENDED.append(lambda event: _current().events.append(event) if _ACTIVE else None)
     original_count = order_saga.step.count
     order_saga.step.count = lambda name, step, value=1, unit=None: (  # type: ignore[assignment]
         _current().metrics.append((name, step)) if _ACTIVE else original_count(name, step, value, unit))
@@ -641,6 +651,8 @@ class World:
         self.fired = False
         self.log: list[str] = []  # what happened, for a counterexample's report
         self.responses: list[tuple[int, dict[str, Any]]] = []
+        self.events: list[dict[str, Any]] = []  # execution status changes, not yet delivered by EventBridge
+        self.outage: str | None = None  # the function whose every call fails (an outage), until fixed
 
     # -- set-up and tear-down ---------------------------------------------------------------------------------
     def __enter__(self) -> World:
@@ -688,6 +700,8 @@ class World:
         point = Point(len(self.points), invocation.function if invocation else "world",
                       invocation.label if invocation else "world", call)
         self.points.append(point)
+        if self.outage is not None and invocation is not None and invocation.function == self.outage:
+            raise before_error(call)  # the outage goes on: nothing lands
         decision = self._decide(point)
         if decision is None:
             return act()
@@ -695,6 +709,10 @@ class World:
         if kind != "pause" or follow_up:
             self.log.append(f"{kind}{'+' + follow_up if follow_up else ''} at {point}")
         if kind == "before":
+            self._follow_up_at_point(invocation, follow_up)
+            raise before_error(call)
+        if kind == OUTAGE:
+            self.outage = point.function
             self._follow_up_at_point(invocation, follow_up)
             raise before_error(call)
         if kind == "hang":
@@ -732,6 +750,7 @@ class World:
             raise SandboxTimeout("the follow-up outlasted this invocation's time: it timed out meanwhile")
 
     def _follow_up_at_point(self, invocation: Invocation | None, follow_up: str | None) -> None:
+        follow_up = (follow_up or "").removesuffix("+redrive") or None
         if follow_up == "reaper":
             leases = [int(o["lease_expires_at"]) for o in self.items("OrdersTable") if "active" in o]
             CLOCK.now = max([CLOCK.now, *(ms / 1000 + 1 for ms in leases)])
@@ -835,6 +854,41 @@ class World:
         self.responses.append((status, answer))
         return status, answer
 
+    def redrive(self, parked_only: bool) -> None:
+        """RedriveExecution of every execution that can be redriven (FAILED, ABORTED, TIMED_OUT), or only of those
+        whose order is parked (FAILED): the operator's command (`python -m sagalocal redrive`)."""
+        parked = {str(o["order_id"]) for o in self.items("OrdersTable") if o.get("saga_status") == "FAILED"}
+        for execution in self.executions():
+            if execution["status"] not in ("FAILED", "ABORTED", "TIMED_OUT"):
+                continue
+            if parked_only and execution["name"] not in parked:
+                continue
+            self.stack.sfn.redrive_execution(executionArn=execution["executionArn"])
+            described = self.stack.sfn.describe_execution(executionArn=execution["executionArn"])
+            self.log.append(f"redrove {execution['name'][:12]}: {described['status']}"
+                            + (f" {described.get('error')}" if described.get("error") else ""))
+
+    def deliver_events(self) -> None:
+        """EventBridge delivers the execution status changes that ParkSaga's rule matches (template.yaml: FAILED,
+        this state machine) to ParkSaga, asynchronously: here when the world goes on after a saga, before the next
+        sweep of the reaper (on AWS within seconds; the reaper waits for a lease to expire). Lambda retries a failed
+        asynchronous invocation twice."""
+        while self.events:
+            entry = self.events.pop(0)
+            detail = json.loads(entry["Detail"])
+            if detail["status"] != "FAILED" or detail["stateMachineArn"] != self.stack.state_machine_arn:
+                continue
+            event = {"version": "0", "id": str(uuid.UUID(int=self.rng.getrandbits(128))),
+                     "detail-type": entry["DetailType"], "source": entry["Source"], "account": ACCOUNT,
+                     "time": _VirtualDatetime.now(datetime.UTC).isoformat(), "region": REGION,
+                     "resources": entry["Resources"], "detail": detail}
+            for _ in range(3):
+                ok, result = self.invoke_plain("ParkSagaFunction", event)
+                self.log.append(f"ParkSaga {detail['name'][:12]}: {json.dumps(result) if ok else 'died: ' + result}")
+                if ok:
+                    break
+                CLOCK.sleep(60)
+
     def run_reaper(self) -> dict[str, Any] | None:
         for _ in range(3):  # the schedule invokes it again a minute later when an invocation dies
             ok, result = self.invoke_plain("ReaperFunction", {"source": "aws.events"})
@@ -852,6 +906,7 @@ class World:
                       float(self.stack.parameters["ReconcileAfterSeconds"]),
                       float(self.stack.parameters["SagaDeadlineSeconds"])) + 1
         for _ in range(sweeps):
+            self.deliver_events()
             CLOCK.sleep(horizon)
             result = self.run_reaper()
             if result is not None and not any(result.values()):
@@ -877,6 +932,15 @@ class World:
             self.log.append("91 days later (the execution name is free again), the client resubmits")
             self.post(order)
         self.settle()
+        if self.fault is not None and self.fault.kind == OUTAGE:
+            self.outage = None
+            self.log.append("the operator fixes the cause and redrives the parked sagas (docs/operations.md)")
+            self.redrive(parked_only=True)
+            self.settle()
+        elif follow_up is not None and follow_up.endswith("+redrive"):
+            self.log.append("an operator redrives every execution that can be redriven")
+            self.redrive(parked_only=False)
+            self.settle()
         for execution in self.executions():
             described = self.stack.sfn.describe_execution(executionArn=execution["executionArn"])
             self.log.append(f"execution started {described['startDate'].isoformat()}: {described['status']}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 from typing import Annotated
@@ -193,3 +194,30 @@ class ProblemBody(BaseModel):
     details: list[dict[str, str]] | None = None
     unknown_skus: list[str] | None = None
     coupon: str | None = None
+
+
+class ExecutionStatusChange(BaseModel):
+    """The detail of Step Functions' "Step Functions Execution Status Change" event on EventBridge (the fields
+    ParkSaga reads; `startDate` in epoch milliseconds, `input` the execution's input as text)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    execution_arn: str = Field(alias="executionArn")
+    state_machine_arn: str = Field(alias="stateMachineArn")
+    status: str
+    start_date: int = Field(alias="startDate")
+    input: str | None = None
+
+    def owner(self) -> str:
+        """The execution's identity as its tasks write it: `<ARN>#<$$.Execution.StartTime>` (ISO 8601, ms, UTC).
+        A redrive keeps the execution's ARN and start time, so a redriven execution is the same owner."""
+        started = datetime.datetime.fromtimestamp(self.start_date / 1000, datetime.UTC)
+        return f"{self.execution_arn}#{started.isoformat(timespec='milliseconds').replace('+00:00', 'Z')}"
+
+    def order_id(self) -> str | None:
+        try:
+            data = json.loads(self.input or "{}")
+        except ValueError:
+            return None
+        order_id = data.get("order_id") if isinstance(data, dict) else None
+        return order_id if isinstance(order_id, str) else None

@@ -35,9 +35,9 @@ STEP_ORDER = (
     "AuthorizePayment.3", "ConfirmOrder", "Reaper", "RefundPayment", "VoidPayment", "ReleaseCoupon",
     "ReleaseInventory", "CancelOrder", "ParkSaga",
 )
-# A compensation may act while the saga is in any of these (FAILED: an operator redrives a parked saga). Never on
-# an order past the pivot (CONFIRMING: it only goes forward) nor on a COMPLETED one (final for every execution
-# and for the reaper; refunding a delivered order is a separate operation, never a compensation).
+# A compensation may act while the saga is in any of these (FAILED: its own execution, redriven, finishes a
+# parked saga). Never on an order past the pivot (CONFIRMING: it only goes forward) nor on a COMPLETED one (final
+# for every execution and for the reaper; refunding a delivered order is a separate operation, never a compensation).
 COMPENSABLE = (models.PENDING, models.EXECUTING, models.COMPENSATING, models.FAILED)
 # The order is owned and on its way: a second execution is refused (OrderLocked).
 UNDERWAY = (models.EXECUTING, models.CONFIRMING, models.COMPLETED)
@@ -202,15 +202,26 @@ class Orders:
         """A compensation's first write, before it undoes anything (a gateway call included): the order is this
         lease's and compensable, and from now on COMPENSATING, so that no late step of the same execution (a
         ConfirmOrder still running after its task timed out) can land afterwards: the pivot needs EXECUTING.
+        A parked order (FAILED) is claimed back by its own execution, redriven: back in the reaper's index under
+        a fresh lease, so that a redriven execution that dies again is taken over like any other.
         False: not ours, or not compensable (past the pivot, finished)."""
-        statuses = _compensable_values()
+        running = {f"s{i}": status for i, status in enumerate(COMPENSABLE) if status != models.FAILED}
+        if self.store.update(
+                TableName=self.table, Key=self.key(lease.order_id),
+                UpdateExpression="SET saga_status = :compensating",
+                ConditionExpression=(f"lease_owner = :owner AND fence = :fence AND saga_status IN "
+                                     f"({', '.join(':' + k for k in running)})"),
+                ExpressionAttributeValues=values(compensating=models.COMPENSATING, owner=lease.owner,
+                                                 fence=lease.fence, **running)).ok:
+            return True
         return self.store.update(
             TableName=self.table, Key=self.key(lease.order_id),
-            UpdateExpression="SET saga_status = :compensating",
-            ConditionExpression=(f"lease_owner = :owner AND fence = :fence AND saga_status IN "
-                                 f"({', '.join(':' + k for k in statuses)})"),
+            UpdateExpression=("SET saga_status = :compensating, active = :shard, lease_expires_at = :expires, "
+                              "redriven_at = :now, updated_at = :now"),
+            ConditionExpression="lease_owner = :owner AND fence = :fence AND saga_status = :failed",
             ExpressionAttributeValues=values(compensating=models.COMPENSATING, owner=lease.owner, fence=lease.fence,
-                                             **statuses)).ok
+                                             failed=models.FAILED, shard=self.timing.shard(lease.order_id),
+                                             now=now, expires=now + self.timing.lease_ms)).ok
 
     @staticmethod
     def holds(order: dict[str, Any] | None, lease: Lease) -> bool:
@@ -288,21 +299,33 @@ class Orders:
         }}
 
 
-    def park(self, saga: models.SagaState, owner: str, error: str, now: int) -> bool:
-        """ParkSaga: the compensation budget is spent; FAILED (out of the reaper's index) until an operator
-        finishes it. Fenced like every write: only the execution that owns the order parks it (an order the reaper
-        took over, or one past the pivot or finished, is not parked). False: not ours to park."""
-        ownership = ("lease_owner = :owner AND fence = :fence" if saga.fence is not None
-                     else "(attribute_not_exists(lease_owner) OR lease_owner = :owner)")
-        statuses = _compensable_values()
+    PARKABLE = (models.PENDING, models.EXECUTING, models.COMPENSATING)
+
+    @classmethod
+    def parkable(cls, order: dict[str, Any] | None, owner: str, execution_arn: str) -> bool:
+        """The order is unfinished and the execution `owner` still owns it (or, never leased, it was created for
+        that execution): what `park` checks, read first."""
+        if not order or order.get("saga_status") not in cls.PARKABLE:
+            return False
+        if "lease_owner" in order:
+            return bool(order["lease_owner"] == owner)
+        return bool(order.get("execution_arn") == execution_arn)
+
+    def park(self, order_id: str, owner: str, execution_arn: str, error: str, now: int) -> bool:
+        """ParkSaga: the execution `owner` failed with its order unfinished (a compensation spent its retries); the
+        order is FAILED and out of the reaper's index until an operator redrives the execution. Only an order this
+        execution still owns (or, never leased, was created for it) and unfinished: not one the reaper took over,
+        nor one past the pivot, finished, or parked already. False: nothing to park."""
+        statuses = {f"s{i}": status for i, status in enumerate(self.PARKABLE)}
         return self.store.update(
-            TableName=self.table, Key=self.key(saga.order_id),
-            UpdateExpression="SET saga_status = :failed, parked_error = :error, steps.ParkSaga = :entry, "
-                             "updated_at = :now REMOVE active",
-            ConditionExpression=f"{ownership} AND saga_status IN ({', '.join(':' + k for k in statuses)})",
+            TableName=self.table, Key=self.key(order_id),
+            UpdateExpression=("SET saga_status = :failed, parked_error = :error, steps.ParkSaga = :entry, "
+                              "updated_at = :now REMOVE active"),
+            ConditionExpression=("(lease_owner = :owner OR (attribute_not_exists(lease_owner) "
+                                 "AND execution_arn = :arn)) AND saga_status IN (:s0, :s1, :s2)"),
             ExpressionAttributeValues=values(failed=models.FAILED, error=error[:1000], now=now, owner=owner,
-                                             entry={"status": SUCCEEDED, "at": now}, **statuses,
-                                             **({"fence": saga.fence} if saga.fence is not None else {}))).ok
+                                             arn=execution_arn, entry={"status": SUCCEEDED, "at": now},
+                                             **statuses)).ok
 
     # ---- the reaper ---------------------------------------------------------------------------------------
     def abandoned(self, now: int) -> list[dict[str, Any]]:

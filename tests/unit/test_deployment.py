@@ -21,6 +21,7 @@ FAULTY = Template(ROOT / "template.yaml", parameter_overrides={"FaultInjection":
 # What the code may call: the data-plane actions it uses, on its own tables, indexes, queue and state machine.
 CALLABLE = {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:ConditionCheckItem",
             "dynamodb:BatchGetItem", "dynamodb:Query", "states:StartExecution", "states:StopExecution",
+            "states:DescribeExecution",
             "sqs:SendMessage", "events:PutEvents"}
 # A function with its own role (PublishOutcome) also needs what Lambda does on its behalf: read its stream (the
 # event source mapping), and write its logs (SAM adds these only to the roles it makes).

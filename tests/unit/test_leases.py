@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
+import json
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -179,26 +182,76 @@ def test_one_order_that_cannot_be_reaped_does_not_stop_the_sweep(aws, handlers, 
     assert order(aws, "ord_a")["saga_status"] == "PENDING"  # untouched: the next sweep takes it
 
 
-def test_a_parked_saga_is_redriven_by_invoking_its_compensations(aws, handlers, context, monkeypatch):
-    """docs/operations.md: after ParkSaga, the compensations invoked with the parked state finish the rollback."""
+def failed_execution_event(started: datetime.datetime, order_id: str = "ord_1") -> dict:
+    """The EventBridge event Step Functions sends when the execution EXECUTION, started at `started`, fails."""
+    return {"version": "0", "id": "e1", "detail-type": "Step Functions Execution Status Change",
+            "source": "aws.states", "account": "123456789012", "time": "2026-12-06T07:00:01Z", "region": "us-east-1",
+            "resources": [EXECUTION], "detail": {
+                "executionArn": EXECUTION, "stateMachineArn": EXECUTION.replace(":execution:", ":stateMachine:")
+                .rsplit(":", 1)[0], "name": order_id, "status": "FAILED",
+                "startDate": int(started.timestamp() * 1000), "stopDate": int(started.timestamp() * 1000) + 900,
+                "input": json.dumps({"order_id": order_id}), "inputDetails": {"included": True}}}
+
+
+def test_a_parked_saga_is_finished_by_its_own_execution_redriven(aws, handlers, context, monkeypatch):
+    """docs/operations.md: VoidPayment spent its retries and failed the execution; the failure's event parks the
+    saga (FAILED, out of the reaper's index, one message); the execution, redriven (the same owner: ARN and start
+    time), runs the compensation again and the ones after it, and finishes the rollback."""
     import boto3
 
     sqs = boto3.client("sqs", region_name="us-east-1")
-    monkeypatch.setenv("PARKED_SAGAS_QUEUE_URL",
-                       sqs.create_queue(QueueName="parked.fifo", Attributes={"FifoQueue": "true"})["QueueUrl"])
+    queue = sqs.create_queue(QueueName="parked.fifo", Attributes={"FifoQueue": "true"})["QueueUrl"]
+    monkeypatch.setenv("PARKED_SAGAS_QUEUE_URL", queue)
+    started = datetime.datetime(2026, 12, 6, 7, 0, 0, 123000, tzinfo=datetime.UTC)
+    owner = f"{EXECUTION}#2026-12-06T07:00:00.123Z"
     saga = new_saga(aws)
-    saga = run_steps(handlers, context, saga, "create_order", "reserve_inventory", "authorize_payment")
-    parked = {**saga, "failures": {"AuthorizePayment": {"Error": "States.Timeout", "Cause": "x"},
-                                   "VoidPayment": {"Error": "PaymentGatewayUnavailable", "Cause": "y"}}}
-    invoke(handlers("park_saga"), context, parked)
-    assert order(aws)["saga_status"] == "FAILED"
-    assert stock(aws, "SKU-1") == (8, 2, 0)
-    for name in ("void_payment", "release_inventory", "cancel_order"):  # the operator's redrive
-        invoke(handlers(name), context, parked)
+    for name in ("create_order", "reserve_inventory", "authorize_payment"):
+        saga = invoke(handlers(name), context, saga, execution=owner)
+    failed = {**saga, "failures": {"AuthorizePayment": {"Error": "States.Timeout", "Cause": "x"}}}
+    park = handlers("park_saga")
+    monkeypatch.setattr(park, "_sfn", SimpleNamespace(describe_execution=lambda executionArn: {
+        "error": "PaymentGatewayUnavailable", "cause": "the gateway is down", "redriveCount": 0}))
+    assert park.lambda_handler(failed_execution_event(started), context) == {"parked": True}
     item = order(aws)
-    assert (item["status"], item["saga_status"]) == ("CANCELLED", "COMPENSATED")
+    assert (item["saga_status"], item["parked_error"], "active" in item) == ("FAILED", "PaymentGatewayUnavailable",
+                                                                               False)
+    assert stock(aws, "SKU-1") == (8, 2, 0)
+    # EventBridge's or Lambda's retry of the same event parks nothing twice.
+    assert park.lambda_handler(failed_execution_event(started), context) == {"parked": False}
+    (message,) = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
+    assert json.loads(message["Body"])["execution_arn"] == EXECUTION
+    # The same execution's failure event at another start time (another execution of that name) is not its own.
+    other = started + datetime.timedelta(days=91)
+    assert park.lambda_handler(failed_execution_event(other), context) == {"parked": False}
+    # The redrive: VoidPayment again, under the same owner; the order is back in the reaper's index meanwhile.
+    saga = invoke(handlers("void_payment"), context, failed, execution=owner)
+    assert order(aws)["saga_status"] == "COMPENSATING"
+    assert "active" in order(aws)
+    for name in ("release_inventory", "cancel_order"):
+        saga = invoke(handlers(name), context, saga, execution=owner)
+    item = order(aws)
+    assert (item["status"], item["saga_status"], "active" in item) == ("CANCELLED", "COMPENSATED", False)
     assert stock(aws, "SKU-1") == (10, 0, 0)
     assert ledger(aws)["state"] == "VOIDED"
+
+
+def test_a_late_redrive_after_a_takeover_changes_nothing(aws, handlers, context, short, monkeypatch):
+    """The reaper took the order over (a new owner and fence) before the failure parked it: the parking finds it
+    not the execution's own, and a redriven compensation of the old execution acts on nothing."""
+    monkeypatch.setenv("PARKED_SAGAS_QUEUE_URL", "https://sqs.us-east-1.amazonaws.com/123456789012/none.fifo")
+    started = datetime.datetime(2026, 12, 6, 7, 0, 0, 123000, tzinfo=datetime.UTC)
+    owner = f"{EXECUTION}#2026-12-06T07:00:00.123Z"
+    saga = new_saga(aws)
+    for name in ("create_order", "reserve_inventory"):
+        saga = invoke(handlers(name), context, saga, execution=owner)
+    time.sleep(LEASE_S + 0.2)  # past the short lease
+    assert handlers("reaper").lambda_handler({}, context)["compensated"] == ["ord_1"]
+    assert handlers("park_saga").lambda_handler(failed_execution_event(started), context) == {"parked": False}
+    before = order(aws)
+    for name in ("release_inventory", "cancel_order"):
+        invoke(handlers(name), context, saga, execution=owner)
+    assert order(aws) == before
+    assert stock(aws, "SKU-1") == (10, 0, 0)
 
 
 def test_no_lease_outlives_the_saga_deadline_and_an_overrunning_saga_is_reaped(aws, handlers, context, monkeypatch):

@@ -115,14 +115,23 @@ def test_forward_steps_retry_only_transient_errors_and_catch_business_errors_the
         assert named <= business, f"{name} catches unknown names {named - business}"
 
 
-def test_every_compensation_retries_and_parks_when_its_budget_is_spent():
+def test_every_compensation_retries_and_then_fails_the_execution_at_its_own_state():
+    """No Catch: a compensation that spends its retries fails the execution right there, so that RedriveExecution
+    resumes the rollback at that state (docs/operations.md). Parking is the failure's business (ParkSaga's rule)."""
     for name in ("RefundPayment", "VoidPayment", "ReleaseCoupon", "ReleaseInventory", "CancelOrder"):
         state = STATES[name]
         assert state["Retry"][0]["ErrorEquals"] == ["States.ALL"]
-        assert state["Catch"] == [{"ErrorEquals": ["States.ALL"], "ResultPath": f"$.failures.{name}",
-                                   "Next": "ParkSaga"}]
-    assert STATES["ParkSaga"]["Next"] == "CompensationFailed"
-    assert STATES["CompensationFailed"]["Error"] == "CompensationFailed"
+        assert "Catch" not in state, name
+    assert "ParkSaga" not in STATES and "CompensationFailed" not in STATES
+
+
+def test_a_failed_execution_of_this_state_machine_runs_park_saga():
+    """ParkSaga's EventBridge rule: Step Functions' status change events, FAILED, of this state machine only."""
+    event = TEMPLATE.properties("ParkSagaFunction")["Events"]["ExecutionFailed"]
+    assert event["Type"] == "EventBridgeRule"
+    assert event["Properties"]["Pattern"] == {
+        "source": ["aws.states"], "detail-type": ["Step Functions Execution Status Change"],
+        "detail": {"status": ["FAILED"], "stateMachineArn": [{"Ref": "OrderSagaStateMachine"}]}}
 
 
 def compensation_paths(state_name: str) -> list[list[str]]:
@@ -136,8 +145,6 @@ def compensation_paths(state_name: str) -> list[list[str]]:
         return [[]]
     if state["Type"] == "Choice":
         return [path for branch in successors(state) for path in compensation_paths(branch)]
-    if state_name == "ParkSaga":
-        return [[]]
     return [[state_name, *rest] for rest in compensation_paths(state["Next"])]
 
 

@@ -1,0 +1,169 @@
+"""Finish parked sagas: redrive each parked execution, wait for it, check its order, acknowledge its message.
+
+  python scripts/redrive_parked.py --stack-name order-saga-prod                 # every parked saga on the queue
+  python scripts/redrive_parked.py --stack-name order-saga-prod ord_123 ord_456  # these orders only
+  python scripts/redrive_parked.py --stack-outputs .local/stack-outputs.json     # the local stack (AWS_ENDPOINT_URL)
+  python scripts/redrive_parked.py ... --dry-run                                # say what would be redriven
+
+docs/operations.md's runbook: fix the cause (the alarm and the message say which compensation failed, and why),
+then run this. For each order it redrives the execution that parked it (RedriveExecution: the same execution,
+resumed at the compensation that spent its retries, which takes its parked order back), waits for the execution
+to end (DescribeExecution, with backoff, within a deadline), and checks the order: COMPENSATED (or COMPLETED, for
+an order RefundPayment found past the pivot and finished). Then, and only then, it deletes the order's messages
+from the parked-sagas queue. A saga that parks again (the cause is not fixed) is reported and keeps its message; a
+new one arrives for the new failure.
+
+It refuses, naming the reason and changing nothing, an order that is not parked (saga_status FAILED), whose
+execution cannot be redriven (RedriveExecution's own reasons: running, succeeded, older than 14 days), or that it
+cannot find. Credentials and region from the usual boto3 environment (AWS_ENDPOINT_URL for a local stack).
+Exit status 0 when every order it was asked about ended finished, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+FINISHED = ("COMPENSATED", "COMPLETED")
+POLL_CAP_S = 5.0  # DescribeExecution at most every 5 s per saga: far below its API quota
+
+
+@dataclass
+class Outcome:
+    order_id: str
+    execution_arn: str | None
+    redriven: bool
+    saga_status: str | None
+    detail: str
+
+    @property
+    def finished(self) -> bool:
+        return self.saga_status in FINISHED
+
+    def line(self) -> str:
+        return f"{self.order_id}: {self.saga_status or '-'} ({self.detail})"
+
+
+class Operator:
+    def __init__(self, outputs: dict[str, str], session: Any = None, timeout: float = 900.0) -> None:
+        session = session or boto3.session.Session()
+        self.outputs = outputs
+        self.sfn = session.client("stepfunctions")
+        self.sqs = session.client("sqs")
+        self.ddb = session.client("dynamodb")
+        self.timeout = timeout
+
+    # ---- what is parked ---------------------------------------------------------------------------------------
+    def parked_messages(self) -> dict[str, list[dict[str, Any]]]:
+        """order id -> its messages on the parked-sagas queue (received, left in flight for this run's length, so
+        that no other operator's run takes them at the same time; undeleted ones come back)."""
+        found: dict[str, list[dict[str, Any]]] = {}
+        url = self.outputs["ParkedSagasQueueUrl"]
+        while True:
+            messages = self.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1,
+                                                VisibilityTimeout=int(self.timeout) + 60,
+                                                MessageAttributeNames=["All"]).get("Messages", [])
+            if not messages:
+                return found
+            for message in messages:
+                body = json.loads(message["Body"])
+                found.setdefault(str(body.get("order_id")), []).append(message)
+
+    def order(self, order_id: str) -> dict[str, Any] | None:
+        item = self.ddb.get_item(TableName=self.outputs["OrdersTableName"], Key={"order_id": {"S": order_id}},
+                                 ConsistentRead=True).get("Item")
+        return None if item is None else {k: next(iter(v.values())) for k, v in item.items()}
+
+    def execution_arn(self, order_id: str) -> str:
+        machine = self.outputs["StateMachineArn"]
+        return machine.replace(":stateMachine:", ":execution:") + ":" + order_id
+
+    # ---- one order ------------------------------------------------------------------------------------------------
+    def finish(self, order_id: str, messages: list[dict[str, Any]], dry_run: bool = False) -> Outcome:
+        order = self.order(order_id)
+        if order is None:
+            return Outcome(order_id, None, False, None, "no such order")
+        status = str(order.get("saga_status"))
+        arn = next((json.loads(m["Body"]).get("execution_arn") for m in messages), None) or self.execution_arn(
+            order_id)
+        if status in FINISHED:
+            self._acknowledge(messages, dry_run)
+            return Outcome(order_id, arn, False, status, "already finished: its messages acknowledged")
+        if status != "FAILED":
+            return Outcome(order_id, arn, False, status, "not parked: its saga is still running or being taken over")
+        try:
+            described = self.sfn.describe_execution(executionArn=arn)
+        except self.sfn.exceptions.ExecutionDoesNotExist:
+            return Outcome(order_id, arn, False, status, f"no execution {arn}")
+        if described.get("redriveStatus") == "NOT_REDRIVABLE":
+            return Outcome(order_id, arn, False, status,
+                           f"cannot be redriven: {described.get('redriveStatusReason') or described['status']}")
+        if dry_run:
+            return Outcome(order_id, arn, False, status, f"would redrive {arn} ({described.get('error')})")
+        count = int(described.get("redriveCount") or 0)
+        token = hashlib.sha256(f"{arn}#{count}".encode()).hexdigest()[:64]  # a retried run redrives once
+        self.sfn.redrive_execution(executionArn=arn, clientToken=token)
+        ended = self._wait(arn)
+        status = str((self.order(order_id) or {}).get("saga_status"))
+        if status in FINISHED:
+            self._acknowledge(messages, dry_run)
+            return Outcome(order_id, arn, True, status, f"redriven: execution {ended['status']}")
+        return Outcome(order_id, arn, True, status, f"redriven, but the execution ended {ended['status']} "
+                                                    f"{ended.get('error') or ''}: fix the cause and run this again")
+
+    def _wait(self, arn: str) -> dict[str, Any]:
+        deadline, pause = time.monotonic() + self.timeout, 0.2
+        while True:
+            described = self.sfn.describe_execution(executionArn=arn)
+            if described["status"] != "RUNNING":
+                return dict(described)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{arn} still RUNNING after {self.timeout:.0f} s")
+            time.sleep(pause)
+            pause = min(pause * 2, POLL_CAP_S)
+
+    def _acknowledge(self, messages: list[dict[str, Any]], dry_run: bool) -> None:
+        for message in messages:
+            if not dry_run:
+                self.sqs.delete_message(QueueUrl=self.outputs["ParkedSagasQueueUrl"],
+                                        ReceiptHandle=message["ReceiptHandle"])
+
+    def run(self, order_ids: list[str], dry_run: bool = False) -> list[Outcome]:
+        messages = self.parked_messages()
+        return [self.finish(order_id, messages.get(order_id, []), dry_run) for order_id in order_ids or messages]
+
+
+def stack_outputs(args: argparse.Namespace) -> dict[str, str]:
+    if args.stack_outputs:
+        return dict(json.loads(Path(args.stack_outputs).read_text()))
+    stack = boto3.client("cloudformation").describe_stacks(StackName=args.stack_name)["Stacks"][0]
+    return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--stack-name", help="a deployed stack (its outputs from CloudFormation)")
+    where.add_argument("--stack-outputs", help="a JSON file of the stack's outputs (a local stack writes one)")
+    parser.add_argument("order_ids", nargs="*", help="these orders (default: every order on the parked queue)")
+    parser.add_argument("--dry-run", action="store_true", help="say what would be redriven; change nothing")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for each execution")
+    args = parser.parse_args(argv)
+    outcomes = Operator(stack_outputs(args), timeout=args.timeout).run(args.order_ids, args.dry_run)
+    for outcome in outcomes:
+        print(outcome.line())
+    if not outcomes:
+        print("no parked saga on the queue")
+    return 0 if all(o.finished for o in outcomes) or args.dry_run else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
