@@ -29,7 +29,12 @@ What this module changes in moto's interpreter, each for a reason:
 9. `$$.Execution.StartTime` is an ISO 8601 string, as on AWS. moto puts a datetime object in the context
    object, which no intrinsic function can format (States.Format failed with "Object of type datetime is
    not JSON serializable"). The saga's tasks get their execution's identity from it: `<ARN>#<StartTime>`.
-10. An execution's end is a "Step Functions Execution Status Change" event, as AWS sends one to the account's
+10. RedriveExecution, as on AWS (sagalocal/redrive.py, which says how). moto has none: its server answers "not yet
+   implemented". A FAILED, ABORTED or TIMED_OUT execution continues from its unsuccessful state, with that
+   state's input, the definition it started with and the same ARN; an inline Map or a Parallel runs again only
+   what did not succeed. DescribeExecution and ListExecutions give the redrive fields, ListExecutions filters on
+   them, and the end of the redriven run is announced again (5). `redrive(arn)` does it in this process.
+11. An execution's end is a "Step Functions Execution Status Change" event, as AWS sends one to the account's
    default EventBridge bus for every status change of a Standard execution. Here only the ends (SUCCEEDED,
    FAILED, TIMED_OUT, ABORTED; AWS also sends RUNNING at a start and at a redrive), with the detail AWS
    documents (executionArn, stateMachineArn, name, status, startDate and stopDate in epoch milliseconds, input,
@@ -81,6 +86,7 @@ def install(lambda_service: Any) -> None:
         _stop_is_final()
         _names_reused_after_90_days()
         _start_time_as_text()
+        _redrive()
 
 
 def _service() -> Any:
@@ -292,6 +298,13 @@ def wait_for(arn: str, timeout: float) -> bool:
     return _event_for(arn).wait(timeout)
 
 
+def rearm(arn: str) -> None:
+    """The execution runs again (a redrive): `wait_for` waits for its next end. A waiter of the end before has
+    been released already."""
+    with _ended_lock:
+        _ended[arn] = threading.Event()
+
+
 # ---- 6. one execution per name -------------------------------------------------------------------
 def _one_execution_per_name() -> None:
     from moto.stepfunctions.parser.models import StepFunctionsParserBackend
@@ -357,3 +370,22 @@ def _start_time_as_text() -> None:
         return env
 
     ExecutionWorker._get_evaluation_environment = get_evaluation_environment  # type: ignore[method-assign]
+
+
+# ---- 10. RedriveExecution --------------------------------------------------------------------------------
+def _redrive() -> None:
+    from sagalocal import redrive as engine
+
+    engine.install()
+
+
+def redrive(execution_arn: str, client_token: str | None = None) -> datetime.datetime:
+    """RedriveExecution in this process, without HTTP: the moto backend of the ARN's account and region, as
+    StepFunctionResponse.redrive_execution calls it. Returns the redrive's date; raises what the API returns
+    (ExecutionDoesNotExist, ExecutionNotRedrivable, InvalidArn). Needs `install` first. In the simulation's
+    World the redriven run runs in this thread, and this returns when it has ended."""
+    from moto.stepfunctions.responses import get_backend
+
+    region, account = execution_arn.split(":")[3:5]
+    backend: Any = get_backend(account, region)
+    return backend.redrive_execution(execution_arn, client_token=client_token)
