@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import threading
@@ -55,9 +56,14 @@ def _lambda_targets() -> None:
     original = Rule.send_to_targets
 
     def send_to_targets(self: Any, original_event: Any, transform_input: bool = True) -> None:
-        original(self, original_event, transform_input)
         functions = [t for t in self.targets if parse_arn(t["Arn"]).service == "lambda"]
-        if not functions or not self.event_pattern.matches_event(original_event):
+        if not functions:
+            original(self, original_event, transform_input)
+            return
+        others = copy.copy(self)  # moto raises NotImplementedError for a Lambda target: it gets the others only
+        others.targets = [t for t in self.targets if t not in functions]
+        original(others, original_event, transform_input)
+        if not self.event_pattern.matches_event(original_event):
             return
         for target in functions:
             event = original_event.copy()

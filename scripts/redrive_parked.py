@@ -26,6 +26,7 @@ import hashlib
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ class Outcome:
     redriven: bool
     saga_status: str | None
     detail: str
+    acknowledged: int = 0  # its messages deleted from the parked queue
 
     @property
     def finished(self) -> bool:
@@ -53,12 +55,12 @@ class Outcome:
 
 
 class Operator:
-    def __init__(self, outputs: dict[str, str], session: Any = None, timeout: float = 900.0) -> None:
-        session = session or boto3.session.Session()
+    def __init__(self, outputs: dict[str, str], client: Callable[[str], Any] = boto3.client,
+                 timeout: float = 900.0) -> None:
         self.outputs = outputs
-        self.sfn = session.client("stepfunctions")
-        self.sqs = session.client("sqs")
-        self.ddb = session.client("dynamodb")
+        self.sfn = client("stepfunctions")
+        self.sqs = client("sqs")
+        self.ddb = client("dynamodb")
         self.timeout = timeout
 
     # ---- what is parked ---------------------------------------------------------------------------------------
@@ -96,7 +98,8 @@ class Operator:
             order_id)
         if status in FINISHED:
             self._acknowledge(messages, dry_run)
-            return Outcome(order_id, arn, False, status, "already finished: its messages acknowledged")
+            return Outcome(order_id, arn, False, status, "already finished: its messages acknowledged",
+                           0 if dry_run else len(messages))
         if status != "FAILED":
             return Outcome(order_id, arn, False, status, "not parked: its saga is still running or being taken over")
         try:
@@ -115,7 +118,7 @@ class Operator:
         status = str((self.order(order_id) or {}).get("saga_status"))
         if status in FINISHED:
             self._acknowledge(messages, dry_run)
-            return Outcome(order_id, arn, True, status, f"redriven: execution {ended['status']}")
+            return Outcome(order_id, arn, True, status, f"redriven: execution {ended['status']}", len(messages))
         return Outcome(order_id, arn, True, status, f"redriven, but the execution ended {ended['status']} "
                                                     f"{ended.get('error') or ''}: fix the cause and run this again")
 

@@ -5,6 +5,7 @@ docs/simulation.md). The explorer (test_explorer.py) covers them with every othe
 from __future__ import annotations
 
 import functools
+import json
 from typing import Any
 
 import pytest
@@ -174,17 +175,24 @@ def test_a_forward_step_whose_sandbox_dies_is_retried_not_compensated(path, atte
     assert (the_order(world)["saga_status"], executions(world)) == ("COMPLETED", ["SUCCEEDED"])
 
 
-def test_park_saga_is_fenced():
-    """ParkSaga of an execution that no longer owns the order changes nothing and parks nothing."""
+def test_park_saga_parks_only_an_unfinished_order_its_own_execution_owns():
+    """ParkSaga runs on every FAILED execution of the state machine. For an execution whose order is finished
+    (here COMPLETED), or that is not the order's owner (another start time: a name reused after 90 days), it
+    changes nothing and sends nothing."""
     with World(seed=2) as world:
         world.run(PATHS["plain"])
         (execution,) = world.executions()
         order = the_order(world)
-        saga = {"order_id": order["order_id"], "customer_id": order["customer_id"], "fence": 0,
-                "failures": {"RefundPayment": {"Error": "PaymentGatewayUnavailable", "Cause": "down"}}}
-        owner = f"{execution['executionArn']}#2027-01-01T00:00:00.000Z"
-        answer = world.invoke_task("ParkSagaFunction", {"saga": saga, "execution_id": owner})
-        assert "FunctionError" not in answer
+        started = int(execution["startDate"].timestamp() * 1000)
+        for start in (started, started + 91 * 86_400_000):
+            event = {"version": "0", "id": "1", "detail-type": "Step Functions Execution Status Change",
+                     "source": "aws.states", "account": "123456789012", "time": "2027-01-01T00:00:00Z",
+                     "region": "us-east-1", "resources": [execution["executionArn"]],
+                     "detail": {"executionArn": execution["executionArn"],
+                                "stateMachineArn": world.stack.state_machine_arn, "name": execution["name"],
+                                "status": "FAILED", "startDate": start,
+                                "input": json.dumps({"order_id": order["order_id"]})}}
+            assert world.invoke_plain("ParkSagaFunction", event) == (True, {"parked": False})
         assert the_order(world)["saga_status"] == "COMPLETED"
         queue = world.stack.sqs_url
         assert "Messages" not in world.stack.sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=0)

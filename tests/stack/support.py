@@ -268,6 +268,20 @@ def start_direct(target: Target, order_id: str, saga: dict[str, Any]) -> str:
         stateMachineArn=target.outputs["StateMachineArn"], name=order_id, input=json.dumps(saga))["executionArn"])
 
 
+def wait_until(read: Any, timeout: float, what: str, cap: float = 2.0) -> Any:
+    """`read()` once it is truthy (polled from every 0.1 s, backing off to every `cap` s, within `timeout` seconds);
+    else AssertionError naming `what` and the last value read."""
+    deadline, pause, last = time.monotonic() + timeout, 0.1, None
+    while True:
+        last = read()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not true after {timeout:g} s (last: {last})")
+        time.sleep(pause)
+        pause = min(pause * 2, cap)
+
+
 def settle_late_authorizations(target: Target, orders: dict[str, int], rounds: int = 4,
                                 pause: float = 3.0) -> set[str]:
     """Let the reaper void what landed after its saga gave up on it, as its schedule would.

@@ -126,7 +126,8 @@ def test_every_manifest_entry_names_a_function_and_one_documented_result():
         assert (expect.get("ok") is True) != ("errorType" in expect), f"{file}: expect ok or an errorType, not both"
         # steps/<name>.json is the event of the function whose code is functions/<name>/; api/ is the API's;
         # schedule/<name>.json is the scheduled function's (functions/<name>/); streams/ holds DynamoDB stream
-        # records, for the function a stream event source mapping feeds.
+        # records, for the function a stream event source mapping feeds; eventbridge/ the events a function's
+        # EventBridge rule delivers.
         folder = Path(file).parts[0]
         code = Path(str(template.properties(entry["function"])["CodeUri"])).name
         if folder in ("steps", "schedule"):
@@ -135,5 +136,11 @@ def test_every_manifest_entry_names_a_function_and_one_documented_result():
             events = template.properties(entry["function"]).get("Events") or {}
             streams = [e for e in events.values() if e.get("Type") == "DynamoDB"]
             assert streams, f"{file}: no stream feeds {entry['function']}"
+        elif folder == "eventbridge":  # an event an EventBridge rule of the function matches
+            events = template.properties(entry["function"]).get("Events") or {}
+            event = json.loads((EVENTS / file).read_text())
+            patterns = [e["Properties"]["Pattern"] for e in events.values() if e.get("Type") == "EventBridgeRule"]
+            assert any(p["source"] == [event["source"]] and p["detail-type"] == [event["detail-type"]]
+                       for p in patterns), f"{file}: no EventBridge rule of {entry['function']} matches it"
         else:
             assert (folder, entry["function"]) == ("api", "OrdersApiFunction"), file

@@ -17,6 +17,7 @@ import pytest
 
 from tests.stack.conftest import start_embedded, stop
 from tests.stack.support import path_of, place, start_direct, wait_for_execution
+from tests.stack.support import wait_until as wait_with_backoff
 
 LEASE = 3
 # tok_hang's processing time: the gateway client gives up after GatewayTimeoutSeconds (3 s) with an unknown
@@ -65,15 +66,8 @@ def stock(stack, sku="MUG-BLUE"):
     return item["available"], item["reserved"], item["sold"]
 
 
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not true after {timeout} s (last: {last})")
+def wait_until(read, timeout, what):
+    return wait_with_backoff(read, timeout, what, cap=0.1)  # every 0.1 s: these tests measure how long it took
 
 
 def test_two_executions_racing_for_one_order_one_proceeds_one_is_refused(leased):

@@ -23,6 +23,7 @@ import pytest
 
 from order_saga.models import order_id_for
 from order_saga.promotions import Promotions
+from scripts.redrive_parked import Operator
 from tests.stack.conftest import ROOT
 from tests.stack.support import (
     attempts_beyond_load,
@@ -31,6 +32,7 @@ from tests.stack.support import (
     settle_late_authorizations,
     start_direct,
     wait_for_execution,
+    wait_until,
 )
 
 MATRIX = json.loads((Path(__file__).with_name("scenario_matrix.json")).read_text())["rows"]
@@ -101,6 +103,16 @@ def run_row(target, faults, n: int, row: dict) -> dict:
                 after_post(target, spec, code)
             arn = target.execution_arn(accepted["order_id"])
         described = wait_for_execution(target, arn, timeout=240)
+        parked_error = None
+        if trigger.get("redrive"):
+            # docs/operations.md: the failure parks the saga (ParkSaga, on EventBridge: asynchronously); the cause
+            # is gone (the rule is spent); the operator's one command redrives it.
+            parked = wait_until(lambda: (o := target.order(order_id) or {}).get("saga_status") == "FAILED" and o,
+                                90, f"{row['id']}: the saga is parked")
+            parked_error = parked.get("parked_error")
+            (outcome,) = Operator(target.outputs, client=target.client, timeout=240).run([order_id])
+            assert (outcome.redriven, outcome.saga_status) == (True, "COMPENSATED"), outcome.line()
+            described = target.client("stepfunctions").describe_execution(executionArn=arn)
     finally:
         spent = [faults.remaining(rule) for rule in rules]
         for rule in rules:
@@ -112,6 +124,7 @@ def run_row(target, faults, n: int, row: dict) -> dict:
         settle_late_authorizations(target, {order_id: len(tokens)})
     return {
         "sku": sku, "order_id": order_id, "status": described["status"], "error": described.get("error"),
+        "parked_error": parked_error,
         "visits": path_of(target, arn), "order": target.order(order_id), "amounts": amounts, "total": total,
         "payments": [target.payment(order_id, m) for m in methods],
         "ledgers": [target.ledger(order_id, m) for m in methods],
@@ -146,6 +159,7 @@ def test_matrix_row(outcomes, row):
     assert [v.name for v in got["visits"] if v.name != INNER] == expect["path"]
     assert got["status"] == expect["status"]
     assert got["error"] == expect.get("error")
+    assert got["parked_error"] == expect.get("parked_error")  # parked (and then redriven) only where a row says so
     for state, attempts in expect.get("attempts", {}).items():  # the fault's, and any a busy machine added
         seen = [v for v in got["visits"] if v.name == state]
         assert attempts_beyond_load(seen) == attempts, [(v.attempts, v.errors) for v in seen]
