@@ -35,6 +35,11 @@ What this module changes in moto's interpreter, each for a reason:
    documents (executionArn, stateMachineArn, name, status, startDate and stopDate in epoch milliseconds, input,
    output). `ENDED` holds who hears them: the embedded stack's EventBridge (sagalocal/eventbridge.py), or the
    simulation. The saga parks a saga on its execution's failure this way (functions/park_saga).
+11. RedriveExecution, as on AWS (sagalocal/redrive.py, which says how). moto has none: its server answers "not yet
+   implemented". A FAILED, ABORTED or TIMED_OUT execution continues from its unsuccessful state, with that
+   state's input, the definition it started with and the same ARN; an inline Map or a Parallel runs again only
+   what did not succeed. DescribeExecution and ListExecutions give the redrive fields, ListExecutions filters on
+   them, and the end of the redriven run is announced again (5). `redrive(arn)` does it in this process.
 """
 
 from __future__ import annotations
@@ -81,6 +86,7 @@ def install(lambda_service: Any) -> None:
         _stop_is_final()
         _names_reused_after_90_days()
         _start_time_as_text()
+        _redrive()
 
 
 def _service() -> Any:
@@ -292,6 +298,13 @@ def wait_for(arn: str, timeout: float) -> bool:
     return _event_for(arn).wait(timeout)
 
 
+def rearm(arn: str) -> None:
+    """The execution runs again (a redrive): `wait_for` waits for its next end. A waiter of the end before has
+    been released already."""
+    with _ended_lock:
+        _ended[arn] = threading.Event()
+
+
 # ---- 6. one execution per name -------------------------------------------------------------------
 def _one_execution_per_name() -> None:
     from moto.stepfunctions.parser.models import StepFunctionsParserBackend
@@ -357,3 +370,22 @@ def _start_time_as_text() -> None:
         return env
 
     ExecutionWorker._get_evaluation_environment = get_evaluation_environment  # type: ignore[method-assign]
+
+
+# ---- 10. RedriveExecution --------------------------------------------------------------------------------
+def _redrive() -> None:
+    from sagalocal import redrive as engine
+
+    engine.install()
+
+
+def redrive(execution_arn: str, client_token: str | None = None) -> datetime.datetime:
+    """RedriveExecution in this process, without HTTP: the moto backend of the ARN's account and region, as
+    StepFunctionResponse.redrive_execution calls it. Returns the redrive's date; raises what the API returns
+    (ExecutionDoesNotExist, ExecutionNotRedrivable, InvalidArn). Needs `install` first. In the simulation's
+    World the redriven run runs in this thread, and this returns when it has ended."""
+    from moto.stepfunctions.responses import get_backend
+
+    region, account = execution_arn.split(":")[3:5]
+    backend: Any = get_backend(account, region)
+    return backend.redrive_execution(execution_arn, client_token=client_token)
