@@ -476,6 +476,7 @@ class ConsoleData:
 
 
 RUNBOOK = "operations.md, Parked sagas"
+SCRIPT = "python scripts/redrive_parked.py --stack-name <stack>"  # the operator's command (--stack-outputs locally)
 
 
 def _final(described: dict[str, Any]) -> bool:
@@ -488,15 +489,15 @@ def advise_parked(parked: ParkedSaga) -> None:
     """docs/operations.md's runbook for a parked saga: fix the cause, redrive, check."""
     where = f"{parked.failed_state} failed" if parked.failed_state else "the execution failed"
     cause = f": {parked.failed_cause.message}" if parked.failed_cause else ""
-    advice = [f"Fix the cause: {where} with {parked.parked_error or 'an error'}{cause} ({RUNBOOK} §2)."]
+    advice = [f"Fix the cause: {where} with {parked.parked_error or 'an error'}{cause} ({RUNBOOK} §2 and §3)."]
     if parked.redrivable:
-        advice.append(f"Redrive the execution (the button, or `python scripts/redrive_parked.py {parked.order_id}`): "
+        advice.append(f"Redrive the execution (the button, or `{SCRIPT} {parked.order_id}`): "
                       f"it resumes at {parked.failed_state or 'the state that failed'}, which takes the parked order "
                       "back, and the compensations after it run.")
         advice.append("Check: the execution ends FAILED at SagaCompensated with the error that started the rollback, "
                       "and the order COMPENSATED. An execution that fails again parks again: the cause is not fixed.")
-        advice.append("Then `python scripts/redrive_parked.py` deletes the message of an order that ended "
-                      "COMPENSATED from the parked queue.")
+        advice.append(f"Then `{SCRIPT} {parked.order_id}` deletes its message from the parked queue (for an order "
+                      "that ended COMPENSATED it redrives nothing).")
     else:
         advice.append(f"It cannot be redriven ({parked.not_redrivable_because}): finish it by invoking the remaining "
                       f"compensations with the execution's identity ({RUNBOOK} §3), then check.")
@@ -529,7 +530,7 @@ def advise(parked: ParkedMessage, queue: QueueInfo) -> None:
         advice.append("No order item: nothing to compensate. Read the execution's history, then delete the message.")
     elif status == "FAILED":
         advice.append(f"Parked: fix the cause ({parked.error or order.get('parked_error', '')}), redrive its execution "
-                      f"(Parked executions above, or `python scripts/redrive_parked.py {parked.order_id}`), check "
+                      f"(Parked executions above, or `{SCRIPT} {parked.order_id}`), check "
                       f"({RUNBOOK} §3).")
     elif status == "COMPENSATING":
         advice.append("The order is COMPENSATING: its execution was redriven and took it back. Wait for the execution "
@@ -539,8 +540,8 @@ def advise(parked: ParkedMessage, queue: QueueInfo) -> None:
                       "acted on since, and it is its execution's or the reaper's (never compensate a CONFIRMING or "
                       "COMPLETED order). Look again once its execution ended.")
     elif all(ok for _, ok in parked.checks):
-        advice.append("Finished, and every check passes: delete the message (`python scripts/redrive_parked.py "
-                      f"{parked.order_id}` does it for a finished order).")
+        advice.append(f"Finished, and every check passes: delete the message (`{SCRIPT} {parked.order_id}` does "
+                      "it for a finished order).")
     else:
         failing = ", ".join(name for name, ok in parked.checks if not ok)
         advice.append(f"The order is {status} but not every check passes ({failing}): read its execution, and redrive "
