@@ -250,6 +250,9 @@ def test_parked_sagas_are_listed_without_a_receive_and_read_on_request(console, 
     expect(card.locator("[data-receive-note]")).to_contain_text("4 more receive(s) move it to the dead-letter queue")
     expect(card.locator('.checks [data-check-ok="false"]')).to_contain_text(["order COMPENSATED", "reservation"])
     expect(page.locator("main")).not_to_contain_text(re.compile("CompensationFailed|Invoke RefundPayment"))
+    page.locator(f'a[href="/orders/{parked.order_id}"]').first.click()
+    expect(page.locator("[data-parked]")).to_contain_text("TransientError")
+    expect(page.locator('[data-parked] a[href="/parked"]')).to_have_count(1)
 
 
 def test_a_redrive_that_is_refused_shows_why_and_changes_nothing(console, stack, scenarios):
@@ -319,6 +322,7 @@ def test_a_parked_saga_redriven_from_its_button_finishes_compensated(console, st
     page.locator("[data-order-link]").click()
     expect(page.locator("[data-saga-status]")).to_have_attribute("data-saga-status", "COMPENSATED")
     expect(page.locator("[data-reservation-status]")).to_have_attribute("data-reservation-status", "RELEASED")
+    expect(page.locator("[data-parked]")).to_contain_text(re.compile(r"^TransientError; its execution redriven "))
     page = console.open("/parked")
     expect(page.locator(f'[data-parked-saga="{parked.order_id}"]')).to_have_count(0)
     expect(page.locator("[data-no-parked]")).to_be_visible()
