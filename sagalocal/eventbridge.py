@@ -57,13 +57,13 @@ def _lambda_targets() -> None:
 
     def send_to_targets(self: Any, original_event: Any, transform_input: bool = True) -> None:
         functions = [t for t in self.targets if parse_arn(t["Arn"]).service == "lambda"]
-        if not functions:
-            original(self, original_event, transform_input)
-            return
-        others = copy.copy(self)  # moto raises NotImplementedError for a Lambda target: it gets the others only
-        others.targets = [t for t in self.targets if t not in functions]
-        original(others, original_event, transform_input)
-        if not self.event_pattern.matches_event(original_event):
+        if len(functions) < len(self.targets):
+            # moto's own delivery, to the targets it knows: it raises NotImplementedError on a Lambda target, so it
+            # gets a copy of the rule without them (a copy: rules are shared by concurrent PutEvents)
+            others = copy.copy(self)
+            others.targets = [t for t in self.targets if parse_arn(t["Arn"]).service != "lambda"]
+            original(others, original_event, transform_input)
+        if not functions or not self.event_pattern.matches_event(original_event):
             return
         for target in functions:
             event = original_event.copy()

@@ -18,6 +18,7 @@ class StateVisit:
     attempts: int = 0  # task invocations (1 + retries)
     errors: list[str] = field(default_factory=list)  # every error seen, in order
     events: list[dict[str, Any]] = field(default_factory=list, repr=False, compare=False)  # its own, entered first
+    run: int = 0  # 0: the execution's first run; n: the run after its n-th redrive (RedriveExecution)
 
     @property
     def duration_ms(self) -> float | None:
@@ -29,6 +30,7 @@ class StateVisit:
 
 
 EXECUTION_ENDED = ("ExecutionFailed", "ExecutionSucceeded", "ExecutionAborted", "ExecutionTimedOut")
+EXECUTION_REDRIVEN = "ExecutionRedriven"  # a redrive: the same history goes on with the states run again
 TASK_SCHEDULED = ("TaskScheduled", "LambdaFunctionScheduled")
 TASK_FAILED = ("TaskFailed", "TaskTimedOut", "TaskStartFailed", "TaskSubmitFailed", "LambdaFunctionFailed",
                "LambdaFunctionTimedOut", "LambdaFunctionStartFailed", "LambdaFunctionScheduleFailed")
@@ -44,14 +46,19 @@ def segments(events: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 
     An event belongs to the visit of the event it follows (its previousEventId), so the interleaved events of a
     Map's concurrent iterations fall to their own visits; an event without that link falls to the latest visit.
-    Events after the execution ended are left out (moto records a Map's other iterations ending after it).
+    Events after the execution ended are left out (moto records a Map's other iterations ending after it), up to
+    an ExecutionRedriven event: a redriven execution's history goes on with the states its new run entered.
     """
     out: list[list[dict[str, Any]]] = []
     owner: dict[Any, list[dict[str, Any]]] = {}
+    ended = False
     for event in events:
         kind = event["type"]
-        if kind in EXECUTION_ENDED:
-            break
+        if kind in EXECUTION_ENDED or kind == EXECUTION_REDRIVEN:
+            ended = kind != EXECUTION_REDRIVEN
+            continue
+        if ended:
+            continue
         if kind.endswith("StateEntered"):
             segment = [event]
             out.append(segment)
@@ -92,12 +99,13 @@ def visits(events: list[dict[str, Any]]) -> list[StateVisit]:
     def at(event: dict[str, Any]) -> float:
         return (event["timestamp"].timestamp() - t0) * 1000
 
+    runs = runs_of(events)
     out: list[StateVisit] = []
     for segment in segments(events):
         first, *rest = segment
         kind = first["type"]
         visit = StateVisit(first["stateEnteredEventDetails"]["name"], kind.removesuffix("StateEntered"), at(first),
-                           events=segment)
+                           events=segment, run=runs[id(first)][0])
         if kind in ("FailStateEntered", "SucceedStateEntered"):
             visit.end_ms = visit.start_ms
         for event in rest:
@@ -108,10 +116,22 @@ def visits(events: list[dict[str, Any]]) -> list[StateVisit]:
             elif event["type"] in TASK_FAILED:
                 visit.errors.append(details(event).get("error", event["type"]))
         out.append(visit)
-    ended = next((event for event in events if event["type"] in EXECUTION_ENDED), None)
-    if ended is not None:  # the visits still open when the execution ended (stopped, failed, timed out) end there
-        for visit in out:
-            visit.end_ms = at(ended) if visit.end_ms is None else visit.end_ms
+    # The visits still open when their run ended (stopped, failed, timed out) end there: the first end after them.
+    ends = [(n, event) for n, event in enumerate(events) if event["type"] in EXECUTION_ENDED]
+    for visit in out:
+        if visit.end_ms is None:
+            entered = runs[id(visit.events[0])][1]
+            ended = next((event for n, event in ends if n > entered), None)
+            visit.end_ms = None if ended is None else at(ended)
+    return out
+
+
+def runs_of(events: list[dict[str, Any]]) -> dict[int, tuple[int, int]]:
+    """id() of each event -> (its run: the number of ExecutionRedriven events before it, its position)."""
+    out, run = {}, 0
+    for n, event in enumerate(events):
+        run += event["type"] == EXECUTION_REDRIVEN
+        out[id(event)] = (run, n)
     return out
 
 
@@ -173,10 +193,15 @@ def format_timeline(described: dict[str, Any], events: list[dict[str, Any]]) -> 
     lines = [f"Execution {described['executionArn']}",
              f"  status {described['status']}" + (f"  error {described['error']}" if described.get("error") else "")]
     rows = [("state", "type", "start ms", "took ms", "retries", "errors")]
-    for visit in visits(events):
+    seen = visits(events)
+    redriven = any(visit.run for visit in seen)  # then a column says which run each visit belongs to
+    if redriven:
+        rows[0] = ("run", *rows[0])
+    for visit in seen:
         took = "" if visit.duration_ms is None else f"{visit.duration_ms:.0f}"
-        rows.append((visit.name, visit.kind, f"{visit.start_ms:.0f}", took, str(visit.retries) if visit.attempts
-                     else "", ", ".join(visit.errors)))
+        row = (visit.name, visit.kind, f"{visit.start_ms:.0f}", took, str(visit.retries) if visit.attempts
+               else "", ", ".join(visit.errors))
+        rows.append((f"redrive {visit.run}" if visit.run else "first", *row) if redriven else row)
     lines.append(table(rows, indent="  "))
     if described.get("output"):
         lines.append("  output " + json.dumps(json.loads(described["output"]))[:300])

@@ -1,6 +1,7 @@
 """A local web console for a stack, like the AWS Step Functions console, on 127.0.0.1.
 
-  data.py       what it reads, through the Step Functions, DynamoDB and SQS APIs only
+  data.py       what it reads, through the Step Functions, DynamoDB and SQS APIs only, and the one thing it
+                changes: RedriveExecution of a parked saga's execution (the Parked page's button)
   execution.py  an execution's history read as state visits, attempts, inputs, outputs and errors
   graph.py      the state machine's graph from its definition, and an execution's path over it
   redact.py     what it never shows (card tokens)

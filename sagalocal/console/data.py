@@ -4,11 +4,14 @@ Nothing here knows sagalocal's internals, so the same console reads the embedded
 a `Source` is an endpoint (None: AWS itself), a region and the stack's Outputs. The application's tables are
 read with boto3 directly, by the keys docs/architecture.md documents (the console imports nothing from src/).
 
-Every list call follows nextToken; an execution that has ended never changes, so its description is kept.
+Every list call follows nextToken. An execution that succeeded never changes, so its description is kept; one
+that failed, timed out or was aborted changes again only if it is redriven (RedriveExecution), so its description
+is kept too but read again when ListExecutions shows another status or redrive count, or the page is its own.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -22,11 +25,12 @@ from typing import Any
 import boto3
 from boto3.dynamodb.types import TypeDeserializer
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from sagalocal.console import execution as execution_reading
 from sagalocal.console.graph import Graph, overlay, state_graph
 from sagalocal.console.redact import is_secret, redact
-from sagalocal.timeline import history
+from sagalocal.timeline import details, history
 
 ENDED = ("SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED")
 STATUSES = ("RUNNING", *ENDED, "PENDING_REDRIVE")
@@ -162,6 +166,8 @@ class QueueInfo:
 
 @dataclass
 class ParkedMessage:
+    """A message of the parked-sagas queue (or its dead-letter queue), as ParkSaga sends it:
+    {"order_id", "execution_arn", "error", "cause", "redrive_count"}."""
     queue: str  # "parked" or "dead-letter"
     message_id: str
     order_id: str
@@ -169,11 +175,76 @@ class ParkedMessage:
     sent_at: float | None  # epoch seconds
     receives: int
     body: Any
-    failures: list[dict[str, Any]]
+    error: str  # the execution's error when it failed (the compensation's that spent its retries)
+    cause: execution_reading.Cause | None
+    redrive_count: int  # the execution's redrives before this failure: a message per failure
     order: OrderView | None
     receive_note: str = ""
     advice: list[str] = field(default_factory=list)  # the steps to take, in order
     checks: list[tuple[str, bool]] = field(default_factory=list)
+
+
+@dataclass
+class ParkedSaga:
+    """An order ParkSaga parked (saga_status FAILED) and the execution that failed with it, to redrive."""
+    order_id: str
+    execution_arn: str
+    parked_error: str
+    parked_at: Any  # epoch ms (the order's ParkSaga step), or None
+    described: dict[str, Any] | None  # DescribeExecution now; None: no such execution
+    failed_state: str = ""  # where a redrive resumes: the state its last run entered and never left
+    failed_cause: execution_reading.Cause | None = None
+    advice: list[str] = field(default_factory=list)
+
+    @property
+    def redrivable(self) -> bool:
+        return self.described is not None and self.described.get("redriveStatus", "REDRIVABLE") == "REDRIVABLE" \
+            and self.described["status"] in ENDED and self.described["status"] != "SUCCEEDED"
+
+    @property
+    def redrive_count(self) -> int:
+        return int((self.described or {}).get("redriveCount") or 0)
+
+    @property
+    def not_redrivable_because(self) -> str:
+        if self.described is None:
+            return f"no execution {self.execution_arn}"
+        if self.redrivable:
+            return ""
+        return str(self.described.get("redriveStatusReason") or f"the execution is {self.described['status']}")
+
+
+class NotRedrivable(Exception):
+    """RedriveExecution refused: its error code and message, as the page shows them."""
+
+    def __init__(self, arn: str, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.arn, self.code, self.message = arn, code, message
+
+
+REDRIVE_REFUSALS = ("ExecutionNotRedrivable", "ExecutionDoesNotExist", "InvalidArn", "ExecutionLimitExceeded",
+                    "ValidationException")
+
+
+def redrive_token(arn: str, redrive_count: int) -> str:
+    """RedriveExecution's clientToken for the redrive that follows `redrive_count` redrives: the one
+    scripts/redrive_parked.py uses, so a resubmitted form, or the script and the page at once, redrive once."""
+    return hashlib.sha256(f"{arn}#{redrive_count}".encode()).hexdigest()[:64]
+
+
+def open_state(events: list[dict[str, Any]], states: Any = None) -> str:
+    """The state a redrive resumes at: the latest one entered and never exited (a Fail state counts), among
+    `states` (the definition's top-level ones) if given; "" if none."""
+    entered: dict[str, int] = {}
+    for n, event in enumerate(events):
+        name = details(event).get("name")
+        if states is not None and name not in states:
+            continue
+        if event["type"].endswith("StateEntered"):
+            entered[str(name)] = n
+        elif event["type"].endswith("StateExited"):
+            entered.pop(str(name), None)
+    return max(entered, key=lambda name: entered[name]) if entered else ""
 
 
 class ConsoleData:
@@ -229,17 +300,23 @@ class ConsoleData:
         if token:
             kwargs["nextToken"] = token
         page = self.sfn.list_executions(**kwargs)
+        listed = {e["executionArn"]: e for e in page["executions"]}
         rows = [ExecutionRow(e["executionArn"], e["name"], e["status"], e["startDate"], e.get("stopDate"))
                 for e in page["executions"]]
         failed = [row for row in rows if row.status in ENDED and row.status != "SUCCEEDED"]
-        for row, described in zip(failed, self._pool.map(lambda r: self.describe(r.arn), failed), strict=True):
+        for row, described in zip(failed, self._pool.map(lambda r: self.describe(r.arn, listed[r.arn]), failed),
+                                  strict=True):
             row.error = described.get("error") or row.status
         return ExecutionPage(rows, page.get("nextToken"), status, size)
 
-    def describe(self, arn: str) -> dict[str, Any]:
+    def describe(self, arn: str, listed: dict[str, Any] | None = None) -> dict[str, Any]:
+        """DescribeExecution, kept once ended. A kept description of an execution that can still be redriven is
+        used only where ListExecutions (`listed`) shows the same status and redrive count: a redrive changes both."""
         with self._lock:
-            if arn in self._ended:
-                return self._ended[arn]
+            kept = self._ended.get(arn)
+        if kept is not None and (_final(kept) or (listed is not None and listed["status"] == kept["status"] and int(
+                listed.get("redriveCount") or 0) == int(kept.get("redriveCount") or 0))):
+            return kept
         try:
             described = redact(self.sfn.describe_execution(executionArn=arn))
         except self.sfn.exceptions.ExecutionDoesNotExist as exc:
@@ -247,6 +324,11 @@ class ConsoleData:
         if described["status"] in ENDED:
             self._keep(self._ended, arn, described)
         return described
+
+    def forget(self, arn: str) -> None:
+        """The execution changed (this console redrove it): describe it again next time."""
+        with self._lock:
+            self._ended.pop(arn, None)
 
     def _keep(self, cache: OrderedDict[str, dict[str, Any]], key: str, value: dict[str, Any]) -> None:
         with self._lock:
@@ -312,6 +394,61 @@ class ConsoleData:
                                  int(policy["maxReceiveCount"]) if "maxReceiveCount" in policy else None))
         return out
 
+    def parked_sagas(self) -> list[ParkedSaga]:
+        """The parked sagas, oldest parked first: the orders whose saga_status is FAILED (a Scan of the orders table,
+        every page; nothing is received from the queue), each with its execution as it is now."""
+        table, found, start = self.outputs["OrdersTableName"], [], None
+        while True:
+            kwargs: dict[str, Any] = {
+                "TableName": table, "ConsistentRead": True, "FilterExpression": "#status = :failed",
+                "ProjectionExpression": "#id, #owner, #arn, #error, #steps.#park, #updated",
+                "ExpressionAttributeNames": {"#status": "saga_status", "#id": "order_id", "#owner": "lease_owner",
+                                             "#arn": "execution_arn", "#error": "parked_error", "#steps": "steps",
+                                             "#park": "ParkSaga", "#updated": "updated_at"},
+                "ExpressionAttributeValues": {":failed": {"S": "FAILED"}}}
+            if start:
+                kwargs["ExclusiveStartKey"] = start
+            page = self.dynamodb.scan(**kwargs)
+            found += [_item(raw) or {} for raw in page.get("Items", [])]
+            start = page.get("LastEvaluatedKey")
+            if not start:
+                break
+        parked = list(self._pool.map(self._parked_saga, found))
+        return sorted(parked, key=lambda p: (p.parked_at or 0, p.order_id))
+
+    def _parked_saga(self, order: dict[str, Any]) -> ParkedSaga:
+        # ParkSaga parks only an order its execution still owns: the lease owner is <ARN>#<start time>
+        arn = str(order.get("lease_owner") or order.get("execution_arn") or "").split("#")[0] or \
+            self.execution_arn(str(order["order_id"]))
+        parked = ParkedSaga(str(order["order_id"]), arn, str(order.get("parked_error") or ""),
+                            ((order.get("steps") or {}).get("ParkSaga") or {}).get("at") or order.get("updated_at"),
+                            None)
+        try:
+            parked.described = redact(self.sfn.describe_execution(executionArn=arn))
+        except (self.sfn.exceptions.ExecutionDoesNotExist, self.sfn.exceptions.InvalidArn):
+            advise_parked(parked)
+            return parked
+        parked.failed_state = open_state(redact(history(self.sfn, arn)), self._definition(arn)["States"])
+        parked.failed_cause = execution_reading.Cause.read(parked.described.get("cause"))
+        advise_parked(parked)
+        return parked
+
+    def redrive(self, arn: str, redrive_count: int) -> None:
+        """RedriveExecution of a parked saga's execution (an execution of this state machine only). Raises
+        NotRedrivable with Step Functions' reason when it refuses."""
+        prefix = self.execution_arn("")
+        if not arn.startswith(prefix) or len(arn) == len(prefix):
+            raise NotRedrivable(arn, "NotThisStateMachine", f"not an execution of {self.state_machine_arn}")
+        try:
+            self.sfn.redrive_execution(executionArn=arn, clientToken=redrive_token(arn, redrive_count))
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            if error.get("Code") not in REDRIVE_REFUSALS:
+                raise
+            raise NotRedrivable(arn, str(error.get("Code")), str(error.get("Message") or "")) from exc
+        finally:
+            self.forget(arn)
+
     def read_parked(self) -> list[ParkedMessage]:
         """Up to 10 messages of each queue, left on it (VisibilityTimeout=0). Each read counts as a receive."""
         out = []
@@ -325,24 +462,46 @@ class ConsoleData:
 
     def _parked(self, queue: QueueInfo, message: dict[str, Any]) -> ParkedMessage:
         body = redact(execution_reading.parse_json(message.get("Body", "")))
-        saga = body.get("saga", {}) if isinstance(body, dict) else {}
+        fields = body if isinstance(body, dict) else {}
         attributes = message.get("Attributes", {})
-        order_id = str(saga.get("order_id") or message.get("MessageAttributes", {}).get("order_id", {}).get(
+        order_id = str(fields.get("order_id") or message.get("MessageAttributes", {}).get("order_id", {}).get(
             "StringValue") or attributes.get("MessageGroupId", ""))
-        failures = [{"state": state, "error": failure.get("Error", ""),
-                     "cause": execution_reading.Cause.read(failure.get("Cause"))}
-                    for state, failure in (saga.get("failures") or {}).items() if isinstance(failure, dict)]
         sent = attributes.get("SentTimestamp")
-        parked = ParkedMessage(queue.name, message["MessageId"], order_id,
-                               # the execution's identity is <ARN>#<start time>: the ARN names the page
-                               str(body.get("execution_id", "")).split("#")[0] if isinstance(body, dict) else "",
+        parked = ParkedMessage(queue.name, message["MessageId"], order_id, str(fields.get("execution_arn") or ""),
                                int(sent) / 1000 if sent else None, int(attributes.get("ApproximateReceiveCount", 0)),
-                               body, failures, self.order(order_id) if order_id else None)
+                               body, str(fields.get("error") or ""), execution_reading.Cause.read(fields.get("cause")),
+                               int(fields.get("redrive_count") or 0), self.order(order_id) if order_id else None)
         advise(parked, queue)
         return parked
 
 
-COMPENSATIONS_IN_ORDER = ("RefundPayment", "VoidPayment", "ReleaseCoupon", "ReleaseInventory", "CancelOrder")
+RUNBOOK = "operations.md, Parked sagas"
+SCRIPT = "python scripts/redrive_parked.py --stack-name <stack>"  # the operator's command (--stack-outputs locally)
+
+
+def _final(described: dict[str, Any]) -> bool:
+    """The description cannot change any more: succeeded, or ended and not redrivable."""
+    return described["status"] == "SUCCEEDED" or (
+        described["status"] in ENDED and described.get("redriveStatus") == "NOT_REDRIVABLE")
+
+
+def advise_parked(parked: ParkedSaga) -> None:
+    """docs/operations.md's runbook for a parked saga: fix the cause, redrive, check."""
+    where = f"{parked.failed_state} failed" if parked.failed_state else "the execution failed"
+    cause = f": {parked.failed_cause.message}" if parked.failed_cause else ""
+    advice = [f"Fix the cause: {where} with {parked.parked_error or 'an error'}{cause} ({RUNBOOK} §2 and §3)."]
+    if parked.redrivable:
+        advice.append(f"Redrive the execution (the button, or `{SCRIPT} {parked.order_id}`): "
+                      f"it resumes at {parked.failed_state or 'the state that failed'}, which takes the parked order "
+                      "back, and the compensations after it run.")
+        advice.append("Check: the execution ends FAILED at SagaCompensated with the error that started the rollback, "
+                      "and the order COMPENSATED. An execution that fails again parks again: the cause is not fixed.")
+        advice.append(f"Then `{SCRIPT} {parked.order_id}` deletes its message from the parked queue (for an order "
+                      "that ended COMPENSATED it redrives nothing).")
+    else:
+        advice.append(f"It cannot be redriven ({parked.not_redrivable_because}): finish it by invoking the remaining "
+                      f"compensations with the execution's identity ({RUNBOOK} §3), then check.")
+    parked.advice = advice
 
 
 def advise(parked: ParkedMessage, queue: QueueInfo) -> None:
@@ -359,36 +518,32 @@ def advise(parked: ParkedMessage, queue: QueueInfo) -> None:
     ]
     if queue.name == "dead-letter":
         parked.receive_note = ("Received too often, so SQS moved it to the dead-letter queue (operations.md §5): move "
-                               "it back with `aws sqs start-message-move-task`, or redrive it from there and delete it "
-                               "there.")
+                               "it back with `aws sqs start-message-move-task`, or redrive its order by name and "
+                               "delete the message there.")
     elif queue.max_receives:
         left = queue.max_receives - parked.receives
         parked.receive_note = f"Received {parked.receives} of {queue.max_receives} times: " + (
-            f"{left} more receive(s) move it to the dead-letter queue (operations.md §2)." if left > 0
+            f"{left} more receive(s) move it to the dead-letter queue (operations.md §5)." if left > 0
             else "the next receive moves it to the dead-letter queue.")
     advice = []
     if order is None:
         advice.append("No order item: nothing to compensate. Read the execution's history, then delete the message.")
     elif status == "FAILED":
-        failed = ", ".join(f"{f['state']}: {f['error']}" for f in parked.failures) or order.get("parked_error", "")
-        advice.append(f"Fix the cause ({failed}).")
-        advice.append("Nothing to reset: each compensation takes the parked order back to COMPENSATING itself.")
-        advice.append("Invoke " + ", then ".join(COMPENSATIONS_IN_ORDER) + " with the message body as the event, "
-                      "in that order; stop at the first that fails (operations.md §3).")
-        advice.append("Check the order, the payment and the reservation (the checks below).")
-        advice.append("Delete the message (receive it with a long visibility timeout to get a receipt handle).")
+        advice.append(f"Parked: fix the cause ({parked.error or order.get('parked_error', '')}), redrive its execution "
+                      f"(Parked executions above, or `{SCRIPT} {parked.order_id}`), check "
+                      f"({RUNBOOK} §3).")
     elif status == "COMPENSATING":
-        advice.append("The order is COMPENSATING: a redrive began and stopped. Run the compensations again, in order "
-                      "(operations.md §3, step 3), then check.")
+        advice.append("The order is COMPENSATING: its execution was redriven and took it back. Wait for the execution "
+                      "to end (should it die, the reaper takes the order over once its lease expires), then check.")
     elif status in SAGA_UNFINISHED or status in ("CONFIRMING", "COMPLETED"):
         advice.append(f"The order is {status}: ParkSaga marks an order FAILED before it sends this message, so it was "
-                      "acted on since, and it is the reaper's (never compensate a CONFIRMING or COMPLETED order). Look "
-                      "again after LeaseSeconds plus one ReaperSchedule period before you run anything "
-                      "(operations.md §3, step 2).")
+                      "acted on since, and it is its execution's or the reaper's (never compensate a CONFIRMING or "
+                      "COMPLETED order). Look again once its execution ended.")
     elif all(ok for _, ok in parked.checks):
-        advice.append("Already compensated and every check passes: delete the message (operations.md §3, step 5).")
+        advice.append(f"Finished, and every check passes: delete the message (`{SCRIPT} {parked.order_id}` does "
+                      "it for a finished order).")
     else:
         failing = ", ".join(name for name, ok in parked.checks if not ok)
-        advice.append(f"The order is {status} but not every check passes ({failing}): run the compensations "
-                      "again with the message body (operations.md §3), then check again.")
+        advice.append(f"The order is {status} but not every check passes ({failing}): read its execution, and redrive "
+                      f"it if it can be ({RUNBOOK} §3), then check again.")
     parked.advice = advice

@@ -3,6 +3,10 @@
 The visits and their timings come from sagalocal.timeline.visits (the same reading `sagalocal history`
 prints); this module adds what a page shows of each: the task attempts as intervals (so retries and the
 waits between them can be drawn), the state's input and output, and each failure's error and cause.
+
+A redriven execution (RedriveExecution) has one history of several runs: each ExecutionRedriven event begins a
+run, with the state that had failed entered again. A visit of an earlier run is settled by how that run ended
+(its own end event), not by the execution's status now.
 """
 
 from __future__ import annotations
@@ -11,10 +15,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from sagalocal.timeline import TASK_FAILED, TASK_SCHEDULED, details
+from sagalocal.timeline import EXECUTION_ENDED, EXECUTION_REDRIVEN, TASK_FAILED, TASK_SCHEDULED, details
 from sagalocal.timeline import visits as timeline_visits
 
 TASK_OK = ("TaskSucceeded", "LambdaFunctionSucceeded")
+STATUS_OF_END = {"ExecutionFailed": "FAILED", "ExecutionSucceeded": "SUCCEEDED", "ExecutionAborted": "ABORTED",
+                 "ExecutionTimedOut": "TIMED_OUT"}
 
 
 def parse_json(text: Any) -> Any:
@@ -88,6 +94,7 @@ class Visit:
     status: str = "running"  # succeeded, retried, failed, compensating, running, ended-succeeded, ended-failed
     error: str = ""
     cause: Cause | None = None
+    run: int = 0  # 0: the first run; n: after the n-th redrive
 
     @property
     def retries(self) -> int:
@@ -99,10 +106,19 @@ class Visit:
 
 
 @dataclass
+class Redrive:
+    number: int  # 1 for the first redrive
+    at_ms: float  # since the start
+    resumed_at: str = ""  # the state its run entered first (the one that had failed)
+    ended: str = ""  # how the run before it had ended: FAILED, TIMED_OUT or ABORTED
+
+
+@dataclass
 class Reading:
     visits: list[Visit]
     total_ms: float  # the execution's length so far
     events: list[dict[str, Any]]  # as GetExecutionHistory gave them, with `at_ms` since the start
+    redrives: list[Redrive] = field(default_factory=list)
 
 
 def read(events: list[dict[str, Any]], roles: dict[str, str], execution_status: str,
@@ -115,11 +131,12 @@ def read(events: list[dict[str, Any]], roles: dict[str, str], execution_status: 
         event["at_ms"] = (event["timestamp"].timestamp() - t0) * 1000
     total_ms = events[-1]["at_ms"] if execution_status != "RUNNING" or now_ms is None else max(
         now_ms - t0 * 1000, events[-1]["at_ms"])
+    redrives, ends = _runs(events)
     out, failed_containers = [], []
     for base in timeline_visits(events):
         segment = base.events
         visit = Visit(base.name, segment[0]["type"].removesuffix("StateEntered"), roles.get(base.name, ""),
-                      base.start_ms, base.end_ms, input=parse_json(details(segment[0]).get("input")))
+                      base.start_ms, base.end_ms, input=parse_json(details(segment[0]).get("input")), run=base.run)
         for event in segment[1:]:
             kind, info = event["type"], details(event)
             if kind in TASK_SCHEDULED:
@@ -135,11 +152,31 @@ def read(events: list[dict[str, Any]], roles: dict[str, str], execution_status: 
                 visit.output = parse_json(info.get("output"))
             elif kind in ("MapStateFailed", "ParallelStateFailed"):
                 failed_containers.append(visit)
-        _settle(visit, execution_status, execution_error, execution_cause)
+        if visit.run < len(redrives):  # an earlier run: as it ended
+            _settle(visit, *ends.get(visit.run, ("FAILED", "", None)))
+        else:
+            _settle(visit, execution_status, execution_error, execution_cause)
         out.append(visit)
     for container in failed_containers:  # its failure events carry no error: it is the failed branch's
         container.status, container.error = "failed", _branch_error(container, out)
-    return Reading(out, total_ms, events)
+    for redrive in redrives:
+        redrive.resumed_at = next((v.name for v in out if v.run == redrive.number), "")
+        redrive.ended = ends.get(redrive.number - 1, ("",))[0]
+    return Reading(out, total_ms, events, redrives)
+
+
+def _runs(events: list[dict[str, Any]]) -> tuple[list[Redrive], dict[int, tuple[str, str, Any]]]:
+    """The redrives, and how each run ended: run -> (status, error, cause), from its first end event."""
+    redrives: list[Redrive] = []
+    ends: dict[int, tuple[str, str, Any]] = {}
+    for event in events:
+        kind = event["type"]
+        if kind == EXECUTION_REDRIVEN:
+            redrives.append(Redrive(len(redrives) + 1, event["at_ms"]))
+        elif kind in EXECUTION_ENDED:
+            info = details(event)
+            ends.setdefault(len(redrives), (STATUS_OF_END[kind], str(info.get("error") or ""), info.get("cause")))
+    return redrives, ends
 
 
 def _branch_error(container: Visit, visits: list[Visit]) -> str:

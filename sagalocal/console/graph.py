@@ -28,6 +28,7 @@ class Node:
     status: str = ""  # on an execution: not-visited, or execution.Visit.status
     retries: int = 0
     error: str = ""
+    redriven: int = 0  # on an execution: how many redrives resumed at this state
 
 
 @dataclass
@@ -111,10 +112,21 @@ def _catch_matches(edge: Edge, error: str) -> bool:
 
 
 def overlay(graph: Graph, visits: list[Visit]) -> Graph:
-    """The graph with an execution's visits on it: each state's status, and the edges the path took."""
+    """The graph with an execution's visits on it: each state's status, and the edges the path took.
+
+    A redriven execution's states are as its latest run left them: a state visited again after a redrive has that
+    visit's status and error (the failure before it stays in the timeline); its retries count over every run."""
     for node in graph.nodes:
         node.status = "not-visited"
+    runs_begun: set[int] = set()
+    last_run: dict[str, int] = {}  # a node -> the run of its latest visit
     for visit in visits:
+        shown = graph.node(graph.inner.get(visit.name, visit.name))
+        if visit.run not in runs_begun:
+            runs_begun.add(visit.run)
+            shown.redriven += visit.run > 0  # a redriven run begins here: the state that had failed
+        if last_run.setdefault(shown.name, visit.run) != visit.run:
+            shown.error, last_run[shown.name] = "", visit.run  # visited again by a later run: that run's error
         if visit.name in graph.inner:  # a Map iteration's state: its retries and error count on the Map
             node = graph.node(graph.inner[visit.name])
             node.retries += visit.retries
@@ -126,6 +138,8 @@ def overlay(graph: Graph, visits: list[Visit]) -> Graph:
         node.error = visit.error or node.error
     visits = [visit for visit in visits if visit.name not in graph.inner]
     for step, (here, there) in enumerate(zip(visits, visits[1:], strict=False), start=1):
+        if here.run != there.run:
+            continue  # a redrive: no transition between the state its run ended in and the one the next run entered
         candidates = [e for e in graph.edges if e.source == here.name and e.target == there.name]
         if here.status == "failed" and here.error:
             preferred = [e for e in candidates if e.kind == "catch" and _catch_matches(e, here.error)]

@@ -113,6 +113,7 @@ class ConsoleApp:
             Rule("/executions/<path:name>", endpoint="execution"),
             Rule("/orders/<order_id>", endpoint="order"),
             Rule("/parked", endpoint="parked", methods=["GET", "POST"]),
+            Rule("/parked/redrive", endpoint="redrive", methods=["POST"]),
             Rule("/dashboard", endpoint="dashboard"),
             Rule("/static/<path:name>", endpoint="static"),
             Rule("/vendor/<name>", endpoint="vendor"),
@@ -194,15 +195,31 @@ class ConsoleApp:
         refresh = Refresh(request, view.unfinished, REFRESH_RUNNING, f"saga {saga_status}")
         return self.render(request, "order.html", {"view": view, "refresh": refresh, "title": f"Order {order_id}"})
 
-    def on_parked(self, request: Request) -> Response:
+    def on_parked(self, request: Request, refused: console_data.NotRedrivable | None = None) -> Response:
         messages = None
-        if request.method == "POST":
+        if request.method == "POST" and refused is None:
             # A read counts as a receive of every message on the queue: only this page's own form may ask.
-            if request.headers.get("Sec-Fetch-Site", "same-origin") != "same-origin":
-                raise Forbidden("messages are read from the console's own page only")
+            _same_origin(request, "messages are read from the console's own page only")
             messages = self.data.read_parked()
-        return self.render(request, "parked.html", {"queues": self.data.queues(), "messages": messages,
-                                                    "title": "Parked sagas"})
+        return self.render(request, "parked.html", {"parked": self.data.parked_sagas(), "queues": self.data.queues(),
+                                                    "messages": messages, "refused": refused,
+                                                    "title": "Parked sagas"},
+                           status=409 if refused is not None else 200)
+
+    def on_redrive(self, request: Request) -> Response:
+        """RedriveExecution of a parked saga's execution, then its page (which refreshes while it runs). A refusal
+        (not redrivable, no such execution) is shown on the Parked page with Step Functions' reason."""
+        _same_origin(request, "executions are redriven from the console's own page only")
+        arn = request.form.get("execution_arn", "")
+        try:
+            count = int(request.form.get("redrive_count", "0"))
+        except ValueError as exc:
+            raise BadRequest("redrive_count must be a number") from exc
+        try:
+            self.data.redrive(arn, count)
+        except console_data.NotRedrivable as refused:
+            return self.on_parked(request, refused)
+        return redirect("/executions/" + arn.rsplit(":", 1)[-1], code=303)
 
     def on_dashboard(self, request: Request) -> Response:
         dashboards, source = self.data.dashboards()
@@ -219,6 +236,13 @@ class ConsoleApp:
         if path is None or not path.is_file():
             raise NotFound(f"no asset {name}" if path is None else f"{path} is not installed: run `make venv`")
         return send_from_directory(path.parent, path.name, request.environ, max_age=3600)
+
+
+def _same_origin(request: Request, why: str) -> None:
+    """A POST that changes or receives something: from the console's own pages only (a browser sends
+    Sec-Fetch-Site with every request; a page of another site that posts here gets 403)."""
+    if request.headers.get("Sec-Fetch-Site", "same-origin") != "same-origin":
+        raise Forbidden(why)
 
 
 class ConsoleServer:

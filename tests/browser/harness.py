@@ -187,12 +187,29 @@ SCENARIOS: dict[str, tuple[str | list[str], dict[str, Any] | None]] = {
     "declined": ("tok_decline", None),
     "transient": ("tok_transient_2", None),  # two PaymentGatewayUnavailable, retried, then approved
     "split-declined": (["tok_approve", "tok_decline"], None),  # two cards; the second declined: both voided
-    # Declined, and ReleaseInventory fails on every attempt: the compensation spends its retries and parks.
+    # Declined, and ReleaseInventory fails on its 4 attempts (1 + 3 retries): the compensation spends its retries,
+    # the execution fails there and ParkSaga parks it. The rule is spent then, so a redrive of it succeeds.
     "parked": ("tok_decline", {"action": "invocation-error", "function": "ReleaseInventory",
-                               "error": "TransientError", "count": None}),
+                               "error": "TransientError", "count": 4}),
 }
+
+
+def wait_parked(stack: Stack, placed: Placed, timeout: float = SCENARIO_TIMEOUT) -> dict[str, Any]:
+    """The order once ParkSaga parked it (saga_status FAILED). ParkSaga runs after the execution failed, on its
+    status change event (EventBridge, asynchronously): polled, within a deadline."""
+    ddb, deadline, status = stack.client("dynamodb"), time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        item = ddb.get_item(TableName=stack.outputs["OrdersTableName"], Key={"order_id": {"S": placed.order_id}},
+                            ConsistentRead=True).get("Item") or {}
+        status = item.get("saga_status", {}).get("S")
+        if status == "FAILED":
+            return item
+        time.sleep(0.2)
+    raise TimeoutError(f"{placed.name} ({placed.order_id}) not parked after {timeout:.0f} s: saga {status}")
 
 
 def place_scenarios(stack: Stack) -> dict[str, Placed]:
     placed = {name: place_order(stack, name, token, fault) for name, (token, fault) in SCENARIOS.items()}
-    return {name: wait_ended(stack, p) for name, p in placed.items()}
+    ended = {name: wait_ended(stack, p) for name, p in placed.items()}
+    wait_parked(stack, ended["parked"])
+    return ended

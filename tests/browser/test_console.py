@@ -11,11 +11,11 @@ import re
 
 from playwright.sync_api import expect
 
-from tests.browser.harness import ROOT, place_order
+from tests.browser.harness import ROOT, place_order, wait_ended
 
 DEFINITION = json.loads((ROOT / "statemachine/order_saga.asl.json").read_text())
 FORWARD = ["CreateOrder", "ReserveInventory", "AuthorizePayment", "ConfirmOrder"]  # the plain order's steps
-COMPENSATIONS = ["RefundPayment", "VoidPayment", "ReleaseCoupon", "ReleaseInventory", "CancelOrder", "ParkSaga"]
+COMPENSATIONS = ["RefundPayment", "VoidPayment", "ReleaseCoupon", "ReleaseInventory", "CancelOrder"]
 PLAIN = ["CreateOrder", "ReserveInventory", "RouteOrder", "AuthorizePayment", "ConfirmOrder"]  # its path
 
 
@@ -54,8 +54,11 @@ def test_state_machine_graph_is_the_definition(console):
         expect(state(page, name)).to_have_attribute("data-role", "forward")
     for name in [*COMPENSATIONS, "CouponHeld"]:
         expect(state(page, name)).to_have_attribute("data-role", "compensation")
-    for name in ("SagaCompensated", "CompensationFailed", "OrderLocked"):
+    for name in ("SagaCompensated", "OrderLocked"):
         expect(state(page, name)).to_have_attribute("data-role", "fail")
+    # Parking is no state: a compensation that spends its retries fails the execution there.
+    expect(state(page, "ParkSaga")).to_have_count(0)
+    expect(state(page, "CompensationFailed")).to_have_count(0)
     # Catch edges carry the errors they match; Next edges carry no label.
     declined = page.locator('.graph .edge-label[data-edge="AuthorizePayment>catch>CouponHeld"]')
     expect(declined).to_have_text("PaymentDeclined")
@@ -87,7 +90,7 @@ def test_executions_list_newest_first_filtered_and_paginated(console, scenarios)
     expect(page.locator(f'tr[data-execution="{scenarios["declined"].order_id}"] .error')).to_have_text(
         "PaymentDeclined")
     expect(page.locator(f'tr[data-execution="{scenarios["parked"].order_id}"] .error')).to_have_text(
-        "CompensationFailed")
+        "TransientError")
     starts = [float(s) for s in page.locator("td.start").evaluate_all("cells => cells.map(c => c.dataset.start)")]
     assert starts == sorted(starts, reverse=True), "not newest first"
 
@@ -125,7 +128,7 @@ def test_a_declined_order_followed_from_the_list_to_where_it_failed(console, sce
     assert seen["SagaCompensated"] == "ended-failed"
     assert {name for name, status in seen.items() if status == "not-visited"} == {
         "ConfirmOrder", "ApplyCoupon", "PayRoute", "AuthorizePayments", "RefundPayment", "FinishedForward",
-        "SagaConfirmed", "VoidPayment", "ReleaseCoupon", "ParkSaga", "CompensationFailed", "OrderLocked"}
+        "SagaConfirmed", "VoidPayment", "ReleaseCoupon", "OrderLocked"}
     expect(state(page, "AuthorizePayment").locator(".badge.error")).to_have_text("✖ PaymentDeclined")
     # Four looks, one per status, at a glance.
     fills = {name: state(page, name).evaluate("el => getComputedStyle(el).backgroundColor")
@@ -193,30 +196,149 @@ def test_order_page_shows_saga_steps_reservation_payment_and_lease(console, scen
     expect(page.locator("h1")).to_contain_text(approved.order_id)
 
 
-def test_parked_sagas_are_read_on_request_with_what_to_do(console, scenarios):
+def test_a_parked_execution_failed_at_the_compensation_that_spent_its_retries(console, scenarios):
     parked = scenarios["parked"]
-    assert (parked.status, parked.error) == ("FAILED", "CompensationFailed")
+    assert (parked.status, parked.error) == ("FAILED", "TransientError")  # the compensation's own error
+    page = console.open(f"/executions/{parked.order_id}")
+    expect(page.locator("[data-execution-error]")).to_have_text("TransientError")
+    seen = statuses(page)
+    assert seen["ReleaseInventory"] == "failed"
+    assert seen["AuthorizePayment"] == "failed"
+    assert seen["CancelOrder"] == seen["SagaCompensated"] == "not-visited"
+    assert not {"ParkSaga", "CompensationFailed"} & set(seen)
+    expect(state(page, "ReleaseInventory")).to_have_attribute("data-retries", "3")
+    expect(state(page, "ReleaseInventory").locator(".badge.error")).to_have_text("✖ TransientError")
+    expect(page.locator('.timeline tbody tr[data-state]').last).to_have_attribute("data-state", "ReleaseInventory")
+    expect(page.locator('.timeline tbody tr[data-state]').last).to_have_attribute("data-status", "failed")
+    expect(page.locator('[data-summary="failed"]')).to_have_text([
+        re.compile("AuthorizePayment failed with PaymentDeclined"),
+        re.compile("ReleaseInventory failed with TransientError.* after 4 attempts.$")])
+    expect(page.locator('[data-summary="end"]')).to_have_count(0)  # it ended in no Fail state: at the compensation
+    expect(page.locator("[data-redrive-count]")).to_have_count(0)
+    expect(page.locator("table.history tbody tr").last).to_have_attribute("data-event-type", "ExecutionFailed")
+
+
+def test_parked_sagas_are_listed_without_a_receive_and_read_on_request(console, scenarios):
+    parked = scenarios["parked"]
     page = console.open("/parked")
+    page.reload()  # opening the page, twice, receives nothing: the list is the orders table's
+    entry = page.locator(f'[data-parked-saga="{parked.order_id}"]')
+    expect(page.locator("[data-parked-saga]")).to_have_count(1)
+    expect(entry.locator("[data-execution-link]")).to_have_attribute("href", f"/executions/{parked.order_id}")
+    expect(entry.locator("[data-parked-error]")).to_have_text("TransientError")
+    expect(entry.locator("[data-failed-state]")).to_have_text("ReleaseInventory")
+    expect(entry.locator("[data-redrive-count]")).to_have_attribute("data-redrive-count", "0")
+    expect(entry).to_have_attribute("data-redrivable", "true")
+    expect(entry.locator("[data-redrive]")).to_be_enabled()
+    expect(entry.locator(".advice li")).to_have_text([
+        re.compile("^Fix the cause: ReleaseInventory failed with TransientError: fault injected"),
+        re.compile("^Redrive the execution .* resumes at ReleaseInventory"), re.compile("^Check: "),
+        re.compile("redrive_parked.py")])
+    expect(page.locator(".advice")).not_to_contain_text(re.compile("Invoke|CompensationFailed"))
     expect(page.locator('tr[data-queue="parked"] [data-visible]')).to_have_text("1")
-    expect(page.locator("[data-parked-order]")).to_have_count(0)  # opening the page receives nothing
+    expect(page.locator('tr[data-queue="parked"] [data-in-flight]')).to_have_text("0")
+    expect(page.locator("[data-parked-order]")).to_have_count(0)
+
     page.locator("[data-read-messages]").click()
     card = page.locator(f'[data-parked-order="{parked.order_id}"]')
     expect(card).to_have_attribute("data-queue", "parked")
-    expect(card.locator("[data-receives]")).to_have_text("1")  # this read was the first receive
-    expect(card).to_contain_text("ReleaseInventory")
-    expect(card).to_contain_text("TransientError")
-    expect(card.locator(".advice")).to_contain_text(
-        "Invoke RefundPayment, then VoidPayment, then ReleaseCoupon, then ReleaseInventory, then CancelOrder")
+    expect(card.locator("[data-receives]")).to_have_text("1")  # this read was the first receive: the list made none
+    expect(card.locator("[data-message-error]")).to_have_text(re.compile("^TransientError: fault injected"))
+    expect(card.locator("[data-message-redrive-count]")).to_have_text("0")
+    expect(card.locator(f'a[href="/executions/{parked.order_id}"]')).to_have_count(1)
+    expect(card.locator(".advice")).to_contain_text("Parked: fix the cause (TransientError), redrive its execution")
     expect(card.locator("[data-receive-note]")).to_contain_text("4 more receive(s) move it to the dead-letter queue")
     expect(card.locator('.checks [data-check-ok="false"]')).to_contain_text(["order COMPENSATED", "reservation"])
-    card.locator(f'a[href="/executions/{parked.order_id}"]').click()
+    expect(page.locator("main")).not_to_contain_text(re.compile("CompensationFailed|Invoke RefundPayment"))
+    page.locator(f'a[href="/orders/{parked.order_id}"]').first.click()
+    expect(page.locator("[data-parked]")).to_contain_text("TransientError")
+    expect(page.locator('[data-parked] a[href="/parked"]')).to_have_count(1)
+
+
+def expect_conflict_logged(console) -> None:
+    """The refusal's answer is 409 Conflict, as it should be, and Chromium logs every 4xx answer as an error: that
+    one line, once, is expected (any other error still fails the test)."""
+    def conflicts() -> list[str]:
+        return [e for e in console.errors if e.startswith("console.error: Failed to load resource") and "409" in e]
+
+    for _ in range(100):  # the browser's log event may come a moment after the page shows
+        if conflicts():
+            break
+        console.page.wait_for_timeout(50)
+    assert len(conflicts()) == 1, console.errors
+    console.errors.remove(conflicts()[0])
+
+
+def test_a_redrive_that_is_refused_shows_why_and_changes_nothing(console, stack, scenarios):
+    approved, parked = scenarios["approved"], scenarios["parked"]
+    sfn = stack.client("stepfunctions")
+    page = console.open("/parked")
+    form = page.locator(f'[data-parked-saga="{parked.order_id}"] form')
+    # A page older than the execution's state: the form names an execution that succeeded.
+    form.locator('input[name="execution_arn"]').evaluate("(input, arn) => input.value = arn", approved.execution_arn)
+    form.locator("[data-redrive]").click()
+    expect(page.locator("[data-redrive-error]")).to_contain_text(approved.order_id)
+    expect(page.locator("[data-redrive-error-code]")).to_have_text("ExecutionNotRedrivable")
+    expect(page.locator("[data-redrive-error-message]")).to_contain_text("SUCCEEDED")
+    expect_conflict_logged(console)
+    assert sfn.describe_execution(executionArn=approved.execution_arn)["status"] == "SUCCEEDED"
+    assert int(sfn.describe_execution(executionArn=approved.execution_arn).get("redriveCount") or 0) == 0
+    # The page is the Parked page again, with the parked saga as it was.
+    expect(page.locator(f'[data-parked-saga="{parked.order_id}"] [data-redrive-count]')).to_have_attribute(
+        "data-redrive-count", "0")
+    # An execution of another state machine is refused before Step Functions is asked.
+    other = approved.execution_arn.replace(":order-saga-", ":another-")
+    form = page.locator(f'[data-parked-saga="{parked.order_id}"] form')
+    form.locator('input[name="execution_arn"]').evaluate("(input, arn) => input.value = arn", other)
+    form.locator("[data-redrive]").click()
+    expect(page.locator("[data-redrive-error-code]")).to_have_text("NotThisStateMachine")
+    expect_conflict_logged(console)
+    assert sfn.describe_execution(executionArn=parked.execution_arn)["status"] == "FAILED"
+
+
+def test_a_parked_saga_redriven_from_its_button_finishes_compensated(console, stack, scenarios):
+    """Last of the tests on the parked scenario (they run in file order): it finishes the parked saga."""
+    parked = scenarios["parked"]
+    page = console.open("/parked")
+    page.locator(f'[data-parked-saga="{parked.order_id}"] [data-redrive]').click()
+    # The execution's page, which refreshes itself while the redriven run runs, until it ends.
+    expect(page).to_have_url(re.compile(rf"/executions/{parked.order_id}$"))
+    expect(page.locator("[data-execution-status]")).to_have_text("FAILED", timeout=60_000)
+    ended = wait_ended(stack, parked)
+    assert (ended.status, ended.error) == ("FAILED", "PaymentDeclined")  # compensated: the business error
+    page.reload()
+    expect(page.locator("[data-execution-error]")).to_have_text("PaymentDeclined")
+    expect(page.locator("[data-redrive-count]")).to_have_attribute("data-redrive-count", "1")
     seen = statuses(page)
-    assert seen["ReleaseInventory"] == "failed"
-    assert seen["ParkSaga"] == "compensating"
-    expect(state(page, "ReleaseInventory")).to_have_attribute("data-retries", "3")
+    assert seen["ReleaseInventory"] == seen["CancelOrder"] == "compensating"  # the redriven run's: not failed
+    assert seen["SagaCompensated"] == "ended-failed"
+    assert seen["AuthorizePayment"] == "failed"
+    expect(state(page, "ReleaseInventory")).to_have_attribute("data-redriven", "1")
+    expect(state(page, "ReleaseInventory").locator(".badge.redriven")).to_have_text("⟲ redriven")
+    expect(state(page, "ReleaseInventory").locator(".badge.error")).to_have_count(0)
+    assert taken_path(page) >= {("CouponHeld", "ReleaseInventory"), ("ReleaseInventory", "CancelOrder"),
+                                ("CancelOrder", "SagaCompensated")}
+    expect(page.locator('[data-summary="redriven"]')).to_contain_text("resumed at ReleaseInventory")
     expect(page.locator('[data-summary="failed"]')).to_have_text([
         re.compile("AuthorizePayment failed with PaymentDeclined"),
-        re.compile("ReleaseInventory failed with TransientError.* after 4 attempts")])
+        re.compile("ReleaseInventory failed with TransientError.* after 4 attempts, before redrive 1")])
+    expect(page.locator('[data-summary="end"]')).to_contain_text("Ended in SagaCompensated with PaymentDeclined")
+    rows = page.locator(".timeline tbody tr")
+    names = rows.evaluate_all("rows => rows.map(r => r.dataset.state || 'redrive ' + r.dataset.redrive)")
+    assert names[-5:] == ["ReleaseInventory", "redrive 1", "ReleaseInventory", "CancelOrder", "SagaCompensated"], names
+    expect(page.locator('.timeline tr[data-state="ReleaseInventory"][data-run="0"]')).to_have_attribute(
+        "data-status", "failed")
+    expect(page.locator('.timeline tr[data-state="ReleaseInventory"][data-run="1"]')).to_have_attribute(
+        "data-status", "compensating")
+    expect(page.locator('tr[data-event-type="ExecutionRedriven"]')).to_have_count(1)
+
+    page.locator("[data-order-link]").click()
+    expect(page.locator("[data-saga-status]")).to_have_attribute("data-saga-status", "COMPENSATED")
+    expect(page.locator("[data-reservation-status]")).to_have_attribute("data-reservation-status", "RELEASED")
+    expect(page.locator("[data-parked]")).to_contain_text(re.compile(r"^TransientError; its execution redriven "))
+    page = console.open("/parked")
+    expect(page.locator(f'[data-parked-saga="{parked.order_id}"]')).to_have_count(0)
+    expect(page.locator("[data-no-parked]")).to_be_visible()
 
 
 def test_a_running_execution_refreshes_until_it_ends(console, stack, scenarios):

@@ -194,3 +194,121 @@ def test_sagalocal_console_serves_any_endpoint_from_its_outputs(stack, scenarios
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+REDRIVEN_DEFINITION = {
+    "StartAt": "Pay",
+    "States": {
+        "Pay": {"Type": "Task", "Resource": "x", "Next": "Done",
+                "Catch": [{"ErrorEquals": ["States.ALL"], "Next": "Release"}]},
+        "Release": {"Type": "Task", "Resource": "x", "Next": "Cancel"},
+        "Cancel": {"Type": "Task", "Resource": "x", "Next": "Compensated"},
+        "Compensated": {"Type": "Fail", "ErrorPath": "$.error"},
+        "Done": {"Type": "Succeed"},
+    },
+}
+
+
+def _redriven_events(*, running: bool = False) -> list[dict]:
+    """Pay declined; Release fails twice and the execution fails there; redriven: Release, Cancel, Compensated."""
+    def entered(name):
+        return ("stateEnteredEventDetails", {"name": name, "input": "{}"})
+
+    def exited(name):
+        return ("stateExitedEventDetails", {"name": name, "output": "{}"})
+
+    failed = ("taskFailedEventDetails", {"error": "TransientError", "cause": "down"})
+    first = [
+        ("ExecutionStarted", 0, None),
+        ("TaskStateEntered", 1, entered("Pay")), ("TaskScheduled", 2, None),
+        ("TaskFailed", 3, ("taskFailedEventDetails", {"error": "PaymentDeclined", "cause": "no"})),
+        ("TaskStateExited", 4, exited("Pay")),
+        ("TaskStateEntered", 5, entered("Release")), ("TaskScheduled", 6, None), ("TaskFailed", 7, failed),
+        ("TaskScheduled", 8, None), ("TaskFailed", 9, failed),
+        ("ExecutionFailed", 10, ("executionFailedEventDetails", {"error": "TransientError", "cause": "down"})),
+    ]
+    redriven = [
+        ("ExecutionRedriven", 500, ("executionRedrivenEventDetails", {"redriveCount": 1})),
+        ("TaskStateEntered", 501, entered("Release")), ("TaskScheduled", 502, None),
+    ]
+    rest = [
+        ("TaskSucceeded", 503, None), ("TaskStateExited", 504, exited("Release")),
+        ("TaskStateEntered", 505, entered("Cancel")), ("TaskScheduled", 506, None), ("TaskSucceeded", 507, None),
+        ("TaskStateExited", 508, exited("Cancel")),
+        ("FailStateEntered", 509, entered("Compensated")),
+        ("ExecutionFailed", 510, ("executionFailedEventDetails", {"error": "PaymentDeclined"})),
+    ]
+    events = _events(*first, *redriven, *([] if running else rest))
+    for event in events:
+        event["previousEventId"] = event["id"] - 1
+    return events
+
+
+def test_a_redriven_execution_shows_its_new_run_over_the_failed_one():
+    graph = state_graph(REDRIVEN_DEFINITION)
+    reading = read(_redriven_events(), {n.name: n.role for n in graph.nodes}, "FAILED", "PaymentDeclined")
+    assert [(v.name, v.run, v.status, v.error) for v in reading.visits] == [
+        ("Pay", 0, "failed", "PaymentDeclined"),
+        ("Release", 0, "failed", "TransientError"),  # the first run's failure stays in the timeline
+        ("Release", 1, "compensating", ""), ("Cancel", 1, "compensating", ""),
+        ("Compensated", 1, "ended-failed", "PaymentDeclined")]
+    assert [(r.number, round(r.at_ms), r.resumed_at, r.ended) for r in reading.redrives] == [
+        (1, 500, "Release", "FAILED")]
+    overlay(graph, reading.visits)
+    nodes = {n.name: (n.status, n.error, n.retries, n.redriven) for n in graph.nodes}
+    assert nodes["Release"] == ("compensating", "", 1, 1)  # the new run's status, not failed; retries of both runs
+    assert nodes["Cancel"] == ("compensating", "", 0, 0)
+    assert nodes["Compensated"] == ("ended-failed", "PaymentDeclined", 0, 0)
+    taken = {(e.source, e.target) for e in graph.edges if e.taken}
+    assert taken == {("Pay", "Release"), ("Release", "Cancel"), ("Cancel", "Compensated")}
+
+
+def test_a_redriven_run_still_running_keeps_the_failure_before_it():
+    graph = state_graph(REDRIVEN_DEFINITION)
+    reading = read(_redriven_events(running=True), {n.name: n.role for n in graph.nodes}, "RUNNING")
+    assert [(v.name, v.run, v.status) for v in reading.visits] == [
+        ("Pay", 0, "failed"), ("Release", 0, "failed"), ("Release", 1, "running")]
+    overlay(graph, reading.visits)
+    assert graph.node("Release").status == "running"
+
+
+def test_the_state_a_redrive_resumes_at_is_the_one_entered_and_never_left():
+    from sagalocal.console.data import open_state
+
+    events = _redriven_events()
+    assert open_state(events[:11], REDRIVEN_DEFINITION["States"]) == "Release"  # the first run failed there
+    assert open_state(events, REDRIVEN_DEFINITION["States"]) == "Compensated"  # a Fail state is never left
+    inner = {"type": "TaskStateEntered", "stateEnteredEventDetails": {"name": "AuthorizeMethod"}}
+    assert open_state([*events[:11], inner], REDRIVEN_DEFINITION["States"]) == "Release"  # top-level states only
+    assert open_state(events[:5]) == ""
+
+
+def test_a_failed_executions_kept_description_is_read_again_once_it_is_redriven():
+    """An ended execution's description is kept, but a FAILED one can be redriven: ListExecutions' status and
+    redrive count tell when the kept one is out of date, and the execution's own page always asks."""
+    from sagalocal.console.data import ConsoleData
+
+    class Sfn:
+        exceptions = type("E", (), {"ExecutionDoesNotExist": LookupError})
+        now = {"arn:s": {"status": "SUCCEEDED"}, "arn:f": {"status": "FAILED", "redriveStatus": "REDRIVABLE"}}
+        calls: list[str] = []
+
+        def describe_execution(self, executionArn):  # noqa: N803 - boto3's name
+            self.calls.append(executionArn)
+            return dict(self.now[executionArn])
+
+    data = ConsoleData(Source("http://127.0.0.1:1", "us-east-1", {"StateMachineArn": "x"}))
+    data.sfn = sfn = Sfn()
+    for _ in range(2):
+        data.describe("arn:s")
+        data.describe("arn:f", {"status": "FAILED"})
+    assert sfn.calls == ["arn:s", "arn:f"]  # both kept
+    data.describe("arn:f")
+    assert sfn.calls[-1] == "arn:f"  # its own page: a FAILED execution may have been redriven since
+    sfn.now["arn:f"] = {"status": "RUNNING", "redriveCount": 1}
+    assert data.describe("arn:f", {"status": "RUNNING", "redriveCount": 1})["status"] == "RUNNING"
+    sfn.now["arn:f"] = {"status": "FAILED", "redriveCount": 1, "redriveStatus": "NOT_REDRIVABLE"}
+    assert data.describe("arn:f", {"status": "FAILED", "redriveCount": 1})["redriveCount"] == 1
+    calls = len(sfn.calls)
+    data.describe("arn:f")
+    assert len(sfn.calls) == calls  # not redrivable any more: final, kept

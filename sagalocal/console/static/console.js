@@ -15,7 +15,8 @@
 
   function stateBox(node, compact) {
     const box = element("div", `state role-${node.role} status-${node.status}`);
-    Object.assign(box.dataset, {state: node.name, role: node.role, status: node.status, retries: node.retries});
+    Object.assign(box.dataset, {state: node.name, role: node.role, status: node.status, retries: node.retries,
+                                redriven: node.redriven || 0});
     box.title = node.comment;
     box.append(element("div", "state-name", node.name));
     box.append(element("div", "state-type", `${node.type} · ${ROLE_NAMES[node.role] || node.role}`));
@@ -24,6 +25,8 @@
     if (node.retries > 0) badges.append(element("span", "badge retries", `↻ ${node.retries} ${node.retries === 1 ? "retry" : "retries"}`));
     // The state that failed says ✖ and its error; a Fail state says which error the execution ends with.
     if (node.error) badges.append(element("span", "badge error", node.status === "failed" ? `✖ ${node.error}` : `ends with ${node.error}`));
+    // A redrive resumed the execution here (the state that had failed): its status is the new run's.
+    if (node.redriven > 0) badges.append(element("span", "badge redriven", `⟲ redriven${node.redriven > 1 ? ` ×${node.redriven}` : ""}`));
     if (badges.childElementCount) box.append(badges);
     return box;
   }
