@@ -215,7 +215,7 @@ class LocalStack:
 
         def invoke(backend: Any, function_name: str, qualifier: str | None, body: Any, headers: Any,
                    response_headers: Any) -> bytes:
-            return lambdas.invoke_for_moto(function_name, body, headers, response_headers)
+            return lambdas.invoke_for_moto(function_name, body, headers, response_headers, qualifier)
 
         LambdaSimpleBackend.invoke = invoke  # type: ignore[method-assign]  # moto's no-Docker Lambda seam
         stepfunctions.install(self.lambdas)
