@@ -76,6 +76,7 @@ def _resolve(backend: Any, state_machine_arn: str) -> tuple[Any, Any, str | None
 
 # ---- 1. starts on a version or an alias --------------------------------------------------------------------
 def _start_on_versions_and_aliases() -> None:
+    from moto.stepfunctions.parser import models as parser_models
     from moto.stepfunctions.parser.backend.execution import Execution
     from moto.stepfunctions.parser.models import StepFunctionsParserBackend
 
@@ -98,7 +99,8 @@ def _start_on_versions_and_aliases() -> None:
                          f"{machine.name}:{name}",
                 account_id=self.account_id, region_name=self.region_name,
                 state_machine=version,  # a version never changes: the execution's definition, shared
-                start_date=datetime.datetime.now(tz=datetime.UTC), cloud_watch_logging_session=None,
+                # moto's clock for a start (the simulation sets a virtual one there)
+                start_date=parser_models.datetime.datetime.now(tz=datetime.UTC), cloud_watch_logging_session=None,
                 input_data="{}" if execution_input is None else execution_input, trace_header=trace_header,
                 activity_store={})
             execution.state_machine_arn = machine.arn
