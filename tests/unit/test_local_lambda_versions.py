@@ -5,6 +5,7 @@ published with (a later change of the directories changes neither), qualified in
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import threading
 import time
@@ -88,6 +89,9 @@ def test_qualified_invokes_run_the_version_they_name_and_an_alias_resolves_when_
     assert service.invoke("Fn:live", {}).payload["code"] == "two"
     assert service.invoke("Fn", {}).payload["code"] == "two"  # $LATEST: the last deploy's
     assert service.invoke_for_states({"FunctionName": f"{ARN}:1", "Payload": "{}"})["ExecutedVersion"] == "1"
+    headers: dict = {}  # Lambda's Invoke through moto's API, with a Qualifier
+    answer = json.loads(service.invoke_for_moto("stack-Fn-ABC", b"{}", {}, headers, qualifier="live"))
+    assert (answer["version"], headers["x-amz-executed-version"]) == ("2", "2")
     with pytest.raises(UnknownFunction):
         service.invoke("Fn:7", {})
     with pytest.raises(UnknownFunction):
