@@ -179,7 +179,7 @@ def test_a_rollout_is_gradual_and_watched_long_enough_by_the_alarms_that_mean_th
     alarms = [alarm["Ref"] for alarm in preference["Alarms"]]
     assert set(alarms) <= set(TEMPLATE.of_type("AWS::CloudWatch::Alarm"))
     assert "SagaParkedAlarm" in alarms  # a compensation that failed: the saga's own harm
-    assert "ParkedSagasDeadLetterAlarm" not in alarms  # an operator's redrives, not this deploy's: it would block it
+    assert "ParkedSagasDeadLetterAlarm" not in alarms  # an operator's redrives, not this deploy's doing
 
     def detection_seconds(logical_id: str) -> float:
         """How long the alarm needs to fire once things go wrong (an iterator age must first grow to its threshold)."""
