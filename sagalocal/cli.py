@@ -5,6 +5,8 @@
   python -m sagalocal history EXECUTION   an execution's timeline (ARN or execution name)
   python -m sagalocal redrive EXECUTION   RedriveExecution, wait for its end, print its timeline
   python -m sagalocal trigger F           run a scheduled function now, with EventBridge's event
+  python -m sagalocal update              redeploy the running stack, as `sam deploy` does: the template and the
+                                          code read again, new versions of what changed, the aliases moved there
   python -m sagalocal console --endpoint URL --stack-outputs FILE   the web console for any running stack
 
 `--init CMD` runs a command once the stack serves (as LocalStack's ready hooks do), with the stack's
@@ -268,6 +270,20 @@ def cmd_trigger(args: argparse.Namespace) -> int:
     return 1 if response.get("FunctionError") else 0
 
 
+def cmd_update(args: argparse.Namespace) -> int:
+    """Redeploy the running stack (POST /_sagalocal/update) and print what each alias points at now."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"{_endpoint(args)}/_sagalocal/update", method="POST", data=b"")  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=600) as response:  # noqa: S310 - our own 127.0.0.1 stack
+            print(json.dumps(json.loads(response.read()), indent=2))
+    except urllib.error.HTTPError as exc:
+        raise UsageError(f"the stack refused the update: {json.loads(exc.read()).get('error')}") from exc
+    return 0
+
+
 def _stack_outputs(args: argparse.Namespace) -> dict[str, Any]:
     """The stack's outputs: a file, a deployed stack by name, or the running `up` stack."""
     if args.stack_outputs:
@@ -385,6 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
     trigger.add_argument("--endpoint", help="AWS endpoint (default: the running `up` stack)")
     trigger.add_argument("--region", default="us-east-1")
     trigger.set_defaults(func=cmd_trigger)
+    update = sub.add_parser("update", help="redeploy the running stack: a new version of each function and state "
+                                           "machine that changed, the aliases moved there; running executions keep "
+                                           "theirs")
+    update.add_argument("--endpoint", help="AWS endpoint (default: the running `up` stack)")
+    update.set_defaults(func=cmd_update)
     token = sub.add_parser("token", help="sign a test user in and print their ID token (the API's bearer token)")
     token.add_argument("--username", default="customer-1", help="the user (created if missing; default customer-1)")
     token.add_argument("--endpoint", help="AWS endpoint (default: the running `up` stack)")

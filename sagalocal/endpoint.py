@@ -9,6 +9,8 @@ serves the stack's own control routes:
   /_sagalocal/lambda/stats        cold starts, throttles and concurrency of every function
   /_sagalocal/executions/wait     ?arn=...&timeout=S: returns when the execution has ended, without polling
   /_sagalocal/metrics             the template's CloudWatch dashboards, evaluated on the functions' EMF lines
+  /_sagalocal/update              POST: redeploy (the template and code read again, new versions, aliases moved);
+                                  GET: what each alias points at
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qs
 
-from sagalocal.iam import Authorizer, credentials_of, denial_body, service_request
+from sagalocal.iam import Authorizer, credentials_of, denial_body, service_context, service_request
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -71,7 +73,7 @@ def _denied(environ: dict[str, Any], iam: Authorizer) -> tuple[bytes, str] | Non
         params = {k: v[-1] for k, v in form.items()}
         action, json_protocol = params.get("Action", ""), False
     request = service_request(signer[2], action, params if isinstance(params, dict) else {}, signer[1], iam.account)
-    message = iam.check(signer[0], [request])
+    message = iam.check(signer[0], [request], service_context(signer[2], params if isinstance(params, dict) else {}))
     if message is None:
         return None
     return denial_body(message, json_protocol), "application/x-amz-json-1.0" if json_protocol else "text/xml"

@@ -8,6 +8,11 @@ CLI, the console) are the account's administrator, as a developer's own credenti
 
 Every allowed call is recorded (function, action, resource), so a test can check that each function's role
 grants no action its code never calls (`used()`).
+
+Conditions: the string operators StringEquals and StringLike, alone or with ForAnyValue:, on the context keys a
+request here carries: states:StateMachineQualifier (a start on a version or an alias is authorized against the
+state machine's own ARN, the qualifier in this key, as Step Functions does). A statement with any other operator
+is refused when the stack starts, rather than ignored.
 """
 
 from __future__ import annotations
@@ -23,15 +28,35 @@ from typing import Any
 _CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/\d+/([a-z0-9-]+)/([a-z0-9-]+)/")
 
 
+CONDITION_OPERATORS = ("StringEquals", "StringLike", "ForAnyValue:StringEquals", "ForAnyValue:StringLike")
+
+
 @dataclass(frozen=True)
 class Statement:
     effect: str
     actions: tuple[str, ...]
     resources: tuple[str, ...]
+    conditions: tuple[tuple[str, str, tuple[str, ...]], ...] = ()  # (operator, context key, values)
 
-    def matches(self, action: str, resource: str) -> bool:
+    def matches(self, action: str, resource: str, context: dict[str, list[str]] | None = None) -> bool:
         return (any(_match(pattern, action, case=False) for pattern in self.actions)
-                and any(_match(pattern, resource, case=True) for pattern in self.resources))
+                and any(_match(pattern, resource, case=True) for pattern in self.resources)
+                and all(_condition(operator, (context or {}).get(key), values)
+                        for operator, key, values in self.conditions))
+
+    def condition_json(self) -> dict[str, dict[str, list[str]]]:
+        found: dict[str, dict[str, list[str]]] = {}
+        for operator, key, values in self.conditions:
+            found.setdefault(operator, {})[key] = list(values)
+        return found
+
+
+def _condition(operator: str, present: list[str] | None, values: tuple[str, ...]) -> bool:
+    """A condition on a key the request has (or has not: then no string operator matches, as in IAM)."""
+    if not present:
+        return False
+    like = operator.endswith("StringLike")
+    return any(_match(value, got, case=True) if like else got == value for got in present for value in values)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -58,7 +83,8 @@ class Principal:
 
     def to_json(self) -> dict[str, Any]:
         return {"function": self.function, "role": self.role, "access_key_id": self.access_key_id,
-                "statements": [{"Effect": s.effect, "Action": list(s.actions), "Resource": list(s.resources)}
+                "statements": [{"Effect": s.effect, "Action": list(s.actions), "Resource": list(s.resources),
+                                **({"Condition": s.condition_json()} if s.conditions else {})}
                                for s in self.statements]}
 
     @classmethod
@@ -79,9 +105,18 @@ def statements_of(policies: Any) -> list[Statement]:
         actions, resources = policy.get("Action", []), policy.get("Resource", [])
         if "NotAction" in policy or "NotResource" in policy:
             raise ValueError("NotAction and NotResource are not emulated")
+        conditions = []
+        for operator, keys in (policy.get("Condition") or {}).items():
+            if operator not in CONDITION_OPERATORS:
+                raise ValueError(f"the condition operator {operator} is not emulated (only "
+                                 f"{', '.join(CONDITION_OPERATORS)})")
+            for key, values in keys.items():
+                conditions.append((operator, str(key), tuple(str(v) for v in (values if isinstance(values, list)
+                                                                               else [values]))))
         found.append(Statement(str(policy.get("Effect", "Allow")),
                                tuple(actions if isinstance(actions, list) else [actions]),
-                               tuple(str(r) for r in (resources if isinstance(resources, list) else [resources]))))
+                               tuple(str(r) for r in (resources if isinstance(resources, list) else [resources])),
+                               tuple(conditions)))
     return found
 
 
@@ -111,14 +146,16 @@ class Authorizer:
     def principals(self) -> list[dict[str, Any]]:
         return [p.to_json() for p in self._principals.values()]
 
-    def check(self, access_key_id: str | None, requests: list[tuple[str, str]]) -> str | None:
-        """None when every (action, resource) is allowed for this signer, else AWS's denial message."""
+    def check(self, access_key_id: str | None, requests: list[tuple[str, str]],
+              context: dict[str, list[str]] | None = None) -> str | None:
+        """None when every (action, resource) is allowed for this signer (with the request's condition `context`),
+        else AWS's denial message."""
         principal = self._principals.get(access_key_id or "")
         if principal is None:
             return None  # not a function: the developer's own (administrator) credentials
         for action, resource in requests:
-            denied = any(s.effect == "Deny" and s.matches(action, resource) for s in principal.statements)
-            allowed = not denied and any(s.effect == "Allow" and s.matches(action, resource)
+            denied = any(s.effect == "Deny" and s.matches(action, resource, context) for s in principal.statements)
+            allowed = not denied and any(s.effect == "Allow" and s.matches(action, resource, context)
                                          for s in principal.statements)
             if not allowed:
                 reason = "with an explicit deny in an identity-based policy" if denied else \
@@ -173,11 +210,26 @@ def service_request(service: str, action: str, params: dict[str, Any], region: s
     if prefix == "sqs" and params.get("QueueUrl"):
         resource = f"arn:aws:sqs:{region}:{account}:{str(params['QueueUrl']).rstrip('/').rsplit('/', 1)[-1]}"
     elif prefix == "states":
-        resource = str(params.get("stateMachineArn") or params.get("executionArn") or "*")
+        resource = _unqualified(str(params.get("stateMachineArn") or params.get("executionArn") or "*"))
     elif prefix == "events" and params.get("Entries"):
         bus = (params["Entries"][0] or {}).get("EventBusName") or "default"
         resource = bus if str(bus).startswith("arn:") else f"arn:aws:events:{region}:{account}:event-bus/{bus}"
     return f"{prefix}:{action}", resource
+
+
+def _unqualified(arn: str) -> str:
+    """A state machine's own ARN: a version's or an alias's is authorized as the state machine's."""
+    parts = arn.split(":")
+    return ":".join(parts[:7]) if len(parts) == 8 and parts[5] == "stateMachine" else arn
+
+
+def service_context(service: str, params: dict[str, Any]) -> dict[str, list[str]]:
+    """The condition keys of a request: the qualifier of a state machine ARN (a version number or an alias name)."""
+    if _SERVICE_PREFIX.get(service, service) == "states":
+        parts = str(params.get("stateMachineArn") or "").split(":")
+        if len(parts) == 8 and parts[5] == "stateMachine":
+            return {"states:StateMachineQualifier": [parts[7]]}
+    return {}
 
 
 def denial_body(message: str, json_protocol: bool = True) -> bytes:

@@ -1,10 +1,18 @@
 """Create a template's resources on the local services, as CloudFormation would: in dependency order, with
 CloudFormation's physical names (`<stack>-<LogicalId>-<RANDOM>` where the template names none), so nothing
 that runs here can rely on a name a deployed stack would not have.
+
+SAM's AutoPublishAlias is honoured: a function or state machine that has one is published as a version and its
+alias points there; the function's event sources (API, schedules, streams) invoke the alias, as SAM wires them.
+An update (`Provisioner.update_all`) re-reads the functions and state machines, publishes a new version of each one
+that changed (its code, its layers' code or its configuration: AutoPublishAliasAllProperties, whose absence is
+refused) and moves the aliases there, all at once: a DeploymentPreference's gradual shift and its alarms are
+CloudFormation's and are not emulated. Any other resource must be unchanged: the local stack replaces nothing else.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import json
@@ -18,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sagalocal.awslambda.code import CodeStore
 from sagalocal.awslambda.runtime import FunctionSpec
 from sagalocal.eventbridge import rule_of_function_event
 from sagalocal.iam import Principal, Statement, statements_of
@@ -85,6 +94,10 @@ class Provisioned:
     stream_mappings: list[dict[str, Any]] = field(default_factory=list)  # DynamoDB stream -> function
     roles: dict[str, list[Statement]] = field(default_factory=dict)  # role ARN -> its statements
     skipped: dict[str, str] = field(default_factory=dict)
+    function_versions: list[FunctionSpec] = field(default_factory=list)  # versions published (AutoPublishAlias)
+    function_aliases: list[tuple[str, str, str]] = field(default_factory=list)  # (logical id, alias, version)
+    state_machine_aliases: dict[str, str] = field(default_factory=dict)  # logical id -> its alias's ARN
+    layers: dict[str, Path] = field(default_factory=dict)  # layer ARN -> its directory
 
 
 def routes_of(template: Template) -> list[Route]:
@@ -106,14 +119,19 @@ def suffix(rng: random.Random, length: int = 12) -> str:
 
 class Provisioner:
     def __init__(self, template: Template, client: Callable[[str], Any], log_dir: Path,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, code: CodeStore | None = None, lambdas: Any = None) -> None:
         self.t = template
         self.client = client
         self.log_dir = log_dir
         self.root = template.path.parent.resolve()
         self.rng = rng or random.Random()  # noqa: S311 - names, not secrets
         self.out = Provisioned()
-        self.layers: dict[str, Path] = {}
+        self.layers = self.out.layers
+        self.code = code or CodeStore(Path(log_dir).parent / "code")
+        self.previous: Provisioned | None = None  # set by update_all: what the stack runs now
+        # The Lambda service (sagalocal.awslambda.service) to register each function, version and alias with as it
+        # is made, so a state machine version never names a function version the service does not run yet.
+        self.lambdas = lambdas
         self._role_arn: str | None = None
 
     # ---- naming ---------------------------------------------------------------------------------------
@@ -134,6 +152,43 @@ class Provisioner:
         order, self.out.skipped = self.t.creation_order(SUPPORTED)
         for logical_id in order:
             kind = self.t.resources[logical_id]["Type"]
+            creator = getattr(self, "_" + re.sub(r"\W", "_", kind.split("::", 1)[1]).lower())
+            try:
+                creator(logical_id, self.t.resource_properties(logical_id))
+            except TemplateError as exc:
+                raise StackError(str(exc)) from exc
+        return self.out
+
+    def update_all(self, previous: Provisioned, created: dict[str, dict[str, Any]], before: Template) -> Provisioned:
+        """Update the running stack to this template: functions and state machines in place (a new version of each
+        that changed, the aliases moved there); every other resource as it was created (`created`, from the template
+        `before`), which must be unchanged."""
+        self.previous = previous
+        order, self.out.skipped = self.t.creation_order(SUPPORTED)
+        updated = ("AWS::Serverless::Function", "AWS::Serverless::StateMachine", "AWS::Serverless::LayerVersion")
+        self.out = dataclasses.replace(previous, functions=[], routes=[], schedules=[], stream_mappings=[],
+                                       principals=[], function_versions=[], function_aliases=[], state_machines={},
+                                       state_machine_aliases={}, layers={}, skipped=self.out.skipped)
+        self.layers = self.out.layers
+        for logical_id in order:
+            if self.t.resources[logical_id]["Type"] == "AWS::Serverless::Function" and logical_id in before.resources \
+                    and self.t.properties(logical_id).get("Events") != before.properties(logical_id).get("Events"):
+                raise StackError(f"Resources.{logical_id}.Properties.Events changed: the local stack keeps its API "
+                                 f"routes, schedules and stream mappings; restart it")
+        added = sorted(set(order) - set(before.resources))
+        removed = sorted(set(before.creation_order(SUPPORTED)[0]) - set(order))
+        if added or removed:
+            raise StackError(f"the update adds {', '.join(added) or 'nothing'} and removes "
+                             f"{', '.join(removed) or 'nothing'}: the local stack updates functions and state machines "
+                             f"only; restart it")
+        for logical_id in order:
+            kind = self.t.resources[logical_id]["Type"]
+            if kind not in updated:
+                if self.t.resources[logical_id] != before.resources[logical_id]:
+                    raise StackError(f"Resources.{logical_id} changed: the local stack updates functions and state "
+                                     f"machines only; restart it")
+                self.t.created[logical_id] = created[logical_id]
+                continue
             creator = getattr(self, "_" + re.sub(r"\W", "_", kind.split("::", 1)[1]).lower())
             try:
                 creator(logical_id, self.t.resource_properties(logical_id))
@@ -310,20 +365,18 @@ class Provisioner:
                 raise StackError(f"Resources.{logical_id}.Properties.Layers: {layer} is not a layer of this "
                                  f"template (the local stack cannot fetch published layers)")
             layer_dirs.append(self.layers[layer])
-        name = props.get("FunctionName") or self.physical_name(logical_id, 64)
+        before = self._previous_function(logical_id)
+        name = before.name if before else props.get("FunctionName") or self.physical_name(logical_id, 64)
         arn = self.arn("lambda", f"function:{name}")
         env = {k: str(v) for k, v in ((props.get("Environment") or {}).get("Variables") or {}).items()}
         logging_config = props.get("LoggingConfig") or {}
         if logging_config.get("LogFormat") == "JSON" and "ApplicationLogLevel" in logging_config:
             env.setdefault("AWS_LAMBDA_LOG_LEVEL", str(logging_config["ApplicationLogLevel"]))
+        snapshot = self.code.snapshot([code_dir, *layer_dirs])  # the code this deploy gives the function
         archive = io.BytesIO()
         with zipfile.ZipFile(archive, "w") as zf:
-            zf.writestr("README.txt", f"runs from {code_dir} in a sagalocal sandbox")
+            zf.writestr("README.txt", f"runs from {code_dir} in a sagalocal sandbox (code {snapshot.digest})")
         timeout, memory = int(props.get("Timeout", 3)), int(props.get("MemorySize", 128))
-        self.client("lambda").create_function(
-            FunctionName=name, Runtime=str(props["Runtime"]), Role=self._role(), Handler=handler,
-            Code={"ZipFile": archive.getvalue()}, Timeout=timeout, MemorySize=memory,
-            Environment={"Variables": env})
         if props.get("Role"):
             role_arn = str(props["Role"])
             if role_arn not in self.out.roles:
@@ -333,15 +386,35 @@ class Provisioner:
         else:
             principal = Principal(function=name, role=self.physical_name(f"{logical_id}Role", 64),
                                   statements=self.role_statements(logical_id, props))
+        held = self._previous_principal(name)
+        if held is not None:  # an update: the function keeps its role's identity (its sandboxes hold the keys)
+            principal = dataclasses.replace(principal, role=held.role, access_key_id=held.access_key_id,
+                                            secret_access_key=held.secret_access_key)
         self.out.principals.append(principal)
         env.update({"AWS_ACCESS_KEY_ID": principal.access_key_id,
                     "AWS_SECRET_ACCESS_KEY": principal.secret_access_key,
-                    "AWS_SESSION_TOKEN": secrets.token_urlsafe(48)})
+                    "AWS_SESSION_TOKEN": before.environment["AWS_SESSION_TOKEN"] if before
+                    else secrets.token_urlsafe(48)})
         reserved = props.get("ReservedConcurrentExecutions")
-        self.out.functions.append(FunctionSpec(
+        spec = FunctionSpec(
             logical_id=logical_id, name=name, arn=arn, handler=handler, code_dir=code_dir, layer_dirs=layer_dirs,
             environment=env, timeout=float(timeout), memory=memory, log_path=self.log_dir / f"{logical_id}.log",
-            reserved_concurrency=int(reserved) if reserved is not None else None))
+            reserved_concurrency=int(reserved) if reserved is not None else None, snapshot=snapshot)
+        lam = self.client("lambda")
+        if before is None:
+            lam.create_function(
+                FunctionName=name, Runtime=str(props["Runtime"]), Role=self._role(), Handler=handler,
+                Code={"ZipFile": archive.getvalue()}, Timeout=timeout, MemorySize=memory,
+                Environment={"Variables": env})
+        elif _deployed(before) != _deployed(spec):
+            lam.update_function_code(FunctionName=name, ZipFile=archive.getvalue())
+            lam.update_function_configuration(FunctionName=name, Handler=handler, Timeout=timeout, MemorySize=memory,
+                                              Environment={"Variables": env})
+        else:
+            spec = before  # unchanged: the same $LATEST (and no new version)
+        self.out.functions.append(spec)
+        if self.lambdas is not None and spec is not before:
+            self.lambdas.add(spec)
         for event_name, event in (props.get("Events") or {}).items():
             kind, event_props = event.get("Type"), event.get("Properties") or {}
             if kind in ("Schedule", "ScheduleV2"):
@@ -368,6 +441,49 @@ class Provisioner:
                     "access_key_id": principal.access_key_id})
         self.out.routes += [route for route in routes_of(self.t) if route.function == logical_id]
         self._created(logical_id, name, Arn=arn)
+        self._publish_function(logical_id, props, spec)
+
+    def _previous_function(self, logical_id: str) -> FunctionSpec | None:
+        return next((f for f in self.previous.functions if f.logical_id == logical_id), None) if self.previous \
+            else None
+
+    def _previous_principal(self, function: str) -> Principal | None:
+        return next((p for p in self.previous.principals if p.function == function), None) if self.previous \
+            else None
+
+    def _publish_function(self, logical_id: str, props: dict[str, Any], spec: FunctionSpec) -> None:
+        """AutoPublishAlias: publish the function's $LATEST as a version (Lambda publishes nothing new when its code
+        and configuration did not change: the latest version is the answer), and point the alias there."""
+        alias = self.t.auto_publish_alias(logical_id)
+        if alias is None:
+            return
+        if str(props.get("AutoPublishAliasAllProperties", "false")).lower() != "true":
+            raise StackError(f"Resources.{logical_id}.Properties.AutoPublishAliasAllProperties: the local stack "
+                             f"publishes a version whenever the function's code, layers or configuration change, "
+                             f"which is what SAM does with AutoPublishAliasAllProperties: true (without it SAM "
+                             f"publishes only when CodeUri, Environment or MemorySize change)")
+        lam = self.client("lambda")
+        version = str(lam.publish_version(FunctionName=spec.name)["Version"])
+        known = {v.version for v in (self.previous.function_versions if self.previous else [])
+                 if v.logical_id == logical_id}
+        self.out.function_versions += [v for v in self.previous.function_versions if v.logical_id == logical_id] \
+            if self.previous else []
+        if version not in known:
+            published = dataclasses.replace(spec, version=version)
+            self.out.function_versions.append(published)
+            if self.lambdas is not None:
+                self.lambdas.publish(published)
+        if any(a["Name"] == alias for a in lam.list_aliases(FunctionName=spec.name)["Aliases"]):
+            lam.update_alias(FunctionName=spec.name, Name=alias, FunctionVersion=version)
+        else:
+            lam.create_alias(FunctionName=spec.name, Name=alias, FunctionVersion=version)
+        self.out.function_aliases.append((logical_id, alias, version))
+        if self.lambdas is not None:  # SAM points the function's event sources at the alias
+            self.lambdas.set_alias(logical_id, alias, version, event_target=True)
+        self.t.created[f"{logical_id}.Version"] = {"Ref": f"{spec.arn}:{version}", "Version": version}
+        alias_ref = {"Ref": f"{spec.arn}:{alias}", "Name": alias}
+        self.t.created[f"{logical_id}.Alias"] = alias_ref
+        self.t.created[f"{logical_id}Alias{alias.replace('-', 'D').replace('_', 'U')}"] = alias_ref
 
     def role_statements(self, logical_id: str, props: dict[str, Any]) -> list[Statement]:
         """The function's role as SAM writes it: its Policies (statements and policy templates) plus the
@@ -420,12 +536,32 @@ class Provisioner:
             json.loads(text)
         except json.JSONDecodeError as exc:
             raise StackError(f"Resources.{logical_id}: the definition is not valid JSON: {exc}") from exc
-        name = props.get("Name") or f"{logical_id}-{suffix(self.rng)}"
-        arn = self.client("stepfunctions").create_state_machine(
-            name=name, definition=text, roleArn=self._role(), type=props.get("Type", "STANDARD"),
-        )["stateMachineArn"]
+        sfn = self.client("stepfunctions")
+        before = self.previous.state_machines.get(logical_id) if self.previous else None
+        if before is None:
+            name = props.get("Name") or f"{logical_id}-{suffix(self.rng)}"
+            arn = sfn.create_state_machine(name=name, definition=text, roleArn=self._role(),
+                                           type=props.get("Type", "STANDARD"))["stateMachineArn"]
+        else:  # an update: running executions keep the definition they started with, as on AWS
+            arn, name = before, before.rsplit(":", 1)[-1]
+            if sfn.describe_state_machine(stateMachineArn=arn)["definition"] != text:
+                sfn.update_state_machine(stateMachineArn=arn, definition=text)
         self.out.state_machines[logical_id] = arn
         self._created(logical_id, arn, Arn=arn, Name=name)
+        alias = self.t.auto_publish_alias(logical_id)
+        if alias is None:
+            return
+        # AutoPublishAlias: a version of this revision (the latest one again if it did not change), the alias on it.
+        version = sfn.publish_state_machine_version(stateMachineArn=arn)["stateMachineVersionArn"]
+        routing = [{"stateMachineVersionArn": version, "weight": 100}]
+        alias_arn = f"{arn}:{alias}"
+        if before is None:
+            sfn.create_state_machine_alias(name=alias, routingConfiguration=routing)
+        else:
+            sfn.update_state_machine_alias(stateMachineAliasArn=alias_arn, routingConfiguration=routing)
+        self.out.state_machine_aliases[logical_id] = alias_arn
+        self.t.created[f"{logical_id}Version"] = {"Ref": version, "Arn": version}
+        self.t.created[f"{logical_id}Alias{alias}"] = {"Ref": alias_arn, "Arn": alias_arn}
 
     def _serverless__api(self, logical_id: str, props: dict[str, Any]) -> None:
         self.out.stage = str(props.get("StageName", self.out.stage))
@@ -436,6 +572,12 @@ class Provisioner:
             self.out.authorizers["__default__"] = {"name": auth["DefaultAuthorizer"]}
         self.out.api = {k: props[k] for k in ("MethodSettings", "AccessLogSetting") if k in props}
         self._created(logical_id, "local", RootResourceId="root")
+
+
+def _deployed(spec: FunctionSpec) -> tuple[Any, ...]:
+    """What a deploy of a function sets: its code (the hash of its directories and layers') and configuration."""
+    return (spec.snapshot.digest if spec.snapshot else None, spec.handler, sorted(spec.environment.items()),
+            spec.timeout, spec.memory, spec.reserved_concurrency, spec.code_dir, tuple(spec.layer_dirs))
 
 
 @functools.lru_cache(maxsize=1)

@@ -10,6 +10,10 @@ LocalStack only wires the services together; each lives in its own module:
   scheduler.py   EventBridge schedules
   template.py    the template, read as SAM CLI reads it
   provision.py   the resources, created in dependency order with CloudFormation's physical names
+  versions.py    state machine versions and aliases (Lambda's are the Lambda service's)
+
+`update()` redeploys the running stack as `sam deploy` would: the template and the code read again, a new version of
+every function and state machine that changed, the aliases moved there. Running executions keep what they started on.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import tomllib
 import urllib.request
 from pathlib import Path
@@ -36,7 +41,7 @@ from sagalocal.endpoint import AwsEndpoint
 from sagalocal.iam import Authorizer
 from sagalocal.provision import Provisioned, Provisioner, StackError
 from sagalocal.scheduler import Scheduler
-from sagalocal.template import Template
+from sagalocal.template import Template, TemplateError
 
 log = logging.getLogger("sagalocal")
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}
@@ -96,6 +101,7 @@ class LocalStack:
         self.scheduler: Scheduler | None = None
         self.streams: list[StreamMapping] = []
         self._api: Any = None
+        self._update_lock = threading.Lock()
 
     # ---- endpoints and clients ---------------------------------------------------------------------
     @property
@@ -127,20 +133,20 @@ class LocalStack:
             self.dynamodb.start()
             self._start_aws_endpoint()
             self.lambdas.base_environment.update(self._function_environment())
-            self.resources = Provisioner(self.template, self.client, self.log_dir).create_all()
+            # Each function, version and alias joins the Lambda service as it is created.
+            self.resources = Provisioner(self.template, self.client, self.log_dir, lambdas=self.lambdas).create_all()
             self._register_identities()
-            for spec in self.resources.functions:
-                self.lambdas.add(spec)
             self.outputs = self.template.outputs({"ApiUrl": self.api_url} if self.api_url else {})
             if self.warm:
                 self.lambdas.start_all()  # every function initialized before the first request
             if self.api_port is not None:
+                # Event sources invoke a function's alias where SAM made one (AutoPublishAlias), else the function.
                 self._api = serve_api(self.resources.routes, self.resources.stage, self.template.account,
-                                      self.lambdas.invoke, self.api_port, **self._api_stage())
-            self.scheduler = Scheduler(self.resources.schedules, self.lambdas.invoke, self.region,
+                                      self.lambdas.invoke_event, self.api_port, **self._api_stage())
+            self.scheduler = Scheduler(self.resources.schedules, self.lambdas.invoke_event, self.region,
                                        self.template.account, self.schedule_seconds)
             self.scheduler.start()
-            self.streams = [StreamMapping(spec, self.dynamodb.endpoint, self.lambdas.invoke)
+            self.streams = [StreamMapping(spec, self.dynamodb.endpoint, self.lambdas.invoke_event)
                             for spec in self.resources.stream_mappings]
             for mapping in self.streams:
                 mapping.start()
@@ -148,6 +154,47 @@ class LocalStack:
             self.stop()
             raise
         return self
+
+    def update(self) -> dict[str, Any]:
+        """Redeploy: read the template and the code again; publish a new version of each function whose code, layers
+        or configuration changed, and a new state machine version where its definition changed (a new function
+        version is a new definition); move the aliases there. Executions that run keep the state machine version
+        they started on, and with it the function versions it invokes. The aliases move all at once (a
+        DeploymentPreference's gradual shift and alarms are CloudFormation's, not emulated). Returns what each
+        alias points at now."""
+        with self._update_lock:
+            before = self.template
+            template = Template(self.template_path, region=self.region, parameter_overrides=self.parameter_overrides,
+                                stack_name=before.stack_name)
+            self.resources = Provisioner(template, self.client, self.log_dir, lambdas=self.lambdas).update_all(
+                self.resources, before.created, before)
+            self.template = template
+            self._register_identities()
+            self.outputs = template.outputs({"ApiUrl": self.api_url} if self.api_url else {})
+            if self.warm:
+                self.lambdas.start_all()
+            return self.deployed()
+
+    def deployed(self) -> dict[str, Any]:
+        """What each alias points at: function versions, and state machine versions."""
+        sfn = self.client("stepfunctions")
+        machines = {}
+        for logical_id, alias_arn in self.resources.state_machine_aliases.items():
+            routing = sfn.describe_state_machine_alias(stateMachineAliasArn=alias_arn)["routingConfiguration"]
+            machines[logical_id] = {"alias": alias_arn, "versions": [r["stateMachineVersionArn"] for r in routing]}
+        return {"functions": {lid: {"alias": alias, "version": version}
+                              for lid, alias, version in self.resources.function_aliases},
+                "state_machines": machines}
+
+    def _update_route(self, method: str, query: dict[str, list[str]], body: bytes) -> tuple[int, Any]:
+        if method == "GET":
+            return 200, self.deployed()
+        if method != "POST":
+            return 405, {"error": "POST redeploys the stack; GET says what each alias points at"}
+        try:
+            return 200, self.update()
+        except (StackError, TemplateError) as exc:
+            return 409, {"error": str(exc)}
 
     def _api_stage(self) -> dict[str, Any]:
         """The REST API's authorizers, throttling and access log, from the template."""
@@ -215,7 +262,7 @@ class LocalStack:
 
         def invoke(backend: Any, function_name: str, qualifier: str | None, body: Any, headers: Any,
                    response_headers: Any) -> bytes:
-            return lambdas.invoke_for_moto(function_name, body, headers, response_headers)
+            return lambdas.invoke_for_moto(function_name, body, headers, response_headers, qualifier)
 
         LambdaSimpleBackend.invoke = invoke  # type: ignore[method-assign]  # moto's no-Docker Lambda seam
         stepfunctions.install(self.lambdas)
@@ -227,6 +274,7 @@ class LocalStack:
             "/_sagalocal/lambda/stats": lambda method, query, body: (200, self.lambdas.stats()),
             "/_sagalocal/executions/wait": self._wait_route,
             "/_sagalocal/info": lambda method, query, body: (200, self.describe()),
+            "/_sagalocal/update": self._update_route,
             "/_sagalocal/iam": lambda method, query, body: (200, self.identities()),
             "/_sagalocal/metrics": lambda method, query, body: (200, {"log_dir": str(self.log_dir), "dashboards":
                                                                       metrics.dashboards(self.template, self.log_dir)}),

@@ -87,6 +87,7 @@ def install(lambda_service: Any) -> None:
         _names_reused_after_90_days()
         _start_time_as_text()
         _redrive()
+        importlib.import_module("sagalocal.versions").install()  # state machine versions and aliases
 
 
 def _service() -> Any:

@@ -47,6 +47,28 @@ class Template:
         self.created: dict[str, dict[str, Any]] = {}
         self.conditions = {name: self.resolve(expression, f"Conditions.{name}") is True
                            for name, expression in (self.processed.get("Conditions") or {}).items()}
+        self.derived = self._derived_references()
+
+    def auto_publish_alias(self, logical_id: str) -> str | None:
+        """The alias SAM publishes the function or state machine to (AutoPublishAlias), or None."""
+        alias = self.properties(logical_id).get("AutoPublishAlias")
+        return None if alias is None else str(self.resolve(alias, f"Resources.{logical_id}.AutoPublishAlias"))
+
+    def _derived_references(self) -> dict[str, str]:
+        """What a template may refer to that SAM generates from AutoPublishAlias, and the resource that makes it:
+        `F.Version` and `F.Alias` (the function's version and alias), the alias's own logical id `FAlias<name>`
+        (`-` spelled D, `_` spelled U), and a state machine's `SAlias<name>` and `SVersion`."""
+        derived = {}
+        for logical_id in self.of_type("AWS::Serverless::Function", "AWS::Serverless::StateMachine"):
+            alias = self.auto_publish_alias(logical_id)
+            if alias is None:
+                continue
+            derived[f"{logical_id}Alias{alias.replace('-', 'D').replace('_', 'U')}"] = logical_id
+            if self.resources[logical_id]["Type"] == "AWS::Serverless::Function":
+                derived.update({f"{logical_id}.Version": logical_id, f"{logical_id}.Alias": logical_id})
+            else:
+                derived[f"{logical_id}Version"] = logical_id
+        return derived
 
     # ---- parameters ---------------------------------------------------------------------------------
     def _parameter_values(self) -> dict[str, Any]:
@@ -106,6 +128,14 @@ class Template:
         """A resource's Properties with Globals applied (unresolved)."""
         return self.resources[logical_id].get("Properties") or {}
 
+    def own_properties(self, logical_id: str) -> dict[str, Any]:
+        """The Properties the resource itself is created with: a state machine's DeploymentPreference belongs to the
+        alias SAM generates (created after it, so its alarms may depend on the state machine), not to it."""
+        props = self.properties(logical_id)
+        if self.resources[logical_id].get("Type") == "AWS::Serverless::StateMachine":
+            return {k: v for k, v in props.items() if k != "DeploymentPreference"}
+        return props
+
     def references(self, value: Any) -> set[str]:
         """The logical ids of the resources `value` refers to (Ref, Fn::GetAtt, ${X} in Fn::Sub)."""
         found: set[str] = set()
@@ -126,15 +156,15 @@ class Template:
                         found |= self.references(arg[1])
                 else:
                     found |= self.references(arg)
-        return {name for name in found if name in self.resources}
+        derived = getattr(self, "derived", {})
+        return {derived.get(name, name) for name in found} & set(self.resources)
 
     def creation_order(self, supported: set[str]) -> tuple[list[str], dict[str, str]]:
         """The supported, included resources in dependency order, and the skipped ones with their types."""
         wanted = {lid for lid in self.resources if self.included(lid)}
         skipped = {lid: self.resources[lid].get("Type", "?") for lid in wanted
                    if self.resources[lid].get("Type") not in supported}
-        todo = {lid: self.references(self.resources[lid].get("Properties") or {}) & wanted
-                for lid in wanted - set(skipped)}
+        todo = {lid: self.references(self.own_properties(lid)) & wanted for lid in wanted - set(skipped)}
         order: list[str] = []
         while todo:
             ready = sorted(lid for lid, deps in todo.items() if not (deps - set(order)))
@@ -168,7 +198,7 @@ class Template:
             raise TemplateError(f"{where}: {exc}{hint}") from exc
 
     def resource_properties(self, logical_id: str) -> dict[str, Any]:
-        return self.resolve(self.properties(logical_id), f"Resources.{logical_id}.Properties")  # type: ignore[no-any-return]
+        return self.resolve(self.own_properties(logical_id), f"Resources.{logical_id}.Properties")  # type: ignore[no-any-return]
 
     def outputs(self, overrides: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -24,7 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ["tests/stack/test_invariants.py", "tests/stack/test_concurrency.py"]
-OWN_STACKS = ["tests/stack/test_cli.py", "tests/stack/test_leases.py"]  # they start their own, and mostly wait
+# They start their own, and mostly wait.
+OWN_STACKS = ["tests/stack/test_cli.py", "tests/stack/test_leases.py", "tests/stack/test_versions.py"]
 # name: (pytest arguments, measured by coverage). The first group's output is shown as it runs; the others' when
 # they end. Each stack group starts its own embedded stack; the heavy load (100 fault-injected sagas, the
 # 200-order burst) gets one to itself. The stack groups run untraced: measured, their Lambda sandboxes added 15

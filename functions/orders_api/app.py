@@ -54,7 +54,16 @@ inventory = Inventory(store, os.environ["INVENTORY_TABLE"], TIMING)
 payments = Payments(store, os.environ["PAYMENTS_TABLE"])
 promotions = Promotions(store, os.environ["PROMOTIONS_TABLE"])
 _sfn = aws_client("stepfunctions")
+# The state machine's alias `live` (template.yaml): each execution runs the version the alias points at when it
+# starts, start to end, whatever a deploy publishes meanwhile.
 STATE_MACHINE_ARN = os.environ["STATE_MACHINE_ARN"]
+
+
+def execution_arn_of(state_machine_arn: str, name: str) -> str:
+    """The ARN of the execution named `name`: Step Functions names it after the state machine alone, whether it was
+    started on the state machine's ARN, a version's or an alias's (arn:...:stateMachine:<machine>[:qualifier])."""
+    machine = ":".join(state_machine_arn.split(":")[:7])
+    return f"{machine.replace(':stateMachine:', ':execution:')}:{name}"
 
 
 
@@ -156,7 +165,7 @@ def place_order(order: OrderRequest, idempotency_key: IdempotencyKey) -> Respons
     body = order.model_dump(mode="json", exclude_none=True)
     digest = request_hash(body)
     new = orders.new_order(order_id, customer_id, body["items"], lines, total, currency,
-                           f"{STATE_MACHINE_ARN.replace(':stateMachine:', ':execution:')}:{order_id}", digest, now,
+                           execution_arn_of(STATE_MACHINE_ARN, order_id), digest, now,
                            coupon=order.coupon, discount=discount, amounts=[m.amount for m in methods])
     cancelled = store.transact({"order": orders.put_new(new), **{
         f"payment:{n}": payments.put_new(order_id, n, method.token, method.amount, currency, now)

@@ -10,6 +10,10 @@ sandboxes are closed after `idle_seconds`.
 
 The function's Timeout measures the handler's own time, as on AWS where each sandbox has its CPU: time the
 sandbox spent runnable but waiting for a CPU of this machine (Linux's schedstat) does not count.
+
+Each version of a function (and its unpublished $LATEST) is a runtime of its own, with its own template process:
+two versions run side by side, each its own code (sagalocal/awslambda/code.py) and configuration. Reserved
+concurrency is the function's, shared by all of its versions, as on AWS.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sagalocal.awslambda.code import Snapshot
 from sagalocal.awslambda.sandbox import read_message, write_message
 
 INIT_TIMEOUT_SECONDS = 60.0  # Lambda allows 10 s of init; a loaded 2-core machine importing pydantic needs more
@@ -55,6 +60,18 @@ class FunctionSpec:
     memory: int
     log_path: Path
     reserved_concurrency: int | None = None
+    version: str = "$LATEST"  # a published version's number, as Lambda names it
+    snapshot: Snapshot | None = None  # the code this version holds (None: the directories as they are)
+
+    def code_dirs(self) -> list[Path]:
+        """Where this version's code is: its function's directory first, then its layers'."""
+        if self.snapshot is None:
+            return [self.code_dir, *self.layer_dirs]
+        return list(self.snapshot.dirs())
+
+    @property
+    def qualified_arn(self) -> str:
+        return self.arn if self.version == "$LATEST" else f"{self.arn}:{self.version}"
 
 
 @dataclass
@@ -142,10 +159,14 @@ class _Sandbox:
 
 class FunctionRuntime:
     def __init__(self, spec: FunctionSpec, base_environment: dict[str, str], account: Concurrency,
-                 cold_start_delay: bool = True, idle_seconds: float = 120.0) -> None:
+                 cold_start_delay: bool = True, idle_seconds: float = 120.0,
+                 reserved: Concurrency | None = None) -> None:
         self.spec = spec
         self.base_environment = base_environment
         self.account = account
+        # The function's reserved concurrency, one count for all its versions (None: unreserved).
+        self.reserved = reserved if reserved is not None or spec.reserved_concurrency is None \
+            else Concurrency(spec.reserved_concurrency)
         self.cold_start_delay = cold_start_delay
         self.idle_seconds = idle_seconds
         self._lock = threading.Lock()
@@ -157,11 +178,13 @@ class FunctionRuntime:
         self._init_ms: float = 0.0
         self._init_error: dict[str, Any] | None = None
         self._closed = False
+        self.retiring = False  # replaced (a deploy's new $LATEST): closed once its last invocation ends
         self.cold_starts = 0
         self.throttles = 0
 
     # ---- the template process -----------------------------------------------------------------
-    def environment(self) -> dict[str, str]:
+    def environment(self, dirs: list[Path] | None = None) -> dict[str, str]:
+        dirs = dirs or self.spec.code_dirs()
         env = dict(self.base_environment)
         env.update(self.spec.environment)
         env.update({
@@ -169,11 +192,11 @@ class FunctionRuntime:
             "AWS_LAMBDA_FUNCTION_NAME": self.spec.name,
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.spec.memory),
             "AWS_LAMBDA_FUNCTION_TIMEOUT": str(int(self.spec.timeout)),
-            "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+            "AWS_LAMBDA_FUNCTION_VERSION": self.spec.version,
             "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{self.spec.name}",
-            "SAGALOCAL_FUNCTION_ARN": self.spec.arn,
-            "SAGALOCAL_PATH": os.pathsep.join(str(p) for p in [self.spec.code_dir, *self.spec.layer_dirs]),
-            "LAMBDA_TASK_ROOT": str(self.spec.code_dir),
+            "SAGALOCAL_FUNCTION_ARN": self.spec.qualified_arn,
+            "SAGALOCAL_PATH": os.pathsep.join(str(p) for p in dirs),
+            "LAMBDA_TASK_ROOT": str(dirs[0]),
         })
         return env
 
@@ -186,11 +209,12 @@ class FunctionRuntime:
                 raise RuntimeFailure(f"{self.spec.logical_id}: the stack is shutting down")
             ours, theirs = socket.socketpair()
             self.spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+            dirs = self.spec.code_dirs()  # a version's code, as it was published
             with open(self.spec.log_path, "ab") as log:
                 process = subprocess.Popen(
-                    [sys.executable, SANDBOX, str(theirs.fileno())], env=self.environment(),
+                    [sys.executable, SANDBOX, str(theirs.fileno())], env=self.environment(dirs),
                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(theirs.fileno(),),
-                    cwd=str(self.spec.code_dir), start_new_session=True)
+                    cwd=str(dirs[0]), start_new_session=True)
             theirs.close()
             ready, _, _ = select.select([ours], [], [], INIT_TIMEOUT_SECONDS)
             init = read_message(ours.fileno()) if ready else None
@@ -249,6 +273,10 @@ class FunctionRuntime:
         with self._lock:
             if self._closed:
                 raise RuntimeFailure(f"{self.spec.logical_id}: the stack is shutting down")
+            if self.reserved is not None and not self.reserved.take():  # the function's, all versions together
+                self.throttles += 1
+                raise Throttled(f"Rate Exceeded. ({self.spec.name}: reserved concurrency {self.reserved.limit} "
+                                f"in use)")
             while self._idle:
                 sandbox = self._idle.pop()
                 if sandbox.alive():
@@ -256,19 +284,23 @@ class FunctionRuntime:
                     return sandbox, False
                 sandbox.close()
                 self.account.give()
-            reserved = self.spec.reserved_concurrency
-            if reserved is not None and self._busy >= reserved:
-                self.throttles += 1
-                raise Throttled(f"Rate Exceeded. ({self.spec.name}: reserved concurrency {reserved} in use)")
             if not self.account.take():
                 self.throttles += 1
+                if self.reserved is not None:
+                    self.reserved.give()
                 raise Throttled(f"Rate Exceeded. (account concurrency {self.account.limit} in use)")
             self._busy += 1
             return None, True
 
+    @property
+    def busy(self) -> int:
+        return self._busy
+
     def _release(self, sandbox: _Sandbox | None) -> None:
         with self._lock:
             self._busy -= 1
+            if self.reserved is not None:
+                self.reserved.give()
             if sandbox is not None and not self._closed:
                 sandbox.idle_since = time.monotonic()
                 self._idle.append(sandbox)
@@ -277,9 +309,11 @@ class FunctionRuntime:
             sandbox.close(kill=True)
         self.account.give()
 
-    def invoke(self, event: Any, watch: Callable[[Callable[[], float]], None] | None = None) -> InvokeResult:
+    def invoke(self, event: Any, watch: Callable[[Callable[[], float]], None] | None = None,
+               invoked_arn: str | None = None) -> InvokeResult:
         """Run the handler on `event`. `watch` receives a function that tells how long, so far, the sandbox
-        waited for a CPU of this machine (the Step Functions task timeout leaves that time out too)."""
+        waited for a CPU of this machine (the Step Functions task timeout leaves that time out too).
+        `invoked_arn` is the ARN the caller named (the context's invoked_function_arn: an alias's, say)."""
         sandbox, new = self._acquire()
         cold_ms: float | None = None
         if new:
@@ -297,7 +331,7 @@ class FunctionRuntime:
                 time.sleep(self._init_ms / 1000)
         assert sandbox is not None
         try:
-            result = self._run(sandbox, event, watch)
+            result = self._run(sandbox, event, watch, invoked_arn or self.spec.qualified_arn)
         except BaseException:
             self._release(None)
             sandbox.close(kill=True)
@@ -311,10 +345,12 @@ class FunctionRuntime:
             self._release(sandbox)
         return result
 
-    def _run(self, sandbox: _Sandbox, event: Any, watch: Callable[[Callable[[], float]], None] | None) -> _Run:
+    def _run(self, sandbox: _Sandbox, event: Any, watch: Callable[[Callable[[], float]], None] | None,
+             invoked_arn: str) -> _Run:
         timeout = self.spec.timeout
         try:
-            write_message(sandbox.request_fd, {"event": event, "request_id": str(uuid.uuid4()), "timeout": timeout})
+            write_message(sandbox.request_fd, {"event": event, "request_id": str(uuid.uuid4()), "timeout": timeout,
+                                               "invoked_function_arn": invoked_arn})
             started_wall = time.monotonic()
             waits = _CpuWaits(sandbox.pid)
             if watch is not None:

@@ -67,11 +67,12 @@ def _read_exact(fd: int, size: int) -> bytes | None:
 class Context:
     """The Lambda context object handlers receive."""
 
-    def __init__(self, request_id: str, deadline: float) -> None:
+    def __init__(self, request_id: str, deadline: float, invoked_function_arn: str | None = None) -> None:
         self.function_name = os.environ["AWS_LAMBDA_FUNCTION_NAME"]
-        self.function_version = "$LATEST"
+        self.function_version = os.environ.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")  # the version that runs
         self.memory_limit_in_mb = int(os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128"))
-        self.invoked_function_arn = os.environ["SAGALOCAL_FUNCTION_ARN"]
+        # The ARN the caller invoked: unqualified, a version's or an alias's.
+        self.invoked_function_arn = invoked_function_arn or os.environ["SAGALOCAL_FUNCTION_ARN"]
         self.aws_request_id = request_id
         self.log_group_name = os.environ.get("AWS_LAMBDA_LOG_GROUP_NAME", f"/aws/lambda/{self.function_name}")
         self.log_stream_name = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME", "local")
@@ -98,7 +99,7 @@ def serve(handler: Any, request_fd: int, response_fd: int) -> None:
             return
         # The runtime measures the handler's own time from here (it excludes time spent waiting for a CPU).
         write_message(response_fd, {"started": os.getpid()})
-        context = Context(request["request_id"], time.time() + request["timeout"])
+        context = Context(request["request_id"], time.time() + request["timeout"], request.get("invoked_function_arn"))
         try:
             response = {"result": handler(request["event"], context)}
         except BaseException as exc:  # noqa: BLE001 - a handler's failure is a response, not our crash

@@ -1,5 +1,9 @@
 """The Lambda service of the embedded stack: functions by name and ARN, invoked from everywhere.
 
+A function has its $LATEST (what the last deploy put there) and the versions published from it, each a runtime of
+its own with its own code; an alias names a version. An invocation names the function (its $LATEST), a version or an
+alias, in the function name or ARN (`name:qualifier`) or in a separate qualifier, as Lambda's Invoke does.
+
 Three callers reach the same runtimes:
   * moto's Lambda API (Invoke from boto3 or the aws CLI): moto's no-Docker Lambda backend has one job,
     `LambdaSimpleBackend.invoke`, which is replaced here by a call into the runtime;
@@ -32,6 +36,14 @@ class UnknownFunction(Exception):
     pass
 
 
+def parse(name_or_arn: str, qualifier: str | None = None) -> tuple[str, str | None]:
+    """(the function's name or logical id, the qualifier or None) from a name, `name:qualifier` or an ARN."""
+    text = str(name_or_arn)
+    tail = text.split(":function:", 1)[1] if ":function:" in text else text
+    name, _, qualified = tail.partition(":")
+    return name, (qualified or qualifier or None)
+
+
 class LambdaService:
     def __init__(self, base_environment: dict[str, str], concurrency: int = 1000, cold_start_delay: bool = True,
                  idle_seconds: float = 120.0) -> None:
@@ -39,37 +51,105 @@ class LambdaService:
         self.account = Concurrency(concurrency)
         self.cold_start_delay = cold_start_delay
         self.idle_seconds = idle_seconds
-        self.runtimes: dict[str, FunctionRuntime] = {}  # logical id -> runtime
+        self.runtimes: dict[str, FunctionRuntime] = {}  # logical id -> runtime of $LATEST
+        self.versions: dict[str, dict[str, FunctionRuntime]] = {}  # logical id -> version -> runtime
+        self.aliases: dict[str, dict[str, str]] = {}  # logical id -> alias name -> version
+        self.event_alias: dict[str, str] = {}  # logical id -> the alias its event sources invoke (AutoPublishAlias)
+        self._reserved: dict[str, Concurrency] = {}  # logical id -> its reserved concurrency, all versions
+        self._retired: list[FunctionRuntime] = []  # replaced $LATEST runtimes, closed once idle
         self._by_name: dict[str, str] = {}  # physical name -> logical id
+        self._lock = threading.Lock()
         self._stopping = threading.Event()
         threading.Thread(target=self._janitor, name="sagalocal-lambda-janitor", daemon=True).start()
 
+    def _runtime(self, spec: FunctionSpec) -> FunctionRuntime:
+        if spec.reserved_concurrency is not None and spec.logical_id not in self._reserved:
+            self._reserved[spec.logical_id] = Concurrency(spec.reserved_concurrency)
+        return FunctionRuntime(spec, self.base_environment, self.account, self.cold_start_delay, self.idle_seconds,
+                               reserved=self._reserved.get(spec.logical_id))
+
     def add(self, spec: FunctionSpec) -> FunctionRuntime:
-        runtime = FunctionRuntime(spec, self.base_environment, self.account, self.cold_start_delay, self.idle_seconds)
-        self.runtimes[spec.logical_id] = runtime
-        self._by_name[spec.name] = spec.logical_id
+        """The function's $LATEST (a deploy's new one replaces it: the old one ends its invocations, then closes)."""
+        runtime = self._runtime(spec)
+        with self._lock:
+            previous = self.runtimes.get(spec.logical_id)
+            self.runtimes[spec.logical_id] = runtime
+            self._by_name[spec.name] = spec.logical_id
+            if previous is not None:
+                previous.retiring = True
+                self._retired.append(previous)
         return runtime
 
-    def resolve(self, name_or_arn: str) -> FunctionRuntime:
-        """A function by logical id, physical name or ARN (with or without a qualifier)."""
-        name = name_or_arn.split(":function:")[-1].split(":")[0]
+    def publish(self, spec: FunctionSpec) -> FunctionRuntime:
+        """A published version (spec.version): a runtime of its own, with the code and configuration in `spec`."""
+        runtime = self._runtime(spec)
+        with self._lock:
+            if spec.version in self.versions.setdefault(spec.logical_id, {}):
+                raise ValueError(f"{spec.logical_id}: version {spec.version} is published already")
+            self.versions[spec.logical_id][spec.version] = runtime
+            self._by_name[spec.name] = spec.logical_id
+        return runtime
+
+    def set_alias(self, logical_id: str, name: str, version: str, event_target: bool = False) -> None:
+        """Point the alias `name` at `version` (created if new); `event_target`: the function's event sources
+        invoke it (SAM's AutoPublishAlias points them there)."""
+        with self._lock:
+            if version not in self.versions.get(logical_id, {}):
+                raise UnknownFunction(f"{logical_id}: no version {version} to point alias {name} at")
+            self.aliases.setdefault(logical_id, {})[name] = version
+            if event_target:
+                self.event_alias[logical_id] = name
+
+    def resolve(self, name_or_arn: str, qualifier: str | None = None) -> FunctionRuntime:
+        """A function by logical id, physical name or ARN; its $LATEST, or the version a qualifier (a version
+        number or an alias name, in the name, the ARN or `qualifier`) names."""
+        name, qualifier = parse(name_or_arn, qualifier)
         logical_id = self._by_name.get(name, name)
-        if logical_id in self.runtimes:
-            return self.runtimes[logical_id]
-        known = ", ".join(sorted(self.runtimes))
-        raise UnknownFunction(f"unknown function {name_or_arn!r}; the template defines: {known}")
+        with self._lock:
+            if logical_id not in self.runtimes:
+                known = ", ".join(sorted(self.runtimes))
+                raise UnknownFunction(f"unknown function {name_or_arn!r}; the template defines: {known}")
+            if qualifier is None or qualifier == "$LATEST":
+                return self.runtimes[logical_id]
+            version = qualifier if qualifier.isdigit() else self.aliases.get(logical_id, {}).get(qualifier)
+            runtime = self.versions.get(logical_id, {}).get(version or "")
+            if runtime is None:
+                raise UnknownFunction(f"Function not found: {self.runtimes[logical_id].spec.arn}:{qualifier}")
+            return runtime
 
-    def invoke(self, name_or_arn: str, event: Any, watch: Any = None) -> InvokeResult:
-        return self.resolve(name_or_arn).invoke(event, watch)
+    def invoked_arn(self, name_or_arn: str, qualifier: str | None = None) -> str:
+        """The ARN an invocation named (the context's invoked_function_arn): the function's, qualified as asked."""
+        name, qualifier = parse(name_or_arn, qualifier)
+        base = self.resolve(name).spec.arn
+        return base if qualifier is None else f"{base}:{qualifier}"
 
-    def invoke_async(self, name_or_arn: str, event: Any, attempts: int = 3) -> None:
+    def invoked_arn_or_name(self, name_or_arn: str, qualifier: str | None) -> str:
+        try:
+            return self.invoked_arn(name_or_arn, qualifier)
+        except UnknownFunction:
+            return name_or_arn
+
+    def event_target(self, logical_id: str) -> str:
+        """What the function's event sources (the API, schedules, streams) invoke: its alias, if SAM made one."""
+        alias = self.event_alias.get(logical_id)
+        return f"{logical_id}:{alias}" if alias else logical_id
+
+    def invoke(self, name_or_arn: str, event: Any, watch: Any = None, qualifier: str | None = None) -> InvokeResult:
+        return self.resolve(name_or_arn, qualifier).invoke(event, watch, self.invoked_arn(name_or_arn, qualifier))
+
+    def invoke_event(self, logical_id: str, event: Any) -> InvokeResult:
+        """An invocation by one of the function's event sources: on its alias, as SAM wires them."""
+        return self.invoke(self.event_target(logical_id), event)
+
+    def invoke_async(self, name_or_arn: str, event: Any, attempts: int = 3, qualifier: str | None = None) -> None:
         """InvocationType Event: queued, retried on throttling and on errors (Lambda retries twice)."""
-        runtime = self.resolve(name_or_arn)
+        runtime = self.resolve(name_or_arn, qualifier)
+        invoked = self.invoked_arn(name_or_arn, qualifier)
 
         def run() -> None:
             for attempt in range(attempts):
                 try:
-                    if not runtime.invoke(event).error:
+                    if not runtime.invoke(event, invoked_arn=invoked).error:
                         return
                 except Throttled:
                     pass
@@ -80,8 +160,10 @@ class LambdaService:
         threading.Thread(target=run, name=f"async-{runtime.spec.logical_id}", daemon=True).start()
 
     def start_all(self) -> None:
-        """Initialize every function's template process (concurrently), with one sandbox ready each."""
-        threads = [threading.Thread(target=self._start_quietly, args=(r,), daemon=True) for r in self.runtimes.values()]
+        """Initialize every function's template process (concurrently), with one sandbox ready each: the version
+        its event sources invoke where it has one (its $LATEST starts at its first invocation), else its $LATEST."""
+        threads = [threading.Thread(target=self._start_quietly, args=(self.resolve(self.event_target(lid)),),
+                                    daemon=True) for lid in list(self.runtimes)]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -94,35 +176,61 @@ class LambdaService:
         except Exception as exc:  # noqa: BLE001 - the first invocation reports it properly
             log.warning("could not start %s: %s", runtime.spec.logical_id, exc)
 
+    def all_runtimes(self) -> list[FunctionRuntime]:
+        with self._lock:
+            return [*self.runtimes.values(), *(r for vs in self.versions.values() for r in vs.values()),
+                    *self._retired]
+
     def _janitor(self) -> None:
         while not self._stopping.wait(5.0):
-            for runtime in list(self.runtimes.values()):
+            for runtime in self.all_runtimes():
                 runtime.reap_idle()
+            with self._lock:
+                done = [r for r in self._retired if r.busy == 0]
+                self._retired = [r for r in self._retired if r not in done]
+            for runtime in done:
+                runtime.close()
 
     def stop(self) -> None:
         self._stopping.set()
-        threads = [threading.Thread(target=runtime.close, daemon=True) for runtime in self.runtimes.values()]
+        threads = [threading.Thread(target=runtime.close, daemon=True) for runtime in self.all_runtimes()]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(timeout=10)
 
     def stats(self) -> dict[str, Any]:
+        """Each function's cold starts and throttles, all its versions together, and each version's own."""
+        functions: dict[str, Any] = {}
+        for lid, latest in list(self.runtimes.items()):
+            runtimes = {"$LATEST": latest, **self.versions.get(lid, {})}
+            functions[lid] = {"cold_starts": sum(r.cold_starts for r in runtimes.values()),
+                              "throttles": sum(r.throttles for r in runtimes.values()),
+                              "init_ms": round(max(r.init_ms for r in runtimes.values())),
+                              "aliases": dict(self.aliases.get(lid, {})),
+                              "versions": {v: {"cold_starts": r.cold_starts, "throttles": r.throttles}
+                                           for v, r in runtimes.items()}}
         return {"concurrency": {"limit": self.account.limit, "in_use": self.account.in_use,
                                 "throttles": self.account.throttles},
-                "functions": {lid: {"cold_starts": r.cold_starts, "throttles": r.throttles, "init_ms": round(r.init_ms)}
-                              for lid, r in self.runtimes.items()}}
+                "functions": functions}
 
     # ---- the callers' protocols ------------------------------------------------------------------
-    def invoke_for_moto(self, function_name: str, body: Any, headers: Any, response_headers: Any) -> bytes:
-        """moto's LambdaSimpleBackend.invoke: the Lambda API's Invoke."""
+    def invoke_for_moto(self, function_name: str, body: Any, headers: Any, response_headers: Any,
+                        qualifier: str | None = None) -> bytes:
+        """moto's LambdaSimpleBackend.invoke: the Lambda API's Invoke (Qualifier: a version or an alias)."""
         event = json.loads(body) if body else {}
         if (headers or {}).get("X-Amz-Invocation-Type", "RequestResponse") == "Event":
-            self.invoke_async(function_name, event)
+            self.invoke_async(function_name, event, qualifier=qualifier)
             response_headers["status"] = 202
             return b""
         try:
-            result = self.invoke(function_name, event)
+            response_headers["x-amz-executed-version"] = self.resolve(function_name, qualifier).spec.version
+        except UnknownFunction as exc:
+            from moto.awslambda.exceptions import UnknownFunctionException
+
+            raise UnknownFunctionException(self.invoked_arn_or_name(function_name, qualifier)) from exc
+        try:
+            result = self.invoke(function_name, event, qualifier=qualifier)
         except Throttled as exc:
             raise _throttle_error(str(exc)) from exc
         except RuntimeFailure as exc:
@@ -136,8 +244,10 @@ class LambdaService:
         """The lambda:invoke integration's call, as Lambda's Invoke answers it (raises ClientError on throttling)."""
         payload = parameters.get("Payload")
         event = json.loads(payload) if isinstance(payload, (bytes, str)) and payload else (payload or {})
+        runtime = self.resolve(str(parameters["FunctionName"]), parameters.get("Qualifier"))
+        executed = runtime.spec.version
         try:
-            result = self.invoke(str(parameters["FunctionName"]), event, watch)
+            result = self.invoke(str(parameters["FunctionName"]), event, watch, parameters.get("Qualifier"))
         except Throttled as exc:
             from botocore.exceptions import ClientError
 
@@ -145,9 +255,9 @@ class LambdaService:
                                "ResponseMetadata": {"HTTPStatusCode": 429, "RequestId": str(uuid.uuid4())}},
                               "Invoke") from exc
         except RuntimeFailure as exc:
-            return {"StatusCode": 200, "FunctionError": "Unhandled", "ExecutedVersion": "$LATEST",
+            return {"StatusCode": 200, "FunctionError": "Unhandled", "ExecutedVersion": executed,
                     "Payload": {"errorType": "Runtime.ExitError", "errorMessage": str(exc)}}
-        response: dict[str, Any] = {"StatusCode": 200, "ExecutedVersion": "$LATEST", "Payload": result.payload}
+        response: dict[str, Any] = {"StatusCode": 200, "ExecutedVersion": executed, "Payload": result.payload}
         if result.error:
             response["FunctionError"] = "Unhandled"
         return response

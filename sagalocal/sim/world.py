@@ -376,14 +376,24 @@ def stack() -> Stack:
     template.created["OrderEventsBus"] = {"Ref": "OrderEvents", "Arn": "bus"}
     for logical_id in FUNCTIONS:
         template.created[logical_id] = {"Ref": logical_id, "Arn": function_arn(logical_id)}
+        alias = template.auto_publish_alias(logical_id)
+        if alias:  # one version of each function (the simulation runs one code): version 1, its alias on it
+            template.created[f"{logical_id}.Version"] = {"Ref": f"{function_arn(logical_id)}:1"}
+            template.created[f"{logical_id}.Alias"] = {"Ref": f"{function_arn(logical_id)}:{alias}"}
     sfn = boto3.client("stepfunctions", region_name=REGION)
     machine = template.properties("OrderSagaStateMachine")
     text = (ROOT / machine["DefinitionUri"]).read_text()
     for name, value in (machine.get("DefinitionSubstitutions") or {}).items():
         text = text.replace("${" + name + "}", str(template.resolve(value, f"DefinitionSubstitutions.{name}")))
-    arn = sfn.create_state_machine(name="OrderSaga", definition=text, type="STANDARD",
-                                   roleArn=f"arn:aws:iam::{ACCOUNT}:role/sfn")["stateMachineArn"]
+    created = sfn.create_state_machine(name="OrderSaga", definition=text, type="STANDARD", publish=True,
+                                       roleArn=f"arn:aws:iam::{ACCOUNT}:role/sfn")
+    arn = created["stateMachineArn"]
     template.created["OrderSagaStateMachine"] = {"Ref": arn, "Arn": arn, "Name": "OrderSaga"}
+    alias = template.auto_publish_alias("OrderSagaStateMachine")
+    if alias:  # the API starts executions on the alias, as on AWS (sagalocal/versions.py runs them)
+        alias_arn = sfn.create_state_machine_alias(name=alias, routingConfiguration=[
+            {"stateMachineVersionArn": created["stateMachineVersionArn"], "weight": 100}])["stateMachineAliasArn"]
+        template.created[f"OrderSagaStateMachineAlias{alias}"] = {"Ref": alias_arn, "Arn": alias_arn}
     modules, timeouts = {}, {}
     for logical_id, folder in FUNCTIONS.items():
         props = template.properties(logical_id)

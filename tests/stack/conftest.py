@@ -35,14 +35,14 @@ DEPLOYED = bool(os.environ.get("SAGA_API_URL"))
 SKIPPED_ELSEWHERE: list[tuple[str, str]] = []
 
 
-def start_embedded(workdir: Path, *extra: str, overrides: tuple[str, ...] = ()) -> tuple[subprocess.Popen[bytes],
-                                                                                          Target]:
+def start_embedded(workdir: Path, *extra: str, overrides: tuple[str, ...] = (),
+                   template: Path = ROOT / "template.yaml") -> tuple[subprocess.Popen[bytes], Target]:
     """`sagalocal up` in a subprocess, with fault injection on and the catalog seeded."""
     ready = workdir / "ready.json"
     ready.unlink(missing_ok=True)  # a stale file from an earlier stack would read as this one
     log = open(workdir / "stack.log", "wb")  # noqa: SIM115 - closed with the process
     process = subprocess.Popen(
-        [sys.executable, "-m", "sagalocal", "up", "--template", str(ROOT / "template.yaml"), "--port", str(free_port()),
+        [sys.executable, "-m", "sagalocal", "up", "--template", str(template), "--port", str(free_port()),
          "--ready-file", str(ready), "--init", SEED, "--parameter-overrides", "FaultInjection=true",
          "ReconcileAfterSeconds=1", *overrides,
          *extra],

@@ -54,6 +54,15 @@ def test_post_starts_one_named_execution_and_returns_202(api, context, aws):
     assert view["customer_id"] == ALICE
 
 
+def test_the_order_records_the_unqualified_execution_arn_whichever_arn_starts_it(api):
+    """The API starts executions on the alias `live`; the execution's ARN is the state machine's all the same
+    (Step Functions names an execution after the state machine alone), which the reaper stops it by."""
+    machine = "arn:aws:states:us-east-1:123456789012:stateMachine:order-saga-dev"
+    expected = "arn:aws:states:us-east-1:123456789012:execution:order-saga-dev:ord_1"
+    for started_on in (machine, f"{machine}:live", f"{machine}:7"):
+        assert api.execution_arn_of(started_on, "ord_1") == expected
+
+
 def test_the_customer_is_the_signed_in_user_never_the_body(api, context, aws):
     tables = scan_all(aws)
     status, payload, _ = call(api, context, "POST", "/orders", {**GOOD, "customer_id": BOB}, {"Idempotency-Key": "k"})

@@ -152,6 +152,45 @@ def test_standard_workflows_only():
     assert RAW["Resources"]["OrderSagaStateMachine"]["Properties"]["Type"] == "STANDARD"
 
 
+def test_an_execution_runs_the_versions_it_was_deployed_with_and_starts_only_on_the_alias():
+    """Every task invokes the function version published with its state machine version (never the unqualified
+    function, whose code a deploy replaces under a running execution); the API starts executions on the alias, and
+    its role allows nothing else."""
+    machine = TEMPLATE.properties("OrderSagaStateMachine")
+    alias = machine["AutoPublishAlias"]
+    for placeholder, value in machine["DefinitionSubstitutions"].items():
+        if placeholder.endswith("FunctionArn"):
+            assert value == {"Ref": f"{placeholder.removesuffix('Arn')}.Version"}, placeholder
+    for logical_id in FUNCTIONS:  # any change publishes (code, layer, configuration): SAM's AllProperties
+        props = TEMPLATE.properties(logical_id)
+        assert props["AutoPublishAlias"] == "live"
+        assert props["AutoPublishAliasAllProperties"] is True, logical_id
+    assert TEMPLATE.properties("SagaLayer")["PublishLambdaVersion"] is True  # a new layer publishes its functions
+    api = TEMPLATE.properties("OrdersApiFunction")
+    assert api["Environment"]["Variables"]["STATE_MACHINE_ARN"] == {"Ref": f"OrderSagaStateMachineAlias{alias}"}
+    [start] = [s for s in statements(TEMPLATE, "OrdersApiFunction") if s["Action"] == "states:StartExecution"]
+    assert start["Resource"] == {"Ref": "OrderSagaStateMachine"}  # authorized as the state machine's, ...
+    assert start["Condition"] == {"ForAnyValue:StringEquals": {"states:StateMachineQualifier": [alias]}}  # ... on it
+
+
+def test_a_rollout_is_gradual_and_watched_long_enough_by_the_alarms_that_mean_the_new_version_hurts():
+    preference = TEMPLATE.properties("OrderSagaStateMachine")["DeploymentPreference"]
+    assert preference["Type"] in ("CANARY", "LINEAR")
+    assert 0 < preference["Percentage"] < 100
+    alarms = [alarm["Ref"] for alarm in preference["Alarms"]]
+    assert set(alarms) <= set(TEMPLATE.of_type("AWS::CloudWatch::Alarm"))
+    assert "SagaParkedAlarm" in alarms  # a compensation that failed: the saga's own harm
+    assert "ParkedSagasDeadLetterAlarm" not in alarms  # an operator's redrives, not this deploy's doing
+
+    def detection_seconds(logical_id: str) -> float:
+        """How long the alarm needs to fire once things go wrong (an iterator age must first grow to its threshold)."""
+        alarm = TEMPLATE.properties(logical_id)
+        growing = float(alarm["Threshold"]) / 1000 if alarm["MetricName"] == "IteratorAge" else 0.0
+        return float(alarm["Period"]) * float(alarm["EvaluationPeriods"]) + growing
+
+    assert preference["Interval"] * 60 >= max(detection_seconds(a) for a in alarms)
+
+
 def test_the_reaper_has_reserved_concurrency_and_its_failures_raise_alarms():
     assert TEMPLATE.properties("ReaperFunction")["ReservedConcurrentExecutions"] == 1
     alarm = TEMPLATE.properties("ReaperFailedAlarm")

@@ -47,6 +47,7 @@ ASL_NAMESPACES = ("States", "Lambda", "Sandbox", "Runtime")
 ALLOWED = {
     # Products and projects, named as their makers spell them.
     "EventBridge": "AWS's event bus", "CloudWatch": "AWS's monitoring", "JavaScript": "the console's browser code",
+    "CloudFormation": "AWS's deployment service, which runs `sam deploy` and rolls a failed rollout back",
     "OpenAPI": "the API's spec",
     "JSONPath": "the path syntax of the ASL's InputPath, OutputPath, ResultPath",
     "JSONEncoder": "Python's json encoder, a frame of benchmarks.md's profiles",

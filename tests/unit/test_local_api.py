@@ -170,3 +170,29 @@ def test_other_services_name_the_resource_the_request_acts_on():
     assert service_request("states", "StopExecution", {"executionArn": arn}, "us-east-1", "1") == (
         "states:StopExecution", arn)
     assert service_request("monitoring", "PutMetricData", {}, "us-east-1", "1") == ("cloudwatch:PutMetricData", "*")
+
+
+def test_a_start_on_an_alias_is_authorized_as_the_state_machine_s_with_its_qualifier_as_condition():
+    """As Step Functions does: the state machine's own ARN is the resource, the version or alias is the condition key
+    states:StateMachineQualifier. The API's grant (template.yaml) allows starts on the alias `live` only."""
+    from sagalocal.iam import service_context
+
+    machine = "arn:aws:states:us-east-1:123456789012:stateMachine:saga"
+    iam = Authorizer("123456789012")
+    me = principal({"Effect": "Allow", "Action": "states:StartExecution", "Resource": machine,
+                    "Condition": {"ForAnyValue:StringEquals": {"states:StateMachineQualifier": ["live"]}}})
+    iam.register([me])
+
+    def start(arn: str) -> str | None:
+        params = {"stateMachineArn": arn}
+        request = service_request("states", "StartExecution", params, "us-east-1", "123456789012")
+        assert request == ("states:StartExecution", machine)
+        return iam.check(me.access_key_id, [request], service_context("states", params))
+
+    assert start(f"{machine}:live") is None
+    assert "not authorized" in start(machine)  # unqualified: no qualifier, the condition does not hold
+    assert "not authorized" in start(f"{machine}:3")
+    assert iam.used() == {"fn-1": [["states:StartExecution", machine]]}
+    with pytest.raises(ValueError, match="not emulated"):
+        statements_of([{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*",
+                        "Condition": {"IpAddress": {"aws:SourceIp": "10.0.0.0/8"}}}])
