@@ -419,13 +419,17 @@ class Provisioner:
             kind, event_props = event.get("Type"), event.get("Properties") or {}
             if kind in ("Schedule", "ScheduleV2"):
                 self.out.schedules.append(Schedule.parse(logical_id, event_name, event_props))
-            elif kind == "EventBridgeRule":
-                wiring = rule_of_function_event(arn, event_name, event_props)
+            elif kind == "EventBridgeRule" and before is None:  # an update keeps it (it refuses changed events)
+                alias = self.t.auto_publish_alias(logical_id)  # SAM's rule targets the function's alias
+                wiring = rule_of_function_event(f"{arn}:{alias}" if alias else arn, event_name, event_props)
                 events, rule_name = self.client("events"), self.physical_name(f"{logical_id}{event_name}", 64)
                 events.put_rule(Name=rule_name, **wiring["rule"])
                 events.put_targets(Rule=rule_name, EventBusName=wiring["rule"].get("EventBusName", "default"),
                                    Targets=[wiring["target"]])
                 self.out.rules.append({"name": rule_name, "function": logical_id, **event_props})
+            elif kind == "EventBridgeRule":
+                self.out.rules += [r for r in self.previous.rules if r.get("function") == logical_id] \
+                    if self.previous else []
             elif kind == "DynamoDB":
                 stream = str(event_props.get("Stream", ""))
                 if "/stream/" not in stream:

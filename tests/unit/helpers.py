@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import datetime
+import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -83,3 +85,14 @@ def ledger(client: Any, order_id: str = "ord_1") -> dict[str, Any] | None:
 
 def reservation(client: Any, order_id: str = "ord_1") -> dict[str, Any] | None:
     return get(client, "INVENTORY_TABLE", pk=f"ORDER#{order_id}", sk="RESERVATION")
+
+
+def failed_execution_event(started: datetime.datetime, order_id: str = "ord_1") -> dict[str, Any]:
+    """The EventBridge event Step Functions sends when the execution EXECUTION, started at `started`, fails."""
+    return {"version": "0", "id": "e1", "detail-type": "Step Functions Execution Status Change",
+            "source": "aws.states", "account": "123456789012", "time": "2026-12-06T07:00:01Z", "region": "us-east-1",
+            "resources": [EXECUTION], "detail": {
+                "executionArn": EXECUTION, "stateMachineArn": EXECUTION.replace(":execution:", ":stateMachine:")
+                .rsplit(":", 1)[0], "name": order_id, "status": "FAILED",
+                "startDate": int(started.timestamp() * 1000), "stopDate": int(started.timestamp() * 1000) + 900,
+                "input": json.dumps({"order_id": order_id}), "inputDetails": {"included": True}}}

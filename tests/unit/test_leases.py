@@ -11,7 +11,18 @@ import pytest
 
 from order_saga.errors import LeaseLost, OrderLocked, OrderNotActive, PaymentVoided, ReservationReleased
 from tests.unit.conftest import scan_all
-from tests.unit.helpers import EXECUTION, invoke, ledger, new_saga, order, orders_of, payment, reservation, stock
+from tests.unit.helpers import (
+    EXECUTION,
+    failed_execution_event,
+    invoke,
+    ledger,
+    new_saga,
+    order,
+    orders_of,
+    payment,
+    reservation,
+    stock,
+)
 
 OTHER = EXECUTION.replace(":ord_1", ":intruder")
 LEASE_S = 1.5  # long enough for consecutive steps on a loaded machine; the tests sleep past it
@@ -180,17 +191,6 @@ def test_one_order_that_cannot_be_reaped_does_not_stop_the_sweep(aws, handlers, 
     assert (result["compensated"], result["failed"]) == (["ord_b"], ["ord_a"])
     reaper.reap_order = real
     assert order(aws, "ord_a")["saga_status"] == "PENDING"  # untouched: the next sweep takes it
-
-
-def failed_execution_event(started: datetime.datetime, order_id: str = "ord_1") -> dict:
-    """The EventBridge event Step Functions sends when the execution EXECUTION, started at `started`, fails."""
-    return {"version": "0", "id": "e1", "detail-type": "Step Functions Execution Status Change",
-            "source": "aws.states", "account": "123456789012", "time": "2026-12-06T07:00:01Z", "region": "us-east-1",
-            "resources": [EXECUTION], "detail": {
-                "executionArn": EXECUTION, "stateMachineArn": EXECUTION.replace(":execution:", ":stateMachine:")
-                .rsplit(":", 1)[0], "name": order_id, "status": "FAILED",
-                "startDate": int(started.timestamp() * 1000), "stopDate": int(started.timestamp() * 1000) + 900,
-                "input": json.dumps({"order_id": order_id}), "inputDetails": {"included": True}}}
 
 
 def test_a_parked_saga_is_finished_by_its_own_execution_redriven(aws, handlers, context, monkeypatch):

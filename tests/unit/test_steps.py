@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -22,6 +23,7 @@ from order_saga.store import Store
 from tests.unit.conftest import scan_all
 from tests.unit.helpers import (
     EXECUTION,
+    failed_execution_event,
     invoke,
     ledger,
     new_saga,
@@ -231,28 +233,38 @@ def test_confirm_on_a_voided_payment_commits_nothing(aws, handlers, context):
     assert reservation(aws)["status"] == "RESERVED"
 
 
-def test_park_saga_sends_the_state_marks_failed_and_dedupes(aws, handlers, context, monkeypatch):
+def test_park_saga_parks_once_with_a_message_that_names_the_failure_and_holds_no_token(aws, handlers, context,
+                                                                                          monkeypatch):
+    """The execution that owns the order failed (a compensation spent its retries): ParkSaga marks the order FAILED,
+    out of the reaper's index, with the execution's error, and sends one message; a repeat of the event (EventBridge
+    or Lambda retrying) parks nothing twice; an event whose input names no order parks nothing."""
+    import datetime
+
     import boto3
 
     sqs = boto3.client("sqs", region_name="us-east-1")
     url = sqs.create_queue(QueueName="parked.fifo", Attributes={"FifoQueue": "true"})["QueueUrl"]
     monkeypatch.setenv("PARKED_SAGAS_QUEUE_URL", url)
-    saga = run_forward(handlers, context, new_saga(aws), upto=2)
-    saga = {**saga, "failures": {"AuthorizePayment": {"Error": "States.Timeout", "Cause": "x"},
-                                 "VoidPayment": {"Error": "PaymentGatewayUnavailable", "Cause": "y"}}}
+    started = datetime.datetime(2026, 12, 6, 7, 0, 0, 123000, tzinfo=datetime.UTC)
+    owner = f"{EXECUTION}#2026-12-06T07:00:00.123Z"
+    saga = new_saga(aws)
+    for name in ("create_order", "reserve_inventory"):
+        saga = invoke(handlers(name), context, saga, execution=owner)
     module = handlers("park_saga")
-    invoke(module, context, saga)
-    invoke(module, context, saga)
-    messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
-    assert len(messages) == 1
-    body = json.loads(messages[0]["Body"])
-    assert body["saga"]["order_id"] == "ord_1"
-    assert body["saga"]["failures"]["VoidPayment"]["Error"] == "PaymentGatewayUnavailable"
-    assert "tok_" not in messages[0]["Body"]
+    monkeypatch.setattr(module, "_sfn", SimpleNamespace(describe_execution=lambda executionArn: {
+        "error": "PaymentGatewayUnavailable", "cause": "the gateway is down", "redriveCount": 0}))
+    event = failed_execution_event(started)
+    assert [module.lambda_handler(event, context) for _ in range(2)] == [{"parked": True}, {"parked": False}]
+    no_order = {**event, "detail": {**event["detail"], "input": "{}"}}
+    assert module.lambda_handler(no_order, context) == {"parked": False}
+    (message,) = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    assert json.loads(message["Body"]) == {"order_id": "ord_1", "execution_arn": EXECUTION,
+                                           "error": "PaymentGatewayUnavailable", "cause": "the gateway is down",
+                                           "redrive_count": 0}
+    assert "tok_" not in message["Body"]
     item = order(aws)
-    assert item["saga_status"] == "FAILED"
-    assert "active" not in item
-    assert "VoidPayment: PaymentGatewayUnavailable" in item["parked_error"]
+    assert (item["saga_status"], item["parked_error"], "active" in item) == ("FAILED", "PaymentGatewayUnavailable",
+                                                                               False)
 
 
 def test_a_malformed_step_event_is_rejected(aws, handlers, context):
