@@ -68,7 +68,11 @@ class ExecutionNotRedrivable(AWSError):
 
 
 def install() -> None:
-    """The patches (stepfunctions.install calls this once per process, after its own)."""
+    """The patches (stepfunctions.install calls this once per process, after its own). ListExecutions' redrive
+    filter and fields live in sagalocal/versions.py's ListExecutions (one patch of it, whichever installs first)."""
+    from sagalocal import versions
+
+    versions.install()
     _redrive_count_in_context()
     _map_keeps_successful_iterations()
     _parallel_keeps_successful_branches()
@@ -429,6 +433,21 @@ def _switches_under_the_lock() -> None:
     Execution.stop = stop_under_lock  # type: ignore[method-assign]
 
 
+def list_item_fields(execution: Any) -> dict[str, Any]:
+    """ListExecutions' redrive fields of one execution (redriveCount; redriveDate once redriven)."""
+    if not _interpreted(execution):
+        return {}
+    fields: dict[str, Any] = {"redriveCount": redrive_count(execution)}
+    if getattr(execution, "sagalocal_redrive_date", None) is not None:
+        fields["redriveDate"] = execution.sagalocal_redrive_date
+    return fields
+
+
+def matches_redrive_filter(execution: Any, redrive_filter: str | None) -> bool:
+    """ListExecutions' redriveFilter: REDRIVEN, NOT_REDRIVEN, or none."""
+    return not redrive_filter or (redrive_count(execution) > 0) == (redrive_filter == "REDRIVEN")
+
+
 def _interpreted(execution: Any) -> bool:
     from moto.stepfunctions.parser.backend.execution import Execution
 
@@ -438,10 +457,7 @@ def _interpreted(execution: Any) -> bool:
 def _api() -> None:
     from moto.core.responses import ActionResult
     from moto.stepfunctions.models import StepFunctionBackend
-    from moto.stepfunctions.parser.api import ExecutionStatus as Status
     from moto.stepfunctions.responses import StepFunctionResponse
-    from moto.stepfunctions.utils import PAGINATION_MODEL
-    from moto.utilities.paginator import paginate
 
     from sagalocal import stepfunctions
 
@@ -450,19 +466,6 @@ def _api() -> None:
 
     StepFunctionBackend.redrive_execution = redrive_execution_of_backend  # type: ignore[attr-defined]
 
-    @paginate(pagination_model=PAGINATION_MODEL)
-    def list_executions(self: Any, state_machine_arn: str, status_filter: str | None = None,
-                        redrive_filter: str | None = None) -> list[Any]:
-        """moto's StepFunctionBackend.list_executions, with ListExecutions' redriveFilter."""
-        executions = self.describe_state_machine(state_machine_arn).executions
-        if status_filter:
-            executions = [e for e in executions if e.status == status_filter]
-        if redrive_filter:
-            executions = [e for e in executions if (redrive_count(e) > 0) == (redrive_filter == "REDRIVEN")]
-        return sorted(executions, key=lambda x: x.start_date, reverse=True)
-
-    StepFunctionBackend.list_executions = list_executions  # type: ignore[method-assign]
-
     def redrive_execution_response(self: Any) -> ActionResult:
         date = self.stepfunction_backend.redrive_execution(self._get_param("executionArn"),
                                                            client_token=self._get_param("clientToken"))
@@ -470,31 +473,6 @@ def _api() -> None:
 
     StepFunctionResponse.redrive_execution = redrive_execution_response  # type: ignore[attr-defined]
 
-    def list_executions_response(self: Any) -> ActionResult:
-        """moto's StepFunctionResponse.list_executions, with redriveFilter, redriveCount and redriveDate."""
-        arn = self._get_param("stateMachineArn")
-        state_machine = self.stepfunction_backend.describe_state_machine(arn)
-        kwargs: dict[str, Any] = {"status_filter": self._get_param("statusFilter"),
-                                  "max_results": self._get_int_param("maxResults"),
-                                  "next_token": self._get_param("nextToken")}
-        if self._get_param("redriveFilter"):
-            kwargs["redrive_filter"] = self._get_param("redriveFilter")
-        results, next_token = self.stepfunction_backend.list_executions(arn, **kwargs)
-        executions = []
-        for execution in results:
-            item = {"executionArn": execution.execution_arn, "name": execution.name,
-                    "startDate": execution.start_date, "stateMachineArn": state_machine.arn,
-                    "status": execution.status}
-            if execution.status in [Status.SUCCEEDED, Status.FAILED, Status.ABORTED]:
-                item["stopDate"] = execution.stop_date
-            if _interpreted(execution):
-                item["redriveCount"] = redrive_count(execution)
-                if getattr(execution, "sagalocal_redrive_date", None) is not None:
-                    item["redriveDate"] = execution.sagalocal_redrive_date
-            executions.append(item)
-        return ActionResult({"executions": executions, "nextToken": next_token})
-
-    StepFunctionResponse.list_executions = list_executions_response  # type: ignore[method-assign]
 
     describe_execution = StepFunctionResponse.describe_execution
 

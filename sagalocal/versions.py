@@ -159,14 +159,19 @@ def _describe_versions() -> None:
     from moto.stepfunctions.utils import PAGINATION_MODEL
     from moto.utilities.paginator import paginate
 
+    from sagalocal.redrive import list_item_fields, matches_redrive_filter
+
     @paginate(pagination_model=PAGINATION_MODEL)
-    def list_executions(self: Any, state_machine_arn: str, status_filter: str | None = None) -> list[Any]:
+    def list_executions(self: Any, state_machine_arn: str, status_filter: str | None = None,
+                        redrive_filter: str | None = None) -> list[Any]:
+        """ListExecutions on a machine, a version or an alias (sagalocal/redrive.py's redriveFilter kept)."""
         base_arn, qualifier = split(state_machine_arn)
         executions = list(self.describe_state_machine(base_arn).executions)
         if qualifier is not None:
             executions = [e for e in executions if state_machine_arn in (version_of(e), alias_of(e))]
         if status_filter:
             executions = [e for e in executions if e.status == status_filter]
+        executions = [e for e in executions if matches_redrive_filter(e, redrive_filter)]
         return sorted(executions, key=lambda e: e.start_date, reverse=True)
 
     StepFunctionBackend.list_executions = list_executions  # type: ignore[method-assign]
@@ -174,8 +179,8 @@ def _describe_versions() -> None:
     def list_executions_response(self: Any) -> Any:
         arn = self._get_param("stateMachineArn")
         results, next_token = self.stepfunction_backend.list_executions(
-            arn, status_filter=self._get_param("statusFilter"), max_results=self._get_int_param("maxResults"),
-            next_token=self._get_param("nextToken"))
+            arn, status_filter=self._get_param("statusFilter"), redrive_filter=self._get_param("redriveFilter"),
+            max_results=self._get_int_param("maxResults"), next_token=self._get_param("nextToken"))
         items = []
         for execution in results:
             item = {"executionArn": execution.execution_arn, "name": execution.name,
@@ -183,6 +188,7 @@ def _describe_versions() -> None:
             if execution.status in ("SUCCEEDED", "FAILED", "ABORTED", "TIMED_OUT"):
                 item["stopDate"] = execution.stop_date
             item.update(_started_on(execution))
+            item.update(list_item_fields(execution))
             items.append(item)
         return ActionResult({"executions": items, "nextToken": next_token})
 

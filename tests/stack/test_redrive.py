@@ -88,8 +88,10 @@ def place(target, sku: str, code: str, customer: str, faults=None) -> tuple[str,
 
 def snapshot(target, order_id: str, sku: str, code: str, customer: str) -> dict:
     order = target.order(order_id) or {}
+    # Money held at the processor per card (not the ledger's exact state: a card whose Map iteration was still
+    # running when the other card failed the Map may be authorized and voided, or never authorized at all).
     return {"order": (order.get("status"), order.get("saga_status")),
-            "ledgers": [(target.ledger(order_id, m) or {}).get("state") for m in (1, 2)],
+            "money held": [(target.ledger(order_id, m) or {}).get("state") not in MONEY_GONE for m in (1, 2)],
             "payments": [(target.payment(order_id, m) or {}).get("status") for m in (1, 2)],
             "reservation": (target.reservation(order_id) or {}).get("status"),
             "redemption": (target.redemption(code, order_id) or {}).get("status"),
@@ -135,7 +137,7 @@ def test_a_parked_saga_is_finished_by_one_redrive_as_if_it_never_parked(redrivab
     twin_now = snapshot(target, twin_id, skus["twin"], code, customers["twin"])
     assert parked_now == twin_now, (parked_now, twin_now)
     assert parked_now["order"] == ("CANCELLED", "COMPENSATED")
-    assert all(state in MONEY_GONE for state in parked_now["ledgers"]), parked_now
+    assert parked_now["money held"] == [False, False], parked_now
     assert (parked_now["reservation"], parked_now["redemption"], parked_now["coupon_use"]) == ("RELEASED",
                                                                                                 "RELEASED", 0)
     for sku in skus.values():
