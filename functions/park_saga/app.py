@@ -55,24 +55,31 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     if order_id is None:
         logger.warning("not parked: the execution's input names no order")
         return {"parked": False}
-    if not orders.parkable(orders.get(order_id), change.owner(), change.execution_arn):
+    order = orders.get(order_id)
+    owner = orders.owner_of(order, change.execution_arn, change.start_date)
+    if owner is None or not (orders.parkable(order) or orders.parked_by(order, owner)):
         # A finished saga (compensated, refused, completed), or one the reaper took over: nothing for an operator.
         return {"parked": False}
     # Only for a saga to park (rare): DescribeExecution has a low API quota, and most failed executions are not.
     described = _sfn.describe_execution(executionArn=change.execution_arn)
+    if described["status"] != "FAILED":
+        # A late copy of the event (delivery is at least once), and the execution was redriven since: not parked.
+        logger.info("not parked: the execution is running again", extra={"status": described["status"]})
+        return {"parked": False}
     error, cause = str(described.get("error") or "unknown"), str(described.get("cause") or "")
-    if not orders.park(order_id, change.owner(), change.execution_arn, error, now_ms()):
-        return {"parked": False}  # changed meanwhile (the reaper took it over, or a retry of this event parked it)
+    if orders.parkable(order) and not orders.park(order_id, owner, error, now_ms()):
+        return {"parked": False}  # changed meanwhile (the reaper took it over, or another copy of this event parked it)
+    # Parked (now, or by an earlier attempt at this event that died before its message): the message, deduplicated
+    # by SQS within five minutes, so a retried attempt does not send it twice; a redriven execution that fails
+    # again is parked anew with a new message.
     redrives = int(described.get("redriveCount") or 0)
     _sqs.send_message(
         QueueUrl=QUEUE_URL,
         MessageBody=json.dumps({"order_id": order_id, "execution_arn": change.execution_arn, "error": error,
                                 "cause": cause[:2000], "redrive_count": redrives}),
         MessageAttributes={"order_id": {"DataType": "String", "StringValue": order_id}},
-        # A FIFO queue: EventBridge's or Lambda's retry of this event within five minutes does not park it twice;
-        # a redriven execution that fails again is a new message.
         MessageGroupId=order_id,
-        MessageDeduplicationId=hashlib.sha256(f"{change.owner()}#{redrives}".encode()).hexdigest(),
+        MessageDeduplicationId=hashlib.sha256(f"{owner}#{redrives}".encode()).hexdigest(),
     )
     count("SagaParked", "ParkSaga")
     logger.error("saga parked: a compensation spent its retries", extra={"error": error})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import json
 from typing import Annotated
@@ -207,12 +206,6 @@ class ExecutionStatusChange(BaseModel):
     status: str
     start_date: int = Field(alias="startDate")
     input: str | None = None
-
-    def owner(self) -> str:
-        """The execution's identity as its tasks write it: `<ARN>#<$$.Execution.StartTime>` (ISO 8601, ms, UTC).
-        A redrive keeps the execution's ARN and start time, so a redriven execution is the same owner."""
-        started = datetime.datetime.fromtimestamp(self.start_date / 1000, datetime.UTC)
-        return f"{self.execution_arn}#{started.isoformat(timespec='milliseconds').replace('+00:00', 'Z')}"
 
     def order_id(self) -> str | None:
         try:

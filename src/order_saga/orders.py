@@ -13,6 +13,7 @@ IndexShards values spread by order id, so no index partition takes every saga.
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
 from typing import Any
 
@@ -301,31 +302,53 @@ class Orders:
 
     PARKABLE = (models.PENDING, models.EXECUTING, models.COMPENSATING)
 
-    @classmethod
-    def parkable(cls, order: dict[str, Any] | None, owner: str, execution_arn: str) -> bool:
-        """The order is unfinished and the execution `owner` still owns it (or, never leased, it was created for
-        that execution): what `park` checks, read first."""
-        if not order or order.get("saga_status") not in cls.PARKABLE:
-            return False
-        if "lease_owner" in order:
-            return bool(order["lease_owner"] == owner)
-        return bool(order.get("execution_arn") == execution_arn)
+    @staticmethod
+    def owner_of(order: dict[str, Any] | None, execution_arn: str, start_ms: int) -> str | None:
+        """The owner token under which the execution `execution_arn`, started at `start_ms` (epoch ms), holds the
+        order: its lease owner, `<ARN>#<$$.Execution.StartTime>`, read back and compared by the instant it names
+        (whatever ISO 8601 form the start time has); "" for an order never leased that was created for that
+        execution; None when the order is another execution's (the reaper's, or one of the same name started
+        after its name was freed), or there is no order."""
+        if not order:
+            return None
+        owner = order.get("lease_owner")
+        if owner is None:
+            return "" if order.get("execution_arn") == execution_arn else None
+        arn, _, started = str(owner).rpartition("#")
+        if arn != execution_arn:
+            return None
+        try:
+            when = datetime.datetime.fromisoformat(started.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return str(owner) if round(when.timestamp() * 1000) == start_ms else None
 
-    def park(self, order_id: str, owner: str, execution_arn: str, error: str, now: int) -> bool:
+    @classmethod
+    def parkable(cls, order: dict[str, Any] | None) -> bool:
+        """Unfinished (and not parked): what ParkSaga parks, once `owner_of` found it the failed execution's."""
+        return bool(order) and order.get("saga_status") in cls.PARKABLE
+
+    @staticmethod
+    def parked_by(order: dict[str, Any] | None, owner: str) -> bool:
+        """Parked already, by this execution (a retried ParkSaga that died before its message)."""
+        return bool(order) and order.get("saga_status") == models.FAILED and "ParkSaga" in (order.get("steps") or {}) \
+            and str(order.get("lease_owner", "")) == owner
+
+    def park(self, order_id: str, owner: str, error: str, now: int) -> bool:
         """ParkSaga: the execution `owner` failed with its order unfinished (a compensation spent its retries); the
         order is FAILED and out of the reaper's index until an operator redrives the execution. Only an order this
-        execution still owns (or, never leased, was created for it) and unfinished: not one the reaper took over,
-        nor one past the pivot, finished, or parked already. False: nothing to park."""
+        execution still owns (`owner`, or "" for an order never leased) and unfinished: not one the reaper took
+        over, nor one past the pivot, finished, or parked already. False: nothing parked."""
         statuses = {f"s{i}": status for i, status in enumerate(self.PARKABLE)}
+        ownership = "lease_owner = :owner" if owner else "attribute_not_exists(lease_owner)"
         return self.store.update(
             TableName=self.table, Key=self.key(order_id),
             UpdateExpression=("SET saga_status = :failed, parked_error = :error, steps.ParkSaga = :entry, "
                               "updated_at = :now REMOVE active"),
-            ConditionExpression=("(lease_owner = :owner OR (attribute_not_exists(lease_owner) "
-                                 "AND execution_arn = :arn)) AND saga_status IN (:s0, :s1, :s2)"),
-            ExpressionAttributeValues=values(failed=models.FAILED, error=error[:1000], now=now, owner=owner,
-                                             arn=execution_arn, entry={"status": SUCCEEDED, "at": now},
-                                             **statuses)).ok
+            ConditionExpression=f"{ownership} AND saga_status IN (:s0, :s1, :s2)",
+            ExpressionAttributeValues=values(failed=models.FAILED, error=error[:1000], now=now,
+                                             entry={"status": SUCCEEDED, "at": now}, **statuses,
+                                             **({"owner": owner} if owner else {}))).ok
 
     # ---- the reaper ---------------------------------------------------------------------------------------
     def abandoned(self, now: int) -> list[dict[str, Any]]:

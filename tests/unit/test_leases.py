@@ -210,14 +210,14 @@ def test_a_parked_saga_is_finished_by_its_own_execution_redriven(aws, handlers, 
     failed = {**saga, "failures": {"AuthorizePayment": {"Error": "States.Timeout", "Cause": "x"}}}
     park = handlers("park_saga")
     monkeypatch.setattr(park, "_sfn", SimpleNamespace(describe_execution=lambda executionArn: {
-        "error": "PaymentGatewayUnavailable", "cause": "the gateway is down", "redriveCount": 0}))
+        "status": "FAILED", "error": "PaymentGatewayUnavailable", "cause": "the gateway is down", "redriveCount": 0}))
     assert park.lambda_handler(failed_execution_event(started), context) == {"parked": True}
     item = order(aws)
     assert (item["saga_status"], item["parked_error"], "active" in item) == ("FAILED", "PaymentGatewayUnavailable",
                                                                                False)
     assert stock(aws, "SKU-1") == (8, 2, 0)
-    # EventBridge's or Lambda's retry of the same event parks nothing twice.
-    assert park.lambda_handler(failed_execution_event(started), context) == {"parked": False}
+    # EventBridge's or Lambda's retry of the same event parks nothing twice, and its message is deduplicated.
+    assert park.lambda_handler(failed_execution_event(started), context) == {"parked": True}
     (message,) = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
     assert json.loads(message["Body"])["execution_arn"] == EXECUTION
     # The same execution's failure event at another start time (another execution of that name) is not its own.
