@@ -184,3 +184,42 @@ def paginate_executions(sfn, machine: str, redrive_filter: str) -> list[dict]:
     from sagalocal.timeline import paginate
 
     return paginate(sfn.list_executions, "executions", stateMachineArn=machine, redriveFilter=redrive_filter)
+
+
+def test_sagalocal_redrive_redrives_by_order_id_and_refuses_what_cannot_be(redrivable):
+    """`python -m sagalocal redrive <order id>`: a declined order's execution (FAILED at SagaCompensated) is redriven,
+    re-enters its Fail state and fails again with its error (exit 1, the timeline printed: nothing else changes);
+    a SUCCEEDED one is refused with the reason (exit 2)."""
+    import subprocess
+    import sys
+
+    from tests.stack.conftest import ROOT
+
+    target = redrivable
+    if not target.endpoint:
+        pytest.skip("the command talks to an AWS endpoint (SAGA_AWS_ENDPOINT): this target has none")
+    sku = f"REDRIVE-CLI-{uuid.uuid4().hex[:6]}"
+    target.add_item(sku, PRICE, STOCK)
+    ids = {}
+    for token in ("tok_decline", "tok_approve"):
+        status, answer = post_order(target, json.dumps({"items": [{"sku": sku, "quantity": 1}],
+                                                        "payment_token": token}).encode(), uuid.uuid4().hex)
+        assert status == 202, answer
+        ids[token] = answer["order_id"]
+        wait_for_execution(target, target.execution_arn(answer["order_id"]), timeout=240)
+    before = target.order(ids["tok_decline"])
+
+    def sagalocal_redrive(order_id: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "sagalocal", "redrive", order_id, "--endpoint", target.endpoint,
+                               "--region", target.region, "--timeout", "120"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=180, check=False)
+
+    declined = sagalocal_redrive(ids["tok_decline"])
+    assert declined.returncode == 1, declined.stderr[-2000:]
+    assert "SagaCompensated" in declined.stdout
+    described = target.client("stepfunctions").describe_execution(executionArn=target.execution_arn(ids["tok_decline"]))
+    assert (described["status"], described.get("error"), described["redriveCount"]) == ("FAILED", "PaymentDeclined", 1)
+    assert target.order(ids["tok_decline"]) == before
+    refused = sagalocal_redrive(ids["tok_approve"])
+    assert refused.returncode == 2
+    assert "cannot be redriven" in refused.stderr
