@@ -230,7 +230,9 @@ def _execution_arn(sfn: Any, name_or_arn: str) -> str:
 
 def cmd_redrive(args: argparse.Namespace) -> int:
     """RedriveExecution (a failed, aborted or timed-out execution resumes at the state that did not succeed), then
-    wait for the execution to end and print its timeline. Exit status 0 if it then succeeded."""
+    wait for the execution to end and print its timeline. Exit status 0 if it then ended where its definition
+    ends it (it succeeded, or it reached a Fail state: a saga that compensated), 1 if a state failed again, it
+    timed out or it was stopped."""
     from sagalocal.timeline import format_timeline, history
 
     sfn = _client("stepfunctions", _endpoint(args), args.region)
@@ -244,8 +246,10 @@ def cmd_redrive(args: argparse.Namespace) -> int:
         if time.monotonic() > deadline:
             raise UsageError(f"{arn} still RUNNING after {args.timeout:g} s")
         time.sleep(0.5)
-    print(format_timeline(described, history(sfn, arn)))
-    return 0 if described["status"] == "SUCCEEDED" else 1
+    events = history(sfn, arn)
+    print(format_timeline(described, events))
+    last_state = next((e["type"] for e in reversed(events) if e["type"].endswith("StateEntered")), None)
+    return 0 if described["status"] == "SUCCEEDED" or last_state == "FailStateEntered" else 1
 
 
 def cmd_history(args: argparse.Namespace) -> int:

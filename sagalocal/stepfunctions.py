@@ -36,10 +36,12 @@ What this module changes in moto's interpreter, each for a reason:
    them, and the end of the redriven run is announced again (5). `redrive(arn)` does it in this process.
 11. An execution's end is a "Step Functions Execution Status Change" event, as AWS sends one to the account's
    default EventBridge bus for every status change of a Standard execution. Here only the ends (SUCCEEDED,
-   FAILED, TIMED_OUT, ABORTED; AWS also sends RUNNING at a start and at a redrive), with the detail AWS
-   documents (executionArn, stateMachineArn, name, status, startDate and stopDate in epoch milliseconds, input,
-   output). `ENDED` holds who hears them: the embedded stack's EventBridge (sagalocal/eventbridge.py), or the
-   simulation. The saga parks a saga on its execution's failure this way (functions/park_saga).
+   FAILED, TIMED_OUT, ABORTED; AWS also sends RUNNING at a start and at a redrive, not sent here), with
+   executionArn, stateMachineArn (the unqualified one), name, status, startDate and stopDate in epoch
+   milliseconds, input and output, error and cause, the redrive fields (redriveCount, redriveDate, redriveStatus)
+   and, for a start on a version or an alias, stateMachineVersionArn and stateMachineAliasArn. `ENDED` holds who
+   hears them: the embedded stack's EventBridge (sagalocal/eventbridge.py), or the simulation. The saga parks a
+   saga on its execution's failure this way (functions/park_saga), reading none but the first seven.
 """
 
 from __future__ import annotations
@@ -282,7 +284,7 @@ def status_change_event(execution: Any) -> dict[str, Any]:
         return int(when.timestamp() * 1000) if isinstance(when, datetime.datetime) else None
 
     output = execution.output
-    detail = {
+    detail: dict[str, Any] = {
         "executionArn": str(execution.exec_arn), "stateMachineArn": str(execution.state_machine_arn),
         "name": execution.name, "status": str(getattr(execution.exec_status, "value", execution.exec_status)),
         "startDate": ms(execution.start_date), "stopDate": ms(execution.stop_date),
@@ -290,6 +292,14 @@ def status_change_event(execution: Any) -> dict[str, Any]:
         "output": None if output is None else json.dumps(output),
         "outputDetails": None if output is None else {"included": True},
     }
+    if getattr(execution, "error", None) is not None or getattr(execution, "cause", None) is not None:
+        detail.update(error=execution.error, cause=execution.cause)
+    if hasattr(execution, "exec_worker"):  # an execution the interpreter ran: its redrive and version fields
+        from sagalocal import redrive, versions
+
+        fields = redrive.redrive_fields(execution, NOW())
+        detail.update({k: ms(v) if k == "redriveDate" else v for k, v in fields.items()})
+        detail.update(versions._started_on(execution))
     return {"Source": "aws.states", "DetailType": "Step Functions Execution Status Change",
             "Resources": [str(execution.exec_arn)], "Detail": json.dumps(detail)}
 

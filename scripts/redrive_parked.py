@@ -1,17 +1,19 @@
-"""Finish parked sagas: redrive each parked execution, wait for it, check its order, acknowledge its message.
+"""Finish parked sagas: redrive each parked execution, wait for it, check its order, acknowledge its messages.
 
-  python scripts/redrive_parked.py --stack-name order-saga-prod                 # every parked saga on the queue
+  python scripts/redrive_parked.py --stack-name order-saga-prod                 # every parked saga
   python scripts/redrive_parked.py --stack-name order-saga-prod ord_123 ord_456  # these orders only
   python scripts/redrive_parked.py --stack-outputs .local/stack-outputs.json     # the local stack (AWS_ENDPOINT_URL)
   python scripts/redrive_parked.py ... --dry-run                                # say what would be redriven
 
-docs/operations.md's runbook: fix the cause (the alarm and the message say which compensation failed, and why),
-then run this. For each order it redrives the execution that parked it (RedriveExecution: the same execution,
-resumed at the compensation that spent its retries, which takes its parked order back), waits for the execution
-to end (DescribeExecution, with backoff, within a deadline), and checks the order: COMPENSATED (or COMPLETED, for
-an order RefundPayment found past the pivot and finished). Then, and only then, it deletes the order's messages
-from the parked-sagas queue. A saga that parks again (the cause is not fixed) is reported and keeps its message; a
-new one arrives for the new failure.
+docs/operations.md's runbook: fix the cause (the alarm, the message and the execution's history say which
+compensation failed, and why), then run this. The parked sagas are the orders whose saga is FAILED (the orders
+table is the record; the queue's messages are the notice). For each it redrives the execution that parked it
+(RedriveExecution: the same execution, resumed at the compensation that spent its retries, which takes its parked
+order back), waits for the execution to end (DescribeExecution, with backoff, within a deadline), and checks the
+order: COMPENSATED (or COMPLETED, for an order RefundPayment found past the pivot and finished). Then it deletes
+the queue's messages of every order that is finished (these, and stale ones of orders finished otherwise) and
+gives the others back at once. A saga that parks again (the cause is not fixed) is reported and keeps its
+message; a new one arrives for the new failure. A dry run reads no message and changes nothing.
 
 It refuses, naming the reason and changing nothing, an order that is not parked (saga_status FAILED), whose
 execution cannot be redriven (RedriveExecution's own reasons: running, succeeded, older than 14 days), or that it
@@ -63,21 +65,48 @@ class Operator:
         self.ddb = client("dynamodb")
         self.timeout = timeout
 
-    # ---- what is parked ---------------------------------------------------------------------------------------
-    def parked_messages(self) -> dict[str, list[dict[str, Any]]]:
-        """order id -> its messages on the parked-sagas queue (received, left in flight for this run's length, so
-        that no other operator's run takes them at the same time; undeleted ones come back)."""
-        found: dict[str, list[dict[str, Any]]] = {}
-        url = self.outputs["ParkedSagasQueueUrl"]
+    # ---- what is parked ----------------------------------------------------------------------------------------
+    def parked_orders(self) -> list[str]:
+        """Every parked order (saga_status FAILED), from the orders table, every page: the record of what is
+        parked, whatever happened to the queue's messages. A scan: an operator's tool, run rarely."""
+        found: list[str] = []
+        kwargs: dict[str, Any] = {"TableName": self.outputs["OrdersTableName"], "ConsistentRead": True,
+                                  "FilterExpression": "saga_status = :failed", "ProjectionExpression": "order_id",
+                                  "ExpressionAttributeValues": {":failed": {"S": "FAILED"}}}
         while True:
+            page = self.ddb.scan(**kwargs)
+            found += [item["order_id"]["S"] for item in page.get("Items", [])]
+            if "LastEvaluatedKey" not in page:
+                return sorted(found)
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def acknowledge(self, finished: set[str]) -> dict[str, int]:
+        """Delete the queue's messages of `finished` orders and of every order named there that is finished now (a
+        stale message: the reaper finished it, or an earlier run died before acknowledging); order id -> how many.
+        Every other message is given back at once (its visibility reset), so that no run hides the queue from the
+        next one. The messages are held while the queue is read through, so the reads go past them."""
+        url = self.outputs["ParkedSagasQueueUrl"]
+        held: dict[str, dict[str, Any]] = {}
+        for _ in range(1000):  # a bound: 10 messages a receive
             messages = self.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1,
-                                                VisibilityTimeout=int(self.timeout) + 60,
-                                                MessageAttributeNames=["All"]).get("Messages", [])
-            if not messages:
-                return found
-            for message in messages:
-                body = json.loads(message["Body"])
-                found.setdefault(str(body.get("order_id")), []).append(message)
+                                                VisibilityTimeout=120).get("Messages", [])
+            fresh = [m for m in messages if m["MessageId"] not in held]
+            if not fresh:
+                break
+            held.update((m["MessageId"], m) for m in fresh)
+        deleted: dict[str, int] = {}
+        statuses: dict[str, str] = {}
+        for message in held.values():
+            order_id = str(json.loads(message["Body"]).get("order_id"))
+            if order_id not in finished and order_id not in statuses:
+                statuses[order_id] = str((self.order(order_id) or {}).get("saga_status"))
+            if order_id in finished or statuses.get(order_id) in FINISHED:
+                self.sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+                deleted[order_id] = deleted.get(order_id, 0) + 1
+            else:
+                self.sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"],
+                                                   VisibilityTimeout=0)
+        return deleted
 
     def order(self, order_id: str) -> dict[str, Any] | None:
         item = self.ddb.get_item(TableName=self.outputs["OrdersTableName"], Key={"order_id": {"S": order_id}},
@@ -89,17 +118,15 @@ class Operator:
         return machine.replace(":stateMachine:", ":execution:") + ":" + order_id
 
     # ---- one order ------------------------------------------------------------------------------------------------
-    def finish(self, order_id: str, messages: list[dict[str, Any]], dry_run: bool = False) -> Outcome:
+    def finish(self, order_id: str, dry_run: bool = False) -> Outcome:
         order = self.order(order_id)
         if order is None:
             return Outcome(order_id, None, False, None, "no such order")
         status = str(order.get("saga_status"))
-        arn = next((json.loads(m["Body"]).get("execution_arn") for m in messages), None) or self.execution_arn(
-            order_id)
+        owner = str(order.get("lease_owner") or "")
+        arn = owner.split("#")[0] if ":execution:" in owner else self.execution_arn(order_id)
         if status in FINISHED:
-            self._acknowledge(messages, dry_run)
-            return Outcome(order_id, arn, False, status, "already finished: its messages acknowledged",
-                           0 if dry_run else len(messages))
+            return Outcome(order_id, arn, False, status, "already finished")
         if status != "FAILED":
             return Outcome(order_id, arn, False, status, "not parked: its saga is still running or being taken over")
         try:
@@ -117,8 +144,7 @@ class Operator:
         ended = self._wait(arn)
         status = str((self.order(order_id) or {}).get("saga_status"))
         if status in FINISHED:
-            self._acknowledge(messages, dry_run)
-            return Outcome(order_id, arn, True, status, f"redriven: execution {ended['status']}", len(messages))
+            return Outcome(order_id, arn, True, status, f"redriven: execution {ended['status']}")
         return Outcome(order_id, arn, True, status, f"redriven, but the execution ended {ended['status']} "
                                                     f"{ended.get('error') or ''}: fix the cause and run this again")
 
@@ -133,15 +159,16 @@ class Operator:
             time.sleep(pause)
             pause = min(pause * 2, POLL_CAP_S)
 
-    def _acknowledge(self, messages: list[dict[str, Any]], dry_run: bool) -> None:
-        for message in messages:
-            if not dry_run:
-                self.sqs.delete_message(QueueUrl=self.outputs["ParkedSagasQueueUrl"],
-                                        ReceiptHandle=message["ReceiptHandle"])
-
     def run(self, order_ids: list[str], dry_run: bool = False) -> list[Outcome]:
-        messages = self.parked_messages()
-        return [self.finish(order_id, messages.get(order_id, []), dry_run) for order_id in order_ids or messages]
+        """Finish `order_ids` (default: every parked order, from the orders table); then acknowledge the queue's
+        messages of every order that is finished now. A dry run reads no message."""
+        outcomes = [self.finish(order_id, dry_run) for order_id in order_ids or self.parked_orders()]
+        if dry_run:
+            return outcomes
+        deleted = self.acknowledge({o.order_id for o in outcomes if o.finished})
+        for outcome in outcomes:
+            outcome.acknowledged = deleted.get(outcome.order_id, 0)
+        return outcomes
 
 
 def stack_outputs(args: argparse.Namespace) -> dict[str, str]:

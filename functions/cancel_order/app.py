@@ -16,8 +16,9 @@ orders = Orders(store, os.environ["ORDERS_TABLE"], Timing.from_env())
 
 
 @saga_step("CancelOrder", store)
-def lambda_handler(saga: SagaState, execution_id: str) -> SagaState:
-    saga, acted = steps.compensate(store, orders, saga, execution_id, "CancelOrder", now_ms(), finish=True)
+def lambda_handler(saga: SagaState, execution_id: str, redrive_count: int = 0) -> SagaState:
+    saga, acted = steps.compensate(store, orders, saga, execution_id, "CancelOrder", now_ms(), finish=True,
+                                   redrive_count=redrive_count)
     outcome = steps.outcome(saga)
     if acted:
         failure = steps.failed_forward_step(saga)

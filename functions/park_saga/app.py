@@ -67,12 +67,12 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         logger.info("not parked: the execution is running again", extra={"status": described["status"]})
         return {"parked": False}
     error, cause = str(described.get("error") or "unknown"), str(described.get("cause") or "")
-    if orders.parkable(order) and not orders.park(order_id, owner, error, now_ms()):
-        return {"parked": False}  # changed meanwhile (the reaper took it over, or another copy of this event parked it)
-    # Parked (now, or by an earlier attempt at this event that died before its message): the message, deduplicated
-    # by SQS within five minutes, so a retried attempt does not send it twice; a redriven execution that fails
-    # again is parked anew with a new message.
     redrives = int(described.get("redriveCount") or 0)
+    # The message first, then the write that parks: an attempt that dies between them is retried (Lambda's
+    # asynchronous retries) and sends the same message again, which the FIFO queue drops as a duplicate within
+    # five minutes; one that never parks leaves the order unfinished in the reaper's index, so the reaper takes it
+    # over (and the operator's script acknowledges the stale message once the saga finished). Never a parked order
+    # that nobody is told about.
     _sqs.send_message(
         QueueUrl=QUEUE_URL,
         MessageBody=json.dumps({"order_id": order_id, "execution_arn": change.execution_arn, "error": error,
@@ -81,6 +81,8 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         MessageGroupId=order_id,
         MessageDeduplicationId=hashlib.sha256(f"{owner}#{redrives}".encode()).hexdigest(),
     )
+    if orders.parkable(order) and not orders.park(order_id, owner, error, now_ms(), redrives):
+        return {"parked": False}  # changed meanwhile (the reaper took it over, or another copy of this event parked it)
     count("SagaParked", "ParkSaga")
     logger.error("saga parked: a compensation spent its retries", extra={"error": error})
     return {"parked": True}

@@ -25,7 +25,7 @@ payments = Payments(store, os.environ["PAYMENTS_TABLE"], gateway_from_env(store)
 
 
 @saga_step("RefundPayment", store)
-def lambda_handler(saga: SagaState, execution_id: str) -> SagaState:
+def lambda_handler(saga: SagaState, execution_id: str, redrive_count: int = 0) -> SagaState:
     now = now_ms()
     # Twice at most: the order may pivot between the two looks (a ConfirmOrder of this execution still running
     # after its task timed out); then it goes forward, unless the processor refuses a capture, then it is refunded.
@@ -34,7 +34,8 @@ def lambda_handler(saga: SagaState, execution_id: str) -> SagaState:
         if finished is not None:
             return finished
         compensated, acted = steps.compensate(store, orders, saga, execution_id, "RefundPayment", now,
-                                              steps.undo_payment(payments, saga.order_id, now, steps.methods_of(saga)))
+                                              steps.undo_payment(payments, saga.order_id, now, steps.methods_of(saga)),
+                                              redrive_count=redrive_count)
         if acted:
             count("CompensationRun", "RefundPayment")
             return compensated

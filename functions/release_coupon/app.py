@@ -19,12 +19,13 @@ promotions = Promotions(store, os.environ["PROMOTIONS_TABLE"])
 
 
 @saga_step("ReleaseCoupon", store)
-def lambda_handler(saga: SagaState, execution_id: str) -> SagaState:
+def lambda_handler(saga: SagaState, execution_id: str, redrive_count: int = 0) -> SagaState:
     now = now_ms()
     if not saga.coupon:  # the CouponHeld Choice routes here only with a coupon
         return saga
     saga, acted = steps.compensate(store, orders, saga, execution_id, "ReleaseCoupon", now,
-                                   steps.undo_coupon(promotions, saga.coupon, saga.order_id, now))
+                                   steps.undo_coupon(promotions, saga.coupon, saga.order_id, now),
+                                   redrive_count=redrive_count)
     if acted:
         count("CompensationRun", "ReleaseCoupon")
     return saga

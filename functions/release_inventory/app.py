@@ -19,10 +19,10 @@ inventory = Inventory(store, os.environ["INVENTORY_TABLE"], TIMING)
 
 
 @saga_step("ReleaseInventory", store)
-def lambda_handler(saga: SagaState, execution_id: str) -> SagaState:
+def lambda_handler(saga: SagaState, execution_id: str, redrive_count: int = 0) -> SagaState:
     now = now_ms()
     saga, acted = steps.compensate(store, orders, saga, execution_id, "ReleaseInventory", now,
-                                   steps.undo_reservation(inventory, saga.order_id, now))
+                                   steps.undo_reservation(inventory, saga.order_id, now), redrive_count=redrive_count)
     if acted:
         count("CompensationRun", "ReleaseInventory")
     return saga

@@ -19,10 +19,11 @@ payments = Payments(store, os.environ["PAYMENTS_TABLE"], gateway_from_env(store)
 
 
 @saga_step("VoidPayment", store)
-def lambda_handler(saga: SagaState, execution_id: str) -> SagaState:
+def lambda_handler(saga: SagaState, execution_id: str, redrive_count: int = 0) -> SagaState:
     now = now_ms()
     saga, acted = steps.compensate(store, orders, saga, execution_id, "VoidPayment", now,
-                                   steps.undo_payment(payments, saga.order_id, now, steps.methods_of(saga)))
+                                   steps.undo_payment(payments, saga.order_id, now, steps.methods_of(saga)),
+                                   redrive_count=redrive_count)
     if acted:
         count("CompensationRun", "VoidPayment")
     return saga

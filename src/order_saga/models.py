@@ -148,6 +148,7 @@ class StepEvent(BaseModel):
     saga: SagaState
     execution_id: str
     method: int | None = None
+    redrive_count: int = 0  # $$.Execution.RedriveCount, given to the compensations: a redrive claims a parked order
 
 
 # ---- API responses (documented in the OpenAPI document) ----

@@ -36,9 +36,10 @@ STEP_ORDER = (
     "AuthorizePayment.3", "ConfirmOrder", "Reaper", "RefundPayment", "VoidPayment", "ReleaseCoupon",
     "ReleaseInventory", "CancelOrder", "ParkSaga",
 )
-# A compensation may act while the saga is in any of these (FAILED: its own execution, redriven, finishes a
-# parked saga). Never on an order past the pivot (CONFIRMING: it only goes forward) nor on a COMPLETED one (final
-# for every execution and for the reaper; refunding a delivered order is a separate operation, never a compensation).
+# A compensation may act while the saga is in any of these (FAILED: its own execution, redriven, claims a parked
+# saga back first: Orders.claim_for_compensation). Never on an order past the pivot (CONFIRMING: it only goes
+# forward) nor on a COMPLETED one (final for every execution and for the reaper; refunding a delivered order is a
+# separate operation, never a compensation).
 COMPENSABLE = (models.PENDING, models.EXECUTING, models.COMPENSATING, models.FAILED)
 # The order is owned and on its way: a second execution is refused (OrderLocked).
 UNDERWAY = (models.EXECUTING, models.CONFIRMING, models.COMPLETED)
@@ -199,13 +200,17 @@ class Orders:
             ExpressionAttributeValues=values(compensating=models.COMPENSATING, now=now, owner=lease.owner,
                                              fence=lease.fence, confirming=models.CONFIRMING)).ok
 
-    def claim_for_compensation(self, lease: Lease, now: int) -> bool:
+    def claim_for_compensation(self, lease: Lease, now: int, redrive_count: int = 0) -> bool:
         """A compensation's first write, before it undoes anything (a gateway call included): the order is this
         lease's and compensable, and from now on COMPENSATING, so that no late step of the same execution (a
         ConfirmOrder still running after its task timed out) can land afterwards: the pivot needs EXECUTING.
-        A parked order (FAILED) is claimed back by its own execution, redriven: back in the reaper's index under
-        a fresh lease, so that a redriven execution that dies again is taken over like any other.
-        False: not ours, or not compensable (past the pivot, finished)."""
+
+        A parked order (FAILED) is claimed back only by its execution redriven since it was parked: the execution's
+        ARN and the same fence, and `redrive_count` ($$.Execution.RedriveCount) above the count it was parked at.
+        So a late attempt of the run that failed (still running when its task gave up) cannot take it back. The
+        claim makes the redriven run the owner (its owner token, whatever start time a redrive gives it), and puts
+        the order back in the reaper's index under a fresh lease: a redriven execution that dies again is taken
+        over like any other. False: not ours, or not compensable (past the pivot, finished, parked by this run)."""
         running = {f"s{i}": status for i, status in enumerate(COMPENSABLE) if status != models.FAILED}
         if self.store.update(
                 TableName=self.table, Key=self.key(lease.order_id),
@@ -215,14 +220,18 @@ class Orders:
                 ExpressionAttributeValues=values(compensating=models.COMPENSATING, owner=lease.owner,
                                                  fence=lease.fence, **running)).ok:
             return True
+        if redrive_count < 1:
+            return False
         return self.store.update(
             TableName=self.table, Key=self.key(lease.order_id),
-            UpdateExpression=("SET saga_status = :compensating, active = :shard, lease_expires_at = :expires, "
-                              "redriven_at = :now, updated_at = :now"),
-            ConditionExpression="lease_owner = :owner AND fence = :fence AND saga_status = :failed",
-            ExpressionAttributeValues=values(compensating=models.COMPENSATING, owner=lease.owner, fence=lease.fence,
-                                             failed=models.FAILED, shard=self.timing.shard(lease.order_id),
-                                             now=now, expires=now + self.timing.lease_ms)).ok
+            UpdateExpression=("SET saga_status = :compensating, lease_owner = :owner, active = :shard, "
+                              "lease_expires_at = :expires, redriven_at = :now, updated_at = :now"),
+            ConditionExpression=("begins_with(lease_owner, :execution) AND fence = :fence AND saga_status = :failed "
+                                 "AND parked_redrive_count < :count"),
+            ExpressionAttributeValues=values(
+                compensating=models.COMPENSATING, owner=lease.owner, execution=lease.owner.split("#")[0] + "#",
+                fence=lease.fence, failed=models.FAILED, count=redrive_count, shard=self.timing.shard(lease.order_id),
+                now=now, expires=now + self.timing.lease_ms)).ok
 
     @staticmethod
     def holds(order: dict[str, Any] | None, lease: Lease) -> bool:
@@ -257,9 +266,11 @@ class Orders:
         written = self.store.update(
             TableName=self.table, Key=self.key(saga.order_id),
             UpdateExpression="SET lease_owner = :owner, fence = fence + :one, lease_expires_at = :expires",
-            ConditionExpression=("(attribute_not_exists(lease_owner) OR lease_owner = :owner) "
+            ConditionExpression=("(attribute_not_exists(lease_owner) OR lease_owner = :owner OR (saga_status = :failed "
+                                 "AND begins_with(lease_owner, :execution))) "
                                  "AND saga_status IN (:pending, :executing, :failed)"),
             ExpressionAttributeValues=values(owner=owner, one=1, expires=now + self.timing.lease_ms,
+                                             execution=owner.split("#")[0] + "#",
                                              pending=models.PENDING, executing=models.EXECUTING,
                                              failed=models.FAILED),
             ReturnValues="ALL_NEW")
@@ -288,7 +299,7 @@ class Orders:
             sets.append("#state = :cancelled")
             names["#state"] = "status"
             vals["cancelled"] = ORDER_CANCELLED
-        statuses = _compensable_values()
+        statuses = {k: v for k, v in _compensable_values().items() if v != models.FAILED}  # parked: claim first
         vals.update(statuses)
         return {"Update": {
             "TableName": self.table, "Key": self.key(lease.order_id),
@@ -334,7 +345,7 @@ class Orders:
         return bool(order) and order.get("saga_status") == models.FAILED and "ParkSaga" in (order.get("steps") or {}) \
             and str(order.get("lease_owner", "")) == owner
 
-    def park(self, order_id: str, owner: str, error: str, now: int) -> bool:
+    def park(self, order_id: str, owner: str, error: str, now: int, redrive_count: int = 0) -> bool:
         """ParkSaga: the execution `owner` failed with its order unfinished (a compensation spent its retries); the
         order is FAILED and out of the reaper's index until an operator redrives the execution. Only an order this
         execution still owns (`owner`, or "" for an order never leased) and unfinished: not one the reaper took
@@ -343,10 +354,10 @@ class Orders:
         ownership = "lease_owner = :owner" if owner else "attribute_not_exists(lease_owner)"
         return self.store.update(
             TableName=self.table, Key=self.key(order_id),
-            UpdateExpression=("SET saga_status = :failed, parked_error = :error, steps.ParkSaga = :entry, "
-                              "updated_at = :now REMOVE active"),
+            UpdateExpression=("SET saga_status = :failed, parked_error = :error, parked_redrive_count = :count, "
+                              "steps.ParkSaga = :entry, updated_at = :now REMOVE active"),
             ConditionExpression=f"{ownership} AND saga_status IN (:s0, :s1, :s2)",
-            ExpressionAttributeValues=values(failed=models.FAILED, error=error[:1000], now=now,
+            ExpressionAttributeValues=values(failed=models.FAILED, error=error[:1000], now=now, count=redrive_count,
                                              entry={"status": SUCCEEDED, "at": now}, **statuses,
                                              **({"owner": owner} if owner else {}))).ok
 

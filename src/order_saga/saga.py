@@ -243,7 +243,7 @@ Undo = Callable[[], Items]
 
 
 def compensate(store: Store, orders: Orders, saga: SagaState, owner: str, step: str, now: int,
-               undo: Undo | None = None, finish: bool = False) -> tuple[SagaState, bool]:
+               undo: Undo | None = None, finish: bool = False, redrive_count: int = 0) -> tuple[SagaState, bool]:
     """Run compensation `step` under `owner`'s lease: undo, and log it on the order, in one transaction.
 
     Returns the state (with the lease it ran under) and whether it acted; False when the order is not this
@@ -256,7 +256,7 @@ def compensate(store: Store, orders: Orders, saga: SagaState, owner: str, step: 
     if lease is None:
         return saga, False
     held = saga.model_copy(update={"fence": lease.fence, "deadline_at": lease.deadline_at})
-    if not orders.claim_for_compensation(lease, now):
+    if not orders.claim_for_compensation(lease, now, redrive_count):
         # Not ours (another owner compensates), or ours but cancelled before (a repeat), past the pivot, COMPLETED.
         return held if orders.holds(orders.get(saga.order_id), lease) else saga, False
     failure = failed_forward_step(saga)

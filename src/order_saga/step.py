@@ -7,6 +7,7 @@ the updated saga state; a failure is an exception whose class name is the error 
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 from collections.abc import Callable
 from typing import Any
@@ -84,14 +85,20 @@ def saga_step(name: str, store: Store) -> Callable[[Step], Handler]:
     """Turn `fn(saga, execution_id) -> saga` into the Lambda handler of the state named `name`."""
 
     def decorate(fn: Step) -> Handler:
+        takes_redrive_count = "redrive_count" in inspect.signature(fn).parameters  # the compensations
+
         @lambda_function(name, store, _saga_order_id)
         @functools.wraps(fn)
         def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
             step = StepEvent.model_validate(event)
             logger.append_keys(order_id=step.saga.order_id, execution_id=step.execution_id, step=name)
+            # Inside the AuthorizePayments Map, each iteration names its payment method; a compensation learns how
+            # many times its execution was redriven.
+            extra: dict[str, Any] = {"method": step.method} if step.method else {}
+            if takes_redrive_count:
+                extra["redrive_count"] = step.redrive_count
             try:
-                # Inside the AuthorizePayments Map, each iteration names its payment method.
-                result = fn(step.saga, step.execution_id, **({"method": step.method} if step.method else {}))
+                result = fn(step.saga, step.execution_id, **extra)
             except SagaError as exc:
                 logger.warning("step failed", extra={"error": type(exc).__name__, "reason": str(exc)})
                 if isinstance(exc, TransientError):  # the dashboard's retries per step (CancelOrder counts failures)

@@ -282,6 +282,22 @@ def wait_until(read: Any, timeout: float, what: str, cap: float = 2.0) -> Any:
         pause = min(pause * 2, cap)
 
 
+def parked_queue_orders(target: Target) -> list[str]:
+    """The order ids of every message on the parked-sagas queue, one per message: each held while the queue is read
+    through, then given back (visibility reset), as the operator's script reads it."""
+    sqs, url = target.client("sqs"), target.outputs["ParkedSagasQueueUrl"]
+    held: dict[str, dict[str, Any]] = {}
+    for _ in range(200):
+        fresh = [m for m in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1,
+                                                VisibilityTimeout=60).get("Messages", []) if m["MessageId"] not in held]
+        if not fresh:
+            break
+        held.update((m["MessageId"], m) for m in fresh)
+    for message in held.values():
+        sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0)
+    return [str(json.loads(m["Body"])["order_id"]) for m in held.values()]
+
+
 def settle_late_authorizations(target: Target, orders: dict[str, int], rounds: int = 4,
                                 pause: float = 3.0) -> set[str]:
     """Let the reaper void what landed after its saga gave up on it, as its schedule would.

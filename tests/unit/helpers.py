@@ -43,8 +43,14 @@ def new_saga(client: Any, order_id: str = "ord_1", items: list[dict] | None = No
             "deadline_at": order["deadline_at"]}
 
 
-def invoke(module: Any, context: Any, saga: dict[str, Any], execution: str = EXECUTION) -> dict[str, Any]:
-    return module.lambda_handler({"saga": saga, "execution_id": execution}, context)
+def invoke(module: Any, context: Any, saga: dict[str, Any], execution: str = EXECUTION,
+           redrive_count: int | None = None) -> dict[str, Any]:
+    """A saga task's invocation, as the state machine makes it (`redrive_count`: a compensation's
+    $$.Execution.RedriveCount)."""
+    event = {"saga": saga, "execution_id": execution}
+    if redrive_count is not None:
+        event["redrive_count"] = redrive_count
+    return module.lambda_handler(event, context)
 
 
 def second_run_changes_nothing(client: Any, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:

@@ -152,15 +152,23 @@ def test_standard_workflows_only():
     assert RAW["Resources"]["OrderSagaStateMachine"]["Properties"]["Type"] == "STANDARD"
 
 
+COMPENSATIONS = ("RefundPayment", "VoidPayment", "ReleaseCoupon", "ReleaseInventory", "CancelOrder")
+
+
 def test_an_execution_runs_the_versions_it_was_deployed_with_and_starts_only_on_the_alias():
-    """Every task invokes the function version published with its state machine version (never the unqualified
-    function, whose code a deploy replaces under a running execution); the API starts executions on the alias, and
-    its role allows nothing else."""
+    """Every forward task invokes the function version published with its state machine version (never the
+    unqualified function, whose code a deploy replaces under a running execution); every compensation invokes the
+    function's alias, so that a fix deployed for it reaches the executions it parked (a redrive keeps the
+    definition the execution started with). The API starts executions on the alias, and its role allows nothing
+    else."""
     machine = TEMPLATE.properties("OrderSagaStateMachine")
     alias = machine["AutoPublishAlias"]
-    for placeholder, value in machine["DefinitionSubstitutions"].items():
-        if placeholder.endswith("FunctionArn"):
-            assert value == {"Ref": f"{placeholder.removesuffix('Arn')}.Version"}, placeholder
+    placeholders = {p for p in machine["DefinitionSubstitutions"] if p.endswith("FunctionArn")}
+    assert {f"{c}FunctionArn" for c in COMPENSATIONS} <= placeholders
+    for placeholder in placeholders:
+        function = placeholder.removesuffix("Arn")
+        kind = "Alias" if function.removesuffix("Function") in COMPENSATIONS else "Version"
+        assert machine["DefinitionSubstitutions"][placeholder] == {"Ref": f"{function}.{kind}"}, placeholder
     for logical_id in FUNCTIONS:  # any change publishes (code, layer, configuration): SAM's AllProperties
         props = TEMPLATE.properties(logical_id)
         assert props["AutoPublishAlias"] == "live"

@@ -223,12 +223,17 @@ def test_a_parked_saga_is_finished_by_its_own_execution_redriven(aws, handlers, 
     # The same execution's failure event at another start time (another execution of that name) is not its own.
     other = started + datetime.timedelta(days=91)
     assert park.lambda_handler(failed_execution_event(other), context) == {"parked": False}
-    # The redrive: VoidPayment again, under the same owner; the order is back in the reaper's index meanwhile.
-    saga = invoke(handlers("void_payment"), context, failed, execution=owner)
+    # A late attempt of the run that failed (its task gave up on it; Lambda ran on) cannot take the order back.
+    before = order(aws)
+    invoke(handlers("void_payment"), context, failed, execution=owner, redrive_count=0)
+    assert order(aws) == before
+    # The redrive: VoidPayment again ($$.Execution.RedriveCount 1), under the same owner; the order is back in
+    # the reaper's index meanwhile.
+    saga = invoke(handlers("void_payment"), context, failed, execution=owner, redrive_count=1)
     assert order(aws)["saga_status"] == "COMPENSATING"
     assert "active" in order(aws)
     for name in ("release_inventory", "cancel_order"):
-        saga = invoke(handlers(name), context, saga, execution=owner)
+        saga = invoke(handlers(name), context, saga, execution=owner, redrive_count=1)
     item = order(aws)
     assert (item["status"], item["saga_status"], "active" in item) == ("CANCELLED", "COMPENSATED", False)
     assert stock(aws, "SKU-1") == (10, 0, 0)
@@ -249,7 +254,7 @@ def test_a_late_redrive_after_a_takeover_changes_nothing(aws, handlers, context,
     assert handlers("park_saga").lambda_handler(failed_execution_event(started), context) == {"parked": False}
     before = order(aws)
     for name in ("release_inventory", "cancel_order"):
-        invoke(handlers(name), context, saga, execution=owner)
+        invoke(handlers(name), context, saga, execution=owner, redrive_count=1)
     assert order(aws) == before
     assert stock(aws, "SKU-1") == (10, 0, 0)
 

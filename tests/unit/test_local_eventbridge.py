@@ -92,7 +92,8 @@ def test_an_execution_s_end_is_the_status_change_event_aws_documents():
         exec_arn="arn:aws:states:us-east-1:123456789012:execution:m:ord_1",
         state_machine_arn="arn:aws:states:us-east-1:123456789012:stateMachine:m", name="ord_1",
         exec_status=SimpleNamespace(value="FAILED"), start_date=started,
-        stop_date=started + datetime.timedelta(seconds=2), input_data={"order_id": "ord_1"}, output=None)
+        stop_date=started + datetime.timedelta(seconds=2), input_data={"order_id": "ord_1"}, output=None,
+        error="PaymentGatewayUnavailable", cause="the gateway is down")
     entry = status_change_event(execution)
     assert (entry["Source"], entry["DetailType"], entry["Resources"]) == (
         "aws.states", "Step Functions Execution Status Change", [execution.exec_arn])
@@ -100,4 +101,4 @@ def test_an_execution_s_end_is_the_status_change_event_aws_documents():
     assert detail == {"executionArn": execution.exec_arn, "stateMachineArn": execution.state_machine_arn,
                       "name": "ord_1", "status": "FAILED", "startDate": 1796540400123, "stopDate": 1796540402123,
                       "input": '{"order_id": "ord_1"}', "inputDetails": {"included": True}, "output": None,
-                      "outputDetails": None}
+                      "outputDetails": None, "error": "PaymentGatewayUnavailable", "cause": "the gateway is down"}

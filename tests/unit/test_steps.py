@@ -266,7 +266,7 @@ def test_park_saga_parks_once_with_a_message_that_names_the_failure_and_holds_no
     redriven = SimpleNamespace(describe_execution=lambda executionArn: {"status": "RUNNING", "redriveCount": 1})
     monkeypatch.setattr(module, "_sfn", redriven)
     invoke(handlers("release_inventory"), context, {**saga, "failures": {"X": {"Error": "E", "Cause": "c"}}},
-           execution=owner)  # the redriven execution's compensation took the order back: COMPENSATING
+           execution=owner, redrive_count=1)  # the redriven execution's compensation took the order back
     assert module.lambda_handler(event, context) == {"parked": False}
     assert order(aws)["saga_status"] == "COMPENSATING"
     (message,) = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
