@@ -49,6 +49,9 @@ PATHS: dict[str, Order] = {
     "coupon-exhausted": Order([{"sku": "SKU-1", "quantity": 1}], ["tok_approve"], coupon="GONE"),
     "capture-refused": Order([{"sku": "SKU-1", "quantity": 1}], ["tok_capture_fails"]),
     "second-capture-refused": Order([{"sku": "SKU-1", "quantity": 2}], ["tok_approve", "tok_capture_fails"]),
+    # The second card declined fails the AuthorizePayments Map: VoidPayment voids the first (the one clean path
+    # through VoidPayment, so its side effects, and an outage of it that parks the saga, are explored too).
+    "second-declined": Order([{"sku": "SKU-1", "quantity": 2}], ["tok_approve", "tok_decline"]),
 }
 
 
