@@ -75,8 +75,60 @@ def _without_nulls(value: Any) -> Any:
     return value
 
 
-# A field without a value is left out of every response, never sent as null.
-app = APIGatewayRestResolver(enable_validation=True,
+class UnreadableBody(Exception):
+    """The JSON body is not exactly one order object: answered 400 before any validation, nothing read or written."""
+
+    def __init__(self, kind: str, problem: str) -> None:
+        super().__init__(problem)
+        self.kind, self.problem = kind, problem
+
+
+_JSON_KINDS = {list: "a JSON array", str: "a JSON string", int: "a JSON number", float: "a JSON number"}
+
+
+def _each_key_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose key appears twice is ambiguous (Python's json keeps the last, other parsers the first or
+    refuse it): refused, whichever value would win and even when both are equal. Keys compare as decoded, so
+    "payment_token" and "payment\\u005ftoken" are the same key."""
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise UnreadableBody("duplicate_key", f"the key {json.dumps(key)} appears more than once in one JSON "
+                                                  f"object; send each key once")
+        data[key] = value
+    return data
+
+
+def _not_json(constant: str) -> Any:
+    raise UnreadableBody("json_invalid", f"the body is not valid JSON: {constant} is not a JSON value")
+
+
+def one_json_object(text: str) -> dict[str, Any]:
+    """The request body, parsed: exactly one JSON object, each key once, nothing after it.
+
+    The resolver's validation must never see anything else. Given a JSON array for a body model, Powertools
+    (3.x, `_normalize_field_value`, meant for form fields that arrive as lists) validates its first element
+    and drops the rest: an array of two orders placed the first (issue 20). A scalar or null would be refused
+    by the model, but with pydantic's words about dictionaries, and a duplicate key would silently keep its
+    last value."""
+    try:
+        body = json.loads(text, object_pairs_hook=_each_key_once, parse_constant=_not_json)
+    except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data":
+            raise UnreadableBody("json_invalid", f"the body holds more than one JSON value: more follows the "
+                                                 f"first at character {exc.pos}; send one order per request") from exc
+        raise UnreadableBody("json_invalid", f"the body is not valid JSON: {exc.msg} at character {exc.pos}") from exc
+    if not isinstance(body, dict):
+        kind = _JSON_KINDS.get(type(body)) or f"JSON {json.dumps(body)}"  # JSON true, false or null
+        hint = "; send one order per request" if isinstance(body, list) else ""
+        raise UnreadableBody("body_not_an_object", f"the body must be one order, a JSON object; this body is {kind}"
+                                                   f"{hint}")
+    return body
+
+
+# A field without a value is left out of every response, never sent as null. The body is parsed by
+# one_json_object: one order per request, as one JSON object.
+app = APIGatewayRestResolver(enable_validation=True, json_body_deserializer=one_json_object,
                              serializer=lambda body: json.dumps(_without_nulls(body), separators=(",", ":")))
 
 IdempotencyKey = Annotated[
@@ -243,6 +295,11 @@ def invalid_request(exc: RequestValidationError) -> Response:
     details = [{"where": ".".join(str(p) for p in e.get("loc", ())), "problem": e.get("msg", ""),
                 "type": e.get("type", "")} for e in exc.errors()]
     return error(400, "invalid request", details=details)
+
+
+@app.exception_handler(UnreadableBody)
+def unreadable_body(exc: UnreadableBody) -> Response:
+    return error(400, "invalid request", details=[{"where": "body", "problem": exc.problem, "type": exc.kind}])
 
 
 @app.exception_handler(TransientError)

@@ -201,6 +201,78 @@ def test_bad_request_is_400_with_a_clear_error_and_writes_nothing(api, context, 
     assert executions() == []
 
 
+# A request places exactly one order: its body is one JSON object, each key once. Anything else is a 400 that
+# writes nothing and starts no saga (issue 20: an array of two orders was answered 202 and placed the first).
+OTHER = {"items": [{"sku": "SKU-2", "quantity": 1}], "payment_token": "tok_approve"}
+GOOD_TEXT = json.dumps(GOOD)
+NOT_AN_OBJECT = "the body must be one order, a JSON object"
+MORE = "the body holds more than one JSON value"
+NOT_ONE_ORDER = [  # (case, body, the detail's type, what its problem says)
+    ("array of one order", [GOOD], "body_not_an_object", "a JSON array"),
+    ("array of two orders", [GOOD, OTHER], "body_not_an_object", "a JSON array"),
+    ("empty array", [], "body_not_an_object", "a JSON array"),
+    ("string", json.dumps(GOOD_TEXT).encode(), "body_not_an_object", "a JSON string"),
+    ("number", b"1", "body_not_an_object", "a JSON number"),
+    ("null", b"null", "body_not_an_object", "JSON null"),
+    ("true", b"true", "body_not_an_object", "JSON true"),
+    ("false", b"false", "body_not_an_object", "JSON false"),
+    # Python's json keeps a duplicate key's last value, other parsers the first: every duplicate is refused.
+    ("duplicate key, both values valid", b'{"items": [{"sku": "SKU-1", "quantity": 2}], '
+                                         b'"payment_token": "tok_decline", "payment_token": "tok_approve"}',
+     "duplicate_key", '"payment_token"'),
+    ("duplicate key, same value twice", b'{"items": [{"sku": "SKU-1", "quantity": 2}], '
+                                        b'"payment_token": "tok_approve", "payment_token": "tok_approve"}',
+     "duplicate_key", '"payment_token"'),
+    ("duplicate key, escaped the second time", b'{"items": [{"sku": "SKU-1", "quantity": 2}], '
+                                               b'"payment_token": "tok_decline", "payment\\u005ftoken": "tok_approve"}',
+     "duplicate_key", '"payment_token"'),
+    ("duplicate key in a line", b'{"items": [{"sku": "SKU-1", "quantity": 1, "quantity": 2}], '
+                                b'"payment_token": "tok_approve"}', "duplicate_key", '"quantity"'),
+    ("duplicate items", b'{"items": [{"sku": "SKU-1", "quantity": 1}], "payment_token": "tok_approve", '
+                        b'"items": [{"sku": "SKU-2", "quantity": 1}]}', "duplicate_key", '"items"'),
+    ("two concatenated objects", (GOOD_TEXT + json.dumps(OTHER)).encode(), "json_invalid", MORE),
+    ("two objects, one per line", (GOOD_TEXT + "\n" + json.dumps(OTHER) + "\n").encode(), "json_invalid", MORE),
+    ("an object then an array", (GOOD_TEXT + "[]").encode(), "json_invalid", MORE),
+    ("NaN, which is not JSON", b'{"items": [{"sku": "SKU-1", "quantity": NaN}], "payment_token": "tok_approve"}',
+     "json_invalid", "NaN is not a JSON value"),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "kind", "named"), NOT_ONE_ORDER, ids=[c for c, *_ in NOT_ONE_ORDER])
+def test_a_body_that_is_not_exactly_one_order_object_is_400_and_writes_nothing(api, context, aws, case, body,
+                                                                                kind, named):
+    tables = scan_all(aws)
+    status, payload, _ = call(api, context, "POST", "/orders", body, {"Idempotency-Key": "k"})
+    assert status == 400, payload
+    assert payload["error"] == "invalid request"
+    [detail] = payload["details"]
+    assert (detail["where"], detail["type"]) == ("body", kind), detail
+    assert named in detail["problem"], detail
+    if kind == "body_not_an_object":
+        assert detail["problem"].startswith(NOT_AN_OBJECT), detail
+    assert scan_all(aws) == tables
+    assert executions() == []
+
+
+def test_an_order_wrapped_in_another_key_is_400_and_writes_nothing(api, context, aws):
+    """`{"order": {...}}` is an object, but not an order: its key is unknown and its items are missing."""
+    tables = scan_all(aws)
+    status, payload, _ = call(api, context, "POST", "/orders", {"order": GOOD}, {"Idempotency-Key": "k"})
+    assert status == 400, payload
+    assert {(d["where"], d["type"]) for d in payload["details"]} == {("body.order", "extra_forbidden"),
+                                                                    ("body.items", "missing")}
+    assert scan_all(aws) == tables
+    assert executions() == []
+
+
+def test_the_same_order_as_one_object_is_accepted(api, context):
+    """The cases above are refused for their shape alone: the order they carry is a good one."""
+    for n, order in enumerate((GOOD, OTHER)):
+        status, body, _ = call(api, context, "POST", "/orders", order, {"Idempotency-Key": f"k-{n}"})
+        assert status == 202, body
+    assert len(executions()) == 2
+
+
 def test_unknown_sku_is_422_and_writes_nothing(api, context, aws):
     tables = scan_all(aws)
     body = {**GOOD, "items": [{"sku": "SKU-1", "quantity": 1}, {"sku": "NOPE", "quantity": 1}]}
