@@ -172,7 +172,8 @@ def _problem(description: str) -> dict[str, Any]:
 @app.post("/orders", summary="Place an order: starts the order saga",
           responses={202: {"description": "The saga started (or, for a resubmission, had started)",
                            "content": {"application/json": {"model": OrderAccepted}}},
-                     400: _problem("Malformed request or missing Idempotency-Key"),
+                     400: _problem("Malformed request or missing Idempotency-Key; a body that is not one JSON object "
+                                   "(an array of orders too), or has a key twice"),
                      401: _problem("No valid ID token (answered by API Gateway's authorizer)"),
                      415: _problem("The body is not JSON"),
                      422: _problem("Unknown sku, unknown or expired coupon, or the Idempotency-Key was used with "

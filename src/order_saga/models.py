@@ -57,7 +57,8 @@ class OrderRequest(BaseModel):
     """Body of POST /orders. There is no price: prices come from the catalog, and the coupon's discount is priced
     by the server. No customer: the customer is the signed-in user (the token's `sub`), so a body naming one is
     refused as an unknown field. One payment method (`payment_token`, which pays the total) or a split
-    (`payment`: 1 to 3 methods whose amounts sum exactly to the total after discount), never both."""
+    (`payment`: 1 to 3 methods whose amounts sum exactly to the total after discount), never both. One order per
+    request: the body is this one JSON object, each key once (an array of orders is refused)."""
 
     model_config = ConfigDict(extra="forbid")
 
