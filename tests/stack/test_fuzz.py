@@ -206,6 +206,7 @@ class Nasty:
     expect: tuple[int, ...] = (400,)
     key: bool = True  # send a fresh, valid Idempotency-Key unless the case sets its own
     auth: bool = True  # send the fuzzing customer's ID token unless the case sets its own Authorization
+    kind: str | None = None  # the type the 400's details must name (docs/api.md), when the case checks it
 
 
 def body(obj: Any) -> bytes:
@@ -238,7 +239,30 @@ NASTY = [
         '"payment_token": "tok approve"}').encode()),
     Nasty("null-every-field", body=body({"customer_id": None, "items": None, "payment_token": None})),
     Nasty("null-every-line-field", body=body({**GOOD, "items": [{"sku": None, "quantity": None}]})),
-    Nasty("json-null-body", body=b"null"),
+    # One order per request, as one JSON object (issue 20: an array of two orders was answered 202 and placed
+    # the first). GOOD's sku is unknown: read as an order, any of these would be a 422, not the 400 expected.
+    Nasty("json-array-of-one-order", body=body([GOOD]), kind="body_not_an_object"),
+    Nasty("json-array-of-two-orders", body=body([GOOD, {**GOOD, "payment_token": "tok_decline"}]),
+          kind="body_not_an_object"),
+    Nasty("json-empty-array", body=b"[]", kind="body_not_an_object"),
+    Nasty("json-string-body", body=body(json.dumps(GOOD)), kind="body_not_an_object"),
+    Nasty("json-number-body", body=b"1", kind="body_not_an_object"),
+    Nasty("json-null-body", body=b"null", kind="body_not_an_object"),
+    Nasty("json-true-body", body=b"true", kind="body_not_an_object"),
+    Nasty("order-wrapped-in-another-key", body=body({"order": GOOD}), kind="extra_forbidden"),
+    Nasty("duplicate-key-both-values-valid", body=(
+        b'{"items": [{"sku": "NO-SUCH-SKU", "quantity": 1}], "payment_token": "tok_decline", '
+        b'"payment_token": "tok_approve"}'), kind="duplicate_key"),
+    Nasty("duplicate-key-escaped", body=(
+        b'{"items": [{"sku": "NO-SUCH-SKU", "quantity": 1}], "payment_token": "tok_approve", '
+        b'"payment\\u005ftoken": "tok_approve"}'), kind="duplicate_key"),
+    Nasty("duplicate-key-in-a-line", body=(
+        b'{"items": [{"sku": "NO-SUCH-SKU", "quantity": 1, "quantity": 2}], "payment_token": "tok_approve"}'),
+          kind="duplicate_key"),
+    Nasty("two-concatenated-objects", body=body(GOOD) + body(GOOD), kind="json_invalid"),
+    Nasty("two-objects-one-per-line", body=body(GOOD) + b"\n" + body(GOOD) + b"\n", kind="json_invalid"),
+    Nasty("nan-quantity", body=b'{"items": [{"sku": "NO-SUCH-SKU", "quantity": NaN}], "payment_token": "tok_approve"}',
+          kind="json_invalid"),
     Nasty("idempotency-key-129-chars", body=body(GOOD), headers={"Idempotency-Key": "k" * 129}, key=False),
     Nasty("idempotency-key-control-char", body=body(GOOD), headers={"Idempotency-Key": "key\x01abc"}, key=False),
     Nasty("idempotency-key-tab", body=body(GOOD), headers={"Idempotency-Key": "key\tabc"}, key=False),
@@ -293,6 +317,8 @@ def test_hostile_request_is_refused_quickly_and_writes_nothing(nasty: Nasty, tar
     tables.assert_nothing_written(before, key, what)
     assert elapsed < 15, f"{what}: took {elapsed:.1f} s"
     assert response.status_code in nasty.expect, what
+    if nasty.kind:
+        assert nasty.kind in {d["type"] for d in response.json()["details"]}, what
 
 
 # ---- Valid orders: the 202 path, which random skus never reach ----
