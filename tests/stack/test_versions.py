@@ -27,7 +27,16 @@ import pytest
 
 from order_saga.models import order_id_for
 from tests.stack.conftest import ROOT, start_embedded, stop
-from tests.stack.support import FaultRules, Target, path_of, place, wait_all
+from tests.stack.support import (
+    FaultRules,
+    Target,
+    path_of,
+    place,
+    post_order,
+    wait_all,
+    wait_for_execution,
+    wait_until,
+)
 
 pytestmark = pytest.mark.embedded_only(reason="redeploys the embedded stack of a copy of the project")
 
@@ -133,3 +142,38 @@ def test_sagas_in_flight_keep_their_version_through_a_deploy_and_new_sagas_take_
     for order in held:  # in flight indeed: their last step ran the old version after the code had changed
         confirm = next(t for t in tasks[order["order_id"]] if t["step"] == "ConfirmOrder")
         assert confirm["at"] > changed_at, (order["order_id"], confirm)
+
+
+def test_a_fix_deployed_for_a_compensation_reaches_the_saga_it_parked(copy_stack):
+    """docs/operations.md: fix the cause, redrive. A compensation with a defect spends its retries and the saga is
+    parked; the fix is deployed (a new VoidPayment version, the alias `live` moved to it); the redrive runs the
+    definition the execution started with (RedriveExecution's rule), whose compensations invoke the alias: the fix
+    runs and finishes the saga. (Pinned to a version, the redrive would run the defect again for ever.)"""
+    from scripts.redrive_parked import Operator
+
+    project, target = copy_stack
+    void = project / "functions" / "void_payment" / "app.py"
+    healthy = void.read_text()
+    defect = "    raise RuntimeError('a defect in VoidPayment')  # deployed by the test\n"
+    void.write_text(healthy.replace("    now = now_ms()\n", "    now = now_ms()\n" + defect, 1))
+    assert defect in void.read_text()
+    broken = redeploy(target)["functions"]
+    customer = "cust-fix"
+    sub = target.sign_in(customer)[1]
+    key = f"fix-{uuid.uuid4().hex[:8]}"
+    body = {"items": [{"sku": "MUG-BLUE", "quantity": 2}],
+            "payment": [{"token": "tok_approve", "amount": 1250}, {"token": "tok_decline", "amount": 1250}]}
+    status, answer = post_order(target, json.dumps(body).encode(), key, customer=customer)
+    assert status == 202, answer
+    order_id = order_id_for(sub, key)
+    arn = target.execution_arn(order_id)
+    failed = wait_for_execution(target, arn, timeout=120)
+    assert (failed["status"], failed.get("error")) == ("FAILED", "RuntimeError"), failed
+    wait_until(lambda: (target.order(order_id) or {}).get("saga_status") == "FAILED", 60, "parked")
+    void.write_text(healthy)  # the fix
+    fixed = redeploy(target)["functions"]
+    assert fixed["VoidPaymentFunction"]["version"] != broken["VoidPaymentFunction"]["version"]
+    (outcome,) = Operator(target.outputs, client=target.client, timeout=120).run([order_id])
+    assert (outcome.redriven, outcome.saga_status) == (True, "COMPENSATED"), outcome.line()
+    redriven = target.client("stepfunctions").describe_execution(executionArn=arn)
+    assert redriven["stateMachineVersionArn"] == failed["stateMachineVersionArn"]  # the same definition
