@@ -6,6 +6,7 @@ The stack tier proves the other half of least privilege: every action granted he
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -222,6 +223,12 @@ def test_a_stream_batch_publish_outcome_gives_up_on_is_kept_in_its_failure_queue
                                                                                 "QueueName"]}}]
     assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (1, "GreaterThanOrEqualToThreshold")
     assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+    # ...and the dashboard shows the queue's depth, by the name the queue has.
+    body = json.loads(TEMPLATE.resolve(TEMPLATE.properties("SagaDashboard")["DashboardBody"], "SagaDashboard"))
+    name = TEMPLATE.resolve(queue["QueueName"], "OutcomeFailuresQueue")
+    depths = [line for widget in body["widgets"] for line in widget["properties"]["metrics"]
+              if line[:2] == ["AWS/SQS", "ApproximateNumberOfMessagesVisible"]]
+    assert [line[2:4] for line in depths] == [["QueueName", name]]
 
 
 def test_the_reaper_has_reserved_concurrency_and_its_failures_raise_alarms():

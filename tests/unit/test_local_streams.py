@@ -608,6 +608,9 @@ def test_an_empty_run_shows_zero_counts_and_no_rate_or_percentile(tmp_path):
     assert shown["Success rate (%)"] == {"confirmed / finished": None}  # 0 / 0 is no datapoint, as in CloudWatch
     assert shown["Saga duration (ms)"] == {"p50": None, "p99": None}
     assert line_of(report(dashboards(TEMPLATE, tmp_path)), "confirmed / finished") == "-"
+    # No SQS metrics locally: the failure queue's depth has no datapoint.
+    assert shown["Outcome records given up on (replay them: docs/events.md)"] == {
+        "invocation records in OutcomeFailuresQueue": None}
 
 
 @pytest.mark.parametrize(("values", "stat", "expected"), [
