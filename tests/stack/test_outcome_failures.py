@@ -99,6 +99,20 @@ def stream_record_key(target, info: dict[str, Any]) -> str:
     return str(record["dynamodb"]["Keys"]["order_id"]["S"])
 
 
+def give_up_on_a_poison_order(target) -> str:
+    """An order alone that makes no valid outcome event, written and then removed; its invocation record waited
+    for and deleted (every_path: PublishOutcome's role sends it). Returns the record's condition."""
+    ddb, table = target.client("dynamodb"), target.outputs["OrdersTableName"]
+    poison = f"ord_poison_{uuid.uuid4().hex[:10]}"
+    try:
+        ddb.put_item(TableName=table, Item=ended(poison, customer_id=None))
+        records = invocation_records(target, settle=0)
+    finally:
+        ddb.delete_item(TableName=table, Key=to_ddb({"order_id": poison}))
+    assert records, "no invocation record arrived on the failure queue"
+    return str(records[0]["requestContext"]["condition"])
+
+
 def test_a_record_publish_outcome_cannot_publish_goes_to_the_failure_queue_and_holds_nothing_up(target):
     if "OutcomeFailuresQueueUrl" not in target.outputs:
         pytest.skip("the stack has no OutcomeFailuresQueueUrl output (deployed before issue 20)")
@@ -137,3 +151,11 @@ def test_a_record_publish_outcome_cannot_publish_goes_to_the_failure_queue_and_h
         assert ["sqs:SendMessage", f"arn:aws:sqs:{target.region}:{account}:{queue}"] in publisher, publisher
     else:
         assert stream_record_key(target, info) == poison
+
+
+def test_a_poison_order_alone_is_given_up_on_for_its_retries(target):
+    """The path every_path takes (so that the least-privilege check sees PublishOutcome's role send to the queue)."""
+    if "OutcomeFailuresQueueUrl" not in target.outputs:
+        pytest.skip("the stack has no OutcomeFailuresQueueUrl output (deployed before issue 20)")
+    invocation_records(target, timeout=2, settle=0)
+    assert give_up_on_a_poison_order(target) == "RetryAttemptsExhausted"
