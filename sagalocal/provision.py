@@ -436,13 +436,24 @@ class Provisioner:
                     raise StackError(f"Resources.{logical_id}.Properties.Events.{event_name}.Properties.Stream: "
                                      f"{stream!r} is not a stream of this template's tables")
                 filters = [f["Pattern"] for f in (event_props.get("FilterCriteria") or {}).get("Filters", [])]
+                on_failure = ((event_props.get("DestinationConfig") or {}).get("OnFailure") or {}).get("Destination")
+                if on_failure is not None and ":sqs:" not in str(on_failure):
+                    raise StackError(f"Resources.{logical_id}.Properties.Events.{event_name}.Properties."
+                                     f"DestinationConfig.OnFailure.Destination: {on_failure!r}: only an SQS queue "
+                                     f"is emulated as a stream's on-failure destination")
+                alias = self.t.auto_publish_alias(logical_id)  # SAM's mapping invokes the function's alias
                 self.out.stream_mappings.append({
                     "function": logical_id, "stream_arn": stream, "table": stream.split(":table/", 1)[1].split("/")[0],
+                    "function_arn": f"{arn}:{alias}" if alias else arn,
                     "batch_size": int(event_props.get("BatchSize", 100)), "filters": filters,
                     "starting_position": str(event_props.get("StartingPosition", "LATEST")),
                     "max_retries": int(event_props.get("MaximumRetryAttempts", -1)),
+                    "max_record_age": int(event_props.get("MaximumRecordAgeInSeconds", -1)),
                     "bisect": str(event_props.get("BisectBatchOnFunctionError", "false")).lower() == "true",
-                    "access_key_id": principal.access_key_id})
+                    "report_batch_item_failures": "ReportBatchItemFailures" in (
+                        event_props.get("FunctionResponseTypes") or []),
+                    "on_failure": str(on_failure) if on_failure is not None else None,
+                    "access_key_id": principal.access_key_id, "secret_access_key": principal.secret_access_key})
         self.out.routes += [route for route in routes_of(self.t) if route.function == logical_id]
         self._created(logical_id, name, Arn=arn)
         self._publish_function(logical_id, props, spec)

@@ -33,7 +33,7 @@ from botocore.config import Config
 
 from sagalocal import eventbridge, metrics, motomodels, sqs, stepfunctions
 from sagalocal.apigateway import AccessLog, TokenBucket, serve_api
-from sagalocal.awslambda.eventsources import StreamMapping
+from sagalocal.awslambda.eventsources import SqsDestination, StreamMapping
 from sagalocal.awslambda.service import LambdaService
 from sagalocal.cognito import PoolAuthorizer
 from sagalocal.dynamodb.server import DynamoDBProcess
@@ -146,14 +146,26 @@ class LocalStack:
             self.scheduler = Scheduler(self.resources.schedules, self.lambdas.invoke_event, self.region,
                                        self.template.account, self.schedule_seconds)
             self.scheduler.start()
-            self.streams = [StreamMapping(spec, self.dynamodb.endpoint, self.lambdas.invoke_event)
-                            for spec in self.resources.stream_mappings]
+            self.streams = [self._stream_mapping(spec) for spec in self.resources.stream_mappings]
             for mapping in self.streams:
                 mapping.start()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _stream_mapping(self, spec: dict[str, Any]) -> StreamMapping:
+        """A stream event source mapping: it invokes the function's alias, and sends what it gives up on to its
+        OnFailure queue with the function's own credentials (IAM enforced at the endpoint)."""
+        assert self.dynamodb is not None
+        send = SqsDestination(self.endpoint, self.region, spec["access_key_id"], spec["secret_access_key"]) \
+            if spec.get("on_failure") else None
+
+        def target(logical_id: str) -> tuple[str, str]:
+            invoked = self.lambdas.event_target(logical_id)
+            return self.lambdas.invoked_arn(invoked), self.lambdas.resolve(invoked).spec.version
+
+        return StreamMapping(spec, self.dynamodb.endpoint, self.lambdas.invoke_event, send=send, target=target)
 
     def update(self) -> dict[str, Any]:
         """Redeploy: read the template and the code again; publish a new version of each function whose code, layers

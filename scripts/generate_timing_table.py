@@ -115,7 +115,9 @@ class Facts:
         self.cards = MAX_METHODS
         self.gateway = self.number("GatewayTimeoutSeconds")
         publish = (ROOT / "functions/publish_outcome/app.py").read_text()
-        self.put_events_read = float(re.search(r'aws_client\("events", read_timeout=([\d.]+)\)', publish).group(1))
+        self.put_events_read = float(re.search(r"^PUT_EVENTS_SECONDS = ([\d.]+)$", publish, re.MULTILINE).group(1))
+        events = self.template.properties("PublishOutcomeFunction")["Events"]
+        self.stream_mapping = next(e["Properties"] for e in events.values() if e["Type"] == "DynamoDB")
 
     def number(self, parameter: str) -> float:
         return float(self.parameters[parameter])
@@ -229,11 +231,14 @@ def render() -> str:
                 f"{needs_cell('OrdersApiFunction')} | API Gateway's integration timeout (29 s) | the client's, "
                 "with the same `Idempotency-Key` | - | the order's first lease: `min(LeaseSeconds, "
                 "SagaDeadlineSeconds)` from the POST |")
-    rows.append(f"| PublishOutcome (`PublishOutcomeFunction`) | PutEvents of up to 10 events: connect "
-                f"{fmt(f.connect)} + read {fmt(f.put_events_read)} | {fmt(put_events)} "
+    rows.append(f"| PublishOutcome (`PublishOutcomeFunction`) | PutEvents of one event: connect "
+                f"{fmt(f.connect)} + read {fmt(f.put_events_read)}, each record's started only while that much "
+                f"is left | {fmt(put_events)} "
                 f"{'≤' if put_events <= f.timeout('PublishOutcomeFunction') else '>'} "
-                f"{fmt(f.timeout('PublishOutcomeFunction'))} | (a stream event source mapping) | the batch, until "
-                "published | - | - |")
+                f"{fmt(f.timeout('PublishOutcomeFunction'))} | (a stream event source mapping) | the stream goes "
+                f"on from the first record not published: {f.stream_mapping['MaximumRetryAttempts']} retries of "
+                f"it (`MaximumRetryAttempts`), records at most {f.stream_mapping['MaximumRecordAgeInSeconds']} s "
+                "old (`MaximumRecordAgeInSeconds`), then its invocation record to `OutcomeFailuresQueue` | - | - |")
     rows.append(f"| Reaper (`ReaperFunction`) | a sweep: each call bounded as above | - (a whole sweep: "
                 f"{fmt(f.timeout('ReaperFunction'))}) | (scheduled: `ReaperSchedule`) "
                 "| the next sweep | - | takes over an order whose lease expired |")

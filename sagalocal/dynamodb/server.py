@@ -120,7 +120,8 @@ def make_server(port: int, engine: Engine) -> _Server:
                     denial = engine.iam.check(signer, [(action, query.get("stream_arn", "*"))
                                                        for action in ("dynamodb:DescribeStream",
                                                                       "dynamodb:GetShardIterator",
-                                                                      "dynamodb:GetRecords")])
+                                                                      "dynamodb:GetRecords",
+                                                                      "dynamodb:ListStreams")])
                     if denial is not None:
                         self._json(403, {"error": denial})
                         return

@@ -96,4 +96,4 @@ TRANSIENT_ERROR_NAMES = ("TransientError", "PaymentGatewayUnavailable", "StoreTh
 
 
 class PublishFailed(TransientError):
-    """EventBridge refused some outcome events: the stream batch is retried (consumers drop repeats by id)."""
+    """EventBridge refused an outcome event: the stream goes on from its record, retried (docs/events.md)."""

@@ -9,10 +9,14 @@ event's source), read by PublishOutcome: each change INTO one of those saga stat
 made it (a step, a retried step, the reaper, ParkSaga). A change that leaves the status as it was (a repeat,
 a later refund on a parked order) is not an outcome.
 
-Delivery is at least once: the stream hands a batch to the function until it succeeds, so an event whose
-PutEvents succeeded may be sent again if the batch is retried. Every event carries a deterministic id,
-`<order id>/<event type>`, in its detail; consumers keep the ids they have seen and ignore a repeat
-(docs/events.md).
+Delivery is at least once: the stream hands a batch to the function again from its first record that failed, so
+an event whose PutEvents succeeded may be sent again if the function died before it said so. Every event carries a
+deterministic id, `<order id>/<event type>`, in its detail; consumers keep the ids they have seen and ignore a
+repeat (docs/events.md).
+
+An order item that cannot make a valid event (a field docs/events.schema.json requires is missing, or not a
+number where it must be one) raises InvalidOutcome: nothing is published for it, and its stream record ends in
+the failure queue for an operator, rather than a malformed event reaching every consumer.
 """
 
 from __future__ import annotations
@@ -24,6 +28,14 @@ from order_saga.dynamo import from_ddb
 
 SOURCE = "order-saga"
 OUTCOMES = {models.COMPLETED: "OrderConfirmed", models.COMPENSATED: "OrderCancelled", models.FAILED: "SagaParked"}
+# What every outcome event's detail must carry (docs/events.schema.json's `required`), and what each kind adds.
+REQUIRED = ("customer_id", "order_status", "total", "currency", "created_at", "ended_at")
+REQUIRED_OF = {"OrderConfirmed": (), "OrderCancelled": ("error",), "SagaParked": ("parked_error",)}
+INTEGERS = ("total", "created_at", "ended_at", "discount")
+
+
+class InvalidOutcome(ValueError):
+    """The order item ends a saga but cannot make a valid outcome event: publishing it would break the contract."""
 
 
 def outcome(record: dict[str, Any]) -> dict[str, Any] | None:
@@ -51,7 +63,15 @@ def outcome(record: dict[str, Any]) -> dict[str, Any] | None:
         detail.update(error=failure.get("error") or reaped or "Unknown", failed_step=failure.get("step"))
     if kind == "SagaParked":
         detail["parked_error"] = new.get("parked_error")
-    return {"DetailType": kind, "Detail": {k: v for k, v in detail.items() if v is not None}}
+    detail = {k: v for k, v in detail.items() if v is not None}
+    missing = [name for name in REQUIRED + REQUIRED_OF[kind] if name not in detail]
+    not_integers = [name for name in INTEGERS if name in detail and
+                    (not isinstance(detail[name], int) or isinstance(detail[name], bool))]
+    if missing or not_integers:
+        raise InvalidOutcome(f"order {order_id} ({kind}): " + "; ".join(
+            ([f"no {', '.join(missing)}"] if missing else []) +
+            ([f"{', '.join(not_integers)} not an integer"] if not_integers else [])))
+    return {"DetailType": kind, "Detail": detail}
 
 
 def duration_ms(event: dict[str, Any]) -> int | None:

@@ -134,7 +134,8 @@ def every_path(target: Target, request: pytest.FixtureRequest) -> dict[str, Any]
     with fault injection, a lost DynamoDB response on each forward step (the retry finds the step done: the
     repeat path) and a compensation that fails until the saga is parked; a refund (ConfirmOrder fails after
     its capture); an order abandoned mid-saga (stopped) that the reaper takes over; and the reaper's sweep,
-    which reconciles what is due."""
+    which reconciles what is due; and an order whose outcome event cannot be published (its stream record given
+    up on, into the failure queue)."""
     from order_saga.models import order_id_for
     from scripts.scenarios import Customers, load_manifest, run_scenario
     from tests.stack.support import place, wait_for_execution
@@ -192,6 +193,12 @@ def every_path(target: Target, request: pytest.FixtureRequest) -> dict[str, Any]
     abandon(target, with_payment=True, coupon="FIVEOFF", hold=False)
     # ...and a live order whose reservation expired: the reaper returns the stock and leaves the order be.
     abandon(target, with_payment=True, lease_ms=60_000)
+    if target.outputs.get("OutcomeFailuresQueueUrl"):
+        # An order whose outcome event cannot be published: the stream mapping gives up on its record and sends the
+        # invocation record to OutcomeFailuresQueue, with PublishOutcome's role (tests/stack/test_outcome_failures.py).
+        from tests.stack.test_outcome_failures import give_up_on_a_poison_order
+
+        ended["outcome-given-up"] = give_up_on_a_poison_order(target)
     lam = target.client("lambda")
     swept = json.loads(lam.invoke(FunctionName=target.outputs["ReaperFunctionName"], Payload=b"{}")["Payload"].read())
     assert "errorType" not in swept, swept

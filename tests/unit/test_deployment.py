@@ -6,6 +6,7 @@ The stack tier proves the other half of least privilege: every action granted he
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -24,9 +25,10 @@ CALLABLE = {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dyna
             "states:DescribeExecution",
             "sqs:SendMessage", "events:PutEvents"}
 # A function with its own role (PublishOutcome) also needs what Lambda does on its behalf: read its stream (the
-# event source mapping), and write its logs (SAM adds these only to the roles it makes).
+# event source mapping; sqs:SendMessage above for its on-failure destination), and write its logs (SAM adds these
+# only to the roles it makes).
 ON_ITS_BEHALF = {"dynamodb:DescribeStream", "dynamodb:GetShardIterator", "dynamodb:GetRecords",
-                 "logs:CreateLogStream", "logs:PutLogEvents"}
+                 "dynamodb:ListStreams", "logs:CreateLogStream", "logs:PutLogEvents"}
 XRAY = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
 # Actions AWS accepts only on Resource "*": Step Functions' log delivery (and X-Ray, which has no resources).
 STAR_ONLY = {"logs:CreateLogDelivery", "logs:GetLogDelivery", "logs:UpdateLogDelivery", "logs:DeleteLogDelivery",
@@ -197,6 +199,36 @@ def test_a_rollout_is_gradual_and_watched_long_enough_by_the_alarms_that_mean_th
         return float(alarm["Period"]) * float(alarm["EvaluationPeriods"]) + growing
 
     assert preference["Interval"] * 60 >= max(detection_seconds(a) for a in alarms)
+
+
+def test_a_stream_batch_publish_outcome_gives_up_on_is_kept_in_its_failure_queue_and_raises_an_alarm():
+    """Issue 20: a poison record must not block the orders table's stream for its 24 h, nor vanish after them."""
+    function = TEMPLATE.properties("PublishOutcomeFunction")
+    (mapping,) = [e["Properties"] for e in function["Events"].values() if e["Type"] == "DynamoDB"]
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]  # the batch goes on past what was done
+    assert mapping["BisectBatchOnFunctionError"] is True  # and a failing batch is split until the bad record is alone
+    assert 0 <= mapping["MaximumRetryAttempts"] <= 10  # finite: given up on within minutes, not retried for a day
+    assert 60 <= mapping["MaximumRecordAgeInSeconds"] <= 6 * 3600  # well inside the stream's 24 h: time to replay
+    destination = mapping["DestinationConfig"]["OnFailure"]["Destination"]
+    assert destination == {"Fn::GetAtt": ["OutcomeFailuresQueue", "Arn"]}
+    queue = TEMPLATE.properties("OutcomeFailuresQueue")
+    assert "FifoQueue" not in queue  # a stream's on-failure destination is a standard queue
+    assert queue["MessageRetentionPeriod"] == 1209600
+    # On AWS the mapping sends the invocation record with the function's role.
+    sends = [s for s in statements(TEMPLATE, "PublishOutcomeFunction") if s["Action"] == "sqs:SendMessage"]
+    assert [s["Resource"] for s in sends] == [destination]
+    alarm = TEMPLATE.properties("OutcomeFailuresAlarm")
+    assert (alarm["Namespace"], alarm["MetricName"]) == ("AWS/SQS", "ApproximateNumberOfMessagesVisible")
+    assert alarm["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": ["OutcomeFailuresQueue",
+                                                                                "QueueName"]}}]
+    assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (1, "GreaterThanOrEqualToThreshold")
+    assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+    # ...and the dashboard shows the queue's depth, by the name the queue has.
+    body = json.loads(TEMPLATE.resolve(TEMPLATE.properties("SagaDashboard")["DashboardBody"], "SagaDashboard"))
+    name = TEMPLATE.resolve(queue["QueueName"], "OutcomeFailuresQueue")
+    depths = [line for widget in body["widgets"] for line in widget["properties"]["metrics"]
+              if line[:2] == ["AWS/SQS", "ApproximateNumberOfMessagesVisible"]]
+    assert [line[2:4] for line in depths] == [["QueueName", name]]
 
 
 def test_the_reaper_has_reserved_concurrency_and_its_failures_raise_alarms():

@@ -51,6 +51,8 @@ ALLOWED = {
     "OpenAPI": "the API's spec",
     "JSONPath": "the path syntax of the ASL's InputPath, OutputPath, ResultPath",
     "JSONEncoder": "Python's json encoder, a frame of benchmarks.md's profiles",
+    "BatchProcessor": "Powertools' partial batch response processor, which PublishOutcome's InOrderStreamProcessor "
+                      "extends (imported, so only its members would be known)",
     # AWS names that are no API operation, field or error of botocore's models.
     "ExecutionsFailed": "Step Functions' CloudWatch metric of failed executions",
     "UserPoolClientV2": "operations.md's example name for a second app client, added while rotating",

@@ -3,7 +3,10 @@
   * sagalocal/dynamodb/streams.py, through the DynamoDB process's /_sagalocal/streams route (the session's
     `dynamodb_engine`): one record per change, in order, with the images the table's view type asks for.
   * sagalocal/awslambda/eventsources.py: a StreamMapping on that engine, with a recording function in place
-    of Lambda: the template's FilterCriteria, batch size, retries of a failing batch, bisection.
+    of Lambda: the template's FilterCriteria, batch size, retries of a failing batch, bisection, partial batch
+    responses, MaximumRetryAttempts and MaximumRecordAgeInSeconds, and the invocation record of what it gives up
+    on, sent to a recording OnFailure destination (the stack tier sends it to the real queue:
+    tests/stack/test_outcome_failures.py).
   * sagalocal/metrics.py: EMF lines printed by the functions' own metric helper, evaluated on the template's
     dashboard (`sagalocal stats`).
 
@@ -37,6 +40,8 @@ from sagalocal.template import Template
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = Template(ROOT / "template.yaml")
 ENDING = ["COMPLETED", "COMPENSATED", "FAILED"]
+FAILURE_QUEUE = "arn:aws:sqs:us-east-1:123456789012:outcome-failures"
+FUNCTION_ARN = "arn:aws:lambda:us-east-1:123456789012:function:sam-app-PublishOutcomeFunction-X:live"
 
 
 # ---- helpers ----------------------------------------------------------------------------------------------------
@@ -209,7 +214,10 @@ def spec(table: str, **overrides: Any) -> dict[str, Any]:
             "stream_arn": f"arn:aws:dynamodb:us-east-1:123456789012:table/{table}/stream/2026-11-01T00:00:00.000",
             "batch_size": int(declared["BatchSize"]), "starting_position": str(declared["StartingPosition"]),
             "max_retries": int(declared["MaximumRetryAttempts"]),
+            "max_record_age": int(declared["MaximumRecordAgeInSeconds"]),
             "bisect": bool(declared["BisectBatchOnFunctionError"]),
+            "report_batch_item_failures": "ReportBatchItemFailures" in declared["FunctionResponseTypes"],
+            "on_failure": FAILURE_QUEUE, "function_arn": FUNCTION_ARN,
             "filters": [f["Pattern"] for f in declared["FilterCriteria"]["Filters"]],
             "access_key_id": "testing", **overrides}
 
@@ -313,6 +321,234 @@ def test_latest_starts_after_the_records_already_in_the_stream(ddb, dynamodb_eng
     assert function.keys(function.calls) == [["after"]]
 
 
+# ---- eventsources.py: partial batch responses, retries, record age, the on-failure destination ----------------
+@pytest.fixture(autouse=True)
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retries after 10 ms (Lambda's own pauses, from 0.2 s, are tested by nothing here but their doubling)."""
+    import sagalocal.awslambda.eventsources as eventsources
+
+    monkeypatch.setattr(eventsources, "FIRST_PAUSE", 0.01)
+    monkeypatch.setattr(eventsources, "MAX_PAUSE", 0.04)
+
+
+class Destination:
+    """The OnFailure queue: keeps each invocation record sent; `refuse` sends fail first (AccessDenied, say)."""
+
+    def __init__(self, refuse: int = 0) -> None:
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+        self.refuse = refuse
+
+    def __call__(self, destination: str, body: str) -> None:
+        if self.refuse:
+            self.refuse -= 1
+            raise RuntimeError("AccessDenied: not authorized to perform sqs:SendMessage")
+        self.sent.append((destination, json.loads(body)))
+
+    def records(self) -> list[dict[str, Any]]:
+        return [record for _, record in self.sent]
+
+
+class Handler:
+    """A stand-in for the Lambda service's invoke whose function answers as `answer(batch, n)` says: True for a
+    function error, a dict for its response (a partial batch response), an exception if it cannot be invoked."""
+
+    def __init__(self, answer: Callable[[list[dict[str, Any]], int], Any]) -> None:
+        self.answer = answer
+        self.calls: list[list[str]] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, function: str, event: dict[str, Any]) -> Any:
+        batch = event["Records"]
+        with self._lock:
+            self.calls.append([r["dynamodb"]["Keys"]["pk"]["S"] for r in batch])
+            answer = self.answer(batch, len(self.calls))
+        if isinstance(answer, Exception):
+            raise answer
+        if answer is True:
+            return SimpleNamespace(error=True, payload={"errorType": "BatchProcessingError", "errorMessage": "x"})
+        return SimpleNamespace(error=False, payload=answer)
+
+
+def key(record: dict[str, Any]) -> str:
+    return str(record["dynamodb"]["Keys"]["pk"]["S"])
+
+
+def failed_from(batch: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    """A partial batch response reporting the record `name` and every record after it (as PublishOutcome does)."""
+    start = next(i for i, r in enumerate(batch) if key(r) == name)
+    return {"batchItemFailures": [{"itemIdentifier": r["dynamodb"]["SequenceNumber"]} for r in batch[start:]]}
+
+
+def put(ddb: Any, table: str, names: list[str]) -> None:
+    for name in names:
+        ddb.put_item(TableName=table, Item=item(name))
+
+
+def sequences(endpoint: str, table: str) -> dict[str, str]:
+    return {key(r): r["dynamodb"]["SequenceNumber"] for r in stream(endpoint, table)}
+
+
+def test_a_partial_batch_response_goes_on_from_the_lowest_sequence_number_it_reports(ddb, dynamodb_engine):
+    table = new_table(ddb)
+    put(ddb, table, ["a", "b", "c", "d"])
+    seqs = sequences(dynamodb_engine, table)
+
+    def answer(batch: list[dict[str, Any]], n: int) -> Any:
+        if n == 1:  # c and b reported, in any order: Lambda takes the lowest
+            return {"batchItemFailures": [{"itemIdentifier": seqs["c"]}, {"itemIdentifier": seqs["b"]}]}
+        return {"batchItemFailures": []}
+
+    function = Handler(answer)
+    with running(StreamMapping(spec(table, filters=[]), dynamodb_engine, function)) as mapping:
+        wait_for(lambda: mapping.delivered == 4)
+    assert function.calls == [["a", "b", "c", "d"], ["b", "c", "d"]]  # a is done: not handed over again
+    assert mapping.describe()["failed_attempts"] == 1
+
+
+@pytest.mark.parametrize("response", [
+    {"batchItemFailures": [{"itemIdentifier": ""}]},  # an empty identifier
+    {"batchItemFailures": [{"itemIdentifier": None}]},  # a null one
+    {"batchItemFailures": [{"ItemIdentifier": "1"}]},  # the wrong key
+    {"batchItemFailures": [{"itemIdentifier": "999999999"}]},  # no record of the batch
+], ids=["empty", "null", "wrong-key", "not-in-batch"])
+def test_a_malformed_partial_batch_response_fails_the_whole_batch(ddb, dynamodb_engine, response):
+    table = new_table(ddb)
+    put(ddb, table, ["a", "b"])
+    function = Handler(lambda batch, n: response if n == 1 else None)  # then: no answer at all, a success
+    with running(StreamMapping(spec(table, filters=[]), dynamodb_engine, function)) as mapping:
+        wait_for(lambda: mapping.delivered == 2)
+    assert function.calls == [["a", "b"], ["a", "b"]]  # retried whole, and not split (no function error)
+
+
+def test_without_report_batch_item_failures_a_response_is_no_failure(ddb, dynamodb_engine):
+    table = new_table(ddb)
+    put(ddb, table, ["a", "b"])
+    seqs = sequences(dynamodb_engine, table)
+    function = Handler(lambda batch, n: {"batchItemFailures": [{"itemIdentifier": seqs["b"]}]})
+    mapping = StreamMapping(spec(table, filters=[], report_batch_item_failures=False), dynamodb_engine, function)
+    with running(mapping):
+        wait_for(lambda: mapping.delivered == 2)
+        time.sleep(0.1)
+    assert function.calls == [["a", "b"]]
+
+
+def test_records_whose_retries_are_spent_go_to_the_on_failure_destination_and_the_stream_goes_on(
+        ddb, dynamodb_engine):
+    table = new_table(ddb)
+    put(ddb, table, ["a", "bad", "c"])
+    seqs = sequences(dynamodb_engine, table)
+    function = Handler(lambda batch, n: failed_from(batch, "bad") if any(key(r) == "bad" for r in batch) else None)
+    destination = Destination()
+    mapping = StreamMapping(spec(table, filters=[], bisect=False, max_retries=2), dynamodb_engine, function,
+                            send=destination)
+    with running(mapping):
+        wait_for(lambda: mapping.describe()["discarded"] == 2)
+        put(ddb, table, ["later"])
+        wait_for(lambda: mapping.delivered == 2)
+    # The first attempt and 2 retries of what it reported; then bad and c are given up on together (no bisection:
+    # c goes with it), and the stream goes on.
+    assert function.calls == [["a", "bad", "c"], ["bad", "c"], ["bad", "c"], ["later"]]
+    ((sent_to, record),) = destination.sent
+    assert sent_to == FAILURE_QUEUE
+    assert record["requestContext"]["condition"] == "RetryAttemptsExhausted"
+    assert record["requestContext"]["approximateInvokeCount"] == 3
+    assert record["requestContext"]["functionArn"] == FUNCTION_ARN
+    assert record["responseContext"]["statusCode"] == 200
+    assert "functionError" not in record["responseContext"]  # it answered: a partial failure, no function error
+    info = record["DDBStreamBatchInfo"]
+    assert (info["startSequenceNumber"], info["endSequenceNumber"], info["batchSize"]) == (seqs["bad"], seqs["c"], 2)
+    assert info["streamArn"] == spec(table)["stream_arn"]
+    assert info["shardId"].startswith("shardId-")
+    assert info["approximateArrivalOfFirstRecord"].endswith("Z")
+    assert record["version"] == "1.0"
+    assert mapping.describe()["invocation_records"] == 1
+
+
+def test_with_the_template_s_settings_a_poison_record_alone_reaches_the_destination_and_the_rest_goes_once(
+        ddb, dynamodb_engine):
+    """PublishOutcome's way (stop at the first failure, report it and the rest; a first record that fails is a
+    function error) with the template's mapping (ReportBatchItemFailures, bisection, retries): every other record
+    is handed over once, in order, and the invocation record names the poison record alone."""
+    table = new_table(ddb)
+    names = [f"r{n}" for n in range(7)] + ["poison"] + [f"s{n}" for n in range(6)]
+    put(ddb, table, names)
+    seqs = sequences(dynamodb_engine, table)
+    done: list[str] = []
+
+    def publish_outcome(batch: list[dict[str, Any]], n: int) -> Any:
+        for index, record in enumerate(batch):
+            if key(record) == "poison":
+                return True if index == 0 else failed_from(batch, "poison")
+            done.append(key(record))
+        return {"batchItemFailures": []}
+
+    function, destination = Handler(publish_outcome), Destination()
+    with running(StreamMapping(spec(table, filters=[]), dynamodb_engine, function, send=destination)) as mapping:
+        wait_for(lambda: mapping.delivered == len(names) - 1 and mapping.describe()["discarded"] == 1)
+        put(ddb, table, ["later"])
+        wait_for(lambda: mapping.delivered == len(names))
+    assert done == [n for n in names if n != "poison"] + ["later"]  # each once, in stream order
+    ((_, record),) = destination.sent
+    info = record["DDBStreamBatchInfo"]
+    assert (info["startSequenceNumber"], info["endSequenceNumber"], info["batchSize"]) == (
+        seqs["poison"], seqs["poison"], 1)
+    assert record["requestContext"]["condition"] == "RetryAttemptsExhausted"
+    assert record["responseContext"]["functionError"] == "Unhandled"
+    # The batch it came in; the retry from it (reported: a retry spent); that retry split (a function error: no
+    # retry); alone, then, until the retries are spent.
+    retries = int(template_mapping()["MaximumRetryAttempts"])
+    assert function.calls[1] == ["poison", "s0", "s1"]
+    assert function.calls.count(["poison"]) == retries
+    assert record["requestContext"]["approximateInvokeCount"] == 2 + retries
+
+
+def test_records_older_than_the_maximum_age_are_not_handed_over_but_given_up_on(ddb, dynamodb_engine):
+    table = new_table(ddb)
+    put(ddb, table, ["old", "older"])
+    created = float(stream(dynamodb_engine, table)[0]["dynamodb"]["ApproximateCreationDateTime"])
+    function, destination = Handler(lambda batch, n: None), Destination()
+    mapping = StreamMapping(spec(table, filters=[], max_record_age=60), dynamodb_engine, function, send=destination,
+                            clock=lambda: created + 61)
+    with running(mapping):
+        wait_for(lambda: mapping.describe()["discarded"] == 2)
+    assert function.calls == []
+    ((_, record),) = destination.sent
+    assert record["requestContext"]["condition"] == "RecordAgeExceeded"
+    assert record["requestContext"]["approximateInvokeCount"] == 0
+    assert "responseContext" not in record  # no invocation to describe
+    assert record["DDBStreamBatchInfo"]["batchSize"] == 2
+
+
+def test_an_invocation_that_never_ran_spends_no_retry(ddb, dynamodb_engine):
+    table = new_table(ddb)
+    put(ddb, table, ["a"])
+    function = Handler(lambda batch, n: RuntimeError("Rate Exceeded.") if n <= 3 else None)
+    mapping = StreamMapping(spec(table, filters=[], max_retries=0), dynamodb_engine, function, send=Destination())
+    with running(mapping):
+        wait_for(lambda: mapping.delivered == 1)
+    assert function.calls == [["a"]] * 4
+    assert mapping.describe()["discarded"] == 0
+
+
+def test_the_shard_waits_until_the_invocation_record_is_sent(ddb, dynamodb_engine):
+    table = new_table(ddb)
+    put(ddb, table, ["bad", "good"])
+    function = Handler(lambda batch, n: key(batch[0]) == "bad")
+    destination, calls_when_sent = Destination(refuse=2), []
+
+    def send(queue: str, body: str) -> None:
+        destination(queue, body)
+        calls_when_sent.append(len(function.calls))
+
+    mapping = StreamMapping(spec(table, filters=[], batch_size=1, max_retries=0), dynamodb_engine, function,
+                            send=send)
+    with running(mapping):
+        wait_for(lambda: mapping.delivered == 1)
+    assert function.calls == [["bad"], ["good"]]
+    assert calls_when_sent == [1]  # sent on its third try, before the stream went on to "good"
+    assert mapping.describe()["invocation_records"] == 1
+
+
 # ---- metrics.py ---------------------------------------------------------------------------------------------------
 def emitted(monkeypatch: pytest.MonkeyPatch, counts: list[tuple[str, str, float]]) -> list[str]:
     """The EMF lines the functions print for these (metric, step, value), through their own helper."""
@@ -372,6 +608,9 @@ def test_an_empty_run_shows_zero_counts_and_no_rate_or_percentile(tmp_path):
     assert shown["Success rate (%)"] == {"confirmed / finished": None}  # 0 / 0 is no datapoint, as in CloudWatch
     assert shown["Saga duration (ms)"] == {"p50": None, "p99": None}
     assert line_of(report(dashboards(TEMPLATE, tmp_path)), "confirmed / finished") == "-"
+    # No SQS metrics locally: the failure queue's depth has no datapoint.
+    assert shown["Outcome records given up on (replay them: docs/events.md)"] == {
+        "invocation records in OutcomeFailuresQueue": None}
 
 
 @pytest.mark.parametrize(("values", "stat", "expected"), [

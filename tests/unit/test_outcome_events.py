@@ -1,4 +1,5 @@
-"""Outcome events: one per change INTO an ending saga status, with a deterministic id, in the documented shape.
+"""Outcome events: one per change INTO an ending saga status, with a deterministic id, in the documented shape;
+PublishOutcome publishes them record by record and reports the first it could not publish (a partial batch response).
 
 The samples in events/outcomes/ and every event order_saga.events builds are checked against
 docs/events.schema.json; the template's rule and stream filter are checked to let exactly those through.
@@ -6,7 +7,9 @@ docs/events.schema.json; the template's rule and stream filter are checked to le
 
 from __future__ import annotations
 
+import importlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,7 @@ import jsonschema
 import pytest
 
 from order_saga.dynamo import to_ddb
-from order_saga.events import OUTCOMES, SOURCE, duration_ms, outcome
+from order_saga.events import OUTCOMES, SOURCE, InvalidOutcome, duration_ms, outcome
 from sagalocal.template import Template
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,3 +130,115 @@ def test_the_template_filters_and_routes_exactly_the_outcome_events():
     rule = template.properties("OutcomeEventsRule")
     assert rule["EventPattern"]["source"] == [SOURCE]
     assert set(rule["EventPattern"]["detail-type"]) == set(OUTCOMES.values())
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    ({"customer_id": None}, "no customer_id"),
+    ({"total": "22.50"}, "total not an integer"),
+    ({"created_at": None, "currency": None}, "no currency, created_at"),
+], ids=["no-customer", "total-as-text", "two-missing"])
+def test_an_ending_order_that_cannot_make_a_valid_event_is_refused_not_published_malformed(change, problem):
+    new = {k: v for k, v in {**order("COMPLETED", "CONFIRMED"), **change}.items() if v is not None}
+    with pytest.raises(InvalidOutcome, match=problem):
+        outcome(record(new, order("EXECUTING", "RECEIVED")))
+    parked = {k: v for k, v in order("FAILED", "RECEIVED").items()}  # parked, but with no parked_error
+    with pytest.raises(InvalidOutcome, match="no parked_error"):
+        outcome(record(parked, order("COMPENSATING", "RECEIVED")))
+
+
+# ---- the handler: a partial batch response, in stream order ----------------------------------------------------
+class Bus:
+    """A stand-in for EventBridge's PutEvents: keeps what it accepted; refuses the event ids in `refuse`."""
+
+    def __init__(self) -> None:
+        self.accepted: list[dict[str, Any]] = []
+        self.refuse: set[str] = set()
+
+    def put_events(self, Entries: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: N803 - boto3's name
+        answers = []
+        for entry in Entries:
+            event_id = json.loads(entry["Detail"])["event_id"]
+            if event_id in self.refuse:
+                answers.append({"ErrorCode": "InternalFailure", "ErrorMessage": "try again"})
+            else:
+                self.accepted.append(entry)
+                answers.append({"EventId": f"eb-{len(self.accepted)}"})
+        return {"FailedEntryCount": sum("ErrorCode" in a for a in answers), "Entries": answers}
+
+    def ids(self) -> list[str]:
+        return [json.loads(entry["Detail"])["event_id"] for entry in self.accepted]
+
+
+@pytest.fixture
+def publisher(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Bus]:
+    """PublishOutcome's handler module, with the Bus in place of its EventBridge client."""
+    for key, value in {"EVENT_BUS_NAME": "order-saga-test", "AWS_DEFAULT_REGION": "us-east-1",
+                       "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "POWERTOOLS_TRACE_DISABLED": "true", "POWERTOOLS_METRICS_NAMESPACE": "OrderSaga",
+                       "POWERTOOLS_SERVICE_NAME": "order-saga"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("FAULT_RULES_TABLE", raising=False)
+    sys.modules.pop("functions.publish_outcome.app", None)
+    module = importlib.import_module("functions.publish_outcome.app")
+    bus = Bus()
+    monkeypatch.setattr(module, "_events", bus)
+    return module, bus
+
+
+def ending(order_id: str, sequence: int, **fields: Any) -> dict[str, Any]:
+    """The stream record of order `order_id`'s change into COMPLETED, at `sequence`."""
+    new = {k: v for k, v in {**order("COMPLETED", "CONFIRMED"), "order_id": order_id, **fields}.items()
+           if v is not None}
+    change = record(new, {**order("EXECUTING", "RECEIVED"), "order_id": order_id})
+    change["dynamodb"].update(Keys=to_ddb({"order_id": order_id}), SequenceNumber=str(sequence))
+    return {"eventID": f"e{sequence}", "eventSource": "aws:dynamodb", "awsRegion": "us-east-1", **change}
+
+
+def failures(answer: dict[str, Any]) -> list[str]:
+    return [failure["itemIdentifier"] for failure in answer["batchItemFailures"]]
+
+
+def test_a_batch_that_publishes_is_a_complete_success_and_each_event_is_published_once_in_order(publisher, context):
+    handler, bus = publisher
+    inserted = {**ending("ord_skip", 3), "eventName": "INSERT"}
+    inserted["dynamodb"]["NewImage"] = to_ddb({**order("EXECUTING", "RECEIVED"), "order_id": "ord_skip"})
+    batch = [ending("ord_a", 1), ending("ord_b", 2), inserted, ending("ord_c", 4)]  # a change that ends no saga
+    assert handler.lambda_handler({"Records": batch}, context) == {"batchItemFailures": []}
+    assert bus.ids() == ["ord_a/OrderConfirmed", "ord_b/OrderConfirmed", "ord_c/OrderConfirmed"]
+
+
+@pytest.mark.parametrize("poison", ["invalid-order", "refused-by-eventbridge"])
+def test_the_first_record_that_fails_stops_the_batch_there_and_is_reported_with_every_record_after_it(
+        publisher, context, poison):
+    handler, bus = publisher
+    bad = ending("ord_bad", 12, customer_id=None) if poison == "invalid-order" else ending("ord_bad", 12)
+    bus.refuse = {"ord_bad/OrderConfirmed"}
+    batch = [ending("ord_a", 11), bad, ending("ord_c", 13), ending("ord_d", 14)]
+    answer = handler.lambda_handler({"Records": batch}, context)
+    # Lambda goes on from the lowest: ord_a is not published again; ord_c and ord_d are not published ahead of it.
+    assert failures(answer) == ["12", "13", "14"]
+    assert bus.ids() == ["ord_a/OrderConfirmed"]
+
+
+def test_a_batch_whose_first_record_fails_is_a_function_error_so_the_mapping_splits_it(publisher, context):
+    from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+
+    handler, bus = publisher
+    with pytest.raises(BatchProcessingError):
+        handler.lambda_handler({"Records": [ending("ord_bad", 21, total="12.50"), ending("ord_b", 22)]}, context)
+    assert bus.ids() == []
+    # Alone, it fails the same way: retried, then given up on by the mapping.
+    with pytest.raises(BatchProcessingError):
+        handler.lambda_handler({"Records": [ending("ord_bad", 21, total="12.50")]}, context)
+    assert handler.lambda_handler({"Records": [ending("ord_b", 22)]}, context) == {"batchItemFailures": []}
+    assert bus.ids() == ["ord_b/OrderConfirmed"]
+
+
+def test_a_record_is_not_tried_without_the_time_to_wait_for_eventbridge_s_answer(publisher, context):
+    handler, bus = publisher
+    remaining = iter([60_000, handler.ANSWER_MS - 1])
+    context.get_remaining_time_in_millis = lambda: next(remaining)
+    answer = handler.lambda_handler({"Records": [ending("ord_a", 31), ending("ord_b", 32), ending("ord_c", 33)]},
+                                    context)
+    assert failures(answer) == ["32", "33"]
+    assert bus.ids() == ["ord_a/OrderConfirmed"]
