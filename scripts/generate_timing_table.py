@@ -158,6 +158,12 @@ def calls_of(logical_id: str, cards: int) -> list[tuple[str, str]]:
     }[logical_id]
 
 
+def retry_limit(mapping: dict[str, Any]) -> str:
+    attempts = int(mapping["MaximumRetryAttempts"])
+    return "without a count limit (`MaximumRetryAttempts` -1)" if attempts < 0 else \
+        f"{attempts} times (`MaximumRetryAttempts`)"
+
+
 def fmt(value: float) -> str:
     return f"{value:g}"
 
@@ -236,9 +242,10 @@ def render() -> str:
                 f"is left | {fmt(put_events)} "
                 f"{'≤' if put_events <= f.timeout('PublishOutcomeFunction') else '>'} "
                 f"{fmt(f.timeout('PublishOutcomeFunction'))} | (a stream event source mapping) | the stream goes "
-                f"on from the first record not published: {f.stream_mapping['MaximumRetryAttempts']} retries of "
-                f"it (`MaximumRetryAttempts`), records at most {f.stream_mapping['MaximumRecordAgeInSeconds']} s "
-                "old (`MaximumRecordAgeInSeconds`), then its invocation record to `OutcomeFailuresQueue` | - | - |")
+                f"on from the first record not published, retried {retry_limit(f.stream_mapping)} while at most "
+                f"{f.stream_mapping['MaximumRecordAgeInSeconds']} s old (`MaximumRecordAgeInSeconds`), then its "
+                "invocation record to `OutcomeFailuresQueue`; a record that can never be published is set aside "
+                "there by the function at once | - | - |")
     rows.append(f"| Reaper (`ReaperFunction`) | a sweep: each call bounded as above | - (a whole sweep: "
                 f"{fmt(f.timeout('ReaperFunction'))}) | (scheduled: `ReaperSchedule`) "
                 "| the next sweep | - | takes over an order whose lease expired |")

@@ -2,14 +2,18 @@
 (order_saga.events). Triggered by a DynamoDB stream event source mapping, filtered to the changes that may
 end a saga; emits SagaDuration (and the outcome counts) for the dashboard.
 
-A partial batch response (the mapping's ReportBatchItemFailures), through Powertools' BatchProcessor: each record
-is published on its own, in stream order, and the first one that cannot be (EventBridge refuses it or does not
-answer, or the order item makes no valid event) stops the batch there. It and every record after it are reported
-in batchItemFailures, by sequence number: Lambda goes on from the first of them, so nothing before it is published
-twice, and nothing after it is published ahead of it. A batch whose first record fails has failed as a whole:
-BatchProcessor raises, a function error, and the mapping splits the batch (BisectBatchOnFunctionError) until the
-record is alone; retried alone until MaximumRetryAttempts, it is given up on and its invocation record goes to the
-failure queue (docs/events.md), while the records after it go on.
+Two kinds of failure, two answers:
+- A record that can never make a valid event (InvalidOutcome: the order item lacks what the event's schema needs)
+  is set aside at once: it goes to the failure queue (OutcomeFailuresQueue) with its sequence number, its order id,
+  the reason and the item, and counts as processed. Retrying it would change nothing and hold up its shard.
+- Anything else (EventBridge refuses or does not answer, too little time left) is retried: a partial batch
+  response (the mapping's ReportBatchItemFailures), through Powertools' BatchProcessor. Each record is published
+  on its own, in stream order, and the first one that fails stops the batch there; it and every record after it
+  are reported in batchItemFailures, by sequence number, so Lambda goes on from it: nothing before it is published
+  twice, nothing after it ahead of it. The mapping retries without a count limit, for as long as the record is
+  younger than MaximumRecordAgeInSeconds (an EventBridge outage of hours loses nothing); a record older than that
+  is given up on, and the mapping sends its invocation record to the same queue (docs/events.md says how an
+  operator replays either kind).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from order_saga.errors import PublishFailed
-from order_saga.events import SOURCE, duration_ms, outcome
+from order_saga.events import SOURCE, InvalidOutcome, duration_ms, outcome
 from order_saga.step import aws_client, count, lambda_function, logger
 
 # PutEvents is not idempotent: one given up on may have landed, and the record's retry repeats its event.
@@ -33,6 +37,8 @@ from order_saga.step import aws_client, count, lambda_function, logger
 PUT_EVENTS_SECONDS = 6.0
 _events = aws_client("events", read_timeout=PUT_EVENTS_SECONDS)
 BUS = os.environ["EVENT_BUS_NAME"]
+FAILURES_QUEUE_URL = os.environ.get("OUTCOME_FAILURES_QUEUE_URL", "")
+_sqs = aws_client("sqs")
 # A record is published only if a PutEvents that takes its whole read timeout still ends before the function's.
 ANSWER_MS = int(PUT_EVENTS_SECONDS * 1000) + 500
 
@@ -66,7 +72,11 @@ def publish(record: DynamoDBRecord, lambda_context: LambdaContext) -> str | None
     change = record.raw_event.get("dynamodb") or {}
     sequence = change.get("SequenceNumber")
     try:
-        event = outcome(record.raw_event)
+        try:
+            event = outcome(record.raw_event)
+        except InvalidOutcome as exc:
+            set_aside(record, exc)
+            return None
         if event is None:
             return None
         if lambda_context.get_remaining_time_in_millis() < ANSWER_MS:
@@ -88,6 +98,22 @@ def publish(record: DynamoDBRecord, lambda_context: LambdaContext) -> str | None
         count("SagaDuration", "PublishOutcome", took, MetricUnit.Milliseconds)
     logger.info("outcome published", extra={"event_id": event["Detail"]["event_id"], "sequence_number": sequence})
     return str(event["Detail"]["event_id"])
+
+
+def set_aside(record: DynamoDBRecord, reason: InvalidOutcome) -> None:
+    """A record that can never be published, to the failure queue (raises if the queue does not take it: the
+    record is then retried like any other failure)."""
+    change = record.raw_event.get("dynamodb") or {}
+    order_id = ((change.get("Keys") or {}).get("order_id") or {}).get("S")
+    if not FAILURES_QUEUE_URL:
+        raise reason
+    _sqs.send_message(QueueUrl=FAILURES_QUEUE_URL, MessageBody=json.dumps({
+        "source": "PublishOutcome", "reason": type(reason).__name__, "error": str(reason), "order_id": order_id,
+        "sequenceNumber": change.get("SequenceNumber"), "eventSourceARN": record.event_source_arn,
+        "newImage": change.get("NewImage")}))
+    count("OutcomeSetAside", "PublishOutcome")
+    logger.error("outcome set aside: the order makes no valid event", extra={
+        "sequence_number": change.get("SequenceNumber"), "order_id": order_id, "reason": str(reason)})
 
 
 @lambda_function("PublishOutcome", None)

@@ -194,8 +194,8 @@ def every_path(target: Target, request: pytest.FixtureRequest) -> dict[str, Any]
     # ...and a live order whose reservation expired: the reaper returns the stock and leaves the order be.
     abandon(target, with_payment=True, lease_ms=60_000)
     if target.outputs.get("OutcomeFailuresQueueUrl"):
-        # An order whose outcome event cannot be published: the stream mapping gives up on its record and sends the
-        # invocation record to OutcomeFailuresQueue, with PublishOutcome's role (tests/stack/test_outcome_failures.py).
+        # An order whose outcome event can never be published: PublishOutcome sets its record aside in
+        # OutcomeFailuresQueue, with its role (tests/stack/test_outcome_failures.py).
         from tests.stack.test_outcome_failures import give_up_on_a_poison_order
 
         ended["outcome-given-up"] = give_up_on_a_poison_order(target)

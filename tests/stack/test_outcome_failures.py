@@ -1,16 +1,15 @@
-"""A record PublishOutcome cannot publish is given up on, with a trace, and holds nothing else up (issue 20).
+"""A record PublishOutcome can never publish is set aside, with a trace, and holds nothing else up (issue 20).
 
 An order that ends a saga without a customer (written straight into the orders table, as a faulty writer or a
-hand edit would) makes no valid outcome event: PublishOutcome refuses it (InvalidOutcome). It is written in one
-transaction with six orders that end properly, so that they reach the stream together; more are written once it
-has been given up on. Then, as on AWS with the template's mapping:
+hand edit would) makes no valid outcome event: PublishOutcome refuses it (InvalidOutcome) and sets it aside at once
+in OutcomeFailuresQueue (retrying it would change nothing). It is written in one transaction with six orders that
+end properly, so that they reach the stream together; more are written after it. Then, as on AWS:
 
   * the stream goes on: every other order's outcome event is published exactly once (read from the outcome
     events queue), those written with it and those written after;
-  * the poison record alone is given up on: one invocation record arrives on OutcomeFailuresQueue, a single
-    record's (batchSize 1), and its sequence number is the poison record's: on the embedded stack, the one
-    PublishOutcome logged refusing; elsewhere, read back from the stream with DynamoDB Streams' GetRecords, as an
-    operator replaying it does (docs/events.md);
+  * the poison record alone is set aside: one message on OutcomeFailuresQueue, naming its order and its sequence
+    number (on the embedded stack, the one PublishOutcome logged setting aside; elsewhere, read back from the
+    stream with DynamoDB Streams' GetRecords, as an operator replaying it does: docs/events.md), with the item;
   * nothing is published for the poison order.
 """
 
@@ -60,7 +59,8 @@ def outcome_events(target, order_ids: set[str], expected: int, timeout: float = 
 
 
 def invocation_records(target, timeout: float = 120.0, settle: float = 5.0) -> list[dict[str, Any]]:
-    """Every invocation record on the failure queue (read and deleted), once one arrived and then `settle` s more."""
+    """Every message on the failure queue (read and deleted: set-aside records, invocation records), once one
+    arrived and then `settle` s more."""
     sqs, url = target.client("sqs"), target.outputs["OutcomeFailuresQueueUrl"]
     found: list[dict[str, Any]] = []
     deadline, until = time.monotonic() + timeout, None
@@ -82,26 +82,33 @@ def refused_sequence_numbers(target, order_id: str) -> set[str]:
             entry = json.loads(line)
         except ValueError:
             continue
-        if isinstance(entry, dict) and entry.get("message") == "outcome not published" \
+        if isinstance(entry, dict) and entry.get("message", "").startswith("outcome set aside") \
                 and entry.get("order_id") == order_id:
             found.add(str(entry["sequence_number"]))
     return found
 
 
-def stream_record_key(target, info: dict[str, Any]) -> str:
-    """The order id of the first record an invocation record names, read back from the stream (DynamoDB Streams:
-    what an operator's replay reads)."""
+def stream_record_key(target, stream_arn: str, sequence_number: str) -> str:
+    """The order id of the stream record at `sequence_number`, read back from the stream (DynamoDB Streams: what an
+    operator's replay reads), whichever of the stream's shards holds it."""
     streams = target.client("dynamodbstreams")
-    iterator = streams.get_shard_iterator(StreamArn=info["streamArn"], ShardId=info["shardId"],
-                                          ShardIteratorType="AT_SEQUENCE_NUMBER",
-                                          SequenceNumber=info["startSequenceNumber"])["ShardIterator"]
-    record = streams.get_records(ShardIterator=iterator, Limit=1)["Records"][0]
-    return str(record["dynamodb"]["Keys"]["order_id"]["S"])
+    shards = streams.describe_stream(StreamArn=stream_arn)["StreamDescription"]["Shards"]
+    for shard in shards:
+        try:
+            iterator = streams.get_shard_iterator(StreamArn=stream_arn, ShardId=shard["ShardId"],
+                                                  ShardIteratorType="AT_SEQUENCE_NUMBER",
+                                                  SequenceNumber=sequence_number)["ShardIterator"]
+        except streams.exceptions.ClientError:
+            continue
+        records = streams.get_records(ShardIterator=iterator, Limit=1)["Records"]
+        if records and records[0]["dynamodb"]["SequenceNumber"] == sequence_number:
+            return str(records[0]["dynamodb"]["Keys"]["order_id"]["S"])
+    raise AssertionError(f"no record {sequence_number} in {stream_arn}")
 
 
 def give_up_on_a_poison_order(target) -> str:
-    """An order alone that makes no valid outcome event, written and then removed; its invocation record waited
-    for and deleted (every_path: PublishOutcome's role sends it). Returns the record's condition."""
+    """An order alone that makes no valid outcome event, written and then removed; what PublishOutcome set aside
+    waited for and deleted (every_path: PublishOutcome's role sends it). Returns the reason it gives."""
     ddb, table = target.client("dynamodb"), target.outputs["OrdersTableName"]
     poison = f"ord_poison_{uuid.uuid4().hex[:10]}"
     try:
@@ -109,8 +116,8 @@ def give_up_on_a_poison_order(target) -> str:
         records = invocation_records(target, settle=0)
     finally:
         ddb.delete_item(TableName=table, Key=to_ddb({"order_id": poison}))
-    assert records, "no invocation record arrived on the failure queue"
-    return str(records[0]["requestContext"]["condition"])
+    assert records, "nothing arrived on the failure queue"
+    return str(records[0]["reason"])
 
 
 def test_a_record_publish_outcome_cannot_publish_goes_to_the_failure_queue_and_holds_nothing_up(target):
@@ -135,27 +142,24 @@ def test_a_record_publish_outcome_cannot_publish_goes_to_the_failure_queue_and_h
     assert published == {f"{o}/OrderConfirmed": 1 for o in with_it + after}, "each published once, none for poison"
     assert len(records) == 1, records
     (record,) = records
-    info = record["DDBStreamBatchInfo"]
-    assert (info["batchSize"], info["startSequenceNumber"]) == (1, info["endSequenceNumber"]), info
-    assert record["requestContext"]["condition"] == "RetryAttemptsExhausted"
-    assert record["requestContext"]["approximateInvokeCount"] >= 2
-    assert "PublishOutcomeFunction" in record["requestContext"]["functionArn"]
-    assert info["streamArn"].split("/stream/")[0].endswith(f":table/{table}")
+    assert (record["source"], record["reason"], record["order_id"]) == ("PublishOutcome", "InvalidOutcome", poison)
+    assert record["newImage"]["order_id"] == {"S": poison}
+    assert record["eventSourceARN"].split("/stream/")[0].endswith(f":table/{table}")
     if target.embedded:
-        assert refused_sequence_numbers(target, poison) == {info["startSequenceNumber"]}
-        # The mapping sent it with PublishOutcome's identity, as Lambda sends with the function's role.
+        assert refused_sequence_numbers(target, poison) == {record["sequenceNumber"]}
+        # Sent with PublishOutcome's role.
         with urllib.request.urlopen(f"{target.endpoint}/_sagalocal/iam", timeout=30) as response:  # noqa: S310
             used = json.loads(response.read())["used"]
         publisher = next(pairs for function, pairs in used.items() if "PublishOutcomeFunction" in function)
         account, queue = target.outputs["OutcomeFailuresQueueUrl"].rstrip("/").split("/")[-2:]
         assert ["sqs:SendMessage", f"arn:aws:sqs:{target.region}:{account}:{queue}"] in publisher, publisher
     else:
-        assert stream_record_key(target, info) == poison
+        assert stream_record_key(target, record["eventSourceARN"], record["sequenceNumber"]) == poison
 
 
-def test_a_poison_order_alone_is_given_up_on_for_its_retries(target):
+def test_a_poison_order_alone_is_set_aside(target):
     """The path every_path takes (so that the least-privilege check sees PublishOutcome's role send to the queue)."""
     if "OutcomeFailuresQueueUrl" not in target.outputs:
         pytest.skip("the stack has no OutcomeFailuresQueueUrl output (deployed before issue 20)")
     invocation_records(target, timeout=2, settle=0)
-    assert give_up_on_a_poison_order(target) == "RetryAttemptsExhausted"
+    assert give_up_on_a_poison_order(target) == "InvalidOutcome"

@@ -153,6 +153,7 @@ class Bus:
     def __init__(self) -> None:
         self.accepted: list[dict[str, Any]] = []
         self.refuse: set[str] = set()
+        self.set_aside: list[dict[str, Any]] = []  # what PublishOutcome sent to its failure queue
 
     def put_events(self, Entries: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: N803 - boto3's name
         answers = []
@@ -164,6 +165,10 @@ class Bus:
                 self.accepted.append(entry)
                 answers.append({"EventId": f"eb-{len(self.accepted)}"})
         return {"FailedEntryCount": sum("ErrorCode" in a for a in answers), "Entries": answers}
+
+    def send_message(self, QueueUrl: str, MessageBody: str) -> dict[str, Any]:  # noqa: N803 - boto3's names
+        self.set_aside.append(json.loads(MessageBody))
+        return {"MessageId": f"m-{len(self.set_aside)}"}
 
     def ids(self) -> list[str]:
         return [json.loads(entry["Detail"])["event_id"] for entry in self.accepted]
@@ -182,6 +187,8 @@ def publisher(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Bus]:
     module = importlib.import_module("functions.publish_outcome.app")
     bus = Bus()
     monkeypatch.setattr(module, "_events", bus)
+    monkeypatch.setattr(module, "FAILURES_QUEUE_URL", "https://sqs.us-east-1.amazonaws.com/1/failures")
+    monkeypatch.setattr(module, "_sqs", bus)  # the Bus keeps what is set aside too
     return module, bus
 
 
@@ -207,16 +214,43 @@ def test_a_batch_that_publishes_is_a_complete_success_and_each_event_is_publishe
     assert bus.ids() == ["ord_a/OrderConfirmed", "ord_b/OrderConfirmed", "ord_c/OrderConfirmed"]
 
 
-@pytest.mark.parametrize("poison", ["invalid-order", "refused-by-eventbridge"])
 def test_the_first_record_that_fails_stops_the_batch_there_and_is_reported_with_every_record_after_it(
-        publisher, context, poison):
+        publisher, context):
     handler, bus = publisher
-    bad = ending("ord_bad", 12, customer_id=None) if poison == "invalid-order" else ending("ord_bad", 12)
-    bus.refuse = {"ord_bad/OrderConfirmed"}
-    batch = [ending("ord_a", 11), bad, ending("ord_c", 13), ending("ord_d", 14)]
+    bus.refuse = {"ord_bad/OrderConfirmed"}  # EventBridge refuses it (for now): retried, in order
+    batch = [ending("ord_a", 11), ending("ord_bad", 12), ending("ord_c", 13), ending("ord_d", 14)]
     answer = handler.lambda_handler({"Records": batch}, context)
     # Lambda goes on from the lowest: ord_a is not published again; ord_c and ord_d are not published ahead of it.
     assert failures(answer) == ["12", "13", "14"]
+    assert bus.ids() == ["ord_a/OrderConfirmed"]
+    assert bus.set_aside == []
+
+
+@pytest.mark.parametrize("change", [{"customer_id": None}, {"total": "12.50"}])
+def test_a_record_that_can_never_make_an_event_is_set_aside_at_once_and_holds_nothing_up(publisher, context,
+                                                                                        change):
+    """InvalidOutcome is not retried (a retry changes nothing and holds up the shard): the record goes to the
+    failure queue with its sequence number, order id, reason and item, and the batch goes on."""
+    handler, bus = publisher
+    batch = [ending("ord_a", 11), ending("ord_bad", 12, **change), ending("ord_c", 13)]
+    assert handler.lambda_handler({"Records": batch}, context) == {"batchItemFailures": []}
+    assert bus.ids() == ["ord_a/OrderConfirmed", "ord_c/OrderConfirmed"]
+    ((aside),) = bus.set_aside
+    assert (aside["source"], aside["reason"], aside["order_id"], aside["sequenceNumber"]) == (
+        "PublishOutcome", "InvalidOutcome", "ord_bad", "12")
+    assert aside["newImage"]["order_id"] == {"S": "ord_bad"}
+
+
+def test_a_record_that_cannot_be_set_aside_is_retried_like_any_failure(publisher, context, monkeypatch):
+    handler, bus = publisher
+
+    def down(**kwargs: Any) -> None:
+        raise ConnectionError("SQS did not answer")
+
+    monkeypatch.setattr(bus, "send_message", down)
+    answer = handler.lambda_handler({"Records": [ending("ord_a", 11), ending("ord_bad", 12, customer_id=None)]},
+                                    context)
+    assert failures(answer) == ["12"]
     assert bus.ids() == ["ord_a/OrderConfirmed"]
 
 
@@ -224,12 +258,13 @@ def test_a_batch_whose_first_record_fails_is_a_function_error_so_the_mapping_spl
     from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
     handler, bus = publisher
+    bus.refuse = {"ord_bad/OrderConfirmed"}
     with pytest.raises(BatchProcessingError):
-        handler.lambda_handler({"Records": [ending("ord_bad", 21, total="12.50"), ending("ord_b", 22)]}, context)
+        handler.lambda_handler({"Records": [ending("ord_bad", 21), ending("ord_b", 22)]}, context)
     assert bus.ids() == []
-    # Alone, it fails the same way: retried, then given up on by the mapping.
+    # Alone, it fails the same way (retried by the mapping); the record beside it goes on.
     with pytest.raises(BatchProcessingError):
-        handler.lambda_handler({"Records": [ending("ord_bad", 21, total="12.50")]}, context)
+        handler.lambda_handler({"Records": [ending("ord_bad", 21)]}, context)
     assert handler.lambda_handler({"Records": [ending("ord_b", 22)]}, context) == {"batchItemFailures": []}
     assert bus.ids() == ["ord_b/OrderConfirmed"]
 
