@@ -3,9 +3,10 @@
 SAM CLI does the reading: its YAML loader (CloudFormation tags), its translator's plugins (Globals merged
 into every function, the implicit API of `Api` events), and its intrinsic resolver (Ref, Fn::GetAtt,
 Fn::Sub, Fn::Join, Fn::Select, Fn::Split, Fn::If and the conditions, Fn::FindInMap, Fn::Base64, ...). This
-module adds what `sam local` leaves out: parameter validation, the order to create resources in, and strict
-resolution: a reference to something that does not exist locally is an error that names the resource and
-the property, never a silent guess.
+module adds what `sam local` leaves out: parameter validation (each parameter's constraints, then the template's
+Rules, as CloudFormation checks them before it creates or updates anything), the order to create resources in,
+and strict resolution: a reference to something that does not exist locally is an error that names the resource
+and the property, never a silent guess.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ class Template:
             raise TemplateError(f"{self.path} is not a valid template: {exc}") from exc
         if not isinstance(self.raw, dict) or not isinstance(self.raw.get("Resources"), dict):
             raise TemplateError(f"{self.path}: a template needs a Resources mapping")
-        self.parameters = self._parameter_values()
+        self.parameters = parameter_values(self.raw.get("Parameters") or {}, self.parameter_overrides)
+        check_rules(self.raw, self.parameters, self.pseudo())
         self.processed = self._run_sam_plugins()
         self.resources: dict[str, dict[str, Any]] = self.processed.get("Resources") or {}
         # What the local stack created, for Ref and Fn::GetAtt: logical id -> {"Ref": ..., "Arn": ..., ...}
@@ -71,37 +73,6 @@ class Template:
         return derived
 
     # ---- parameters ---------------------------------------------------------------------------------
-    def _parameter_values(self) -> dict[str, Any]:
-        declared = self.raw.get("Parameters") or {}
-        unknown = sorted(set(self.parameter_overrides) - set(declared))
-        if unknown:
-            raise TemplateError(f"Parameters: no parameter named {', '.join(unknown)} in the template")
-        values: dict[str, Any] = {}
-        for name, spec in declared.items():
-            if name in self.parameter_overrides:
-                value = self.parameter_overrides[name]
-            elif "Default" in spec:
-                value = str(spec["Default"])
-            else:
-                raise TemplateError(f"Parameters.{name}: no Default and no override given")
-            allowed = spec.get("AllowedValues")
-            if allowed is not None and value not in [str(a) for a in allowed]:
-                raise TemplateError(f"Parameters.{name}: {value!r} is not one of {allowed}")
-            pattern = spec.get("AllowedPattern")
-            if pattern and not re.fullmatch(pattern, value):
-                raise TemplateError(f"Parameters.{name}: {value!r} does not match {pattern}")
-            if spec.get("Type") == "Number":
-                try:
-                    number = float(value)
-                except ValueError as exc:
-                    raise TemplateError(f"Parameters.{name}: {value!r} is not a number") from exc
-                if "MinValue" in spec and number < float(spec["MinValue"]):
-                    raise TemplateError(f"Parameters.{name}: {value} is below MinValue {spec['MinValue']}")
-                if "MaxValue" in spec and number > float(spec["MaxValue"]):
-                    raise TemplateError(f"Parameters.{name}: {value} is above MaxValue {spec['MaxValue']}")
-            values[name] = value
-        return values
-
     def pseudo(self) -> dict[str, str]:
         return {"AWS::Region": self.region, "AWS::AccountId": self.account, "AWS::StackName": self.stack_name,
                 "AWS::Partition": "aws", "AWS::URLSuffix": "amazonaws.com",
@@ -236,3 +207,123 @@ def _drop_no_value(value: Any) -> Any:
     if isinstance(value, list):
         return [_drop_no_value(v) for v in value if v is not None and v != _NO_VALUE]
     return value
+
+
+# ---- parameters and rules, as CloudFormation checks them before a create or an update ---------------------------
+def parameter_values(declared: dict[str, Any], overrides: dict[str, str]) -> dict[str, str]:
+    """Each parameter's value (its override, else its Default), checked against its AllowedValues,
+    AllowedPattern, MinValue and MaxValue; a TemplateError names the first parameter that fails."""
+    unknown = sorted(set(overrides) - set(declared))
+    if unknown:
+        raise TemplateError(f"Parameters: no parameter named {', '.join(unknown)} in the template")
+    values: dict[str, str] = {}
+    for name, spec in declared.items():
+        if name in overrides:
+            value = str(overrides[name])
+        elif "Default" in spec:
+            value = str(spec["Default"])
+        else:
+            raise TemplateError(f"Parameters.{name}: no Default and no override given")
+        allowed = spec.get("AllowedValues")
+        if allowed is not None and value not in [str(a) for a in allowed]:
+            raise TemplateError(f"Parameters.{name}: {value!r} is not one of {allowed}")
+        pattern = spec.get("AllowedPattern")
+        if pattern and not re.fullmatch(pattern, value):
+            raise TemplateError(f"Parameters.{name}: {value!r} does not match {pattern}")
+        if spec.get("Type") == "Number":
+            try:
+                number = float(value)
+            except ValueError as exc:
+                raise TemplateError(f"Parameters.{name}: {value!r} is not a number") from exc
+            if "MinValue" in spec and number < float(spec["MinValue"]):
+                raise TemplateError(f"Parameters.{name}: {value} is below MinValue {spec['MinValue']}")
+            if "MaxValue" in spec and number > float(spec["MaxValue"]):
+                raise TemplateError(f"Parameters.{name}: {value} is above MaxValue {spec['MaxValue']}")
+        values[name] = value
+    return values
+
+
+# The rule-specific functions CloudFormation evaluates in a rule's RuleCondition and Assert, and how many arguments
+# each takes. Fn::RefAll, Fn::ValueOf and Fn::ValueOfAll read the account's resources (a VPC's tags, every key pair):
+# not emulated, so a template that uses them is refused here rather than checked wrongly.
+_RULE_ARGUMENTS = {"Fn::Equals": (2, 2), "Fn::Not": (1, 1), "Fn::And": (2, 10), "Fn::Or": (2, 10),
+                   "Fn::Contains": (2, 2), "Fn::EachMemberEquals": (2, 2), "Fn::EachMemberIn": (2, 2)}
+
+
+def check_rules(raw: dict[str, Any], values: dict[str, str], pseudo: dict[str, str] | None = None) -> None:
+    """Evaluate the template's Rules against the parameter values, as CloudFormation does before it creates or
+    updates anything: a rule whose RuleCondition is false is skipped; every Assert of the others must be true. A
+    TemplateError carries each failed assertion's AssertDescription (what CloudFormation's ValidationError says)."""
+    rules = raw.get("Rules") or {}
+    if not isinstance(rules, dict):
+        raise TemplateError("Rules: a mapping of rule names to rules")
+    declared = raw.get("Parameters") or {}
+    failed = []
+    for name, rule in rules.items():
+        where = f"Rules.{name}"
+        if not isinstance(rule, dict) or not isinstance(rule.get("Assertions"), list) \
+                or set(rule) - {"RuleCondition", "Assertions"}:
+            raise TemplateError(f"{where}: a rule has Assertions (a list) and an optional RuleCondition, nothing else")
+        if "RuleCondition" in rule and not _rule_boolean(rule["RuleCondition"], declared, values, pseudo or {},
+                                                         f"{where}.RuleCondition"):
+            continue
+        for i, assertion in enumerate(rule["Assertions"]):
+            if not isinstance(assertion, dict) or "Assert" not in assertion \
+                    or set(assertion) - {"Assert", "AssertDescription"}:
+                raise TemplateError(f"{where}.Assertions[{i}]: an Assert and an optional AssertDescription")
+            if not _rule_boolean(assertion["Assert"], declared, values, pseudo or {}, f"{where}.Assertions[{i}]"):
+                failed.append(f"{where}: {assertion.get('AssertDescription') or f'assertion {i} is false'}")
+    if failed:
+        raise TemplateError("\n".join(failed))
+
+
+def _rule_boolean(expression: Any, declared: dict[str, Any], values: dict[str, str], pseudo: dict[str, str],
+                  where: str) -> bool:
+    result = _rule_value(expression, declared, values, pseudo, where)
+    if not isinstance(result, bool):
+        raise TemplateError(f"{where}: {expression!r} is not a condition (true or false)")
+    return result
+
+
+def _rule_value(expression: Any, declared: dict[str, Any], values: dict[str, str], pseudo: dict[str, str],
+                where: str) -> Any:
+    """A rule expression's value: True or False for a function, a string (or a list of strings) otherwise."""
+    if isinstance(expression, list):
+        return [_rule_value(item, declared, values, pseudo, where) for item in expression]
+    if isinstance(expression, bool):  # a YAML true or false: CloudFormation's values are strings
+        return str(expression).lower()
+    if not isinstance(expression, dict):
+        return str(expression)
+    if len(expression) != 1:
+        raise TemplateError(f"{where}: {expression!r} is not one function")
+    [(function, argument)] = expression.items()
+    if function == "Ref":
+        if argument in values:
+            kind = str(declared.get(argument, {}).get("Type", "String"))
+            is_list = kind == "CommaDelimitedList" or kind.startswith("List<")
+            return values[argument].split(",") if is_list else values[argument]
+        if argument in pseudo:
+            return pseudo[argument]
+        raise TemplateError(f"{where}: Ref {argument!r}: a rule may refer to parameters only")
+    if function not in _RULE_ARGUMENTS:
+        raise TemplateError(f"{where}: {function} is not a rule function sagalocal evaluates "
+                            f"({', '.join(_RULE_ARGUMENTS)}, Ref)")
+    low, high = _RULE_ARGUMENTS[function]
+    if not isinstance(argument, list) or not low <= len(argument) <= high:
+        raise TemplateError(f"{where}: {function} takes a list of {low}" + (f" to {high}" if high > low else "")
+                            + f" arguments, not {argument!r}")
+    if function in ("Fn::Not", "Fn::And", "Fn::Or"):
+        conditions = [_rule_boolean(item, declared, values, pseudo, where) for item in argument]
+        return not conditions[0] if function == "Fn::Not" else (all if function == "Fn::And" else any)(conditions)
+    first, second = (_rule_value(item, declared, values, pseudo, where) for item in argument)
+    if function == "Fn::Equals":
+        return bool(first == second)
+    if not isinstance(first, list):
+        raise TemplateError(f"{where}: {function}'s first argument is a list of strings, not {first!r}")
+    if function == "Fn::Contains":
+        return second in first
+    if function == "Fn::EachMemberEquals":
+        return all(member == second for member in first)
+    if not isinstance(second, list):  # Fn::EachMemberIn: every string of the first list is one of the second's
+        raise TemplateError(f"{where}: Fn::EachMemberIn's second argument is a list of strings, not {second!r}")
+    return all(member in second for member in first)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -61,6 +62,24 @@ def start_embedded(workdir: Path, *extra: str, overrides: tuple[str, ...] = (),
     return process, Target(info["api"], info["endpoint"], info["outputs"], info["region"], embedded=True,
                            dynamodb_endpoint=info.get("dynamodb_endpoint"), log_dir=info.get("log_dir"),
                            workdir=str(workdir))
+
+
+def relaxed_template(workdir: Path, minimums: dict[str, float]) -> Path:
+    """A copy of template.yaml in `workdir` whose parameters named in `minimums` have those MinValues, beside links
+    to the code it deploys. For the stacks that break the timing rules on purpose (tests/stack/test_leases.py: a 3 s
+    lease and reservation, so that takeovers and expiries happen in seconds), which the template refuses on any
+    deploy (docs/timeouts.md); everything else is template.yaml's."""
+    text = (ROOT / "template.yaml").read_text()
+    for name, minimum in minimums.items():
+        text, found = re.subn(rf"(\n  {name}:\n(?:    .*\n)*?    MinValue: )\S+\n", rf"\g<1>{minimum:g}\n", text)
+        assert found == 1, f"template.yaml has no MinValue for {name} to relax"
+    folder = workdir / "relaxed-template"
+    folder.mkdir(exist_ok=True)
+    (folder / "template.yaml").write_text(text)
+    for linked in ("src", "functions", "statemachine", "samconfig.toml"):
+        if not (folder / linked).exists():
+            (folder / linked).symlink_to(ROOT / linked)
+    return folder / "template.yaml"
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

@@ -82,7 +82,9 @@ def test_a_template_it_cannot_read_names_the_resource_and_property(tmp_path):
 
 @pytest.mark.parametrize(("override", "message"), [
     ("FaultInjection=maybe", "Parameters.FaultInjection"),
-    ("LeaseSeconds=0", "Parameters.LeaseSeconds: 0 is below MinValue 1"),
+    ("LeaseSeconds=0", "Parameters.LeaseSeconds: 0 is below MinValue 45"),
+    ("LeaseSeconds=44", "Parameters.LeaseSeconds: 44 is below MinValue 45"),
+    ("Stage=prod", "Rules.NoFakeGatewayInProduction: PaymentGateway=fake cannot deploy to a production Stage"),
     ("NoSuchParameter=1", "no parameter named NoSuchParameter"),
 ])
 def test_a_parameter_override_the_template_does_not_allow_is_refused(override, message):

@@ -2,7 +2,10 @@
 
 The stacks here are started with parameter overrides (what `sam deploy --parameter-overrides` would set)
 and run the reaper on its schedule every second instead of every minute. A deployed stack has its periods
-fixed at deploy time, so these tests run on the embedded stack only.
+fixed at deploy time, so these tests run on the embedded stack only. The `leased` stack's 3 s lease and
+reservations break the timing rules on purpose (half a lease no longer outlasts a retry, a reservation no longer
+outlives the deadline), which template.yaml's MinValues refuse on any deploy: it runs a copy of the template with
+those two minimums lowered (`relaxed_template`), nothing else changed.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.stack.conftest import start_embedded, stop
+from tests.stack.conftest import relaxed_template, start_embedded, stop
 from tests.stack.support import path_of, place, start_direct, wait_for_execution
 from tests.stack.support import wait_until as wait_with_backoff
 
@@ -38,9 +41,11 @@ def stacks(tmp_path_factory):
     """Two stacks, started together: `leased` (short leases, a reaper every second) and `long_lease` (a lease
     longer than the gateway's hang, so the execution itself gives up on the payment and compensates, and the
     reaper runs only when a test invokes it)."""
+    leased_dir = tmp_path_factory.mktemp("leased")
+    relaxed = relaxed_template(leased_dir, {"LeaseSeconds": LEASE, "ReservationTtlSeconds": LEASE})
     with ThreadPoolExecutor(max_workers=2) as pool:
-        leased = pool.submit(start_embedded, tmp_path_factory.mktemp("leased"), "--schedule-seconds", "1",
-                             overrides=OVERRIDES)
+        leased = pool.submit(start_embedded, leased_dir, "--schedule-seconds", "1", overrides=OVERRIDES,
+                             template=relaxed)
         long_lease = pool.submit(start_embedded, tmp_path_factory.mktemp("long-lease"), overrides=(
             f"FakeGatewayHangSeconds={HANG}", "ReconcileAfterSeconds=1", "LeaseSeconds=60"))
         started = [leased.result(), long_lease.result()]
