@@ -141,7 +141,8 @@ def calls_of(logical_id: str, cards: int) -> list[tuple[str, str]]:
     """[(what, calls)] for a function: one entry, or one per number of cards where the path depends on it."""
     refund = [(f"{n} card{'s' if n > 1 else ''}", "A" + "AG" * n + "A") for n in range(1, cards + 1)]
     return {
-        "OrdersApiFunction": [("catalog and coupon (A), order + payments (A), StartExecution (A)", "AAA")],
+        "OrdersApiFunction": [("catalog, coupon and the key's earlier records (A), the order if any are there (A), "
+                               "order + payments (A), StartExecution (A)", "AAAA")],
         "CreateOrderFunction": [("the lease (A)", "A")],
         "ReserveInventoryFunction": [("reservation + stock + the order's lease and step log (A)", "A")],
         "ApplyCouponFunction": [("coupon (A), hold + both counters + the order (A)", "AA")],

@@ -381,6 +381,50 @@ def test_records_expiring_at_once_change_no_outcome(aws, handlers, context, monk
     assert results["ord_a"] == results["ord_b"]
 
 
+def test_a_key_comes_back_only_once_its_earlier_order_s_records_are_gone(api, aws, handlers, context):
+    """OrderRetentionDays after an order finished, DynamoDB deletes it; its records in the other tables may go later.
+    Until they are all gone, the key answers 409 and writes nothing; a ledger entry past its purge_at that DynamoDB
+    has not deleted yet counts as gone. Then the key places a new order, charged anew."""
+    from tests.unit.test_api import GOOD, call
+
+    body = {**GOOD, "payment_token": "tok_approve"}
+    status, placed, _ = call(api, context, "POST", "/orders", body, {"Idempotency-Key": "key-1"})
+    assert status == 202
+    order_id = placed["order_id"]
+
+    def run(order_id: str) -> None:
+        item = order(aws, order_id)
+        saga = {"order_id": order_id, "customer_id": item["customer_id"],
+                "lease_expires_at": item["lease_expires_at"], "deadline_at": item["deadline_at"]}
+        for name in ("create_order", "reserve_inventory", "authorize_payment", "confirm_order"):
+            saga = invoke(handlers(name), context, saga)
+
+    run(order_id)
+    assert order(aws, order_id)["saga_status"] == "COMPLETED"
+
+    def delete(env: str, **key: str) -> None:
+        aws.delete_item(TableName=os.environ[env], Key=to_ddb(key))
+
+    delete("ORDERS_TABLE", order_id=order_id)  # the order expired and was deleted first
+    assert call(api, context, "POST", "/orders", body, {"Idempotency-Key": "key-1"})[0] == 409
+    delete("INVENTORY_TABLE", pk=f"ORDER#{order_id}", sk="RESERVATION")
+    status, refused, _ = call(api, context, "POST", "/orders", body, {"Idempotency-Key": "key-1"})
+    assert status == 409, refused  # its payment is still there
+    assert scoped(aws, "ORDERS_TABLE", order_id=order_id) is None  # nothing written
+    delete("PAYMENTS_TABLE", payment_id=f"{order_id}#1")
+    ledger_key = to_ddb({"payment_id": f"{LEDGER_PREFIX}{order_id}#1"})
+    aws.update_item(TableName=os.environ["PAYMENTS_TABLE"], Key=ledger_key, UpdateExpression="SET purge_at = :past",
+                    ExpressionAttributeValues={":past": {"N": str(int(time.time()) - 1)}})  # expired, not deleted
+    status, again, _ = call(api, context, "POST", "/orders", body, {"Idempotency-Key": "key-1"})
+    assert (status, again["order_id"]) == (202, order_id)
+    run(order_id)
+    assert order(aws, order_id)["saga_status"] == "COMPLETED"
+    assert stock(aws, "SKU-1") == (6, 0, 4)  # sold twice: two orders
+    entry = from_ddb(aws.get_item(TableName=os.environ["PAYMENTS_TABLE"], Key=ledger_key)["Item"])
+    assert entry["state"] == "CAPTURED"
+    assert entry["purge_at"] > time.time() + 86_400
+
+
 # ---- the stream: a TTL delete is no outcome ------------------------------------------------------------------------
 def test_a_ttl_delete_on_the_orders_stream_publishes_nothing():
     from moto.events.models import EventPattern
