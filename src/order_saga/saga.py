@@ -216,7 +216,8 @@ def finish_confirmation(store: Store, orders: Orders, payments: Payments, saga: 
             cancelled.failed(name) for name in cancelled.reasons if not name.startswith("retire:")):
         # A record not in the state its retention expects (it never should be): complete the order without it, so
         # that housekeeping never holds a saga back; that record then never expires.
-        cancelled = store.transact({**final, "order": orders.complete(lease, step, now)})
+        kept = {name: item for name, item in retire.items() if not cancelled.failed(name)}
+        cancelled = store.transact({**final, **kept, "order": orders.complete(lease, step, now)})
     if cancelled is None:
         return saga
     order = cancelled.item("order")

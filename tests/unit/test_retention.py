@@ -191,6 +191,30 @@ def test_nothing_carries_purge_at_until_the_order_completes_and_then_every_recor
     assert retention_problems(aws) == []
 
 
+def test_a_record_not_in_the_state_its_retention_expects_never_holds_the_completion_back(aws, handlers, context,
+                                                                                        monkeypatch):
+    """Housekeeping never blocks a saga: if a retire item's condition failed (it never should), the completion is
+    written again without the retire items, and that record simply never expires."""
+    saga = new_saga(aws)
+    for name in ("create_order", "reserve_inventory", "authorize_payment"):
+        saga = invoke(handlers(name), context, saga)
+    confirm = handlers("confirm_order")
+    real = confirm.inventory.retire_items
+
+    def unexpected_state(order_id, now):
+        items = real(order_id, now)
+        items["reservation"]["Update"]["ExpressionAttributeValues"][":committed"] = {"S": "SOMETHING ELSE"}
+        return items
+
+    monkeypatch.setattr(confirm.inventory, "retire_items", unexpected_state)
+    invoke(confirm, context, saga)
+    assert order(aws)["saga_status"] == "COMPLETED"
+    assert "purge_at" in order(aws)
+    assert payment(aws)["status"] == "CAPTURED"
+    assert "purge_at" not in reservation(aws)
+    assert retention_problems(aws, completed_without=("reservation",)) == []
+
+
 def test_a_compensated_order_s_records_expire_each_from_the_write_that_finished_it(aws, handlers, context):
     from tests.unit.test_coupons_and_split import fail_at, place
 
