@@ -176,7 +176,8 @@ def calls_of(logical_id: str, cards: int) -> list[tuple[str, str]]:
     """[(what, calls)] for a function: one entry, or one per number of cards where the path depends on it."""
     refund = [(f"{n} card{'s' if n > 1 else ''}", "A" + "AG" * n + "A") for n in range(1, cards + 1)]
     return {
-        "OrdersApiFunction": [("catalog and coupon (A), order + payments (A), StartExecution (A)", "AAA")],
+        "OrdersApiFunction": [("catalog, coupon and the key's earlier records (A), the order if any are there (A), "
+                               "order + payments (A), StartExecution (A)", "AAAA")],
         "CreateOrderFunction": [("the lease (A)", "A")],
         "ReserveInventoryFunction": [("reservation + stock + the order's lease and step log (A)", "A")],
         "ApplyCouponFunction": [("coupon (A), hold + both counters + the order (A)", "AA")],
@@ -316,6 +317,24 @@ def retries(state: dict[str, Any]) -> str:
     return "; ".join(parts) or "none"
 
 
+def task_cost(f: Facts, attempt: str) -> Callable[[str, dict[str, Any]], float]:
+    """A state's worst case on a path: a task's with every retry, each attempt at its TimeoutSeconds ("task") or its
+    Lambda timeout ("lambda"); a Map's, its slowest iteration."""
+    def cost(name: str, state: dict[str, Any]) -> float:
+        if state["Type"] == "Task":
+            return worst_case(state, None if attempt == "task" else f.timeout(function_of(state)))
+        inner = state.get("ItemProcessor") or state.get("Iterator")
+        if inner:  # the iterations run side by side: the Map takes as long as its slowest one
+            return longest_path(inner["States"], inner["StartAt"], cost)[0]
+        return 0.0
+    return cost
+
+
+def longest_execution(f: Facts) -> float:
+    """The longest execution by the ASL, every task at its worst case: the longest a step can still arrive late."""
+    return longest_path(f.asl["States"], f.asl["StartAt"], task_cost(f, "task"))[0]
+
+
 def render() -> str:
     f = Facts()
     lease, pivot_lease = f.number("LeaseSeconds"), f.number("PivotLeaseSeconds")
@@ -387,30 +406,25 @@ def render() -> str:
                 f"{fmt(f.timeout('ReaperFunction'))}) | (scheduled: `ReaperSchedule`) "
                 "| the next sweep | - | takes over an order whose lease expired |")
 
-    def task_cost(attempt: str) -> Callable[[str, dict[str, Any]], float]:
-        def cost(name: str, state: dict[str, Any]) -> float:
-            if state["Type"] == "Task":
-                return worst_case(state, None if attempt == "task" else f.timeout(function_of(state)))
-            inner = state.get("ItemProcessor") or state.get("Iterator")
-            if inner:  # the iterations run side by side: the Map takes as long as its slowest one
-                return longest_path(inner["States"], inner["StartAt"], cost)[0]
-            return 0.0
-        return cost
-
     states = f.asl["States"]
     for label, start, note in (
             ("the longest rollback", "RefundPayment",
              "no lease: compensations are bound by their retries, not by the deadline"),
             ("the longest execution", f.asl["StartAt"],
              "longer than an EXPRESS workflow's 300 s: the state machine is STANDARD")):
-        total, path = longest_path(states, start, task_cost("task"))
-        total_lambda, _ = longest_path(states, start, task_cost("lambda"))
+        total, path = longest_path(states, start, task_cost(f, "task"))
+        total_lambda, _ = longest_path(states, start, task_cost(f, "lambda"))
         steps = [name for name in path if states[name]["Type"] in ("Task", "Map")]
         rows.append(f"| {label}: {' → '.join(steps)} | | | | | "
-                    f"{' + '.join(fmt(task_cost('task')(n, states[n])) for n in steps)} = **{fmt(total)}** "
+                    f"{' + '.join(fmt(task_cost(f, 'task')(n, states[n])) for n in steps)} = **{fmt(total)}** "
                     f"({fmt(total_lambda)}) | {note} |")
 
     reservation, reconcile = f.number("ReservationTtlSeconds"), f.number("ReconcileAfterSeconds")
+    from order_saga.config import LONGEST_EXECUTION_MS, Timing
+
+    longest, retention = longest_execution(f), f.number("OrderRetentionDays")
+    tombstone = Timing(lease_ms=0, deadline_ms=0, reservation_ttl_ms=0,
+                       reconcile_after_ms=int(reconcile * 1000)).tombstone_ms / 1000
     schedule = f.parameters["ReaperSchedule"]
     period = _rate_seconds(schedule)
     rules = relations(f)
@@ -459,6 +473,15 @@ def render() -> str:
         f"| {cell('FakeGatewayHangSeconds')} | | | | | | how long the fake processor takes for `tok_hang`: "
         f"more than `GatewayTimeoutSeconds` {fmt(f.gateway)}, so that its call always times out with an unknown "
         f"outcome |",
+        f"| a RELEASED tombstone's lifetime (`Timing.tombstone_ms`) {fmt(tombstone)} | | | | | | "
+        f"{'≥' if tombstone >= longest + reconcile else '<'} the longest execution {fmt(longest)} + "
+        f"`ReconcileAfterSeconds` {fmt(reconcile)} = {fmt(longest + reconcile)}: no step arrives after it "
+        f"(`LONGEST_EXECUTION_MS` {fmt(LONGEST_EXECUTION_MS / 1000)} "
+        f"{'≥' if LONGEST_EXECUTION_MS / 1000 >= longest else '<'} the longest execution) |",
+        f"| `OrderRetentionDays` {fmt(retention)} | | | | | | a finished order and its final records are kept "
+        f"{fmt(retention)} days ({int(retention * 86400)} s), "
+        f"{'past' if retention * 86400 >= tombstone else 'NOT past'} the tombstones' {fmt(tombstone)} s; "
+        "nothing unfinished expires |",
     ]
     legend = (f"A = a DynamoDB attempt, {fmt(f.attempt)} s (`ATTEMPT_SECONDS`: connect {fmt(f.connect)} + read "
               f"{fmt(f.read)}); "

@@ -21,7 +21,7 @@ store = dynamodb_store()
 orders = Orders(store, os.environ["ORDERS_TABLE"], TIMING)
 inventory = Inventory(store, os.environ["INVENTORY_TABLE"], TIMING)
 payments = Payments(store, os.environ["PAYMENTS_TABLE"], gateway_from_env(store), Timing.from_env())
-promotions = Promotions(store, os.environ["PROMOTIONS_TABLE"])
+promotions = Promotions(store, os.environ["PROMOTIONS_TABLE"], TIMING)
 
 
 @saga_step("ConfirmOrder", store)

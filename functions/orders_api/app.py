@@ -11,6 +11,12 @@ the payment (the card token goes to the payments table, and nowhere else) in one
 a resubmission finds it, and replays the first answer if the body is the same (422 otherwise). Starting the
 execution is idempotent too (same name, same input), so a resubmission also starts a saga whose first
 request died between the write and the start.
+
+A finished order expires (OrderRetentionDays after it finished; DynamoDB's TTL deletes it some time later), and
+then its key places a new order with the same order id. Its records in the other tables may outlive it (DynamoDB
+deletes expired items in no order, up to days late): the catalog read also reads the order's reservation (and its
+redemption of the coupon asked for), and a key whose earlier order is gone but not its records answers 409 until
+they are, so that no new order ever meets an old order's records.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from order_saga.config import Timing
 from order_saga.dynamo import now_ms
 from order_saga.errors import CouponExpired, CouponInvalid, TransientError
-from order_saga.inventory import Inventory
+from order_saga.inventory import Inventory, reservation_key
 from order_saga.models import (
     PENDING,
     OrderAccepted,
@@ -44,7 +50,7 @@ from order_saga.models import (
 )
 from order_saga.orders import Orders, order_view
 from order_saga.payments import Payments
-from order_saga.promotions import Promotions, coupon_key
+from order_saga.promotions import Promotions, coupon_key, redemption_key
 from order_saga.step import aws_client, dynamodb_store, lambda_function, logger
 
 TIMING = Timing.from_env()
@@ -175,17 +181,23 @@ def _problem(description: str) -> dict[str, Any]:
                      400: _problem("Malformed request or missing Idempotency-Key; a body that is not one JSON object "
                                    "(an array of orders too), or has a key twice"),
                      401: _problem("No valid ID token (answered by API Gateway's authorizer)"),
+                     409: _problem("The Idempotency-Key's earlier order has expired and its records are still being "
+                                   "deleted: use a new Idempotency-Key"),
                      415: _problem("The body is not JSON"),
                      422: _problem("Unknown sku, unknown or expired coupon, or the Idempotency-Key was used with "
                                    "another body"),
                      503: _problem("The order store is busy: retry with the same Idempotency-Key (Retry-After)")})
 def place_order(order: OrderRequest, idempotency_key: IdempotencyKey) -> Response[OrderAccepted | ProblemBody]:
-    # The catalog's lines and the coupon, in one request.
-    keys = {inventory.table: inventory.stock_keys([line.sku for line in order.items])}
+    # The catalog's lines and the coupon, in one request; with them, what an earlier order of this key left.
+    order_id = order_id_for(customer(), idempotency_key)
+    keys = {inventory.table: [*inventory.stock_keys([line.sku for line in order.items]), reservation_key(order_id)]}
     if order.coupon:
-        keys[promotions.table] = [coupon_key(order.coupon)]
+        keys[promotions.table] = [coupon_key(order.coupon), redemption_key(order.coupon, order_id)]
     found = store.batch_get_tables(keys)
-    catalog = {item["sku"]: item for item in found[inventory.table]}
+    catalog = {item["sku"]: item for item in found[inventory.table] if item["sk"] == "STOCK"}
+    left = [item for table in found.values() for item in table if str(item["sk"]).startswith(("RESERVATION", "ORDER#"))]
+    if left and orders.get(order_id) is None:
+        return expired_key()
     unknown = [line.sku for line in order.items if line.sku not in catalog]
     if unknown:
         return error(422, "unknown items", unknown_skus=unknown)
@@ -196,12 +208,12 @@ def place_order(order: OrderRequest, idempotency_key: IdempotencyKey) -> Respons
     now = now_ms()
     discount = 0
     if order.coupon:
-        coupon = next(iter(found.get(promotions.table) or []), None)
+        coupon = next((item for item in found.get(promotions.table) or [] if item["sk"] == "COUPON"), None)
         try:
             discount = promotions.discount(coupon, order.coupon, subtotal, currency, now)
         except (CouponInvalid, CouponExpired) as exc:
             # A resubmission of an order accepted before the coupon ran out is replayed, not refused.
-            accepted = orders.get(order_id_for(customer(), idempotency_key))
+            accepted = orders.get(order_id)
             if accepted and accepted.get("request_hash") == request_hash(order.model_dump(mode="json",
                                                                                             exclude_none=True)):
                 return start_saga(accepted)
@@ -214,7 +226,6 @@ def place_order(order: OrderRequest, idempotency_key: IdempotencyKey) -> Respons
             "problem": f"the payment amounts sum to {sum(m.amount for m in methods)}; the order's total after "
                        f"discount is {total} {currency}"}])
     customer_id = customer()
-    order_id = order_id_for(customer_id, idempotency_key)
     body = order.model_dump(mode="json", exclude_none=True)
     digest = request_hash(body)
     new = orders.new_order(order_id, customer_id, body["items"], lines, total, currency,
@@ -225,10 +236,19 @@ def place_order(order: OrderRequest, idempotency_key: IdempotencyKey) -> Respons
         for n, method in enumerate(methods, start=1)}})
     if cancelled is not None:
         existing = cancelled.item("order")
+        if not existing and not cancelled.failed("order"):
+            return expired_key()  # no order, but its payment is there: an expired order's, not deleted yet
         if not existing or existing.get("request_hash") != digest:
             return error(422, "this Idempotency-Key was already used with a different request body")
         new = existing  # a resubmission: replay the first answer (and start the saga if it never started)
     return start_saga(new)
+
+
+def expired_key() -> Response[OrderAccepted | ProblemBody]:
+    """The key's earlier order expired, and DynamoDB has not deleted all its records yet: nothing is written."""
+    logger.info("an expired order's records are still there: refused")
+    return error(409, "this Idempotency-Key's earlier order has expired and its records are still being deleted; "
+                      "place the order with a new Idempotency-Key")
 
 
 def start_saga(new: dict[str, Any]) -> Response[OrderAccepted | ProblemBody]:

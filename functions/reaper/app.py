@@ -40,7 +40,7 @@ store = dynamodb_store()
 orders = Orders(store, os.environ["ORDERS_TABLE"], TIMING)
 inventory = Inventory(store, os.environ["INVENTORY_TABLE"], TIMING)
 payments = Payments(store, os.environ["PAYMENTS_TABLE"], gateway_from_env(store), TIMING)
-promotions = Promotions(store, os.environ["PROMOTIONS_TABLE"])
+promotions = Promotions(store, os.environ["PROMOTIONS_TABLE"], TIMING)
 _sfn = aws_client("stepfunctions")
 
 
@@ -66,7 +66,8 @@ def reap_order(entry: dict[str, Any], owner: str, now: int) -> str | None:
                      methods=methods if len(methods) > 1 else None)
     if order.get("saga_status") == CONFIRMING:  # past the pivot: finish it, never undo it
         try:
-            steps.finish_confirmation(store, orders, payments, saga, lease, now_ms())
+            steps.finish_confirmation(store, orders, payments, saga, lease, now_ms(), inventory=inventory,
+                                      promotions=promotions)
             count("SagaReaped", "Reaper")
             logger.warning("abandoned saga past the pivot completed", extra={"previous_owner": previous})
             return "completed"

@@ -13,9 +13,10 @@ from order_saga.orders import Orders
 from order_saga.promotions import Promotions
 from order_saga.step import count, dynamodb_store, saga_step
 
+TIMING = Timing.from_env()
 store = dynamodb_store()
-orders = Orders(store, os.environ["ORDERS_TABLE"], Timing.from_env())
-promotions = Promotions(store, os.environ["PROMOTIONS_TABLE"])
+orders = Orders(store, os.environ["ORDERS_TABLE"], TIMING)
+promotions = Promotions(store, os.environ["PROMOTIONS_TABLE"], TIMING)
 
 
 @saga_step("ReleaseCoupon", store)

@@ -26,6 +26,14 @@ tokens, so no saga code ever needs a fault-injection hook:
 Any other token is declined, as a processor declines an unknown card. The fake keeps its ledger in a
 DynamoDB table (items keyed "fake-gateway#<key>"), so its state survives across Lambda sandboxes and
 tests can read what was charged. No message it raises carries the card token.
+
+The ledger's retention (`purge_at`, the table's TTL attribute, epoch seconds), like a processor's records: an
+entry that holds nothing any more (DECLINED, VOIDED, REFUNDED) is kept for the order retention from the write that
+made it so; a CAPTURED one from the write that completes its order (the saga's transaction: `retire_item`). An
+AUTHORIZED, CAPTURED-but-unfinished or PROCESSING entry never expires. An entry past its `purge_at` that DynamoDB
+has not deleted yet is treated as deleted, as a processor forgets an idempotency key: so when an order id comes
+back after its order expired (the customer reused an Idempotency-Key), its payment starts from nothing, however
+late DynamoDB deletes.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import re
 import time
 from typing import Any, Protocol
 
+from order_saga.config import purge_at, retention_ms_from_env
 from order_saga.dynamo import to_ddb, values
 from order_saga.errors import PaymentDeclined, PaymentGatewayUnavailable, PaymentNotAuthorized
 from order_saga.store import Store, Written
@@ -42,6 +51,9 @@ from order_saga.store import Store, Written
 LEDGER_PREFIX = "fake-gateway#"
 AUTHORIZED, CAPTURED, VOIDED, REFUNDED, DECLINED = "AUTHORIZED", "CAPTURED", "VOIDED", "REFUNDED", "DECLINED"
 PROCESSING = "PROCESSING"  # the processor has the request and has not decided yet
+HOLDS_NOTHING = (DECLINED, VOIDED, REFUNDED)  # final ledger states: kept for the retention, then expired
+# What an entry can hold besides what a new authorization sets: cleared when one overwrites an expired entry.
+STALE_FIELDS = ("purge_at", "lands_at", "auth_ref", "expires_before_capture")
 
 
 class PaymentGateway(Protocol):
@@ -51,22 +63,35 @@ class PaymentGateway(Protocol):
     def capture(self, key: str) -> None: ...
     def reverse(self, key: str) -> str | None: ...
     def state(self, key: str) -> str | None: ...
+    # Optional: retire_item(key, purge_at) -> a transaction item that lets the adapter's own record of a captured
+    # payment expire with its order (the fake's ledger); an adapter whose processor keeps the records has none.
 
 
 class FakeGateway:
     """A deterministic card processor sandbox (see the module docstring)."""
 
-    def __init__(self, store: Store, table: str, hang_seconds: float = 3600.0, timeout: float = 3.0) -> None:
+    def __init__(self, store: Store, table: str, hang_seconds: float = 3600.0, timeout: float = 3.0,
+                 retention_ms: int | None = None) -> None:
         self.store = store
         self.table = table
         self.hang_seconds = hang_seconds
         self.timeout = timeout
+        self.retention_ms = retention_ms_from_env() if retention_ms is None else retention_ms
+
+    def _purge_at(self) -> int:
+        return purge_at(int(time.time() * 1000), self.retention_ms)
+
+    @staticmethod
+    def _expired(entry: dict[str, Any]) -> bool:
+        return "purge_at" in entry and int(entry["purge_at"]) <= time.time()
 
     def _key(self, key: str) -> dict[str, Any]:
         return to_ddb({"payment_id": LEDGER_PREFIX + key})
 
     def entry(self, key: str) -> dict[str, Any] | None:
         entry = self.store.get(self.table, self._key(key))
+        if entry is not None and self._expired(entry):
+            return None  # past its retention: forgotten, whether or not DynamoDB deleted it yet
         if entry is not None and entry.get("state") == PROCESSING and time.time() * 1000 >= int(entry["lands_at"]):
             self._move(key, PROCESSING, AUTHORIZED)  # the processor completed it meanwhile
             entry = self.store.get(self.table, self._key(key))
@@ -90,7 +115,8 @@ class FakeGateway:
                                             "auth_ref": f"auth_{key}", "expires_before_capture": True})
             return str(entry.get("auth_ref", f"auth_{key}"))
         elif token != "tok_approve":
-            self._record_once(key, {"state": DECLINED, "amount": amount, "currency": currency})
+            self._record_once(key, {"state": DECLINED, "amount": amount, "currency": currency,
+                                    "purge_at": self._purge_at()})
             raise PaymentDeclined("card declined (test card)")
         entry = self._record_once(key, {"state": AUTHORIZED, "amount": amount, "currency": currency,
                                         "auth_ref": f"auth_{key}"})
@@ -150,6 +176,13 @@ class FakeGateway:
                 return target
         raise PaymentGatewayUnavailable("gateway: the payment kept changing while it was being reversed")
 
+    def retire_item(self, key: str, purge: int) -> dict[str, Any]:
+        """A transaction item for the saga's completion: the CAPTURED entry is kept until `purge` (epoch seconds),
+        as the order that completes in the same transaction."""
+        return {"Update": {"TableName": self.table, "Key": self._key(key), "UpdateExpression": "SET purge_at = :purge",
+                           "ConditionExpression": "#state = :captured", "ExpressionAttributeNames": {"#state": "state"},
+                           "ExpressionAttributeValues": values(purge=purge, captured=CAPTURED)}}
+
     def _count_attempt(self, key: str) -> int:
         written = self.store.update(
             TableName=self.table, Key=self._key(key), UpdateExpression="ADD failures :one",
@@ -157,20 +190,27 @@ class FakeGateway:
         return int((written.item or {}).get("failures", 1))
 
     def _record_once(self, key: str, fields: dict[str, Any]) -> dict[str, Any]:
-        """Record the authorization's outcome once; a repeat returns the first outcome."""
+        """Record the authorization's outcome once; a repeat returns the first outcome. An entry past its retention
+        counts as none (its stale fields go)."""
+        stale = [k for k in STALE_FIELDS if k not in fields]
         written = self.store.update(
             TableName=self.table, Key=self._key(key),
-            UpdateExpression="SET " + ", ".join(f"#{k} = :{k}" for k in fields),
-            ConditionExpression="attribute_not_exists(#state)",
-            ExpressionAttributeNames={f"#{k}": k for k in fields},
-            ExpressionAttributeValues=values(**fields), ReturnValues="ALL_NEW")
+            UpdateExpression="SET " + ", ".join(f"#{k} = :{k}" for k in fields)
+                             + (" REMOVE " + ", ".join(stale) if stale else ""),
+            ConditionExpression="attribute_not_exists(#state) OR #purge_at <= :expired_by",
+            ExpressionAttributeNames={f"#{k}": k for k in [*fields, "purge_at"]},
+            ExpressionAttributeValues=values(**fields, expired_by=int(time.time())), ReturnValues="ALL_NEW")
         return written.item or {}
 
     def _move(self, key: str, state_from: str, state_to: str) -> Written:
+        """One state change; into a state that holds nothing, the entry is kept for the retention from now."""
+        final = state_to in HOLDS_NOTHING
         return self.store.update(
-            TableName=self.table, Key=self._key(key), UpdateExpression="SET #state = :to",
+            TableName=self.table, Key=self._key(key),
+            UpdateExpression="SET #state = :to" + (", purge_at = :purge" if final else ""),
             ConditionExpression="#state = :from", ExpressionAttributeNames={"#state": "state"},
-            ExpressionAttributeValues=values(to=state_to, **{"from": state_from}))
+            ExpressionAttributeValues=values(to=state_to, **{"from": state_from},
+                                             **({"purge": self._purge_at()} if final else {})))
 
 
 def gateway_from_env(store: Store) -> PaymentGateway:
@@ -178,5 +218,6 @@ def gateway_from_env(store: Store) -> PaymentGateway:
     kind = os.environ["PAYMENT_GATEWAY"]
     if kind == "fake":
         hang = float(os.environ.get("FAKE_GATEWAY_HANG_SECONDS", "3600"))
-        return FakeGateway(store, os.environ["PAYMENTS_TABLE"], hang, float(os.environ["GATEWAY_TIMEOUT_SECONDS"]))
+        return FakeGateway(store, os.environ["PAYMENTS_TABLE"], hang, float(os.environ["GATEWAY_TIMEOUT_SECONDS"]),
+                           retention_ms_from_env())
     raise RuntimeError(f"PAYMENT_GATEWAY={kind!r}: no such adapter (known: fake)")

@@ -8,6 +8,11 @@ A RESERVED reservation carries `expiring` (one of IndexShards values) and `expir
 sparse index ExpiringReservations: the reaper returns expired ones to stock, and ConfirmOrder cannot
 commit one that has expired.
 
+Retention (`purge_at`, the table's TTL attribute, epoch seconds): a RELEASED reservation (a release, or a
+tombstone) is kept for Timing.tombstone_ms from the write that releases it; a COMMITTED one for the order
+retention from the write that completes its order (never before: a capture the processor refuses after the
+pivot still releases it). A RESERVED reservation and the catalog's STOCK items never expire.
+
 For every sku, available + reserved + sold changes only by restocking, and every change happens in one
 transaction with the reservation's status change, conditional on the status it expects: stock never goes
 below zero and a repeat changes nothing.
@@ -128,11 +133,14 @@ class Inventory:
             condition += " AND expires_at > :now"
         if expired:
             condition += " AND expires_at < :now"
+        sets, extra = "SET #status = :to, updated_at = :now", {}
+        if status_to == RELEASED:  # its stock is back: from now on only a tombstone
+            sets, extra = sets + ", purge_at = :purge", {"purge": self.timing.tombstone_until(now)}
         items: Items = {"reservation": {"Update": {
             "TableName": self.table, "Key": reservation_key(order_id),
-            "UpdateExpression": "SET #status = :to, updated_at = :now REMOVE expiring",
+            "UpdateExpression": f"{sets} REMOVE expiring",
             "ConditionExpression": condition, "ExpressionAttributeNames": {"#status": "status"},
-            "ExpressionAttributeValues": values(to=status_to, now=now, **{"from": status_from}),
+            "ExpressionAttributeValues": values(to=status_to, now=now, **{"from": status_from}, **extra),
         }}}
         for line in lines:
             items[f"stock:{line['sku']}"] = {"Update": {
@@ -147,6 +155,15 @@ class Inventory:
         return self.move_items(order_id, [line.model_dump() for line in lines], RESERVED, COMMITTED, "reserved",
                                "sold", now, unexpired=True)
 
+    def retire_items(self, order_id: str, now: int) -> Items:
+        """The completion's part (the same transaction that makes the order COMPLETED): the COMMITTED reservation
+        is kept for the order retention from now, as its order is."""
+        return {"reservation": {"Update": {
+            "TableName": self.table, "Key": reservation_key(order_id), "UpdateExpression": "SET purge_at = :purge",
+            "ConditionExpression": "#status = :committed", "ExpressionAttributeNames": {"#status": "status"},
+            "ExpressionAttributeValues": values(committed=COMMITTED, purge=self.timing.retained_until(now)),
+        }}}
+
     def release_items(self, order_id: str, now: int) -> tuple[Items, dict[str, Any] | None]:
         """ReleaseInventory's part of its transaction, from the reservation as it is now (and that reservation).
 
@@ -157,7 +174,7 @@ class Inventory:
         reservation = self.reservation(order_id)
         if reservation is None:
             tombstone = {"pk": f"ORDER#{order_id}", "sk": "RESERVATION", "order_id": order_id, "status": RELEASED,
-                         "lines": [], "released_at": now}
+                         "lines": [], "released_at": now, "purge_at": self.timing.tombstone_until(now)}
             return {"reservation": {"Put": {"TableName": self.table, "Item": to_ddb(tombstone),
                                             "ConditionExpression": "attribute_not_exists(pk)"}}}, None
         status = reservation["status"]

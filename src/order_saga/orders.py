@@ -9,6 +9,10 @@ the order over (a new fence), so a late write of the old execution cannot land.
 
 Unfinished orders carry `active`, the partition key of the sparse index ActiveByLeaseExpiry: one of
 IndexShards values spread by order id, so no index partition takes every saga.
+
+Finished orders (COMPLETED, COMPENSATED) carry `purge_at`, the table's TTL attribute: the write that finishes the
+saga sets it to the order retention from then. An unfinished or parked (FAILED) order never carries it, and no
+write takes an order out of COMPLETED or COMPENSATED, so an order never expires while anything can still need it.
 """
 
 from __future__ import annotations
@@ -178,16 +182,18 @@ class Orders:
 
     def complete(self, lease: Lease, step: str, now: int) -> dict[str, Any]:
         """The order's part of the final write past the pivot: COMPLETED, the order CONFIRMED, out of the reaper's
-        index. Owned by owner and fence, not by expiry: past the pivot only a takeover (a new fence) stops it."""
+        index, kept for the order retention (`purge_at`). Owned by owner and fence, not by expiry: past the pivot only
+        a takeover (a new fence) stops it."""
         return {"Update": {
             "TableName": self.table, "Key": self.key(lease.order_id),
             "UpdateExpression": ("SET steps.#step = :entry, updated_at = :now, saga_status = :completed, "
-                                 "#status = :confirmed REMOVE active"),
+                                 "#status = :confirmed, purge_at = :purge REMOVE active"),
             "ConditionExpression": "lease_owner = :owner AND fence = :fence AND saga_status = :confirming",
             "ExpressionAttributeNames": {"#step": step, "#status": "status"},
             "ExpressionAttributeValues": values(
                 entry={"status": SUCCEEDED, "at": now}, now=now, completed=models.COMPLETED,
-                confirmed=ORDER_CONFIRMED, owner=lease.owner, fence=lease.fence, confirming=models.CONFIRMING),
+                confirmed=ORDER_CONFIRMED, owner=lease.owner, fence=lease.fence, confirming=models.CONFIRMING,
+                purge=self.timing.retained_until(now)),
         }}
 
     def give_up_pivot(self, lease: Lease, now: int) -> bool:
@@ -295,10 +301,10 @@ class Orders:
             sets.append("failure = if_not_exists(failure, :failure)")
             vals["failure"] = {"step": failure["step"], "at": now, "error": failure["error"],
                                "cause": (failure.get("cause") or "")[:1000]}
-        if finish:
-            sets.append("#state = :cancelled")
+        if finish:  # the saga ends here: the order is kept for the order retention, then DynamoDB's TTL deletes it
+            sets += ["#state = :cancelled", "purge_at = :purge"]
             names["#state"] = "status"
-            vals["cancelled"] = ORDER_CANCELLED
+            vals.update(cancelled=ORDER_CANCELLED, purge=self.timing.retained_until(now))
         statuses = {k: v for k, v in _compensable_values().items() if v != models.FAILED}  # parked: claim first
         vals.update(statuses)
         return {"Update": {

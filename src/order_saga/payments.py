@@ -13,13 +13,18 @@ Reconciliation: a payment undone while still PENDING may have an authorization i
 call whose outcome was unknown), which can land after the void. Such a payment is marked (`reconcile`, one
 of the index shards, and `reconcile_at`), and the reaper asks the gateway about it by its idempotency key,
 the payment id, once `reconcile_at` passed: whatever landed is voided (Payments.reconcile).
+
+Retention (`purge_at`, the table's TTL attribute, epoch seconds): a payment is kept for the order retention from
+the write that makes it final: DECLINED, VOIDED or REFUNDED (unless marked for reconciliation: then from the
+reconciliation's last write), CAPTURED (the write that completes its order). A PENDING, AUTHORIZED or CAPTURING
+payment never expires, nor one waiting for its reconciliation.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from order_saga.config import Timing
+from order_saga.config import Timing, retention_ms_from_env
 from order_saga.dynamo import to_ddb, values
 from order_saga.errors import PaymentDeclined, PaymentGatewayUnavailable, PaymentNotAuthorized, PaymentVoided
 from order_saga.gateway import PROCESSING, PaymentGateway
@@ -46,7 +51,8 @@ class Payments:
         self.store = store
         self.table = table
         self._gateway = gateway
-        self.timing = timing or Timing(lease_ms=0, deadline_ms=0, reservation_ttl_ms=0)
+        self.timing = timing or Timing(lease_ms=0, deadline_ms=0, reservation_ttl_ms=0,
+                                       retention_ms=retention_ms_from_env())
 
     @property
     def gateway(self) -> PaymentGateway:
@@ -95,9 +101,10 @@ class Payments:
         except PaymentDeclined as exc:
             self.store.update(
                 TableName=self.table, Key=self.key(pid), ConditionExpression="#status = :pending",
-                UpdateExpression="SET #status = :declined, reason = :reason, updated_at = :now",
+                UpdateExpression="SET #status = :declined, reason = :reason, updated_at = :now, purge_at = :purge",
                 ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues=values(pending=PENDING, declined=DECLINED, reason=str(exc), now=now))
+                ExpressionAttributeValues=values(pending=PENDING, declined=DECLINED, reason=str(exc), now=now,
+                                                 purge=self.timing.retained_until(now)))
             raise
 
     def authorized_item(self, pid: str, reference: str, now: int) -> dict[str, Any]:
@@ -128,7 +135,14 @@ class Payments:
         return self._move_item(pid, AUTHORIZED, CAPTURING, now)
 
     def captured_item(self, pid: str, now: int) -> dict[str, Any]:
-        return self._move_item(pid, CAPTURING, CAPTURED, now)
+        """CAPTURED, in the transaction that completes the order: kept for the order retention from now."""
+        return self._move_item(pid, CAPTURING, CAPTURED, now, purge_at=self.timing.retained_until(now))
+
+    def retire_ledger_item(self, pid: str, now: int) -> dict[str, Any] | None:
+        """The gateway's own record of a captured payment kept for the order retention, in the same transaction
+        (the fake's ledger entry; None for a processor that keeps its own records)."""
+        retire = getattr(self.gateway, "retire_item", None)
+        return retire(pid, self.timing.retained_until(now)) if retire is not None else None
 
     @staticmethod
     def not_capturable(payment: dict[str, Any] | None) -> PaymentNotAuthorized | None:
@@ -150,8 +164,8 @@ class Payments:
             return None
         self._require_time("void or refund")
         final = self.gateway.reverse(pid)  # PENDING too: an authorization may have landed at the gateway
-        marker = {}
-        if status == PENDING and final in (None, PROCESSING):  # one may still land: have it reconciled
+        marker: dict[str, Any] = {"purge_at": self.timing.retained_until(now)}  # final: kept for the retention
+        if status == PENDING and final in (None, PROCESSING):  # one may still land: reconciled first, kept till then
             marker = {"reconcile": self.timing.shard(pid), "reconcile_at": now + self.timing.reconcile_after_ms}
         return self._move_item(pid, str(status), REFUNDED if final == REFUNDED else VOIDED, now, **marker)
 
@@ -184,8 +198,9 @@ class Payments:
             outcome = "reversed"
         self.store.update(TableName=self.table, Key=self.key(pid), ConditionExpression=marked,
                           UpdateExpression="REMOVE reconcile, reconcile_at SET reconciled_at = :now, "
-                                           "reconciled = :outcome",
-                          ExpressionAttributeValues=values(now=now, outcome=outcome))
+                                           "reconciled = :outcome, purge_at = :purge",
+                          ExpressionAttributeValues=values(now=now, outcome=outcome,
+                                                           purge=self.timing.retained_until(now)))
         return outcome
 
     def _move_item(self, pid: str, status_from: str, status_to: str, now: int, **fields: Any) -> dict[str, Any]:

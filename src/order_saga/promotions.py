@@ -11,6 +11,12 @@ both counters, each conditional on its limit, so no interleaving of orders can e
 DynamoDB serializes the conditions on the coupon item and on the customer's item. ConfirmOrder commits the
 redemption; ReleaseCoupon gives it back (both counters down). A release before any hold leaves a RELEASED
 tombstone, so a late ApplyCoupon cannot hold afterwards.
+
+Retention (`purge_at`, the table's TTL attribute, epoch seconds): a RELEASED redemption (a release, or a
+tombstone) is kept for Timing.tombstone_ms from the write that releases it (its counts are already given back);
+a COMMITTED one for the order retention from the write that completes its order (never before: a capture the
+processor refuses after the pivot still releases it). A HELD redemption, the coupon and the customers' counts
+never expire (the counts are what the per-customer limit reads).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from order_saga.config import Timing, retention_ms_from_env
 from order_saga.dynamo import to_ddb, values
 from order_saga.errors import CouponExhausted, CouponExpired, CouponInvalid
 from order_saga.store import Items, Store
@@ -43,9 +50,11 @@ def customer_key(code: str, customer: str) -> dict[str, Any]:
 
 
 class Promotions:
-    def __init__(self, store: Store, table: str) -> None:
+    def __init__(self, store: Store, table: str, timing: Timing | None = None) -> None:
         self.store = store
         self.table = table
+        self.timing = timing or Timing(lease_ms=0, deadline_ms=0, reservation_ttl_ms=0,
+                                       retention_ms=retention_ms_from_env())
 
     # ---- the catalog of coupons (operators, seeding) ------------------------------------------------------
     def add_coupon(self, code: str, kind: str, value: int, valid_from: int, valid_until: int,
@@ -127,6 +136,15 @@ class Promotions:
                            "ExpressionAttributeNames": {"#status": "status"},
                            "ExpressionAttributeValues": values(held=HELD, committed=COMMITTED, now=now)}}
 
+    def retire_item(self, code: str, order_id: str, now: int) -> dict[str, Any]:
+        """The completion's part (the same transaction that makes the order COMPLETED): the COMMITTED redemption is
+        kept for the order retention from now, as its order is."""
+        return {"Update": {"TableName": self.table, "Key": redemption_key(code, order_id),
+                           "UpdateExpression": "SET purge_at = :purge", "ConditionExpression": "#status = :committed",
+                           "ExpressionAttributeNames": {"#status": "status"},
+                           "ExpressionAttributeValues": values(committed=COMMITTED,
+                                                               purge=self.timing.retained_until(now))}}
+
     # ---- ReleaseCoupon, the reaper ---------------------------------------------------------------------------
     def release_items(self, code: str, order_id: str, now: int) -> Items:
         """Give the redemption back (both counts down), or leave a tombstone if none was held. [] when it was
@@ -134,7 +152,7 @@ class Promotions:
         redemption = self.store.get(self.table, redemption_key(code, order_id))
         if redemption is None:
             tombstone = {"pk": f"COUPON#{code}", "sk": f"ORDER#{order_id}", "order_id": order_id, "code": code,
-                         "status": RELEASED, "released_at": now}
+                         "status": RELEASED, "released_at": now, "purge_at": self.timing.tombstone_until(now)}
             return {"redemption": {"Put": {"TableName": self.table, "Item": to_ddb(tombstone),
                                            "ConditionExpression": "attribute_not_exists(pk)"}}}
         if redemption["status"] == RELEASED:
@@ -143,9 +161,10 @@ class Promotions:
         return {
             "redemption": {"Update": {
                 "TableName": self.table, "Key": redemption_key(code, order_id),
-                "UpdateExpression": "SET #status = :released, released_at = :now",
+                "UpdateExpression": "SET #status = :released, released_at = :now, purge_at = :purge",
                 "ConditionExpression": "#status = :was", "ExpressionAttributeNames": {"#status": "status"},
-                "ExpressionAttributeValues": values(released=RELEASED, now=now, was=redemption["status"])}},
+                "ExpressionAttributeValues": values(released=RELEASED, now=now, was=redemption["status"],
+                                                    purge=self.timing.tombstone_until(now))}},
             "coupon": {"Update": {
                 "TableName": self.table, "Key": coupon_key(code),
                 "UpdateExpression": "SET redeemed = redeemed - :one", "ConditionExpression": "redeemed > :zero",

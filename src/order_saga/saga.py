@@ -163,7 +163,7 @@ def confirm_order(store: Store, orders: Orders, inventory: Inventory, payments: 
             # Our own commit landed before (a retry after a lost response, a failed capture, a crash).
         else:
             _not_committable(cancelled, saga, payments, methods)
-    return finish_confirmation(store, orders, payments, saga, lease, now)
+    return finish_confirmation(store, orders, payments, saga, lease, now, inventory=inventory, promotions=promotions)
 
 
 def _not_committable(cancelled: Cancelled, saga: SagaState, payments: Payments, methods: list[int]) -> None:
@@ -185,10 +185,15 @@ def _not_committable(cancelled: Cancelled, saga: SagaState, payments: Payments, 
 
 
 def finish_confirmation(store: Store, orders: Orders, payments: Payments, saga: SagaState, lease: Lease,
-                        now: int, step: str = "ConfirmOrder") -> SagaState:
+                        now: int, step: str = "ConfirmOrder", inventory: Inventory | None = None,
+                        promotions: Promotions | None = None) -> SagaState:
     """Past the pivot: capture every payment method (idempotent at the processor), then complete the order, all
     under `lease` (ConfirmOrder's, a compensation's that found the order pivoted, or the reaper's). Only the
-    processor's refusal of a capture turns the saga back (the order becomes COMPENSATING)."""
+    processor's refusal of a capture turns the saga back (the order becomes COMPENSATING).
+
+    The completion is the write that finishes the order's records, so it also starts their retention (`purge_at`):
+    the payments and the gateway's ledger entries, and, given `inventory` and `promotions` (a function allowed to
+    write those tables: ConfirmOrder, the reaper; not RefundPayment), the committed reservation and redemption."""
     methods = methods_of(saga)
     for method in methods:
         try:
@@ -197,7 +202,22 @@ def finish_confirmation(store: Store, orders: Orders, payments: Payments, saga: 
             orders.give_up_pivot(lease, now)
             raise
     final = {f"payment:{m}": payments.captured_item(payment_id(saga.order_id, m), now) for m in methods}
-    cancelled = store.transact({**final, "order": orders.complete(lease, step, now)})
+    retire: Items = {}
+    for m in methods:
+        ledger = payments.retire_ledger_item(payment_id(saga.order_id, m), now)
+        if ledger is not None:
+            retire[f"retire:ledger:{m}"] = ledger
+    if inventory is not None:
+        retire["retire:reservation"] = inventory.retire_items(saga.order_id, now)["reservation"]
+    if promotions is not None and saga.coupon:
+        retire["retire:redemption"] = promotions.retire_item(saga.coupon, saga.order_id, now)
+    cancelled = store.transact({**final, **retire, "order": orders.complete(lease, step, now)})
+    if cancelled is not None and retire and cancelled.failed_among("retire:") and not any(
+            cancelled.failed(name) for name in cancelled.reasons if not name.startswith("retire:")):
+        # A record not in the state its retention expects (it never should be): complete the order without it, so
+        # that housekeeping never holds a saga back; that record then never expires.
+        kept = {name: item for name, item in retire.items() if not cancelled.failed(name)}
+        cancelled = store.transact({**final, **kept, "order": orders.complete(lease, step, now)})
     if cancelled is None:
         return saga
     order = cancelled.item("order")
