@@ -454,7 +454,7 @@ def test_a_ttl_delete_on_the_orders_stream_publishes_nothing():
     from moto.events.models import EventPattern
 
     finished = {"order_id": "ord_1", "customer_id": "c", "status": "CONFIRMED", "saga_status": "COMPLETED",
-                "updated_at": 1, "purge_at": 2}
+                "total": 1250, "currency": "USD", "created_at": 0, "updated_at": 1, "purge_at": 2}
     ttl_delete = {"eventID": "1", "eventName": "REMOVE", "eventSource": "aws:dynamodb", "awsRegion": "us-east-1",
                   "userIdentity": {"type": "Service", "principalId": "dynamodb.amazonaws.com"},
                   "dynamodb": {"Keys": to_ddb({"order_id": "ord_1"}), "OldImage": to_ddb(finished),
