@@ -41,6 +41,7 @@ FAILURES_QUEUE_URL = os.environ.get("OUTCOME_FAILURES_QUEUE_URL", "")
 _sqs = aws_client("sqs")
 # A record is published only if a PutEvents that takes its whole read timeout still ends before the function's.
 ANSWER_MS = int(PUT_EVENTS_SECONDS * 1000) + 500
+SET_ASIDE_MS = 2500  # and a record is set aside only while SendMessage's 2 s attempt still fits
 
 
 class NotAttempted(Exception):
@@ -75,6 +76,8 @@ def publish(record: DynamoDBRecord, lambda_context: LambdaContext) -> str | None
         try:
             event = outcome(record.raw_event)
         except InvalidOutcome as exc:
+            if lambda_context.get_remaining_time_in_millis() < SET_ASIDE_MS:
+                raise NotAttempted("too little time left to set the record aside") from exc
             set_aside(record, exc)
             return None
         if event is None:

@@ -26,7 +26,7 @@ LONGEST_EXECUTION_MS = 571_000
 # The least a RELEASED tombstone lives: far past the longest execution, and past the reconciliation delay.
 TOMBSTONE_MS = 86_400_000
 DAY_MS = 86_400_000
-ORDER_RETENTION_DAYS = 90  # the template's OrderRetentionDays default
+ORDER_RETENTION_DAYS = 91  # the template's OrderRetentionDays default (past Step Functions' 90 days of a name)
 
 
 @dataclass(frozen=True)

@@ -277,3 +277,15 @@ def test_a_record_is_not_tried_without_the_time_to_wait_for_eventbridge_s_answer
                                     context)
     assert failures(answer) == ["32", "33"]
     assert bus.ids() == ["ord_a/OrderConfirmed"]
+
+
+def test_a_record_is_not_set_aside_without_the_time_for_send_message(publisher, context):
+    """Setting a record aside is a 2 s SendMessage: started too late it would outlive the invocation (the batch would
+    fail as a whole and repeat what it had done); the record is reported instead, and set aside on its retry."""
+    handler, bus = publisher
+    remaining = iter([60_000, handler.SET_ASIDE_MS - 1])
+    context.get_remaining_time_in_millis = lambda: next(remaining)
+    answer = handler.lambda_handler({"Records": [ending("ord_a", 41), ending("ord_bad", 42, customer_id=None)]},
+                                    context)
+    assert failures(answer) == ["42"]
+    assert (bus.ids(), bus.set_aside) == (["ord_a/OrderConfirmed"], [])
