@@ -151,13 +151,17 @@ class Provisioner:
     def create_all(self) -> Provisioned:
         order, self.out.skipped = self.t.creation_order(SUPPORTED)
         for logical_id in order:
-            kind = self.t.resources[logical_id]["Type"]
-            creator = getattr(self, "_" + re.sub(r"\W", "_", kind.split("::", 1)[1]).lower())
-            try:
-                creator(logical_id, self.t.resource_properties(logical_id))
-            except TemplateError as exc:
-                raise StackError(str(exc)) from exc
+            self._create(logical_id)
         return self.out
+
+    def _create(self, logical_id: str) -> None:
+        """Create (or, in an update, publish anew) one resource, by its type's `_<service>__<type>` method."""
+        kind = self.t.resources[logical_id]["Type"]
+        creator = getattr(self, "_" + re.sub(r"\W", "_", kind.split("::", 1)[1]).lower())
+        try:
+            creator(logical_id, self.t.resource_properties(logical_id))
+        except TemplateError as exc:
+            raise StackError(str(exc)) from exc
 
     def update_all(self, previous: Provisioned, created: dict[str, dict[str, Any]], before: Template) -> Provisioned:
         """Update the running stack to this template: functions and state machines in place (a new version of each
@@ -189,11 +193,7 @@ class Provisioner:
                                      f"machines only; restart it")
                 self.t.created[logical_id] = created[logical_id]
                 continue
-            creator = getattr(self, "_" + re.sub(r"\W", "_", kind.split("::", 1)[1]).lower())
-            try:
-                creator(logical_id, self.t.resource_properties(logical_id))
-            except TemplateError as exc:
-                raise StackError(str(exc)) from exc
+            self._create(logical_id)
         return self.out
 
     def _require(self, logical_id: str, props: dict[str, Any], *names: str) -> None:

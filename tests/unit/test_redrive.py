@@ -394,18 +394,22 @@ def test_an_execution_with_24999_events_is_not_redrivable(sfn, fake):
         "ExecutionNotRedrivable", "Execution history event limit exceeded")
 
 
-def test_an_aborted_execution_is_redrivable_and_runs_the_stopped_task_again(sfn, fake):
-    release = threading.Event()
-    calls = []
-
+def first_call_held(release: threading.Event, calls: list[Any]) -> Callable[[Any], Any]:
+    """A function whose first call waits for `release` (held past a stop or a time-out); later calls answer at once."""
     def slow(payload: Any) -> Any:
         calls.append(payload)
         if len(calls) == 1:
             release.wait(WAIT)
         return {"done": True}
 
+    return slow
+
+
+def test_an_aborted_execution_is_redrivable_and_runs_the_stopped_task_again(sfn, fake):
+    release = threading.Event()
+    calls: list[Any] = []
     fake.functions["first"] = lambda payload: {}
-    fake.functions["second"] = slow
+    fake.functions["second"] = first_call_held(release, calls)
     arn = start(sfn, machine(sfn, TWO_STEPS, "First"), wait=False)
     deadline = time.monotonic() + WAIT
     while not calls:
@@ -422,16 +426,9 @@ def test_an_aborted_execution_is_redrivable_and_runs_the_stopped_task_again(sfn,
 
 def test_a_timed_out_execution_is_redrivable_and_its_timeout_counts_from_the_redrive(sfn, fake):
     release = threading.Event()
-    calls = []
-
-    def slow(payload: Any) -> Any:
-        calls.append(payload)
-        if len(calls) == 1:
-            release.wait(WAIT)  # past the machine's TimeoutSeconds
-        return {"done": True}
-
+    calls: list[Any] = []
     fake.functions["first"] = lambda payload: {}
-    fake.functions["second"] = slow
+    fake.functions["second"] = first_call_held(release, calls)  # past the machine's TimeoutSeconds
     try:
         arn = start(sfn, machine(sfn, TWO_STEPS, "First", TimeoutSeconds=1))
         assert sfn.describe_execution(executionArn=arn)["status"] == "TIMED_OUT"
