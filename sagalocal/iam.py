@@ -200,6 +200,8 @@ def dynamodb_requests(operation: str, params: dict[str, Any], region: str, accou
 
 
 _SERVICE_PREFIX = {"monitoring": "cloudwatch", "email": "ses"}
+_SQS_BATCH = {"SendMessageBatch": "SendMessage", "DeleteMessageBatch": "DeleteMessage",
+              "ChangeMessageVisibilityBatch": "ChangeMessageVisibility"}
 
 
 def service_request(service: str, action: str, params: dict[str, Any], region: str,
@@ -207,6 +209,8 @@ def service_request(service: str, action: str, params: dict[str, Any], region: s
     """The (action, resource) of a request to another service, for the resources this stack's code uses."""
     prefix = _SERVICE_PREFIX.get(service, service)
     resource = "*"
+    if prefix == "sqs":  # SQS's batch actions are authorized as their single actions (IAM has no *Batch action)
+        action = _SQS_BATCH.get(action, action)
     if prefix == "sqs" and params.get("QueueUrl"):
         resource = f"arn:aws:sqs:{region}:{account}:{str(params['QueueUrl']).rstrip('/').rsplit('/', 1)[-1]}"
     elif prefix == "states":

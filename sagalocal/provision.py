@@ -92,6 +92,7 @@ class Provisioned:
     rules: list[dict[str, Any]] = field(default_factory=list)  # EventBridge rules with their targets
     principals: list[Principal] = field(default_factory=list)  # each function's identity and role policy
     stream_mappings: list[dict[str, Any]] = field(default_factory=list)  # DynamoDB stream -> function
+    queue_mappings: list[dict[str, Any]] = field(default_factory=list)  # SQS queue -> function
     roles: dict[str, list[Statement]] = field(default_factory=dict)  # role ARN -> its statements
     skipped: dict[str, str] = field(default_factory=dict)
     function_versions: list[FunctionSpec] = field(default_factory=list)  # versions published (AutoPublishAlias)
@@ -454,9 +455,40 @@ class Provisioner:
                         event_props.get("FunctionResponseTypes") or []),
                     "on_failure": str(on_failure) if on_failure is not None else None,
                     "access_key_id": principal.access_key_id, "secret_access_key": principal.secret_access_key})
+            elif kind == "SQS":
+                self.out.queue_mappings.append(self._queue_mapping(logical_id, event_name, event_props, principal))
         self.out.routes += [route for route in routes_of(self.t) if route.function == logical_id]
         self._created(logical_id, name, Arn=arn)
         self._publish_function(logical_id, props, spec)
+
+    def _queue_mapping(self, logical_id: str, event_name: str, props: dict[str, Any],
+                       principal: Principal) -> dict[str, Any]:
+        """An SQS event (sagalocal/awslambda/queues.py emulates it): the queue must be one of this template's
+        standard queues; BatchSize, MaximumBatchingWindowInSeconds, ReportBatchItemFailures and
+        ScalingConfig.MaximumConcurrency are honoured, within AWS's bounds."""
+        where = f"Resources.{logical_id}.Properties.Events.{event_name}.Properties"
+        queue = str(props.get("Queue", ""))
+        name = queue.rsplit(":", 1)[-1]
+        if not queue.startswith("arn:") or ":sqs:" not in queue:
+            raise StackError(f"{where}.Queue: {queue!r} is not a queue of this template")
+        if name.endswith(".fifo"):
+            raise StackError(f"{where}.Queue: {queue}: a FIFO queue's event source (ordering per message group) is "
+                             f"not emulated")
+        if props.get("FilterCriteria"):
+            raise StackError(f"{where}.FilterCriteria: filters on an SQS event source are not emulated")
+        batch, window = int(props.get("BatchSize", 10)), int(props.get("MaximumBatchingWindowInSeconds", 0))
+        if not 1 <= batch <= 10_000 or not 0 <= window <= 300 or (batch > 10 and window == 0):
+            raise StackError(f"{where}: BatchSize {batch} with MaximumBatchingWindowInSeconds {window}: a batch "
+                             f"holds 1 to 10,000 messages, more than 10 only with a window of 1 to 300 s")
+        concurrency = (props.get("ScalingConfig") or {}).get("MaximumConcurrency")
+        if concurrency is not None and not 2 <= int(concurrency) <= 1000:
+            raise StackError(f"{where}.ScalingConfig.MaximumConcurrency: {concurrency}: AWS allows 2 to 1000")
+        if str(props.get("Enabled", True)).lower() == "false":
+            raise StackError(f"{where}.Enabled: a disabled SQS event source is not emulated")
+        return {"function": logical_id, "queue_arn": queue, "batch_size": batch, "window": window,
+                "max_concurrency": int(concurrency) if concurrency is not None else None,
+                "report_batch_item_failures": "ReportBatchItemFailures" in (props.get("FunctionResponseTypes") or []),
+                "access_key_id": principal.access_key_id, "secret_access_key": principal.secret_access_key}
 
     def _previous_function(self, logical_id: str) -> FunctionSpec | None:
         return next((f for f in self.previous.functions if f.logical_id == logical_id), None) if self.previous \

@@ -34,6 +34,7 @@ from botocore.config import Config
 from sagalocal import eventbridge, metrics, motomodels, sqs, stepfunctions
 from sagalocal.apigateway import AccessLog, TokenBucket, serve_api
 from sagalocal.awslambda.eventsources import SqsDestination, StreamMapping
+from sagalocal.awslambda.queues import QueueMapping, queue_url
 from sagalocal.awslambda.service import LambdaService
 from sagalocal.cognito import PoolAuthorizer
 from sagalocal.dynamodb.server import DynamoDBProcess
@@ -100,6 +101,7 @@ class LocalStack:
         self.aws: AwsEndpoint | None = None
         self.scheduler: Scheduler | None = None
         self.streams: list[StreamMapping] = []
+        self.queues: list[QueueMapping] = []
         self._api: Any = None
         self._update_lock = threading.Lock()
 
@@ -149,6 +151,9 @@ class LocalStack:
             self.streams = [self._stream_mapping(spec) for spec in self.resources.stream_mappings]
             for mapping in self.streams:
                 mapping.start()
+            self.queues = [self._queue_mapping(spec) for spec in self.resources.queue_mappings]
+            for queue_mapping in self.queues:
+                queue_mapping.start()
         except BaseException:
             self.stop()
             raise
@@ -166,6 +171,16 @@ class LocalStack:
             return self.lambdas.invoked_arn(invoked), self.lambdas.resolve(invoked).spec.version
 
         return StreamMapping(spec, self.dynamodb.endpoint, self.lambdas.invoke_event, send=send, target=target)
+
+    def _queue_mapping(self, spec: dict[str, Any]) -> QueueMapping:
+        """An SQS event source mapping: it polls with the function's own credentials (IAM enforced at the endpoint)
+        and invokes the function's alias."""
+        client = boto3.client("sqs", endpoint_url=self.endpoint, region_name=self.region,
+                              aws_access_key_id=spec["access_key_id"], aws_secret_access_key=spec["secret_access_key"],
+                              config=Config(retries={"total_max_attempts": 1}, read_timeout=30,
+                                            max_pool_connections=max(10, int(spec.get("max_concurrency") or 0))))
+        return QueueMapping({**spec, "queue_url": queue_url(self.endpoint, spec["queue_arn"])}, client,
+                            self.lambdas.invoke_event, self.region)
 
     def update(self) -> dict[str, Any]:
         """Redeploy: read the template and the code again; publish a new version of each function whose code, layers
@@ -329,6 +344,9 @@ class LocalStack:
         for mapping in self.streams:
             mapping.stop()
         self.streams = []
+        for queue_mapping in self.queues:
+            queue_mapping.stop()
+        self.queues = []
         if self.scheduler is not None:
             self.scheduler.stop()
         if self._api is not None:
@@ -361,4 +379,5 @@ class LocalStack:
                 "functions": {spec.logical_id: spec.name for spec in self.resources.functions},
                 "schedules": self.scheduler.describe() if self.scheduler else [],
                 "stream_mappings": [mapping.describe() for mapping in self.streams],
+                "queue_mappings": [mapping.describe() for mapping in self.queues],
                 "not_emulated": dict(sorted(self.resources.skipped.items()))}

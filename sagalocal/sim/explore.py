@@ -133,7 +133,8 @@ def cases(path: str, points: list[Point]) -> Iterator[Fault]:
     for after in FOLLOW_UPS_AFTER_END:
         yield Fault(-1, "pause", after)
     for point in points:
-        at_point = [f for f in FOLLOW_UPS_AT_POINT if f != "stop" or point.function not in ("OrdersApi", "Reaper")]
+        at_point = [f for f in FOLLOW_UPS_AT_POINT
+                    if f != "stop" or point.function not in ("OrdersApi", "Reaper", "ReaperWorker")]
         for kind in KINDS:
             for follow_up in (None, *at_point, *FOLLOW_UPS_AFTER_END):
                 yield Fault(point.index, kind, follow_up)

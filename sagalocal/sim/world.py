@@ -47,6 +47,7 @@ FUNCTIONS = {  # logical id -> the folder of its handler
     "RefundPaymentFunction": "refund_payment", "VoidPaymentFunction": "void_payment",
     "ReleaseCouponFunction": "release_coupon", "ReleaseInventoryFunction": "release_inventory",
     "CancelOrderFunction": "cancel_order", "ParkSagaFunction": "park_saga", "ReaperFunction": "reaper",
+    "ReaperWorkerFunction": "reaper_worker",
 }
 
 
@@ -318,6 +319,8 @@ class Stack:
     sqs: Any
     sqs_url: str
     parameters: dict[str, Any]
+    reaper_queue_url: str = ""
+    reaper_mapping: dict[str, Any] = field(default_factory=dict)  # BatchSize, visibility timeout, maxReceiveCount
     initial_stock: dict[str, int] = field(default_factory=dict)
 
 
@@ -374,6 +377,8 @@ def stack() -> Stack:
     queue = sqs.create_queue(QueueName="ParkedSagas.fifo", Attributes={"FifoQueue": "true"})["QueueUrl"]
     template.created["ParkedSagasQueue"] = {"Ref": queue, "Arn": f"arn:aws:sqs:{REGION}:{ACCOUNT}:ParkedSagas.fifo"}
     template.created["OrderEventsBus"] = {"Ref": "OrderEvents", "Arn": "bus"}
+    reaper_queue = sqs.create_queue(QueueName="ReaperQueue")["QueueUrl"]
+    template.created["ReaperQueue"] = {"Ref": reaper_queue, "Arn": f"arn:aws:sqs:{REGION}:{ACCOUNT}:ReaperQueue"}
     for logical_id in FUNCTIONS:
         template.created[logical_id] = {"Ref": logical_id, "Arn": function_arn(logical_id)}
         alias = template.auto_publish_alias(logical_id)
@@ -404,7 +409,11 @@ def stack() -> Stack:
         os.environ.update(env)
         modules[logical_id] = _load(folder)
         timeouts[logical_id] = float(template.resolve(props.get("Timeout", 3), f"{logical_id}.Timeout"))
-    built = Stack(arn, modules, timeouts, sfn, sqs, queue, dict(template.parameters))
+    queue_props, work = template.properties("ReaperQueue"), template.properties("ReaperWorkerFunction")["Events"]
+    reaper_mapping = {"batch_size": int(next(iter(work.values()))["Properties"]["BatchSize"]),
+                      "visibility_seconds": float(queue_props["VisibilityTimeout"]),
+                      "max_receives": int(queue_props["RedrivePolicy"]["maxReceiveCount"])}
+    built = Stack(arn, modules, timeouts, sfn, sqs, queue, dict(template.parameters), reaper_queue, reaper_mapping)
     _STACK.append(built)
     return built
 
@@ -900,14 +909,68 @@ class World:
                 CLOCK.sleep(60)
 
     def run_reaper(self) -> dict[str, Any] | None:
-        for _ in range(3):  # the schedule invokes it again a minute later when an invocation dies
+        """The reaper: its sweep queues the work (the schedule invokes it again a minute later when an invocation
+        dies), then ReaperQueue's event source mapping hands it to ReaperWorker (work_reaper_queue). Returns the
+        sweep's answer, None if every sweep died."""
+        for _ in range(3):
             ok, result = self.invoke_plain("ReaperFunction", {"source": "aws.events"})
             if ok:
-                self.log.append(f"reaper: {json.dumps({k: v for k, v in result.items() if v})}")
+                self.log.append(f"reaper sweep: {json.dumps({k: v for k, v in result.items() if v})}")
+                self.work_reaper_queue()
                 return result  # type: ignore[no-any-return]
-            self.log.append(f"reaper died: {result}")
+            self.log.append(f"reaper sweep died: {result}")
             CLOCK.sleep(60)
         return None
+
+    def work_reaper_queue(self) -> None:
+        """ReaperQueue's event source mapping, in this thread: every message the queue holds, taken off it, handed
+        to ReaperWorker in batches of BatchSize in the order sent. A message the worker reports failed (or whose
+        invocation died) comes back after the queue's visibility timeout, until it has been received
+        maxReceiveCount times; then it goes to the dead-letter queue (logged: the invariants see what it left).
+        Standard queues deliver at least once: the first batch is delivered a second time right after, and must
+        change nothing. (A follow-up at a worker's side effect may run the reaper again inside it: a second
+        sweep and worker at once, as on AWS.)"""
+        mapping, messages = self.stack.reaper_mapping, []
+        while True:
+            got = self.stack.sqs.receive_message(QueueUrl=self.stack.reaper_queue_url, MaxNumberOfMessages=10,
+                                                 VisibilityTimeout=0).get("Messages") or []
+            if not got:
+                break
+            self.stack.sqs.delete_message_batch(QueueUrl=self.stack.reaper_queue_url, Entries=[
+                {"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(got)])
+            messages += [{"messageId": str(uuid.UUID(int=self.rng.getrandbits(128))), "body": m["Body"],
+                          "receives": 0} for m in got]
+        duplicated = False
+        while messages:
+            batch, messages = messages[:mapping["batch_size"]], messages[mapping["batch_size"]:]
+            failed = self._deliver_reaper_batch(batch)
+            if not duplicated:
+                duplicated = True
+                self.log.append("ReaperQueue delivers the same batch again (at least once)")
+                self._deliver_reaper_batch([{**m, "receives": m["receives"] - 1} for m in batch])
+            again = [m for m in batch if m["messageId"] in failed and m["receives"] < mapping["max_receives"]]
+            for m in batch:
+                if m["messageId"] in failed and m not in again:
+                    self.log.append(f"ReaperQueue: to the dead-letter queue after {m['receives']} receives: "
+                                    f"{m['body']}")
+            if again:
+                CLOCK.sleep(mapping["visibility_seconds"])
+                messages += again
+
+    def _deliver_reaper_batch(self, batch: list[dict[str, Any]]) -> set[str]:
+        """One invocation of ReaperWorker with `batch`; the message ids that failed (all of them if it died)."""
+        for m in batch:
+            m["receives"] += 1
+        event = {"Records": [{"messageId": m["messageId"], "receiptHandle": m["messageId"], "body": m["body"],
+                              "attributes": {"ApproximateReceiveCount": str(m["receives"])}, "messageAttributes": {},
+                              "eventSource": "aws:sqs", "awsRegion": REGION,
+                              "eventSourceARN": f"arn:aws:sqs:{REGION}:{ACCOUNT}:ReaperQueue"} for m in batch]}
+        ok, result = self.invoke_plain("ReaperWorkerFunction", event)
+        failed = {str(f["itemIdentifier"]) for f in result.get("batchItemFailures") or []} if ok \
+            else {m["messageId"] for m in batch}
+        self.log.append(f"ReaperWorker, {len(batch)} messages: " + (f"{len(failed)} failed" if ok else
+                                                                    f"died: {result}"))
+        return failed
 
     def settle(self, sweeps: int = 6) -> None:
         """The world goes on: leases, reservations and reconciliations come due, the reaper sweeps, until a
@@ -919,7 +982,7 @@ class World:
             self.deliver_events()
             CLOCK.sleep(horizon)
             result = self.run_reaper()
-            if result is not None and not any(result.values()):
+            if result is not None and not any(result["queued"].values()) and not result["refused"]:
                 return
 
     def run_mix(self) -> None:

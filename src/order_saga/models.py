@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -150,6 +150,26 @@ class StepEvent(BaseModel):
     execution_id: str
     method: int | None = None
     redrive_count: int = 0  # $$.Execution.RedriveCount, given to the compensations: a redrive claims a parked order
+
+
+class ReaperWork(BaseModel):
+    """One item of the reaper's work: what its sweep sends to ReaperQueue, one message each, and ReaperWorker does.
+
+    `order`: an abandoned order, with the lease expiry the sweep saw (the takeover is conditional on it, so a
+    duplicate message, or one for an order renewed meanwhile, does nothing); `reservation`: an expired reservation,
+    by its order id; `payment`: a payment whose reconciliation is due, by its payment id."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["order", "reservation", "payment"]
+    id: Annotated[str, Field(min_length=1, max_length=200)]
+    lease_expires_at: int | None = None
+
+    @model_validator(mode="after")
+    def _an_order_names_its_lease(self) -> ReaperWork:
+        if (self.kind == "order") != (self.lease_expires_at is not None):
+            raise ValueError("lease_expires_at is given for an order, and only for an order")
+        return self
 
 
 # ---- API responses (documented in the OpenAPI document) ----

@@ -111,6 +111,9 @@ def aws(monkeypatch: pytest.MonkeyPatch, dynamodb_engine: str):
             name = f"{logical_id}-{run}"
             client.create_table(TableName=name, **definition)
             monkeypatch.setenv(TABLES[logical_id], name)
+        # The reaper's queue (its sweep sends there; tests/unit/helpers.py:reap hands the messages to its worker).
+        queue = boto3.client("sqs", region_name=REGION).create_queue(QueueName=f"ReaperQueue-{run}")["QueueUrl"]
+        monkeypatch.setenv("REAPER_QUEUE_URL", queue)
         from order_saga.inventory import Inventory
         from order_saga.store import Store
 

@@ -102,3 +102,65 @@ def failed_execution_event(started: datetime.datetime, order_id: str = "ord_1") 
                 .rsplit(":", 1)[0], "name": order_id, "status": "FAILED",
                 "startDate": int(started.timestamp() * 1000), "stopDate": int(started.timestamp() * 1000) + 900,
                 "input": json.dumps({"order_id": order_id}), "inputDetails": {"included": True}}}
+
+
+def reap(handlers: Callable[[str], Any], context: Any, batch_size: int = 5, worker: Any = None,
+         sweep: Any = None) -> dict[str, Any]:
+    """The reaper as its schedule and its queue run it: the sweep queues the work, then every message goes to the
+    worker (ReaperQueue's event source mapping, BatchSize 5) through its handler. Returns what was done, item by
+    item: {"compensated": [...], "completed": [...], "released_reservations": [...], "reconciled": {payment id:
+    outcome}, "failed": [ids whose message the worker reported failed]}. Those messages stay on the queue (in flight:
+    they come back after the visibility timeout). `worker`, `sweep`: the modules, if the test patched them."""
+    import boto3
+
+    swept = (sweep or handlers("reaper")).lambda_handler({"source": "aws.events"}, context)
+    assert swept["refused"] == [], swept
+    sqs, url = boto3.client("sqs", region_name="us-east-1"), os.environ["REAPER_QUEUE_URL"]
+    messages = []
+    while got := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, AttributeNames=["All"]).get("Messages"):
+        messages += got
+    assert len(messages) == sum(swept["queued"].values()), (swept, messages)
+    worker = worker or handlers("reaper_worker")
+    real_reap, done = worker.reap, []
+
+    def recorded(work: Any, owner: str) -> str:  # what each item came to (the handler answers failures only)
+        outcome = real_reap(work, owner)
+        done.append((work, outcome))
+        return outcome
+
+    worker.reap = recorded
+    try:
+        return _work(sqs, url, worker, messages, context, batch_size, done)
+    finally:
+        worker.reap = real_reap
+
+
+def _work(sqs: Any, url: str, worker: Any, messages: list[dict[str, Any]], context: Any, batch_size: int,
+          done: list[tuple[Any, str]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"compensated": [], "completed": [], "released_reservations": [], "reconciled": {},
+                           "failed": []}
+    for start in range(0, len(messages), batch_size):
+        batch = messages[start:start + batch_size]
+        answer = worker.lambda_handler({"Records": [sqs_record(m) for m in batch]}, context)
+        failed = {f["itemIdentifier"] for f in answer["batchItemFailures"]}
+        out["failed"] += [json.loads(m["Body"])["id"] for m in batch if m["MessageId"] in failed]
+        for m in batch:
+            if m["MessageId"] not in failed:
+                sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+    for work, outcome in done:
+        if outcome in ("compensated", "completed"):
+            out[outcome].append(work.id)
+        elif outcome == "released":
+            out["released_reservations"].append(work.id)
+        elif work.kind == "payment":
+            out["reconciled"][work.id] = outcome
+    return out
+
+
+def sqs_record(message: dict[str, Any]) -> dict[str, Any]:
+    """An SQS message as Lambda's event source mapping hands it over."""
+    return {"messageId": message["MessageId"], "receiptHandle": message["ReceiptHandle"], "body": message["Body"],
+            "attributes": {"ApproximateReceiveCount": message.get("Attributes", {}).get("ApproximateReceiveCount",
+                                                                                        "1")},
+            "messageAttributes": {}, "md5OfBody": message.get("MD5OfBody", ""), "eventSource": "aws:sqs",
+            "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:ReaperQueue", "awsRegion": "us-east-1"}

@@ -35,7 +35,7 @@ from sagalocal.apigateway import find_route, proxy_event
 from sagalocal.provision import routes_of
 from sagalocal.template import Template
 from tests.unit.conftest import DAY_MS, ROOT, scan_all
-from tests.unit.helpers import EXECUTION, get, order, second_run_changes_nothing, stock
+from tests.unit.helpers import EXECUTION, get, order, reap, second_run_changes_nothing, stock
 
 ALICE = "5f0c3c4e-alice"
 ITEMS = [{"sku": "SKU-1", "quantity": 2}]  # 2 x 1250 = 2500 USD
@@ -701,7 +701,7 @@ def test_the_reaper_releases_the_coupon_and_voids_every_method_of_an_abandoned_o
     Store(aws).update(TableName=os.environ["ORDERS_TABLE"], Key={"order_id": {"S": "ord_1"}},
                       UpdateExpression="SET lease_expires_at = :past",
                       ExpressionAttributeValues=values(past=now_ms() - 1000))  # the execution died
-    swept = handlers("reaper").lambda_handler({}, context)
+    swept = reap(handlers, context)
     assert swept["compensated"] == ["ord_1"]
     assert swept["failed"] == []
     assert [(pay(aws, method=m)["status"], ledger_of(aws, method=m)["state"]) for m in (1, 2)] == [

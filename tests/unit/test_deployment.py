@@ -28,7 +28,9 @@ CALLABLE = {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dyna
 # event source mapping; sqs:SendMessage above for its on-failure destination), and write its logs (SAM adds these
 # only to the roles it makes).
 ON_ITS_BEHALF = {"dynamodb:DescribeStream", "dynamodb:GetShardIterator", "dynamodb:GetRecords",
-                 "dynamodb:ListStreams", "logs:CreateLogStream", "logs:PutLogEvents"}
+                 "dynamodb:ListStreams", "logs:CreateLogStream", "logs:PutLogEvents",
+                 # ...or poll its queue (ReaperWorker's SQS event source mapping)
+                 "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"}
 XRAY = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
 # Actions AWS accepts only on Resource "*": Step Functions' log delivery (and X-Ray, which has no resources).
 STAR_ONLY = {"logs:CreateLogDelivery", "logs:GetLogDelivery", "logs:UpdateLogDelivery", "logs:DeleteLogDelivery",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import time
 from types import SimpleNamespace
 
@@ -20,7 +21,9 @@ from tests.unit.helpers import (
     order,
     orders_of,
     payment,
+    reap,
     reservation,
+    sqs_record,
     stock,
 )
 
@@ -72,8 +75,7 @@ def test_the_reaper_compensates_an_abandoned_saga_once(aws, handlers, context, s
     saga = run_steps(handlers, context, saga, "create_order", "reserve_inventory", "authorize_payment")
     assert stock(aws, "SKU-1") == (8, 2, 0)
     time.sleep(LEASE_S + 0.1)  # the execution stopped: no more heartbeats
-    reaper = handlers("reaper")
-    first = reaper.lambda_handler({"source": "aws.events"}, context)
+    first = reap(handlers, context)
     assert first["compensated"] == ["ord_1"]
     assert stock(aws, "SKU-1") == (10, 0, 0)
     assert payment(aws)["status"] == "VOIDED"
@@ -85,8 +87,49 @@ def test_the_reaper_compensates_an_abandoned_saga_once(aws, handlers, context, s
     assert item["steps"]["Reaper"]["error"] == "LeaseExpired"
     assert "active" not in item
     tables = scan_all(aws)
-    second = reaper.lambda_handler({"source": "aws.events"}, context)
+    second = reap(handlers, context)
     assert second == {"compensated": [], "completed": [], "released_reservations": [], "reconciled": {}, "failed": []}
+    assert scan_all(aws) == tables
+
+
+def test_a_duplicate_message_finds_the_order_taken_and_changes_nothing(aws, handlers, context, short):
+    """A standard queue delivers at least once, and a sweep may queue an order again before a worker took it: the
+    takeover is conditional on the lease expiry the message carries, so every repeat does nothing."""
+    import boto3
+
+    new_saga(aws)
+    time.sleep(LEASE_S + 0.1)
+    tables = scan_all(aws)
+    for _ in range(2):  # two sweeps before any worker ran: two messages for the one order
+        assert handlers("reaper").lambda_handler({}, context)["queued"] == {"order": 1, "reservation": 0, "payment": 0}
+    assert scan_all(aws) == tables  # the sweep writes nothing
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    messages = sqs.receive_message(QueueUrl=os.environ["REAPER_QUEUE_URL"], MaxNumberOfMessages=10)["Messages"]
+    assert len(messages) == 2
+    assert json.loads(messages[0]["Body"]) == json.loads(messages[1]["Body"])
+    worker = handlers("reaper_worker")
+    first = {"Records": [sqs_record(messages[0])]}
+    assert worker.lambda_handler(first, context) == {"batchItemFailures": []}
+    assert order(aws)["saga_status"] == "COMPENSATED"
+    tables = scan_all(aws)
+    for event in (first, {"Records": [sqs_record(messages[1])]}):  # the same message again; the second sweep's
+        assert worker.lambda_handler(event, context) == {"batchItemFailures": []}
+        assert scan_all(aws) == tables
+
+
+def test_a_message_that_is_no_reaper_work_is_reported_failed_and_changes_nothing(aws, handlers, context):
+    new_saga(aws)
+    tables = scan_all(aws)
+    bodies = ['{"kind": "order", "id": "ord_1"}', "not json", '{"kind": "refund", "id": "ord_1"}',
+              '{"kind": "reservation", "id": "ord_1", "lease_expires_at": 1}']
+    event = {"Records": [sqs_record({"MessageId": f"m{n}", "ReceiptHandle": f"r{n}", "Body": body})
+                         for n, body in enumerate(bodies)]}
+    # ...beside one that is (a reservation that is not there: nothing to do). Were every message bad, the batch
+    # would fail as a whole (Powertools raises), which returns every message to the queue as well.
+    event["Records"].append(sqs_record({"MessageId": "ok", "ReceiptHandle": "rok",
+                                        "Body": '{"kind": "reservation", "id": "ord_none"}'}))
+    answer = handlers("reaper_worker").lambda_handler(event, context)
+    assert answer == {"batchItemFailures": [{"itemIdentifier": f"m{n}"} for n in range(len(bodies))]}
     assert scan_all(aws) == tables
 
 
@@ -94,7 +137,7 @@ def test_late_steps_of_the_old_execution_cannot_land_after_takeover(aws, handler
     saga = new_saga(aws)
     saga = run_steps(handlers, context, saga, "create_order", "reserve_inventory")
     time.sleep(LEASE_S + 0.1)
-    handlers("reaper").lambda_handler({}, context)
+    reap(handlers, context)
     tables = scan_all(aws)
     with pytest.raises(PaymentVoided):  # the reaper voided the payment before it was ever authorized
         invoke(handlers("authorize_payment"), context, saga)
@@ -118,7 +161,7 @@ def test_an_authorization_answered_after_takeover_is_voided_at_the_gateway(aws, 
     def slow_gateway(*args, **kwargs):
         reference = real_authorize(*args, **kwargs)
         time.sleep(LEASE_S + 0.1)  # the gateway answers after the lease expired...
-        handlers("reaper").lambda_handler({}, context)  # ...and the reaper took over and compensated
+        reap(handlers, context)  # ...and the reaper took over and compensated
         return reference
 
     module.payments.gateway.authorize = slow_gateway
@@ -132,7 +175,7 @@ def test_an_authorization_answered_after_takeover_is_voided_at_the_gateway(aws, 
 def test_an_order_whose_execution_never_started_is_cancelled(aws, handlers, context, short):
     new_saga(aws)  # the API wrote PENDING, then StartExecution never happened
     time.sleep(LEASE_S + 0.1)
-    assert handlers("reaper").lambda_handler({}, context)["compensated"] == ["ord_1"]
+    assert reap(handlers, context)["compensated"] == ["ord_1"]
     assert order(aws)["saga_status"] == "COMPENSATED"
     assert payment(aws)["status"] == "VOIDED"  # the card on file will never be charged
 
@@ -142,9 +185,8 @@ def test_an_expired_reservation_returns_its_stock_exactly_once(aws, handlers, co
     saga = new_saga(aws)
     saga = run_steps(handlers, context, saga, "create_order", "reserve_inventory")
     time.sleep(LEASE_S + 0.1)
-    reaper = handlers("reaper")
-    assert reaper.lambda_handler({}, context)["released_reservations"] == ["ord_1"]
-    assert reaper.lambda_handler({}, context)["released_reservations"] == []
+    assert reap(handlers, context)["released_reservations"] == ["ord_1"]
+    assert reap(handlers, context)["released_reservations"] == []
     assert stock(aws, "SKU-1") == (10, 0, 0)
     # The saga goes on: its authorization works, but ConfirmOrder cannot commit a released reservation.
     saga = invoke(handlers("authorize_payment"), context, saga)
@@ -164,33 +206,38 @@ def test_the_reaper_reads_every_shard(aws, handlers, context, short):
     shards = {order(aws, order_id)["active"] for order_id in ids}
     assert len(shards) > 1
     time.sleep(LEASE_S + 0.1)
-    first = handlers("reaper").lambda_handler({}, context)
+    first = reap(handlers, context)
     assert sorted(first["compensated"] + first["failed"]) == sorted(ids)  # found on every shard
     compensated = set(first["compensated"])
     for _ in range(4):
         if compensated == set(ids):
             break
-        compensated |= set(handlers("reaper").lambda_handler({}, context)["compensated"])
+        compensated |= set(reap(handlers, context)["compensated"])
     assert compensated == set(ids)
 
 
-def test_one_order_that_cannot_be_reaped_does_not_stop_the_sweep(aws, handlers, context, short):
+def test_one_order_that_cannot_be_reaped_does_not_stop_the_others_and_stays_queued(aws, handlers, context, short):
+    import boto3
+
     for order_id in ("ord_a", "ord_b"):
         new_saga(aws, order_id=order_id)
     time.sleep(LEASE_S + 0.1)
-    reaper = handlers("reaper")
-    real = reaper.reap_order
+    worker = handlers("reaper_worker")
+    real = worker.reap_order
 
     def flaky(entry, owner, now):
         if entry["order_id"] == "ord_a":
             raise RuntimeError("the gateway is down")
         return real(entry, owner, now)
 
-    reaper.reap_order = flaky
-    result = reaper.lambda_handler({}, context)
+    worker.reap_order = flaky
+    result = reap(handlers, context, worker=worker)
     assert (result["compensated"], result["failed"]) == (["ord_b"], ["ord_a"])
-    reaper.reap_order = real
-    assert order(aws, "ord_a")["saga_status"] == "PENDING"  # untouched: the next sweep takes it
+    assert order(aws, "ord_a")["saga_status"] == "PENDING"  # untouched
+    # Its message was reported failed, so not deleted: SQS hands it over again after the visibility timeout.
+    counts = boto3.client("sqs", region_name="us-east-1").get_queue_attributes(
+        QueueUrl=os.environ["REAPER_QUEUE_URL"], AttributeNames=["ApproximateNumberOfMessagesNotVisible"])
+    assert counts["Attributes"]["ApproximateNumberOfMessagesNotVisible"] == "1"
 
 
 def test_a_parked_saga_is_finished_by_its_own_execution_redriven(aws, handlers, context, monkeypatch):
@@ -250,7 +297,7 @@ def test_a_late_redrive_after_a_takeover_changes_nothing(aws, handlers, context,
     for name in ("create_order", "reserve_inventory"):
         saga = invoke(handlers(name), context, saga, execution=owner)
     time.sleep(LEASE_S + 0.2)  # past the short lease
-    assert handlers("reaper").lambda_handler({}, context)["compensated"] == ["ord_1"]
+    assert reap(handlers, context)["compensated"] == ["ord_1"]
     assert handlers("park_saga").lambda_handler(failed_execution_event(started), context) == {"parked": False}
     before = order(aws)
     for name in ("release_inventory", "cancel_order"):
@@ -269,7 +316,7 @@ def test_no_lease_outlives_the_saga_deadline_and_an_overrunning_saga_is_reaped(a
     time.sleep(1.7)
     with pytest.raises(LeaseLost, match="deadline"):
         invoke(handlers("authorize_payment"), context, saga)
-    assert handlers("reaper").lambda_handler({}, context)["compensated"] == ["ord_1"]
+    assert reap(handlers, context)["compensated"] == ["ord_1"]
     assert stock(aws, "SKU-1") == (10, 0, 0)
     assert order(aws)["saga_status"] == "COMPENSATED"
 

@@ -33,7 +33,17 @@ from order_saga.events import outcome
 from order_saga.gateway import LEDGER_PREFIX
 from sagalocal.template import Template
 from tests.unit.conftest import ROOT, TABLES
-from tests.unit.helpers import EXECUTION, failed_execution_event, invoke, new_saga, order, payment, reservation, stock
+from tests.unit.helpers import (
+    EXECUTION,
+    failed_execution_event,
+    invoke,
+    new_saga,
+    order,
+    payment,
+    reap,
+    reservation,
+    stock,
+)
 
 BIN = Path(sys.executable).parent
 TEMPLATE = Template(ROOT / "template.yaml")
@@ -281,7 +291,7 @@ def test_a_payment_waiting_for_its_reconciliation_never_expires_until_it_is_reco
     assert "purge_at" not in payment(aws)
     assert retention_problems(aws) == []
     time.sleep(2.1)  # the authorization lands at the processor after the void
-    assert handlers("reaper").lambda_handler({}, context)["reconciled"] == {"ord_1#1": "reversed"}
+    assert reap(handlers, context)["reconciled"] == {"ord_1#1": "reversed"}
     reconciled = payment(aws)
     assert reconciled["purge_at"] == Timing.from_env().retained_until(reconciled["reconciled_at"])
     assert retention_problems(aws) == []
@@ -380,7 +390,7 @@ def test_records_expiring_at_once_change_no_outcome(aws, handlers, context, monk
                     reaper = handlers("reaper")
                     later = reaper.now_ms() + 3_600_000
                     monkeypatch.setattr(reaper, "now_ms", lambda: later)
-                    return reaper.lambda_handler({}, context)
+                    return reap(handlers, context, sweep=reaper)
                 return invoke(handlers(name), context, state)
             finally:
                 if sweep:

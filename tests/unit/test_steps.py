@@ -29,6 +29,7 @@ from tests.unit.helpers import (
     new_saga,
     order,
     payment,
+    reap,
     reservation,
     second_run_changes_nothing,
     stock,
@@ -372,19 +373,18 @@ def test_an_authorization_that_lands_after_the_void_is_reconciled_by_the_reaper(
     assert "reconcile_at" in voided
     assert ledger(aws)["state"] == "PROCESSING"
     time.sleep(2.1)  # the processor completes the authorization after the void: money is held for nothing
-    reaper = handlers("reaper")
-    swept = reaper.lambda_handler({}, context)
+    swept = reap(handlers, context)
     assert swept["reconciled"] == {"ord_1#1": "reversed"}
     assert ledger(aws)["state"] == "VOIDED"
     after = payment(aws)
     assert "reconcile" not in after
     assert after["reconciled"] == "reversed"
-    assert reaper.lambda_handler({}, context)["reconciled"] == {}  # once
+    assert reap(handlers, context)["reconciled"] == {}  # once
 
 
 def test_reconciliation_waits_while_the_processor_has_not_decided(aws, handlers, context, monkeypatch):
     given_up_and_voided(aws, handlers, context, monkeypatch, "tok_slow_60")
-    assert handlers("reaper").lambda_handler({}, context)["reconciled"] == {"ord_1#1": "undecided"}
+    assert reap(handlers, context)["reconciled"] == {"ord_1#1": "undecided"}
     assert "reconcile" in payment(aws)  # still marked: asked again at a later sweep
     assert ledger(aws)["state"] == "PROCESSING"
 
