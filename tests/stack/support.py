@@ -321,7 +321,15 @@ def settle_late_authorizations(target: Target, orders: dict[str, int], rounds: i
         swept = json.loads(target.client("lambda").invoke(
             FunctionName=target.outputs["ReaperFunctionName"], Payload=b"{}")["Payload"].read())
         assert "errorType" not in swept, swept
-        reversed_.update(pid for pid, outcome in swept["reconciled"].items() if outcome == "reversed")
+        # The sweep queued the due reconciliations; ReaperWorker does them (a few seconds at most).
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(
+                "reconcile" in (target.payment(order_id, m) or {}) and int(
+                    (target.payment(order_id, m) or {}).get("reconcile_at", 0)) <= time.time() * 1000
+                for order_id in dangling for m in range(1, orders[order_id] + 1)):
+            time.sleep(0.3)
+        reversed_.update(payment_id(order_id, m) for order_id in dangling for m in range(1, orders[order_id] + 1)
+                         if (target.payment(order_id, m) or {}).get("reconciled") == "reversed")
     return reversed_
 
 
