@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum < requirements-dev.txt | cut -d' ' -f1)
 
-.PHONY: run up test test-unit test-stack lint openapi docs build bench clean venv
+.PHONY: run up test test-unit test-stack lint openapi docs build bench bench-reaper clean venv
 
 # The console's browser libraries (dagre, htmx), exactly as sagalocal/console/package-lock.json pins them.
 # `make venv` installs them with the Python dependencies, so every target that serves the console has them.
@@ -62,6 +62,9 @@ build: venv  ## sam build (needs python3.13 on PATH, e.g. PYENV_VERSION=3.13.0:3
 bench: $(STAMP)  ## Benchmarks: this stack, 5d5f643's and ministack's, cold start -> docs/benchmarks.md
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
 	$(PY) bench/run_all.py $(BENCH_ARGS)
+
+bench-reaper: $(STAMP)  ## The reaper's drain of 500 abandoned sagas, fan-out vs sequential -> docs/benchmarks.md
+	$(PY) bench/reaper_drain.py --orders 500
 
 clean:
 	rm -rf $(VENV) .aws-sam .local .pytest_cache .ruff_cache sagalocal/console/node_modules

@@ -259,3 +259,54 @@ def coldstart_doc() -> str:
     import coldstart
 
     return " ".join(line.strip() for line in (coldstart.__doc__ or "").strip().splitlines()[1:])
+
+
+# ---- the reaper's drain (bench/reaper_drain.py), a section of its own that `make bench` keeps -------------------
+REAPER_BEGIN = "<!-- reaper-drain: written by bench/reaper_drain.py; bench/run_all.py keeps it -->"
+REAPER_END = "<!-- /reaper-drain -->"
+
+
+def reaper_section(r: dict[str, Any]) -> str:
+    rows = [[x["mode"], x["pollers"], x["peak_concurrency"], x["batch_size"], f"{x['finished']} of {x['orders']}",
+             f"{x['sweep_s']:.2f}", f"{x['drained_s']:.1f}", f"{x['per_s']:.1f}", x["invocations"],
+             "held" if x["payments_held"] else "intact" if x["stock_available"] == x["stock_expected"]
+             and x["stock_reserved"] == 0 and not any(x["queued_left"].values()) else "**broken**",
+             f"{x['load_before']} -> {x['load_after']}"] for x in r["runs"]]
+    return "\n".join([
+        REAPER_BEGIN, "", "## The reaper's drain (issue 20, point 5)", "",
+        f"Measured {r['date']} at commit `{r['commit']}` on {r['machine']} by `make bench-reaper` "
+        "(bench/reaper_drain.py). Each mode on a fresh embedded stack: N abandoned sagas written through the "
+        "domain code (an order whose execution died after ReserveInventory: lease and reservation expired, payment "
+        "PENDING), one sweep, then the time until every order is COMPENSATED. `fan-out`: ReaperQueue's mapping "
+        "with the template's MaximumConcurrency (ReaperConcurrency's default); `sequential`: the same with one "
+        "poller, one batch at a time, as the old sweep went one order at a time. Invariants after each: stock back "
+        "where it was, no payment held, nothing left in ReaperQueue or its dead-letter queue. The embedded stack "
+        "runs every worker on the machine's 2 cores, so the ratio, not the rate, is what carries over to AWS, "
+        "where each invocation has its own CPU.", "",
+        md(["mode", "pollers", "peak invocations at once", "batch", "finished", "sweep s", "drain s", "orders/s",
+            "worker invocations", "invariants", "load average before -> after"], rows), "", REAPER_END, ""])
+
+
+def write_reaper_section(path: Any, r: dict[str, Any]) -> None:
+    """Replace the section in docs/benchmarks.md (or add it at the end)."""
+    with open(path) as f:
+        text = f.read()
+    if REAPER_BEGIN in text:
+        head, _, rest = text.partition(REAPER_BEGIN)
+        text = head + reaper_section(r) + rest.partition(REAPER_END)[2].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + reaper_section(r)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def kept_reaper_section(path: str) -> str:
+    """The section as the file has it, for `make bench` to write back after its own."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return ""
+    if REAPER_BEGIN not in text:
+        return ""
+    return "\n" + REAPER_BEGIN + text.partition(REAPER_BEGIN)[2].partition(REAPER_END)[0] + REAPER_END + "\n"
