@@ -268,7 +268,8 @@ REAPER_END = "<!-- /reaper-drain -->"
 
 def reaper_section(r: dict[str, Any]) -> str:
     rows = [[x["mode"], x["pollers"], x["peak_concurrency"], x["batch_size"], f"{x['finished']} of {x['orders']}",
-             f"{x['sweep_s']:.2f}", f"{x['drained_s']:.1f}", f"{x['per_s']:.1f}", x["invocations"],
+             f"{x['sweep_s']:.2f}", f"{x['compensated_s']:.1f}", f"{x['drained_s']:.1f}", f"{x['per_s']:.1f}",
+             x["invocations"],
              "held" if x["payments_held"] else "intact" if x["stock_available"] == x["stock_expected"]
              and x["stock_reserved"] == 0 and not any(x["queued_left"].values()) else "**broken**",
              f"{x['load_before']} -> {x['load_after']}"] for x in r["runs"]]
@@ -277,13 +278,15 @@ def reaper_section(r: dict[str, Any]) -> str:
         f"Measured {r['date']} at commit `{r['commit']}` on {r['machine']} by `make bench-reaper` "
         "(bench/reaper_drain.py). Each mode on a fresh embedded stack: N abandoned sagas written through the "
         "domain code (an order whose execution died after ReserveInventory: lease and reservation expired, payment "
-        "PENDING), one sweep, then the time until every order is COMPENSATED. `fan-out`: ReaperQueue's mapping "
-        "with the template's MaximumConcurrency (ReaperConcurrency's default); `sequential`: the same with one "
+        "PENDING), one sweep (queueing two messages per saga: the order and its expired reservation), then the "
+        "time, from the sweep, until every order is COMPENSATED and until ReaperQueue is empty. `fan-out`: "
+        "ReaperQueue's mapping with the template's MaximumConcurrency (ReaperConcurrency's default); `sequential`: the same with one "
         "poller, one batch at a time, as the old sweep went one order at a time. Invariants after each: stock back "
         "where it was, no payment held, nothing left in ReaperQueue or its dead-letter queue. The embedded stack "
         "runs every worker on the machine's 2 cores, so the ratio, not the rate, is what carries over to AWS, "
         "where each invocation has its own CPU.", "",
-        md(["mode", "pollers", "peak invocations at once", "batch", "finished", "sweep s", "drain s", "orders/s",
+        md(["mode", "pollers", "peak invocations at once", "batch", "finished", "sweep s",
+            "all compensated s", "queue empty s", "orders/s",
             "worker invocations", "invariants", "load average before -> after"], rows), "", REAPER_END, ""])
 
 
