@@ -281,7 +281,8 @@ def reaper_section(r: dict[str, Any]) -> str:
         "PENDING), one sweep (queueing two messages per saga: the order and its expired reservation), then the "
         "time, from the sweep, until every order is COMPENSATED and until ReaperQueue is empty. `fan-out`: "
         "ReaperQueue's mapping with the template's MaximumConcurrency (ReaperConcurrency's default); "
-        "`sequential`: the same with one poller, one batch at a time, as the old sweep went one order at a time. Invariants after each: stock back "
+        "`sequential`: the same with one poller, one batch at a time, as the old sweep went one order at a time. "
+        "Invariants after each: stock back "
         "where it was, no payment held, nothing left in ReaperQueue or its dead-letter queue. The embedded stack "
         "runs every worker on the machine's 2 cores, so the ratio, not the rate, is what carries over to AWS, "
         "where each invocation has its own CPU.", "",
