@@ -4,8 +4,8 @@ As Lambda does (https://docs.aws.amazon.com/lambda/latest/dg/with-sqs.html, serv
 services-sqs-errorhandling.html):
 
   * pollers long-poll the queue (ReceiveMessage with a wait) with the function's own identity, so its role must
-    allow sqs:ReceiveMessage, sqs:DeleteMessage and sqs:GetQueueAttributes on the queue (IAM is enforced at the
-    endpoint);
+    allow sqs:ReceiveMessage, sqs:DeleteMessage and sqs:GetQueueAttributes (read when the mapping starts) on the
+    queue (IAM is enforced at the endpoint);
   * a batch holds at most BatchSize messages: receives are repeated (10 messages each at most) until BatchSize is
     reached or MaximumBatchingWindowInSeconds has passed since the first message (0: one receive);
   * at most ScalingConfig.MaximumConcurrency invocations run at once (each poller thread runs one at a time);
@@ -60,6 +60,14 @@ class QueueMapping:
                                           daemon=True) for n in range(self.pollers)]
 
     def start(self) -> None:
+        # Lambda reads the queue's attributes when the mapping is created (the queue must exist and be one it may
+        # read); a mapping that cannot still starts, and its pollers report why.
+        try:
+            self.client.get_queue_attributes(QueueUrl=self.spec["queue_url"],
+                                             AttributeNames=["VisibilityTimeout", "RedrivePolicy"])
+        except Exception as exc:  # noqa: BLE001 - denied, no such queue: said here and at every receive
+            log.error("%s: cannot read %s: %s", self.spec["function"], self.spec["queue_url"], exc)
+            self.last_processing_result = f"PROBLEM: cannot read the queue: {exc}"
         for thread in self._threads:
             thread.start()
 
