@@ -402,9 +402,13 @@ def render() -> str:
                 f"{f.stream_mapping['MaximumRecordAgeInSeconds']} s old (`MaximumRecordAgeInSeconds`), then its "
                 "invocation record to `OutcomeFailuresQueue`; a record that can never be published is set aside "
                 "there by the function at once | - | - |")
-    rows.append(f"| Reaper (`ReaperFunction`) | a sweep: each call bounded as above | - (a whole sweep: "
+    rows.append(f"| Reaper's sweep (`ReaperFunction`) | each call bounded as above | - (a whole sweep: "
                 f"{fmt(f.timeout('ReaperFunction'))}) | (scheduled: `ReaperSchedule`) "
-                "| the next sweep | - | takes over an order whose lease expired |")
+                "| the next sweep | - | queues each item it finds in `ReaperQueue` |")
+    rows.append(f"| ReaperWorker (`ReaperWorkerFunction`) | each call bounded as above | - (a batch: "
+                f"{fmt(f.timeout('ReaperWorkerFunction'))}) | (an SQS event source mapping) "
+                "| the item's message, after the queue's visibility timeout (6 x the function's timeout), at most "
+                "5 receives, then `ReaperDeadLetterQueue` | - | takes over an order whose lease expired |")
 
     states = f.asl["States"]
     for label, start, note in (
