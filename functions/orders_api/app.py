@@ -71,6 +71,7 @@ _sfn = aws_client("stepfunctions")
 STATE_MACHINE_ARN = os.environ["STATE_MACHINE_ARN"]
 # The most orders a customer may have open at once (the template's MaxOpenOrdersPerCustomer).
 MAX_OPEN_ORDERS = int(os.environ.get("MAX_OPEN_ORDERS", "5"))
+RETRY_AFTER_READS = 10  # the open orders a 429 reads to compute Retry-After
 
 
 def execution_arn_of(state_machine_arn: str, name: str) -> str:
@@ -272,8 +273,10 @@ def too_many_open_orders(counted: dict[str, Any], now: int) -> Response[OrderAcc
     and the reaper cancels it at its next sweep), at least 1 s; when none is running (all parked, which only an
     operator's redrive ends), one saga deadline."""
     open_ids = sorted(counted.get("open_orders") or ())
-    running = [order for order in store.batch_get(orders.table, [orders.key(i) for i in open_ids])
-               if "active" in order] if open_ids else []
+    # One GetItem each, for at most RETRY_AFTER_READS of them (the cap is small; a test stack's large cap must not
+    # make a refusal expensive): the soonest end among those read.
+    read = [orders.get(order_id, consistent=False) for order_id in open_ids[:RETRY_AFTER_READS]]
+    running = [order for order in read if order and "active" in order]
     ends = [max(int(o["deadline_at"]), int(o["lease_expires_at"])) for o in running]
     wait_ms = min(ends) - now if ends else TIMING.deadline_ms
     logger.info("too many open orders: refused", extra={"open_orders": len(open_ids), "limit": MAX_OPEN_ORDERS})
