@@ -30,6 +30,8 @@ BASELINE_COMMIT = "5d5f643"
 BASELINE = os.path.join(OUT, "baseline")
 PYENV = {"PYENV_VERSION": "3.13.0:3.11.7", "SAM_CLI_TELEMETRY": "0"}
 NO_REAPER = "ReaperSchedule=rate(1 day)"  # no sweep in the middle of a measurement
+# A benchmark is one client placing many orders at once: the per-customer limits lifted to their maximum.
+UNLIMITED = ("MaxOpenOrdersPerCustomer=1000", "ApiClientRateLimit=2000000000")
 MINISTACK_VENV = os.path.join(OUT, "ministack-venv")
 # ministack pins a botocore this venv cannot share; aws-sam-translator expands the SAM transform.
 MINISTACK_REQUIREMENTS = (
@@ -142,7 +144,7 @@ def start_new() -> Stack:
             f"--promotions {ROOT}/events/promotions.json")
     info = stack.spawn([sys.executable, "-m", "sagalocal", "up", "--template", f"{ROOT}/template.yaml",
                         "--port", str(free_port()), "--ready-file", ready, "--init", seed,
-                        "--parameter-overrides", NO_REAPER],
+                        "--parameter-overrides", NO_REAPER, *UNLIMITED],
                        {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT}/src"}, ready)
     stack.connect(info["api"], info["endpoint"], info["outputs"])
     stack.dynamodb_endpoint = info["dynamodb_endpoint"]
@@ -169,7 +171,7 @@ def start_baseline() -> Stack:
     stack.recording = os.path.join(stack.workdir, "moto_recording")
     info = stack.spawn([sys.executable, "-m", "sagalocal", "up", "--template", f"{root}/template.yaml",
                         "--events", stack.workdir, "--port", str(free_port()), "--ready-file", ready,
-                        "--parameter-overrides", NO_REAPER],
+                        "--parameter-overrides", NO_REAPER, *UNLIMITED],
                        {**os.environ, "PYTHONPATH": f"{root}:{root}/src", "MOTO_RECORDER_FILEPATH": stack.recording},
                        ready)
     stack.connect(info["api"], info["endpoint"], info["outputs"])
@@ -225,7 +227,7 @@ def start_ministack(build_dir: str) -> Stack:
         run([samlocal, "deploy", "--template-file", f"{build_dir}/template.yaml", "--stack-name", "order-saga-bench",
              "--resolve-s3", "--capabilities", "CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND", "--no-confirm-changeset",
              "--no-fail-on-empty-changeset", "--region", "us-east-1", "--parameter-overrides", "Stage=bench",
-             NO_REAPER], "samlocal deploy to ministack", 600, cwd=build_dir,
+             NO_REAPER, *UNLIMITED], "samlocal deploy to ministack", 600, cwd=build_dir,
             env=pyenv_env(**creds, AWS_ENDPOINT_URL=endpoint, EDGE_PORT=str(port), LOCALSTACK_HOSTNAME="127.0.0.1"))
         stack.startup_s = time.perf_counter() - started
         described = client("cloudformation", endpoint).describe_stacks(StackName="order-saga-bench")

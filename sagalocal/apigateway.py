@@ -2,10 +2,10 @@
 
 An HTTP request becomes the API Gateway proxy event `sam local start-api` builds, the route's function runs
 in the Lambda service, and its answer becomes the HTTP response. Requests are served concurrently. As on
-the stage: the stage's throttling (a token bucket: rate and burst, 429 past them) comes first, then the
-route's authorizer (401 without a valid token), and every request leaves an access log line in the stage's
-format. Paths are served with or without the stage prefix (/dev/orders and /orders), so a Location that
-carries the stage resolves here as on AWS.
+the stage: the web ACL associated with it (AWS WAF: its rate-based rules, emulated by WebAcl) comes first, then
+the stage's throttling (a token bucket: rate and burst, 429 past them), then the route's authorizer (401 without
+a valid token), and every request leaves an access log line in the stage's format. Paths are served with or
+without the stage prefix (/dev/orders and /orders), so a Location that carries the stage resolves here as on AWS.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -117,6 +119,89 @@ class TokenBucket:
             return True
 
 
+class WebAclError(Exception):
+    """The web ACL uses something WebAcl does not emulate: the message names the rule and the property."""
+
+
+CONTENT_TYPES = {"APPLICATION_JSON": "application/json", "TEXT_PLAIN": "text/plain", "TEXT_HTML": "text/html"}
+WINDOWS = (60, 120, 300, 600)  # WAF's EvaluationWindowSec values
+
+
+@dataclass
+class RateRule:
+    name: str
+    limit: int
+    window: float  # seconds
+    header: str  # the aggregation key: this header's value (lower case name)
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    seen: dict[str, deque[float]] = field(default_factory=dict)  # key -> the times of its requests in the window
+
+
+class WebAcl:
+    """An AWS WAF web ACL on the stage (AWS::WAFv2::WebACL, from the template), as far as this template uses one:
+    rate-based rules aggregated on one header's value (CUSTOM_KEYS, a Header, no text transformation), blocking
+    with a custom response; the default action Allow. Anything else is refused at start, naming it.
+
+    It counts exactly, over a sliding window of EvaluationWindowSec, every request that carries the header (blocked
+    ones too, as WAF counts them), and blocks a key's request while its count exceeds the limit. WAF itself counts
+    approximately, re-evaluates the rates every few seconds and starts (and stops) blocking some seconds late, so a
+    client there may pass the limit by a little before the first 429; a request without the header is not counted
+    by either (the authorizer answers it 401)."""
+
+    def __init__(self, name: str, props: dict[str, Any], clock: Callable[[], float] = time.monotonic) -> None:
+        self.name, self.clock = name, clock
+        self._lock = threading.Lock()
+        if "Allow" not in (props.get("DefaultAction") or {}):
+            raise WebAclError(f"{name}.DefaultAction: only Allow is emulated")
+        bodies = props.get("CustomResponseBodies") or {}
+        self.rules = [self._rule(rule, bodies) for rule in sorted(props.get("Rules") or [],
+                                                                   key=lambda r: int(r.get("Priority", 0)))]
+
+    def _rule(self, rule: dict[str, Any], bodies: dict[str, Any]) -> RateRule:
+        where = f"{self.name}.Rules.{rule.get('Name')}"
+        rate = (rule.get("Statement") or {}).get("RateBasedStatement")
+        if not rate or set(rule["Statement"]) != {"RateBasedStatement"}:
+            raise WebAclError(f"{where}.Statement: only a RateBasedStatement is emulated")
+        keys = rate.get("CustomKeys") or []
+        header = (keys[0].get("Header") or {}) if len(keys) == 1 else {}
+        if rate.get("AggregateKeyType") != "CUSTOM_KEYS" or not header or "ScopeDownStatement" in rate or any(
+                t.get("Type") != "NONE" for t in header.get("TextTransformations") or []):
+            raise WebAclError(f"{where}: only CUSTOM_KEYS on one Header, without transformation or scope-down, "
+                              f"is emulated")
+        window = int(rate.get("EvaluationWindowSec", 300))
+        limit = int(rate["Limit"])
+        if window not in WINDOWS or limit < 10:
+            raise WebAclError(f"{where}: EvaluationWindowSec {window} (one of {WINDOWS}), Limit {limit} (at least 10)")
+        response = ((rule.get("Action") or {}).get("Block") or {}).get("CustomResponse")
+        if not response:
+            raise WebAclError(f"{where}.Action: only Block with a CustomResponse is emulated")
+        body = bodies.get(response.get("CustomResponseBodyKey")) or {}
+        headers = {str(h["Name"]): str(h["Value"]) for h in response.get("ResponseHeaders") or []}
+        if body:
+            headers["Content-Type"] = CONTENT_TYPES[str(body.get("ContentType"))]
+        return RateRule(str(rule.get("Name")), limit, float(window), str(header["Name"]).lower(),
+                        int(response["ResponseCode"]), headers, str(body.get("Content", "")).encode())
+
+    def check(self, headers: dict[str, str]) -> RateRule | None:
+        """Count the request; the rule that blocks it, or None (allowed)."""
+        lowered = {k.lower(): v for k, v in headers.items()}
+        now = self.clock()
+        with self._lock:
+            for rule in self.rules:
+                key = lowered.get(rule.header)
+                if key is None:
+                    continue
+                seen = rule.seen.setdefault(key, deque())
+                while seen and seen[0] <= now - rule.window:
+                    seen.popleft()
+                seen.append(now)
+                if len(seen) > rule.limit:
+                    return rule
+        return None
+
+
 class AccessLog:
     """The stage's access log: the AccessLogSetting format with its $context variables, one line a request."""
 
@@ -149,7 +234,7 @@ Authorize = Callable[[Route, dict[str, str]], tuple[dict[str, Any] | None, tuple
 
 def serve_api(routes: list[Route], stage: str, account: str, invoke: Callable[[str, Any], Any], port: int,
               authorize: Authorize | None = None, throttle: TokenBucket | None = None,
-              access_log: AccessLog | None = None) -> _Server:
+              access_log: AccessLog | None = None, web_acl: WebAcl | None = None) -> _Server:
     """Serve `routes` on 127.0.0.1:`port`. `authorize` returns the authorizer context, or the refusal."""
 
     class Handler(BaseHTTPRequestHandler):
@@ -181,6 +266,11 @@ def serve_api(routes: list[Route], stage: str, account: str, invoke: Callable[[s
                 self._send(413, JSON, b'{"message":"Request Too Long"}')
                 return
             body = self.rfile.read(length) if length else None
+            blocked = web_acl.check({k: v for k, v in self.headers.items()}) if web_acl is not None else None
+            if blocked is not None:
+                self.log_context["error"] = {"messageString": f"blocked by {web_acl.name}: {blocked.name}"}
+                self._send(blocked.status, blocked.headers, blocked.body)
+                return
             if throttle is not None and not throttle.take():
                 self.log_context["error"] = {"messageString": "Too Many Requests"}
                 self._send(429, JSON, b'{"message":"Too Many Requests"}')

@@ -32,7 +32,7 @@ import boto3
 from botocore.config import Config
 
 from sagalocal import eventbridge, metrics, motomodels, sqs, stepfunctions
-from sagalocal.apigateway import AccessLog, TokenBucket, serve_api
+from sagalocal.apigateway import AccessLog, TokenBucket, WebAcl, WebAclError, serve_api
 from sagalocal.awslambda.eventsources import SqsDestination, StreamMapping
 from sagalocal.awslambda.queues import QueueMapping, queue_url
 from sagalocal.awslambda.service import LambdaService
@@ -252,7 +252,29 @@ class LocalStack:
         access = self.resources.api.get("AccessLogSetting")
         if access and access.get("Format"):
             stage["access_log"] = AccessLog(self.log_dir / "ApiAccess.log", str(access["Format"]))
+        acl = self._web_acl()
+        if acl is not None:
+            stage["web_acl"] = acl
         return stage
+
+    def _web_acl(self) -> WebAcl | None:
+        """The web ACL an AWS::WAFv2::WebACLAssociation attaches to the REST API's stage (not a resource the local
+        stack creates: the API server applies its rules, read from the template)."""
+        t = self.template
+        apis = set(t.of_type("AWS::Serverless::Api", "AWS::ApiGateway::RestApi"))
+        for association in t.of_type("AWS::WAFv2::WebACLAssociation"):
+            props = t.properties(association)
+            if not t.references(props.get("ResourceArn")) & apis:
+                continue
+            acls = sorted(t.references(props.get("WebACLArn")))
+            if len(acls) != 1 or t.resources[acls[0]].get("Type") != "AWS::WAFv2::WebACL":
+                raise StackError(f"Resources.{association}.Properties.WebACLArn: only a web ACL of this template "
+                                 f"is emulated")
+            try:
+                return WebAcl(acls[0], t.resolve(t.properties(acls[0]), f"Resources.{acls[0]}.Properties"))
+            except WebAclError as exc:
+                raise StackError(f"Resources.{exc}") from exc
+        return None
 
     def _register_identities(self) -> None:
         """Each function's credentials and role: the DynamoDB process and the endpoint enforce them."""

@@ -17,11 +17,17 @@ then its key places a new order with the same order id. Its records in the other
 deletes expired items in no order, up to days late): the catalog read also reads the order's reservation (and its
 redemption of the coupon asked for), and a key whose earlier order is gone but not its records answers 409 until
 they are, so that no new order ever meets an old order's records.
+
+A customer has at most MAX_OPEN_ORDERS orders open (unfinished or parked): the order's write also adds it to the
+customer's open orders on condition that fewer are open (Orders.take_slot), and the write that finishes an order
+takes it out. Over the cap the answer is 429 with Retry-After, and nothing is written; a resubmission of an order
+already placed is replayed whatever the count (its order is there: it takes no second place).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Annotated, Any
 
@@ -63,6 +69,9 @@ _sfn = aws_client("stepfunctions")
 # The state machine's alias `live` (template.yaml): each execution runs the version the alias points at when it
 # starts, start to end, whatever a deploy publishes meanwhile.
 STATE_MACHINE_ARN = os.environ["STATE_MACHINE_ARN"]
+# The most orders a customer may have open at once (the template's MaxOpenOrdersPerCustomer).
+MAX_OPEN_ORDERS = int(os.environ.get("MAX_OPEN_ORDERS", "5"))
+RETRY_AFTER_READS = 10  # the open orders a 429 reads to compute Retry-After
 
 
 def execution_arn_of(state_machine_arn: str, name: str) -> str:
@@ -186,6 +195,10 @@ def _problem(description: str) -> dict[str, Any]:
                      415: _problem("The body is not JSON"),
                      422: _problem("Unknown sku, unknown or expired coupon, or the Idempotency-Key was used with "
                                    "another body"),
+                     429: _problem("Too many requests: the customer already has MaxOpenOrdersPerCustomer orders "
+                                   "open (body: open_orders, limit; nothing written), or this client exceeded its "
+                                   "request rate (answered by the API's web ACL) or the stage's throttle. Retry "
+                                   "after Retry-After seconds"),
                      503: _problem("The order store is busy: retry with the same Idempotency-Key (Retry-After)")})
 def place_order(order: OrderRequest, idempotency_key: IdempotencyKey) -> Response[OrderAccepted | ProblemBody]:
     # The catalog's lines and the coupon, in one request; with them, what an earlier order of this key left.
@@ -233,11 +246,14 @@ def place_order(order: OrderRequest, idempotency_key: IdempotencyKey) -> Respons
                            coupon=order.coupon, discount=discount, amounts=[m.amount for m in methods])
     cancelled = store.transact({"order": orders.put_new(new), **{
         f"payment:{n}": payments.put_new(order_id, n, method.token, method.amount, currency, now)
-        for n, method in enumerate(methods, start=1)}})
+        for n, method in enumerate(methods, start=1)},
+        "customer": orders.take_slot(customer_id, order_id, MAX_OPEN_ORDERS)})
     if cancelled is not None:
         existing = cancelled.item("order")
         if not existing and not cancelled.failed("order"):
-            return expired_key()  # no order, but its payment is there: an expired order's, not deleted yet
+            if cancelled.failed_among("payment:"):
+                return expired_key()  # no order, but its payment is there: an expired order's, not deleted yet
+            return too_many_open_orders(cancelled.item("customer") or {}, now)
         if not existing or existing.get("request_hash") != digest:
             return error(422, "this Idempotency-Key was already used with a different request body")
         new = existing  # a resubmission: replay the first answer (and start the saga if it never started)
@@ -249,6 +265,27 @@ def expired_key() -> Response[OrderAccepted | ProblemBody]:
     logger.info("an expired order's records are still there: refused")
     return error(409, "this Idempotency-Key's earlier order has expired and its records are still being deleted; "
                       "place the order with a new Idempotency-Key")
+
+
+def too_many_open_orders(counted: dict[str, Any], now: int) -> Response[OrderAccepted | ProblemBody]:
+    """The customer has MAX_OPEN_ORDERS orders open: 429, nothing written. Retry-After is the time until the
+    soonest deadline of those orders still running (by its deadline a saga has finished, or its lease has run out
+    and the reaper cancels it at its next sweep), at least 1 s; when none is running (all parked, which only an
+    operator's redrive ends), one saga deadline."""
+    open_ids = sorted(counted.get("open_orders") or ())
+    # One GetItem each, for at most RETRY_AFTER_READS of them (the cap is small; a test stack's large cap must not
+    # make a refusal expensive): the soonest end among those read.
+    read = [orders.get(order_id, consistent=False) for order_id in open_ids[:RETRY_AFTER_READS]]
+    running = [order for order in read if order and "active" in order]
+    ends = [max(int(o["deadline_at"]), int(o["lease_expires_at"])) for o in running]
+    wait_ms = min(ends) - now if ends else TIMING.deadline_ms
+    logger.info("too many open orders: refused", extra={"open_orders": len(open_ids), "limit": MAX_OPEN_ORDERS})
+    return Response(status_code=429, content_type=content_types.APPLICATION_JSON,
+                    headers={"Retry-After": str(max(1, math.ceil(wait_ms / 1000)))},
+                    body={"error": f"too many open orders: {len(open_ids)} of this customer's orders are still "
+                                   f"open, and at most {MAX_OPEN_ORDERS} may be; place this order once one of "
+                                   f"them has finished (Retry-After), with the same Idempotency-Key",
+                          "open_orders": len(open_ids), "limit": MAX_OPEN_ORDERS})
 
 
 def start_saga(new: dict[str, Any]) -> Response[OrderAccepted | ProblemBody]:

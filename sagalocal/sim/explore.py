@@ -83,7 +83,7 @@ def run_mix(seed: int) -> MixResult:
     with World(seed=seed, mix=Mix(mix_orders(seed))) as world:
         world.run_mix()
         faults = sum(1 for line in world.log if line.split(" ", 1)[0].split("+")[0] in KINDS)
-        return MixResult(check(world), world.log, sorted(str(o["saga_status"]) for o in world.items("OrdersTable")),
+        return MixResult(check(world), world.log, sorted(str(o["saga_status"]) for o in world.orders()),
                          faults)
 
 
@@ -119,7 +119,7 @@ def run_case(path: str, fault: Fault | None, expect_completed: bool = False) -> 
         if fault is not None and not world.fired and fault.point >= 0:
             violations.append(f"the fault at point {fault.point} never fired: the run diverged before it")
         if expect_completed and fault is not None and fault.kind in RETRIED and fault.follow_up in HARMLESS:
-            statuses = {str(o.get("saga_status")) for o in world.items("OrdersTable")}
+            statuses = {str(o.get("saga_status")) for o in world.orders()}
             if statuses != {"COMPLETED"}:
                 violations.append(f"a sale lost to a retried fault: the order ended {', '.join(sorted(statuses))} "
                                   f"where the run without it completed")

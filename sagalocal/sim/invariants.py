@@ -4,7 +4,8 @@ Each check returns the violations it finds, as sentences naming the invariant, s
 as what broke: no oversell; stock conserved; every order in one terminal state with exactly one outcome event
 (a parked saga is redriven to its end first, and parked once per SagaParked event); a COMPLETED order stays
 COMPLETED, fully captured, its stock sold; past the pivot (the stock commit, a capture) the saga only goes
-forward, unless the processor itself refused a capture; nothing held once the saga ended; coupon limits.
+forward, unless the processor itself refused a capture; nothing held once the saga ended; coupon limits; each
+customer's open-orders item holds exactly its open orders, within MaxOpenOrdersPerCustomer.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ HELD_AT_GATEWAY = ("AUTHORIZED", "CAPTURED")
 def check(world: World) -> list[str]:
     from order_saga.dynamo import from_ddb
     from order_saga.events import outcome
+    from order_saga.orders import CUSTOMER_PREFIX, is_order
     from sagalocal.dynamodb.streams import STREAMS
 
-    orders = {o["order_id"]: o for o in world.items("OrdersTable")}
+    table = world.items("OrdersTable")
+    orders = {o["order_id"]: o for o in table if is_order(o)}
     inventory = world.items("InventoryTable")
     payments = [p for p in world.items("PaymentsTable") if "#" in str(p["payment_id"])]
     promotions = world.items("PromotionsTable")
@@ -139,6 +142,22 @@ def check(world: World) -> list[str]:
             if used > int(coupon["per_customer"]) or used != per_customer.get(customer, 0):
                 violations.append(f"coupon {code}: customer uses {used}, {per_customer.get(customer, 0)} live, "
                                   f"per-customer limit {coupon['per_customer']}")
+    # Open orders per customer: the customer's item holds exactly the ids of its orders that are not COMPLETED nor
+    # COMPENSATED (unfinished or parked), never more than the cap.
+    open_of: dict[str, set[str]] = defaultdict(set)
+    for order_id, order in orders.items():
+        if order.get("saga_status") not in TERMINAL:
+            open_of[str(order["customer_id"])].add(str(order_id))
+    counted = {str(item["order_id"]).removeprefix(CUSTOMER_PREFIX): set(item.get("open_orders") or ())
+               for item in table if not is_order(item)}
+    cap = int(world.stack.parameters["MaxOpenOrdersPerCustomer"])
+    for customer in sorted(set(open_of) | set(counted)):
+        held, really = counted.get(customer, set()), open_of.get(customer, set())
+        if held != really:
+            violations.append(f"open orders of customer {customer}: the count holds {sorted(held)}, the orders open "
+                              f"are {sorted(really)}")
+        if len(held) > cap:
+            violations.append(f"open orders of customer {customer}: {len(held)} open, over the cap of {cap}")
     return violations
 
 

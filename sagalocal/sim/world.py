@@ -771,7 +771,7 @@ class World:
     def _follow_up_at_point(self, invocation: Invocation | None, follow_up: str | None) -> None:
         follow_up = (follow_up or "").removesuffix("+redrive") or None
         if follow_up == "reaper":
-            leases = [int(o["lease_expires_at"]) for o in self.items("OrdersTable") if "active" in o]
+            leases = [int(o["lease_expires_at"]) for o in self.orders() if "active" in o]
             CLOCK.now = max([CLOCK.now, *(ms / 1000 + 1 for ms in leases)])
             self.log.append("the lease expired; the reaper runs")
             self.run_reaper()
@@ -876,7 +876,7 @@ class World:
     def redrive(self, parked_only: bool) -> None:
         """RedriveExecution of every execution that can be redriven (FAILED, ABORTED, TIMED_OUT), or only of those
         whose order is parked (FAILED): the operator's command (`python -m sagalocal redrive`)."""
-        parked = {str(o["order_id"]) for o in self.items("OrdersTable") if o.get("saga_status") == "FAILED"}
+        parked = {str(o["order_id"]) for o in self.orders() if o.get("saga_status") == "FAILED"}
         for execution in self.executions():
             if execution["status"] not in ("FAILED", "ABORTED", "TIMED_OUT"):
                 continue
@@ -1030,6 +1030,12 @@ class World:
             start = page.get("LastEvaluatedKey")
             if not start:
                 return found
+
+    def orders(self) -> list[dict[str, Any]]:
+        """The orders table's orders (not its per-customer open-orders items)."""
+        from order_saga.orders import is_order
+
+        return [item for item in self.items("OrdersTable") if is_order(item)]
 
     def order_stream(self) -> list[dict[str, Any]]:
         from sagalocal.dynamodb.streams import STREAMS

@@ -215,6 +215,8 @@ class ProblemBody(BaseModel):
     details: list[dict[str, str]] | None = None
     unknown_skus: list[str] | None = None
     coupon: str | None = None
+    open_orders: int | None = None  # 429: the customer's open orders
+    limit: int | None = None  # 429: the most a customer may have open (MaxOpenOrdersPerCustomer)
 
 
 class ExecutionStatusChange(BaseModel):

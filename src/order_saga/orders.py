@@ -13,6 +13,14 @@ IndexShards values spread by order id, so no index partition takes every saga.
 Finished orders (COMPLETED, COMPENSATED) carry `purge_at`, the table's TTL attribute: the write that finishes the
 saga sets it to the order retention from then. An unfinished or parked (FAILED) order never carries it, and no
 write takes an order out of COMPLETED or COMPENSATED, so an order never expires while anything can still need it.
+
+Open orders per customer: the table also holds one item per customer (order_id `CUSTOMER#<sub>`, never an order id,
+which is `ord_<hex>`) whose `open_orders` is the string set of the customer's open orders' ids: unfinished or parked,
+not COMPLETED nor COMPENSATED. The API's order write adds the new id in the same transaction, on condition that the
+set holds fewer than the cap (take_slot); every write that finishes an order (`complete`, and `compensation_update`
+with `finish`) removes it in the same transaction (release_slot). So the set is exactly the open orders, however
+requests race: a set, not a number, so that a repeat adds or removes nothing twice, and an order placed before the
+set existed is never subtracted. The item has no `purge_at`: it is kept (one small item per customer).
 """
 
 from __future__ import annotations
@@ -47,6 +55,12 @@ STEP_ORDER = (
 COMPENSABLE = (models.PENDING, models.EXECUTING, models.COMPENSATING, models.FAILED)
 # The order is owned and on its way: a second execution is refused (OrderLocked).
 UNDERWAY = (models.EXECUTING, models.CONFIRMING, models.COMPLETED)
+CUSTOMER_PREFIX = "CUSTOMER#"  # the per-customer item's key: order_id CUSTOMER#<sub>
+
+
+def is_order(item: dict[str, Any]) -> bool:
+    """An order, not a customer's open-orders item (the table holds both)."""
+    return not str(item.get("order_id", "")).startswith(CUSTOMER_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -93,6 +107,32 @@ class Orders:
     def put_new(self, order: dict[str, Any]) -> dict[str, Any]:
         return {"Put": {"TableName": self.table, "Item": to_ddb(order),
                         "ConditionExpression": "attribute_not_exists(order_id)"}}
+
+    # ---- open orders per customer ------------------------------------------------------------------------
+    def customer_key(self, customer_id: str) -> dict[str, Any]:
+        return to_ddb({"order_id": CUSTOMER_PREFIX + customer_id})
+
+    def take_slot(self, customer_id: str, order_id: str, cap: int) -> dict[str, Any]:
+        """The API's part, in the transaction that writes the new order: the order is one of the customer's open
+        orders, on condition that fewer than `cap` are open. Cancelled by it: over the cap, nothing written."""
+        return {"Update": {
+            "TableName": self.table, "Key": self.customer_key(customer_id),
+            "UpdateExpression": "ADD open_orders :order SET customer_id = :customer",
+            "ConditionExpression": "attribute_not_exists(open_orders) OR size(open_orders) < :cap",
+            "ExpressionAttributeValues": values(order={order_id}, customer=customer_id, cap=cap)}}
+
+    def release_slot(self, customer_id: str, order_id: str) -> dict[str, Any]:
+        """The finishing write's part (COMPLETED or COMPENSATED, in the same transaction): the order is open no more.
+        Unconditional and idempotent: removing an id the set does not hold changes nothing."""
+        return {"Update": {
+            "TableName": self.table, "Key": self.customer_key(customer_id),
+            "UpdateExpression": "DELETE open_orders :order",
+            "ExpressionAttributeValues": values(order={order_id})}}
+
+    def open_orders(self, customer_id: str) -> set[str]:
+        """The customer's open orders' ids, as the per-customer item holds them."""
+        item = self.get(CUSTOMER_PREFIX + customer_id) or {}
+        return set(item.get("open_orders") or ())
 
     # ---- CreateOrder -------------------------------------------------------------------------------------
     def acquire(self, saga: models.SagaState, owner: str, now: int) -> tuple[dict[str, Any], Lease]:

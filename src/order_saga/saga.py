@@ -211,13 +211,16 @@ def finish_confirmation(store: Store, orders: Orders, payments: Payments, saga: 
         retire["retire:reservation"] = inventory.retire_items(saga.order_id, now)["reservation"]
     if promotions is not None and saga.coupon:
         retire["retire:redemption"] = promotions.retire_item(saga.coupon, saga.order_id, now)
-    cancelled = store.transact({**final, **retire, "order": orders.complete(lease, step, now)})
+    # The order stops being one of its customer's open orders in the same write that completes it.
+    done = {"order": orders.complete(lease, step, now),
+            "customer": orders.release_slot(saga.customer_id, saga.order_id)}
+    cancelled = store.transact({**final, **retire, **done})
     if cancelled is not None and retire and cancelled.failed_among("retire:") and not any(
             cancelled.failed(name) for name in cancelled.reasons if not name.startswith("retire:")):
         # A record not in the state its retention expects (it never should be): complete the order without it, so
         # that housekeeping never holds a saga back; that record then never expires.
         kept = {name: item for name, item in retire.items() if not cancelled.failed(name)}
-        cancelled = store.transact({**final, **kept, "order": orders.complete(lease, step, now)})
+        cancelled = store.transact({**final, **kept, **done})
     if cancelled is None:
         return saga
     order = cancelled.item("order")
@@ -283,6 +286,8 @@ def compensate(store: Store, orders: Orders, saga: SagaState, owner: str, step: 
     for _ in range(5):
         items = undo() if undo is not None else {}
         update = orders.compensation_update(lease, step, failure, now, finish, log_once=not items)
+        if finish:  # the order stops being one of its customer's open orders in the write that cancels it
+            items = {**items, "customer": orders.release_slot(saga.customer_id, saga.order_id)}
         if not items:
             acted = store.update(**update["Update"]).ok  # False: done before, or not ours any more
             break

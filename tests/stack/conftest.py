@@ -34,6 +34,10 @@ SEED = f"{sys.executable} {ROOT / 'scripts/seed_catalog.py'} --stack-outputs .lo
        f"{ROOT / 'events/catalog.json'} --promotions {ROOT / 'events/promotions.json'}"
 DEPLOYED = bool(os.environ.get("SAGA_API_URL"))
 SKIPPED_ELSEWHERE: list[tuple[str, str]] = []
+# The stack tier places hundreds of orders at once from one customer and one token (tests/stack/test_concurrency.py):
+# its stacks lift the per-customer limits to their maximum; tests/stack/test_limits.py starts its own stack with low
+# ones. A deployed stack under test is deployed with these too (docs/testing.md).
+UNLIMITED = ("MaxOpenOrdersPerCustomer=1000", "ApiClientRateLimit=2000000000")
 
 
 def start_embedded(workdir: Path, *extra: str, overrides: tuple[str, ...] = (),
@@ -45,7 +49,7 @@ def start_embedded(workdir: Path, *extra: str, overrides: tuple[str, ...] = (),
     process = subprocess.Popen(
         [sys.executable, "-m", "sagalocal", "up", "--template", str(template), "--port", str(free_port()),
          "--ready-file", str(ready), "--init", SEED, "--parameter-overrides", "FaultInjection=true",
-         "ReconcileAfterSeconds=1", *overrides,
+         "ReconcileAfterSeconds=1", *UNLIMITED, *overrides,
          *extra],
         cwd=workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )

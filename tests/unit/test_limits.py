@@ -1,0 +1,206 @@
+"""Open orders per customer: the cap at the API (429, Retry-After, nothing written), and the customer's open-orders
+item kept exact by every write that opens or finishes an order (docs/api.md, "Limits")."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import pytest
+
+from order_saga.errors import PaymentGatewayUnavailable
+from order_saga.orders import CUSTOMER_PREFIX
+from tests.unit.conftest import ROOT, scan_all
+from tests.unit.helpers import EXECUTION, get, invoke, order, orders_of, second_run_changes_nothing
+from tests.unit.test_api import ALICE, BOB, GOOD, call, executions
+
+CAP = 2
+LEASE_S = 1.5  # as tests/unit/test_leases.py: long enough for consecutive steps on a loaded machine
+
+
+@pytest.fixture
+def capped(api, monkeypatch):
+    monkeypatch.setattr(api, "MAX_OPEN_ORDERS", CAP)
+    return api
+
+
+def place(api, context, key: str, customer: str = ALICE, body: dict | None = None) -> tuple[int, dict, dict]:
+    return call(api, context, "POST", "/orders", body or GOOD, {"Idempotency-Key": key}, customer=customer)
+
+
+def open_orders(aws, customer: str = ALICE) -> set[str]:
+    return set((get(aws, "ORDERS_TABLE", order_id=CUSTOMER_PREFIX + customer) or {}).get("open_orders") or ())
+
+
+def header(response: dict, name: str) -> str | None:
+    return (response.get("headers") or {}).get(name) or ((response.get("multiValueHeaders") or {}).get(name)
+                                                           or [None])[0]
+
+
+def saga_of(aws, order_id: str) -> dict:
+    """The execution input the API started the saga with."""
+    item = order(aws, order_id)
+    return {k: item[k] for k in ("order_id", "customer_id", "lease_expires_at", "deadline_at")}
+
+
+# ---- the API -------------------------------------------------------------------------------------------------
+def test_over_the_cap_is_429_with_retry_after_and_writes_nothing(capped, context, aws):
+    placed = [place(capped, context, f"key-{n}")[1]["order_id"] for n in range(CAP)]
+    assert open_orders(aws) == set(placed)
+    tables, started = scan_all(aws), len(executions())
+    status, body, response = place(capped, context, "key-over")
+    assert status == 429, body
+    assert body["open_orders"] == CAP
+    assert body["limit"] == CAP
+    assert "too many open orders" in body["error"]
+    retry_after = int(header(response, "Retry-After"))
+    # The soonest end of the open orders: their deadline, SagaDeadlineSeconds after they were placed.
+    deadline_at = min(order(aws, o)["deadline_at"] for o in placed)
+    assert 1 <= retry_after <= math.ceil((deadline_at - time.time() * 1000) / 1000) + 1
+    assert scan_all(aws) == tables  # nothing written: no order, no payment, no count
+    assert len(executions()) == started  # no saga started
+    # Another customer is not counted against this one.
+    assert place(capped, context, "key-over", customer=BOB)[0] == 202
+    assert len(open_orders(aws, BOB)) == 1
+    assert len(open_orders(aws)) == CAP
+
+
+def test_a_resubmission_at_the_cap_is_replayed_and_counts_once(capped, context, aws):
+    first = [place(capped, context, f"key-{n}") for n in range(CAP)]
+    tables = scan_all(aws)
+    again = place(capped, context, "key-0")
+    assert (again[0], again[1]) == (first[0][0], first[0][1]) == (202, first[0][1])
+    assert scan_all(aws) == tables
+    assert len(open_orders(aws)) == CAP
+
+
+def test_a_refused_body_is_refused_before_the_count_and_over_the_cap_a_new_body_for_a_used_key_is_still_422(
+        capped, context, aws):
+    for n in range(CAP):
+        place(capped, context, f"key-{n}")
+    other = {**GOOD, "items": [{"sku": "SKU-1", "quantity": 1}]}
+    assert place(capped, context, "key-0", body=other)[0] == 422  # the key's order exists: not a new order
+    assert place(capped, context, "key-x", body={"items": [{"sku": "NOPE", "quantity": 1}],
+                                                   "payment_token": "tok_approve"})[0] == 422
+
+
+def test_the_api_answer_shape_is_the_documented_problem_body(capped, context, aws):
+    for n in range(CAP):
+        place(capped, context, f"key-{n}")
+    _, body, response = place(capped, context, "key-over")
+    assert set(body) == {"error", "open_orders", "limit"}
+    assert header(response, "Content-Type") == "application/json"
+    spec = json.loads((ROOT / "docs/openapi.json").read_text())
+    assert "429" in spec["paths"]["/orders"]["post"]["responses"]
+
+
+# ---- every write that finishes an order takes it out -----------------------------------------------------------
+def test_confirm_order_completes_and_takes_the_order_out(capped, context, aws, handlers):
+    order_id = place(capped, context, "key-1")[1]["order_id"]
+    saga = saga_of(aws, order_id)
+    for name in ("create_order", "reserve_inventory", "authorize_payment", "confirm_order"):
+        saga = invoke(handlers(name), context, saga)
+    assert order(aws, order_id)["saga_status"] == "COMPLETED"
+    assert open_orders(aws) == set()
+    assert place(capped, context, "key-2")[0] == 202  # the place is free again
+
+
+def test_cancel_order_takes_the_order_out_once(capped, context, aws, handlers):
+    order_id = place(capped, context, "key-1")[1]["order_id"]
+    place(capped, context, "key-2")
+    saga = invoke(handlers("create_order"), context, saga_of(aws, order_id))
+    failed = {**saga, "failures": {"ReserveInventory": {"Error": "OutOfStock", "Cause": "none left"}}}
+    cancel = handlers("cancel_order")
+    second_run_changes_nothing(aws, lambda: invoke(cancel, context, failed))
+    assert order(aws, order_id)["saga_status"] == "COMPENSATED"
+    assert len(open_orders(aws)) == 1
+    assert order_id not in open_orders(aws)
+
+
+def test_refund_payment_finishing_past_the_pivot_takes_the_order_out(capped, context, aws, handlers, monkeypatch):
+    order_id = place(capped, context, "key-1")[1]["order_id"]
+    saga = saga_of(aws, order_id)
+    for name in ("create_order", "reserve_inventory", "authorize_payment"):
+        saga = invoke(handlers(name), context, saga)
+    confirm = handlers("confirm_order")
+
+    def unavailable(payment_id):
+        raise PaymentGatewayUnavailable("the gateway is down")
+
+    monkeypatch.setattr(confirm.payments, "capture", unavailable)
+    with pytest.raises(PaymentGatewayUnavailable):
+        invoke(confirm, context, saga)
+    assert order(aws, order_id)["saga_status"] == "CONFIRMING"  # past the pivot: still open
+    assert open_orders(aws) == {order_id}
+    failed = {**saga, "failures": {"ConfirmOrder": {"Error": "PaymentGatewayUnavailable", "Cause": "down"}}}
+    invoke(handlers("refund_payment"), context, failed)
+    assert order(aws, order_id)["saga_status"] == "COMPLETED"
+    assert open_orders(aws) == set()
+
+
+def test_the_reaper_takes_out_what_it_cancels_and_what_it_completes(aws, handlers, context, monkeypatch):
+    monkeypatch.setenv("LEASE_SECONDS", str(LEASE_S))
+    monkeypatch.setenv("RESERVATION_TTL_SECONDS", str(LEASE_S))
+    monkeypatch.setenv("PIVOT_LEASE_SECONDS", str(LEASE_S))
+    import boto3
+
+    sfn = boto3.client("stepfunctions", region_name="us-east-1")
+    arn = sfn.create_state_machine(name="limits", definition='{"StartAt":"X","States":{"X":{"Type":"Succeed"}}}',
+                                   roleArn="arn:aws:iam::123456789012:role/sfn")["stateMachineArn"]
+    monkeypatch.setenv("STATE_MACHINE_ARN", arn)
+    api = handlers("orders_api")
+    monkeypatch.setattr(api, "MAX_OPEN_ORDERS", CAP)
+    # One order abandoned before the pivot (the reaper cancels it), one past it (the reaper completes it).
+    abandoned = place(api, context, "key-1")[1]["order_id"]
+    pivoted = place(api, context, "key-2")[1]["order_id"]
+    modules = [handlers(name) for name in ("create_order", "reserve_inventory", "authorize_payment", "confirm_order")]
+    invoke(modules[0], context, saga_of(aws, abandoned), execution=EXECUTION.replace("ord_1", abandoned))
+    saga = saga_of(aws, pivoted)
+    for module in modules[:3]:
+        saga = invoke(module, context, saga, execution=EXECUTION.replace("ord_1", pivoted))
+    monkeypatch.setattr(modules[3].payments, "capture", lambda payment_id: (_ for _ in ()).throw(
+        PaymentGatewayUnavailable("down")))
+    with pytest.raises(PaymentGatewayUnavailable):
+        invoke(modules[3], context, saga, execution=EXECUTION.replace("ord_1", pivoted))
+    assert open_orders(aws) == {abandoned, pivoted}
+    assert place(api, context, "key-3")[0] == 429
+    time.sleep(LEASE_S + 0.1)
+    swept = handlers("reaper").lambda_handler({"source": "aws.events"}, context)
+    assert (swept["compensated"], swept["completed"]) == ([abandoned], [pivoted])
+    assert open_orders(aws) == set()
+    assert place(api, context, "key-3")[0] == 202
+
+
+def test_an_order_whose_saga_never_started_stays_open_until_the_reaper_cancels_it(capped, context, aws, handlers,
+                                                                                   monkeypatch):
+    from botocore.exceptions import ClientError
+
+    def refused(**kwargs):
+        raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, "StartExecution")
+
+    monkeypatch.setattr(capped._sfn, "start_execution", refused)
+    status, body, _ = place(capped, context, "key-1")
+    assert status == 503, body
+    (order_id,) = open_orders(aws)
+    assert order(aws, order_id)["saga_status"] == "PENDING"
+    # The reaper cancels it once its lease runs out (as if it had: the lease moved into the past).
+    aws.update_item(TableName=orders_of(aws).table, Key={"order_id": {"S": order_id}},
+                    UpdateExpression="SET lease_expires_at = :past", ExpressionAttributeValues={":past": {"N": "1"}})
+    swept = handlers("reaper").lambda_handler({"source": "aws.events"}, context)
+    assert swept["compensated"] == [order_id]
+    assert open_orders(aws) == set()
+
+
+def test_a_parked_order_stays_open_until_its_redriven_execution_cancels_it(capped, context, aws, handlers):
+    order_id = place(capped, context, "key-1")[1]["order_id"]
+    owner = f"{EXECUTION}#2026-12-06T07:00:00.123Z"
+    saga = invoke(handlers("create_order"), context, saga_of(aws, order_id), execution=owner)
+    orders = orders_of(aws)
+    assert orders.park(order_id, owner, "PaymentGatewayUnavailable", int(time.time() * 1000))
+    assert order(aws, order_id)["saga_status"] == "FAILED"
+    assert open_orders(aws) == {order_id}  # parked is open: an operator's redrive still finishes it
+    failed = {**saga, "failures": {"ReserveInventory": {"Error": "States.Timeout", "Cause": "x"}}}
+    invoke(handlers("cancel_order"), context, failed, execution=owner, redrive_count=1)
+    assert order(aws, order_id)["saga_status"] == "COMPENSATED"
+    assert open_orders(aws) == set()
