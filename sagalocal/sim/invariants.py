@@ -28,7 +28,7 @@ def check(world: World) -> list[str]:
     table = world.items("OrdersTable")
     orders = {o["order_id"]: o for o in table if is_order(o)}
     inventory = world.items("InventoryTable")
-    payments = [p for p in world.items("PaymentsTable") if "#" in str(p["payment_id"])]
+    payments = [p for p in world.items("PaymentsTable") if "order_id" in p]  # not the breaker's item
     promotions = world.items("PromotionsTable")
     stock = {str(i["sku"]): i for i in inventory if i["sk"] == "STOCK"}
     reservations = {str(i["order_id"]): i for i in inventory if i["sk"] == "RESERVATION"}

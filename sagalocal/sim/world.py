@@ -439,7 +439,12 @@ def _load(folder: str) -> Any:
         store.client = PointedClient(DirectDynamoDB(), world_ref)
     payments = getattr(module, "payments", None)
     if payments is not None and getattr(payments, "_gateway", None) is not None:
-        payments._gateway = _GatewayProxy()
+        from order_saga.breaker import CircuitBreaker
+
+        if isinstance(payments._gateway, CircuitBreaker):  # the breaker stays, its state in the world's DynamoDB
+            payments._gateway.gateway = _GatewayProxy()
+        else:
+            payments._gateway = _GatewayProxy()
     return module
 
 

@@ -34,6 +34,13 @@ AUTHORIZED, CAPTURED-but-unfinished or PROCESSING entry never expires. An entry 
 has not deleted yet is treated as deleted, as a processor forgets an idempotency key: so when an order id comes
 back after its order expired (the customer reused an Idempotency-Key), its payment starts from nothing, however
 late DynamoDB deletes.
+
+The outage switch (FAKE_GATEWAY_SWITCH=true: the template sets it on FaultInjection stacks only): every call first
+adds one to its counter (`calls_<call>`) on the item "fake-gateway#switch", and fails with a 503
+(PaymentGatewayUnavailable, before anything reaches the processor) while that item's `outage` string set names the
+call ("authorize", "capture", "reverse", "state"). A test turns an outage on and off, and counts what reached the
+processor, by writing and reading that item (its table is the stack's PaymentsTableName output). One UpdateItem per
+call, on one item: a test stack's load only. A switch that cannot be reached is no outage.
 """
 
 from __future__ import annotations
@@ -43,12 +50,14 @@ import re
 import time
 from typing import Any, Protocol
 
+from order_saga.breaker import BreakerSettings, CircuitBreaker
 from order_saga.config import purge_at, retention_ms_from_env
 from order_saga.dynamo import to_ddb, values
-from order_saga.errors import PaymentDeclined, PaymentGatewayUnavailable, PaymentNotAuthorized
+from order_saga.errors import PaymentDeclined, PaymentGatewayUnavailable, PaymentNotAuthorized, TransientError
 from order_saga.store import Store, Written
 
 LEDGER_PREFIX = "fake-gateway#"
+SWITCH_KEY = LEDGER_PREFIX + "switch"  # the outage switch and call counters (no payment id is "switch")
 AUTHORIZED, CAPTURED, VOIDED, REFUNDED, DECLINED = "AUTHORIZED", "CAPTURED", "VOIDED", "REFUNDED", "DECLINED"
 PROCESSING = "PROCESSING"  # the processor has the request and has not decided yet
 HOLDS_NOTHING = (DECLINED, VOIDED, REFUNDED)  # final ledger states: kept for the retention, then expired
@@ -71,8 +80,9 @@ class FakeGateway:
     """A deterministic card processor sandbox (see the module docstring)."""
 
     def __init__(self, store: Store, table: str, hang_seconds: float = 3600.0, timeout: float = 3.0,
-                 retention_ms: int | None = None) -> None:
+                 retention_ms: int | None = None, switch: bool = False) -> None:
         self.store = store
+        self.switch = switch
         self.table = table
         self.hang_seconds = hang_seconds
         self.timeout = timeout
@@ -97,11 +107,30 @@ class FakeGateway:
             entry = self.store.get(self.table, self._key(key))
         return entry
 
+    def through_switch(self, call: str) -> None:
+        """Count the call on the outage switch, and fail it while the switch names it (module docstring)."""
+        if not self.switch:
+            return
+        try:
+            written = self.store.update(
+                TableName=self.table, Key=to_ddb({"payment_id": SWITCH_KEY}), UpdateExpression="ADD #calls :one",
+                ExpressionAttributeNames={"#calls": f"calls_{call}"}, ExpressionAttributeValues=values(one=1),
+                ReturnValues="ALL_NEW")
+        except TransientError:
+            return
+        if call in ((written.item or {}).get("outage") or ()):
+            raise PaymentGatewayUnavailable(f"gateway: 503 Service Unavailable ({call}; the outage switch is on)")
+
     def state(self, key: str) -> str | None:
+        self.through_switch("state")
+        return self._state(key)
+
+    def _state(self, key: str) -> str | None:
         entry = self.entry(key)
         return None if entry is None else entry.get("state")
 
     def authorize(self, key: str, token: str, amount: int, currency: str) -> str:
+        self.through_switch("authorize")
         transient = re.fullmatch(r"tok_transient_(\d+)", token)
         slow = re.fullmatch(r"tok_slow_(\d+)", token)
         if transient:
@@ -141,7 +170,7 @@ class FakeGateway:
         wait = lands - time.time()
         if wait > 0:
             time.sleep(wait)
-        state = self.state(key)
+        state = self._state(key)
         if state == DECLINED:
             raise PaymentDeclined("card declined")
         if state in (VOIDED, REFUNDED):
@@ -150,6 +179,7 @@ class FakeGateway:
 
     def capture(self, key: str) -> None:
         """Take the authorized money. A repeat is a no-op; anything but an authorization is refused."""
+        self.through_switch("capture")
         written = self.store.update(
             TableName=self.table, Key=self._key(key), UpdateExpression="SET #state = :to",
             ConditionExpression="#state = :from AND attribute_not_exists(expires_before_capture)",
@@ -167,8 +197,9 @@ class FakeGateway:
         """Give back whatever the key holds: void an authorization, refund a capture. Returns the state after
         (None: nothing was ever authorized; PROCESSING: nothing to void yet, the processor has not decided, so
         the authorization may still land: the caller has it reconciled). Idempotent."""
+        self.through_switch("reverse")
         for _ in range(3):
-            state = self.state(key)
+            state = self._state(key)
             if state not in (AUTHORIZED, CAPTURED):
                 return state
             target = VOIDED if state == AUTHORIZED else REFUNDED
@@ -213,11 +244,16 @@ class FakeGateway:
                                              **({"purge": self._purge_at()} if final else {})))
 
 
-def gateway_from_env(store: Store) -> PaymentGateway:
+def adapter_from_env(store: Store) -> PaymentGateway:
     """The gateway named by PAYMENT_GATEWAY. Only the fake ships; a real adapter implements PaymentGateway."""
     kind = os.environ["PAYMENT_GATEWAY"]
     if kind == "fake":
         hang = float(os.environ.get("FAKE_GATEWAY_HANG_SECONDS", "3600"))
         return FakeGateway(store, os.environ["PAYMENTS_TABLE"], hang, float(os.environ["GATEWAY_TIMEOUT_SECONDS"]),
-                           retention_ms_from_env())
+                           retention_ms_from_env(), os.environ.get("FAKE_GATEWAY_SWITCH") == "true")
     raise RuntimeError(f"PAYMENT_GATEWAY={kind!r}: no such adapter (known: fake)")
+
+
+def gateway_from_env(store: Store) -> PaymentGateway:
+    """The adapter PAYMENT_GATEWAY names, behind the circuit breaker every function instance shares (breaker.py)."""
+    return CircuitBreaker(adapter_from_env(store), store, os.environ["PAYMENTS_TABLE"], BreakerSettings.from_env())

@@ -62,9 +62,10 @@ def test_happy_path_confirms_the_order_and_charges_once(aws, handlers, context):
 
 
 def test_each_step_is_one_transaction_plus_its_reads_and_the_gateway(aws, handlers, context):
-    """The write path's budget: 8 requests from the four steps (the API adds 2): one write each for
-    CreateOrder and ReserveInventory; AuthorizePayment reads the payment, calls the gateway (whose fake
-    ledger is one write) and writes once; ConfirmOrder commits, captures (one ledger write), completes."""
+    """The write path's budget: 9 requests from the four steps (the API adds 2): one write each for
+    CreateOrder and ReserveInventory; AuthorizePayment reads the payment, reads the circuit breaker's state (one
+    GetItem; it writes nothing while calls succeed), calls the gateway (whose fake ledger is one write) and writes
+    once; ConfirmOrder commits, captures (one ledger write), completes."""
     saga = new_saga(aws)
     sent = {}
     for name in FORWARD:
@@ -72,7 +73,7 @@ def test_each_step_is_one_transaction_plus_its_reads_and_the_gateway(aws, handle
         before = module.store.attempts
         saga = invoke(module, context, saga)
         sent[name] = module.store.attempts - before
-    assert sent == {"create_order": 1, "reserve_inventory": 1, "authorize_payment": 3, "confirm_order": 3}
+    assert sent == {"create_order": 1, "reserve_inventory": 1, "authorize_payment": 4, "confirm_order": 3}
 
 
 @pytest.mark.parametrize("step", range(len(FORWARD)), ids=FORWARD)

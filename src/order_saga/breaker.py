@@ -1,0 +1,246 @@
+"""The circuit breaker on the payment gateway: one state, shared by every function instance, in DynamoDB.
+
+While the processor is down, every authorization would wait for its timeout (or get a 5xx) four times per order
+(the state machine's retries) before the saga compensates. The breaker notices the outage and fails
+authorizations fast instead, with the error they would have raised anyway (PaymentGatewayUnavailable: the
+state machine retries it, then compensates the order, as in any outage), and lets a few probes through now and
+then to find out when the processor is back.
+
+The state is one item in the payments table (payment_id "breaker#gateway"), every transition a conditional write
+on its `version`, so concurrent instances agree on one state and a late outcome never lands in a later period:
+
+  CLOSED     calls go through. A call that fails with an outage (PaymentGatewayUnavailable: a timeout, a 5xx, an
+             unknown outcome) adds its payment to `failed_keys`; a call the processor answered (an authorization
+             or a decline) clears it. Once `failed_keys` holds BreakerFailureThreshold payments: OPEN.
+             Distinct payments, not calls: the state machine retries one authorization up to 4 times, and
+             one slow card must not open the breaker for everyone; an outage fails many payments.
+  OPEN       calls fail fast (nothing reaches the processor) until `opened_until` (BreakerOpenSeconds).
+             The first call after it moves the breaker to HALF_OPEN.
+  HALF_OPEN  at most BreakerSuccessThreshold probes are let through, each claimed by a conditional write (`probes`
+             below the threshold), the other calls fail fast. BreakerSuccessThreshold probes answered: CLOSED.
+             A probe that fails with an outage: OPEN again, for another BreakerOpenSeconds. A half-open period
+             whose probes never reported (their sandboxes died) is started afresh after BreakerOpenSeconds
+             (`probe_until`), so a lost probe cannot hold the breaker half-open.
+
+Only authorizations are gated. They run before the pivot, and an authorization that fails with
+PaymentGatewayUnavailable is retried and then compensated, exactly what the breaker's fail-fast does. Captures,
+voids, refunds and the reaper's reconciliation always go through and are not counted: a capture past the pivot
+must be taken, never turned into a refund; a void or refund is what gives money back, and a reversal held up by
+the breaker would only be retried later (or parked); neither would be any safer.
+
+Its own DynamoDB requests fail open: if the breaker's state cannot be read, the call goes through as if CLOSED
+(and its outcome is not counted); if an outcome cannot be recorded, it is dropped. An unreadable breaker must not
+turn a DynamoDB hiccup into declined payments; at worst, the breaker opens later. The breaker also never makes an
+invocation outlive its budget (docs/timeouts.md): after its read it sends the call only if the call and the write
+after it still fit (else PaymentGatewayUnavailable, as Payments._require_time), and it records an answered call
+only if the saga's own write after it still fits. It reads its item on every authorization (one GetItem; no cache),
+and writes only on failures, in HALF_OPEN, and on the first success after failures.
+
+Every opening (CLOSED or HALF_OPEN -> OPEN) is counted once, by the instance whose write won: the metric
+GatewayCircuitOpened (step PaymentGateway), which an alarm watches (docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from order_saga.dynamo import now_ms, to_ddb, values
+from order_saga.errors import PaymentGatewayUnavailable
+from order_saga.store import ANSWER_SECONDS, ATTEMPT_SECONDS, Store, Written
+
+if TYPE_CHECKING:
+    from order_saga.gateway import PaymentGateway
+
+BREAKER_KEY = "breaker#gateway"
+CLOSED, OPEN, HALF_OPEN = "CLOSED", "OPEN", "HALF_OPEN"
+METRIC_STEP = "PaymentGateway"  # the `step` dimension of GatewayCircuitOpened, whichever function opened it
+
+
+@dataclass(frozen=True)
+class BreakerSettings:
+    failure_threshold: int = 5  # distinct payments failed with an outage, in a row: CLOSED -> OPEN
+    success_threshold: int = 2  # probes answered in HALF_OPEN: -> CLOSED (and the most probes let through at once)
+    open_ms: int = 30_000  # how long OPEN fails calls fast before probing
+
+    @classmethod
+    def from_env(cls) -> BreakerSettings:
+        return cls(failure_threshold=int(os.environ["BREAKER_FAILURE_THRESHOLD"]),
+                   success_threshold=int(os.environ["BREAKER_SUCCESS_THRESHOLD"]),
+                   open_ms=int(float(os.environ["BREAKER_OPEN_SECONDS"]) * 1000))
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Under which state a call was let through: `state` None when the breaker could not be read (not counted)."""
+
+    state: str | None
+    version: int = 0
+    failing: bool = False  # CLOSED with failures recorded: an answer clears them
+
+
+class CircuitBreaker:
+    """A PaymentGateway around another one (see the module docstring)."""
+
+    def __init__(self, gateway: PaymentGateway, store: Store, table: str,
+                 settings: BreakerSettings | None = None) -> None:
+        self.gateway = gateway
+        self.store = store
+        self.table = table
+        self.settings = settings or BreakerSettings()
+
+    def __getattr__(self, name: str) -> Any:  # the adapter's optional parts (retire_item) and its own helpers
+        if name == "gateway":  # not set yet (a copy being made): no adapter to ask
+            raise AttributeError(name)
+        return getattr(self.gateway, name)
+
+    @property
+    def timeout(self) -> float:  # type: ignore[override]
+        return self.gateway.timeout
+
+    # ---- the gateway's calls -----------------------------------------------------------------------------------
+    def authorize(self, key: str, token: str, amount: int, currency: str) -> str:
+        admitted = self.admit()
+        if self.store.time_left() < self.gateway.timeout + ATTEMPT_SECONDS:
+            raise PaymentGatewayUnavailable(f"not enough time left in this invocation to authorize at the gateway "
+                                            f"({self.gateway.timeout:g} s) and record it")
+        try:
+            reference = self.gateway.authorize(key, token, amount, currency)
+        except PaymentGatewayUnavailable:
+            self.failed(admitted, key)
+            raise
+        except Exception as exc:
+            if _answered(exc):
+                self.succeeded(admitted)
+            raise
+        self.succeeded(admitted)
+        return reference
+
+    def capture(self, key: str) -> None:
+        self.gateway.capture(key)
+
+    def reverse(self, key: str) -> str | None:
+        return self.gateway.reverse(key)
+
+    def state(self, key: str) -> str | None:
+        return self.gateway.state(key)
+
+    # ---- the state -------------------------------------------------------------------------------------------
+    def read(self) -> dict[str, Any]:
+        """The breaker's item ({} while it was never written: CLOSED)."""
+        return self.store.get(self.table, to_ddb({"payment_id": BREAKER_KEY})) or {}
+
+    def admit(self) -> Admission:
+        """Let a call through (how), or raise PaymentGatewayUnavailable while the breaker is open."""
+        try:
+            item = self.read()
+        except Exception:  # noqa: BLE001 - fail open: the breaker's own store must not fail payments
+            return Admission(None)
+        for _ in range(4):  # each turn follows a transition another instance made meanwhile
+            now, state, version = _now(), item.get("state", CLOSED), int(item.get("version", 0))
+            if state == CLOSED:
+                return Admission(CLOSED, version, bool(item.get("failed_keys")))
+            if state == OPEN and now < int(item["opened_until"]):
+                raise PaymentGatewayUnavailable(f"payment gateway circuit open for "
+                                                f"{(int(item['opened_until']) - now) / 1000:.1f} s more: "
+                                                f"the processor failed {self.settings.failure_threshold} payments")
+            written: Written | None
+            if state == OPEN or now >= int(item.get("probe_until", 0)):  # open time over, or a lost half-open
+                written = self._write(version, "#state IN (:open, :half_open)",
+                                      "SET #state = :half_open, probes = :zero, successes = :zero, "
+                                      "probe_until = :until", half_open=HALF_OPEN, open=OPEN, zero=0,
+                                      until=now + self.settings.open_ms)
+            else:  # HALF_OPEN: claim one of the probes
+                written = self._write(version, "#state = :half_open AND probes < :most", "ADD probes :one",
+                                      half_open=HALF_OPEN, most=self.settings.success_threshold, one=1, bump=False)
+                if written is not None and written.ok:
+                    return Admission(HALF_OPEN, version)
+                if written is not None and (written.item or {}).get("version") == version:
+                    raise PaymentGatewayUnavailable("payment gateway circuit half-open: its probes are in flight")
+            if written is None:
+                return Admission(None)
+            item = written.item or {}
+        return Admission(None)  # the state kept changing under us: let this one through, uncounted
+
+    def failed(self, admitted: Admission, key: str) -> None:
+        """A call admitted under `admitted` failed with an outage."""
+        now = _now()
+        if admitted.state == CLOSED:
+            written = self._write(admitted.version, "#state = :closed", "SET #state = :closed ADD failed_keys :key",
+                                  closed=CLOSED, key={key}, bump=False, new_item=admitted.version == 0)
+            if written is None or not written.ok or \
+                    len((written.item or {}).get("failed_keys") or ()) < self.settings.failure_threshold:
+                return
+            opened = self._write(admitted.version, "#state = :closed AND size(failed_keys) >= :threshold",
+                                 "SET #state = :open, opened_until = :until REMOVE failed_keys", closed=CLOSED,
+                                 open=OPEN, threshold=self.settings.failure_threshold,
+                                 until=now + self.settings.open_ms)
+        elif admitted.state == HALF_OPEN:
+            opened = self._write(admitted.version, "#state = :half_open",
+                                 "SET #state = :open, opened_until = :until REMOVE probes, successes, probe_until",
+                                 half_open=HALF_OPEN, open=OPEN, until=now + self.settings.open_ms)
+        else:
+            return
+        if opened is not None and opened.ok:
+            _opened(admitted.state, self.settings)
+
+    def succeeded(self, admitted: Admission) -> None:
+        """A call admitted under `admitted` was answered by the processor. Recorded only if the saga's own write
+        after it still fits in the invocation."""
+        if admitted.state not in (CLOSED, HALF_OPEN) or (admitted.state == CLOSED and not admitted.failing):
+            return
+        if self.store.time_left() < 2 * ATTEMPT_SECONDS + ANSWER_SECONDS:
+            return
+        if admitted.state == CLOSED:
+            self._write(admitted.version, "#state = :closed", "REMOVE failed_keys", closed=CLOSED, bump=False)
+            return
+        counted = self._write(admitted.version, "#state = :half_open", "ADD successes :one", half_open=HALF_OPEN,
+                              one=1, bump=False)
+        if counted is None or not counted.ok or \
+                int((counted.item or {}).get("successes", 0)) < self.settings.success_threshold:
+            return
+        closed = self._write(admitted.version, "#state = :half_open AND successes >= :enough",
+                             "SET #state = :closed REMOVE probes, successes, probe_until, opened_until",
+                             half_open=HALF_OPEN, closed=CLOSED, enough=self.settings.success_threshold)
+        if closed is not None and closed.ok:
+            from order_saga.step import logger
+
+            logger.info("payment gateway circuit closed", extra={"breaker": CLOSED})
+
+    def _write(self, version: int, condition: str, update: str, bump: bool = True, new_item: bool = False,
+               **names: Any) -> Written | None:
+        """One conditional write on the breaker's item at `version` (the next version if `bump`): its answer (the
+        item after, or as it is on a failed condition), or None when DynamoDB could not be reached (fail open)."""
+        guard = f"(version = :version AND {condition})"
+        if new_item:  # CLOSED and never written: the first failure creates the item
+            guard = f"(attribute_not_exists(payment_id) OR {guard})"
+        sets = "SET version = :next, updated_at = :now"
+        update = f"{sets}, {update.removeprefix('SET ')}" if update.startswith("SET ") else f"{sets} {update}"
+        try:
+            return self.store.update(
+                TableName=self.table, Key=to_ddb({"payment_id": BREAKER_KEY}), UpdateExpression=update,
+                ConditionExpression=guard, ExpressionAttributeNames={"#state": "state"}, ReturnValues="ALL_NEW",
+                ExpressionAttributeValues=values(version=version, next=version + 1 if bump else version, now=_now(),
+                                                 **names))
+        except Exception:  # noqa: BLE001 - fail open (see the module docstring)
+            return None
+
+
+def _answered(exc: Exception) -> bool:
+    """The processor answered (a decline, a refusal): it is up."""
+    from order_saga.errors import BusinessError
+
+    return isinstance(exc, BusinessError)
+
+
+def _opened(was: str, settings: BreakerSettings) -> None:
+    from order_saga.step import count, logger
+
+    logger.warning("payment gateway circuit opened", extra={"breaker": OPEN, "was": was,
+                                                            "open_seconds": settings.open_ms / 1000})
+    count("GatewayCircuitOpened", METRIC_STEP)
+
+
+def _now() -> int:
+    return now_ms()  # the saga's clock (the simulation's virtual one there)
