@@ -215,6 +215,9 @@ def service_request(service: str, action: str, params: dict[str, Any], region: s
         resource = f"arn:aws:sqs:{region}:{account}:{str(params['QueueUrl']).rstrip('/').rsplit('/', 1)[-1]}"
     elif prefix == "states":
         resource = _unqualified(str(params.get("stateMachineArn") or params.get("executionArn") or "*"))
+    elif prefix == "secretsmanager" and params.get("SecretId"):  # a secret named by its ARN, or by its name
+        secret = str(params["SecretId"])
+        resource = secret if secret.startswith("arn:") else f"arn:aws:secretsmanager:{region}:{account}:secret:{secret}"
     elif prefix == "events" and params.get("Entries"):
         bus = (params["Entries"][0] or {}).get("EventBusName") or "default"
         resource = bus if str(bus).startswith("arn:") else f"arn:aws:events:{region}:{account}:event-bus/{bus}"

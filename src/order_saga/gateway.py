@@ -245,13 +245,21 @@ class FakeGateway:
 
 
 def adapter_from_env(store: Store) -> PaymentGateway:
-    """The gateway named by PAYMENT_GATEWAY. Only the fake ships; a real adapter implements PaymentGateway."""
+    """The adapter named by PAYMENT_GATEWAY: the fake, or the Stripe adapter (src/order_saga/stripe_gateway.py,
+    imported only when chosen: the stripe SDK costs a fake stack nothing)."""
     kind = os.environ["PAYMENT_GATEWAY"]
     if kind == "fake":
         hang = float(os.environ.get("FAKE_GATEWAY_HANG_SECONDS", "3600"))
         return FakeGateway(store, os.environ["PAYMENTS_TABLE"], hang, float(os.environ["GATEWAY_TIMEOUT_SECONDS"]),
                            retention_ms_from_env(), os.environ.get("FAKE_GATEWAY_SWITCH") == "true")
-    raise RuntimeError(f"PAYMENT_GATEWAY={kind!r}: no such adapter (known: fake)")
+    if kind == "stripe":
+        from order_saga.stripe_gateway import StripeGateway, secret_key_from_secrets_manager
+
+        return StripeGateway(store, os.environ["PAYMENTS_TABLE"],
+                             secret_key_from_secrets_manager(os.environ["STRIPE_SECRET_ARN"]),
+                             os.environ.get("STRIPE_API_BASE_URL") or "https://api.stripe.com",
+                             float(os.environ["GATEWAY_TIMEOUT_SECONDS"]))
+    raise RuntimeError(f"PAYMENT_GATEWAY={kind!r}: no such adapter (known: fake, stripe)")
 
 
 def gateway_from_env(store: Store) -> PaymentGateway:

@@ -94,6 +94,38 @@ def test_fault_injection_adds_only_the_rules_table_and_only_when_it_is_on(logica
     assert sorted(statement["Action"]) == ["dynamodb:BatchGetItem", "dynamodb:UpdateItem"]
 
 
+SECRET = "arn:aws:secretsmanager:us-east-1:123456789012:secret:order-saga-stripe-AbCdEf"
+STRIPE = Template(ROOT / "template.yaml", parameter_overrides={"PaymentGateway": "stripe", "StripeSecretArn": SECRET})
+GATEWAY_FUNCTIONS = ["AuthorizePaymentFunction", "ConfirmOrderFunction", "RefundPaymentFunction",
+                     "VoidPaymentFunction", "ReaperFunction"]
+
+
+@pytest.mark.parametrize("logical_id", FUNCTIONS)
+def test_the_stripe_adapter_adds_reading_its_one_secret_and_only_where_the_gateway_is_called(logical_id):
+    def added(template: Template) -> list[dict[str, Any]]:
+        resolved = [template.resolve(p, logical_id) for p in policies(template, logical_id)
+                    if isinstance(p, dict) and set(p) == {"Fn::If"}]
+        return [s for p in resolved if isinstance(p, dict) for s in (p.get("PolicyDocument") or p).get("Statement", [])
+                if "FaultRulesTable" not in str(s.get("Resource"))]
+
+    env = STRIPE.resolve(STRIPE.properties(logical_id).get("Environment", {}).get("Variables", {}), logical_id)
+    default_env = TEMPLATE.resolve(TEMPLATE.properties(logical_id).get("Environment", {}).get("Variables", {}),
+                                   logical_id)
+    assert added(TEMPLATE) == []
+    assert not any(name.startswith("STRIPE_") for name in default_env)
+    if logical_id not in GATEWAY_FUNCTIONS:
+        assert added(STRIPE) == []
+        assert "STRIPE_SECRET_ARN" not in env
+        return
+    assert (env["PAYMENT_GATEWAY"], env["STRIPE_SECRET_ARN"], env["STRIPE_API_BASE_URL"]) == (
+        "stripe", SECRET, "https://api.stripe.com")
+    reads = [(s["Action"], s["Resource"]) for s in added(STRIPE)]
+    assert (["secretsmanager:GetSecretValue"], SECRET) in reads  # exactly the one secret, nothing wider
+    extra = [r for r in reads if r != (["secretsmanager:GetSecretValue"], SECRET)]
+    # ConfirmOrder reads the payment's PaymentIntent id before it captures (the others already may).
+    assert [a for a, _ in extra] == ([["dynamodb:GetItem"]] if logical_id == "ConfirmOrderFunction" else [])
+
+
 def test_the_state_machine_role_uses_star_only_for_log_delivery_and_xray():
     for policy in TEMPLATE.properties("OrderSagaStateMachine")["Policies"]:
         if isinstance(policy, str):
@@ -107,10 +139,10 @@ def test_the_state_machine_role_uses_star_only_for_log_delivery_and_xray():
 
 
 def test_the_fault_injection_condition_is_off_by_default_and_leaves_nothing_behind():
-    assert TEMPLATE.conditions == {"FaultInjectionEnabled": False}
+    assert TEMPLATE.conditions == {"FaultInjectionEnabled": False, "StripeGateway": False}
     assert "FaultRulesTable" not in TEMPLATE.of_type("AWS::DynamoDB::Table")
     assert "FaultRulesTableName" not in TEMPLATE.outputs({})
-    assert FAULTY.conditions == {"FaultInjectionEnabled": True}
+    assert FAULTY.conditions == {"FaultInjectionEnabled": True, "StripeGateway": False}
     for logical_id in FUNCTIONS:
         env = TEMPLATE.resolve(TEMPLATE.properties(logical_id)["Environment"]["Variables"], logical_id)
         assert "FAULT_RULES_TABLE" not in env

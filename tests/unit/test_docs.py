@@ -53,6 +53,8 @@ ALLOWED = {
     "JSONEncoder": "Python's json encoder, a frame of benchmarks.md's profiles",
     "BatchProcessor": "Powertools' partial batch response processor, which PublishOutcome's InOrderStreamProcessor "
                       "extends (imported, so only its members would be known)",
+    "PaymentIntent": "Stripe's payment object, which the Stripe adapter drives (deploying.md)",
+    "SetupIntent": "Stripe's object that authenticates a card ahead of a payment (deploying.md, 3-D Secure)",
     # AWS names that are no API operation, field or error of botocore's models.
     "ExecutionsFailed": "Step Functions' CloudWatch metric of failed executions",
     "UserPoolClientV2": "operations.md's example name for a second app client, added while rotating",

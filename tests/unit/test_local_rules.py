@@ -103,7 +103,8 @@ def test_a_production_stage_refuses_the_fake_gateway_and_says_what_to_do(stage):
     message = str(refused.value)
     assert message.startswith("Rules.NoFakeGatewayInProduction: PaymentGateway=fake cannot deploy to a production")
     assert "tok_approve" in message  # why
-    assert "Implement a real adapter" in message  # what to do
+    assert "Deploy with PaymentGateway=stripe and StripeSecretArn=" in message  # what to do
+    assert "implement a real adapter" in message  # or, for another processor
     assert "AllowedValues" in message
     assert "FaultInjection" not in message  # the other rule holds: FaultInjection defaults to false
 
@@ -121,9 +122,42 @@ def test_any_other_stage_deploys_the_fake_gateway_and_fault_injection(stage):
     Template(ROOT / "template.yaml", parameter_overrides={"Stage": stage, "FaultInjection": "true"})
 
 
+SECRET = "arn:aws:secretsmanager:us-east-1:123456789012:secret:order-saga-stripe-AbCdEf"
+
+
+@pytest.mark.parametrize("stage", ["prod", "production"])
+def test_a_production_stage_deploys_the_stripe_adapter_on_stripes_own_api(stage):
+    Template(ROOT / "template.yaml", parameter_overrides={"Stage": stage, "PaymentGateway": "stripe",
+                                                          "StripeSecretArn": SECRET})
+
+
+@pytest.mark.parametrize("stage", ["prod", "production"])
+def test_a_production_stage_refuses_the_stripe_adapter_on_any_other_url(stage):
+    with pytest.raises(TemplateError) as refused:
+        Template(ROOT / "template.yaml", parameter_overrides={
+            "Stage": stage, "PaymentGateway": "stripe", "StripeSecretArn": SECRET,
+            "StripeApiBaseUrl": "http://127.0.0.1:8111"})
+    assert str(refused.value).startswith("Rules.NoStripeFakeInProduction: A production Stage (prod, production) "
+                                         "calls Stripe's own API: StripeApiBaseUrl must be https://api.stripe.com")
+
+
+def test_a_test_stage_may_point_the_stripe_adapter_at_a_local_fake():
+    Template(ROOT / "template.yaml", parameter_overrides={"Stage": "dev", "PaymentGateway": "stripe",
+                                                          "StripeSecretArn": SECRET,
+                                                          "StripeApiBaseUrl": "http://127.0.0.1:8111"})
+
+
+@pytest.mark.parametrize("stage", ["dev", "prod"])
+def test_the_stripe_adapter_needs_its_secret_on_every_stage(stage):
+    with pytest.raises(TemplateError) as refused:
+        Template(ROOT / "template.yaml", parameter_overrides={"Stage": stage, "PaymentGateway": "stripe"})
+    assert str(refused.value).startswith("Rules.StripeNeedsItsSecretKey: PaymentGateway=stripe needs StripeSecretArn")
+
+
 def test_a_real_adapter_would_pass_the_production_rule(tmp_path):
     """The rule refuses the fake, not the stage: with another adapter in AllowedValues, prod deploys."""
-    text = (ROOT / "template.yaml").read_text().replace("AllowedValues: [fake]\n", "AllowedValues: [fake, acme]\n")
+    text = (ROOT / "template.yaml").read_text().replace("AllowedValues: [fake, stripe]\n",
+                                                        "AllowedValues: [fake, stripe, acme]\n")
     (tmp_path / "template.yaml").write_text(text)
     Template(tmp_path / "template.yaml", parameter_overrides={"Stage": "prod", "PaymentGateway": "acme"})
     with pytest.raises(TemplateError, match="NoFakeGatewayInProduction"):
