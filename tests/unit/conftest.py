@@ -96,7 +96,8 @@ def aws(monkeypatch: pytest.MonkeyPatch, dynamodb_engine: str):
            "POWERTOOLS_METRICS_NAMESPACE": "OrderSaga", "POWERTOOLS_SERVICE_NAME": "order-saga",
            "PAYMENT_GATEWAY": "fake", "FAKE_GATEWAY_HANG_SECONDS": "0.2", "LEASE_SECONDS": "20",
            "SAGA_DEADLINE_SECONDS": "60", "RESERVATION_TTL_SECONDS": "300", "INDEX_SHARDS": "4",
-           "GATEWAY_TIMEOUT_SECONDS": "3", "RECONCILE_AFTER_SECONDS": "300"}
+           "GATEWAY_TIMEOUT_SECONDS": "3", "RECONCILE_AFTER_SECONDS": "300",
+           "COUPON_FAILURE_POLICY": "fail"}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     with mock_aws():
