@@ -10,7 +10,6 @@ import pytest
 
 from order_saga.dynamo import now_ms
 from order_saga.errors import CouponExhausted
-from order_saga.events import outcome
 from order_saga.orders import order_view
 from order_saga.promotions import held_coupon
 from tests.unit.conftest import scan_all
@@ -209,20 +208,3 @@ def test_release_coupon_after_a_skip_releases_nothing(aws, handlers, context, co
     assert (redeemed(aws, "ONLYTWO"), used(aws, "ONLYTWO", "cust-1")) == (2, None)
     assert [used(aws, "ONLYTWO", f"cust-{n}") for n in (7, 8)] == [1, 1]
     assert "ReleaseCoupon" in order(aws)["steps"]
-
-
-def test_the_outcome_event_says_whether_the_coupon_applied():
-    def confirmed(**coupon: Any) -> dict[str, Any]:
-        new = {"order_id": "ord_1", "customer_id": "c", "status": "CONFIRMED", "saga_status": "COMPLETED",
-               "total": SUBTOTAL, "currency": "USD", "created_at": 1, "updated_at": 2, **coupon}
-        image = {k: ({"N": str(v)} if isinstance(v, int) else {"S": v}) for k, v in new.items()}
-        event = outcome({"dynamodb": {"NewImage": image, "OldImage": {"saga_status": {"S": "CONFIRMING"}}}})
-        assert event is not None
-        return event["Detail"]
-
-    skipped = confirmed(coupon="ONLYTWO", discount=0, coupon_outcome="NOT_APPLIED", coupon_error="CouponExhausted")
-    assert (skipped["coupon_outcome"], skipped["coupon_error"], skipped["discount"]) == (
-        "NOT_APPLIED", "CouponExhausted", 0)
-    applied = confirmed(coupon="TENOFF", discount=250, coupon_outcome="APPLIED")
-    assert (applied["coupon_outcome"], "coupon_error" in applied) == ("APPLIED", False)
-    assert "coupon_outcome" not in confirmed()
