@@ -38,7 +38,7 @@ from order_saga.inventory import Inventory
 from order_saga.models import CONFIRMING, ReaperWork, SagaState
 from order_saga.orders import Orders
 from order_saga.payments import CAPTURED, CAPTURING, Payments, payment_id
-from order_saga.promotions import Promotions
+from order_saga.promotions import Promotions, held_coupon
 from order_saga.step import aws_client, count, dynamodb_store, lambda_function, logger
 
 TIMING = Timing.from_env()
@@ -69,7 +69,7 @@ def reap_order(entry: dict[str, Any], owner: str, now: int) -> str | None:
             logger.info("could not stop the execution", extra={"execution": execution, "reason": str(exc)})
     methods = list(range(1, len(order.get("payment_amounts") or [0]) + 1))
     saga = SagaState(order_id=order["order_id"], customer_id=order["customer_id"], fence=lease.fence,
-                     deadline_at=lease.deadline_at, lease_expires_at=lease.expires_at, coupon=order.get("coupon"),
+                     deadline_at=lease.deadline_at, lease_expires_at=lease.expires_at, coupon=held_coupon(order),
                      methods=methods if len(methods) > 1 else None)
     if order.get("saga_status") == CONFIRMING:  # past the pivot: finish it, never undo it
         try:

@@ -47,6 +47,14 @@ PATHS: dict[str, Order] = {
     "coupon-declined": Order([{"sku": "SKU-1", "quantity": 2}], ["tok_decline"], coupon="TENOFF"),
     "out-of-stock": Order([{"sku": "SKU-2", "quantity": 3}], ["tok_approve"]),
     "coupon-exhausted": Order([{"sku": "SKU-1", "quantity": 1}], ["tok_approve"], coupon="GONE"),
+    # A refused coupon under CouponFailurePolicy=continue: the order goes on at its original amount (the skip's crash
+    # points: a retry, a takeover or a resubmission after it landed or before). ONCE: the customer's one use is
+    # taken, which only the hold sees (a refused hold, then the skip); GONE, on two cards: every redemption is
+    # taken, which the coupon's read shows (the skip alone; the first card pays the discount not given).
+    "coupon-skipped": Order([{"sku": "SKU-1", "quantity": 1}], ["tok_approve"], coupon="ONCE",
+                            coupon_policy="continue"),
+    "coupon-skipped-two-cards": Order([{"sku": "SKU-1", "quantity": 2}], ["tok_approve", "tok_approve"],
+                                      coupon="GONE", coupon_policy="continue"),
     "capture-refused": Order([{"sku": "SKU-1", "quantity": 1}], ["tok_capture_fails"]),
     "second-capture-refused": Order([{"sku": "SKU-1", "quantity": 2}], ["tok_approve", "tok_capture_fails"]),
     # The second card declined fails the AuthorizePayments Map: VoidPayment voids the first (the one clean path

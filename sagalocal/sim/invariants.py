@@ -4,8 +4,9 @@ Each check returns the violations it finds, as sentences naming the invariant, s
 as what broke: no oversell; stock conserved; every order in one terminal state with exactly one outcome event
 (a parked saga is redriven to its end first, and parked once per SagaParked event); a COMPLETED order stays
 COMPLETED, fully captured, its stock sold; past the pivot (the stock commit, a capture) the saga only goes
-forward, unless the processor itself refused a capture; nothing held once the saga ended; coupon limits; each
-customer's open-orders item holds exactly its open orders, within MaxOpenOrdersPerCustomer.
+forward, unless the processor itself refused a capture; nothing held once the saga ended; coupon limits; a coupon
+not applied (CouponFailurePolicy=continue) holds no redemption, and its order is paid, authorized and captured at
+its original amount; each customer's open-orders item holds exactly its open orders, within MaxOpenOrdersPerCustomer.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ def check(world: World) -> list[str]:
 
     # The orders table's history: outcome events (as PublishOutcome derives them) and what each order ever was.
     events: dict[str, list[str]] = defaultdict(list)
+    details: dict[str, list[dict[str, Any]]] = defaultdict(list)
     ever: dict[str, set[str]] = defaultdict(set)
     for record in STREAMS.read("OrdersTable", 0, 10_000_000, 0):
         event = outcome(record)
@@ -65,6 +67,7 @@ def check(world: World) -> list[str]:
             ever[str(new["order_id"])].add(str(new.get("saga_status")))
         if event is not None:
             events[event["Detail"]["order_id"]].append(event["DetailType"])
+            details[event["Detail"]["order_id"]].append(event["Detail"])
     committed_ever = set()
     for record in STREAMS.read("InventoryTable", 0, 10_000_000, 0):
         new = from_ddb(record["dynamodb"].get("NewImage") or {})
@@ -111,8 +114,10 @@ def check(world: World) -> list[str]:
             taken = sum(int(ledger[k]["amount"]) for k in keys if (ledger.get(k) or {}).get("state") == "CAPTURED")
             if taken != int(order["total"]):
                 violations.append(f"COMPLETED with {taken} captured of a total of {order['total']}")
-            if order.get("coupon") and (redemption or {}).get("status") != "COMMITTED":
-                violations.append(f"COMPLETED but its coupon redemption is {(redemption or {}).get('status')}")
+            applied = order.get("coupon_outcome") != "NOT_APPLIED"
+            if order.get("coupon") and (redemption or {}).get("status") != ("COMMITTED" if applied else "SKIPPED"):
+                violations.append(f"COMPLETED with its coupon {'applied' if applied else 'not applied'} but its "
+                                  f"redemption {(redemption or {}).get('status')}")
         else:
             held = [f"{_method(k)} {ledger[k]['state']}" for k in keys
                     if (ledger.get(k) or {}).get("state") in HELD_AT_GATEWAY]
@@ -120,12 +125,42 @@ def check(world: World) -> list[str]:
                 violations.append(f"money held for an order that ended {status}: {', '.join(held)}")
             if reservation is not None and reservation["status"] != "RELEASED":
                 violations.append(f"stock held for an order that ended {status}: reservation {reservation['status']}")
-            if redemption is not None and redemption["status"] != "RELEASED":
+            if redemption is not None and redemption["status"] not in ("RELEASED", "SKIPPED"):
                 violations.append(f"coupon held for an order that ended {status}: redemption {redemption['status']}")
             left = [f"{_method(p['payment_id'])} {p['status']}" for p in mine
                     if p["status"] in ("AUTHORIZED", "CAPTURING", "CAPTURED")]
             if left:
                 violations.append(f"payment items left holding for an order that ended {status}: {', '.join(left)}")
+
+    # The coupon's outcome and the amounts: a SKIPPED redemption exactly for an order that went on without its coupon
+    # (CouponFailurePolicy=continue), which is then paid at its original amount; the payments' amounts are the
+    # order's; the processor authorized each payment's amount (never the discounted one of a skipped coupon); the
+    # outcome events say what the order says.
+    for order_id, order in orders.items():
+        redemption = redemptions.get(order_id)
+        skipped = order.get("coupon_outcome") == "NOT_APPLIED"
+        if skipped != ((redemption or {}).get("status") == "SKIPPED"):
+            violations.append(f"coupon_outcome {order.get('coupon_outcome')} but the redemption is "
+                              f"{(redemption or {}).get('status')}")
+        if skipped and (int(order["total"]) != int(order["subtotal"]) or int(order["discount"]) != 0):
+            violations.append(f"coupon not applied but the order's total is {order['total']} of a subtotal of "
+                              f"{order['subtotal']} (discount {order['discount']})")
+        if order.get("coupon") and int(order["total"]) != int(order["subtotal"]) - int(order["discount"]):
+            violations.append(f"total {order['total']} != subtotal {order['subtotal']} - discount {order['discount']}")
+        mine = sorted(payments_of[order_id], key=lambda p: int(p["method"]))
+        if [int(p["amount"]) for p in mine] != [int(a) for a in order["payment_amounts"]] or sum(
+                int(a) for a in order["payment_amounts"]) != int(order["total"]):
+            violations.append(f"payments {[p['amount'] for p in mine]}, the order's amounts "
+                              f"{order['payment_amounts']}, its total {order['total']}")
+        for p in mine:
+            entry = ledger.get(str(p["payment_id"]))
+            if entry is not None and entry["state"] != "DECLINED" and int(entry["amount"]) != int(p["amount"]):
+                violations.append(f"{_method(p['payment_id'])} authorized {entry['amount']}, its amount is "
+                                  f"{p['amount']}")
+        for detail in details[order_id]:
+            if detail.get("coupon_outcome") != order.get("coupon_outcome") and detail.get("coupon"):
+                violations.append(f"an outcome event says coupon_outcome {detail.get('coupon_outcome')}, the order "
+                                  f"{order.get('coupon_outcome')}")
 
     # Coupon limits: the count is the redemptions held or committed, within both limits.
     for coupon in (p for p in promotions if p["sk"] == "COUPON"):

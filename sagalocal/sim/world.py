@@ -604,11 +604,13 @@ class Order:
     coupon: str | None = None
     key: str = "key-1"
     customer: str = CUSTOMER
+    coupon_policy: str = "fail"  # the stack's CouponFailurePolicy while this order runs (World.run)
 
     def describe(self) -> str:
         lines = ", ".join(f"{i['quantity']} {i['sku']}" for i in self.items)
         cards = f"{len(self.tokens)} cards ({', '.join(self.tokens)})" if len(self.tokens) > 1 else self.tokens[0]
-        return f"{lines}; {cards}" + (f"; coupon {self.coupon}" if self.coupon else "")
+        return f"{lines}; {cards}" + (f"; coupon {self.coupon}" if self.coupon else "") + (
+            f" (CouponFailurePolicy={self.coupon_policy})" if self.coupon_policy != "fail" else "")
 
     def body(self, total: int | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"items": self.items}
@@ -626,8 +628,10 @@ class Order:
 
 CATALOG = [("SKU-1", "Blue mug", 1250, 5), ("SKU-2", "Red kettle", 4000, 2)]
 COUPONS = {"TENOFF": ("percent", 10, None, 1000, 1), "GONE": ("percent", 50, None, 1, 1),
-           "FEW": ("percent", 20, None, 2, 1)}
-SPENT = {"GONE": "ord_earlier"}  # coupons whose every redemption an earlier, completed order holds
+           "FEW": ("percent", 20, None, 2, 1), "ONCE": ("percent", 10, None, 1000, 1)}
+# Coupons an earlier, completed order holds a redemption of: GONE's only one (every redemption taken), ONCE's by
+# CUSTOMER (this customer's one use taken: only the hold sees it).
+SPENT = {"GONE": ("ord_earlier", "sim-customer-0"), "ONCE": ("ord_earlier_once", CUSTOMER)}
 
 
 @dataclass
@@ -689,8 +693,13 @@ class World:
         CLOCK.now = EPOCH
         random.seed(self.seed)  # the handlers' backoff jitter and moto's retry jitter
         _ACTIVE.append(self)
+        self.coupon_policy(str(self.stack.parameters["CouponFailurePolicy"]))
         self._seed_data()
         return self
+
+    def coupon_policy(self, policy: str) -> None:
+        """The stack's CouponFailurePolicy: what ApplyCoupon read from its environment at its cold start."""
+        self.stack.modules["ApplyCouponFunction"].COUPON_FAILURE_POLICY = policy
 
     def __exit__(self, *exc: Any) -> None:
         _ACTIVE.remove(self)
@@ -710,8 +719,8 @@ class World:
         for code, (kind, value, currency, limit, per_customer) in COUPONS.items():
             promotions.add_coupon(code, kind, value, now - int(DAY * 1000), now + int(400 * DAY * 1000), limit,
                                   per_customer, currency)
-        for code, order_id in SPENT.items():
-            items = promotions.hold_items(code, order_id, "sim-customer-0", 1, now)
+        for code, (order_id, customer) in SPENT.items():
+            items = promotions.hold_items(code, order_id, customer, 1, now)
             items["redemption"]["Put"]["Item"]["status"] = {"S": "COMMITTED"}
             store.transact(items)
 
@@ -1000,6 +1009,7 @@ class World:
 
     def run(self, order: Order) -> None:
         """One case: the order placed, the fault plan applied, the follow-up after the end, the world settled."""
+        self.coupon_policy(order.coupon_policy)
         self.post(order)
         follow_up = self.fault.follow_up if self.fault else None
         if follow_up == "resubmit-after-end":

@@ -55,8 +55,9 @@ def outcome(record: dict[str, Any]) -> dict[str, Any] | None:
         "order_status": new.get("status"), "saga_status": status, "total": new.get("total"),
         "currency": new.get("currency"), "created_at": new.get("created_at"), "ended_at": new.get("updated_at"),
     }
-    if new.get("coupon"):
-        detail.update(coupon=new["coupon"], discount=new.get("discount"))
+    if new.get("coupon"):  # and, once ApplyCoupon decided, whether it applied (the `continue` policy: maybe not)
+        detail.update(coupon=new["coupon"], discount=new.get("discount"), coupon_outcome=new.get("coupon_outcome"),
+                      coupon_error=new.get("coupon_error"))
     if kind == "OrderCancelled":
         failure = new.get("failure") or {}
         reaped = ((new.get("steps") or {}).get("Reaper") or {}).get("error")  # a takeover: LeaseExpired

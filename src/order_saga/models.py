@@ -122,7 +122,9 @@ class SagaState(BaseModel):
     lines: list[PricedLine] | None = None  # added by CreateOrder, from the order the API priced
     total: int | None = None  # added by CreateOrder, minor units
     currency: str | None = None
-    coupon: str | None = None  # from the API: the order's coupon code; present only when there is one
+    # From the API: the order's coupon code, present only when there is one; ApplyCoupon drops it when the order goes
+    # on without it (the `continue` coupon policy): from then on the saga holds no redemption.
+    coupon: str | None = None
     methods: list[int] | None = None  # from the API: the payment methods' numbers, when more than one
     fence: int | None = None  # added by CreateOrder: the lease's fencing token
     authorization: str | None = None  # added by AuthorizePayment (gateway reference)
@@ -201,6 +203,9 @@ class OrderDocument(BaseModel):
     subtotal: int | None = None
     coupon: str | None = None
     discount: int | None = None
+    coupon_outcome: str | None = None  # APPLIED, or NOT_APPLIED (the `continue` policy), once ApplyCoupon decided
+    coupon_error: str | None = None  # NOT_APPLIED: why (CouponInvalid, CouponExpired, CouponExhausted)
+    coupon_cause: str | None = None
     total: int | None = None
     currency: str | None = None
     payments: list[dict[str, str | int]] | None = None

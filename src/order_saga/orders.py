@@ -33,6 +33,7 @@ from order_saga import models
 from order_saga.config import Timing
 from order_saga.dynamo import to_ddb, values
 from order_saga.errors import LeaseLost, OrderLocked, OrderNotActive
+from order_saga.promotions import NOT_APPLIED
 from order_saga.store import Store
 
 # Order statuses (what the customer sees), next to the saga status (what the saga did).
@@ -188,11 +189,13 @@ class Orders:
             return min(now + self.timing.lease_ms, lease.deadline_at)
         return lease.expires_at
 
-    def step_update(self, lease: Lease, step: str, now: int) -> dict[str, Any]:
-        """The order's part of a forward step's transaction: the lease check, the step log, the renewal."""
-        sets = ["steps.#step = :entry", "updated_at = :now"]
+    def step_update(self, lease: Lease, step: str, now: int, **fields: Any) -> dict[str, Any]:
+        """The order's part of a forward step's transaction: the lease check, the step log, the renewal, and what
+        the step records on the order (`fields`: ApplyCoupon's coupon outcome)."""
+        sets = ["steps.#step = :entry", "updated_at = :now"] + [f"#f_{name} = :f_{name}" for name in fields]
         vals: dict[str, Any] = {"entry": {"status": SUCCEEDED, "at": now}, "now": now, "owner": lease.owner,
-                                "fence": lease.fence, "executing": models.EXECUTING}
+                                "fence": lease.fence, "executing": models.EXECUTING,
+                                **{f"f_{name}": value for name, value in fields.items()}}
         expires = self.renewed(lease, now)
         if expires != lease.expires_at:
             sets.append("lease_expires_at = :expires")
@@ -202,8 +205,22 @@ class Orders:
             "UpdateExpression": "SET " + ", ".join(sets),
             "ConditionExpression": ("lease_owner = :owner AND fence = :fence AND lease_expires_at >= :now "
                                     "AND saga_status = :executing"),
-            "ExpressionAttributeNames": {"#step": step}, "ExpressionAttributeValues": values(**vals),
+            "ExpressionAttributeNames": {"#step": step, **{f"#f_{name}": name for name in fields}},
+            "ExpressionAttributeValues": values(**vals),
         }}
+
+    def coupon_skipped_update(self, lease: Lease, now: int, subtotal: int, discount: int, error: str,
+                              cause: str) -> dict[str, Any]:
+        """ApplyCoupon's order update under the `continue` policy, the coupon refused (`error`): the step logged under
+        the lease as any step's, and the order back at its original amount: the subtotal as its total, no discount,
+        the first payment method paying the discount not given (as ApplyCoupon moves that payment's amount in the
+        same transaction), and why the coupon was not applied."""
+        update = self.step_update(lease, "ApplyCoupon", now, total=subtotal, discount=0, coupon_outcome=NOT_APPLIED,
+                                  coupon_error=error, coupon_cause=cause[:1000])
+        body = update["Update"]
+        body["UpdateExpression"] += ", payment_amounts[0] = payment_amounts[0] + :not_given"
+        body["ExpressionAttributeValues"].update(values(not_given=discount))
+        return update
 
     def pivot(self, lease: Lease, now: int) -> dict[str, Any]:
         """The order's part of ConfirmOrder's stock commit: EXECUTING -> CONFIRMING under an unexpired lease, which
@@ -466,7 +483,8 @@ def order_view(order: dict[str, Any]) -> dict[str, Any]:
         steps.append({"step": failure["step"], "status": FAILED, "at": failure["at"], "error": failure["error"]})
     steps.sort(key=lambda e: (e["at"], STEP_ORDER.index(e["step"]) if e["step"] in STEP_ORDER else 99))
     keys = ("order_id", "customer_id", "status", "saga_status", "items", "lines", "subtotal", "coupon", "discount",
-            "total", "currency", "created_at", "updated_at", "parked_error")
+            "coupon_outcome", "coupon_error", "coupon_cause", "total", "currency", "created_at", "updated_at",
+            "parked_error")
     view = {k: order[k] for k in keys if k in order}
     view["payments"] = [{"method": n, "amount": amount}
                         for n, amount in enumerate(order.get("payment_amounts") or [order.get("total")], start=1)]

@@ -79,6 +79,18 @@ class Payments:
         return {"Put": {"TableName": self.table, "Item": to_ddb(item),
                         "ConditionExpression": "attribute_not_exists(payment_id)"}}
 
+    # ---- ApplyCoupon (the `continue` policy) ----------------------------------------------------------------
+    def amount_item(self, pid: str, not_given: int, now: int) -> dict[str, Any]:
+        """The coupon was not applied: the payment authorizes `not_given` (the discount) more than the API wrote.
+        Only while it is PENDING (nothing authorized yet); the SKIPPED redemption in the same transaction makes it
+        happen once."""
+        return {"Update": {
+            "TableName": self.table, "Key": self.key(pid),
+            "UpdateExpression": "SET #amount = #amount + :not_given, updated_at = :now",
+            "ConditionExpression": "#status = :pending",
+            "ExpressionAttributeNames": {"#status": "status", "#amount": "amount"},
+            "ExpressionAttributeValues": values(not_given=not_given, now=now, pending=PENDING)}}
+
     # ---- AuthorizePayment --------------------------------------------------------------------------------
     def authorize_at_gateway(self, payment: dict[str, Any] | None, now: int) -> str:
         """The gateway's authorization of a PENDING payment (a repeat returns the reference it already has).

@@ -4,7 +4,7 @@
                                               coupons), valid_from, valid_until (epoch ms), max_redemptions,
                                               per_customer, redeemed (held + committed redemptions)
   pk = COUPON#<code>  sk = CUSTOMER#<sub>     how many of the coupon's redemptions a customer holds (`used`)
-  pk = COUPON#<code>  sk = ORDER#<order id>   the order's redemption: HELD | COMMITTED | RELEASED
+  pk = COUPON#<code>  sk = ORDER#<order id>   the order's redemption: HELD | COMMITTED | RELEASED | SKIPPED
 
 The API prices the discount (the client never does). ApplyCoupon holds a redemption in one transaction with
 both counters, each conditional on its limit, so no interleaving of orders can exceed either limit:
@@ -12,8 +12,16 @@ DynamoDB serializes the conditions on the coupon item and on the customer's item
 redemption; ReleaseCoupon gives it back (both counters down). A release before any hold leaves a RELEASED
 tombstone, so a late ApplyCoupon cannot hold afterwards.
 
+The coupon failure policy (the template's CouponFailurePolicy, CouponPolicy below): `fail` (the default) raises a
+refusal (CouponInvalid, CouponExpired, CouponExhausted) and the saga compensates; `continue` lets the order go on
+at its original amount. ApplyCoupon then writes a SKIPPED redemption, holding no count, in the same transaction
+as the order's new amounts: it is the record that the coupon was not applied, and like a tombstone it blocks any
+later hold for the order (a retry, a late attempt): the first of the hold and the skip to land decides. A release
+finds nothing to give back in it.
+
 Retention (`purge_at`, the table's TTL attribute, epoch seconds): a RELEASED redemption (a release, or a
-tombstone) is kept for Timing.tombstone_ms from the write that releases it (its counts are already given back);
+tombstone) or a SKIPPED one is kept for Timing.tombstone_ms from the write that releases (or skips) it (it holds
+no count);
 a COMMITTED one for the order retention from the write that completes its order (never before: a capture the
 processor refuses after the pivot still releases it). A HELD redemption, the coupon and the customers' counts
 never expire (the counts are what the per-customer limit reads).
@@ -21,6 +29,7 @@ never expire (the counts are what the per-customer limit reads).
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -29,8 +38,29 @@ from order_saga.dynamo import to_ddb, values
 from order_saga.errors import CouponExhausted, CouponExpired, CouponInvalid
 from order_saga.store import Items, Store
 
-HELD, COMMITTED, RELEASED = "HELD", "COMMITTED", "RELEASED"
+HELD, COMMITTED, RELEASED, SKIPPED = "HELD", "COMMITTED", "RELEASED", "SKIPPED"
 PERCENT, AMOUNT = "percent", "amount"
+FAIL, CONTINUE = "fail", "continue"
+REFUSALS = (CouponInvalid, CouponExpired, CouponExhausted)  # a coupon refused for a business reason
+
+
+# What the order records of its coupon (`coupon_outcome`), once ApplyCoupon decided.
+APPLIED, NOT_APPLIED = "APPLIED", "NOT_APPLIED"
+
+
+def held_coupon(order: dict[str, Any]) -> str | None:
+    """The coupon whose redemption the order holds or may hold: its code, unless ApplyCoupon recorded that it went
+    on without it (then its redemption is SKIPPED: nothing to commit, retire or give back)."""
+    return None if order.get("coupon_outcome") == NOT_APPLIED else order.get("coupon")
+
+
+def coupon_policy_from_env() -> str:
+    """COUPON_FAILURE_POLICY (the template's CouponFailurePolicy): `fail` or `continue`; anything else (or nothing)
+    fails at cold start."""
+    policy = os.environ["COUPON_FAILURE_POLICY"]
+    if policy not in (FAIL, CONTINUE):
+        raise ValueError(f"COUPON_FAILURE_POLICY is {policy!r}: it is {FAIL!r} or {CONTINUE!r}")
+    return policy
 
 
 def _iso(ms: Any) -> str:
@@ -128,6 +158,24 @@ class Promotions:
             return CouponExhausted(f"the customer used coupon {code} its {coupon['per_customer']} times already")
         return CouponInvalid(f"coupon {code} could not be held")
 
+    def skip_item(self, code: str, order_id: str, customer: str, refusal: Exception, now: int) -> dict[str, Any]:
+        """ApplyCoupon under the `continue` policy: the order's redemption, SKIPPED (why, and no count held), if it
+        has none yet; kept as long as a tombstone."""
+        skipped = {"pk": f"COUPON#{code}", "sk": f"ORDER#{order_id}", "order_id": order_id, "code": code,
+                   "customer": customer, "status": SKIPPED, "error": type(refusal).__name__, "skipped_at": now,
+                   "purge_at": self.timing.tombstone_until(now)}
+        return {"Put": {"TableName": self.table, "Item": to_ddb(skipped),
+                        "ConditionExpression": "attribute_not_exists(pk)"}}
+
+    @staticmethod
+    def refused_as_read(code: str, coupon: dict[str, Any] | None, now: int) -> Exception | None:
+        """A refusal the coupon item already shows (no coupon, outside its window, every redemption taken), before
+        any hold is tried; None when a hold may succeed (the per-customer limit is checked by the hold)."""
+        if coupon is None or not int(coupon["valid_from"]) <= now < int(coupon["valid_until"]) or (
+                int(coupon["redeemed"]) >= int(coupon["max_redemptions"])):
+            return Promotions.refusal(code, coupon, False, now)
+        return None
+
     # ---- ConfirmOrder ----------------------------------------------------------------------------------------
     def commit_item(self, code: str, order_id: str, now: int) -> dict[str, Any]:
         return {"Update": {"TableName": self.table, "Key": redemption_key(code, order_id),
@@ -148,14 +196,15 @@ class Promotions:
     # ---- ReleaseCoupon, the reaper ---------------------------------------------------------------------------
     def release_items(self, code: str, order_id: str, now: int) -> Items:
         """Give the redemption back (both counts down), or leave a tombstone if none was held. [] when it was
-        released before. Conditional on the status read, so a concurrent hold is noticed."""
+        released before, or skipped (it holds no count). Conditional on the status read, so a concurrent hold is
+        noticed."""
         redemption = self.store.get(self.table, redemption_key(code, order_id))
         if redemption is None:
             tombstone = {"pk": f"COUPON#{code}", "sk": f"ORDER#{order_id}", "order_id": order_id, "code": code,
                          "status": RELEASED, "released_at": now, "purge_at": self.timing.tombstone_until(now)}
             return {"redemption": {"Put": {"TableName": self.table, "Item": to_ddb(tombstone),
                                            "ConditionExpression": "attribute_not_exists(pk)"}}}
-        if redemption["status"] == RELEASED:
+        if redemption["status"] in (RELEASED, SKIPPED):
             return {}
         customer = str(redemption["customer"])
         return {

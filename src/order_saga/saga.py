@@ -36,8 +36,8 @@ from order_saga.inventory import COMMITTED, RESERVED, Inventory
 from order_saga.models import PricedLine, SagaState
 from order_saga.orders import Lease, Orders
 from order_saga.payments import HOLDS_MONEY, Payments, payment_id
+from order_saga.promotions import APPLIED, CONTINUE, FAIL, HELD, SKIPPED, Promotions
 from order_saga.promotions import COMMITTED as REDEMPTION_COMMITTED
-from order_saga.promotions import HELD, Promotions
 from order_saga.store import Cancelled, Items, Store
 
 PAST_PIVOT = (models.CONFIRMING, models.COMPLETED)
@@ -88,30 +88,93 @@ def reserve_inventory(store: Store, orders: Orders, inventory: Inventory, saga: 
 
 
 def apply_coupon(store: Store, orders: Orders, promotions: Promotions, saga: SagaState, owner: str,
-                 now: int) -> SagaState:
-    """Hold one redemption of the order's coupon, within its global and per-customer limits."""
+                 now: int, policy: str = FAIL, payments: Payments | None = None) -> SagaState:
+    """Hold one redemption of the order's coupon, within its global and per-customer limits. A coupon refused for
+    a business reason (CouponInvalid, CouponExpired, CouponExhausted) fails the step under the `fail` policy;
+    under `continue` the order goes on at its original amount (_without_coupon)."""
     code = saga.coupon
     if not code:
         raise CouponInvalid("the order has no coupon (ApplyCoupon runs only when there is one)")
     lease = orders.lease_of(saga, owner)
     coupon = promotions.coupon(code)
-    if coupon is None:
-        raise CouponInvalid(f"no coupon {code}")
+    # Under `continue`, a refusal the coupon already shows skips it straight away: two requests, as a hold.
+    refused = CouponInvalid(f"no coupon {code}") if coupon is None else (
+        promotions.refused_as_read(code, coupon, now) if policy == CONTINUE else None)
+    if coupon is None or refused is not None:
+        return _refused(store, orders, promotions, payments, saga, lease, refused, now, policy)
     cancelled = store.transact({
         **promotions.hold_items(code, saga.order_id, saga.customer_id, int(coupon["per_customer"]), now),
-        "order": orders.step_update(lease, "ApplyCoupon", now)})
+        "order": orders.step_update(lease, "ApplyCoupon", now, coupon_outcome=APPLIED)})
     if cancelled is None:
         return saga.model_copy(update={"lease_expires_at": orders.renewed(lease, now)})
     if cancelled.failed("order"):
         raise orders.refusal(cancelled.item("order"), lease, now)
     if cancelled.failed("redemption"):
-        if (cancelled.item("redemption") or {}).get("status") in (HELD, REDEMPTION_COMMITTED):
-            return _after_repeat(orders, saga)  # held before: a repeat
+        decided = _decided(orders, saga, cancelled.item("redemption"))
+        if decided is not None:
+            return decided  # held or skipped before: a repeat
         raise CouponInvalid(f"the redemption of coupon {code} for order {saga.order_id} was released")
     if cancelled.failed("coupon") or cancelled.failed("customer"):
-        raise promotions.refusal(code, cancelled.item("coupon") if cancelled.failed("coupon") else coupon,
-                                 cancelled.failed("customer"), now)
+        refusal = promotions.refusal(code, cancelled.item("coupon") if cancelled.failed("coupon") else coupon,
+                                     cancelled.failed("customer"), now)
+        return _refused(store, orders, promotions, payments, saga, lease, refusal, now, policy)
     raise ConcurrentUpdate(f"the coupon hold of order {saga.order_id} was cancelled: {cancelled.reasons}")
+
+
+def _decided(orders: Orders, saga: SagaState, redemption: dict[str, Any] | None) -> SagaState | None:
+    """What an earlier attempt decided for the coupon, from the order's redemption: held (the saga goes on with
+    it), skipped (it goes on without it, at the original amount), or None (released, or none)."""
+    status = (redemption or {}).get("status")
+    if status in (HELD, REDEMPTION_COMMITTED):
+        return _after_repeat(orders, saga)
+    if status == SKIPPED:
+        return _after_repeat(orders, saga, coupon=None, total=_subtotal(saga))
+    return None
+
+
+def _subtotal(saga: SagaState) -> int:
+    """The order's original amount (before the coupon's discount), from the lines the API priced."""
+    lines, _ = saga.require_priced()
+    return sum(line.unit_price * line.quantity for line in lines)
+
+
+def _refused(store: Store, orders: Orders, promotions: Promotions, payments: Payments | None, saga: SagaState,
+             lease: Lease, refusal: Exception | None, now: int, policy: str) -> SagaState:
+    """The coupon was refused for a business reason: raise it (`fail`), or go on without it (`continue`)."""
+    if refusal is None:
+        raise CouponInvalid(f"coupon {saga.coupon} could not be held")
+    if policy != CONTINUE:
+        raise refusal
+    if payments is None:
+        raise ValueError("the `continue` coupon policy needs the payments (ApplyCoupon moves an amount)")
+    return _without_coupon(store, orders, promotions, payments, saga, lease, refusal, now)
+
+
+def _without_coupon(store: Store, orders: Orders, promotions: Promotions, payments: Payments, saga: SagaState,
+                    lease: Lease, refusal: Exception, now: int) -> SagaState:
+    """The `continue` policy: the order goes on at its original amount. One transaction under the lease: the
+    order's redemption SKIPPED (no count held; it blocks any later hold for the order, so whichever of a hold and
+    a skip lands first decides, and only one skip ever lands); the first payment method's amount up by the discount
+    not given (while still PENDING); the order's total back to its subtotal, no discount, and why."""
+    subtotal = _subtotal(saga)
+    _, total = saga.require_priced()
+    not_given = subtotal - total
+    cancelled = store.transact({
+        "redemption": promotions.skip_item(str(saga.coupon), saga.order_id, saga.customer_id, refusal, now),
+        "payment:1": payments.amount_item(payment_id(saga.order_id, 1), not_given, now),
+        "order": orders.coupon_skipped_update(lease, now, subtotal, not_given, type(refusal).__name__, str(refusal))})
+    if cancelled is None:
+        return saga.model_copy(update={"coupon": None, "total": subtotal,
+                                       "lease_expires_at": orders.renewed(lease, now)})
+    if cancelled.failed("order"):
+        raise orders.refusal(cancelled.item("order"), lease, now)
+    if cancelled.failed("redemption"):
+        decided = _decided(orders, saga, cancelled.item("redemption"))
+        if decided is not None:
+            return decided  # another attempt held or skipped it first: that decides
+        raise refusal  # released (a compensation began): as under `fail`
+    raise ConcurrentUpdate(f"the payment of order {saga.order_id} changed while its coupon was skipped: "
+                           f"{cancelled.reasons}")
 
 
 def authorize_payment(store: Store, orders: Orders, payments: Payments, saga: SagaState, owner: str,

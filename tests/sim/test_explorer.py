@@ -19,6 +19,7 @@ from sagalocal.sim.explore import DOC, PATHS, Result, explore
 # The paths, the longest first (their case counts in docs/scenarios.md): each worker takes the next path as it
 # finishes one, so the two end together.
 LONGEST_FIRST = ["second-capture-refused", "capture-refused", "three-cards", "second-declined", "coupon-declined",
+                 "coupon-skipped-two-cards", "coupon-skipped",
                  "two-cards", "declined", "coupon", "plain", "coupon-exhausted", "out-of-stock"]
 WORKERS = 2
 

@@ -97,7 +97,8 @@ def aws(monkeypatch: pytest.MonkeyPatch, dynamodb_engine: str):
            "PAYMENT_GATEWAY": "fake", "FAKE_GATEWAY_HANG_SECONDS": "0.2", "LEASE_SECONDS": "20",
            "SAGA_DEADLINE_SECONDS": "60", "RESERVATION_TTL_SECONDS": "300", "INDEX_SHARDS": "4",
            "GATEWAY_TIMEOUT_SECONDS": "3", "RECONCILE_AFTER_SECONDS": "300",
-           "BREAKER_FAILURE_THRESHOLD": "5", "BREAKER_SUCCESS_THRESHOLD": "2", "BREAKER_OPEN_SECONDS": "30"}
+           "BREAKER_FAILURE_THRESHOLD": "5", "BREAKER_SUCCESS_THRESHOLD": "2", "BREAKER_OPEN_SECONDS": "30",
+           "COUPON_FAILURE_POLICY": "fail"}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     with mock_aws():

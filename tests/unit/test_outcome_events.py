@@ -88,6 +88,27 @@ def test_confirmed_carries_the_coupon_and_the_discounted_total():
     assert list(VALIDATOR.iter_errors(envelope(event))) == []
 
 
+def test_confirmed_says_whether_the_coupon_applied():
+    """CouponFailurePolicy=continue: a refused coupon lets the order go on at its original amount; OrderConfirmed says
+    it was not applied, and why. An applied coupon says APPLIED; an order without one says nothing of coupons."""
+    skipped = order("COMPLETED", "CONFIRMED", coupon="LAUNCH3", discount=0, subtotal=2500, total=2500,
+                    coupon_outcome="NOT_APPLIED", coupon_error="CouponExhausted")
+    applied = order("COMPLETED", "CONFIRMED", coupon="WELCOME10", discount=250, subtotal=2500,
+                    coupon_outcome="APPLIED")
+    details = [outcome(record(new, order("EXECUTING", "RECEIVED"))) for new in (skipped, applied,
+                                                                                order("COMPLETED", "CONFIRMED"))]
+    for event in details:
+        assert list(VALIDATOR.iter_errors(envelope(event))) == []
+    first, second, third = (event["Detail"] for event in details)
+    assert (first["total"], first["discount"], first["coupon_outcome"], first["coupon_error"]) == (
+        2500, 0, "NOT_APPLIED", "CouponExhausted")
+    assert (second["coupon_outcome"], "coupon_error" in second) == ("APPLIED", False)
+    assert not {"coupon", "coupon_outcome", "coupon_error"} & set(third)
+    wrong = envelope(details[0])
+    wrong["detail"]["coupon_error"] = "PaymentDeclined"  # not a coupon's refusal: the schema says which
+    assert list(VALIDATOR.iter_errors(wrong)) != []
+
+
 @pytest.mark.parametrize("change", [
     record(order("COMPLETED", "CONFIRMED"), order("COMPLETED", "CONFIRMED")),  # a repeat rewrote the order
     record(order("FAILED", "RECEIVED"), order("FAILED", "RECEIVED")),  # a later write on a parked order
