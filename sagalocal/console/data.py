@@ -2,7 +2,9 @@
 
 Nothing here knows sagalocal's internals, so the same console reads the embedded stack, LocalStack or AWS:
 a `Source` is an endpoint (None: AWS itself), a region and the stack's Outputs. The application's tables are
-read with boto3 directly, by the keys docs/architecture.md documents (the console imports nothing from src/).
+read with boto3 directly, by the keys docs/architecture.md documents. The console imports nothing from src/ but
+the circuit breaker's reading of its own item (order_saga.breaker: its key, states and fields), so the page and
+the breaker speak one vocabulary.
 
 Every list call follows nextToken. An execution that succeeded never changes, so its description is kept; one
 that failed, timed out or was aborted changes again only if it is redriven (RedriveExecution), so its description
@@ -27,6 +29,7 @@ from boto3.dynamodb.types import TypeDeserializer
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from order_saga.breaker import BREAKER_KEY, CLOSED, HALF_OPEN, OPEN, BreakerSettings, BreakerState
 from sagalocal.console import execution as execution_reading
 from sagalocal.console.graph import Graph, overlay, state_graph
 from sagalocal.console.redact import is_secret, redact
@@ -39,6 +42,8 @@ CACHE_SIZE = 2000  # ended executions' descriptions and definitions kept
 SAGA_UNFINISHED = ("PENDING", "EXECUTING", "COMPENSATING")
 MONEY_RELEASED = ("VOIDED", "REFUNDED", "DECLINED")
 MAX_PAYMENT_METHODS = 5  # payment_id = <order id>#<method>, numbered from 1
+# The breaker's template parameters, each also a stack Output of the same name (what the console knows of them).
+BREAKER_OUTPUTS = ("BreakerFailureThreshold", "BreakerSuccessThreshold", "BreakerOpenSeconds")
 
 
 class NotFound(LookupError):
@@ -153,6 +158,60 @@ class OrderView:
     @property
     def unfinished(self) -> bool:
         return self.order is not None and self.order.get("saga_status") in SAGA_UNFINISHED
+
+
+@dataclass
+class BreakerView:
+    """The payment gateway's circuit breaker as its item says now (order_saga.breaker), with the stack's settings."""
+    state: BreakerState
+    settings: BreakerSettings | None  # None: the stack's Outputs do not name them (a stack deployed before they did)
+    now_ms: int
+    table: str
+
+    @property
+    def key(self) -> str:
+        return BREAKER_KEY
+
+    @property
+    def open_over(self) -> bool:
+        """OPEN past `opened_until`: the next authorization moves it to HALF_OPEN."""
+        return self.state.state == OPEN and (self.state.opened_until or 0) <= self.now_ms
+
+    @property
+    def probes_lost(self) -> bool:
+        """HALF_OPEN past `probe_until`: its probes never reported; the next authorization starts a new period."""
+        return self.state.state == HALF_OPEN and (self.state.probe_until or 0) <= self.now_ms
+
+    @property
+    def summary(self) -> str:
+        state, settings = self.state, self.settings
+        if state.state == CLOSED:
+            if not state.used:
+                return "CLOSED: never opened (no breaker item yet); authorizations go through."
+            of = f" of {settings.failure_threshold}" if settings else ""
+            return (f"CLOSED: authorizations go through; {state.failed_payments}{of} payments in a row failed with an "
+                    "outage (that many open it).")
+        if state.state == OPEN:
+            if self.open_over:
+                return "OPEN, its time over: the next authorization moves it to HALF_OPEN and probes the processor."
+            return "OPEN: authorizations fail fast with PaymentGatewayUnavailable (retried, then compensated)."
+        if state.state == HALF_OPEN:
+            if self.probes_lost:
+                return "HALF_OPEN, its probes never reported: the next authorization starts a new half-open period."
+            most = f" of at most {settings.success_threshold}" if settings else ""
+            return (f"HALF_OPEN: probing the processor, {state.probes}{most} probes let through, {state.successes} "
+                    "answered; the other authorizations fail fast.")
+        return f"{state.state}: not a state order_saga.breaker knows."
+
+
+def breaker_settings(outputs: dict[str, Any]) -> BreakerSettings | None:
+    """The breaker's settings from the stack's Outputs, or None where they are missing or not numbers."""
+    try:
+        failures, successes, seconds = (outputs[name] for name in BREAKER_OUTPUTS)
+        return BreakerSettings(failure_threshold=int(failures), success_threshold=int(successes),
+                               open_ms=int(float(seconds) * 1000))
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 @dataclass
@@ -378,6 +437,13 @@ class ConsoleData:
         steps = sorted(({"step": step, **entry} for step, entry in ((order or {}).get("steps") or {}).items()),
                        key=lambda s: (s.get("at") or 0, s["step"]))
         return OrderView(order_id, order, reservation, payments, steps)
+
+    # ---- the payment gateway's circuit breaker -----------------------------------------------------------------
+    def breaker(self) -> BreakerView:
+        """Its item in the payments table (order_saga.breaker.BREAKER_KEY), read consistently; none is CLOSED."""
+        item = self._get("PaymentsTableName", {"payment_id": BREAKER_KEY})
+        return BreakerView(BreakerState.of(item), breaker_settings(self.outputs), int(time.time() * 1000),
+                           str(self.outputs["PaymentsTableName"]))
 
     # ---- parked sagas ------------------------------------------------------------------------------------
     def queues(self) -> list[QueueInfo]:

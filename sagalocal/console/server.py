@@ -223,8 +223,10 @@ class ConsoleApp:
 
     def on_dashboard(self, request: Request) -> Response:
         dashboards, source = self.data.dashboards()
-        refresh = Refresh(request, bool(dashboards), REFRESH_IDLE, "the metrics so far")
-        return self.render(request, "dashboard.html", {"dashboards": dashboards, "source": source,
+        breaker = self.data.breaker()
+        refresh = Refresh(request, bool(dashboards) or breaker.state.state != console_data.CLOSED, REFRESH_IDLE,
+                          f"the metrics so far, the breaker {breaker.state.state}")
+        return self.render(request, "dashboard.html", {"dashboards": dashboards, "source": source, "breaker": breaker,
                                                        "refresh": refresh, "title": "Dashboard"})
 
     # ---- assets --------------------------------------------------------------------------------------

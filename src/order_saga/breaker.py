@@ -80,6 +80,36 @@ class Admission:
     failing: bool = False  # CLOSED with failures recorded: an answer clears them
 
 
+@dataclass(frozen=True)
+class BreakerState:
+    """The breaker's item as read, in its own fields (what the local console shows). No item: CLOSED at version 0,
+    never used (the first failure creates it); deleting the item closes the breaker."""
+
+    state: str = CLOSED
+    version: int = 0
+    failed_payments: int = 0  # CLOSED: distinct payments failed with an outage since the last answer (failed_keys)
+    opened_until: int | None = None  # OPEN: until when calls fail fast (epoch ms); the first call after: HALF_OPEN
+    probes: int = 0  # HALF_OPEN: probes let through in this period
+    successes: int = 0  # HALF_OPEN: probes answered
+    probe_until: int | None = None  # HALF_OPEN: when a period whose probes never reported is started afresh
+    updated_at: int | None = None  # epoch ms of the last write
+    used: bool = False  # the item exists
+
+    @classmethod
+    def of(cls, item: dict[str, Any] | None) -> BreakerState:
+        """From the item as `read` returns it (or any reading of it with numbers and sets, e.g. lists)."""
+        if not item:
+            return cls()
+
+        def number(name: str) -> int | None:
+            return int(item[name]) if item.get(name) is not None else None
+
+        return cls(state=str(item.get("state", CLOSED)), version=int(item.get("version", 0)),
+                   failed_payments=len(item.get("failed_keys") or ()), opened_until=number("opened_until"),
+                   probes=int(item.get("probes", 0)), successes=int(item.get("successes", 0)),
+                   probe_until=number("probe_until"), updated_at=number("updated_at"), used=True)
+
+
 class CircuitBreaker:
     """A PaymentGateway around another one (see the module docstring)."""
 

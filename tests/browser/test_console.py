@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 from playwright.sync_api import expect
 
+from order_saga.breaker import BREAKER_KEY, CLOSED, OPEN
 from tests.browser.harness import ROOT, place_order, wait_ended
 
 DEFINITION = json.loads((ROOT / "statemachine/order_saga.asl.json").read_text())
@@ -392,3 +394,33 @@ def test_the_dashboard_shows_the_templates_widgets_with_the_runs_metrics(console
     declined = page.locator('[data-widget="Failures per step (business errors)"] [data-line="AuthorizePayment"]')
     assert float(declined.get_attribute("data-value")) >= 1  # the declined card
     expect(page.locator("[data-metrics-source]")).to_contain_text("log files")
+
+
+def test_the_dashboard_shows_the_circuit_breaker_open_once_its_item_says_so(console, stack):
+    """The breaker's panel reads its item (order_saga.breaker's key and fields) as the breaker left it: written
+    OPEN here, the page open on it sees it at its next refresh; deleted (the documented reset), CLOSED."""
+    ddb, table = stack.client("dynamodb"), stack.outputs["PaymentsTableName"]
+    key = {"payment_id": {"S": BREAKER_KEY}}
+    page = console.open("/dashboard")
+    panel = page.locator("[data-breaker]")
+    expect(panel).to_have_attribute("data-breaker-state", CLOSED)
+    until = int(time.time() * 1000) + 600_000
+    try:
+        ddb.put_item(TableName=table, Item={**key, "state": {"S": OPEN}, "version": {"N": "7"},
+                                            "opened_until": {"N": str(until)}, "updated_at": {"N": str(until - 1)}})
+        # No reload: the dashboard refreshes itself (every 10 s) and its panel with it.
+        expect(panel).to_have_attribute("data-breaker-state", OPEN, timeout=30_000)
+        expect(panel.locator(".pill")).to_have_text(OPEN)
+        expect(panel.locator("[data-breaker-version]")).to_have_text("7")
+        expect(panel.locator("[data-breaker-summary]")).to_contain_text("fail fast")
+        expect(panel.locator("[data-breaker-until]")).to_contain_text(re.compile(r"\(in \d+(\.\d+)? min\)"))
+        expect(panel.locator("[data-breaker-until]")).to_contain_text(
+            f"then lets {stack.outputs['BreakerSuccessThreshold']} probes through")
+        expect(panel.locator("[data-breaker-failures]")).to_have_count(0)
+    finally:
+        ddb.delete_item(TableName=table, Key=key)  # other tests' authorizations must not fail fast
+    page = console.open("/dashboard")
+    panel = page.locator("[data-breaker]")
+    expect(panel).to_have_attribute("data-breaker-state", CLOSED)
+    expect(panel.locator("[data-breaker-failures]")).to_have_text(f"0 of {stack.outputs['BreakerFailureThreshold']}")
+    expect(panel.locator("[data-breaker-summary]")).to_contain_text("never opened")
