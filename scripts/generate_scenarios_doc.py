@@ -42,6 +42,12 @@ def render() -> str:
         "transient errors itself, within its time budget: usually it absorbs the fault in one invocation, and on a",
         "loaded machine (or a slow day on AWS) the state machine's retry finishes the job.",
         "",
+        "The rows run on a stack with the template's defaults, among them `CouponFailurePolicy=fail`: a coupon",
+        "refused for a business reason cancels its order. The rows whose failure names a parameter run on a",
+        "stack deployed with it: under `CouponFailurePolicy=continue` the same refusals let the order complete at",
+        "its original amount, the coupon not applied (`coupon_outcome` NOT_APPLIED, with its `coupon_error`, on",
+        "the order and its `OrderConfirmed` event), its redemption SKIPPED and no count held.",
+        "",
         "| step | failure | how | outcome | saga status | state path | money afterwards |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -51,7 +57,10 @@ def render() -> str:
         saga = e.get("saga_status", "(no order was created)")
         attempts = "".join(f" ({n} attempts of {s})" for s, n in e.get("attempts", {}).items()) + "".join(
             f" ({a} to {b} attempts of {s})" for s, (a, b) in e.get("attempts_between", {}).items())
-        out.append(f"| {r['step']} | {r['fault']} | {r['how']} | {outcome}{attempts} | {saga} | "
+        fault = r["fault"] + "".join(f" (`{name}={value}`)" for name, value in sorted(r.get("parameters", {}).items()))
+        if e.get("coupon_outcome"):
+            outcome += f", coupon {e['coupon_outcome']} `{e['coupon_error']}`"
+        out.append(f"| {r['step']} | {fault} | {r['how']} | {outcome}{attempts} | {saga} | "
                    f"{' → '.join(e['path'])} | {e['money']} |")
     return "\n".join(out) + "\n" + explorer_section()
 
