@@ -97,7 +97,7 @@ def test_fault_injection_adds_only_the_rules_table_and_only_when_it_is_on(logica
 SECRET = "arn:aws:secretsmanager:us-east-1:123456789012:secret:order-saga-stripe-AbCdEf"
 STRIPE = Template(ROOT / "template.yaml", parameter_overrides={"PaymentGateway": "stripe", "StripeSecretArn": SECRET})
 GATEWAY_FUNCTIONS = ["AuthorizePaymentFunction", "ConfirmOrderFunction", "RefundPaymentFunction",
-                     "VoidPaymentFunction", "ReaperFunction"]
+                     "VoidPaymentFunction", "ReaperWorkerFunction"]
 
 
 @pytest.mark.parametrize("logical_id", FUNCTIONS)

@@ -12,7 +12,7 @@ import pytest
 from order_saga.errors import PaymentGatewayUnavailable
 from order_saga.orders import CUSTOMER_PREFIX
 from tests.unit.conftest import ROOT, scan_all
-from tests.unit.helpers import EXECUTION, get, invoke, order, orders_of, second_run_changes_nothing
+from tests.unit.helpers import EXECUTION, get, invoke, order, orders_of, reap, second_run_changes_nothing
 from tests.unit.test_api import ALICE, BOB, GOOD, call, executions
 
 CAP = 2
@@ -166,7 +166,7 @@ def test_the_reaper_takes_out_what_it_cancels_and_what_it_completes(aws, handler
     assert open_orders(aws) == {abandoned, pivoted}
     assert place(api, context, "key-3")[0] == 429
     time.sleep(LEASE_S + 0.1)
-    swept = handlers("reaper").lambda_handler({"source": "aws.events"}, context)
+    swept = reap(handlers, context)
     assert (swept["compensated"], swept["completed"]) == ([abandoned], [pivoted])
     assert open_orders(aws) == set()
     assert place(api, context, "key-3")[0] == 202
@@ -187,7 +187,7 @@ def test_an_order_whose_saga_never_started_stays_open_until_the_reaper_cancels_i
     # The reaper cancels it once its lease runs out (as if it had: the lease moved into the past).
     aws.update_item(TableName=orders_of(aws).table, Key={"order_id": {"S": order_id}},
                     UpdateExpression="SET lease_expires_at = :past", ExpressionAttributeValues={":past": {"N": "1"}})
-    swept = handlers("reaper").lambda_handler({"source": "aws.events"}, context)
+    swept = reap(handlers, context)
     assert swept["compensated"] == [order_id]
     assert open_orders(aws) == set()
 

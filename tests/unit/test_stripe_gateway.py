@@ -16,12 +16,13 @@ import boto3
 import pytest
 import stripe
 
+from order_saga.breaker import CircuitBreaker
 from order_saga.errors import PaymentDeclined, PaymentGatewayUnavailable, PaymentNotAuthorized
 from order_saga.gateway import gateway_from_env
 from order_saga.store import Store
 from order_saga.stripe_gateway import METADATA_KEY, GatewayMisconfigured, StripeGateway
 from sagalocal.stripe_fake import API_KEY, StripeFake
-from tests.unit.helpers import invoke, new_saga, payment
+from tests.unit.helpers import invoke, new_saga, payment, reap
 from tests.unit.test_steps import fail_at, run_forward
 
 PID = "ord_1#1"
@@ -236,7 +237,8 @@ def test_no_replay_past_the_window_where_stripe_may_have_pruned_the_key(aws, fak
 # ---- the saga's handlers on the adapter ----------------------------------------------------------------------------
 def test_the_handlers_read_the_secret_key_from_secrets_manager(aws, stripe_env, handlers, context):
     gw = gateway_from_env(Store(aws))
-    assert isinstance(gw, StripeGateway)
+    assert isinstance(gw, CircuitBreaker)  # every adapter sits behind the shared circuit breaker
+    assert isinstance(gw.gateway, StripeGateway)
     saga = run_forward(handlers, context, new_saga(aws, token="pm_card_visa"))
     assert saga["order_id"] == "ord_1"
     assert payment(aws)["status"] == "CAPTURED"
@@ -259,18 +261,17 @@ def test_an_authorization_that_lands_after_the_void_is_canceled_by_the_reaper(aw
     voided = payment(aws)
     assert voided["status"] == "VOIDED"
     assert "reconcile" in voided
-    reaper = handlers("reaper")
-    assert reaper.lambda_handler({}, context)["reconciled"] == {PID: "undecided"}  # still executing at Stripe
+    assert reap(handlers, context)["reconciled"] == {PID: "undecided"}  # still executing at Stripe
     deadline = time.monotonic() + 15
     while not intents(stripe_env):
         assert time.monotonic() < deadline, "the slow authorization never landed"
         time.sleep(0.05)
     assert intents(stripe_env)[0]["status"] == "requires_capture"  # money held for a cancelled order...
-    assert reaper.lambda_handler({}, context)["reconciled"] == {PID: "reversed"}  # ...until the reaper
+    assert reap(handlers, context)["reconciled"] == {PID: "reversed"}  # ...until the reaper
     [intent] = intents(stripe_env)
     assert intent["status"] == "canceled"
     assert payment(aws)["reconciled"] == "reversed"
-    assert reaper.lambda_handler({}, context)["reconciled"] == {}  # once
+    assert reap(handlers, context)["reconciled"] == {}  # once
 
 
 def test_a_void_before_any_request_reached_stripe_fences_the_key(aws, stripe_env, handlers, context):
