@@ -393,13 +393,13 @@ def test_a_response_lost_as_a_timeout_leaves_the_write_applied(dynamodb_engine):
     ddb = client(dynamodb_engine)
     table = new_table(ddb)
     add_rule(dynamodb_engine, {"action": "dynamodb-response-lost", "lost_as": "timeout", "table": table,
-                               "operation": "PutItem", "count": 1, "delay_ms": 1000})
+                               "operation": "PutItem", "count": 1, "delay_ms": 6000})
     impatient = client(dynamodb_engine, Config(retries={"total_max_attempts": 1}, read_timeout=0.5,
                                                connect_timeout=0.5))
     started = time.monotonic()
     with pytest.raises(ReadTimeoutError):
         impatient.put_item(TableName=table, Item={**key("a"), "v": {"N": "1"}})
-    assert time.monotonic() - started < 1.0  # the client's own timeout, not the server's hold
+    assert time.monotonic() - started < 4  # the client's own timeout, not the server's 6 s hold
     assert ddb.get_item(TableName=table, Key=key("a"), ConsistentRead=True)["Item"]["v"] == {"N": "1"}
 
 

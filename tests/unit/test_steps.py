@@ -338,7 +338,7 @@ def test_a_gateway_call_past_its_timeout_fails_with_an_unknown_outcome_and_a_ret
     started = time.monotonic()
     with pytest.raises(PaymentGatewayUnavailable, match="outcome is unknown"):
         invoke(module, context, saga)
-    assert 0.3 <= time.monotonic() - started < 2  # the client's timeout, not the processor's 30 s
+    assert 0.3 <= time.monotonic() - started < 15  # the client's timeout, not the processor's 30 s
     with pytest.raises(PaymentGatewayUnavailable, match="in progress"):
         invoke(module, context, saga)
     assert payment(aws)["status"] == "PENDING"

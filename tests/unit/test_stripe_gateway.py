@@ -132,9 +132,10 @@ def test_the_same_key_with_other_parameters_is_refused_and_never_charges_twice(a
 
 
 def test_a_repeat_while_the_first_request_still_executes_is_unavailable(aws, fake):
-    gw = gateway(aws, fake, timeout=5.0)
-    new_saga(aws, token="pm_card_fakeSlow_1.5")
-    first = threading.Thread(target=lambda: gw.authorize(PID, "pm_card_fakeSlow_1.5", 2500, "USD"))
+    # The processor takes 6 s: wide enough that the other calls land while it executes on a loaded machine.
+    gw = gateway(aws, fake, timeout=10.0)
+    new_saga(aws, token="pm_card_fakeSlow_6")
+    first = threading.Thread(target=lambda: gw.authorize(PID, "pm_card_fakeSlow_6", 2500, "USD"))
     first.start()
     deadline = time.monotonic() + 5
     while creates(fake) == 0:
@@ -142,21 +143,21 @@ def test_a_repeat_while_the_first_request_still_executes_is_unavailable(aws, fak
         time.sleep(0.01)
     other = gateway(aws, fake)
     with pytest.raises(PaymentGatewayUnavailable, match="409 idempotency_key_in_use"):
-        other.authorize(PID, "pm_card_fakeSlow_1.5", 2500, "USD")
+        other.authorize(PID, "pm_card_fakeSlow_6", 2500, "USD")
     assert other.state(PID) == "PROCESSING"
     assert other.reverse(PID) == "PROCESSING"  # nothing to cancel yet
-    first.join(10)
+    first.join(30)
     assert len(intents(fake)) == 1
 
 
 def test_every_call_is_bounded_by_the_timeout_and_the_outcome_is_then_unknown(aws, fake):
     gw = gateway(aws, fake, timeout=0.4)
-    new_saga(aws, token="pm_card_fakeSlow_1.5")
+    new_saga(aws, token="pm_card_fakeSlow_6")
     started = time.monotonic()
     with pytest.raises(PaymentGatewayUnavailable, match="outcome is unknown"):
-        gw.authorize(PID, "pm_card_fakeSlow_1.5", 2500, "USD")
-    assert 0.4 <= time.monotonic() - started < 1.4  # the client's timeout, not the processor's 1.5 s
-    deadline = time.monotonic() + 10
+        gw.authorize(PID, "pm_card_fakeSlow_6", 2500, "USD")
+    assert 0.4 <= time.monotonic() - started < 5  # the client's timeout, not the processor's 6 s
+    deadline = time.monotonic() + 30
     while not intents(fake):  # the request executes all the same: the authorization lands later
         assert time.monotonic() < deadline, "the slow authorization never landed"
         time.sleep(0.05)
@@ -252,9 +253,11 @@ def test_an_authorization_that_lands_after_the_void_is_canceled_by_the_reaper(aw
     """The unknown outcome end to end: the client gives up, the saga voids the PENDING payment while the request
     still executes at Stripe (the replay gets a 409: undecided, so it is marked for reconciliation), the
     authorization lands, and the reaper's reconciliation finds it by its key and cancels it."""
-    monkeypatch.setenv("GATEWAY_TIMEOUT_SECONDS", "0.5")
+    # The client gives up after 2 s and the processor takes 8: wide enough that on a loaded machine every other
+    # call (the void's replay, the reaper's look) still answers within its 2 s while the authorization executes.
+    monkeypatch.setenv("GATEWAY_TIMEOUT_SECONDS", "2")
     monkeypatch.setenv("RECONCILE_AFTER_SECONDS", "0")
-    saga = run_forward(handlers, context, new_saga(aws, token="pm_card_fakeSlow_2.5"), upto=2)
+    saga = run_forward(handlers, context, new_saga(aws, token="pm_card_fakeSlow_8"), upto=2)
     with pytest.raises(PaymentGatewayUnavailable):
         invoke(handlers("authorize_payment"), context, saga)
     invoke(handlers("void_payment"), context, fail_at(saga, "AuthorizePayment"))
@@ -262,7 +265,7 @@ def test_an_authorization_that_lands_after_the_void_is_canceled_by_the_reaper(aw
     assert voided["status"] == "VOIDED"
     assert "reconcile" in voided
     assert reap(handlers, context)["reconciled"] == {PID: "undecided"}  # still executing at Stripe
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 30
     while not intents(stripe_env):
         assert time.monotonic() < deadline, "the slow authorization never landed"
         time.sleep(0.05)
