@@ -12,7 +12,6 @@ import pytest
 
 from order_saga.breaker import BREAKER_KEY, OPEN
 from order_saga.dynamo import now_ms, to_ddb
-from order_saga.errors import PaymentGatewayUnavailable
 from sagalocal.stripe_fake import API_KEY, StripeFake
 from tests.unit.helpers import invoke, new_saga, payment
 from tests.unit.test_steps import fail_at, run_forward
@@ -34,10 +33,6 @@ def open_breaker(aws) -> None:
         "payment_id": BREAKER_KEY, "state": OPEN, "version": 3, "opened_until": now_ms() + 60_000}))
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="open finding (issue 20 review, 1): the Stripe adapter finds a PENDING payment's "
-                   "intent by replaying the create, so its void needs the processor even when nothing was ever sent; "
-                   "needs a sent-marker on the payment before the first gateway call")
 def test_a_void_of_an_authorization_the_breaker_refused_needs_no_processor(aws, stripe_down, handlers, context):
     """Stripe is down, the breaker is OPEN: AuthorizePayment fails fast (nothing reached Stripe, the payment is
     PENDING). VoidPayment should then be able to give back what the payment holds (nothing) without Stripe; with the
@@ -91,10 +86,6 @@ def stripe_up(aws, monkeypatch):
         yield server
 
 
-@pytest.mark.xfail(strict=True, raises=PaymentGatewayUnavailable,
-                   reason="open finding (issue 20 review, 2): past the adapter's 20 h replay window a "
-                   "PENDING payment cannot be voided, even if nothing reached Stripe; needs the sent-marker, and the "
-                   "Search API for sent keys")
 def test_a_parked_saga_redriven_after_the_replay_window_can_still_be_compensated(aws, stripe_up, handlers, context):
     """A saga parked while its payment was PENDING (e.g. the outage above; or its VoidPayment hit any other error) is
     redriven by an operator the next day (> 20 h). VoidPayment's reverse refuses to replay the key past

@@ -62,10 +62,10 @@ def test_happy_path_confirms_the_order_and_charges_once(aws, handlers, context):
 
 
 def test_each_step_is_one_transaction_plus_its_reads_and_the_gateway(aws, handlers, context):
-    """The write path's budget: 9 requests from the four steps (the API adds 2): one write each for
+    """The write path's budget: 10 requests from the four steps (the API adds 2): one write each for
     CreateOrder and ReserveInventory; AuthorizePayment reads the payment, reads the circuit breaker's state (one
-    GetItem; it writes nothing while calls succeed), calls the gateway (whose fake ledger is one write) and writes
-    once; ConfirmOrder commits, captures (one ledger write), completes."""
+    GetItem; it writes nothing while calls succeed), writes the payment's sent marker, calls the gateway (whose fake
+    ledger is one write) and writes once; ConfirmOrder commits, captures (one ledger write), completes."""
     saga = new_saga(aws)
     sent = {}
     for name in FORWARD:
@@ -73,7 +73,7 @@ def test_each_step_is_one_transaction_plus_its_reads_and_the_gateway(aws, handle
         before = module.store.attempts
         saga = invoke(module, context, saga)
         sent[name] = module.store.attempts - before
-    assert sent == {"create_order": 1, "reserve_inventory": 1, "authorize_payment": 4, "confirm_order": 3}
+    assert sent == {"create_order": 1, "reserve_inventory": 1, "authorize_payment": 5, "confirm_order": 3}
 
 
 @pytest.mark.parametrize("step", range(len(FORWARD)), ids=FORWARD)
@@ -393,8 +393,12 @@ def test_reconciliation_waits_while_the_processor_has_not_decided(aws, handlers,
 def test_a_payment_voided_after_a_clear_decline_or_before_any_call_needs_no_reconciliation(aws, handlers, context):
     saga = run_forward(handlers, context, new_saga(aws), upto=2)
     invoke(handlers("void_payment"), context, fail_at(saga, "AuthorizePayment"))  # PENDING, never called
-    # Nothing reached the gateway, but a call could have been in flight: reconciliation asks once, later.
-    assert "reconcile" in payment(aws)
+    # Nothing was ever sent (no sent marker), so nothing can be in flight: voided without the gateway, final.
+    voided = payment(aws)
+    assert voided["status"] == "VOIDED"
+    assert "reconcile" not in voided
+    assert "purge_at" in voided
+    assert ledger(aws) is None
     saga2 = run_forward(handlers, context, new_saga(aws, order_id="ord_2", token="tok_approve"), upto=3)
     invoke(handlers("void_payment"), context, fail_at(saga2, "ConfirmOrder"))
     assert payment(aws, "ord_2")["status"] == "VOIDED"
