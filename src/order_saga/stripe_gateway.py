@@ -262,9 +262,15 @@ class StripeGateway:
         marker; its creation for a payment without one); sooner it is PaymentGatewayUnavailable (asked again
         later). Several intents under one key (none should be: only a replay past Stripe's key retention makes a
         second, and the adapter never replays that late): the one that holds money, or is still processing."""
-        found = self.client.v1.payment_intents.search(
-            params={"query": f"metadata['{METADATA_KEY}']:'{_quoted(key)}'", "limit": 10,
-                    "expand": ["data.latest_charge"]})
+        import stripe
+
+        try:
+            found = self.client.v1.payment_intents.search(
+                params={"query": f"metadata['{METADATA_KEY}']:'{_quoted(key)}'", "limit": 10,
+                        "expand": ["data.latest_charge"]})
+        except stripe.InvalidRequestError as exc:  # e.g. an account without Search (Stripe: not in India)
+            raise GatewayMisconfigured(f"stripe: searching for {key}: HTTP {exc.http_status} {exc.code}; find its "
+                                       f"intent in Stripe's dashboard by metadata {METADATA_KEY}={key}") from None
         intents = list(found.data)
         if not intents:
             if sent_ms_ago < SEARCH_SETTLED_SECONDS * 1000:
