@@ -21,8 +21,8 @@ Stripe, the replay is the first (it authorizes, and reverse or reconcile cancel 
 request arriving later gets the replay's saved answer instead of authorizing again. The limit is Stripe's key
 retention (keys may be pruned once 24 h old): a replay after that would authorize anew instead of finding the
 first intent. The saga replays within minutes (the compensation right away, the reconciliation ReconcileAfterSeconds
-later); past REPLAY_WINDOW_SECONDS from the payment's creation the adapter refuses to replay (the call fails as
-unavailable, and the reconciliation keeps retrying and alarming) rather than risk a second hold; Stripe itself
+later); past REPLAY_WINDOW_SECONDS from the payment's creation the adapter never replays (a second hold is the
+risk) and searches instead (below); Stripe itself
 cancels an uncaptured intent after 7 days, which releases any hold left that way (docs/deploying.md).
 
 Past REPLAY_WINDOW_SECONDS the adapter finds the intent with the Search API instead (GET /v1/payment_intents/search,
