@@ -4,6 +4,7 @@ It follows Stripe's documented requests, responses and errors for exactly these 
 
   POST /v1/payment_intents                 create (and, with confirm=true, confirm) a PaymentIntent
   GET  /v1/payment_intents/{id}            retrieve one (expand[]=latest_charge expands its charge)
+  GET  /v1/payment_intents/search          search by metadata (query=metadata['k']:'v' [AND ...], limit, page)
   POST /v1/payment_intents/{id}/capture    capture a requires_capture intent (-> succeeded)
   POST /v1/payment_intents/{id}/cancel     cancel an uncaptured intent (-> canceled)
   POST /v1/refunds                         refund a succeeded intent's charge (payment_intent=...)
@@ -28,6 +29,13 @@ What it follows, from Stripe's documentation:
   canceled intent, is a 400 `payment_intent_unexpected_state`. An uncaptured intent is canceled by Stripe after 7
   days (`expire` does it now). A declined confirmation is a 402 card_error whose `payment_intent` is left
   `requires_payment_method`; a card that needs 3-D Secure leaves it `requires_action`.
+- Search (https://docs.stripe.com/api/payment_intents/search, https://docs.stripe.com/search): `query` in Stripe's
+  search query language, of which the fake knows the clauses `metadata['key']:'value'` (exact match; a quote or
+  backslash inside escaped with a backslash) joined by AND, anything else a 400 on param `query`; `limit` 1 to 100
+  (10 by default); `page` the cursor a previous result's `next_page` gave; `expand[]=data.latest_charge`. The answer
+  is `{"object": "search_result", "url": "/v1/payment_intents/search", "has_more", "data", "next_page"}`, newest
+  first. Search is eventually consistent ("data is searchable in less than a minute ... up to an hour behind during
+  outages"): an intent is found only `search_lag` seconds after its creation (0 by default; a fake-only control).
 - Refunds (https://docs.stripe.com/api/refunds/create): of a succeeded intent's charge; a second full refund is a
   400 `charge_already_refunded`.
 - The test PaymentMethods (https://docs.stripe.com/testing): pm_card_visa, pm_card_mastercard, pm_card_amex approve;
@@ -44,6 +52,7 @@ Fake-only controls (none of them is Stripe's):
   before their endpoint executes, so, as at Stripe for a request refused before it ran, no idempotent result is saved.
 - `expire(intent_id)`: the 7-day automatic cancellation of an uncaptured intent, now.
 - `forget_keys()`: the idempotency keys pruned (as Stripe may after 24 h).
+- `search_lag`: seconds after its creation before an intent is found by search (Stripe's index lag).
 - `requests`: every request received (method, path, idempotency key), to check what a client sent.
 
 It binds to 127.0.0.1 on an ephemeral port; `python -m sagalocal.stripe_fake` serves it until stopped.
@@ -111,6 +120,8 @@ class StripeFake:
         self.keys: dict[str, Saved] = {}
         self.failures: list[int] = []
         self.requests: list[tuple[str, str, str | None]] = []
+        self.search_lag = 0.0
+        self.indexed_at: dict[str, float] = {}  # intent id -> when search finds it (time.time())
         self.server: ThreadingHTTPServer | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
@@ -249,6 +260,8 @@ class StripeFake:
             return 200, self.create(params, form)
         if method == "POST" and path == "/v1/refunds":
             return 200, self.refund(form)
+        if method == "GET" and path == "/v1/payment_intents/search":
+            return 200, self.search(params, form)
         found = re.fullmatch(r"/v1/payment_intents/([A-Za-z0-9_]+)(?:/(capture|cancel))?", path)
         if found is None:
             raise error(404, "invalid_request_error", f"Unrecognized request URL ({method}: {path}).")
@@ -274,6 +287,40 @@ class StripeFake:
         if "latest_charge" in expand and intent.get("latest_charge"):
             shown["latest_charge"] = json.loads(json.dumps(self.charges[intent["latest_charge"]]))
         return shown
+
+    def search(self, params: list[tuple[str, str]], form: dict[str, str]) -> dict[str, Any]:
+        query = form.get("query")
+        if not query:
+            raise error(400, "invalid_request_error", "Missing required param: query.", "parameter_missing",
+                        param="query")
+        wanted: dict[str, str] = {}
+        for clause in re.split(r"\s+AND\s+", query.strip()):
+            clause_found = re.fullmatch(r"metadata\[(['\"])(.+?)\1\]:(['\"])((?:\\.|(?!\3).)*)\3", clause)
+            if clause_found is None:
+                raise error(400, "invalid_request_error", f"(fake) unsupported search query clause: {clause!r}; the "
+                            f"fake knows metadata['key']:'value' joined by AND", "parameter_invalid_string",
+                            param="query")
+            wanted[clause_found.group(2)] = re.sub(r"\\(.)", r"\1", clause_found.group(4))
+        try:
+            limit = int(form.get("limit", "10"))
+            start = int(form.get("page") or "0")
+        except ValueError:
+            raise error(400, "invalid_request_error", "Invalid integer or page cursor.", "parameter_invalid_integer",
+                        param="limit") from None
+        if not 1 <= limit <= 100:
+            raise error(400, "invalid_request_error", "Limit can range between 1 and 100.",
+                        "parameter_invalid_integer", param="limit")
+        expand = [e.removeprefix("data.") for e in listed(params, "expand") if e.startswith("data.")]
+        with self.lock:
+            now = time.time()
+            matching = [i for i in self.intents.values() if self.indexed_at.get(i["id"], 0.0) <= now
+                        and all(i["metadata"].get(k) == v for k, v in wanted.items())]
+            matching.sort(key=lambda i: i["created"], reverse=True)
+            page = matching[start:start + limit]
+            more = start + limit < len(matching)
+            return {"object": "search_result", "url": "/v1/payment_intents/search", "has_more": more,
+                    "data": [self.view(i, expand=expand) for i in page],
+                    "next_page": str(start + limit) if more else None}
 
     def create(self, params: list[tuple[str, str]], form: dict[str, str]) -> dict[str, Any]:
         try:
@@ -308,6 +355,7 @@ class StripeFake:
         intent["client_secret"] = f"{intent['id']}_secret_{secrets.token_hex(8)}"
         with self.lock:
             self.intents[intent["id"]] = intent
+            self.indexed_at[intent["id"]] = time.time() + self.search_lag
             if form.get("confirm") == "true" and pm is not None:
                 self.confirm(intent, pm)
             return self.view(intent)

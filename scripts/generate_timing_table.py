@@ -181,7 +181,8 @@ def calls_of(logical_id: str, cards: int) -> list[tuple[str, str]]:
         "CreateOrderFunction": [("the lease (A)", "A")],
         "ReserveInventoryFunction": [("reservation + stock + the order's lease and step log (A)", "A")],
         "ApplyCouponFunction": [("coupon (A), hold + both counters + the order (A)", "AA")],
-        "AuthorizePaymentFunction": [("payment (A), authorize (G), record + the order (A)", "AGA")],
+        "AuthorizePaymentFunction": [("payment (A), the sent marker (A), authorize (G), record + the order (A)",
+                                      "AAGA")],
         "ConfirmOrderFunction": [(f"commit + every card CAPTURING + the pivot (A), capture (G, up to {cards} "
                                   f"cards), CAPTURED + COMPLETED (A)", "A" + "G" * cards + "A")],
         "RefundPaymentFunction": refund,

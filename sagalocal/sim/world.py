@@ -159,8 +159,12 @@ class SimGateway:
         self.ledger: dict[str, dict[str, Any]] = {}
         self.refused_captures: set[str] = set()
 
-    def authorize(self, key: str, token: str, amount: int, currency: str) -> str:
+    def authorize(self, key: str, token: str, amount: int, currency: str,
+                  sending: Callable[[], None] | None = None) -> str:
         from order_saga.errors import PaymentDeclined
+
+        if sending is not None:  # behind the breaker it ran there already
+            sending()
 
         def act() -> str:
             entry = self.ledger.get(key)

@@ -22,6 +22,10 @@ on its `version`, so concurrent instances agree on one state and a late outcome 
              whose probes never reported (their sandboxes died) is started afresh after BreakerOpenSeconds
              (`probe_until`), so a lost probe cannot hold the breaker half-open.
 
+An authorization's `sending` hook (the payment's sent marker, payments.py) runs only once the call is let through,
+after the time check and before the adapter is called: a call the breaker fails fast leaves no marker, so its
+payment is voided without the processor. What the hook raises is not counted (nothing reached the processor).
+
 Only authorizations are gated. They run before the pivot, and an authorization that fails with
 PaymentGatewayUnavailable is retried and then compensated, exactly what the breaker's fail-fast does. Captures,
 voids, refunds and the reaper's reconciliation always go through and are not counted: a capture past the pivot
@@ -43,6 +47,7 @@ GatewayCircuitOpened (step PaymentGateway), which an alarm watches (docs/operati
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -130,11 +135,14 @@ class CircuitBreaker:
         return self.gateway.timeout
 
     # ---- the gateway's calls -----------------------------------------------------------------------------------
-    def authorize(self, key: str, token: str, amount: int, currency: str) -> str:
+    def authorize(self, key: str, token: str, amount: int, currency: str,
+                  sending: Callable[[], None] | None = None) -> str:
         admitted = self.admit()
         if self.store.time_left() < self.gateway.timeout + ATTEMPT_SECONDS:
             raise PaymentGatewayUnavailable(f"not enough time left in this invocation to authorize at the gateway "
                                             f"({self.gateway.timeout:g} s) and record it")
+        if sending is not None:  # let through: the caller's last word before the request leaves (not counted)
+            sending()
         try:
             reference = self.gateway.authorize(key, token, amount, currency)
         except PaymentGatewayUnavailable:

@@ -48,6 +48,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from order_saga.breaker import BreakerSettings, CircuitBreaker
@@ -68,7 +69,10 @@ STALE_FIELDS = ("purge_at", "lands_at", "auth_ref", "expires_before_capture")
 class PaymentGateway(Protocol):
     timeout: float  # seconds: the longest any one call takes
 
-    def authorize(self, key: str, token: str, amount: int, currency: str) -> str: ...
+    # `sending`: called once, right before the request leaves (after any gate in front of the processor); what it
+    # raises stops the call with nothing sent. Payments uses it for the payment's sent marker (payments.py).
+    def authorize(self, key: str, token: str, amount: int, currency: str,
+                  sending: Callable[[], None] | None = None) -> str: ...
     def capture(self, key: str) -> None: ...
     def reverse(self, key: str) -> str | None: ...
     def state(self, key: str) -> str | None: ...
@@ -129,7 +133,10 @@ class FakeGateway:
         entry = self.entry(key)
         return None if entry is None else entry.get("state")
 
-    def authorize(self, key: str, token: str, amount: int, currency: str) -> str:
+    def authorize(self, key: str, token: str, amount: int, currency: str,
+                  sending: Callable[[], None] | None = None) -> str:
+        if sending is not None:
+            sending()
         self.through_switch("authorize")
         transient = re.fullmatch(r"tok_transient_(\d+)", token)
         slow = re.fullmatch(r"tok_slow_(\d+)", token)

@@ -2,12 +2,25 @@
 
   payment_id = <order id>#<n>   status PENDING | AUTHORIZED | DECLINED | CAPTURING | CAPTURED | VOIDED | REFUNDED
                                 token (the card token: this table is the only place that holds it)
+                                sent_at (set before the first authorization request is sent), marks_sends
 
 The API writes the payment PENDING with its token, in the same transaction as the order. AuthorizePayment
 moves it to AUTHORIZED (or DECLINED) after the gateway answered; ConfirmOrder to CAPTURING with the stock
 commit, then to CAPTURED once the gateway captured. Every move is conditional on the status it expects, so
 a repeat changes nothing and a late authorization (its task timed out and the payment was voided) cannot
 land: it finds VOIDED and voids at the gateway what it just authorized.
+
+The sent marker (`sent_at`, epoch ms): AuthorizePayment records on the PENDING payment, with a conditional write
+(status PENDING), that it is about to send the payment's authorization, after the circuit breaker let the call
+through and before the request leaves (the gateway's `sending` hook), once per payment (a retry that reads the marker
+writes nothing). So a PENDING payment without the marker had nothing sent for it, ever: its void is local, no gateway
+call (a void while the processor is down, or the breaker open, or a day later), written on the condition that the
+marker is still absent. The two conditions decide a race between a void and an authorization in flight: if the
+void lands first, the marker's write finds VOIDED and the authorization sends nothing (PaymentVoided); if the marker
+lands first, the void's write fails, and the compensation reads the payment again and voids at the gateway. Only
+payments the API wrote with `marks_sends` (the code that writes the marker) are voided locally: a payment written
+before that, whose authorization the previous code may have sent unmarked, is always voided at the gateway. The
+Stripe adapter also reads `sent_at` to tell how old a search's "not found" is (stripe_gateway.py).
 
 Reconciliation: a payment undone while still PENDING may have an authorization in flight at the gateway (a
 call whose outcome was unknown), which can land after the void. Such a payment is marked (`reconcile`, one
@@ -45,6 +58,20 @@ def payment_id(order_id: str, method: int = 1) -> str:
     return f"{order_id}#{method}"
 
 
+def never_sent(payment: dict[str, Any]) -> bool:
+    """Nothing was ever sent to the gateway for this payment: written by code that marks every send (`marks_sends`),
+    and no send marked (`sent_at`)."""
+    return bool(payment.get("marks_sends")) and "sent_at" not in payment
+
+
+class NotSent(Exception):  # noqa: N818 - not an error: the payment moved on before its authorization was sent
+    """The sent marker found the payment no longer PENDING: nothing was sent; `payment` is what it is now."""
+
+    def __init__(self, payment: dict[str, Any] | None) -> None:
+        super().__init__("the payment is no longer PENDING: its authorization was not sent")
+        self.payment = payment
+
+
 class Payments:
     def __init__(self, store: Store, table: str, gateway: PaymentGateway | None = None,
                  timing: Timing | None = None) -> None:
@@ -75,7 +102,7 @@ class Payments:
                 now: int) -> dict[str, Any]:
         item = {"payment_id": payment_id(order_id, method), "order_id": order_id, "method": method,
                 "status": PENDING, "token": token, "amount": amount, "currency": currency,
-                "created_at": now, "updated_at": now}
+                "created_at": now, "updated_at": now, "marks_sends": True}
         return {"Put": {"TableName": self.table, "Item": to_ddb(item),
                         "ConditionExpression": "attribute_not_exists(payment_id)"}}
 
@@ -106,10 +133,19 @@ class Payments:
             raise PaymentDeclined(payment.get("reason", "card declined"))
         if status in UNDONE:
             raise PaymentVoided(f"payment {pid} was {status} before it was authorized")
-        self._require_time("authorize")
+        marked = "sent_at" in payment
+        self._require_time("authorize", writes=1 if marked else 2)
+
+        def sending() -> None:  # after the breaker let the call through, before the request leaves
+            if not marked:
+                self._mark_sent(pid, now)
+            self._require_time("authorize")  # the marker's write took its time: the call and its record still fit
+
         try:
             return self.gateway.authorize(pid, str(payment["token"]), int(payment["amount"]),
-                                          str(payment["currency"]))
+                                          str(payment["currency"]), sending=sending)
+        except NotSent as exc:
+            return self.authorize_at_gateway(exc.payment, now)  # it moved on meanwhile: what it is now decides
         except PaymentDeclined as exc:
             self.store.update(
                 TableName=self.table, Key=self.key(pid), ConditionExpression="#status = :pending",
@@ -118,6 +154,17 @@ class Payments:
                 ExpressionAttributeValues=values(pending=PENDING, declined=DECLINED, reason=str(exc), now=now,
                                                  purge=self.timing.retained_until(now)))
             raise
+
+    def _mark_sent(self, pid: str, now: int) -> None:
+        """The sent marker, before the first request for the payment leaves (the module docstring). Conditional on
+        PENDING: a payment voided meanwhile (or authorized, or declined, by a concurrent attempt) raises NotSent
+        with what it is now, and nothing is sent."""
+        written = self.store.update(
+            TableName=self.table, Key=self.key(pid), ConditionExpression="#status = :pending",
+            UpdateExpression="SET sent_at = if_not_exists(sent_at, :now)",
+            ExpressionAttributeNames={"#status": "status"}, ExpressionAttributeValues=values(pending=PENDING, now=now))
+        if not written.ok:
+            raise NotSent(written.item)
 
     def authorized_item(self, pid: str, reference: str, now: int) -> dict[str, Any]:
         return self._move_item(pid, PENDING, AUTHORIZED, now, authorization=reference)
@@ -130,10 +177,11 @@ class Payments:
         self.gateway.reverse(pid)  # this late authorization must not hold money
         return PaymentVoided(f"payment {pid} was {(current or {}).get('status')} when its authorization returned")
 
-    def _require_time(self, call: str) -> None:
-        """A gateway call starts only if it and the DynamoDB write after it fit in the invocation: a call cut
-        short by the Lambda timeout would leave its outcome unknown."""
-        if self.store.time_left() < self.gateway.timeout + ATTEMPT_SECONDS:
+    def _require_time(self, call: str, writes: int = 1) -> None:
+        """A gateway call starts only if it and the DynamoDB writes around it (the record after it; for a first
+        authorization also the sent marker before it) fit in the invocation: a call cut short by the Lambda
+        timeout would leave its outcome unknown."""
+        if self.store.time_left() < self.gateway.timeout + writes * ATTEMPT_SECONDS:
             raise PaymentGatewayUnavailable(f"not enough time left in this invocation to {call} at the gateway "
                                             f"({self.gateway.timeout:g} s) and record it")
 
@@ -174,6 +222,11 @@ class Payments:
         # later either: AuthorizePayment needs the payment the API writes with the order).
         if status is None or status in UNDONE or status == DECLINED:
             return None
+        if status == PENDING and payment is not None and never_sent(payment):
+            # Nothing was ever sent for it, so nothing can land: voided here, final, on the condition that no
+            # authorization marked itself meanwhile (then this transaction fails and the caller reads it again).
+            return self._move_item(pid, PENDING, VOIDED, now, unless="sent_at",
+                                   purge_at=self.timing.retained_until(now))
         self._require_time("void or refund")
         final = self.gateway.reverse(pid)  # PENDING too: an authorization may have landed at the gateway
         marker: dict[str, Any] = {"purge_at": self.timing.retained_until(now)}  # final: kept for the retention
@@ -215,11 +268,13 @@ class Payments:
                                                            purge=self.timing.retained_until(now)))
         return outcome
 
-    def _move_item(self, pid: str, status_from: str, status_to: str, now: int, **fields: Any) -> dict[str, Any]:
+    def _move_item(self, pid: str, status_from: str, status_to: str, now: int, unless: str | None = None,
+                   **fields: Any) -> dict[str, Any]:
+        """A move from one status to another (`unless`: only while the item has no such attribute)."""
         sets = ["#status = :to", "updated_at = :now"] + [f"#{name} = :{name}" for name in fields]
         return {"Update": {
             "TableName": self.table, "Key": self.key(pid), "UpdateExpression": "SET " + ", ".join(sets),
-            "ConditionExpression": "#status = :from",
+            "ConditionExpression": "#status = :from" + (f" AND attribute_not_exists({unless})" if unless else ""),
             "ExpressionAttributeNames": {"#status": "status", **{f"#{name}": name for name in fields}},
             "ExpressionAttributeValues": values(to=status_to, now=now, **{"from": status_from}, **fields),
         }}

@@ -6,6 +6,7 @@
   reverse    POST /v1/payment_intents/{id}/cancel (a hold)    Idempotency-Key: <key>:cancel
              POST /v1/refunds payment_intent={id} (a capture)  Idempotency-Key: <key>:refund
   state      GET  /v1/payment_intents/{id}?expand[]=latest_charge
+  (lookup)   GET  /v1/payment_intents/search?query=metadata['saga_payment_id']:'<key>'   past the replay window
 
 The key is the saga's payment id (`<order id>#<n>`), so one payment is one PaymentIntent, whatever retries.
 
@@ -20,9 +21,18 @@ Stripe, the replay is the first (it authorizes, and reverse or reconcile cancel 
 request arriving later gets the replay's saved answer instead of authorizing again. The limit is Stripe's key
 retention (keys may be pruned once 24 h old): a replay after that would authorize anew instead of finding the
 first intent. The saga replays within minutes (the compensation right away, the reconciliation ReconcileAfterSeconds
-later); past REPLAY_WINDOW_SECONDS from the payment's creation the adapter refuses to replay (the call fails as
-unavailable, and the reconciliation keeps retrying and alarming) rather than risk a second hold; Stripe itself
+later); past REPLAY_WINDOW_SECONDS from the payment's creation the adapter never replays (a second hold is the
+risk) and searches instead (below); Stripe itself
 cancels an uncaptured intent after 7 days, which releases any hold left that way (docs/deploying.md).
+
+Past REPLAY_WINDOW_SECONDS the adapter finds the intent with the Search API instead (GET /v1/payment_intents/search,
+query metadata['saga_payment_id']:'<key>': the create sets that metadata on every intent). Search is eventually
+consistent (Stripe: data is searchable in under a minute, up to an hour behind during outages), so an empty result
+is trusted only once the request was sent SEARCH_SETTLED_SECONDS (2 h) before (the payment's `sent_at`, the marker
+AuthorizePayment writes before the first request; payments.py); sooner it is PaymentGatewayUnavailable, asked again
+later. Past the replay window that is always so, but for a request sent long after its payment was created.
+A PENDING payment with no marker never reaches the adapter's reverse: nothing was sent for it, and Payments voids it
+without a gateway call (payments.py).
 
 Error mapping (the saga's typed errors, src/order_saga/errors.py):
   402 card_error                              -> PaymentDeclined (the message names the code, never the card)
@@ -65,6 +75,12 @@ PROCESSING = "PROCESSING"
 METADATA_KEY = "saga_payment_id"
 STRIPE_API = "https://api.stripe.com"
 REPLAY_WINDOW_SECONDS = 20 * 3600  # Stripe keeps an idempotency key at least 24 h; 4 h to spare
+SEARCH_SETTLED_SECONDS = 2 * 3600  # Search lags under a minute, up to an hour during outages: "not found" after this
+
+
+def _quoted(value: str) -> str:
+    """A value inside a search query's single quotes (Stripe's query language escapes a quote with a backslash)."""
+    return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
 class GatewayMisconfigured(RuntimeError):
@@ -167,9 +183,12 @@ class StripeGateway:
         replayed = (intent.last_response.headers.get("Idempotent-Replayed") or "").lower() == "true"
         return intent, replayed
 
-    def authorize(self, key: str, token: str, amount: int, currency: str) -> str:
+    def authorize(self, key: str, token: str, amount: int, currency: str,
+                  sending: Callable[[], None] | None = None) -> str:
         import stripe
 
+        if sending is not None:  # behind the breaker it ran there already
+            sending()
         with self._call("authorize"):
             try:
                 intent, replayed = self._create(key, token, amount, currency)
@@ -215,11 +234,9 @@ class StripeGateway:
         if recorded.startswith("pi_"):
             intent = self._retrieve(recorded)
             return intent, self._state_of(intent)
-        if time.time() * 1000 - int(payment.get("created_at", 0)) > self.replay_window_seconds * 1000:
-            raise PaymentGatewayUnavailable(
-                f"stripe: payment {key} is older than the {self.replay_window_seconds / 3600:g} h replay window: its "
-                f"intent cannot be looked up by replaying its idempotency key (Stripe may have pruned the key, and a "
-                f"replay would authorize anew); find it in Stripe's dashboard by metadata {METADATA_KEY}={key}")
+        now_ms = time.time() * 1000
+        if now_ms - int(payment.get("created_at", 0)) > self.replay_window_seconds * 1000:
+            return self._search(key, now_ms - int(payment.get("sent_at", payment.get("created_at", 0))))
         try:
             intent, _ = self._create(key, str(payment["token"]), int(payment["amount"]), str(payment["currency"]))
         except stripe.CardError:
@@ -237,6 +254,34 @@ class StripeGateway:
             raise GatewayMisconfigured(f"stripe: looking up {key}: HTTP {exc.http_status} {exc.code}") from None
         intent = self._retrieve(intent.id)
         return intent, self._state_of(intent)
+
+    def _search(self, key: str, sent_ms_ago: float) -> tuple[Any, str | None]:
+        """The key's intent by Stripe's Search API (past the replay window, where a replay could authorize anew).
+        Search is eventually consistent (Stripe: searchable in under a minute, up to an hour behind during
+        outages), so "nothing found" is trusted only SEARCH_SETTLED_SECONDS after the request was sent (the sent
+        marker; its creation for a payment without one); sooner it is PaymentGatewayUnavailable (asked again
+        later). Several intents under one key (none should be: only a replay past Stripe's key retention makes a
+        second, and the adapter never replays that late): the one that holds money, or is still processing."""
+        import stripe
+
+        try:
+            found = self.client.v1.payment_intents.search(
+                params={"query": f"metadata['{METADATA_KEY}']:'{_quoted(key)}'", "limit": 10,
+                        "expand": ["data.latest_charge"]})
+        except stripe.InvalidRequestError as exc:  # e.g. an account without Search (Stripe: not in India)
+            raise GatewayMisconfigured(f"stripe: searching for {key}: HTTP {exc.http_status} {exc.code}; find its "
+                                       f"intent in Stripe's dashboard by metadata {METADATA_KEY}={key}") from None
+        intents = list(found.data)
+        if not intents:
+            if sent_ms_ago < SEARCH_SETTLED_SECONDS * 1000:
+                raise PaymentGatewayUnavailable(
+                    f"stripe: no intent found for {key} by search, but its request was sent "
+                    f"{sent_ms_ago / 60_000:.0f} min ago, within the search index's lag "
+                    f"({SEARCH_SETTLED_SECONDS / 3600:g} h): not proof that nothing landed")
+            return None, None
+        states = [(intent, self._state_of(intent)) for intent in intents]
+        rank = {AUTHORIZED: 0, CAPTURED: 0, PROCESSING: 1, REFUNDED: 2, VOIDED: 3, DECLINED: 4}
+        return min(states, key=lambda pair: rank[pair[1]])
 
     @staticmethod
     def _state_of(intent: Any) -> str:

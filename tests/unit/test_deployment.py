@@ -318,7 +318,7 @@ def test_every_call_fits_its_function_and_every_function_its_task():
     calls = {  # the calls of the longest path, in order (A: a DynamoDB attempt, G: the gateway)
         "CreateOrderFunction": "A",
         "ReserveInventoryFunction": "A",
-        "AuthorizePaymentFunction": "AGA",  # read the payment, authorize, record
+        "AuthorizePaymentFunction": "AAGA",  # read the payment, mark it sent (payments.py), authorize, record
         # The coupon, the hold (a repeat reads the order back, and under CouponFailurePolicy=continue a skip after a
         # refused hold is written, only if time is left: else StoreThrottled, and the retry skips after one read).
         "ApplyCouponFunction": "AA",

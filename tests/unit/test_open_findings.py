@@ -1,6 +1,8 @@
 """Open findings of the issue-20 review (an AWS engineer told to break the merged change), kept as strict expected
 failures: each test asserts what the code SHOULD do and fails today for the reason its mark gives. When a fix lands,
 the test passes, strict xfail turns that into a failure, and the mark must go: no finding is closed silently.
+Findings 1 and 2 are closed (the payment's sent marker, src/order_saga/payments.py): their tests stay here, unmarked,
+as the review's regression tests (more in test_sent_marker.py).
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import pytest
 
 from order_saga.breaker import BREAKER_KEY, OPEN
 from order_saga.dynamo import now_ms, to_ddb
-from order_saga.errors import PaymentGatewayUnavailable
 from sagalocal.stripe_fake import API_KEY, StripeFake
 from tests.unit.helpers import invoke, new_saga, payment
 from tests.unit.test_steps import fail_at, run_forward
@@ -34,16 +35,12 @@ def open_breaker(aws) -> None:
         "payment_id": BREAKER_KEY, "state": OPEN, "version": 3, "opened_until": now_ms() + 60_000}))
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="open finding (issue 20 review, 1): the Stripe adapter finds a PENDING payment's "
-                   "intent by replaying the create, so its void needs the processor even when nothing was ever sent; "
-                   "needs a sent-marker on the payment before the first gateway call")
 def test_a_void_of_an_authorization_the_breaker_refused_needs_no_processor(aws, stripe_down, handlers, context):
     """Stripe is down, the breaker is OPEN: AuthorizePayment fails fast (nothing reached Stripe, the payment is
-    PENDING). VoidPayment should then be able to give back what the payment holds (nothing) without Stripe; with the
-    Stripe adapter its reverse REPLAYS THE CREATE (POST /v1/payment_intents), so it fails as the authorization did,
-    the state machine's 3 retries (<= ~15 s) are spent, the execution FAILS, ParkSaga parks the order, and the
-    customer's open-orders slot stays taken until an operator redrives it."""
+    PENDING). VoidPayment should then be able to give back what the payment holds (nothing) without Stripe. It used
+    to replay the create (POST /v1/payment_intents) to find the intent, failing as the authorization did, until the
+    retries were spent and the saga parked; now the payment carries no sent marker (the breaker refused the call
+    before it), so the void is local."""
     saga = run_forward(handlers, context, new_saga(aws, token="pm_card_visa"), upto=2)
     open_breaker(aws)
     with pytest.raises(Exception, match="circuit open"):
@@ -91,16 +88,12 @@ def stripe_up(aws, monkeypatch):
         yield server
 
 
-@pytest.mark.xfail(strict=True, raises=PaymentGatewayUnavailable,
-                   reason="open finding (issue 20 review, 2): past the adapter's 20 h replay window a "
-                   "PENDING payment cannot be voided, even if nothing reached Stripe; needs the sent-marker, and the "
-                   "Search API for sent keys")
 def test_a_parked_saga_redriven_after_the_replay_window_can_still_be_compensated(aws, stripe_up, handlers, context):
     """A saga parked while its payment was PENDING (e.g. the outage above; or its VoidPayment hit any other error) is
-    redriven by an operator the next day (> 20 h). VoidPayment's reverse refuses to replay the key past
-    REPLAY_WINDOW_SECONDS and raises PaymentGatewayUnavailable on every attempt, even though (here) nothing was ever
-    sent to Stripe for this key: the redrive fails again, the order is re-parked, its stock reservation and its
-    customer's open-orders slot are held until someone edits DynamoDB by hand."""
+    redriven by an operator the next day (> 20 h). The adapter refuses to replay the key past REPLAY_WINDOW_SECONDS;
+    it used to raise PaymentGatewayUnavailable on every attempt, even though nothing was ever sent for this key, and
+    the redrive re-parked the order. Now nothing sent means no marker, and the void is local (a sent one is looked
+    up with the Search API: test_sent_marker.py)."""
     saga = run_forward(handlers, context, new_saga(aws, token="pm_card_visa"), upto=2)
     day_ago = now_ms() - 21 * 3600 * 1000
     aws.update_item(TableName=os.environ["PAYMENTS_TABLE"], Key={"payment_id": {"S": "ord_1#1"}},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from types import SimpleNamespace
 
@@ -62,10 +63,10 @@ def test_happy_path_confirms_the_order_and_charges_once(aws, handlers, context):
 
 
 def test_each_step_is_one_transaction_plus_its_reads_and_the_gateway(aws, handlers, context):
-    """The write path's budget: 9 requests from the four steps (the API adds 2): one write each for
+    """The write path's budget: 10 requests from the four steps (the API adds 2): one write each for
     CreateOrder and ReserveInventory; AuthorizePayment reads the payment, reads the circuit breaker's state (one
-    GetItem; it writes nothing while calls succeed), calls the gateway (whose fake ledger is one write) and writes
-    once; ConfirmOrder commits, captures (one ledger write), completes."""
+    GetItem; it writes nothing while calls succeed), writes the payment's sent marker, calls the gateway (whose fake
+    ledger is one write) and writes once; ConfirmOrder commits, captures (one ledger write), completes."""
     saga = new_saga(aws)
     sent = {}
     for name in FORWARD:
@@ -73,7 +74,7 @@ def test_each_step_is_one_transaction_plus_its_reads_and_the_gateway(aws, handle
         before = module.store.attempts
         saga = invoke(module, context, saga)
         sent[name] = module.store.attempts - before
-    assert sent == {"create_order": 1, "reserve_inventory": 1, "authorize_payment": 4, "confirm_order": 3}
+    assert sent == {"create_order": 1, "reserve_inventory": 1, "authorize_payment": 5, "confirm_order": 3}
 
 
 @pytest.mark.parametrize("step", range(len(FORWARD)), ids=FORWARD)
@@ -354,6 +355,20 @@ def test_no_gateway_call_starts_without_time_for_it_and_the_write_after_it(aws, 
     assert payment(aws)["status"] == "PENDING"
 
 
+def test_a_first_authorization_needs_time_for_its_sent_marker_too(aws, handlers, context):
+    """Unmarked, the call needs the marker's write before it and the record after it (3 + 2 x 2 s); once marked, a
+    retry writes no marker and needs one write less."""
+    saga = run_forward(handlers, context, new_saga(aws), upto=2)
+    context.remaining_ms = 7_000  # 6.5 s of budget < 3 + 2 + 2
+    with pytest.raises(PaymentGatewayUnavailable, match="not enough time"):
+        invoke(handlers("authorize_payment"), context, saga)
+    assert "sent_at" not in payment(aws)  # refused before the marker: still voidable without the gateway
+    aws.update_item(TableName=os.environ["PAYMENTS_TABLE"], Key={"payment_id": {"S": "ord_1#1"}},
+                    UpdateExpression="SET sent_at = created_at")
+    invoke(handlers("authorize_payment"), context, saga)  # 6.5 s >= 3 + 2
+    assert payment(aws)["status"] == "AUTHORIZED"
+
+
 def given_up_and_voided(aws, handlers, context, monkeypatch, token: str) -> None:
     """A slow processor: the client gives up after 0.2 s (outcome unknown), and the saga voids the payment,
     marking it for a reconciliation due at once."""
@@ -393,8 +408,12 @@ def test_reconciliation_waits_while_the_processor_has_not_decided(aws, handlers,
 def test_a_payment_voided_after_a_clear_decline_or_before_any_call_needs_no_reconciliation(aws, handlers, context):
     saga = run_forward(handlers, context, new_saga(aws), upto=2)
     invoke(handlers("void_payment"), context, fail_at(saga, "AuthorizePayment"))  # PENDING, never called
-    # Nothing reached the gateway, but a call could have been in flight: reconciliation asks once, later.
-    assert "reconcile" in payment(aws)
+    # Nothing was ever sent (no sent marker), so nothing can be in flight: voided without the gateway, final.
+    voided = payment(aws)
+    assert voided["status"] == "VOIDED"
+    assert "reconcile" not in voided
+    assert "purge_at" in voided
+    assert ledger(aws) is None
     saga2 = run_forward(handlers, context, new_saga(aws, order_id="ord_2", token="tok_approve"), upto=3)
     invoke(handlers("void_payment"), context, fail_at(saga2, "ConfirmOrder"))
     assert payment(aws, "ord_2")["status"] == "VOIDED"
