@@ -347,3 +347,12 @@ def test_a_prune_that_leaves_too_little_time_answers_503_and_the_retry_with_the_
     status, body, _ = place(capped, context, "new")
     assert status == 202, body
     assert open_orders(aws) == {body["order_id"]}
+
+
+def test_the_prune_reads_as_many_ids_as_the_largest_cap_the_template_allows():
+    """A cap lowered by a deploy leaves the set over the new cap, never over the highest: reading that many reads
+    every id the set can hold."""
+    from order_saga.orders import MOST_OPEN_ORDERS
+    from tests.unit.test_template import TEMPLATE
+
+    assert MOST_OPEN_ORDERS == int(TEMPLATE.raw["Parameters"]["MaxOpenOrdersPerCustomer"]["MaxValue"])
