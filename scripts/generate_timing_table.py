@@ -177,7 +177,9 @@ def calls_of(logical_id: str, cards: int) -> list[tuple[str, str]]:
     refund = [(f"{n} card{'s' if n > 1 else ''}", "A" + "AG" * n + "A") for n in range(1, cards + 1)]
     return {
         "OrdersApiFunction": [("catalog, coupon and the key's earlier records (A), the order if any are there (A), "
-                               "order + payments (A), StartExecution (A)", "AAAA")],
+                               "order + payments (A); at the cap, the counted orders (A, a page of 100) and the "
+                               "prune of the finished ones (A, 99 a transaction), order + payments again (A); "
+                               "StartExecution (A)", "AAAAAAA")],
         "CreateOrderFunction": [("the lease (A)", "A")],
         "ReserveInventoryFunction": [("reservation + stock + the order's lease and step log (A)", "A")],
         "ApplyCouponFunction": [("coupon (A), hold + both counters + the order (A)", "AA")],

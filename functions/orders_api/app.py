@@ -20,8 +20,10 @@ they are, so that no new order ever meets an old order's records.
 
 A customer has at most MAX_OPEN_ORDERS orders open (unfinished or parked): the order's write also adds it to the
 customer's open orders on condition that fewer are open (Orders.take_slot), and the write that finishes an order
-takes it out. Over the cap the answer is 429 with Retry-After, and nothing is written; a resubmission of an order
-already placed is replayed whatever the count (its order is there: it takes no second place).
+takes it out. At the cap, the ids whose order finished without taking itself out, or is gone, are taken out
+(Orders.prune_open_orders) and the order's write is tried once more; still over the cap the answer is 429 with
+Retry-After, and nothing is written. A resubmission of an order already placed is replayed whatever the count
+(its order is there: it takes no second place).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from order_saga.config import Timing
 from order_saga.dynamo import now_ms
-from order_saga.errors import CouponExpired, CouponInvalid, TransientError
+from order_saga.errors import CouponExpired, CouponInvalid, StoreThrottled, TransientError
 from order_saga.inventory import Inventory, reservation_key
 from order_saga.models import (
     PENDING,
@@ -54,10 +56,11 @@ from order_saga.models import (
     order_id_for,
     request_hash,
 )
-from order_saga.orders import Orders, order_view
+from order_saga.orders import OpenOrders, Orders, order_view
 from order_saga.payments import Payments
 from order_saga.promotions import Promotions, coupon_key, redemption_key
 from order_saga.step import aws_client, dynamodb_store, lambda_function, logger
+from order_saga.store import ATTEMPT_SECONDS, Cancelled
 
 TIMING = Timing.from_env()
 store = dynamodb_store()
@@ -71,7 +74,6 @@ _sfn = aws_client("stepfunctions")
 STATE_MACHINE_ARN = os.environ["STATE_MACHINE_ARN"]
 # The most orders a customer may have open at once (the template's MaxOpenOrdersPerCustomer).
 MAX_OPEN_ORDERS = int(os.environ.get("MAX_OPEN_ORDERS", "5"))
-RETRY_AFTER_READS = 10  # the open orders a 429 reads to compute Retry-After
 
 
 def execution_arn_of(state_machine_arn: str, name: str) -> str:
@@ -244,16 +246,26 @@ def place_order(order: OrderRequest, idempotency_key: IdempotencyKey) -> Respons
     new = orders.new_order(order_id, customer_id, body["items"], lines, total, currency,
                            execution_arn_of(STATE_MACHINE_ARN, order_id), digest, now,
                            coupon=order.coupon, discount=discount, amounts=[m.amount for m in methods])
-    cancelled = store.transact({"order": orders.put_new(new), **{
+    write = {"order": orders.put_new(new), **{
         f"payment:{n}": payments.put_new(order_id, n, method.token, method.amount, currency, now)
         for n, method in enumerate(methods, start=1)},
-        "customer": orders.take_slot(customer_id, order_id, MAX_OPEN_ORDERS)})
+        "customer": orders.take_slot(customer_id, order_id, MAX_OPEN_ORDERS)}
+    cancelled = store.transact(write)
+    if cancelled is not None and over_the_cap(cancelled):
+        # Ids of orders that finished without taking themselves out, or are gone, hold places nothing else frees.
+        found = orders.prune_open_orders(customer_id, held(cancelled))
+        if not found.pruned:
+            return too_many_open_orders(found, found.counted, now)
+        if store.time_left() < 2 * ATTEMPT_SECONDS:  # a large cap's pages took it: the write and the start need it
+            raise StoreThrottled("no time left in this invocation to place the order after pruning its customer's "
+                                 "open orders; the client's retry with the same key places it")
+        cancelled = store.transact(write)  # once: places freed by the prune may have been taken meanwhile
+        if cancelled is not None and over_the_cap(cancelled):
+            return too_many_open_orders(found, len(held(cancelled)), now)
     if cancelled is not None:
         existing = cancelled.item("order")
         if not existing and not cancelled.failed("order"):
-            if cancelled.failed_among("payment:"):
-                return expired_key()  # no order, but its payment is there: an expired order's, not deleted yet
-            return too_many_open_orders(cancelled.item("customer") or {}, now)
+            return expired_key()  # no order, but its payment is there: an expired order's, not deleted yet
         if not existing or existing.get("request_hash") != digest:
             return error(422, "this Idempotency-Key was already used with a different request body")
         new = existing  # a resubmission: replay the first answer (and start the saga if it never started)
@@ -267,25 +279,31 @@ def expired_key() -> Response[OrderAccepted | ProblemBody]:
                       "place the order with a new Idempotency-Key")
 
 
-def too_many_open_orders(counted: dict[str, Any], now: int) -> Response[OrderAccepted | ProblemBody]:
-    """The customer has MAX_OPEN_ORDERS orders open: 429, nothing written. Retry-After is the time until the
-    soonest deadline of those orders still running (by its deadline a saga has finished, or its lease has run out
-    and the reaper cancels it at its next sweep), at least 1 s; when none is running (all parked, which only an
-    operator's redrive ends), one saga deadline."""
-    open_ids = sorted(counted.get("open_orders") or ())
-    # One GetItem each, for at most RETRY_AFTER_READS of them (the cap is small; a test stack's large cap must not
-    # make a refusal expensive): the soonest end among those read.
-    read = [orders.get(order_id, consistent=False) for order_id in open_ids[:RETRY_AFTER_READS]]
-    running = [order for order in read if order and "active" in order]
-    ends = [max(int(o["deadline_at"]), int(o["lease_expires_at"])) for o in running]
+def over_the_cap(cancelled: Cancelled) -> bool:
+    """The order's write was refused by the customer's count alone: no order of this key, none of its payments."""
+    return not cancelled.item("order") and not cancelled.failed("order") and not cancelled.failed_among("payment:")
+
+
+def held(cancelled: Cancelled) -> set[str]:
+    """The customer's open orders as the refused write found them."""
+    return set((cancelled.item("customer") or {}).get("open_orders") or ())
+
+
+def too_many_open_orders(found: OpenOrders, counted: int, now: int) -> Response[OrderAccepted | ProblemBody]:
+    """The customer has MAX_OPEN_ORDERS orders open: 429, and nothing of the order written. Retry-After is the time
+    until the soonest deadline of those orders still running (by its deadline a saga has finished, or its lease has
+    run out and the reaper cancels it at its next sweep), at least 1 s; when none is running (all parked, which only
+    an operator's redrive ends), one saga deadline."""
+    ends = [max(int(o["deadline_at"]), int(o["lease_expires_at"])) for o in found.running]
     wait_ms = min(ends) - now if ends else TIMING.deadline_ms
-    logger.info("too many open orders: refused", extra={"open_orders": len(open_ids), "limit": MAX_OPEN_ORDERS})
+    logger.info("too many open orders: refused", extra={"open_orders": counted, "limit": MAX_OPEN_ORDERS,
+                                                        "pruned": len(found.pruned)})
     return Response(status_code=429, content_type=content_types.APPLICATION_JSON,
                     headers={"Retry-After": str(max(1, math.ceil(wait_ms / 1000)))},
-                    body={"error": f"too many open orders: {len(open_ids)} of this customer's orders are still "
+                    body={"error": f"too many open orders: {counted} of this customer's orders are still "
                                    f"open, and at most {MAX_OPEN_ORDERS} may be; place this order once one of "
                                    f"them has finished (Retry-After), with the same Idempotency-Key",
-                          "open_orders": len(open_ids), "limit": MAX_OPEN_ORDERS})
+                          "open_orders": counted, "limit": MAX_OPEN_ORDERS})
 
 
 def start_saga(new: dict[str, Any]) -> Response[OrderAccepted | ProblemBody]:

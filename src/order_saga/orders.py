@@ -21,6 +21,12 @@ set holds fewer than the cap (take_slot); every write that finishes an order (`c
 with `finish`) removes it in the same transaction (release_slot). So the set is exactly the open orders, however
 requests race: a set, not a number, so that a repeat adds or removes nothing twice, and an order placed before the
 set existed is never subtracted. The item has no `purge_at`: it is kept (one small item per customer).
+
+An id can still outlive its order's openness when something finished the order without release_slot (code from
+before the set, a deploy rolled back, an operator closing a parked order by hand) or deleted it. The API's refusal
+at the cap heals that (prune_open_orders): it reads the orders the set holds, and takes out the ids whose order is
+finished (COMPLETED, COMPENSATED) or gone, each re-checked in the same transaction as the DELETE, so an id whose
+order came back meanwhile (a new order under an expired order's key) stays counted.
 """
 
 from __future__ import annotations
@@ -57,11 +63,32 @@ COMPENSABLE = (models.PENDING, models.EXECUTING, models.COMPENSATING, models.FAI
 # The order is owned and on its way: a second execution is refused (OrderLocked).
 UNDERWAY = (models.EXECUTING, models.CONFIRMING, models.COMPLETED)
 CUSTOMER_PREFIX = "CUSTOMER#"  # the per-customer item's key: order_id CUSTOMER#<sub>
+# Final saga statuses: no write takes an order out of them, and only they carry purge_at (the TTL). An id in a
+# customer's open orders whose order is in one of them, or is gone, counts nothing (prune_open_orders).
+FINISHED = (models.COMPLETED, models.COMPENSATED)
+# The most ids the set can hold: the template's MaxValue of MaxOpenOrdersPerCustomer (a cap lowered by a deploy
+# leaves the set over the new cap, never over the highest). What one refusal reads, at most: 10 BatchGetItem pages.
+MOST_OPEN_ORDERS = 1000
+PRUNE_CHECKS = 99  # ConditionChecks beside the set's update in one transaction (TransactWriteItems: 100 items)
 
 
 def is_order(item: dict[str, Any]) -> bool:
     """An order, not a customer's open-orders item (the table holds both)."""
     return not str(item.get("order_id", "")).startswith(CUSTOMER_PREFIX)
+
+
+@dataclass(frozen=True)
+class OpenOrders:
+    """A customer's open orders as a refusal at the cap found them (prune_open_orders)."""
+
+    held: frozenset[str]  # the ids the set held when it was read
+    pruned: frozenset[str]  # taken out of the set: their order is finished or gone
+    running: tuple[dict[str, Any], ...]  # the orders among them still running (they carry `active`)
+
+    @property
+    def counted(self) -> int:
+        """The open orders the set holds now, as far as this refusal knows."""
+        return len(self.held - self.pruned)
 
 
 @dataclass(frozen=True)
@@ -129,6 +156,51 @@ class Orders:
             "TableName": self.table, "Key": self.customer_key(customer_id),
             "UpdateExpression": "DELETE open_orders :order",
             "ExpressionAttributeValues": values(order={order_id})}}
+
+    def prune_open_orders(self, customer_id: str, held: set[str]) -> OpenOrders:
+        """At the cap: read the orders of `held` (the customer's open orders, as the refused transaction found
+        them) and take out of the set those finished or gone, which nothing else would ever take out. Strongly
+        consistent reads (an order is written in the transaction that adds its id: a read lagging behind it must
+        not find it gone), BatchGetItem pages of 100 (UnprocessedKeys asked again), at most MOST_OPEN_ORDERS ids;
+        then, only when some are to go, one transaction per PRUNE_CHECKS of them (release_finished)."""
+        ids = sorted(held)[:MOST_OPEN_ORDERS]
+        found = {str(item["order_id"]): item for item in
+                 self.store.batch_get(self.table, [self.key(order_id) for order_id in ids], consistent=True)}
+        finished = {order_id for order_id in ids
+                    if order_id not in found or found[order_id].get("saga_status") in FINISHED}
+        running = tuple(order for order in found.values() if "active" in order)
+        pruned = self.release_finished(customer_id, finished) if finished else set()
+        return OpenOrders(frozenset(held), frozenset(pruned), running)
+
+    def release_finished(self, customer_id: str, order_ids: set[str]) -> set[str]:
+        """Take `order_ids` out of the customer's open orders, each on condition that its order is still finished
+        or gone, in the same transaction. The set's DELETE of named ids is safe by itself against concurrent adds
+        of others and concurrent finishes (removing an absent id changes nothing); the condition guards the one
+        race it is not safe against: an id read as gone whose order is placed again meanwhile (its expired order's
+        key reused, as the API allows) is live, and must stay counted. A transaction cancelled by such an id is
+        sent once more without it. Returns the ids taken out."""
+        released: set[str] = set()
+        ordered = sorted(order_ids)
+        for start in range(0, len(ordered), PRUNE_CHECKS):
+            chunk = ordered[start:start + PRUNE_CHECKS]
+            for _attempt in range(2):
+                cancelled = self.store.transact({
+                    "customer": {"Update": {
+                        "TableName": self.table, "Key": self.customer_key(customer_id),
+                        "UpdateExpression": "DELETE open_orders :finished",
+                        "ExpressionAttributeValues": values(finished=set(chunk))}},
+                    **{f"order:{order_id}": {"ConditionCheck": {
+                        "TableName": self.table, "Key": self.key(order_id),
+                        "ConditionExpression": "attribute_not_exists(order_id) OR saga_status IN (:s0, :s1)",
+                        "ExpressionAttributeValues": values(s0=FINISHED[0], s1=FINISHED[1])}}
+                       for order_id in chunk}})
+                if cancelled is None:
+                    released.update(chunk)
+                    break
+                chunk = [order_id for order_id in chunk if not cancelled.failed(f"order:{order_id}")]
+                if not chunk:
+                    break
+        return released
 
     def open_orders(self, customer_id: str) -> set[str]:
         """The customer's open orders' ids, as the per-customer item holds them."""

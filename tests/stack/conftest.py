@@ -180,6 +180,8 @@ def every_path(target: Target, request: pytest.FixtureRequest) -> dict[str, Any]
     # A coupon held, then given back (ReleaseCoupon) when the card is declined.
     declined = place(target, [{"sku": "MUG-BLUE", "quantity": 1}], "tok_decline", coupon="FIVEOFF")
     ended["coupon-released"] = wait_for_execution(target, declined["execution_arn"], timeout=120)["status"]
+    # A customer at the cap with ids of orders that are gone: the API prunes them, then places the order.
+    ended["pruned-at-the-cap"] = prune_at_the_cap(target)
     if target.outputs.get("FaultRulesTableName"):
         faults = request.getfixturevalue("faults")
         sub = target.sign_in()[1]
@@ -237,6 +239,25 @@ def every_path(target: Target, request: pytest.FixtureRequest) -> dict[str, Any]
     wait_until(lambda: (target.reservation(live) or {}).get("status") == "RELEASED", 60,
                "the live order's expired reservation released by ReaperWorker")
     return {"ended": ended, "swept": swept}
+
+
+def prune_at_the_cap(target: Target) -> str:
+    """A fresh customer whose open-orders set holds 1000 ids (the most any cap allows) of orders that are gone, as a
+    rollback or TTL leaves them: POST /orders reads them (BatchGetItem), takes them out on condition that each is
+    still gone (ConditionCheckItem), and places the order. Its saga's status when it ends."""
+    from order_saga.orders import CUSTOMER_PREFIX, MOST_OPEN_ORDERS
+    from tests.stack.support import place, wait_for_execution
+
+    customer = "cust-pruned-" + uuid.uuid4().hex[:8]
+    sub = target.sign_in(customer)[1]
+    gone = [f"ord_{uuid.uuid4().hex}" for _ in range(MOST_OPEN_ORDERS)]
+    target.client("dynamodb").update_item(
+        TableName=target.outputs["OrdersTableName"], Key={"order_id": {"S": CUSTOMER_PREFIX + sub}},
+        UpdateExpression="ADD open_orders :ids", ExpressionAttributeValues={":ids": {"SS": gone}})
+    placed = place(target, [{"sku": "MUG-BLUE", "quantity": 1}], customer=customer)
+    held = (target.get("OrdersTableName", order_id=CUSTOMER_PREFIX + sub) or {}).get("open_orders") or set()
+    assert set(held) <= {placed["order_id"]}, f"{len(held)} ids left after the prune"
+    return str(wait_for_execution(target, placed["execution_arn"], timeout=120)["status"])
 
 
 def run_twice(target: Target) -> str:

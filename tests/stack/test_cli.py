@@ -84,7 +84,8 @@ def test_a_template_it_cannot_read_names_the_resource_and_property(tmp_path):
     ("FaultInjection=maybe", "Parameters.FaultInjection"),
     ("LeaseSeconds=0", "Parameters.LeaseSeconds: 0 is below MinValue 45"),
     ("LeaseSeconds=44", "Parameters.LeaseSeconds: 44 is below MinValue 45"),
-    ("Stage=prod", "Rules.NoFakeGatewayInProduction: PaymentGateway=fake cannot deploy to a production Stage"),
+    ("Stage=prod", "Rules.NoFakeGatewayInProduction: PaymentGateway=fake cannot deploy to production"),
+    ("Stage=prod-eu", "Rules.ProductionIsStated: This Stage is neither a production name"),
     ("NoSuchParameter=1", "no parameter named NoSuchParameter"),
 ])
 def test_a_parameter_override_the_template_does_not_allow_is_refused(override, message):

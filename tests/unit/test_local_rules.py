@@ -1,7 +1,8 @@
 """sagalocal/template.py evaluates a template's Rules as CloudFormation does before it creates or updates a stack:
 a rule whose RuleCondition is false is skipped, every Assert of the others must hold, and a stack whose parameters
 fail one is refused with the assertion's AssertDescription. Then template.yaml's own rules: no fake gateway and no
-fault injection on a production stage."""
+fault injection in production (Production=true, or a Stage named as production), and a Stage name that is neither a
+production nor a known test one must say which it is."""
 
 from __future__ import annotations
 
@@ -96,12 +97,31 @@ def test_the_rules_see_the_overrides_after_the_parameters_own_constraints():
 
 
 # ---- template.yaml's rules --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("stage", ["prod", "production"])
-def test_a_production_stage_refuses_the_fake_gateway_and_says_what_to_do(stage):
+PRODUCTION_NAMES = ["prod", "production", "prd", "live"]
+TEST_NAMES = ["dev", "test", "ci", "qa", "staging", "sandbox", "bench", "local"]
+SECRET = "arn:aws:secretsmanager:us-east-1:123456789012:secret:order-saga-stripe-AbCdEf"
+OTHER_NAMES = ["prod-eu", "prod-test", "preprod", "prod1", "lve", "alice"]  # neither: Production must say
+
+
+def refused_by(**overrides: str) -> list[str]:
+    """The names of the template.yaml rules these parameter values fail, in order ([] when they deploy)."""
+    try:
+        Template(ROOT / "template.yaml", parameter_overrides=overrides)
+    except TemplateError as exc:
+        return [line.split(":")[0].removeprefix("Rules.") for line in str(exc).splitlines()]
+    return []
+
+
+@pytest.mark.parametrize("overrides", [*({"Stage": stage} for stage in PRODUCTION_NAMES),
+                                       *({"Stage": stage, "Production": "true"}
+                                         for stage in [*PRODUCTION_NAMES, *TEST_NAMES, *OTHER_NAMES])])
+def test_production_refuses_the_fake_gateway_and_says_what_to_do(overrides):
+    """Production: Production=true on any Stage, or a Stage named as production (prd and live too: the names that
+    went past a rule comparing against prod and production only)."""
     with pytest.raises(TemplateError) as refused:
-        Template(ROOT / "template.yaml", parameter_overrides={"Stage": stage})
+        Template(ROOT / "template.yaml", parameter_overrides=overrides)
     message = str(refused.value)
-    assert message.startswith("Rules.NoFakeGatewayInProduction: PaymentGateway=fake cannot deploy to a production")
+    assert message.startswith("Rules.NoFakeGatewayInProduction: PaymentGateway=fake cannot deploy to production")
     assert "tok_approve" in message  # why
     assert "Deploy with PaymentGateway=stripe and StripeSecretArn=" in message  # what to do
     assert "implement a real adapter" in message  # or, for another processor
@@ -109,36 +129,83 @@ def test_a_production_stage_refuses_the_fake_gateway_and_says_what_to_do(stage):
     assert "FaultInjection" not in message  # the other rule holds: FaultInjection defaults to false
 
 
-def test_a_production_stage_refuses_fault_injection_too():
+@pytest.mark.parametrize("overrides", [{"Stage": "prod"}, {"Stage": "live"},
+                                       {"Stage": "prod-eu", "Production": "true"}])
+def test_production_refuses_fault_injection_too(overrides):
     with pytest.raises(TemplateError) as refused:
-        Template(ROOT / "template.yaml", parameter_overrides={"Stage": "prod", "FaultInjection": "true"})
+        Template(ROOT / "template.yaml", parameter_overrides={**overrides, "FaultInjection": "true"})
     assert [line.split(":")[0] for line in str(refused.value).splitlines()] == [
         "Rules.NoFakeGatewayInProduction", "Rules.NoFaultInjectionInProduction"]
     assert "Deploy with FaultInjection=false" in str(refused.value)
 
 
-@pytest.mark.parametrize("stage", ["dev", "bench", "prod-test", "preprod"])
-def test_any_other_stage_deploys_the_fake_gateway_and_fault_injection(stage):
-    Template(ROOT / "template.yaml", parameter_overrides={"Stage": stage, "FaultInjection": "true"})
+@pytest.mark.parametrize("stage", OTHER_NAMES)
+def test_a_stage_name_neither_production_nor_a_known_test_one_must_say_which_it_is(stage):
+    """prod-eu and the like: a rule cannot match a prefix, so an unknown name deploys nothing until Production says."""
+    with pytest.raises(TemplateError) as refused:
+        Template(ROOT / "template.yaml", parameter_overrides={"Stage": stage, "FaultInjection": "true"})
+    message = str(refused.value)
+    assert message.startswith("Rules.ProductionIsStated: This Stage is neither a production name")
+    assert "Production=true for a production stack" in message
+    assert "Production=false for a test stack" in message
+    assert len(message.splitlines()) == 1  # not (yet) production: the other rules hold
+    assert refused_by(Stage=stage, Production="false", FaultInjection="true") == []
 
 
-SECRET = "arn:aws:secretsmanager:us-east-1:123456789012:secret:order-saga-stripe-AbCdEf"
+@pytest.mark.parametrize("stage", PRODUCTION_NAMES)
+def test_a_production_stage_name_cannot_be_declared_a_test_stack(stage):
+    assert refused_by(Stage=stage, Production="false") == ["ProductionStageIsProduction", "NoFakeGatewayInProduction"]
+    assert refused_by(Stage=stage, Production="false", PaymentGateway="stripe", StripeSecretArn=SECRET) == [
+        "ProductionStageIsProduction"]
 
 
-@pytest.mark.parametrize("stage", ["prod", "production"])
-def test_a_production_stage_deploys_the_stripe_adapter_on_stripes_own_api(stage):
-    Template(ROOT / "template.yaml", parameter_overrides={"Stage": stage, "PaymentGateway": "stripe",
+@pytest.mark.parametrize("stage", TEST_NAMES)
+@pytest.mark.parametrize("production", ["unstated", "false"])
+def test_a_test_stage_deploys_the_fake_gateway_and_fault_injection(stage, production):
+    Template(ROOT / "template.yaml", parameter_overrides={"Stage": stage, "Production": production,
+                                                          "FaultInjection": "true"})
+
+
+def test_the_rules_production_names_are_the_parameters_descriptions():
+    """The names in the rules are the ones the Stage and Production parameters document, in every rule."""
+    raw = Template(ROOT / "template.yaml").raw
+    prod = ", ".join(PRODUCTION_NAMES[:-1]) + " and " + PRODUCTION_NAMES[-1]
+    assert prod in raw["Parameters"]["Stage"]["Description"]
+    assert ", ".join(TEST_NAMES[:-1]) + " and " + TEST_NAMES[-1] in raw["Parameters"]["Stage"]["Description"]
+    lists = [node[0] for node in _contains(raw["Rules"])]
+    assert len(lists) == 5, lists  # ProductionIsStated, ProductionStageIsProduction, and the three gates
+    assert all(names in (PRODUCTION_NAMES, PRODUCTION_NAMES + TEST_NAMES) for names in lists), lists
+
+
+def _contains(node):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "Fn::Contains":
+                yield value
+            yield from _contains(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _contains(value)
+
+
+PRODUCTION = [*({"Stage": stage} for stage in PRODUCTION_NAMES), {"Stage": "prod-eu", "Production": "true"}]
+
+
+@pytest.mark.parametrize("overrides", PRODUCTION)
+def test_production_deploys_the_stripe_adapter_on_stripes_own_api(overrides):
+    Template(ROOT / "template.yaml", parameter_overrides={**overrides, "PaymentGateway": "stripe",
                                                           "StripeSecretArn": SECRET})
 
 
-@pytest.mark.parametrize("stage", ["prod", "production"])
-def test_a_production_stage_refuses_the_stripe_adapter_on_any_other_url(stage):
+@pytest.mark.parametrize("overrides", PRODUCTION)
+def test_production_refuses_the_stripe_adapter_on_any_other_url(overrides):
     with pytest.raises(TemplateError) as refused:
         Template(ROOT / "template.yaml", parameter_overrides={
-            "Stage": stage, "PaymentGateway": "stripe", "StripeSecretArn": SECRET,
+            **overrides, "PaymentGateway": "stripe", "StripeSecretArn": SECRET,
             "StripeApiBaseUrl": "http://127.0.0.1:8111"})
-    assert str(refused.value).startswith("Rules.NoStripeFakeInProduction: A production Stage (prod, production) "
-                                         "calls Stripe's own API: StripeApiBaseUrl must be https://api.stripe.com")
+    assert str(refused.value).startswith("Rules.NoStripeFakeInProduction: Production (Production=true, or a Stage "
+                                         "named prod, production, prd or live) calls Stripe's own API: "
+                                         "StripeApiBaseUrl must be https://api.stripe.com")
 
 
 def test_a_test_stage_may_point_the_stripe_adapter_at_a_local_fake():

@@ -50,15 +50,12 @@ def test_a_void_of_an_authorization_the_breaker_refused_needs_no_processor(aws, 
     assert payment(aws)["status"] == "VOIDED"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="open finding (issue 20 review, 3): nothing prunes ids of finished or deleted "
-                   "orders from a customer's open-orders set (a rollback, a hand-closed parked order): 429 for good")
 def test_an_open_orders_set_holding_finished_or_deleted_orders_heals(capped_api, context, aws):
-    """Ids left in CUSTOMER#<sub>.open_orders by anything that finished an order without release_slot (orders placed by
-    the new API and finished by the previous code during a deploy rollback, or after the feature is rolled back and
-    re-enabled; an operator closing a parked order by hand) are never taken out: no write, no reaper path and not
-    the 429 path prunes them, so the customer is refused with 429 forever. The API reads those orders to compute
-    Retry-After (it sees none running) and should not count them."""
+    """Closed (issue 20 review, finding 3): ids left in CUSTOMER#<sub>.open_orders by anything that finished an order
+    without release_slot (orders placed by the new API and finished by the previous code during a deploy rollback,
+    or after the feature is rolled back and re-enabled; an operator closing a parked order by hand) were never taken
+    out, so the customer was refused with 429 forever. The 429 path now reads those orders and prunes the finished
+    or gone ones before it refuses (tests/unit/test_limits.py has the cases)."""
     from tests.unit.test_limits import CAP, place
     aws.put_item(TableName=os.environ["ORDERS_TABLE"], Item=to_ddb({
         "order_id": "CUSTOMER#" + ALICE, "customer_id": ALICE,
