@@ -40,12 +40,14 @@ GROUPS = {
 }
 
 
-def wait(process: subprocess.Popen[bytes]) -> tuple[int, float]:
-    """A group's exit status and the CPU seconds it used: its pytest process and every process that it (or they)
-    started and waited for (the stacks, their DynamoDB and Lambda processes, the simulation's workers)."""
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return process.returncode, usage.ru_utime + usage.ru_stime
+def reap(pids: set[int]) -> tuple[int, int, float]:
+    """The next of `pids` to end: its pid, its exit status and the CPU seconds it used (its pytest process and every
+    process that it, or they, started and waited for: the stacks, their DynamoDB and Lambda processes, the
+    simulation's workers)."""
+    while True:
+        pid, status, usage = os.wait4(-1, 0)
+        if pid in pids:
+            return pid, os.waitstatus_to_exitcode(status), usage.ru_utime + usage.ru_stime
 
 
 def main(argv: list[str]) -> int:
@@ -55,8 +57,9 @@ def main(argv: list[str]) -> int:
     logs = ROOT / ".local" / "tests"
     logs.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    traced = [sys.executable, "-m", "coverage", "run", "-m", "pytest"]
-    plain = [sys.executable, "-m", "pytest"]
+    # --durations: each group names its slowest tests, where the time of a run goes.
+    traced = [sys.executable, "-m", "coverage", "run", "-m", "pytest", "--durations=12"]
+    plain = [sys.executable, "-m", "pytest", "--durations=12"]
     (first, (first_args, first_traced)), *others = GROUPS.items()
     running = []
     for name, (args, measured) in others:
@@ -64,11 +67,15 @@ def main(argv: list[str]) -> int:
         out = open(log, "w")  # noqa: SIM115 - closed below
         running.append((name, log, out, subprocess.Popen([*(traced if measured else plain), *args, *argv], cwd=ROOT,
                                                          env=env, stdout=out, stderr=subprocess.STDOUT)))
-    statuses, cpu = {}, {}
-    statuses[first], cpu[first] = wait(subprocess.Popen([*(traced if first_traced else plain), *first_args, *argv],
-                                                        cwd=ROOT, env=env))
-    for name, log, out, process in running:
-        statuses[name], cpu[name] = wait(process)
+    foreground = subprocess.Popen([*(traced if first_traced else plain), *first_args, *argv], cwd=ROOT, env=env)
+    processes = {foreground.pid: foreground, **{process.pid: process for _, _, _, process in running}}
+    groups = {foreground.pid: first, **{process.pid: name for name, _, _, process in running}}
+    statuses, cpu, ended = {}, {}, {}
+    while len(statuses) < len(groups):
+        pid, status, used = reap(set(groups) - {p for p, n in groups.items() if n in statuses})
+        name, processes[pid].returncode = groups[pid], status
+        statuses[name], cpu[name], ended[name] = status, used, time.monotonic() - started
+    for name, log, out, _process in running:
         out.close()
         print(f"\n{'=' * 25} {name} (ran alongside; {log.relative_to(ROOT)}) {'=' * 25}")
         print(log.read_text(), end="")
@@ -81,9 +88,10 @@ def main(argv: list[str]) -> int:
     subprocess.run([sys.executable, "-m", "coverage", "combine", "-q"], cwd=ROOT, env=env, check=False)
     print(f"\n{'=' * 25} coverage of src/ and functions/, every process {'=' * 25}")
     subprocess.run([sys.executable, "-m", "coverage", "report", "--skip-covered"], cwd=ROOT, env=env, check=False)
-    summary = ", ".join(f"{name} exit {status} ({cpu[name]:.0f} CPU-s)" for name, status in statuses.items())
+    summary = ", ".join(f"{name} exit {statuses[name]} ({cpu[name]:.0f} CPU-s, ended at {ended[name]:.0f} s)"
+                        for name in GROUPS)
     print(f"\nmake test: {summary}; {time.monotonic() - started:.0f} s in all")
-    return next((status for status in statuses.values() if status), 0)
+    return next((statuses[name] for name in GROUPS if statuses[name]), 0)
 
 
 if __name__ == "__main__":
