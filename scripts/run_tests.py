@@ -1,8 +1,8 @@
 """`make test`: every tier, side by side, with coverage of src/ and functions/.
 
-Five pytest processes: the stack tier; its two heaviest tests (on a stack of their own); its tests that start
-stacks of their own (the CLI's, the short-lease stacks); the unit and browser tiers; and the simulation (its
-crash-point explorer and random mixes run in two worker processes of their own). Much of the stack tier waits
+Seven pytest processes: the stack tier; its two heaviest tests (on a stack of their own); its tests that start
+stacks of their own (the CLI's, the short-lease stacks); the unit tier in two halves; the browser tier; and the
+simulation (its crash-point explorer and random mixes run in two worker processes of their own). Much of the stack tier waits
 (timeouts, backoffs, leases), so the others fill the machine.
 
 Coverage (pyproject.toml's [tool.coverage]) measures where it pays: the unit, browser and simulation pytest
@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ["tests/stack/test_invariants.py", "tests/stack/test_concurrency.py"]
 # They start their own, and mostly wait.
 OWN_STACKS = ["tests/stack/test_cli.py", "tests/stack/test_leases.py", "tests/stack/test_versions.py"]
+UNIT = sorted(str(path.relative_to(ROOT)) for path in (ROOT / "tests" / "unit").glob("test_*.py"))
 # name: (pytest arguments, measured by coverage). The first group's output is shown as it runs; the others' when
 # they end. Each stack group starts its own embedded stack; the heavy load (100 fault-injected sagas, the
 # 200-order burst) gets one to itself. The stack groups run untraced: measured, their Lambda sandboxes added 15
@@ -35,7 +36,11 @@ GROUPS = {
     "stack": (["tests/stack", *[f"--deselect={path}" for path in HEAVY + OWN_STACKS]], False),
     "stack, under load": ([*HEAVY, "-s"], False),  # -s: their summaries (outcomes of the sagas, the races) print
     "stack, own stacks": (OWN_STACKS, False),
-    "unit and browser": (["tests/unit", "tests/browser"], True),
+    # The unit tier in two halves (every other file): much of it waits (slow fakes, visibility timeouts, commit
+    # windows), and one process waiting alone made it the run's longest group.
+    "unit, first half": (UNIT[0::2], True),
+    "unit, second half": (UNIT[1::2], True),
+    "browser": (["tests/browser"], True),
     "simulation": (["tests/sim", "-s"], True),  # -s: the explorer's and the mixes' summaries print
 }
 

@@ -9,11 +9,8 @@ tests/sim/test_pivot.py runs, traced, the cases that reach the lines only the ex
 
 from __future__ import annotations
 
-import multiprocessing
 import re
-from concurrent.futures import ProcessPoolExecutor
 
-from sagalocal import untraced
 from sagalocal.sim.explore import DOC, PATHS, Result, explore
 
 # The paths, the longest first (their case counts in docs/scenarios.md): each worker takes the next path as it
@@ -21,18 +18,15 @@ from sagalocal.sim.explore import DOC, PATHS, Result, explore
 LONGEST_FIRST = ["second-capture-refused", "capture-refused", "three-cards", "second-declined", "coupon-declined",
                  "coupon-skipped-two-cards", "coupon-skipped",
                  "two-cards", "declined", "coupon", "plain", "coupon-exhausted", "out-of-stock"]
-WORKERS = 2
 
 
 def explore_path(path: str) -> tuple[int, list[Result], dict[str, int]]:
     return explore([path])
 
 
-def test_every_crash_point_of_every_path_keeps_every_invariant():
+def test_every_crash_point_of_every_path_keeps_every_invariant(sim_pool):
     assert sorted(LONGEST_FIRST) == sorted(PATHS)
-    with ProcessPoolExecutor(WORKERS, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=untraced.here) as pool:
-        outcomes = list(pool.map(explore_path, LONGEST_FIRST))
+    outcomes = list(sim_pool.map(explore_path, LONGEST_FIRST))
     explored = sum(n for n, _, _ in outcomes)
     failures = [f for _, group_failures, _ in outcomes for f in group_failures]
     per_path = {path: n for _, _, counts in outcomes for path, n in counts.items()}

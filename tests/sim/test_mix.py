@@ -8,11 +8,8 @@ replayable from its mix's seed: `python -m sagalocal.sim.explore --mix SEED`."""
 
 from __future__ import annotations
 
-import multiprocessing
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 
-from sagalocal import untraced
 from sagalocal.sim.explore import MixResult, mix_orders, run_mix
 
 SEEDS = range(120)
@@ -22,11 +19,9 @@ def run_mixes(seeds: list[int]) -> list[tuple[int, MixResult]]:
     return [(seed, run_mix(seed)) for seed in seeds]
 
 
-def test_random_mixes_of_orders_faults_and_takeovers_keep_every_invariant():
+def test_random_mixes_of_orders_faults_and_takeovers_keep_every_invariant(sim_pool):
     halves = [list(SEEDS)[0::2], list(SEEDS)[1::2]]
-    # Untraced, as the explorer's workers (tests/sim/test_explorer.py): coverage's tracer makes a mix 1.8 times slower.
-    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"), initializer=untraced.here) as pool:
-        results = [r for half in pool.map(run_mixes, halves) for r in half]
+    results = [r for half in sim_pool.map(run_mixes, halves) for r in half]  # the explorer's workers, untraced
     broken = [(seed, r.violations) for seed, r in results if r.violations]
     report = "\n".join(f"mix {seed}: {'; '.join(v[:3])}  (replay: python -m sagalocal.sim.explore --mix {seed})"
                        for seed, v in broken[:10])
