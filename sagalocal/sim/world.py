@@ -326,6 +326,9 @@ class Stack:
     reaper_queue_url: str = ""
     reaper_mapping: dict[str, Any] = field(default_factory=dict)  # BatchSize, visibility timeout, maxReceiveCount
     initial_stock: dict[str, int] = field(default_factory=dict)
+    # What the seed data left in the tables and their streams (the first world's, in this process): every later
+    # world starts from a copy of it instead of writing it again (3.5 ms of a 46 ms case).
+    seeded: tuple[dict[str, Any], dict[str, Any]] | None = None
 
 
 _STACK: list[Stack] = []
@@ -709,6 +712,26 @@ class World:
         _ACTIVE.remove(self)
 
     def _seed_data(self) -> None:
+        """The catalog, the coupons and the redemptions already spent: written by the domain code in the first
+        world of the process, copied from what that left in every later one (the clock is at EPOCH in both)."""
+        import copy
+
+        from moto.dynamodb.models import dynamodb_backends
+
+        from sagalocal.dynamodb.streams import STREAMS
+
+        tables = dynamodb_backends[ACCOUNT][REGION].tables
+        if self.stack.seeded is None:
+            self._write_seed_data()
+            self.stack.seeded = copy.deepcopy(({name: table.items for name, table in tables.items()},
+                                               STREAMS._records))
+        items, records = copy.deepcopy(self.stack.seeded)
+        for name, table in tables.items():
+            table.items = items[name]
+        STREAMS._records.clear()
+        STREAMS._records.update(records)
+
+    def _write_seed_data(self) -> None:
         from order_saga.inventory import Inventory
         from order_saga.promotions import Promotions
         from order_saga.store import Store
