@@ -14,9 +14,11 @@ from order_saga.dynamo import now_ms, to_ddb
 from order_saga.errors import PaymentGatewayUnavailable, PaymentVoided
 from order_saga.gateway import FakeGateway
 from order_saga.store import Store
+from order_saga.stripe_gateway import METADATA_KEY, StripeGateway
+from sagalocal.stripe_fake import API_KEY, StripeFake
 from tests.unit.helpers import new_saga, payment
 from tests.unit.test_breaker import SETTINGS
-from tests.unit.test_sent_marker import PID, Recording, payments_on
+from tests.unit.test_sent_marker import HOUR_MS, PID, Recording, payments_on, set_fields
 from tests.unit.test_template import TEMPLATE
 
 
@@ -92,3 +94,40 @@ def test_a_probe_whose_marker_found_the_payment_voided_gives_its_slot_back(aws):
     # The processor answered the only probe that reached it: a third payment must not fail fast.
     payments.authorize_at_gateway(payments.get("ord_3#1"), now_ms())
     assert [key for _, key in gateway.calls] == ["ord_2#1", "ord_3#1"]
+
+
+# ---- 3. the Stripe adapter's search trusts "not found" from the marker, not from its own last replay ---------------
+@pytest.fixture
+def fake():
+    with StripeFake() as server:
+        yield server
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "the adapter's lookups (reverse, state) REPLAY the create within the replay window, and a replay is a request "
+    "that can create the intent (the first request never reached Stripe); past the window the search's 'not found' "
+    "is trusted by the age of sent_at, the marker of the first request, not of the last replay: a replay that landed "
+    "a minute before the window closed (its answer lost) is reported as nothing while the index lags, and the hold "
+    "is left (up to Stripe's 7-day expiry)"))
+def test_past_the_window_not_found_is_not_trusted_for_a_replay_sent_just_before_it(aws, fake):
+    new_saga(aws, token="pm_card_visa")
+    gw = StripeGateway(Store(aws), os.environ["PAYMENTS_TABLE"], API_KEY, fake.url, 2.0)
+    fake.search_lag = 3600  # Stripe: searchable in under a minute, up to an hour behind during incidents
+    written = payment(aws)
+    assert written is not None
+    # Created and marked 19 h 59 min ago; the first request never reached Stripe (it was down; the saga parked).
+    marked = now_ms() - (20 * HOUR_MS - 60_000)
+    set_fields(aws, created_at=marked, sent_at=marked)
+    # The redriven VoidPayment's reverse looks the intent up by a replay (still within the window): it is the first
+    # request Stripe sees, so it authorizes; its answer is lost (the client's timeout), the step is retried.
+    with gw._call("reverse"):
+        gw._create(PID, "pm_card_visa", int(written["amount"]), str(written["currency"]))
+    [intent] = fake.intents_with(METADATA_KEY, PID)
+    assert intent["status"] == "requires_capture"
+    # Two minutes later (the retry waits 1 + 2 + 4 s, the reaper sweeps later still): past the window, search only.
+    set_fields(aws, created_at=marked - 120_000, sent_at=marked - 120_000)
+    try:
+        found = gw.state(PID)
+    except PaymentGatewayUnavailable:
+        found = "asked again later"
+    assert found is not None, "search found nothing and the adapter trusted it: the hold from the replay stays"
