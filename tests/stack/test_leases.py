@@ -127,11 +127,13 @@ def test_an_execution_stopped_mid_saga_is_compensated_within_one_lease_period(le
     time.sleep(0.5)  # AuthorizePayment has started: its gateway call hangs
     sfn.stop_execution(executionArn=accepted["execution_arn"], error="Operator", cause="stopped by the test")
     stopped = time.monotonic()
-    order = wait_until(lambda: (o := leased.order(order_id))["saga_status"] == "COMPENSATED" and o, LEASE + 10,
+    order = wait_until(lambda: (o := leased.order(order_id))["saga_status"] == "COMPENSATED" and o, LEASE + 20,
                        "compensated by the reaper")
     took = time.monotonic() - stopped
-    # The lease was taken when the saga started; the reaper sweeps every second.
-    assert took <= LEASE + 2, f"compensated {took:.1f} s after the stop"
+    # The lease was taken when the saga started; the reaper sweeps every second. Without the takeover at the lease's
+    # expiry nothing would compensate it before the saga's deadline (60 s) or the hung call's end (HANG): the bound
+    # leaves a loaded machine 15 s for a sweep and a worker, far below both.
+    assert took <= LEASE + 15 < min(60, HANG), f"compensated {took:.1f} s after the stop"
     assert order["lease_owner"].startswith("reaper:")
     assert order["steps"]["Reaper"]["error"] == "LeaseExpired"
     assert stock(leased) == before
