@@ -86,6 +86,10 @@ class MixResult:
     faults: int  # faults that struck (follow-ups and interleavings not counted)
 
 
+def run_mixes(seeds: list[int]) -> list[tuple[int, MixResult]]:
+    return [(seed, run_mix(seed)) for seed in seeds]
+
+
 def run_mix(seed: int) -> MixResult:
     """One random mix, settled and checked."""
     with World(seed=seed, mix=Mix(mix_orders(seed))) as world:

@@ -3,7 +3,8 @@ compensation, API call and reaper sweep, each fault at it with each follow-up. N
 and the number of cases explored is the one docs/scenarios.md publishes.
 
 The paths are shared out to two worker processes, the longest first (each boots its own simulated stack
-once); every case is deterministic, so the split changes nothing but the wall time. The workers run without
+once; tests/sim/conftest.py hands them the work as the tests are collected); every case is deterministic, so the
+split changes nothing but the wall time. The workers run without
 coverage's tracer, which makes a case 2.6 times slower (49.5 ms against 130.6 ms on the 2-core machine);
 tests/sim/test_pivot.py runs, traced, the cases that reach the lines only the explorer used to reach."""
 
@@ -11,22 +12,13 @@ from __future__ import annotations
 
 import re
 
-from sagalocal.sim.explore import DOC, PATHS, Result, explore
-
-# The paths, the longest first (their case counts in docs/scenarios.md): each worker takes the next path as it
-# finishes one, so the two end together.
-LONGEST_FIRST = ["second-capture-refused", "capture-refused", "three-cards", "second-declined", "coupon-declined",
-                 "coupon-skipped-two-cards", "coupon-skipped",
-                 "two-cards", "declined", "coupon", "plain", "coupon-exhausted", "out-of-stock"]
+from sagalocal.sim.explore import DOC, PATHS
+from tests.sim.conftest import LONGEST_FIRST
 
 
-def explore_path(path: str) -> tuple[int, list[Result], dict[str, int]]:
-    return explore([path])
-
-
-def test_every_crash_point_of_every_path_keeps_every_invariant(sim_pool):
+def test_every_crash_point_of_every_path_keeps_every_invariant(background_results):
     assert sorted(LONGEST_FIRST) == sorted(PATHS)
-    outcomes = list(sim_pool.map(explore_path, LONGEST_FIRST))
+    outcomes = background_results  # explore([path]) for each path, in two workers (tests/sim/conftest.py)
     explored = sum(n for n, _, _ in outcomes)
     failures = [f for _, group_failures, _ in outcomes for f in group_failures]
     per_path = {path: n for _, _, counts in outcomes for path, n in counts.items()}

@@ -10,18 +10,13 @@ from __future__ import annotations
 
 from collections import Counter
 
-from sagalocal.sim.explore import MixResult, mix_orders, run_mix
-
-SEEDS = range(120)
-
-
-def run_mixes(seeds: list[int]) -> list[tuple[int, MixResult]]:
-    return [(seed, run_mix(seed)) for seed in seeds]
+from sagalocal.sim.explore import mix_orders, run_mix
+from tests.sim.conftest import SEEDS
 
 
-def test_random_mixes_of_orders_faults_and_takeovers_keep_every_invariant(sim_pool):
-    halves = [list(SEEDS)[0::2], list(SEEDS)[1::2]]
-    results = [r for half in sim_pool.map(run_mixes, halves) for r in half]  # the explorer's workers, untraced
+def test_random_mixes_of_orders_faults_and_takeovers_keep_every_invariant(background_results):
+    # run_mixes over chunks of SEEDS, in the explorer's two workers, untraced (tests/sim/conftest.py)
+    results = [r for chunk in background_results for r in chunk]
     broken = [(seed, r.violations) for seed, r in results if r.violations]
     report = "\n".join(f"mix {seed}: {'; '.join(v[:3])}  (replay: python -m sagalocal.sim.explore --mix {seed})"
                        for seed, v in broken[:10])
