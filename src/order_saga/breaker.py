@@ -24,7 +24,10 @@ on its `version`, so concurrent instances agree on one state and a late outcome 
 
 An authorization's `sending` hook (the payment's sent marker, payments.py) runs only once the call is let through,
 after the time check and before the adapter is called: a call the breaker fails fast leaves no marker, so its
-payment is voided without the processor. What the hook raises is not counted (nothing reached the processor).
+payment is voided without the processor. What the hook raises is not counted (nothing reached the processor), and
+a half-open probe whose time check or hook raised gives its slot back (one conditional write at the version it was
+claimed under, `probes` down by one): else the marker finding its payment voided (or throttled) would hold a slot
+until `probe_until`, and with BreakerSuccessThreshold answered probes needed the breaker could not close.
 
 Only authorizations are gated. They run before the pivot, and an authorization that fails with
 PaymentGatewayUnavailable is retried and then compensated, exactly what the breaker's fail-fast does. Captures,
@@ -138,11 +141,15 @@ class CircuitBreaker:
     def authorize(self, key: str, token: str, amount: int, currency: str,
                   sending: Callable[[], None] | None = None) -> str:
         admitted = self.admit()
-        if self.store.time_left() < self.gateway.timeout + ATTEMPT_SECONDS:
-            raise PaymentGatewayUnavailable(f"not enough time left in this invocation to authorize at the gateway "
-                                            f"({self.gateway.timeout:g} s) and record it")
-        if sending is not None:  # let through: the caller's last word before the request leaves (not counted)
-            sending()
+        try:
+            if self.store.time_left() < self.gateway.timeout + ATTEMPT_SECONDS:
+                raise PaymentGatewayUnavailable(f"not enough time left in this invocation to authorize at the "
+                                                f"gateway ({self.gateway.timeout:g} s) and record it")
+            if sending is not None:  # let through: the caller's last word before the request leaves (not counted)
+                sending()
+        except BaseException:
+            self.unused(admitted)  # nothing reached the processor: a probe gives its slot back
+            raise
         try:
             reference = self.gateway.authorize(key, token, amount, currency)
         except PaymentGatewayUnavailable:
@@ -200,6 +207,14 @@ class CircuitBreaker:
                 return Admission(None)
             item = written.item or {}
         return Admission(None)  # the state kept changing under us: let this one through, uncounted
+
+    def unused(self, admitted: Admission) -> None:
+        """A call admitted under `admitted` never reached the processor (the time check, or the `sending` hook,
+        raised). A half-open probe gives its slot back, at the version it was claimed under (a period started
+        afresh meanwhile has its own count); otherwise nothing was counted, nothing to undo."""
+        if admitted.state == HALF_OPEN:
+            self._write(admitted.version, "#state = :half_open AND probes > :zero", "ADD probes :minus_one",
+                        half_open=HALF_OPEN, zero=0, minus_one=-1, bump=False)
 
     def failed(self, admitted: Admission, key: str) -> None:
         """A call admitted under `admitted` failed with an outage."""

@@ -1,6 +1,13 @@
-"""Findings of the second issue-20 review (an AWS engineer told to break the merges of i20-sent and i20-prune), kept
-as strict expected failures: each test asserts what the code SHOULD do and fails today with the error its mark
-names. When a fix lands, the test passes, strict xfail turns that into a failure, and the mark must go.
+"""The sent marker across a rollout, and the two places it met other rules: the three findings of the second
+issue-20 review (an AWS engineer told to break the merges of i20-sent and i20-prune), fixed, with their regression
+tests (more in test_sent_marker.py).
+
+1. The permission to void a PENDING payment without the gateway comes from the order's `marks_sends`, which the
+   execution's own CreateOrder (pinned to its state machine version, as its AuthorizePayment is) stamps in the write
+   that takes the lease; not from the API (not pinned) nor the compensation (the `live` alias).
+2. A half-open probe whose `sending` hook (or time check) raised gives its probe slot back.
+3. Past the replay window, the Stripe adapter trusts search's "not found" only 2 h after the last request that could
+   have created the intent: the later of the first send and the window's end (its own replays).
 """
 
 from __future__ import annotations
@@ -13,22 +20,18 @@ from order_saga.breaker import BREAKER_KEY, HALF_OPEN, OPEN, CircuitBreaker
 from order_saga.dynamo import now_ms, to_ddb
 from order_saga.errors import PaymentGatewayUnavailable, PaymentVoided
 from order_saga.gateway import FakeGateway
+from order_saga.orders import Orders
 from order_saga.store import Store
 from order_saga.stripe_gateway import METADATA_KEY, StripeGateway
 from sagalocal.stripe_fake import API_KEY, StripeFake
-from tests.unit.helpers import new_saga, payment
+from tests.unit.helpers import invoke, new_saga, order, payment, reap
 from tests.unit.test_breaker import SETTINGS
 from tests.unit.test_sent_marker import HOUR_MS, PID, Recording, payments_on, set_fields
+from tests.unit.test_steps import fail_at, run_forward
 from tests.unit.test_template import TEMPLATE
 
 
 # ---- 1. the sent marker during the rollout that introduces it ------------------------------------------------------
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "marks_sends is written by the API, whose alias moves at once with the deploy, but the state machine's alias moves "
-    "as a canary (90% of new executions stay on the previous version for 20 minutes) and its forward steps are pinned "
-    "to the previous AuthorizePayment version, which sends without a marker; the compensations invoke the `live` "
-    "alias (the new VoidPayment), which voids such a payment locally: a hold that landed is never voided, never "
-    "reconciled"))
 def test_a_payment_the_previous_authorize_version_sent_unmarked_is_not_voided_locally(aws):
     resources = TEMPLATE.raw["Resources"]
     machine = resources["OrderSagaStateMachine"]["Properties"]
@@ -40,20 +43,25 @@ def test_a_payment_the_previous_authorize_version_sent_unmarked_is_not_voided_lo
         "Ref": "AuthorizePaymentFunction.Version"}
     assert machine["DefinitionSubstitutions"]["VoidPaymentFunctionArn"] == {"Ref": "VoidPaymentFunction.Alias"}
 
-    new_saga(aws)  # the new API: the payment carries marks_sends
+    new_saga(aws)  # the new API (its alias moved at once)
+    # Even a payment that says its API knew the marker (as the API of i20-sent wrote it, `marks_sends`) does not
+    # tell which AuthorizePayment the execution runs: the order does, and the previous CreateOrder (pinned to the
+    # previous version) did not stamp it.
+    aws.update_item(TableName=os.environ["PAYMENTS_TABLE"], Key={"payment_id": {"S": PID}},
+                    UpdateExpression="SET marks_sends = :yes", ExpressionAttributeValues={":yes": {"BOOL": True}})
+    assert "marks_sends" not in order(aws)
     store = Store(aws)
     gateway = FakeGateway(store, os.environ["PAYMENTS_TABLE"])
     written = payment(aws)
     assert written is not None
-    assert written["marks_sends"] is True
     # AuthorizePayment as the version before the marker calls the gateway (payments.py at 4f8672b:
     # `self.gateway.authorize(pid, token, amount, currency)`, no sending hook): the hold lands, and the invocation
     # times out before it records it (its retries do the same, or the processor's answers keep timing out).
     gateway.authorize(PID, str(written["token"]), int(written["amount"]), str(written["currency"]))
     assert gateway.entry(PID)["state"] == "AUTHORIZED"
 
-    # VoidPayment through the `live` alias: this code.
-    item = payments_on(aws, gateway).undo_item(PID, now_ms())
+    # VoidPayment through the `live` alias: this code, with what the order it claimed says.
+    item = payments_on(aws, gateway).undo_item(PID, now_ms(), sends_marked=Orders.sends_marked(order(aws)))
     assert item is not None
     assert store.transact({"payment": item}) is None
     after = payment(aws)
@@ -63,6 +71,42 @@ def test_a_payment_the_previous_authorize_version_sent_unmarked_is_not_voided_lo
         f"the payment is {after['status']} with no reconciliation, and the processor still holds the money ({held})")
 
 
+def test_create_order_stamps_the_order_in_the_write_that_takes_its_lease(aws, handlers, context):
+    new_saga(aws)
+    assert "marks_sends" not in order(aws)  # the API's write says nothing about the execution's code
+    run_forward(handlers, context, new_saga(aws, order_id="ord_2"), upto=1)
+    stamped = order(aws, "ord_2")
+    assert (stamped["marks_sends"], stamped["saga_status"]) == (True, "EXECUTING")
+
+
+def test_void_payment_voids_locally_only_an_order_its_execution_stamped(aws, handlers, context):
+    """The same PENDING, unmarked payment: voided without the gateway when the execution's CreateOrder stamped the
+    order; at the gateway (and reconciled) when it did not (the previous version's CreateOrder)."""
+    for order_id, stamped in (("ord_1", True), ("ord_2", False)):
+        saga = run_forward(handlers, context, new_saga(aws, order_id=order_id), upto=2)
+        if not stamped:
+            aws.update_item(TableName=os.environ["ORDERS_TABLE"], Key={"order_id": {"S": order_id}},
+                            UpdateExpression="REMOVE marks_sends")
+        invoke(handlers("void_payment"), context, fail_at(saga, "AuthorizePayment", "PaymentGatewayUnavailable"))
+        voided = payment(aws, order_id)
+        assert voided["status"] == "VOIDED"
+        assert ("reconcile" in voided) is not stamped, (order_id, voided)
+
+
+def test_the_reaper_voids_at_the_gateway_an_order_whose_create_order_never_ran(aws, handlers, context):
+    """No CreateOrder, no stamp: the reaper's compensation goes to the gateway (and has the payment reconciled); an
+    order its CreateOrder stamped is voided locally."""
+    new_saga(aws, order_id="ord_1")
+    run_forward(handlers, context, new_saga(aws, order_id="ord_2"), upto=1)
+    for order_id in ("ord_1", "ord_2"):  # both executions died: their leases ran out
+        aws.update_item(TableName=os.environ["ORDERS_TABLE"], Key={"order_id": {"S": order_id}},
+                        UpdateExpression="SET lease_expires_at = :past",
+                        ExpressionAttributeValues={":past": {"N": str(now_ms() - 1000)}})
+    assert sorted(reap(handlers, context)["compensated"]) == ["ord_1", "ord_2"]
+    assert (payment(aws, "ord_1")["status"], "reconcile" in payment(aws, "ord_1")) == ("VOIDED", True)
+    assert (payment(aws, "ord_2")["status"], "reconcile" in payment(aws, "ord_2")) == ("VOIDED", False)
+
+
 # ---- 2. the breaker's half-open probe and the marker ---------------------------------------------------------------
 def half_open_breaker(aws) -> None:
     """OPEN, its open time just over: the next call moves it to HALF_OPEN and is its first probe."""
@@ -70,11 +114,6 @@ def half_open_breaker(aws) -> None:
         "payment_id": BREAKER_KEY, "state": OPEN, "version": 3, "opened_until": now_ms() - 1}))
 
 
-@pytest.mark.xfail(strict=True, raises=PaymentGatewayUnavailable, reason=(
-    "a probe the breaker let through whose `sending` hook raised (the marker found the payment voided: NotSent; or "
-    "the marker's write was throttled, or left too little time) never reached the processor, yet it keeps its probe "
-    "slot: with BreakerSuccessThreshold 2 the breaker cannot close, and every authorization fails fast (and its "
-    "order is compensated) until probe_until, though the processor answers every call"))
 def test_a_probe_whose_marker_found_the_payment_voided_gives_its_slot_back(aws):
     for order_id in ("ord_1", "ord_2", "ord_3"):
         new_saga(aws, order_id=order_id)
@@ -85,7 +124,7 @@ def test_a_probe_whose_marker_found_the_payment_voided_gives_its_slot_back(aws):
 
     # ord_1's AuthorizePayment read its payment PENDING; the reaper voided it locally meanwhile (its lease ran out).
     read_before = payments.get(PID)
-    assert store.transact({"payment": payments_on(aws, gateway).undo_item(PID, now_ms())}) is None
+    assert store.transact({"payment": payments_on(aws, gateway).undo_item(PID, now_ms(), sends_marked=True)}) is None
     with pytest.raises(PaymentVoided):
         payments.authorize_at_gateway(read_before, now_ms())  # probe 1: the marker finds VOIDED, nothing is sent
     assert gateway.calls == []
@@ -103,12 +142,6 @@ def fake():
         yield server
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "the adapter's lookups (reverse, state) REPLAY the create within the replay window, and a replay is a request "
-    "that can create the intent (the first request never reached Stripe); past the window the search's 'not found' "
-    "is trusted by the age of sent_at, the marker of the first request, not of the last replay: a replay that landed "
-    "a minute before the window closed (its answer lost) is reported as nothing while the index lags, and the hold "
-    "is left (up to Stripe's 7-day expiry)"))
 def test_past_the_window_not_found_is_not_trusted_for_a_replay_sent_just_before_it(aws, fake):
     new_saga(aws, token="pm_card_visa")
     gw = StripeGateway(Store(aws), os.environ["PAYMENTS_TABLE"], API_KEY, fake.url, 2.0)
