@@ -15,7 +15,7 @@ on its `version`, so concurrent instances agree on one state and a late outcome 
              Distinct payments, not calls: the state machine retries one authorization up to 4 times, and
              one slow card must not open the breaker for everyone; an outage fails many payments.
   OPEN       calls fail fast (nothing reaches the processor) until `opened_until` (BreakerOpenSeconds).
-             The first call after it moves the breaker to HALF_OPEN.
+             The first call after it moves the breaker to HALF_OPEN, as its first probe (one write).
   HALF_OPEN  at most BreakerSuccessThreshold probes are let through, each claimed by a conditional write (`probes`
              below the threshold), the other calls fail fast. BreakerSuccessThreshold probes answered: CLOSED.
              A probe that fails with an outage: OPEN again, for another BreakerOpenSeconds. A half-open period
@@ -41,7 +41,11 @@ turn a DynamoDB hiccup into declined payments; at worst, the breaker opens later
 invocation outlive its budget (docs/timeouts.md): after its read it sends the call only if the call and the write
 after it still fit (else PaymentGatewayUnavailable, as Payments._require_time), and it records an answered call
 only if the saga's own write after it still fits. It reads its item on every authorization (one GetItem; no cache),
-and writes only on failures, in HALF_OPEN, and on the first success after failures.
+and writes only on failures, in HALF_OPEN, and on the first success after failures. On an authorization's path
+(docs/timeouts.md counts it) that is the read and, for a half-open probe, one write before the call (the move to
+HALF_OPEN that is the period's first probe, or a probe's claim); a second write before the call (after one lost to
+another instance) is made only if it, the sent marker, the call and the record still fit, and the writes after an
+answered call (the success counted, the close) only if the saga's record still fits after each.
 
 Every opening (CLOSED or HALF_OPEN -> OPEN) is counted once, by the instance whose write won: the metric
 GatewayCircuitOpened (step PaymentGateway), which an alarm watches (docs/operations.md).
@@ -182,7 +186,7 @@ class CircuitBreaker:
             item = self.read()
         except Exception:  # noqa: BLE001 - fail open: the breaker's own store must not fail payments
             return Admission(None)
-        for _ in range(4):  # each turn follows a transition another instance made meanwhile
+        for turn in range(4):  # each turn follows a transition another instance made meanwhile
             now, state, version = _now(), item.get("state", CLOSED), int(item.get("version", 0))
             if state == CLOSED:
                 return Admission(CLOSED, version, bool(item.get("failed_keys")))
@@ -190,12 +194,20 @@ class CircuitBreaker:
                 raise PaymentGatewayUnavailable(f"payment gateway circuit open for "
                                                 f"{(int(item['opened_until']) - now) / 1000:.1f} s more: "
                                                 f"the processor failed {self.settings.failure_threshold} payments")
+            if turn and self.store.time_left() < self.gateway.timeout + 3 * ATTEMPT_SECONDS + ANSWER_SECONDS:
+                # A write lost to another instance: another one only if it, the sent marker, the call and the
+                # record after it still fit (docs/timeouts.md counts one write here).
+                raise PaymentGatewayUnavailable("not enough time left in this invocation to claim a probe of the "
+                                                "half-open payment gateway circuit, authorize and record it")
             written: Written | None
             if state == OPEN or now >= int(item.get("probe_until", 0)):  # open time over, or a lost half-open
+                # The call that starts the half-open period is its first probe: one write, not two.
                 written = self._write(version, "#state IN (:open, :half_open)",
-                                      "SET #state = :half_open, probes = :zero, successes = :zero, "
-                                      "probe_until = :until", half_open=HALF_OPEN, open=OPEN, zero=0,
+                                      "SET #state = :half_open, probes = :one, successes = :zero, "
+                                      "probe_until = :until", half_open=HALF_OPEN, open=OPEN, zero=0, one=1,
                                       until=now + self.settings.open_ms)
+                if written is not None and written.ok:
+                    return Admission(HALF_OPEN, int((written.item or {}).get("version", version + 1)))
             else:  # HALF_OPEN: claim one of the probes
                 written = self._write(version, "#state = :half_open AND probes < :most", "ADD probes :one",
                                       half_open=HALF_OPEN, most=self.settings.success_threshold, one=1, bump=False)
@@ -253,6 +265,8 @@ class CircuitBreaker:
         if counted is None or not counted.ok or \
                 int((counted.item or {}).get("successes", 0)) < self.settings.success_threshold:
             return
+        if self.store.time_left() < 2 * ATTEMPT_SECONDS + ANSWER_SECONDS:  # the close, only if the record still fits
+            return  # the period's probes are spent: it is started afresh at probe_until
         closed = self._write(admitted.version, "#state = :half_open AND successes >= :enough",
                              "SET #state = :closed REMOVE probes, successes, probe_until, opened_until",
                              half_open=HALF_OPEN, closed=CLOSED, enough=self.settings.success_threshold)
