@@ -21,7 +21,7 @@ from order_saga.dynamo import now_ms, to_ddb
 from order_saga.errors import PaymentGatewayUnavailable, PaymentVoided
 from order_saga.gateway import FakeGateway
 from order_saga.orders import Orders
-from order_saga.store import Store
+from order_saga.store import ANSWER_SECONDS, ATTEMPT_SECONDS, Store
 from order_saga.stripe_gateway import METADATA_KEY, StripeGateway
 from sagalocal.stripe_fake import API_KEY, StripeFake
 from tests.unit.helpers import invoke, new_saga, order, payment, reap
@@ -164,3 +164,52 @@ def test_past_the_window_not_found_is_not_trusted_for_a_replay_sent_just_before_
     except PaymentGatewayUnavailable:
         found = "asked again later"
     assert found is not None, "search found nothing and the adapter trusted it: the hold from the replay stays"
+
+
+# ---- (a) the breaker on AuthorizePayment's path: what docs/timeouts.md counts ------------------------------------
+def test_a_half_open_probe_makes_one_breaker_write_before_its_call(aws, monkeypatch):
+    """The call that starts the half-open period is its first probe, in the same write: the breaker's read and one
+    write before the call (the timing table's 'a half-open probe's claim')."""
+    new_saga(aws)
+    store = Store(aws)
+    events: list[str] = []
+    monkeypatch.setattr(store, "get", lambda *a, **k: (events.append("read"), Store.get(store, *a, **k))[1])
+    monkeypatch.setattr(store, "update", lambda **k: (events.append(f"write {k['Key']['payment_id']['S']}"),
+                                                      Store.update(store, **k))[1])
+
+    class Gateway(Recording):
+        def authorize(self, key, token, amount, currency, sending=None):
+            events.append("call")
+            return super().authorize(key, token, amount, currency, sending)
+
+    breaker = CircuitBreaker(Gateway(), store, os.environ["PAYMENTS_TABLE"], SETTINGS)
+    half_open_breaker(aws)
+    breaker.authorize(PID, "tok_approve", 100, "USD")
+    assert events[:events.index("call")] == ["read", f"write {BREAKER_KEY}"]
+    item = breaker.read()
+    assert (item["state"], item["probes"], item["successes"]) == (HALF_OPEN, 1, 1)
+
+
+def test_a_second_breaker_write_before_the_call_only_if_the_rest_still_fits(aws, monkeypatch):
+    """The move to HALF_OPEN lost to another instance (which took the first probe): claiming another probe is a
+    second write, made only if it, the sent marker, the call and the record still fit; else the call fails fast
+    (PaymentGatewayUnavailable, retried), nothing sent, nothing claimed."""
+    new_saga(aws)
+    store = Store(aws)
+    gateway = Recording()
+    breaker = CircuitBreaker(gateway, store, os.environ["PAYMENTS_TABLE"], SETTINGS)
+    aws.put_item(TableName=os.environ["PAYMENTS_TABLE"], Item=to_ddb({
+        "payment_id": BREAKER_KEY, "state": HALF_OPEN, "version": 4, "probes": 1, "successes": 0,
+        "probe_until": now_ms() + 60_000}))
+    stale = {"payment_id": BREAKER_KEY, "state": OPEN, "version": 3, "opened_until": now_ms() - 1}
+    monkeypatch.setattr(breaker, "read", lambda: dict(stale))  # read before the other instance's move
+    needed = gateway.timeout + 3 * ATTEMPT_SECONDS + ANSWER_SECONDS  # the claim, the marker, the call, the record
+    monkeypatch.setattr(store, "time_left", lambda: needed - 0.1)
+    with pytest.raises(PaymentGatewayUnavailable, match="claim a probe"):
+        breaker.authorize(PID, "tok_approve", 100, "USD")
+    assert gateway.calls == []
+    held = aws.get_item(TableName=os.environ["PAYMENTS_TABLE"], Key={"payment_id": {"S": BREAKER_KEY}})["Item"]
+    assert held["probes"] == {"N": "1"}  # the other instance's probe only
+    monkeypatch.setattr(store, "time_left", lambda: needed)
+    breaker.authorize(PID, "tok_approve", 100, "USD")
+    assert gateway.calls == [("authorize", PID)]
