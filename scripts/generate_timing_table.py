@@ -183,8 +183,9 @@ def calls_of(logical_id: str, cards: int) -> list[tuple[str, str]]:
         "CreateOrderFunction": [("the lease (A)", "A")],
         "ReserveInventoryFunction": [("reservation + stock + the order's lease and step log (A)", "A")],
         "ApplyCouponFunction": [("coupon (A), hold + both counters + the order (A)", "AA")],
-        "AuthorizePaymentFunction": [("payment (A), the sent marker (A), authorize (G), record + the order (A)",
-                                      "AAGA")],
+        "AuthorizePaymentFunction": [("payment (A), the circuit breaker (A), a half-open probe's claim (A), the sent "
+                                      "marker (A), authorize (G), record + the order (A); the breaker's other writes "
+                                      "only while what follows still fits", "AAAAGA")],
         "ConfirmOrderFunction": [(f"commit + every card CAPTURING + the pivot (A), capture (G, up to {cards} "
                                   f"cards), CAPTURED + COMPLETED (A)", "A" + "G" * cards + "A")],
         "RefundPaymentFunction": refund,

@@ -15,7 +15,7 @@ on its `version`, so concurrent instances agree on one state and a late outcome 
              Distinct payments, not calls: the state machine retries one authorization up to 4 times, and
              one slow card must not open the breaker for everyone; an outage fails many payments.
   OPEN       calls fail fast (nothing reaches the processor) until `opened_until` (BreakerOpenSeconds).
-             The first call after it moves the breaker to HALF_OPEN.
+             The first call after it moves the breaker to HALF_OPEN, as its first probe (one write).
   HALF_OPEN  at most BreakerSuccessThreshold probes are let through, each claimed by a conditional write (`probes`
              below the threshold), the other calls fail fast. BreakerSuccessThreshold probes answered: CLOSED.
              A probe that fails with an outage: OPEN again, for another BreakerOpenSeconds. A half-open period
@@ -24,7 +24,10 @@ on its `version`, so concurrent instances agree on one state and a late outcome 
 
 An authorization's `sending` hook (the payment's sent marker, payments.py) runs only once the call is let through,
 after the time check and before the adapter is called: a call the breaker fails fast leaves no marker, so its
-payment is voided without the processor. What the hook raises is not counted (nothing reached the processor).
+payment is voided without the processor. What the hook raises is not counted (nothing reached the processor), and
+a half-open probe whose time check or hook raised gives its slot back (one conditional write at the version it was
+claimed under, `probes` down by one): else the marker finding its payment voided (or throttled) would hold a slot
+until `probe_until`, and with BreakerSuccessThreshold answered probes needed the breaker could not close.
 
 Only authorizations are gated. They run before the pivot, and an authorization that fails with
 PaymentGatewayUnavailable is retried and then compensated, exactly what the breaker's fail-fast does. Captures,
@@ -38,7 +41,11 @@ turn a DynamoDB hiccup into declined payments; at worst, the breaker opens later
 invocation outlive its budget (docs/timeouts.md): after its read it sends the call only if the call and the write
 after it still fit (else PaymentGatewayUnavailable, as Payments._require_time), and it records an answered call
 only if the saga's own write after it still fits. It reads its item on every authorization (one GetItem; no cache),
-and writes only on failures, in HALF_OPEN, and on the first success after failures.
+and writes only on failures, in HALF_OPEN, and on the first success after failures. On an authorization's path
+(docs/timeouts.md counts it) that is the read and, for a half-open probe, one write before the call (the move to
+HALF_OPEN that is the period's first probe, or a probe's claim); a second write before the call (after one lost to
+another instance) is made only if it, the sent marker, the call and the record still fit, and the writes after an
+answered call (the success counted, the close) only if the saga's record still fits after each.
 
 Every opening (CLOSED or HALF_OPEN -> OPEN) is counted once, by the instance whose write won: the metric
 GatewayCircuitOpened (step PaymentGateway), which an alarm watches (docs/operations.md).
@@ -138,11 +145,15 @@ class CircuitBreaker:
     def authorize(self, key: str, token: str, amount: int, currency: str,
                   sending: Callable[[], None] | None = None) -> str:
         admitted = self.admit()
-        if self.store.time_left() < self.gateway.timeout + ATTEMPT_SECONDS:
-            raise PaymentGatewayUnavailable(f"not enough time left in this invocation to authorize at the gateway "
-                                            f"({self.gateway.timeout:g} s) and record it")
-        if sending is not None:  # let through: the caller's last word before the request leaves (not counted)
-            sending()
+        try:
+            if self.store.time_left() < self.gateway.timeout + ATTEMPT_SECONDS:
+                raise PaymentGatewayUnavailable(f"not enough time left in this invocation to authorize at the "
+                                                f"gateway ({self.gateway.timeout:g} s) and record it")
+            if sending is not None:  # let through: the caller's last word before the request leaves (not counted)
+                sending()
+        except BaseException:
+            self.unused(admitted)  # nothing reached the processor: a probe gives its slot back
+            raise
         try:
             reference = self.gateway.authorize(key, token, amount, currency)
         except PaymentGatewayUnavailable:
@@ -175,7 +186,7 @@ class CircuitBreaker:
             item = self.read()
         except Exception:  # noqa: BLE001 - fail open: the breaker's own store must not fail payments
             return Admission(None)
-        for _ in range(4):  # each turn follows a transition another instance made meanwhile
+        for turn in range(4):  # each turn follows a transition another instance made meanwhile
             now, state, version = _now(), item.get("state", CLOSED), int(item.get("version", 0))
             if state == CLOSED:
                 return Admission(CLOSED, version, bool(item.get("failed_keys")))
@@ -183,12 +194,20 @@ class CircuitBreaker:
                 raise PaymentGatewayUnavailable(f"payment gateway circuit open for "
                                                 f"{(int(item['opened_until']) - now) / 1000:.1f} s more: "
                                                 f"the processor failed {self.settings.failure_threshold} payments")
+            if turn and self.store.time_left() < self.gateway.timeout + 3 * ATTEMPT_SECONDS + ANSWER_SECONDS:
+                # A write lost to another instance: another one only if it, the sent marker, the call and the
+                # record after it still fit (docs/timeouts.md counts one write here).
+                raise PaymentGatewayUnavailable("not enough time left in this invocation to claim a probe of the "
+                                                "half-open payment gateway circuit, authorize and record it")
             written: Written | None
             if state == OPEN or now >= int(item.get("probe_until", 0)):  # open time over, or a lost half-open
+                # The call that starts the half-open period is its first probe: one write, not two.
                 written = self._write(version, "#state IN (:open, :half_open)",
-                                      "SET #state = :half_open, probes = :zero, successes = :zero, "
-                                      "probe_until = :until", half_open=HALF_OPEN, open=OPEN, zero=0,
+                                      "SET #state = :half_open, probes = :one, successes = :zero, "
+                                      "probe_until = :until", half_open=HALF_OPEN, open=OPEN, zero=0, one=1,
                                       until=now + self.settings.open_ms)
+                if written is not None and written.ok:
+                    return Admission(HALF_OPEN, int((written.item or {}).get("version", version + 1)))
             else:  # HALF_OPEN: claim one of the probes
                 written = self._write(version, "#state = :half_open AND probes < :most", "ADD probes :one",
                                       half_open=HALF_OPEN, most=self.settings.success_threshold, one=1, bump=False)
@@ -200,6 +219,14 @@ class CircuitBreaker:
                 return Admission(None)
             item = written.item or {}
         return Admission(None)  # the state kept changing under us: let this one through, uncounted
+
+    def unused(self, admitted: Admission) -> None:
+        """A call admitted under `admitted` never reached the processor (the time check, or the `sending` hook,
+        raised). A half-open probe gives its slot back, at the version it was claimed under (a period started
+        afresh meanwhile has its own count); otherwise nothing was counted, nothing to undo."""
+        if admitted.state == HALF_OPEN:
+            self._write(admitted.version, "#state = :half_open AND probes > :zero", "ADD probes :minus_one",
+                        half_open=HALF_OPEN, zero=0, minus_one=-1, bump=False)
 
     def failed(self, admitted: Admission, key: str) -> None:
         """A call admitted under `admitted` failed with an outage."""
@@ -238,6 +265,8 @@ class CircuitBreaker:
         if counted is None or not counted.ok or \
                 int((counted.item or {}).get("successes", 0)) < self.settings.success_threshold:
             return
+        if self.store.time_left() < 2 * ATTEMPT_SECONDS + ANSWER_SECONDS:  # the close, only if the record still fits
+            return  # the period's probes are spent: it is started afresh at probe_until
         closed = self._write(admitted.version, "#state = :half_open AND successes >= :enough",
                              "SET #state = :closed REMOVE probes, successes, probe_until, opened_until",
                              half_open=HALF_OPEN, closed=CLOSED, enough=self.settings.success_threshold)

@@ -211,14 +211,20 @@ class Orders:
     def acquire(self, saga: models.SagaState, owner: str, now: int) -> tuple[dict[str, Any], Lease]:
         """Take the PENDING order's lease for this execution: PENDING -> EXECUTING. One write.
 
+        The same write stamps `marks_sends`: this execution runs the state machine version of this CreateOrder, so
+        its AuthorizePayment is the one of the same deploy, which writes the payment's sent marker before every
+        first send (payments.py). The flag is what lets a compensation (which runs the `live` code, whatever version
+        the execution runs) or the reaper void a PENDING payment of this order without the gateway: a version that
+        did not mark its sends does not stamp it either (see `sends_marked`).
+
         A repeat by the same execution returns the same order and lease. Another execution, while the
         lease is held, is refused with OrderLocked; an order that does not exist or is no longer PENDING
         with OrderNotActive.
         """
         sets = ["saga_status = :executing", "lease_owner = :owner", "fence = fence + :one", "steps.#step = :entry",
-                "updated_at = :now"]
+                "updated_at = :now", "marks_sends = :marks"]
         vals: dict[str, Any] = {"executing": models.EXECUTING, "owner": owner, "one": 1, "now": now,
-                                "entry": {"status": SUCCEEDED, "at": now}, "pending": models.PENDING}
+                                "entry": {"status": SUCCEEDED, "at": now}, "pending": models.PENDING, "marks": True}
         if self.timing.renewal_due(saga.lease_expires_at, now):
             sets.append("lease_expires_at = :expires")
             vals["expires"] = min(now + self.timing.lease_ms, saga.deadline_at or now + self.timing.deadline_ms)
@@ -335,7 +341,15 @@ class Orders:
             ExpressionAttributeValues=values(compensating=models.COMPENSATING, now=now, owner=lease.owner,
                                              fence=lease.fence, confirming=models.CONFIRMING)).ok
 
-    def claim_for_compensation(self, lease: Lease, now: int, redrive_count: int = 0) -> bool:
+    @staticmethod
+    def sends_marked(order: dict[str, Any] | None) -> bool:
+        """The order's execution authorizes its payments with code that writes the sent marker before each first
+        send: stamped by its CreateOrder, pinned to the execution's state machine version (acquire). Absent (an
+        execution on a version before the marker, one whose CreateOrder never ran, an order taken over before it):
+        an unmarked PENDING payment may still have been sent, and is voided at the gateway."""
+        return bool((order or {}).get("marks_sends"))
+
+    def claim_for_compensation(self, lease: Lease, now: int, redrive_count: int = 0) -> dict[str, Any] | None:
         """A compensation's first write, before it undoes anything (a gateway call included): the order is this
         lease's and compensable, and from now on COMPENSATING, so that no late step of the same execution (a
         ConfirmOrder still running after its task timed out) can land afterwards: the pivot needs EXECUTING.
@@ -345,19 +359,24 @@ class Orders:
         So a late attempt of the run that failed (still running when its task gave up) cannot take it back. The
         claim makes the redriven run the owner (its owner token, whatever start time a redrive gives it), and puts
         the order back in the reaper's index under a fresh lease: a redriven execution that dies again is taken
-        over like any other. False: not ours, or not compensable (past the pivot, finished, parked by this run)."""
+        over like any other.
+
+        Returns the order as claimed (the write's ALL_NEW: no request more), which the compensation reads its
+        permissions from (`sends_marked`); None: not ours, or not compensable (past the pivot, finished, parked by
+        this run)."""
         running = {f"s{i}": status for i, status in enumerate(COMPENSABLE) if status != models.FAILED}
-        if self.store.update(
-                TableName=self.table, Key=self.key(lease.order_id),
-                UpdateExpression="SET saga_status = :compensating",
-                ConditionExpression=(f"lease_owner = :owner AND fence = :fence AND saga_status IN "
-                                     f"({', '.join(':' + k for k in running)})"),
-                ExpressionAttributeValues=values(compensating=models.COMPENSATING, owner=lease.owner,
-                                                 fence=lease.fence, **running)).ok:
-            return True
+        claimed = self.store.update(
+            TableName=self.table, Key=self.key(lease.order_id),
+            UpdateExpression="SET saga_status = :compensating",
+            ConditionExpression=(f"lease_owner = :owner AND fence = :fence AND saga_status IN "
+                                 f"({', '.join(':' + k for k in running)})"),
+            ExpressionAttributeValues=values(compensating=models.COMPENSATING, owner=lease.owner,
+                                             fence=lease.fence, **running), ReturnValues="ALL_NEW")
+        if claimed.ok:
+            return claimed.item or {"order_id": lease.order_id}
         if redrive_count < 1:
-            return False
-        return self.store.update(
+            return None
+        reclaimed = self.store.update(
             TableName=self.table, Key=self.key(lease.order_id),
             UpdateExpression=("SET saga_status = :compensating, lease_owner = :owner, active = :shard, "
                               "lease_expires_at = :expires, redriven_at = :now, updated_at = :now"),
@@ -366,7 +385,8 @@ class Orders:
             ExpressionAttributeValues=values(
                 compensating=models.COMPENSATING, owner=lease.owner, execution=lease.owner.split("#")[0] + "#",
                 fence=lease.fence, failed=models.FAILED, count=redrive_count, shard=self.timing.shard(lease.order_id),
-                now=now, expires=now + self.timing.lease_ms)).ok
+                now=now, expires=now + self.timing.lease_ms), ReturnValues="ALL_NEW")
+        return (reclaimed.item or {"order_id": lease.order_id}) if reclaimed.ok else None
 
     @staticmethod
     def holds(order: dict[str, Any] | None, lease: Lease) -> bool:

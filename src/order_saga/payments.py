@@ -2,7 +2,7 @@
 
   payment_id = <order id>#<n>   status PENDING | AUTHORIZED | DECLINED | CAPTURING | CAPTURED | VOIDED | REFUNDED
                                 token (the card token: this table is the only place that holds it)
-                                sent_at (set before the first authorization request is sent), marks_sends
+                                sent_at (set before the first authorization request is sent)
 
 The API writes the payment PENDING with its token, in the same transaction as the order. AuthorizePayment
 moves it to AUTHORIZED (or DECLINED) after the gateway answered; ConfirmOrder to CAPTURING with the stock
@@ -17,10 +17,18 @@ writes nothing). So a PENDING payment without the marker had nothing sent for it
 call (a void while the processor is down, or the breaker open, or a day later), written on the condition that the
 marker is still absent. The two conditions decide a race between a void and an authorization in flight: if the
 void lands first, the marker's write finds VOIDED and the authorization sends nothing (PaymentVoided); if the marker
-lands first, the void's write fails, and the compensation reads the payment again and voids at the gateway. Only
-payments the API wrote with `marks_sends` (the code that writes the marker) are voided locally: a payment written
-before that, whose authorization the previous code may have sent unmarked, is always voided at the gateway. The
-Stripe adapter also reads `sent_at` to tell how old a search's "not found" is (stripe_gateway.py).
+lands first, the void's write fails, and the compensation reads the payment again and voids at the gateway.
+
+Who may trust a missing marker: only an execution whose AuthorizePayment writes it. The forward steps are pinned to
+the execution's state machine version, which a deploy rolls out as a canary (and an operator may roll back), while
+the compensations run the `live` code and the API and the reaper move at once: during a rollout, executions of the
+previous version still send unmarked. So the permission comes from the execution's own CreateOrder, of the same
+version as its AuthorizePayment: it stamps `marks_sends` on the ORDER in the write that takes the lease (no request
+more), and VoidPayment, RefundPayment and the reaper read it from the order their claim returns (Orders.sends_marked,
+saga.undo_payment). An order without it (a previous version's execution, an order whose CreateOrder never ran) has
+its PENDING payments voided at the gateway, as before the marker. A redrive keeps the execution's version, so its
+order's flag stays true to it. The Stripe adapter also reads `sent_at` to tell how old a search's "not found" is
+(stripe_gateway.py).
 
 Reconciliation: a payment undone while still PENDING may have an authorization in flight at the gateway (a
 call whose outcome was unknown), which can land after the void. Such a payment is marked (`reconcile`, one
@@ -58,10 +66,10 @@ def payment_id(order_id: str, method: int = 1) -> str:
     return f"{order_id}#{method}"
 
 
-def never_sent(payment: dict[str, Any]) -> bool:
-    """Nothing was ever sent to the gateway for this payment: written by code that marks every send (`marks_sends`),
-    and no send marked (`sent_at`)."""
-    return bool(payment.get("marks_sends")) and "sent_at" not in payment
+def never_sent(payment: dict[str, Any], sends_marked: bool) -> bool:
+    """Nothing was ever sent to the gateway for this payment: its order's execution marks every send
+    (`sends_marked`, the order's `marks_sends`: Orders.sends_marked), and no send was marked (`sent_at`)."""
+    return sends_marked and "sent_at" not in payment
 
 
 class NotSent(Exception):  # noqa: N818 - not an error: the payment moved on before its authorization was sent
@@ -102,7 +110,7 @@ class Payments:
                 now: int) -> dict[str, Any]:
         item = {"payment_id": payment_id(order_id, method), "order_id": order_id, "method": method,
                 "status": PENDING, "token": token, "amount": amount, "currency": currency,
-                "created_at": now, "updated_at": now, "marks_sends": True}
+                "created_at": now, "updated_at": now}
         return {"Put": {"TableName": self.table, "Item": to_ddb(item),
                         "ConditionExpression": "attribute_not_exists(payment_id)"}}
 
@@ -213,16 +221,18 @@ class Payments:
         return PaymentNotAuthorized(f"payment is {status}; nothing to capture")
 
     # ---- VoidPayment, RefundPayment, the reaper --------------------------------------------------------
-    def undo_item(self, pid: str, now: int) -> dict[str, Any] | None:
+    def undo_item(self, pid: str, now: int, sends_marked: bool = False) -> dict[str, Any] | None:
         """Give back what the payment holds at the gateway, and the item that records it (None: nothing to
-        record). Idempotent; the item is conditional on the status read, so a concurrent change is noticed."""
+        record). Idempotent; the item is conditional on the status read, so a concurrent change is noticed.
+        `sends_marked`: the order says its execution writes the sent marker before each first send (the module
+        docstring); without it a PENDING payment is always voided at the gateway."""
         payment = self.get(pid)
         status = None if payment is None else payment.get("status")
         # Nothing to give back: undone before, declined, or no payment at all (then nothing can authorize one
         # later either: AuthorizePayment needs the payment the API writes with the order).
         if status is None or status in UNDONE or status == DECLINED:
             return None
-        if status == PENDING and payment is not None and never_sent(payment):
+        if status == PENDING and payment is not None and never_sent(payment, sends_marked):
             # Nothing was ever sent for it, so nothing can land: voided here, final, on the condition that no
             # authorization marked itself meanwhile (then this transaction fails and the caller reads it again).
             return self._move_item(pid, PENDING, VOIDED, now, unless="sent_at",

@@ -325,7 +325,7 @@ def _message(cause: str | None) -> str | None:
     return cause
 
 
-Undo = Callable[[], Items]
+Undo = Callable[[dict[str, Any]], Items]  # given the order as the compensation claimed it
 
 
 def compensate(store: Store, orders: Orders, saga: SagaState, owner: str, step: str, now: int,
@@ -342,12 +342,13 @@ def compensate(store: Store, orders: Orders, saga: SagaState, owner: str, step: 
     if lease is None:
         return saga, False
     held = saga.model_copy(update={"fence": lease.fence, "deadline_at": lease.deadline_at})
-    if not orders.claim_for_compensation(lease, now, redrive_count):
+    claimed = orders.claim_for_compensation(lease, now, redrive_count)
+    if claimed is None:
         # Not ours (another owner compensates), or ours but cancelled before (a repeat), past the pivot, COMPLETED.
         return held if orders.holds(orders.get(saga.order_id), lease) else saga, False
     failure = failed_forward_step(saga)
     for _ in range(5):
-        items = undo() if undo is not None else {}
+        items = undo(claimed) if undo is not None else {}
         update = orders.compensation_update(lease, step, failure, now, finish, log_once=not items)
         if finish:  # the order stops being one of its customer's open orders in the write that cancels it
             items = {**items, "customer": orders.release_slot(saga.customer_id, saga.order_id)}
@@ -380,20 +381,25 @@ def past_pivot(orders: Orders, saga: SagaState, owner: str) -> tuple[Lease, str]
 
 
 def undo_payment(payments: Payments, order_id: str, now: int, methods: list[int] | None = None) -> Undo:
-    """Give back what every payment method holds: void each authorization, refund each capture."""
-    def undo() -> Items:
-        items = {f"payment:{m}": payments.undo_item(payment_id(order_id, m), now) for m in methods or [1]}
+    """Give back what every payment method holds: void each authorization, refund each capture. A PENDING payment
+    with no sent marker is voided without the gateway only if the order says its execution marks its sends
+    (Orders.sends_marked, stamped by the execution's own CreateOrder: the compensation runs the `live` code, the
+    execution's AuthorizePayment may be a version that sent without a marker)."""
+    def undo(order: dict[str, Any]) -> Items:
+        marked = Orders.sends_marked(order)
+        items = {f"payment:{m}": payments.undo_item(payment_id(order_id, m), now, sends_marked=marked)
+                 for m in methods or [1]}
         return {name: item for name, item in items.items() if item is not None}
 
     return undo
 
 
 def undo_coupon(promotions: Promotions, code: str, order_id: str, now: int) -> Undo:
-    return lambda: promotions.release_items(code, order_id, now)
+    return lambda _order: promotions.release_items(code, order_id, now)
 
 
 def undo_reservation(inventory: Inventory, order_id: str, now: int) -> Undo:
-    return lambda: inventory.release_items(order_id, now)[0]
+    return lambda _order: inventory.release_items(order_id, now)[0]
 
 
 def outcome(saga: SagaState) -> models.Outcome:

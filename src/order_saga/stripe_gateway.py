@@ -28,9 +28,13 @@ cancels an uncaptured intent after 7 days, which releases any hold left that way
 Past REPLAY_WINDOW_SECONDS the adapter finds the intent with the Search API instead (GET /v1/payment_intents/search,
 query metadata['saga_payment_id']:'<key>': the create sets that metadata on every intent). Search is eventually
 consistent (Stripe: data is searchable in under a minute, up to an hour behind during outages), so an empty result
-is trusted only once the request was sent SEARCH_SETTLED_SECONDS (2 h) before (the payment's `sent_at`, the marker
-AuthorizePayment writes before the first request; payments.py); sooner it is PaymentGatewayUnavailable, asked again
-later. Past the replay window that is always so, but for a request sent long after its payment was created.
+is trusted only SEARCH_SETTLED_SECONDS (2 h) after the last request that could have created the intent: the later of
+the first request (the payment's `sent_at`, the marker AuthorizePayment writes before it; payments.py) and the end of
+the replay window (created_at + REPLAY_WINDOW_SECONDS), since this adapter's own replays (reverse, state) are
+requests too, made up to the window's end, and one of them is the intent's creation when the first request never
+reached Stripe. So "nothing found" counts from REPLAY_WINDOW_SECONDS + SEARCH_SETTLED_SECONDS (22 h) after the
+payment's creation (later for a first request sent later still); sooner it is PaymentGatewayUnavailable, asked
+again later (the reaper's reconciliation, or the compensation's retries; a parked saga's redrive).
 A PENDING payment with no marker never reaches the adapter's reverse: nothing was sent for it, and Payments voids it
 without a gateway call (payments.py).
 
@@ -235,8 +239,13 @@ class StripeGateway:
             intent = self._retrieve(recorded)
             return intent, self._state_of(intent)
         now_ms = time.time() * 1000
-        if now_ms - int(payment.get("created_at", 0)) > self.replay_window_seconds * 1000:
-            return self._search(key, now_ms - int(payment.get("sent_at", payment.get("created_at", 0))))
+        created = int(payment.get("created_at", 0))
+        window_ms = self.replay_window_seconds * 1000
+        if now_ms - created > window_ms:
+            # The last request that could have created the intent: the first send (`sent_at`), or a replay of this
+            # adapter's, made only within the window: at the latest when the window closed.
+            last_request = max(int(payment.get("sent_at", created)), created + window_ms)
+            return self._search(key, now_ms - last_request)
         try:
             intent, _ = self._create(key, str(payment["token"]), int(payment["amount"]), str(payment["currency"]))
         except stripe.CardError:
@@ -258,10 +267,11 @@ class StripeGateway:
     def _search(self, key: str, sent_ms_ago: float) -> tuple[Any, str | None]:
         """The key's intent by Stripe's Search API (past the replay window, where a replay could authorize anew).
         Search is eventually consistent (Stripe: searchable in under a minute, up to an hour behind during
-        outages), so "nothing found" is trusted only SEARCH_SETTLED_SECONDS after the request was sent (the sent
-        marker; its creation for a payment without one); sooner it is PaymentGatewayUnavailable (asked again
-        later). Several intents under one key (none should be: only a replay past Stripe's key retention makes a
-        second, and the adapter never replays that late): the one that holds money, or is still processing."""
+        outages), so "nothing found" is trusted only SEARCH_SETTLED_SECONDS after the last request that could have
+        created the intent was sent (`sent_ms_ago`: the later of the sent marker and the end of the replay window,
+        _intent); sooner it is PaymentGatewayUnavailable (asked again later). Several intents under one key (none
+        should be: only a replay past Stripe's key retention makes a second, and the adapter never replays that
+        late): the one that holds money, or is still processing."""
         import stripe
 
         try:
@@ -275,7 +285,7 @@ class StripeGateway:
         if not intents:
             if sent_ms_ago < SEARCH_SETTLED_SECONDS * 1000:
                 raise PaymentGatewayUnavailable(
-                    f"stripe: no intent found for {key} by search, but its request was sent "
+                    f"stripe: no intent found for {key} by search, but a request for it may have been sent "
                     f"{sent_ms_ago / 60_000:.0f} min ago, within the search index's lag "
                     f"({SEARCH_SETTLED_SECONDS / 3600:g} h): not proof that nothing landed")
             return None, None

@@ -42,7 +42,7 @@ pytestmark = pytest.mark.embedded_only(reason="redeploys the embedded stack of a
 
 MARKER = "v2-marker"
 HELD = 3  # sagas in flight during the deploy
-HOLD_MS = 8_000  # AuthorizePayment's delay: under its 10 s timeout, longer than the code change and the deploy's start
+HOLD_MS = 8_000  # AuthorizePayment's delay: under its 14 s timeout, longer than the code change and the deploy's start
 TASKS = ("CreateOrder", "ReserveInventory", "AuthorizePayment", "ConfirmOrder")
 
 

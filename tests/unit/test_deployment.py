@@ -318,7 +318,9 @@ def test_every_call_fits_its_function_and_every_function_its_task():
     calls = {  # the calls of the longest path, in order (A: a DynamoDB attempt, G: the gateway)
         "CreateOrderFunction": "A",
         "ReserveInventoryFunction": "A",
-        "AuthorizePaymentFunction": "AAGA",  # read the payment, mark it sent (payments.py), authorize, record
+        # read the payment, the breaker's state, a half-open probe's claim (breaker.py: its other writes only while
+        # the rest still fits), mark it sent (payments.py), authorize, record
+        "AuthorizePaymentFunction": "AAAAGA",
         # The coupon, the hold (a repeat reads the order back, and under CouponFailurePolicy=continue a skip after a
         # refused hold is written, only if time is left: else StoreThrottled, and the retry skips after one read).
         "ApplyCouponFunction": "AA",

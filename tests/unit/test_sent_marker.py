@@ -69,7 +69,7 @@ def test_a_pending_payment_never_sent_is_voided_with_no_gateway_call(aws):
     new_saga(aws)
     gateway = Recording()
     payments = payments_on(aws, gateway)
-    item = payments.undo_item(PID, now_ms())
+    item = payments.undo_item(PID, now_ms(), sends_marked=True)  # its order says its execution marks its sends
     assert item is not None
     assert Store(aws).transact({"payment": item}) is None
     voided = payment(aws)
@@ -118,13 +118,13 @@ def test_race_the_marker_lands_between_the_voids_read_and_its_write(aws):
     gateway = Recording()
     payments = payments_on(aws, gateway)
     store = Store(aws)
-    local_void = payments.undo_item(PID, now_ms())
+    local_void = payments.undo_item(PID, now_ms(), sends_marked=True)
     payments.authorize_at_gateway(payments.get(PID), now_ms())  # marker, then the request
     cancelled = store.transact({"payment": local_void})
     assert cancelled is not None
     assert cancelled.failed("payment")
     assert payment(aws)["status"] == "PENDING"  # the local void did not land
-    again = payments.undo_item(PID, now_ms())
+    again = payments.undo_item(PID, now_ms(), sends_marked=True)
     assert again is not None
     assert store.transact({"payment": again}) is None
     voided = payment(aws)
@@ -139,18 +139,17 @@ def test_race_the_local_void_lands_before_the_marker(aws):
     gateway = Recording()
     payments = payments_on(aws, gateway)
     read_before = payments.get(PID)  # the authorization read PENDING
-    assert Store(aws).transact({"payment": payments.undo_item(PID, now_ms())}) is None
+    assert Store(aws).transact({"payment": payments.undo_item(PID, now_ms(), sends_marked=True)}) is None
     with pytest.raises(PaymentVoided):
         payments.authorize_at_gateway(read_before, now_ms())
     assert gateway.calls == []
     assert "sent_at" not in payment(aws)
 
 
-def test_a_payment_written_before_the_marker_existed_is_voided_at_the_gateway(aws):
-    """No `marks_sends`: the previous code may have sent its authorization unmarked."""
+def test_a_payment_of_an_order_whose_execution_may_not_mark_is_voided_at_the_gateway(aws):
+    """The order carries no `marks_sends` (its CreateOrder was a version before the marker, or never ran): the
+    execution's AuthorizePayment may have sent unmarked."""
     new_saga(aws)
-    aws.update_item(TableName=os.environ["PAYMENTS_TABLE"], Key={"payment_id": {"S": PID}},
-                    UpdateExpression="REMOVE marks_sends")
     gateway = Recording()
     item = payments_on(aws, gateway).undo_item(PID, now_ms())
     assert item is not None
@@ -187,12 +186,17 @@ def test_past_the_window_a_sent_authorization_is_found_by_search_and_canceled(aw
 
 
 def test_past_the_window_a_search_that_finds_nothing_is_trusted_only_when_the_send_is_old(aws, fake):
+    """Old: 2 h after the last request that could have created the intent, the later of the first send and the end
+    of the replay window (the adapter's replays, up to then)."""
     new_saga(aws, token="pm_card_visa")
     gw = stripe(aws, fake)
-    set_fields(aws, created_at=now_ms() - 21 * HOUR_MS, sent_at=now_ms() - 10 * 60 * 1000)  # sent 10 min ago
+    set_fields(aws, created_at=now_ms() - 23 * HOUR_MS, sent_at=now_ms() - 10 * 60 * 1000)  # sent 10 min ago
     with pytest.raises(PaymentGatewayUnavailable, match="search index's lag"):
         gw.reverse(PID)
-    set_fields(aws, sent_at=now_ms() - 3 * HOUR_MS)
+    set_fields(aws, created_at=now_ms() - 21 * HOUR_MS, sent_at=now_ms() - 3 * HOUR_MS)  # replays until 1 h ago
+    with pytest.raises(PaymentGatewayUnavailable, match="search index's lag"):
+        gw.reverse(PID)
+    set_fields(aws, created_at=now_ms() - 23 * HOUR_MS)  # the window closed 3 h ago, the send 3 h ago
     assert gw.reverse(PID) is None
     assert ("POST", "/v1/payment_intents") not in paths(fake)
 
