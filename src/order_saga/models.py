@@ -25,6 +25,13 @@ COMPENSATED = "COMPENSATED"
 FAILED = "FAILED"
 
 
+class Model(BaseModel):
+    """Every model here: its validator and serializer are built at its first use, not at import (defer_build), so
+    a handler's cold init pays for none and a request only for the models it uses."""
+
+    model_config = ConfigDict(defer_build=True)
+
+
 def order_id_for(customer_id: str, idempotency_key: str) -> str:
     """The order id, and so the execution name, that a customer's Idempotency-Key stands for. Keys are scoped
     per customer: two customers choosing the same key place two orders."""
@@ -37,14 +44,14 @@ def request_hash(body: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-class OrderLine(BaseModel):
+class OrderLine(Model):
     model_config = ConfigDict(extra="forbid")
 
     sku: Sku
     quantity: Quantity
 
 
-class PaymentMethod(BaseModel):
+class PaymentMethod(Model):
     """One method of a split payment: a card token and the amount (minor units) it pays."""
 
     model_config = ConfigDict(extra="forbid")
@@ -53,7 +60,7 @@ class PaymentMethod(BaseModel):
     amount: Annotated[int, Field(ge=1, le=100_000_000, strict=True)]
 
 
-class OrderRequest(BaseModel):
+class OrderRequest(Model):
     """Body of POST /orders. There is no price: prices come from the catalog, and the coupon's discount is priced
     by the server. No customer: the customer is the signed-in user (the token's `sub`), so a body naming one is
     refused as an unknown field. One payment method (`payment_token`, which pays the total) or a split
@@ -95,7 +102,7 @@ class PricedLine(OrderLine):
     unit_price: int  # minor units (cents), from the catalog
 
 
-class StepFailure(BaseModel):
+class StepFailure(Model):
     """What a Catch puts under `$.failures.<State>`: the error name and cause."""
 
     model_config = ConfigDict(populate_by_name=True)
@@ -104,12 +111,12 @@ class StepFailure(BaseModel):
     cause: str | None = Field(default=None, alias="Cause")
 
 
-class Outcome(BaseModel):
+class Outcome(Model):
     error: str
     cause: str
 
 
-class SagaState(BaseModel):
+class SagaState(Model):
     """The state machine's data: the execution input (from the API) plus what each step adds.
 
     It never carries the card token: the token stays in the payments table.
@@ -144,7 +151,7 @@ class SagaState(BaseModel):
         return data
 
 
-class StepEvent(BaseModel):
+class StepEvent(Model):
     """The payload every saga task receives: the saga state and the execution that runs it (and, inside the
     AuthorizePayments Map, the payment method of the iteration)."""
 
@@ -154,7 +161,7 @@ class StepEvent(BaseModel):
     redrive_count: int = 0  # $$.Execution.RedriveCount, given to the compensations: a redrive claims a parked order
 
 
-class ReaperWork(BaseModel):
+class ReaperWork(Model):
     """One item of the reaper's work: what its sweep sends to ReaperQueue, one message each, and ReaperWorker does.
 
     `order`: an abandoned order, with the lease expiry the sweep saw (the takeover is conditional on it, so a
@@ -175,17 +182,17 @@ class ReaperWork(BaseModel):
 
 
 # ---- API responses (documented in the OpenAPI document) ----
-class OrderLinks(BaseModel):
+class OrderLinks(Model):
     order: str
 
 
-class OrderAccepted(BaseModel):
+class OrderAccepted(Model):
     order_id: str
     status: str
     links: OrderLinks
 
 
-class StepLogEntry(BaseModel):
+class StepLogEntry(Model):
     step: str
     status: str
     at: int  # epoch milliseconds
@@ -193,7 +200,7 @@ class StepLogEntry(BaseModel):
     cause: str | None = None
 
 
-class OrderDocument(BaseModel):
+class OrderDocument(Model):
     order_id: str
     customer_id: str
     status: str
@@ -215,7 +222,7 @@ class OrderDocument(BaseModel):
     steps: list[StepLogEntry]
 
 
-class ProblemBody(BaseModel):
+class ProblemBody(Model):
     error: str
     details: list[dict[str, str]] | None = None
     unknown_skus: list[str] | None = None
@@ -224,7 +231,7 @@ class ProblemBody(BaseModel):
     limit: int | None = None  # 429: the most a customer may have open (MaxOpenOrdersPerCustomer)
 
 
-class ExecutionStatusChange(BaseModel):
+class ExecutionStatusChange(Model):
     """The detail of Step Functions' "Step Functions Execution Status Change" event on EventBridge (the fields
     ParkSaga reads; `startDate` in epoch milliseconds, `input` the execution's input as text)."""
 
