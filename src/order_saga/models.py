@@ -8,21 +8,22 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from order_saga.saga_status import (  # noqa: F401  (here too: models.PENDING and the rest)
+    COMPENSATED,
+    COMPENSATING,
+    COMPLETED,
+    CONFIRMING,
+    EXECUTING,
+    FAILED,
+    PENDING,
+)
+
 Sku = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 CouponCode = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Z0-9][A-Z0-9-]*$")]
 CardToken = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")]
 MAX_METHODS = 3
 Quantity = Annotated[int, Field(ge=1, le=1000, strict=True)]
 MAX_LINES = 50
-
-# Saga statuses (the order item's `saga_status`).
-PENDING = "PENDING"
-EXECUTING = "EXECUTING"
-CONFIRMING = "CONFIRMING"  # past the pivot: ConfirmOrder committed the stock; from here the saga only goes forward
-COMPLETED = "COMPLETED"
-COMPENSATING = "COMPENSATING"
-COMPENSATED = "COMPENSATED"
-FAILED = "FAILED"
 
 
 class Model(BaseModel):

@@ -10,7 +10,7 @@ import functools
 import inspect
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from aws_lambda_powertools import Logger, Metrics
@@ -19,15 +19,17 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.config import Config
 
 from order_saga.errors import SagaError, TransientError
-from order_saga.models import SagaState, StepEvent
 from order_saga.store import CLIENT_CONFIG, Store
+
+if TYPE_CHECKING:  # pydantic: imported at the first request, not at a handler's cold init
+    from order_saga.models import SagaState
 
 logger = Logger()
 metrics = Metrics()
 TRACING = os.environ.get("POWERTOOLS_TRACE_DISABLED", "false").lower() != "true"
 
 Handler = Callable[[dict[str, Any], LambdaContext], Any]
-Step = Callable[..., SagaState]  # fn(saga, execution_id[, method=n]) -> saga
+Step = Callable[..., "SagaState"]  # fn(saga, execution_id[, method=n]) -> saga
 
 
 def dynamodb_store() -> Store:
@@ -119,6 +121,8 @@ def saga_step(name: str, store: Store) -> Callable[[Step], Handler]:
         @lambda_function(name, store, _saga_order_id)
         @functools.wraps(fn)
         def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+            from order_saga.models import StepEvent  # pydantic: at the first request, not at cold init
+
             step = StepEvent.model_validate(event)
             logger.append_keys(order_id=step.saga.order_id, execution_id=step.execution_id, step=name)
             # Inside the AuthorizePayments Map, each iteration names its payment method; a compensation learns how
