@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -43,10 +44,13 @@ class LazyClient:
 
     def __init__(self, service: str, config: Config) -> None:
         self._service, self._config, self._client = service, config, None
+        self._connecting = threading.Lock()  # boto3's default session makes one client at a time
 
     def __getattr__(self, name: str) -> Any:
         if self._client is None:
-            self._client = boto3.client(self._service, config=self._config)
+            with self._connecting:
+                if self._client is None:
+                    self._client = boto3.client(self._service, config=self._config)
         return getattr(self._client, name)
 
 
@@ -95,13 +99,16 @@ def _traced(handler: Handler) -> Handler:
     patches botocore, requests and the rest (about 40% of `import boto3`), so cold init leaves it to the first
     request, which is traced the same (ColdStart annotation included: Powertools sets it at the first call)."""
     traced: list[Handler] = []
+    making = threading.Lock()
 
     @functools.wraps(handler)
     def tracing(event: dict[str, Any], context: LambdaContext) -> Any:
         if not traced:
-            from aws_lambda_powertools import Tracer
+            with making:
+                if not traced:
+                    from aws_lambda_powertools import Tracer
 
-            traced.append(Tracer().capture_lambda_handler(capture_response=False)(handler))
+                    traced.append(Tracer().capture_lambda_handler(capture_response=False)(handler))
         return traced[0](event, context)
 
     return tracing

@@ -24,6 +24,7 @@ ends ANSWER_SECONDS before the function's timeout, so a Lambda timeout never cut
 from __future__ import annotations
 
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -90,13 +91,16 @@ class Store:
             raise TypeError("Store needs a client or a way to connect one")
         self._client = client
         self._connect = connect
+        self._connecting = threading.Lock()  # boto3's default session makes one client at a time
         self._deadline: float | None = None
         self.attempts = 0  # requests sent, retries included (what a benchmark counts)
 
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = self._connect()  # type: ignore[misc]
+            with self._connecting:
+                if self._client is None:
+                    self._client = self._connect()  # type: ignore[misc]
         return self._client
 
     @client.setter
