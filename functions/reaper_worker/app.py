@@ -21,12 +21,10 @@ once the reaper's own lease expires, as an execution's would be.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import TYPE_CHECKING, Any
 
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
-from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
-from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from order_saga import saga as steps
@@ -41,7 +39,11 @@ from order_saga.promotions import Promotions, held_coupon
 from order_saga.saga_status import CONFIRMING
 from order_saga.step import aws_client, count, dynamodb_store, lambda_function, logger
 
-if TYPE_CHECKING:  # pydantic: imported at the first request, not at cold init
+if TYPE_CHECKING:  # pydantic and Powertools' batch utility: imported at the first request, not at cold init
+    from aws_lambda_powertools.utilities.batch import BatchProcessor
+    from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
     from order_saga.models import ReaperWork
 
 TIMING = Timing.from_env()
@@ -50,7 +52,6 @@ orders = Orders(store, os.environ["ORDERS_TABLE"], TIMING)
 inventory = Inventory(store, os.environ["INVENTORY_TABLE"], TIMING)
 payments = Payments(store, os.environ["PAYMENTS_TABLE"], gateway_from_env(store), TIMING)
 promotions = Promotions(store, os.environ["PROMOTIONS_TABLE"], TIMING)
-processor = BatchProcessor(event_type=EventType.SQS)
 _sfn = aws_client("stepfunctions")
 
 
@@ -141,6 +142,17 @@ def work_on(record: SQSRecord) -> str:
     return done
 
 
+@functools.cache
+def processor() -> BatchProcessor:
+    """Powertools' SQS batch processor, made at the first request (its import brings asyncio and every event class
+    of Powertools: ~15% of import boto3 at cold init)."""
+    from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType
+
+    return BatchProcessor(event_type=EventType.SQS)
+
+
 @lambda_function("ReaperWorker", store)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
-    return process_partial_response(event=event, record_handler=work_on, processor=processor, context=context)
+    from aws_lambda_powertools.utilities.batch import process_partial_response
+
+    return process_partial_response(event=event, record_handler=work_on, processor=processor(), context=context)
