@@ -8,6 +8,16 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from order_saga.saga_status import (  # noqa: F401  (here too: models.PENDING and the rest)
+    COMPENSATED,
+    COMPENSATING,
+    COMPLETED,
+    CONFIRMING,
+    EXECUTING,
+    FAILED,
+    PENDING,
+)
+
 Sku = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 CouponCode = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Z0-9][A-Z0-9-]*$")]
 CardToken = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")]
@@ -15,14 +25,12 @@ MAX_METHODS = 3
 Quantity = Annotated[int, Field(ge=1, le=1000, strict=True)]
 MAX_LINES = 50
 
-# Saga statuses (the order item's `saga_status`).
-PENDING = "PENDING"
-EXECUTING = "EXECUTING"
-CONFIRMING = "CONFIRMING"  # past the pivot: ConfirmOrder committed the stock; from here the saga only goes forward
-COMPLETED = "COMPLETED"
-COMPENSATING = "COMPENSATING"
-COMPENSATED = "COMPENSATED"
-FAILED = "FAILED"
+
+class Model(BaseModel):
+    """Every model here: its validator and serializer are built at its first use, not at import (defer_build), so
+    a handler's cold init pays for none and a request only for the models it uses."""
+
+    model_config = ConfigDict(defer_build=True)
 
 
 def order_id_for(customer_id: str, idempotency_key: str) -> str:
@@ -37,14 +45,14 @@ def request_hash(body: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-class OrderLine(BaseModel):
+class OrderLine(Model):
     model_config = ConfigDict(extra="forbid")
 
     sku: Sku
     quantity: Quantity
 
 
-class PaymentMethod(BaseModel):
+class PaymentMethod(Model):
     """One method of a split payment: a card token and the amount (minor units) it pays."""
 
     model_config = ConfigDict(extra="forbid")
@@ -53,7 +61,7 @@ class PaymentMethod(BaseModel):
     amount: Annotated[int, Field(ge=1, le=100_000_000, strict=True)]
 
 
-class OrderRequest(BaseModel):
+class OrderRequest(Model):
     """Body of POST /orders. There is no price: prices come from the catalog, and the coupon's discount is priced
     by the server. No customer: the customer is the signed-in user (the token's `sub`), so a body naming one is
     refused as an unknown field. One payment method (`payment_token`, which pays the total) or a split
@@ -95,7 +103,7 @@ class PricedLine(OrderLine):
     unit_price: int  # minor units (cents), from the catalog
 
 
-class StepFailure(BaseModel):
+class StepFailure(Model):
     """What a Catch puts under `$.failures.<State>`: the error name and cause."""
 
     model_config = ConfigDict(populate_by_name=True)
@@ -104,12 +112,12 @@ class StepFailure(BaseModel):
     cause: str | None = Field(default=None, alias="Cause")
 
 
-class Outcome(BaseModel):
+class Outcome(Model):
     error: str
     cause: str
 
 
-class SagaState(BaseModel):
+class SagaState(Model):
     """The state machine's data: the execution input (from the API) plus what each step adds.
 
     It never carries the card token: the token stays in the payments table.
@@ -144,7 +152,7 @@ class SagaState(BaseModel):
         return data
 
 
-class StepEvent(BaseModel):
+class StepEvent(Model):
     """The payload every saga task receives: the saga state and the execution that runs it (and, inside the
     AuthorizePayments Map, the payment method of the iteration)."""
 
@@ -154,7 +162,7 @@ class StepEvent(BaseModel):
     redrive_count: int = 0  # $$.Execution.RedriveCount, given to the compensations: a redrive claims a parked order
 
 
-class ReaperWork(BaseModel):
+class ReaperWork(Model):
     """One item of the reaper's work: what its sweep sends to ReaperQueue, one message each, and ReaperWorker does.
 
     `order`: an abandoned order, with the lease expiry the sweep saw (the takeover is conditional on it, so a
@@ -175,17 +183,17 @@ class ReaperWork(BaseModel):
 
 
 # ---- API responses (documented in the OpenAPI document) ----
-class OrderLinks(BaseModel):
+class OrderLinks(Model):
     order: str
 
 
-class OrderAccepted(BaseModel):
+class OrderAccepted(Model):
     order_id: str
     status: str
     links: OrderLinks
 
 
-class StepLogEntry(BaseModel):
+class StepLogEntry(Model):
     step: str
     status: str
     at: int  # epoch milliseconds
@@ -193,7 +201,7 @@ class StepLogEntry(BaseModel):
     cause: str | None = None
 
 
-class OrderDocument(BaseModel):
+class OrderDocument(Model):
     order_id: str
     customer_id: str
     status: str
@@ -215,7 +223,7 @@ class OrderDocument(BaseModel):
     steps: list[StepLogEntry]
 
 
-class ProblemBody(BaseModel):
+class ProblemBody(Model):
     error: str
     details: list[dict[str, str]] | None = None
     unknown_skus: list[str] | None = None
@@ -224,7 +232,7 @@ class ProblemBody(BaseModel):
     limit: int | None = None  # 429: the most a customer may have open (MaxOpenOrdersPerCustomer)
 
 
-class ExecutionStatusChange(BaseModel):
+class ExecutionStatusChange(Model):
     """The detail of Step Functions' "Step Functions Execution Status Change" event on EventBridge (the fields
     ParkSaga reads; `startDate` in epoch milliseconds, `input` the execution's input as text)."""
 
