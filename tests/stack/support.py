@@ -298,7 +298,7 @@ def parked_queue_orders(target: Target) -> list[str]:
     return [str(json.loads(m["Body"])["order_id"]) for m in held.values()]
 
 
-def settle_late_authorizations(target: Target, orders: dict[str, int], rounds: int = 4,
+def settle_late_authorizations(target: Target, orders: dict[str, int], rounds: int = 20,
                                 pause: float = 3.0) -> set[str]:
     """Let the reaper void what landed after its saga gave up on it, as its schedule would.
 
@@ -308,8 +308,9 @@ def settle_late_authorizations(target: Target, orders: dict[str, int], rounds: i
     its write is refused; if it cannot (it crashed, it timed out), VoidPayment's reconciliation mark has the
     reaper's sweep void it (every ReaperSchedule; ReconcileAfterSeconds=1 on the test stacks). So where one of
     `orders` (order id -> number of payment methods) still shows an authorization at the gateway, wait and run
-    the sweep, up to `rounds` times. Returns the payment ids the sweeps reversed; what they did not void stays,
-    for the caller's invariants to catch."""
+    the sweep, up to `rounds` times (~65 s in all, spent only while something still dangles: on a loaded machine a
+    late invocation took longer than 4 rounds, 1 of 4 loaded fresh-clone runs). Returns the payment ids the sweeps
+    reversed; what they did not void stays, for the caller's invariants to catch."""
     reversed_: set[str] = set()
     for _ in range(rounds):
         dangling = [order_id for order_id, methods in orders.items()
