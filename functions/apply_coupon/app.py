@@ -6,18 +6,15 @@ records why."""
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
 from order_saga import saga as steps
 from order_saga.config import Timing
 from order_saga.dynamo import now_ms
+from order_saga.models import SagaState
 from order_saga.orders import Orders
 from order_saga.payments import Payments
 from order_saga.promotions import Promotions, coupon_policy_from_env
 from order_saga.step import dynamodb_store, saga_step
-
-if TYPE_CHECKING:  # pydantic: imported at the first request, not at cold init
-    from order_saga.models import SagaState
 
 TIMING = Timing.from_env()
 COUPON_FAILURE_POLICY = coupon_policy_from_env()

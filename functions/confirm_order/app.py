@@ -4,20 +4,17 @@ confirm the order."""
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
 from order_saga import saga as steps
 from order_saga.config import Timing
 from order_saga.dynamo import now_ms
 from order_saga.gateway import gateway_from_env
 from order_saga.inventory import Inventory
+from order_saga.models import SagaState
 from order_saga.orders import Orders
 from order_saga.payments import Payments
 from order_saga.promotions import Promotions
 from order_saga.step import count, dynamodb_store, saga_step
-
-if TYPE_CHECKING:  # pydantic: imported at the first request, not at cold init
-    from order_saga.models import SagaState
 
 TIMING = Timing.from_env()
 store = dynamodb_store()

@@ -16,16 +16,18 @@ SagaParked metric feeds the alarm. The message carries no card token.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
 from typing import Any
 
+from aws_lambda_powertools.utilities.parser import parse
+from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from order_saga.config import Timing
 from order_saga.dynamo import now_ms
+from order_saga.models import ExecutionStatusChange
 from order_saga.orders import Orders
 from order_saga.step import aws_client, count, dynamodb_store, lambda_function, logger
 
@@ -36,32 +38,18 @@ _sfn = aws_client("stepfunctions")
 QUEUE_URL = os.environ["PARKED_SAGAS_QUEUE_URL"]
 
 
-@functools.cache
-def execution_failed() -> Any:
-    """The event's model: EventBridge's envelope, its detail a Step Functions status change. Pydantic and Powertools'
-    parser are imported at the first request, not at cold init."""
-    from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
-
-    from order_saga.models import ExecutionStatusChange
-
-    class ExecutionFailed(EventBridgeModel):
-        detail: ExecutionStatusChange
-
-    return ExecutionFailed
+class ExecutionFailed(EventBridgeModel):
+    detail: ExecutionStatusChange
 
 
 def _order_id_of(event: Any) -> str | None:
-    from order_saga.models import ExecutionStatusChange  # pydantic: at the first request, not at cold init
-
     detail = event.get("detail") if isinstance(event, dict) else None
     return ExecutionStatusChange.model_validate(detail).order_id() if isinstance(detail, dict) else None
 
 
 @lambda_function("ParkSaga", store, _order_id_of)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    from aws_lambda_powertools.utilities.parser import parse  # pydantic: at the first request, not at cold init
-
-    change = parse(event=event, model=execution_failed()).detail
+    change = parse(event=event, model=ExecutionFailed).detail
     order_id = change.order_id()
     logger.append_keys(order_id=order_id, execution_arn=change.execution_arn, step="ParkSaga")
     if order_id is None:

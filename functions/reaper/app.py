@@ -18,19 +18,17 @@ the reservation released, the payment reconciled, and does nothing). A message S
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from order_saga.config import Timing
 from order_saga.dynamo import now_ms
 from order_saga.inventory import Inventory
+from order_saga.models import ReaperWork
 from order_saga.orders import Orders
 from order_saga.payments import Payments
 from order_saga.step import aws_client, count, dynamodb_store, lambda_function, logger
-
-if TYPE_CHECKING:  # pydantic: imported at the first request, not at cold init
-    from order_saga.models import ReaperWork
 
 TIMING = Timing.from_env()
 store = dynamodb_store()
@@ -45,8 +43,6 @@ BATCH = 10  # SendMessageBatch's limit
 def found(now: int) -> list[ReaperWork]:
     """Everything the sweep finds due at `now`: abandoned orders first (oldest lease first), then expired
     reservations, then due reconciliations."""
-    from order_saga.models import ReaperWork  # pydantic: at the first request, not at cold init
-
     return ([ReaperWork(kind="order", id=e["order_id"], lease_expires_at=int(e["lease_expires_at"]))
              for e in orders.abandoned(now)]
             + [ReaperWork(kind="reservation", id=str(e["pk"]).removeprefix("ORDER#")) for e in inventory.expired(now)]

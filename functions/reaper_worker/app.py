@@ -21,10 +21,12 @@ once the reaper's own lease expires, as an execution's would be.
 
 from __future__ import annotations
 
-import functools
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from order_saga import saga as steps
@@ -33,18 +35,11 @@ from order_saga.dynamo import now_ms
 from order_saga.errors import PaymentNotAuthorized
 from order_saga.gateway import gateway_from_env
 from order_saga.inventory import Inventory
+from order_saga.models import CONFIRMING, ReaperWork, SagaState
 from order_saga.orders import Orders
 from order_saga.payments import CAPTURED, CAPTURING, Payments, payment_id
 from order_saga.promotions import Promotions, held_coupon
-from order_saga.saga_status import CONFIRMING
 from order_saga.step import aws_client, count, dynamodb_store, lambda_function, logger
-
-if TYPE_CHECKING:  # pydantic and Powertools' batch utility: imported at the first request, not at cold init
-    from aws_lambda_powertools.utilities.batch import BatchProcessor
-    from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
-    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
-
-    from order_saga.models import ReaperWork
 
 TIMING = Timing.from_env()
 store = dynamodb_store()
@@ -52,6 +47,7 @@ orders = Orders(store, os.environ["ORDERS_TABLE"], TIMING)
 inventory = Inventory(store, os.environ["INVENTORY_TABLE"], TIMING)
 payments = Payments(store, os.environ["PAYMENTS_TABLE"], gateway_from_env(store), TIMING)
 promotions = Promotions(store, os.environ["PROMOTIONS_TABLE"], TIMING)
+processor = BatchProcessor(event_type=EventType.SQS)
 _sfn = aws_client("stepfunctions")
 
 
@@ -72,8 +68,6 @@ def reap_order(entry: dict[str, Any], owner: str, now: int) -> str | None:
         except Exception as exc:  # noqa: BLE001 - already ended, or never started: the fence protects us anyway
             logger.info("could not stop the execution", extra={"execution": execution, "reason": str(exc)})
     methods = list(range(1, len(order.get("payment_amounts") or [0]) + 1))
-    from order_saga.models import SagaState  # pydantic: at the first request, not at cold init
-
     saga = SagaState(order_id=order["order_id"], customer_id=order["customer_id"], fence=lease.fence,
                      deadline_at=lease.deadline_at, lease_expires_at=lease.expires_at, coupon=held_coupon(order),
                      methods=methods if len(methods) > 1 else None)
@@ -123,8 +117,6 @@ def reap(work: ReaperWork, owner: str) -> str:
 
 def work_on(record: SQSRecord) -> str:
     """One message: its item done, or a failure (logged, counted, raised: reported to the mapping)."""
-    from order_saga.models import ReaperWork  # pydantic: at the first request, not at cold init
-
     try:
         work = ReaperWork.model_validate_json(record.body)
     except ValueError:
@@ -142,17 +134,6 @@ def work_on(record: SQSRecord) -> str:
     return done
 
 
-@functools.cache
-def processor() -> BatchProcessor:
-    """Powertools' SQS batch processor, made at the first request (its import brings asyncio and every event class
-    of Powertools: ~15% of import boto3 at cold init)."""
-    from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType
-
-    return BatchProcessor(event_type=EventType.SQS)
-
-
 @lambda_function("ReaperWorker", store)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
-    from aws_lambda_powertools.utilities.batch import process_partial_response
-
-    return process_partial_response(event=event, record_handler=work_on, processor=processor(), context=context)
+    return process_partial_response(event=event, record_handler=work_on, processor=processor, context=context)

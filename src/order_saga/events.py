@@ -23,12 +23,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from order_saga import saga_status
+from order_saga import models
 from order_saga.dynamo import from_ddb
 
 SOURCE = "order-saga"
-OUTCOMES = {saga_status.COMPLETED: "OrderConfirmed", saga_status.COMPENSATED: "OrderCancelled",
-            saga_status.FAILED: "SagaParked"}
+OUTCOMES = {models.COMPLETED: "OrderConfirmed", models.COMPENSATED: "OrderCancelled", models.FAILED: "SagaParked"}
 # What every outcome event's detail must carry (docs/events.schema.json's `required`), and what each kind adds.
 REQUIRED = ("customer_id", "order_status", "total", "currency", "created_at", "ended_at")
 REQUIRED_OF = {"OrderConfirmed": (), "OrderCancelled": ("error",), "SagaParked": ("parked_error",)}

@@ -20,15 +20,13 @@ below zero and a repeat changes nothing.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from order_saga.config import Timing
 from order_saga.dynamo import to_ddb, values
 from order_saga.errors import ConcurrentUpdate, InsufficientStock, UnknownItem
+from order_saga.models import OrderLine, PricedLine
 from order_saga.store import Cancelled, Items, Store
-
-if TYPE_CHECKING:  # pydantic: imported where a request needs a model, not at a handler's cold init
-    from order_saga.models import OrderLine, PricedLine
 
 RESERVED = "RESERVED"
 COMMITTED = "COMMITTED"
@@ -88,8 +86,6 @@ class Inventory:
               ) -> tuple[list[PricedLine], int, str]:
         """Price the lines from the catalog (read now, unless given). Raises UnknownItem for a sku the catalog
         lacks, or for lines priced in several currencies."""
-        from order_saga.models import PricedLine  # pydantic: at the first request, not at cold init
-
         if catalog is None:
             catalog = self.stock([line.sku for line in items])
         missing = [line.sku for line in items if line.sku not in catalog]

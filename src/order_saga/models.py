@@ -8,16 +8,6 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from order_saga.saga_status import (  # noqa: F401  (here too: models.PENDING and the rest)
-    COMPENSATED,
-    COMPENSATING,
-    COMPLETED,
-    CONFIRMING,
-    EXECUTING,
-    FAILED,
-    PENDING,
-)
-
 Sku = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 CouponCode = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Z0-9][A-Z0-9-]*$")]
 CardToken = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")]
@@ -25,12 +15,14 @@ MAX_METHODS = 3
 Quantity = Annotated[int, Field(ge=1, le=1000, strict=True)]
 MAX_LINES = 50
 
-
-class Model(BaseModel):
-    """Every model here: its validator and serializer are built at its first use, not at import (defer_build), so
-    a handler's cold init pays for none and a request only for the models it uses."""
-
-    model_config = ConfigDict(defer_build=True)
+# Saga statuses (the order item's `saga_status`).
+PENDING = "PENDING"
+EXECUTING = "EXECUTING"
+CONFIRMING = "CONFIRMING"  # past the pivot: ConfirmOrder committed the stock; from here the saga only goes forward
+COMPLETED = "COMPLETED"
+COMPENSATING = "COMPENSATING"
+COMPENSATED = "COMPENSATED"
+FAILED = "FAILED"
 
 
 def order_id_for(customer_id: str, idempotency_key: str) -> str:
@@ -45,14 +37,14 @@ def request_hash(body: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-class OrderLine(Model):
+class OrderLine(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     sku: Sku
     quantity: Quantity
 
 
-class PaymentMethod(Model):
+class PaymentMethod(BaseModel):
     """One method of a split payment: a card token and the amount (minor units) it pays."""
 
     model_config = ConfigDict(extra="forbid")
@@ -61,7 +53,7 @@ class PaymentMethod(Model):
     amount: Annotated[int, Field(ge=1, le=100_000_000, strict=True)]
 
 
-class OrderRequest(Model):
+class OrderRequest(BaseModel):
     """Body of POST /orders. There is no price: prices come from the catalog, and the coupon's discount is priced
     by the server. No customer: the customer is the signed-in user (the token's `sub`), so a body naming one is
     refused as an unknown field. One payment method (`payment_token`, which pays the total) or a split
@@ -103,7 +95,7 @@ class PricedLine(OrderLine):
     unit_price: int  # minor units (cents), from the catalog
 
 
-class StepFailure(Model):
+class StepFailure(BaseModel):
     """What a Catch puts under `$.failures.<State>`: the error name and cause."""
 
     model_config = ConfigDict(populate_by_name=True)
@@ -112,12 +104,12 @@ class StepFailure(Model):
     cause: str | None = Field(default=None, alias="Cause")
 
 
-class Outcome(Model):
+class Outcome(BaseModel):
     error: str
     cause: str
 
 
-class SagaState(Model):
+class SagaState(BaseModel):
     """The state machine's data: the execution input (from the API) plus what each step adds.
 
     It never carries the card token: the token stays in the payments table.
@@ -152,7 +144,7 @@ class SagaState(Model):
         return data
 
 
-class StepEvent(Model):
+class StepEvent(BaseModel):
     """The payload every saga task receives: the saga state and the execution that runs it (and, inside the
     AuthorizePayments Map, the payment method of the iteration)."""
 
@@ -162,7 +154,7 @@ class StepEvent(Model):
     redrive_count: int = 0  # $$.Execution.RedriveCount, given to the compensations: a redrive claims a parked order
 
 
-class ReaperWork(Model):
+class ReaperWork(BaseModel):
     """One item of the reaper's work: what its sweep sends to ReaperQueue, one message each, and ReaperWorker does.
 
     `order`: an abandoned order, with the lease expiry the sweep saw (the takeover is conditional on it, so a
@@ -183,17 +175,17 @@ class ReaperWork(Model):
 
 
 # ---- API responses (documented in the OpenAPI document) ----
-class OrderLinks(Model):
+class OrderLinks(BaseModel):
     order: str
 
 
-class OrderAccepted(Model):
+class OrderAccepted(BaseModel):
     order_id: str
     status: str
     links: OrderLinks
 
 
-class StepLogEntry(Model):
+class StepLogEntry(BaseModel):
     step: str
     status: str
     at: int  # epoch milliseconds
@@ -201,7 +193,7 @@ class StepLogEntry(Model):
     cause: str | None = None
 
 
-class OrderDocument(Model):
+class OrderDocument(BaseModel):
     order_id: str
     customer_id: str
     status: str
@@ -223,7 +215,7 @@ class OrderDocument(Model):
     steps: list[StepLogEntry]
 
 
-class ProblemBody(Model):
+class ProblemBody(BaseModel):
     error: str
     details: list[dict[str, str]] | None = None
     unknown_skus: list[str] | None = None
@@ -232,7 +224,7 @@ class ProblemBody(Model):
     limit: int | None = None  # 429: the most a customer may have open (MaxOpenOrdersPerCustomer)
 
 
-class ExecutionStatusChange(Model):
+class ExecutionStatusChange(BaseModel):
     """The detail of Step Functions' "Step Functions Execution Status Change" event on EventBridge (the fields
     ParkSaga reads; `startDate` in epoch milliseconds, `input` the execution's input as text)."""
 

@@ -33,17 +33,14 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from order_saga import saga_status
+from order_saga import models
 from order_saga.config import Timing
 from order_saga.dynamo import to_ddb, values
 from order_saga.errors import LeaseLost, OrderLocked, OrderNotActive
 from order_saga.promotions import NOT_APPLIED
 from order_saga.store import Store
-
-if TYPE_CHECKING:  # pydantic: imported where a request needs a model, not at a handler's cold init
-    from order_saga import models
 
 # Order statuses (what the customer sees), next to the saga status (what the saga did).
 ORDER_RECEIVED = "RECEIVED"
@@ -62,13 +59,13 @@ STEP_ORDER = (
 # saga back first: Orders.claim_for_compensation). Never on an order past the pivot (CONFIRMING: it only goes
 # forward) nor on a COMPLETED one (final for every execution and for the reaper; refunding a delivered order is a
 # separate operation, never a compensation).
-COMPENSABLE = (saga_status.PENDING, saga_status.EXECUTING, saga_status.COMPENSATING, saga_status.FAILED)
+COMPENSABLE = (models.PENDING, models.EXECUTING, models.COMPENSATING, models.FAILED)
 # The order is owned and on its way: a second execution is refused (OrderLocked).
-UNDERWAY = (saga_status.EXECUTING, saga_status.CONFIRMING, saga_status.COMPLETED)
+UNDERWAY = (models.EXECUTING, models.CONFIRMING, models.COMPLETED)
 CUSTOMER_PREFIX = "CUSTOMER#"  # the per-customer item's key: order_id CUSTOMER#<sub>
 # Final saga statuses: no write takes an order out of them, and only they carry purge_at (the TTL). An id in a
 # customer's open orders whose order is in one of them, or is gone, counts nothing (prune_open_orders).
-FINISHED = (saga_status.COMPLETED, saga_status.COMPENSATED)
+FINISHED = (models.COMPLETED, models.COMPENSATED)
 # The most ids the set can hold: the template's MaxValue of MaxOpenOrdersPerCustomer (a cap lowered by a deploy
 # leaves the set over the new cap, never over the highest). What one refusal reads, at most: 10 BatchGetItem pages.
 MOST_OPEN_ORDERS = 1000
@@ -128,7 +125,7 @@ class Orders:
             "order_id": order_id, "customer_id": customer_id, "items": items,
             "lines": [line.model_dump() for line in lines], "total": total, "currency": currency, **priced,
             "payment_amounts": amounts or [total],
-            "status": ORDER_RECEIVED, "saga_status": saga_status.PENDING, "execution_arn": execution_arn,
+            "status": ORDER_RECEIVED, "saga_status": models.PENDING, "execution_arn": execution_arn,
             "request_hash": digest, "steps": {}, "created_at": now, "updated_at": now,
             "active": self.timing.shard(order_id), "fence": 0,
             "lease_expires_at": now + min(self.timing.lease_ms, self.timing.deadline_ms),
@@ -226,9 +223,8 @@ class Orders:
         """
         sets = ["saga_status = :executing", "lease_owner = :owner", "fence = fence + :one", "steps.#step = :entry",
                 "updated_at = :now", "marks_sends = :marks"]
-        vals: dict[str, Any] = {"executing": saga_status.EXECUTING, "owner": owner, "one": 1, "now": now,
-                                "entry": {"status": SUCCEEDED, "at": now}, "pending": saga_status.PENDING,
-                                "marks": True}
+        vals: dict[str, Any] = {"executing": models.EXECUTING, "owner": owner, "one": 1, "now": now,
+                                "entry": {"status": SUCCEEDED, "at": now}, "pending": models.PENDING, "marks": True}
         if self.timing.renewal_due(saga.lease_expires_at, now):
             sets.append("lease_expires_at = :expires")
             vals["expires"] = min(now + self.timing.lease_ms, saga.deadline_at or now + self.timing.deadline_ms)
@@ -244,7 +240,7 @@ class Orders:
                 raise OrderNotActive(f"order {saga.order_id} does not exist")
             if order.get("lease_owner") == owner and order.get("saga_status") in UNDERWAY:
                 pass  # a repeat (or a lost response): the lease is ours
-            elif order.get("saga_status") == saga_status.PENDING and order.get("lease_owner") not in (None, owner):
+            elif order.get("saga_status") == models.PENDING and order.get("lease_owner") not in (None, owner):
                 raise OrderLocked(f"order {saga.order_id} is owned by {order.get('lease_owner')} until "
                                   f"{order.get('lease_expires_at')}")
             elif order.get("saga_status") in UNDERWAY:
@@ -276,7 +272,7 @@ class Orders:
         the step records on the order (`fields`: ApplyCoupon's coupon outcome)."""
         sets = ["steps.#step = :entry", "updated_at = :now"] + [f"#f_{name} = :f_{name}" for name in fields]
         vals: dict[str, Any] = {"entry": {"status": SUCCEEDED, "at": now}, "now": now, "owner": lease.owner,
-                                "fence": lease.fence, "executing": saga_status.EXECUTING,
+                                "fence": lease.fence, "executing": models.EXECUTING,
                                 **{f"f_{name}": value for name, value in fields.items()}}
         expires = self.renewed(lease, now)
         if expires != lease.expires_at:
@@ -315,8 +311,8 @@ class Orders:
             "ConditionExpression": ("lease_owner = :owner AND fence = :fence AND lease_expires_at >= :now "
                                     "AND saga_status = :executing"),
             "ExpressionAttributeValues": values(
-                confirming=saga_status.CONFIRMING, now=now, expires=now + self.timing.pivot_lease_ms, owner=lease.owner,
-                fence=lease.fence, executing=saga_status.EXECUTING),
+                confirming=models.CONFIRMING, now=now, expires=now + self.timing.pivot_lease_ms, owner=lease.owner,
+                fence=lease.fence, executing=models.EXECUTING),
         }}
 
     def complete(self, lease: Lease, step: str, now: int) -> dict[str, Any]:
@@ -330,8 +326,8 @@ class Orders:
             "ConditionExpression": "lease_owner = :owner AND fence = :fence AND saga_status = :confirming",
             "ExpressionAttributeNames": {"#step": step, "#status": "status"},
             "ExpressionAttributeValues": values(
-                entry={"status": SUCCEEDED, "at": now}, now=now, completed=saga_status.COMPLETED,
-                confirmed=ORDER_CONFIRMED, owner=lease.owner, fence=lease.fence, confirming=saga_status.CONFIRMING,
+                entry={"status": SUCCEEDED, "at": now}, now=now, completed=models.COMPLETED,
+                confirmed=ORDER_CONFIRMED, owner=lease.owner, fence=lease.fence, confirming=models.CONFIRMING,
                 purge=self.timing.retained_until(now)),
         }}
 
@@ -342,8 +338,8 @@ class Orders:
             TableName=self.table, Key=self.key(lease.order_id),
             UpdateExpression="SET saga_status = :compensating, updated_at = :now",
             ConditionExpression="lease_owner = :owner AND fence = :fence AND saga_status = :confirming",
-            ExpressionAttributeValues=values(compensating=saga_status.COMPENSATING, now=now, owner=lease.owner,
-                                             fence=lease.fence, confirming=saga_status.CONFIRMING)).ok
+            ExpressionAttributeValues=values(compensating=models.COMPENSATING, now=now, owner=lease.owner,
+                                             fence=lease.fence, confirming=models.CONFIRMING)).ok
 
     @staticmethod
     def sends_marked(order: dict[str, Any] | None) -> bool:
@@ -368,13 +364,13 @@ class Orders:
         Returns the order as claimed (the write's ALL_NEW: no request more), which the compensation reads its
         permissions from (`sends_marked`); None: not ours, or not compensable (past the pivot, finished, parked by
         this run)."""
-        running = {f"s{i}": status for i, status in enumerate(COMPENSABLE) if status != saga_status.FAILED}
+        running = {f"s{i}": status for i, status in enumerate(COMPENSABLE) if status != models.FAILED}
         claimed = self.store.update(
             TableName=self.table, Key=self.key(lease.order_id),
             UpdateExpression="SET saga_status = :compensating",
             ConditionExpression=(f"lease_owner = :owner AND fence = :fence AND saga_status IN "
                                  f"({', '.join(':' + k for k in running)})"),
-            ExpressionAttributeValues=values(compensating=saga_status.COMPENSATING, owner=lease.owner,
+            ExpressionAttributeValues=values(compensating=models.COMPENSATING, owner=lease.owner,
                                              fence=lease.fence, **running), ReturnValues="ALL_NEW")
         if claimed.ok:
             return claimed.item or {"order_id": lease.order_id}
@@ -387,10 +383,9 @@ class Orders:
             ConditionExpression=("begins_with(lease_owner, :execution) AND fence = :fence AND saga_status = :failed "
                                  "AND parked_redrive_count < :count"),
             ExpressionAttributeValues=values(
-                compensating=saga_status.COMPENSATING, owner=lease.owner, execution=lease.owner.split("#")[0] + "#",
-                fence=lease.fence, failed=saga_status.FAILED, count=redrive_count,
-                shard=self.timing.shard(lease.order_id), now=now, expires=now + self.timing.lease_ms),
-            ReturnValues="ALL_NEW")
+                compensating=models.COMPENSATING, owner=lease.owner, execution=lease.owner.split("#")[0] + "#",
+                fence=lease.fence, failed=models.FAILED, count=redrive_count, shard=self.timing.shard(lease.order_id),
+                now=now, expires=now + self.timing.lease_ms), ReturnValues="ALL_NEW")
         return (reclaimed.item or {"order_id": lease.order_id}) if reclaimed.ok else None
 
     @staticmethod
@@ -407,7 +402,7 @@ class Orders:
         if order.get("lease_owner") != lease.owner or order.get("fence") != lease.fence:
             return LeaseLost(f"order {lease.order_id} was taken over by {order.get('lease_owner')} "
                              f"(fence {order.get('fence')} > {lease.fence})")
-        if status != saga_status.EXECUTING:
+        if status != models.EXECUTING:
             return OrderNotActive(f"order {lease.order_id} is {status}")
         return LeaseLost(f"the lease on order {lease.order_id} expired at {order.get('lease_expires_at')} "
                          f"(now {now}; saga deadline {order.get('deadline_at')})")
@@ -431,8 +426,8 @@ class Orders:
                                  "AND saga_status IN (:pending, :executing, :failed)"),
             ExpressionAttributeValues=values(owner=owner, one=1, expires=now + self.timing.lease_ms,
                                              execution=owner.split("#")[0] + "#",
-                                             pending=saga_status.PENDING, executing=saga_status.EXECUTING,
-                                             failed=saga_status.FAILED),
+                                             pending=models.PENDING, executing=models.EXECUTING,
+                                             failed=models.FAILED),
             ReturnValues="ALL_NEW")
         if written.ok and written.item:
             return self.lease_of_order(written.item)
@@ -448,7 +443,7 @@ class Orders:
         nothing)."""
         sets = ["saga_status = :status", "steps.#step = :entry", "updated_at = :now"]
         names = {"#step": step}
-        vals: dict[str, Any] = {"status": saga_status.COMPENSATED if finish else saga_status.COMPENSATING,
+        vals: dict[str, Any] = {"status": models.COMPENSATED if finish else models.COMPENSATING,
                                 "entry": {"status": SUCCEEDED, "at": now}, "now": now,
                                 "owner": lease.owner, "fence": lease.fence}
         if failure is not None:  # the forward step that failed, recorded once (a step may have written, then failed)
@@ -459,7 +454,7 @@ class Orders:
             sets += ["#state = :cancelled", "purge_at = :purge"]
             names["#state"] = "status"
             vals.update(cancelled=ORDER_CANCELLED, purge=self.timing.retained_until(now))
-        statuses = {k: v for k, v in _compensable_values().items() if v != saga_status.FAILED}  # parked: claim first
+        statuses = {k: v for k, v in _compensable_values().items() if v != models.FAILED}  # parked: claim first
         vals.update(statuses)
         return {"Update": {
             "TableName": self.table, "Key": self.key(lease.order_id),
@@ -471,7 +466,7 @@ class Orders:
         }}
 
 
-    PARKABLE = (saga_status.PENDING, saga_status.EXECUTING, saga_status.COMPENSATING)
+    PARKABLE = (models.PENDING, models.EXECUTING, models.COMPENSATING)
 
     @staticmethod
     def owner_of(order: dict[str, Any] | None, execution_arn: str, start_ms: int) -> str | None:
@@ -502,8 +497,8 @@ class Orders:
     @staticmethod
     def parked_by(order: dict[str, Any] | None, owner: str) -> bool:
         """Parked already, by this execution (a retried ParkSaga that died before its message)."""
-        return bool(order) and order.get("saga_status") == saga_status.FAILED \
-            and "ParkSaga" in (order.get("steps") or {}) and str(order.get("lease_owner", "")) == owner
+        return bool(order) and order.get("saga_status") == models.FAILED and "ParkSaga" in (order.get("steps") or {}) \
+            and str(order.get("lease_owner", "")) == owner
 
     def park(self, order_id: str, owner: str, error: str, now: int, redrive_count: int = 0) -> bool:
         """ParkSaga: the execution `owner` failed with its order unfinished (a compensation spent its retries); the
@@ -517,8 +512,7 @@ class Orders:
             UpdateExpression=("SET saga_status = :failed, parked_error = :error, parked_redrive_count = :count, "
                               "steps.ParkSaga = :entry, updated_at = :now REMOVE active"),
             ConditionExpression=f"{ownership} AND saga_status IN (:s0, :s1, :s2)",
-            ExpressionAttributeValues=values(failed=saga_status.FAILED, error=error[:1000], now=now,
-                                             count=redrive_count,
+            ExpressionAttributeValues=values(failed=models.FAILED, error=error[:1000], now=now, count=redrive_count,
                                              entry={"status": SUCCEEDED, "at": now}, **statuses,
                                              **({"owner": owner} if owner else {}))).ok
 
@@ -543,7 +537,7 @@ class Orders:
         order = self.get(entry["order_id"])
         if order is None or "active" not in order or order.get("lease_expires_at") != entry["lease_expires_at"]:
             return None
-        pivoted = order.get("saga_status") == saga_status.CONFIRMING
+        pivoted = order.get("saga_status") == models.CONFIRMING
         written = self.store.update(
             TableName=self.table, Key=self.key(entry["order_id"]),
             UpdateExpression=("SET previous_owner = if_not_exists(lease_owner, :nobody), lease_owner = :owner, "
@@ -554,8 +548,7 @@ class Orders:
             ExpressionAttributeNames={"#step": "Reaper"},
             ExpressionAttributeValues=values(
                 owner=owner, one=1, expires=now + (self.timing.pivot_lease_ms if pivoted else self.timing.lease_ms),
-                compensating=saga_status.CONFIRMING if pivoted else saga_status.COMPENSATING,
-                was=order.get("saga_status"),
+                compensating=models.CONFIRMING if pivoted else models.COMPENSATING, was=order.get("saga_status"),
                 entry={"status": SUCCEEDED, "at": now, "error": "LeaseExpired",
                        "cause": ("the lease expired past the pivot: the reaper finishes the order" if pivoted
                                  else "the lease expired with the saga unfinished")},

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from order_saga import saga_status
+from order_saga import models
 from order_saga.errors import (
     ConcurrentUpdate,
     CouponInvalid,
@@ -33,17 +33,14 @@ from order_saga.errors import (
     ReservationReleased,
 )
 from order_saga.inventory import COMMITTED, RESERVED, Inventory
+from order_saga.models import PricedLine, SagaState
 from order_saga.orders import Lease, Orders
 from order_saga.payments import HOLDS_MONEY, Payments, payment_id
 from order_saga.promotions import APPLIED, CONTINUE, FAIL, HELD, SKIPPED, Promotions
 from order_saga.promotions import COMMITTED as REDEMPTION_COMMITTED
 from order_saga.store import Cancelled, Items, Store
 
-if TYPE_CHECKING:  # pydantic: imported where a request needs a model, not at a handler's cold init
-    from order_saga import models
-    from order_saga.models import SagaState
-
-PAST_PIVOT = (saga_status.CONFIRMING, saga_status.COMPLETED)
+PAST_PIVOT = (models.CONFIRMING, models.COMPLETED)
 
 FORWARD_STEPS = ("CreateOrder", "ReserveInventory", "ApplyCoupon", "AuthorizePayment", "AuthorizePayments",
                  "ConfirmOrder")
@@ -58,8 +55,6 @@ def methods_of(saga: SagaState) -> list[int]:
 def create_order(orders: Orders, saga: SagaState, owner: str, now: int) -> SagaState:
     """Take the order's lease: the saga is EXECUTING, with what the API priced and stored (the lines, the
     total, the coupon, the payment methods, the customer), whatever the execution's input said."""
-    from order_saga.models import PricedLine  # pydantic: at the first request, not at cold init
-
     order, lease = orders.acquire(saga, owner, now)
     amounts = order.get("payment_amounts") or []
     return saga.model_copy(update={
@@ -293,7 +288,7 @@ def finish_confirmation(store: Store, orders: Orders, payments: Payments, saga: 
         return saga
     order = cancelled.item("order")
     if cancelled.failed("order"):
-        if orders.holds(order, lease) and (order or {}).get("saga_status") == saga_status.COMPLETED:
+        if orders.holds(order, lease) and (order or {}).get("saga_status") == models.COMPLETED:
             return saga  # completed before: a repeat
         raise orders.refusal(order, lease, now)
     for method in methods:
@@ -410,8 +405,6 @@ def undo_reservation(inventory: Inventory, order_id: str, now: int) -> Undo:
 def outcome(saga: SagaState) -> models.Outcome:
     """The error the execution ends with (SagaCompensated's ErrorPath/CausePath). Step Functions refuses a
     custom error named States.*, so States.Timeout ends the execution as Saga.Timeout."""
-    from order_saga import models  # pydantic: at the first request, not at cold init
-
     failure = failed_forward_step(saga)
     error = failure["error"] if failure else "Unknown"
     if error.startswith("States."):

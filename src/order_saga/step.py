@@ -9,9 +9,8 @@ from __future__ import annotations
 import functools
 import inspect
 import os
-import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import boto3
 from aws_lambda_powertools import Logger, Metrics
@@ -20,48 +19,29 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.config import Config
 
 from order_saga.errors import SagaError, TransientError
+from order_saga.models import SagaState, StepEvent
 from order_saga.store import CLIENT_CONFIG, Store
-
-if TYPE_CHECKING:  # pydantic: imported at the first request, not at a handler's cold init
-    from order_saga.models import SagaState
 
 logger = Logger()
 metrics = Metrics()
 TRACING = os.environ.get("POWERTOOLS_TRACE_DISABLED", "false").lower() != "true"
 
 Handler = Callable[[dict[str, Any], LambdaContext], Any]
-Step = Callable[..., "SagaState"]  # fn(saga, execution_id[, method=n]) -> saga
+Step = Callable[..., SagaState]  # fn(saga, execution_id[, method=n]) -> saga
 
 
 def dynamodb_store() -> Store:
-    """The function's DynamoDB access (one client, created on first use and kept for the sandbox's life)."""
-    return Store(connect=lambda: boto3.client("dynamodb", config=CLIENT_CONFIG))
-
-
-class LazyClient:
-    """A boto3 client made on its first use and kept for the sandbox's life: a handler module's cold init creates
-    none (each costs tens of milliseconds), a request makes the ones it calls."""
-
-    def __init__(self, service: str, config: Config) -> None:
-        self._service, self._config, self._client = service, config, None
-        self._connecting = threading.Lock()  # boto3's default session makes one client at a time
-
-    def __getattr__(self, name: str) -> Any:
-        if self._client is None:
-            with self._connecting:
-                if self._client is None:
-                    self._client = boto3.client(self._service, config=self._config)
-        return getattr(self._client, name)
+    """The function's DynamoDB access (one client, created once per sandbox)."""
+    return Store(boto3.client("dynamodb", config=CLIENT_CONFIG))
 
 
 def aws_client(service: str, read_timeout: float | None = None) -> Any:
     """A client for another service with the same bounds as DynamoDB's: one attempt of at most 2 s (connect
     0.5 s, read 1.5 s), so the call fits the function's timeout (docs/timeouts.md); the state machine (or the
     API's client, with its Idempotency-Key) retries the whole step. A longer `read_timeout` where a call given
-    up on may have landed anyway and a retry repeats it (PutEvents: a repeated event). Made on first use
-    (LazyClient)."""
+    up on may have landed anyway and a retry repeats it (PutEvents: a repeated event)."""
     config = CLIENT_CONFIG if read_timeout is None else CLIENT_CONFIG.merge(Config(read_timeout=read_timeout))
-    return LazyClient(service, config)
+    return boto3.client(service, config=config)
 
 
 def count(name: str, step: str, value: float = 1, unit: str = MetricUnit.Count) -> None:
@@ -84,7 +64,9 @@ def lambda_function(name: str, store: Store | None, order_id_of: Callable[[Any],
 
         handler: Handler = metrics.log_metrics(logger.inject_lambda_context(clear_state=True, **log_context)(budgeted))
         if TRACING:
-            handler = _traced(handler)
+            from aws_lambda_powertools import Tracer
+
+            handler = Tracer().capture_lambda_handler(capture_response=False)(handler)
         if os.environ.get("FAULT_RULES_TABLE"):
             from sagafaults.handler import wrap
 
@@ -92,26 +74,6 @@ def lambda_function(name: str, store: Store | None, order_id_of: Callable[[Any],
         return handler
 
     return decorate
-
-
-def _traced(handler: Handler) -> Handler:
-    """`handler` under Powertools' Tracer, made at the first invocation: the Tracer imports the X-Ray SDK and
-    patches botocore, requests and the rest (about 40% of `import boto3`), so cold init leaves it to the first
-    request, which is traced the same (ColdStart annotation included: Powertools sets it at the first call)."""
-    traced: list[Handler] = []
-    making = threading.Lock()
-
-    @functools.wraps(handler)
-    def tracing(event: dict[str, Any], context: LambdaContext) -> Any:
-        if not traced:
-            with making:
-                if not traced:
-                    from aws_lambda_powertools import Tracer
-
-                    traced.append(Tracer().capture_lambda_handler(capture_response=False)(handler))
-        return traced[0](event, context)
-
-    return tracing
 
 
 def _saga_order_id(event: Any) -> str | None:
@@ -128,8 +90,6 @@ def saga_step(name: str, store: Store) -> Callable[[Step], Handler]:
         @lambda_function(name, store, _saga_order_id)
         @functools.wraps(fn)
         def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-            from order_saga.models import StepEvent  # pydantic: at the first request, not at cold init
-
             step = StepEvent.model_validate(event)
             logger.append_keys(order_id=step.saga.order_id, execution_id=step.execution_id, step=name)
             # Inside the AuthorizePayments Map, each iteration names its payment method; a compensation learns how

@@ -24,10 +24,8 @@ ends ANSWER_SECONDS before the function's timeout, so a Lambda timeout never cut
 from __future__ import annotations
 
 import random
-import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,28 +82,10 @@ class Cancelled:
 
 
 class Store:
-    def __init__(self, client: Any = None, connect: Callable[[], Any] | None = None) -> None:
-        """`client`, or `connect` to make it on first use (a handler's cold init creates no client: creating one
-        costs about 40% of `import boto3`, which the first request pays instead, once per sandbox)."""
-        if client is None and connect is None:
-            raise TypeError("Store needs a client or a way to connect one")
-        self._client = client
-        self._connect = connect
-        self._connecting = threading.Lock()  # boto3's default session makes one client at a time
+    def __init__(self, client: Any) -> None:
+        self.client = client
         self._deadline: float | None = None
         self.attempts = 0  # requests sent, retries included (what a benchmark counts)
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            with self._connecting:
-                if self._client is None:
-                    self._client = self._connect()  # type: ignore[misc]
-        return self._client
-
-    @client.setter
-    def client(self, client: Any) -> None:
-        self._client = client
 
     def set_deadline(self, remaining_ms: int) -> None:
         """The invocation's time budget: no attempt starts that could end after it."""
