@@ -124,7 +124,8 @@ def test_every_request_leaves_an_access_log_line_in_the_stage_format(tmp_path):
     assert sorted((line["sub"], line["status"]) for line in lines) == [("-", "401"), ("sub-1", "200")]
     [event] = calls
     assert (event["path"], event["requestContext"]["path"]) == ("/orders/o1", "/dev/orders/o1")
-    assert event["requestContext"]["requestId"] == lines[0]["id"]  # logs and function logs correlate
+    [served] = [line for line in lines if line["sub"] == "sub-1"]  # the request that reached the function
+    assert event["requestContext"]["requestId"] == served["id"]  # logs and function logs correlate
     assert event["requestContext"]["authorizer"] == {"claims": {"sub": "sub-1"}}
 
 
