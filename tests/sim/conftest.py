@@ -1,10 +1,11 @@
 """The simulation patches every boto3 client of its process while it runs (moto's mock): stop it after each
 module, so that tests sharing the process (`pytest tests` in one go) meet real clients again.
 
-The explorer's paths and the random mixes run in two worker processes of their own, untraced (coverage's tracer
-makes a case 2.6 and a mix 1.8 times slower; tests/sim/test_pivot.py runs, traced, the cases that reach the lines
-only the explorer used to reach). Their work is handed to the workers as soon as the tests are collected, and
-the two tests that read it run last: meanwhile this process runs the other tests of the tier."""
+The explorer's paths, the random mixes and the replay of one mix run in two worker processes of their own,
+untraced (coverage's tracer makes a case 2.6 and a mix 1.8 times slower; tests/sim/test_pivot.py runs, traced,
+the cases that reach the lines only the explorer used to reach). Their work is handed to the workers as soon as
+the tests are collected, and the three tests that read it run last: meanwhile this process runs the other tests
+of the tier."""
 
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ from typing import Any
 import pytest
 
 from sagalocal import untraced
-from sagalocal.sim.explore import explore, run_mixes
+from sagalocal.sim.explore import explore, run_mix, run_mixes
 from sagalocal.sim.world import shutdown
 
 WORKERS = 2
 EXPLORER = "test_every_crash_point_of_every_path_keeps_every_invariant"
 MIXES = "test_random_mixes_of_orders_faults_and_takeovers_keep_every_invariant"
+REPLAY = "test_a_mix_replays_exactly"
 # The paths, the longest first (their case counts in docs/scenarios.md), then the mixes in small chunks: each
 # worker takes the next piece as it finishes one, so the two end together.
 LONGEST_FIRST = ["second-capture-refused", "capture-refused", "three-cards", "second-declined", "coupon-declined",
@@ -40,11 +42,13 @@ def _start(names: set[str]) -> None:
         _work[EXPLORER] = [pool.submit(explore, [path]) for path in LONGEST_FIRST]
     if MIXES in names:
         _work[MIXES] = [pool.submit(run_mixes, list(SEEDS)[n::MIX_CHUNKS]) for n in range(MIX_CHUNKS)]
+    if REPLAY in names:  # one mix twice, each in whichever worker is free: the same result from any process
+        _work[REPLAY] = [pool.submit(run_mix, 7), pool.submit(run_mix, 7)]
 
 
 @pytest.hookimpl(trylast=True)  # after -k and -m have deselected what they deselect
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    background = [item for item in items if item.name in (EXPLORER, MIXES)]
+    background = [item for item in items if item.name in (EXPLORER, MIXES, REPLAY)]
     if not background:
         return
     items[:] = [item for item in items if item not in background] + background
@@ -59,7 +63,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 @pytest.fixture
 def background_results(request: pytest.FixtureRequest) -> list[Any]:
     """The results of the work handed to the workers for this test (explorer: one per path, in LONGEST_FIRST's
-    order; mixes: one list of (seed, result) per chunk)."""
+    order; mixes: one list of (seed, result) per chunk; the replay: one mix's result, twice)."""
     name = request.node.name
     if name not in _work:  # collected some other way (a plugin reordering): start it now
         _start({name})

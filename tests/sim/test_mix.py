@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from sagalocal.sim.explore import mix_orders, run_mix
+from sagalocal.sim.explore import mix_orders
 from tests.sim.conftest import SEEDS
 
 
@@ -31,5 +31,9 @@ def test_random_mixes_of_orders_faults_and_takeovers_keep_every_invariant(backgr
     print(f"\n{len(SEEDS)} mixes, {orders} orders ({dict(statuses)}), {faults} faults: every invariant held")
 
 
-def test_a_mix_replays_exactly():
-    assert run_mix(7) == run_mix(7)
+def test_a_mix_replays_exactly(background_results):
+    # Mix 7 run twice in the workers (untraced; traced here, the two runs took 116 s of a loaded run): every
+    # side effect, fault and interleaving the seed chose, in the same order, and the same end.
+    first, second = background_results
+    assert first.faults > 0, first  # not vacuous: faults struck
+    assert first == second
