@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import datetime
 import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -46,7 +43,6 @@ from tests.unit.helpers import (
     stock,
 )
 
-BIN = Path(sys.executable).parent
 TEMPLATE = Template(ROOT / "template.yaml")
 STARTED = datetime.datetime(2026, 12, 6, 7, 0, 0, 123000, tzinfo=datetime.UTC)
 OWNER = f"{EXECUTION}#2026-12-06T07:00:00.123Z"
@@ -171,10 +167,7 @@ def test_every_stateful_table_expires_on_purge_at_and_survives_the_stack():
     assert env["ORDER_RETENTION_DAYS"] == {"Ref": "OrderRetentionDays"}
 
 
-def test_cfn_lint_s_informational_checks_report_nothing():
-    done = subprocess.run([str(BIN / "cfn-lint"), "--include-checks", "I", "--", str(ROOT / "template.yaml")],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
+# cfn-lint's informational checks (retention among them) run with its others, once: tests/unit/test_template.py.
 
 
 # ---- what each write leaves ----------------------------------------------------------------------------------------
