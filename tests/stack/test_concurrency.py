@@ -1,4 +1,4 @@
-"""200 concurrent orders for 50 units of one item: no oversell, money equals confirmations, every saga ended.
+"""100 concurrent orders for 25 units of one item: no oversell, money equals confirmations, every saga ended.
 
 The checks are invariants, not counts that depend on timing: on a loaded machine (or on AWS) a saga may
 end otherwise than by stock running out, but it may never sell a unit twice, charge without confirming,
@@ -17,10 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from tests.stack.support import place, wait_all
 
-ORDERS, UNITS, PRICE = 200, 50, 700
+ORDERS, UNITS, PRICE = 100, 25, 700
 
 
-def test_200_concurrent_orders_for_50_units(target):
+def test_100_concurrent_orders_for_25_units(target):
     sku = "CONTENDED-" + uuid.uuid4().hex[:8]
     target.add_item(sku, PRICE, UNITS)
     conflicts_before = engine_conflicts(target)
@@ -62,7 +62,7 @@ def engine_conflicts(target) -> int | None:
         return int(json.loads(response.read())["conflicts"])
 
 
-COUPON_ORDERS, COUPON_LIMIT, COUPON_CUSTOMERS = 60, 5, 6
+COUPON_ORDERS, COUPON_LIMIT, COUPON_CUSTOMERS = 30, 5, 6
 
 
 def test_orders_racing_for_a_coupon_with_a_small_limit(target):
