@@ -1,8 +1,16 @@
 # The two commands: `make run` (the main job) and `make test`. Both create .venv by themselves.
-PYTHON ?= python3
+# The venv's interpreter: Python 3.13, the functions' Lambda runtime (template.yaml), where the machine has it (on
+# PATH, or installed by pyenv); coverage then measures through sys.monitoring, which made the traced unit tier 120
+# CPU-s instead of 201 on 3.11 (scripts/run_tests.py). Elsewhere python3 (3.11 or later). PYTHON=... overrides.
+ifeq ($(origin PYTHON),undefined)
+PYTHON := $(or $(shell for p in python3.13 $(wildcard $(or $(PYENV_ROOT),$(HOME)/.pyenv)/versions/3.13*/bin/python3.13); do \
+                  $$p -c '' 2>/dev/null && { command -v $$p; break; }; done),python3)
+endif
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-$(shell cksum < requirements-dev.txt | cut -d' ' -f1)
+# A new stamp when the requirements or the interpreter change: the venv is made again for another Python.
+PYVER  := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+STAMP  := $(VENV)/.installed-$(PYVER)-$(shell cksum < requirements-dev.txt | cut -d' ' -f1)
 
 .PHONY: run up test test-unit test-stack lint openapi docs build bench bench-reaper clean venv
 
@@ -17,6 +25,9 @@ $(CONSOLE_ASSETS): sagalocal/console/package-lock.json
 venv: $(STAMP)
 
 $(STAMP): requirements-dev.txt
+	@if [ -x $(PY) ] && [ "$$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])')" != "$(PYVER)" ]; then \
+	  echo "$(VENV) is Python $$($(PY) -c 'import sys; print(sys.version.split()[0])'); making it again with $(PYTHON)"; \
+	  rm -rf $(VENV); fi
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	@# The project's own packages (src/order_saga, sagalocal) on the venv's path, without a build step.
