@@ -349,8 +349,40 @@ def _cache_update_expressions() -> None:
     traverser._sagalocal_map = processing_map  # type: ignore[attr-defined]
     traverser.nodes_to_be_processed = nodes_to_be_processed  # type: ignore[method-assign]
     traverser.process = process  # type: ignore[method-assign]
+    traverser.traverse = _traverse  # type: ignore[method-assign]
     ast_nodes.Node.__deepcopy__ = _deepcopy_node  # type: ignore[attr-defined]
     _skip_checks_already_passed()
+
+
+def _traverse(self: Any, root: Any) -> Any:
+    """moto's depth-first walk (traverse_node_recursively: children first, then the node if it is of a type this
+    walk processes, put back in its parent's place), with what it looked up at every node looked up once per
+    walk: the node types, and whether the walk has a pre-child hook at all. The UpdateItem validator makes seven
+    walks per request, a tenth of the simulation's time."""
+    from moto.dynamodb.parsing.ast_nodes import DepthFirstTraverser, Node
+
+    types = self.nodes_to_be_processed()
+    process = self.process
+    hook = None if type(self).pre_processing_of_child is DepthFirstTraverser.pre_processing_of_child \
+        else self.pre_processing_of_child
+
+    def walk(node: Any, child_id: int) -> Any:
+        if isinstance(node, Node):
+            parent = node.parent
+            children = node.children
+            if children is not None:
+                for i, child in enumerate(children):
+                    if hook is not None:
+                        hook(node, i)
+                    walk(child, i)
+            if isinstance(node, types):
+                node = process(node)
+                node.parent = parent
+                if parent:
+                    parent.children[child_id] = node
+        return node
+
+    return walk(root, -1)
 
 
 def _skip_checks_already_passed() -> None:

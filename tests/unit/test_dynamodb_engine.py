@@ -518,6 +518,56 @@ def test_an_update_expression_tree_is_copied_whole_and_shares_nothing(expression
     assert type(inner_copy.parent) is type(clone)
 
 
+@pytest.mark.parametrize("expression", [
+    "SET a = if_not_exists(a, :zero) + :one, #b.c[2] = :v REMOVE d ADD e :n",
+    "SET steps.#step = :entry, updated_at = :now, lease_expires_at = :expires",
+    "SET #b.c[2] = list_append(:l, if_not_exists(#b.c[2], :l)) REMOVE x.y[1]",
+])
+def test_the_engines_tree_walk_processes_every_node_as_moto_s_own_walk_does(expression):
+    """The engine's walk (sagalocal/dynamodb/engine.py `_traverse`) against moto's traverse_node_recursively, on
+    two copies of one tree, with each processor of the update validator that needs no item: the same nodes
+    processed in the same order (bottom-up, left to right), the same tree afterwards."""
+    import copy
+
+    from moto.dynamodb.parsing import validators
+    from moto.dynamodb.parsing.ast_nodes import DepthFirstTraverser, Node
+    from moto.dynamodb.parsing.expressions import UpdateExpressionParser
+
+    from sagalocal.dynamodb.engine import _traverse, install_backend_patches
+
+    install_backend_patches()
+    names = {"#b": "b", "#step": "CreateOrder"}
+    values = {":zero": {"N": "0"}, ":one": {"N": "1"}, ":v": {"S": "v"}, ":n": {"N": "2"}, ":entry": {"M": {}},
+              ":now": {"N": "5"}, ":expires": {"N": "9"}, ":l": {"L": [{"S": "x"}]}}
+
+    def shape(node: Any) -> Any:
+        if not isinstance(node, Node):
+            return repr(node)
+        return (type(node).__name__, [shape(child) for child in node.children or []])
+
+    def walk_of(processor: Any, walk: Any) -> tuple[list[str], Any]:
+        seen: list[str] = []
+        original = processor.process
+
+        def recording(node: Any) -> Any:
+            seen.append(type(node).__name__)
+            return original(node)
+
+        processor.process = recording
+        tree = walk(processor, copy.deepcopy(UpdateExpressionParser.make(expression)))
+        return seen, shape(tree)
+
+    processors = [lambda: validators.ActionCountValidator(), lambda: validators.OverlappingPathsValidator(names),
+                  lambda: validators.UpdateHashRangeKeyValidator(["order_id"], names),
+                  lambda: validators.ExpressionAttributeValueProcessor(values)]
+    for make in processors:
+        theirs = walk_of(make(), lambda p, tree: DepthFirstTraverser.traverse_node_recursively(p, tree))
+        ours = walk_of(make(), _traverse)
+        assert ours == theirs
+        assert DepthFirstTraverser.traverse is _traverse  # the engine's walk is the one moto now uses
+    assert any(walk_of(make(), _traverse)[0] for make in processors)  # not vacuous: the walks processed nodes
+
+
 def test_the_engine_keeps_no_item_it_no_longer_stores():
     """moto tracks every model object it creates until its mock is reset; the engine's processes and the
     simulation never reset theirs (sagalocal/motomodels.py): an item replaced or deleted must be garbage."""
