@@ -71,7 +71,7 @@ class Target:
 
     def url(self, location: str) -> str:
         """An absolute URL for a path the API returned (its Location carries the stage, as on AWS)."""
-        return urllib.parse.urljoin(self.api_url, location)
+        return location_url(self.api_url, location)
 
     def client(self, service: str) -> Any:
         if service not in self._clients:
@@ -186,6 +186,23 @@ def place(target: Target, items: list[dict[str, Any]], token: str = "tok_approve
                                   customer=customer)
     assert status == 202, (status, accepted)
     return {**accepted, "execution_arn": target.execution_arn(accepted["order_id"]), "customer": customer}
+
+
+def location_url(api_url: str, location: str) -> str:
+    """The URL of a Location the API returned, on a target whose API URL may carry a path before or after the
+    stage. The Location is a path from the stage, `/dev/orders/<id>`, as API Gateway answers for a REST API. On
+    AWS the API URL is `https://<id>.execute-api.<region>.amazonaws.com/dev`, but on LocalStack it is
+    `<endpoint>/restapis/<id>/dev/_user_request_`, where joining the Location onto the host (`urljoin`) would
+    drop the API's own path. So when the Location's first segment (the stage) is one of the API URL's, the rest
+    of the Location follows the API URL; when it is not (a Location without the stage, or an API URL without
+    one, like the embedded stack's), the whole Location does."""
+    if urllib.parse.urlsplit(location).scheme:
+        return location  # already absolute
+    stage, _, rest = location.lstrip("/").partition("/")
+    base = api_url.rstrip("/")
+    if stage and stage in urllib.parse.urlsplit(base).path.split("/"):
+        return f"{base}/{rest}"
+    return f"{base}/{location.lstrip('/')}"
 
 
 def get_order(target: Target, order_id: str, customer: str = "cust-stack") -> tuple[int, Any]:
