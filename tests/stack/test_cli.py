@@ -19,7 +19,12 @@ pytestmark = pytest.mark.embedded_only(reason="tests the sagalocal CLI itself, w
 SEED = f"{sys.executable} scripts/seed_catalog.py --stack-outputs .local/invoke/stack-outputs.json events/catalog.json"
 
 
-def sagalocal(*args: str, cwd: Path = ROOT, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+# A deadline for a hang, not a speed bound: an invoke boots a whole stack (~8 CPU-s, 10 s on an idle machine), and
+# at the start of `make test` seven groups boot theirs at once; an idle fresh clone's run saw one take over 120 s.
+DEADLINE = 400
+
+
+def sagalocal(*args: str, cwd: Path = ROOT, timeout: float = DEADLINE) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "sagalocal", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd, check=False)
 
