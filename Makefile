@@ -4,7 +4,7 @@
 # CPU-s instead of 201 on 3.11 (scripts/run_tests.py). Elsewhere python3 (3.11 or later). PYTHON=... overrides.
 ifeq ($(origin PYTHON),undefined)
 PYTHON := $(or $(shell for p in python3.13 $(wildcard $(or $(PYENV_ROOT),$(HOME)/.pyenv)/versions/3.13*/bin/python3.13); do \
-                  $$p -c '' 2>/dev/null && { command -v $$p; break; }; done),python3)
+                  $$p -c 'import venv, ensurepip' 2>/dev/null && { command -v $$p; break; }; done),python3)
 endif
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -25,6 +25,7 @@ $(CONSOLE_ASSETS): sagalocal/console/package-lock.json
 venv: $(STAMP)
 
 $(STAMP): requirements-dev.txt
+	@test -n "$(PYVER)" || { echo "cannot run '$(PYTHON)' (a Python 3.11 or later, with venv): set PYTHON=..." >&2; exit 2; }
 	@if [ -x $(PY) ] && [ "$$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])')" != "$(PYVER)" ]; then \
 	  echo "$(VENV) is Python $$($(PY) -c 'import sys; print(sys.version.split()[0])'); making it again with $(PYTHON)"; \
 	  rm -rf $(VENV); fi

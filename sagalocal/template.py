@@ -21,7 +21,7 @@ ACCOUNT = "123456789012"
 
 
 _PARSED: dict[str, Any] = {}
-_PROCESSED: dict[str, Any] = {}
+_PROCESSED: dict[tuple[str, str], Any] = {}
 
 
 def _parsed(text: str) -> Any:
@@ -50,7 +50,8 @@ class Template:
         self.stack_name = stack_name
         self.parameter_overrides = {k: str(v) for k, v in (parameter_overrides or {}).items()}
         try:
-            self.raw: dict[str, Any] = _parsed(self.path.read_text())
+            self._text = self.path.read_text()
+            self.raw: dict[str, Any] = _parsed(self._text)
         except OSError as exc:
             raise TemplateError(f"cannot read {self.path}: {exc.strerror}") from exc
         except Exception as exc:  # noqa: BLE001 - yaml and json errors alike: report where
@@ -98,8 +99,9 @@ class Template:
         from samcli.lib.samlib.wrapper import SamTranslatorWrapper
 
         values = {**self.pseudo(), **self.parameters}
-        # Like the parse, once per template and parameter values (~0.2 s each); each caller gets its own copy.
-        key = json.dumps([self.raw, values], sort_keys=True, default=str)
+        # Like the parse, once per template text and parameter values (~0.2 s each); each caller gets its own copy.
+        # (The values' names are strings, and each value a string or a list of them.)
+        key = (self._text, json.dumps(values, sort_keys=True, default=str))
         if key not in _PROCESSED:
             try:
                 processed = SamTranslatorWrapper(copy.deepcopy(self.raw), parameter_values=values).run_plugins()

@@ -198,9 +198,12 @@ def location_url(api_url: str, location: str) -> str:
     one, like the embedded stack's), the whole Location does."""
     if urllib.parse.urlsplit(location).scheme:
         return location  # already absolute
-    stage, _, rest = location.lstrip("/").partition("/")
     base = api_url.rstrip("/")
-    if stage and stage in urllib.parse.urlsplit(base).path.split("/"):
+    path = urllib.parse.urlsplit(base).path
+    if path and (location == path or location.startswith(path + "/")):
+        return urllib.parse.urljoin(base, location)  # the Location holds the API URL's whole path already
+    stage, _, rest = location.lstrip("/").partition("/")
+    if stage and stage in path.split("/"):
         return f"{base}/{rest}"
     return f"{base}/{location.lstrip('/')}"
 

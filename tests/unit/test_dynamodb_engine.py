@@ -525,10 +525,12 @@ def test_an_update_expression_tree_is_copied_whole_and_shares_nothing(expression
 ])
 def test_the_engines_tree_walk_processes_every_node_as_moto_s_own_walk_does(expression):
     """The engine's walk (sagalocal/dynamodb/engine.py `_traverse`) against moto's traverse_node_recursively, on
-    two copies of one tree, with each processor of the update validator that needs no item: the same nodes
-    processed in the same order (bottom-up, left to right), the same tree afterwards."""
+    two copies of one tree, through the update validator's processors in its order (those that read the item,
+    have a pre-child hook or replace nodes among them): the same nodes processed in the same order (bottom-up,
+    left to right), the same tree after each processor, the same error if one raises."""
     import copy
 
+    from moto.dynamodb.models.dynamo_type import DynamoType, Item
     from moto.dynamodb.parsing import validators
     from moto.dynamodb.parsing.ast_nodes import DepthFirstTraverser, Node
     from moto.dynamodb.parsing.expressions import UpdateExpressionParser
@@ -539,33 +541,47 @@ def test_the_engines_tree_walk_processes_every_node_as_moto_s_own_walk_does(expr
     names = {"#b": "b", "#step": "CreateOrder"}
     values = {":zero": {"N": "0"}, ":one": {"N": "1"}, ":v": {"S": "v"}, ":n": {"N": "2"}, ":entry": {"M": {}},
               ":now": {"N": "5"}, ":expires": {"N": "9"}, ":l": {"L": [{"S": "x"}]}}
+    attributes = {"order_id": {"S": "ord_1"}, "a": {"N": "1"}, "d": {"S": "gone"}, "e": {"N": "3"},
+                  "b": {"M": {"c": {"L": [{"S": "p"}, {"S": "q"}, {"L": [{"S": "r"}]}]}}},
+                  "x": {"M": {"y": {"L": [{"S": "s"}, {"S": "t"}]}}}, "steps": {"M": {}}}
 
     def shape(node: Any) -> Any:
         if not isinstance(node, Node):
             return repr(node)
-        return (type(node).__name__, [shape(child) for child in node.children or []])
+        return (type(node).__name__, repr(vars(node).get("value")), [shape(child) for child in node.children or []])
 
-    def walk_of(processor: Any, walk: Any) -> tuple[list[str], Any]:
-        seen: list[str] = []
-        original = processor.process
+    def chain(walk: Any) -> list[Any]:
+        item = Item(DynamoType({"S": "ord_1"}), None, copy.deepcopy(attributes))
+        processors = [validators.ActionCountValidator(), validators.OverlappingPathsValidator(names),
+                      validators.UpdateHashRangeKeyValidator(["order_id"], names),
+                      validators.ExpressionAttributeValueProcessor(values),
+                      validators.ExpressionAttributeResolvingProcessor(names, item),
+                      validators.UpdateExpressionFunctionEvaluator(), validators.NoneExistingPathChecker(),
+                      validators.ExecuteOperations()]
+        tree, steps = copy.deepcopy(UpdateExpressionParser.make(expression)), []
+        for processor in processors:
+            seen: list[str] = []
+            original = processor.process
 
-        def recording(node: Any) -> Any:
-            seen.append(type(node).__name__)
-            return original(node)
+            def recording(node: Any, original: Any = original, seen: list[str] = seen) -> Any:
+                seen.append(type(node).__name__)
+                return original(node)
 
-        processor.process = recording
-        tree = walk(processor, copy.deepcopy(UpdateExpressionParser.make(expression)))
-        return seen, shape(tree)
+            processor.process = recording
+            try:
+                tree = walk(processor, tree)
+            except Exception as exc:  # noqa: BLE001 - compared: both walks must raise the same
+                steps.append((type(processor).__name__, seen, f"{type(exc).__name__}: {exc}"))
+                break
+            steps.append((type(processor).__name__, seen, shape(tree)))
+        return steps
 
-    processors = [lambda: validators.ActionCountValidator(), lambda: validators.OverlappingPathsValidator(names),
-                  lambda: validators.UpdateHashRangeKeyValidator(["order_id"], names),
-                  lambda: validators.ExpressionAttributeValueProcessor(values)]
-    for make in processors:
-        theirs = walk_of(make(), lambda p, tree: DepthFirstTraverser.traverse_node_recursively(p, tree))
-        ours = walk_of(make(), _traverse)
-        assert ours == theirs
-        assert DepthFirstTraverser.traverse is _traverse  # the engine's walk is the one moto now uses
-    assert any(walk_of(make(), _traverse)[0] for make in processors)  # not vacuous: the walks processed nodes
+    theirs = chain(lambda p, tree: DepthFirstTraverser.traverse_node_recursively(p, tree))
+    ours = chain(_traverse)
+    assert ours == theirs
+    assert DepthFirstTraverser.traverse is _traverse  # the engine's walk is the one moto now uses
+    assert len(ours) == 8  # not vacuous: every processor ran, none raised
+    assert sum(len(seen) for _, seen, _ in ours) > 5
 
 
 def test_the_engine_keeps_no_item_it_no_longer_stores():

@@ -34,6 +34,12 @@ def test_a_location_without_the_stage_follows_the_api_url_whole():
         "http://localhost:4566/restapis/abc123/dev/_user_request_/orders/ord_1"
 
 
+def test_a_location_that_holds_the_api_url_s_whole_path_is_joined_onto_its_host():
+    api = "http://localhost:4566/restapis/abc123/dev/_user_request_"
+    assert location_url(api, "/restapis/abc123/dev/_user_request_/orders/ord_1?x=1") == \
+        "http://localhost:4566/restapis/abc123/dev/_user_request_/orders/ord_1?x=1"
+
+
 def test_an_absolute_location_is_kept():
     assert location_url("http://localhost:4566/restapis/a/dev/_user_request_", "https://api.example/dev/o") == \
         "https://api.example/dev/o"
