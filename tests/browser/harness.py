@@ -152,13 +152,15 @@ def add_fault(stack: Stack, rule: dict[str, Any]) -> None:
                     ExpressionAttributeValues={":entry": rule_entry(parsed)})
 
 
-def place_order(stack: Stack, name: str, token: str | list[str], fault: dict[str, Any] | None = None) -> Placed:
-    """One Blue mug (12.50), paid with one card, or split evenly over the cards of a list of tokens."""
+def place_order(stack: Stack, name: str, token: str | list[str],
+                fault: dict[str, Any] | list[dict[str, Any]] | None = None) -> Placed:
+    """One Blue mug (12.50), paid with one card, or split evenly over the cards of a list of tokens; with a fault
+    rule (or several) scoped to the order."""
     key = f"browser-{name}-{uuid.uuid4().hex[:10]}"
     id_token, sub = stack.signed_in()
     order_id = order_id_for(sub, key)
-    if fault is not None:
-        add_fault(stack, {**fault, "order_id": order_id})
+    for rule in [fault] if isinstance(fault, dict) else fault or []:
+        add_fault(stack, {**rule, "order_id": order_id})
     payment: dict[str, Any] = {"payment_token": token} if isinstance(token, str) else {
         "payment": [{"token": t, "amount": 1250 // len(token) + (1250 % len(token) if i == 0 else 0)}
                     for i, t in enumerate(token)]}
