@@ -24,7 +24,7 @@ from typing import Any
 from sagafaults.dynamodb import PREFIX, cancelled, conflict_reason, encode, error_response
 from sagafaults.rules import request_items
 from sagalocal import motomodels
-from sagalocal.dynamodb import streams
+from sagalocal.dynamodb import fastupdate, streams
 from sagalocal.dynamodb.capacity import Image, Meter, index_writes, read_units, wire_size, write_units
 from sagalocal.dynamodb.concurrency import Coordinator, Identity
 from sagalocal.dynamodb.faults import RuleBook
@@ -267,6 +267,8 @@ def install_backend_patches() -> None:
 
     DynamoDBBackend.transact_write_items = _transact_write_items  # type: ignore[method-assign]
     motomodels.stop_tracking_instances()
+    fastupdate.install(DynamoDBBackend)  # inside the stream's and the meter's wrappers
+    fastupdate.install_item_init()
     streams.install()
     for name in ("put_item", "update_item", "delete_item"):
         setattr(DynamoDBBackend, name, _metered_write(getattr(DynamoDBBackend, name)))
