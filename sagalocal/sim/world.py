@@ -977,15 +977,18 @@ class World:
         Standard queues deliver at least once: the first batch is delivered a second time right after, and must
         change nothing. (A follow-up at a worker's side effect may run the reaper again inside it: a second
         sweep and worker at once, as on AWS.)"""
+        from moto.sqs.models import sqs_backends
+
+        # The queue is drained through moto's backend itself: through boto3 each call cost ~5 ms, a tenth of a case.
+        queues, queue = sqs_backends[ACCOUNT][REGION], self.stack.reaper_queue_url.rpartition("/")[2]
         mapping, messages = self.stack.reaper_mapping, []
         while True:
-            got = self.stack.sqs.receive_message(QueueUrl=self.stack.reaper_queue_url, MaxNumberOfMessages=10,
-                                                 VisibilityTimeout=0).get("Messages") or []
+            got = queues.receive_message(queue, 10, 0, 0)
             if not got:
                 break
-            self.stack.sqs.delete_message_batch(QueueUrl=self.stack.reaper_queue_url, Entries=[
-                {"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(got)])
-            messages += [{"messageId": str(uuid.UUID(int=self.rng.getrandbits(128))), "body": m["Body"],
+            for m in got:
+                queues.delete_message(queue, m.receipt_handle)
+            messages += [{"messageId": str(uuid.UUID(int=self.rng.getrandbits(128))), "body": m.body,
                           "receives": 0} for m in got]
         duplicated = False
         while messages:
