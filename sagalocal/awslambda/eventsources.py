@@ -43,7 +43,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 log = logging.getLogger("sagalocal.eventsources")
-POLL_SECONDS = 0.05
+POLL_SECONDS = 1.0  # a read that finds nothing new waits this long for a record (a long poll, not a busy one)
 FIRST_PAUSE, MAX_PAUSE = 0.2, 5.0  # between retries of a failed batch
 RETRY_ATTEMPTS_EXHAUSTED, RECORD_AGE_EXCEEDED = "RetryAttemptsExhausted", "RecordAgeExceeded"
 
@@ -99,9 +99,10 @@ class StreamMapping:
                 "invocation_records": self.invocation_records, "on_failure": self.spec.get("on_failure"),
                 "last_processing_result": self.last_processing_result}
 
-    def _read(self, after: int, limit: int = 100, ack: int = 0) -> list[dict[str, Any]]:
+    def _read(self, after: int, limit: int = 100, ack: int = 0, wait: float = 0.0) -> list[dict[str, Any]]:
         query = urllib.parse.urlencode({"table": self.spec["table"], "after": after, "limit": limit, "ack": ack,
-                                        "stream_arn": self.spec["stream_arn"], "as": self.spec["access_key_id"]})
+                                        "wait": wait, "stream_arn": self.spec["stream_arn"],
+                                        "as": self.spec["access_key_id"]})
         with urllib.request.urlopen(f"{self.endpoint}/_sagalocal/streams?{query}", timeout=30) as response:  # noqa: S310
             return json.loads(response.read())  # type: ignore[no-any-return]
 
@@ -111,14 +112,13 @@ class StreamMapping:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                records = self._read(self.position, ack=self.position)
+                records = self._read(self.position, ack=self.position, wait=POLL_SECONDS)
             except OSError as exc:
                 log.warning("stream of %s unreadable: %s", self.spec["table"], exc)
                 self._stop.wait(1)
                 continue
             if not records:
-                self._stop.wait(POLL_SECONDS)
-                continue
+                continue  # the read waited POLL_SECONDS for one
             for record in records:
                 record["eventSourceARN"] = self.spec["stream_arn"]
             wanted = [r for r in records if self.matches(r)]

@@ -19,7 +19,8 @@ services-sqs-errorhandling.html):
     as SQS does).
 
 Where it differs from AWS: the number of pollers is fixed at MaximumConcurrency (5 without one), where Lambda starts
-with 5 concurrent batches and adds up to 300 a minute up to 1,000 (or MaximumConcurrency); a long poll waits at
+with 5 concurrent batches and adds up to 300 a minute up to 1,000 (or MaximumConcurrency), and while the queue is
+idle only the first of them polls (the others start as soon as it receives a message); a long poll waits at
 most 1 s (20 s on AWS), so that a stack stops quickly; a throttled invocation leaves the batch to its visibility
 timeout (Lambda's poller backs off too); FIFO queues' per-group ordering and filter criteria are not emulated
 (the provisioner refuses them).
@@ -56,7 +57,11 @@ class QueueMapping:
         self._running = 0
         self.peak = 0  # the most invocations that ran at once
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, name=f"sagalocal-sqs-{spec['function']}-{n}",
+        # Set while the queue has messages: the other pollers poll only then. An idle queue is long-polled by the
+        # first poller alone (one request per WAIT_SECONDS, not one per poller), as Lambda scales its pollers
+        # with the queue's backlog.
+        self._busy = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(n,), name=f"sagalocal-sqs-{spec['function']}-{n}",
                                           daemon=True) for n in range(self.pollers)]
 
     def start(self) -> None:
@@ -73,6 +78,7 @@ class QueueMapping:
 
     def stop(self) -> None:
         self._stop.set()
+        self._busy.set()  # the waiting pollers look at the stop flag now
         for thread in self._threads:
             thread.join(timeout=WAIT_SECONDS + 10)
 
@@ -83,8 +89,10 @@ class QueueMapping:
                 "last_processing_result": self.last_processing_result}
 
     # ---- one poller ------------------------------------------------------------------------------------------
-    def _run(self) -> None:
+    def _run(self, n: int) -> None:
         while not self._stop.is_set():
+            if n and not self._busy.wait(WAIT_SECONDS):
+                continue  # the queue is idle: the first poller watches it
             try:
                 batch = self._receive()
             except Exception as exc:  # noqa: BLE001 - denied, no such queue, the endpoint stopping: wait, try again
@@ -95,7 +103,10 @@ class QueueMapping:
                 self._stop.wait(1)
                 continue
             if batch:
+                self._busy.set()
                 self._deliver(batch)
+            elif not n:
+                self._busy.clear()  # a whole long poll found nothing
 
     def _receive(self) -> list[dict[str, Any]]:
         """One batch: up to BatchSize messages, gathered for at most the batching window after the first."""

@@ -23,6 +23,7 @@ from typing import Any
 class Streams:
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._added = threading.Condition(self._lock)  # notified at every record: a waiting read wakes
         self._seq = itertools.count(1)
         self._records: dict[str, list[tuple[int, dict[str, Any]]]] = {}
 
@@ -52,15 +53,23 @@ class Streams:
             record = {"eventID": uuid.uuid4().hex, "eventName": name, "eventVersion": "1.1",
                       "eventSource": "aws:dynamodb", "awsRegion": table.region_name, "dynamodb": change}
             self._records.setdefault(table.name, []).append((seq, record))
+            self._added.notify_all()
 
-    def read(self, table: str, after: int, limit: int, acknowledged: int) -> list[dict[str, Any]]:
+    def read(self, table: str, after: int, limit: int, acknowledged: int, wait: float = 0.0) -> list[dict[str, Any]]:
         """The records after sequence number `after` (at most `limit`), once the consumer's acknowledged ones
-        are trimmed."""
+        are trimmed; if there are none, waiting up to `wait` seconds for one (a long poll: an idle consumer
+        asks once per wait, not once per poll interval)."""
+        deadline = time.monotonic() + wait
         with self._lock:
             records = self._records.get(table, [])
             if acknowledged:
                 records[:] = [(seq, rec) for seq, rec in records if seq > acknowledged]
-            return [rec for seq, rec in records if seq > after][:limit]
+            while True:
+                found = [rec for seq, rec in self._records.get(table, []) if seq > after][:limit]
+                left = deadline - time.monotonic()
+                if found or left <= 0:
+                    return found
+                self._added.wait(left)
 
 
 STREAMS = Streams()
