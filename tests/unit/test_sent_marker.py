@@ -164,7 +164,7 @@ def fake():
 
 
 def stripe(aws, fake: StripeFake) -> StripeGateway:
-    return StripeGateway(Store(aws), os.environ["PAYMENTS_TABLE"], API_KEY, fake.url, 2.0)
+    return StripeGateway(Store(aws), os.environ["PAYMENTS_TABLE"], API_KEY, fake.url, 10.0)
 
 
 def paths(fake: StripeFake) -> list[tuple[str, str]]:

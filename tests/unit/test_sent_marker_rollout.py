@@ -144,7 +144,7 @@ def fake():
 
 def test_past_the_window_not_found_is_not_trusted_for_a_replay_sent_just_before_it(aws, fake):
     new_saga(aws, token="pm_card_visa")
-    gw = StripeGateway(Store(aws), os.environ["PAYMENTS_TABLE"], API_KEY, fake.url, 2.0)
+    gw = StripeGateway(Store(aws), os.environ["PAYMENTS_TABLE"], API_KEY, fake.url, 10.0)
     fake.search_lag = 3600  # Stripe: searchable in under a minute, up to an hour behind during incidents
     written = payment(aws)
     assert written is not None
