@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from sagalocal.awslambda.code import Snapshot
-from sagalocal.awslambda.sandbox import read_message, write_message
+from sagalocal.awslambda.sandbox import PRELOAD, read_message, write_message
 
 INIT_TIMEOUT_SECONDS = 60.0  # Lambda allows 10 s of init; a loaded 2-core machine importing pydantic needs more
 SANDBOX = str(Path(__file__).with_name("sandbox.py"))
@@ -157,11 +157,112 @@ class _Sandbox:
                 pass
 
 
+class Preloader:
+    """A stack's preloader process (sandbox.py `preloader`): it imports the libraries every function imports once,
+    and forks each function's template process from there, instead of each template importing them again.
+
+    Not used (`get()` is None) where a template must start on its own: when coverage measures the stack's
+    functions (a measured process is started by coverage's subprocess patch), or if the preloader cannot start.
+    """
+
+    def __init__(self, environment: dict[str, str]) -> None:
+        self.environment = environment
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._control: socket.socket | None = None
+        self._failed = any(key in environment for key in ("COVERAGE_PROCESS_START", "COVERAGE_PROCESS_CONFIG"))
+
+    def get(self, log_dir: Path) -> Preloader | None:
+        with self._lock:
+            if self._failed:
+                return None
+            if self._process is None or self._process.poll() is not None:
+                try:
+                    self._start(log_dir)
+                except (OSError, RuntimeFailure) as exc:
+                    self._failed = True
+                    print(f"sagalocal: the functions' preloader did not start ({exc}); each starts on its own",
+                          file=sys.stderr)
+                    return None
+            return self
+
+    def _start(self, log_dir: Path) -> None:
+        ours, theirs = socket.socketpair()
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with open(log_dir / "LambdaPreloader.log", "ab") as log:
+            process = subprocess.Popen([sys.executable, SANDBOX, "--preloader", str(theirs.fileno())],
+                                       env=self.environment, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                       pass_fds=(theirs.fileno(),), start_new_session=True)
+        theirs.close()
+        ready, _, _ = select.select([ours], [], [], INIT_TIMEOUT_SECONDS)
+        answer = read_message(ours.fileno()) if ready else None
+        if not answer or not answer.get("ready"):
+            process.kill()
+            process.wait()
+            ours.close()
+            raise RuntimeFailure(f"no answer from the preloader: {answer}")
+        self._process, self._control = process, ours
+
+    def fork(self, environment: dict[str, str], cwd: str, control_fd: int, log_fd: int) -> int:
+        """A template process with this environment, folder, control socket and log: its pid."""
+        with self._lock:
+            assert self._control is not None
+            write_message(self._control.fileno(), {"env": environment, "cwd": cwd})
+            socket.send_fds(self._control, [b"T"], [control_fd, log_fd])
+            answer = read_message(self._control.fileno())
+        if not answer or "pid" not in answer:
+            raise RuntimeFailure(f"the preloader did not start a template: {answer}")
+        return int(answer["pid"])
+
+    def close(self) -> None:
+        with self._lock:
+            self._failed = True
+            if self._control is not None:
+                self._control.close()  # EOF: the preloader ends
+            if self._process is not None:
+                try:
+                    self._process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    self._process.kill()
+                    self._process.wait()
+
+
+class _Forked:
+    """A template process the preloader forked (not this process's child): what FunctionRuntime asks of a Popen."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def poll(self) -> int | None:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return 0  # gone (the preloader reaps it)
+        except PermissionError:
+            return None
+        return None
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"template {self.pid}", timeout or 0)
+            time.sleep(0.02)
+        return 0
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 class FunctionRuntime:
     def __init__(self, spec: FunctionSpec, base_environment: dict[str, str], account: Concurrency,
                  cold_start_delay: bool = True, idle_seconds: float = 120.0,
-                 reserved: Concurrency | None = None) -> None:
+                 reserved: Concurrency | None = None, preloader: Preloader | None = None) -> None:
         self.spec = spec
+        self.preloader = preloader
         self.base_environment = base_environment
         self.account = account
         # The function's reserved concurrency, one count for all its versions (None: unreserved).
@@ -173,7 +274,7 @@ class FunctionRuntime:
         self._fork_lock = threading.Lock()
         self._idle: list[_Sandbox] = []
         self._busy = 0
-        self._template: subprocess.Popen[bytes] | None = None
+        self._template: subprocess.Popen[bytes] | _Forked | None = None
         self._control: socket.socket | None = None
         self._init_ms: float = 0.0
         self._init_error: dict[str, Any] | None = None
@@ -210,11 +311,20 @@ class FunctionRuntime:
             ours, theirs = socket.socketpair()
             self.spec.log_path.parent.mkdir(parents=True, exist_ok=True)
             dirs = self.spec.code_dirs()  # a version's code, as it was published
+            preloader = self.preloader.get(self.spec.log_path.parent) if self.preloader is not None else None
+            if preloader is not None and any((Path(d) / name.split(".")[0]).exists()
+                                             for d in dirs for name in PRELOAD):
+                preloader = None  # the function's code holds its own copy of a preloaded library
             with open(self.spec.log_path, "ab") as log:
-                process = subprocess.Popen(
-                    [sys.executable, SANDBOX, str(theirs.fileno())], env=self.environment(dirs),
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(theirs.fileno(),),
-                    cwd=str(dirs[0]), start_new_session=True)
+                process: subprocess.Popen[bytes] | _Forked
+                if preloader is not None:
+                    process = _Forked(preloader.fork(self.environment(dirs), str(dirs[0]), theirs.fileno(),
+                                                     log.fileno()))
+                else:
+                    process = subprocess.Popen(
+                        [sys.executable, SANDBOX, str(theirs.fileno())], env=self.environment(dirs),
+                        stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(theirs.fileno(),),
+                        cwd=str(dirs[0]), start_new_session=True)
             theirs.close()
             ready, _, _ = select.select([ours], [], [], INIT_TIMEOUT_SECONDS)
             init = read_message(ours.fileno()) if ready else None

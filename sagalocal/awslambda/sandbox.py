@@ -154,12 +154,14 @@ def main() -> None:
     sys.path[:0] = [p for p in os.environ.get("SAGALOCAL_PATH", "").split(os.pathsep) if p]
     handler_path = os.environ["_HANDLER"]
     module_name, _, function_name = handler_path.rpartition(".")
+    preloaded_ms = float(os.environ.pop("SAGALOCAL_PRELOADED_MS", "0"))  # forked from the preloader: its imports
     started, started_cpu = time.perf_counter(), time.process_time()
     try:
         handler = getattr(importlib.import_module(module_name), function_name)
-        # The init's CPU time is what a sandbox with a CPU of its own takes: the emulated cold start.
-        init: dict[str, Any] = {"ready": True, "init_ms": (time.process_time() - started_cpu) * 1000,
-                                "init_wall_ms": (time.perf_counter() - started) * 1000}
+        # The init's CPU time is what a sandbox with a CPU of its own takes: the emulated cold start (with what
+        # the preloader imported for it, had it imported that itself).
+        init: dict[str, Any] = {"ready": True, "init_ms": (time.process_time() - started_cpu) * 1000 + preloaded_ms,
+                                "init_wall_ms": (time.perf_counter() - started) * 1000 + preloaded_ms}
     except BaseException as exc:  # noqa: BLE001 - reported to the caller as Lambda does
         handler = None
         payload = error_payload(exc)
@@ -187,5 +189,66 @@ def main() -> None:
         write_message(control.fileno(), {"pid": _fork_sandbox(handler, control, fds[0], fds[1])})
 
 
+# What the preloader imports: libraries every function imports, and that read no environment when imported. Never
+# the project's own code (a deploy replaces it) nor anything a function's code folder holds a copy of (runtime.py
+# starts such a function on its own).
+PRELOAD = ("boto3", "botocore.session", "botocore.client", "pydantic")
+
+
+def preloader(control_fd: int) -> None:
+    """A stack's preloader: it imports PRELOAD once, then forks the functions' template processes, each of which
+    sets its function's environment, folder and log and goes on as `main()` does. A stack starts a template per
+    function (fifteen here): each importing boto3 and pydantic again cost ~0.4 CPU-s of a boot's ~13."""
+    control = socket.socket(fileno=control_fd)
+    started = time.process_time()
+    for name in PRELOAD:
+        importlib.import_module(name)
+    preloaded_ms = (time.process_time() - started) * 1000
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # templates are reaped automatically
+    gc.freeze()
+    write_message(control.fileno(), {"ready": True, "preloaded_ms": preloaded_ms})
+    while True:
+        request = read_message(control.fileno())
+        if request is None:
+            return
+        _, fds, _, _ = socket.recv_fds(control, 1, 2)
+        if len(fds) != 2:
+            write_message(control.fileno(), {"error": "the template's socket and log were not received"})
+            continue
+        pid = os.fork()
+        if pid == 0:
+            status = 1
+            try:
+                control.close()
+                os.setsid()
+                template_control, log = fds
+                null = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(null, 0)
+                os.close(null)
+                os.dup2(log, 1)
+                os.dup2(log, 2)
+                os.close(log)
+                os.chdir(request["cwd"])
+                os.environ.clear()
+                os.environ.update(request["env"])
+                os.environ["SAGALOCAL_PRELOADED_MS"] = str(preloaded_ms)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                sys.argv = [__file__, str(template_control)]
+                main()
+                status = 0
+            except BaseException:  # noqa: BLE001
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(status)
+        for fd in fds:
+            os.close(fd)
+        write_message(control.fileno(), {"pid": pid})
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1] == "--preloader":
+        preloader(int(sys.argv[2]))
+    else:
+        main()

@@ -25,6 +25,7 @@ from sagalocal.awslambda.runtime import (
     FunctionRuntime,
     FunctionSpec,
     InvokeResult,
+    Preloader,
     RuntimeFailure,
     Throttled,
 )
@@ -48,6 +49,7 @@ class LambdaService:
     def __init__(self, base_environment: dict[str, str], concurrency: int = 1000, cold_start_delay: bool = True,
                  idle_seconds: float = 120.0) -> None:
         self.base_environment = base_environment
+        self.preloader = Preloader(base_environment)
         self.account = Concurrency(concurrency)
         self.cold_start_delay = cold_start_delay
         self.idle_seconds = idle_seconds
@@ -66,7 +68,7 @@ class LambdaService:
         if spec.reserved_concurrency is not None and spec.logical_id not in self._reserved:
             self._reserved[spec.logical_id] = Concurrency(spec.reserved_concurrency)
         return FunctionRuntime(spec, self.base_environment, self.account, self.cold_start_delay, self.idle_seconds,
-                               reserved=self._reserved.get(spec.logical_id))
+                               reserved=self._reserved.get(spec.logical_id), preloader=self.preloader)
 
     def add(self, spec: FunctionSpec) -> FunctionRuntime:
         """The function's $LATEST (a deploy's new one replaces it: the old one ends its invocations, then closes)."""
@@ -198,6 +200,7 @@ class LambdaService:
             thread.start()
         for thread in threads:
             thread.join(timeout=10)
+        self.preloader.close()
 
     def stats(self) -> dict[str, Any]:
         """Each function's cold starts and throttles, all its versions together, and each version's own."""
