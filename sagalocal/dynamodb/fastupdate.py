@@ -10,9 +10,11 @@ to a copy of the item's attribute dict, which then replaces the item's: no deep 
 Anything else takes moto's own path, unchanged, so moto's errors stay moto's: an expression moto refuses (it is
 still parsed by moto first, from its cache), a nested path or another function, an item that does not exist yet,
 a placeholder that is not defined, an operand that is missing or of the wrong type, a key attribute updated, one
-attribute in two actions, a failed condition, an item grown past the size limit. The result is moto's to the
-attribute and to the order of the item's attributes: tests/unit/test_dynamodb_fastupdate.py holds the two side by
-side on every update expression the saga sends and on the refusals, and the simulation's log with and without it.
+attribute in two actions, a key attribute read, an index key of the wrong type or empty, a failed condition, an
+item that might grow past the size limit. The result is moto's to the attribute and to the order of the item's
+attributes (where moto would share one value between two attributes and change it in place later, the fast path
+copies, as DynamoDB does): tests/unit/test_dynamodb_fastupdate.py holds the two side by side on every update
+expression the saga sends and on the refusals, and tests/sim/test_engine_fast_path.py the simulation's record.
 """
 
 from __future__ import annotations
@@ -206,13 +208,28 @@ def _overlap(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
     return a[:len(b)] == b or b[:len(a)] == a
 
 
+def _operands(operand: Operand | None) -> list[Operand]:
+    """Every operand inside `operand`, itself included (both arguments of if_not_exists and of + and -)."""
+    if operand is None:
+        return []
+    return [operand, *_operands(operand.left), *_operands(operand.right)]
+
+
 def _apply(actions: tuple[Action, ...], attrs: dict[str, Any], names: dict[str, str] | None,
-           values: dict[str, Any] | None, keys: tuple[str, ...]) -> dict[str, Any]:
+           values: dict[str, Any] | None, keys: tuple[str, ...], defined: dict[str, str]) -> dict[str, Any]:
     """The item's attributes after the update: a new dict, with a new map for every map changed on the way down
-    (`attrs` and its values are not changed)."""
+    (`attrs` and its values are not changed). `keys`: the table's key attributes; `defined`: its attribute
+    definitions (the keys of the table and of its indexes) with their types."""
     from moto.dynamodb.models.dynamo_type import DynamoType
 
     targets = [_names(action.path, names) for action in actions]
+    # moto's validator resolves every placeholder and visits every path, the operands' too, before executing: one
+    # not defined, or a key attribute read or written anywhere, is its error.
+    for operand in (o for action in actions for o in _operands(action.operand)):
+        if operand.kind == "value" and (not values or operand.name not in values):
+            raise _Unsupported(operand.name)
+        if operand.kind == "path" and _names(operand.path, names)[0] in keys:
+            raise _Unsupported("a key attribute read")
     for n, target in enumerate(targets):
         if target[0] in keys or any(_overlap(target, other) for other in targets[n + 1:]):
             raise _Unsupported("a key attribute, or overlapping paths")
@@ -257,6 +274,9 @@ def _apply(actions: tuple[Action, ...], attrs: dict[str, Any], names: dict[str, 
                 value = DynamoType({value.type: merged})
             else:
                 raise _Unsupported("ADD of neither a number nor a set")
+        if len(target) == 1 and target[0] in defined and (
+                value.type != defined[target[0]] or value.value in ("", b"")):
+            raise _Unsupported("an index key of the wrong type, or empty")  # moto's type and empty-key checks
         parent[last] = value
     return result
 
@@ -306,11 +326,18 @@ def _try(backend: Any, table_name: str, key: dict[str, Any], expression: str, ac
         return None  # moto creates the item first: its path
     if not create_condition_expression_parser(condition, names, values).parse().expr(item):
         return None
+    defined = {d["AttributeName"]: d["AttributeType"] for d in table.attr or []}
     try:
-        attrs = _apply(actions, item.attrs, names, values, tuple(table.table_key_attrs))
+        attrs = _apply(actions, item.attrs, names, values, tuple(table.table_key_attrs), defined)
     except _Unsupported:
         return None
-    if sum(bytesize(name) + value.size() for name, value in attrs.items()) > SIZE_LIMIT:
+    # moto checks the size at every attribute it sets, counting the item as it is at that moment plus the new value
+    # (a replaced one twice): no such sum can exceed the item before plus every value set, so under that bound
+    # moto refuses nothing, and over it moto decides.
+    before_size = sum(bytesize(name) + value.size() for name, value in item.attrs.items())
+    added = sum(bytesize(target) + value.size() for target, value in
+                ((t[0], attrs[t[0]]) for t in (_names(a.path, names) for a in actions) if t[0] in attrs))
+    if before_size + added > SIZE_LIMIT:
         return None
     before = Item.__new__(Item)
     before.hash_key, before.range_key, before.attrs = item.hash_key, item.range_key, item.attrs

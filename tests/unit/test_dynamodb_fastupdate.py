@@ -28,7 +28,7 @@ VALUES = {":q": N("2"), ":to": S("COMMITTED"), ":now": N("100"), ":zero": N("0")
           ":order": {"SS": ["ord_b", "ord_a", "ord_b"]}, ":customer": S("c1"), ":v": S("v"), ":w": S("w"),
           ":d": N("2.25"), ":l": {"L": [S("z")]}, ":map": {"M": {"a": {"L": [N("1"), {"M": {"b": S("c")}}]}}},
           ":empty": {"SS": []}, ":held": S("HELD"), ":outcome": S("captured"), ":big": S("x" * 300_000),
-          ":nums": {"NS": ["1", "2"]}}
+          ":nums": {"NS": ["1", "2"]}, ":b250": S("y" * 250_000), ":b300": S("y" * 300_000), ":e": S("")}
 
 # (expression, names, values used, condition, the item (None: absent), the fast path takes it)
 CASES = [
@@ -80,6 +80,16 @@ CASES = [
     ("ADD m.count :one", {}, [":one"], None, ORDER, False),
     ("SET label.inner = :v", {}, [":v"], None, ORDER, False),
     ("SET big = :big, big2 = :big", {}, [":big"], None, ORDER, False),
+    # found by a review: what moto's validator checks beyond the paths written
+    ("SET label = if_not_exists(label, :undefined)", {}, [], None, ORDER, False),
+    ("SET label = if_not_exists(label, #undefined)", {}, [], None, ORDER, False),
+    ("SET dup = k", {}, [], None, ORDER, False),
+    ("SET label = if_not_exists(label, k)", {}, [], None, ORDER, False),
+    ("SET zz = :b250", {}, [":b250"], None, {"zz": S("x" * 250_000)}, False),
+    ("SET big2 = :b300 REMOVE big", {}, [":b300"], None, {"big": S("x" * 300_000)}, False),
+    ("SET g = :one", {}, [":one"], None, ORDER, False),  # the index's key is a string
+    ("SET g = :e", {}, [":e"], None, ORDER, False),
+    ("SET g = :v", {}, [":v"], None, ORDER, True),
 ]
 
 
@@ -100,7 +110,11 @@ def run(ddb: Any, case: tuple[Any, ...], fast: bool, taken: list[Any]) -> tuple[
     expression, names, used, condition, item, _ = case
     table = "fast-" + uuid.uuid4().hex[:8]
     ddb.create_table(TableName=table, KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
-                     AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}], BillingMode="PAY_PER_REQUEST",
+                     AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"},
+                                           {"AttributeName": "g", "AttributeType": "S"}],
+                     GlobalSecondaryIndexes=[{"IndexName": "by-g", "Projection": {"ProjectionType": "ALL"},
+                                              "KeySchema": [{"AttributeName": "g", "KeyType": "HASH"}]}],
+                     BillingMode="PAY_PER_REQUEST",
                      StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"})
     key = {"k": S("item")}
     if item is not None:
