@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from sagalocal.awslambda.code import Snapshot
-from sagalocal.awslambda.sandbox import PRELOAD, read_message, write_message
+from sagalocal.awslambda.sandbox import read_message, write_message
 
 INIT_TIMEOUT_SECONDS = 60.0  # Lambda allows 10 s of init; a loaded 2-core machine importing pydantic needs more
 SANDBOX = str(Path(__file__).with_name("sandbox.py"))
@@ -165,16 +165,32 @@ class Preloader:
     functions (a measured process is started by coverage's subprocess patch), or if the preloader cannot start.
     """
 
+    # What is read when an interpreter starts or when the preloaded libraries are imported: a function whose
+    # environment sets one of these differently from the stack's starts on its own (TZ is applied after the fork).
+    STARTUP = ("PYTHON", "LC_", "LANG", "BOTO", "AWS_NEW_RETRIES", "HOME", "PATH")
+
     def __init__(self, environment: dict[str, str]) -> None:
-        self.environment = environment
+        self.environment = environment  # the stack's base environment (the stack adds to it after this)
         self._lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
         self._control: socket.socket | None = None
-        self._failed = any(key in environment for key in ("COVERAGE_PROCESS_START", "COVERAGE_PROCESS_CONFIG"))
+        self._started_with: dict[str, str] = {}
+        self.modules: list[str] = []  # the top-level packages it imported
+        self._failed = False
+
+    def serves(self, environment: dict[str, str], dirs: list[Path]) -> bool:
+        """Whether a template with this environment and code can be forked from the preloader."""
+        changed = {k for k in set(environment) | set(self._started_with)
+                   if environment.get(k) != self._started_with.get(k)}
+        if any(k.startswith(self.STARTUP) for k in changed):
+            return False
+        return not any((d / name).is_dir() or any(d.glob(f"{name}.*")) for d in dirs for name in self.modules)
 
     def get(self, log_dir: Path) -> Preloader | None:
         with self._lock:
-            if self._failed:
+            # A measured stack's functions are started by coverage's subprocess patch, which measures them.
+            measured = any(k in self.environment for k in ("COVERAGE_PROCESS_START", "COVERAGE_PROCESS_CONFIG"))
+            if self._failed or measured:
                 return None
             if self._process is None or self._process.poll() is not None:
                 try:
@@ -189,9 +205,10 @@ class Preloader:
     def _start(self, log_dir: Path) -> None:
         ours, theirs = socket.socketpair()
         log_dir.mkdir(parents=True, exist_ok=True)
+        environment = dict(self.environment)
         with open(log_dir / "LambdaPreloader.log", "ab") as log:
             process = subprocess.Popen([sys.executable, SANDBOX, "--preloader", str(theirs.fileno())],
-                                       env=self.environment, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                       env=environment, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                        pass_fds=(theirs.fileno(),), start_new_session=True)
         theirs.close()
         ready, _, _ = select.select([ours], [], [], INIT_TIMEOUT_SECONDS)
@@ -202,16 +219,23 @@ class Preloader:
             ours.close()
             raise RuntimeFailure(f"no answer from the preloader: {answer}")
         self._process, self._control = process, ours
+        self._started_with, self.modules = environment, list(answer.get("modules") or [])
 
     def fork(self, environment: dict[str, str], cwd: str, control_fd: int, log_fd: int) -> int:
         """A template process with this environment, folder, control socket and log: its pid."""
         with self._lock:
-            assert self._control is not None
-            write_message(self._control.fileno(), {"env": environment, "cwd": cwd})
-            socket.send_fds(self._control, [b"T"], [control_fd, log_fd])
-            answer = read_message(self._control.fileno())
-        if not answer or "pid" not in answer:
-            raise RuntimeFailure(f"the preloader did not start a template: {answer}")
+            if self._control is None or self._failed:
+                raise RuntimeFailure("the preloader is closed")
+            try:
+                write_message(self._control.fileno(), {"env": environment, "cwd": cwd})
+                socket.send_fds(self._control, [b"T"], [control_fd, log_fd])
+                ready, _, _ = select.select([self._control], [], [], INIT_TIMEOUT_SECONDS)
+                answer = read_message(self._control.fileno()) if ready else None
+            except OSError as exc:
+                answer = {"error": str(exc)}
+            if not answer or "pid" not in answer:
+                self._failed = True  # the next templates start on their own
+                raise RuntimeFailure(f"the preloader did not start a template: {answer}")
         return int(answer["pid"])
 
     def close(self) -> None:
@@ -228,33 +252,52 @@ class Preloader:
 
 
 class _Forked:
-    """A template process the preloader forked (not this process's child): what FunctionRuntime asks of a Popen."""
+    """A template process the preloader forked (not this process's child): what FunctionRuntime asks of a Popen.
+    It is known by its pid and its start time (so a pid reused by another process is not taken for it), and a
+    zombie (its preloader gone, its new parent not reaping it) counts as ended."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
+        self._started = self._start_time()
+
+    def _start_time(self) -> str | None:
+        try:
+            with open(f"/proc/{self.pid}/stat") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+        except OSError:
+            return None
+        return "Z" if fields[0] == "Z" else fields[19]
 
     def poll(self) -> int | None:
+        if os.path.isdir("/proc/self"):
+            now = self._start_time()
+            return None if now is not None and now != "Z" and now == self._started else 0
         try:
             os.kill(self.pid, 0)
         except ProcessLookupError:
             return 0  # gone (the preloader reaps it)
         except PermissionError:
-            return None
+            return 0  # another user's process has its pid now
         return None
 
     def wait(self, timeout: float | None = None) -> int:
-        deadline = None if timeout is None else time.monotonic() + timeout
+        """Until it ends; without a timeout, at most 30 s (then it is killed: it is not ours to wait for forever)."""
+        deadline = time.monotonic() + (30.0 if timeout is None else timeout)
         while self.poll() is None:
-            if deadline is not None and time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired(f"template {self.pid}", timeout or 0)
+            if time.monotonic() > deadline:
+                if timeout is not None:
+                    raise subprocess.TimeoutExpired(f"template {self.pid}", timeout)
+                self.kill()
+                return 0
             time.sleep(0.02)
         return 0
 
     def kill(self) -> None:
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        if self.poll() is None:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)  # its session: its sandboxes too
+            except OSError:
+                pass
 
 
 class FunctionRuntime:
@@ -311,18 +354,20 @@ class FunctionRuntime:
             ours, theirs = socket.socketpair()
             self.spec.log_path.parent.mkdir(parents=True, exist_ok=True)
             dirs = self.spec.code_dirs()  # a version's code, as it was published
+            environment = self.environment(dirs)
             preloader = self.preloader.get(self.spec.log_path.parent) if self.preloader is not None else None
-            if preloader is not None and any((Path(d) / name.split(".")[0]).exists()
-                                             for d in dirs for name in PRELOAD):
-                preloader = None  # the function's code holds its own copy of a preloaded library
+            if preloader is not None and not preloader.serves(environment, [Path(d) for d in dirs]):
+                preloader = None  # its interpreter settings differ, or its code holds its own copy of a library
             with open(self.spec.log_path, "ab") as log:
-                process: subprocess.Popen[bytes] | _Forked
+                process: subprocess.Popen[bytes] | _Forked | None = None
                 if preloader is not None:
-                    process = _Forked(preloader.fork(self.environment(dirs), str(dirs[0]), theirs.fileno(),
-                                                     log.fileno()))
-                else:
+                    try:
+                        process = _Forked(preloader.fork(environment, str(dirs[0]), theirs.fileno(), log.fileno()))
+                    except RuntimeFailure as exc:
+                        print(f"sagalocal: {self.spec.logical_id} starts on its own: {exc}", file=sys.stderr)
+                if process is None:
                     process = subprocess.Popen(
-                        [sys.executable, SANDBOX, str(theirs.fileno())], env=self.environment(dirs),
+                        [sys.executable, SANDBOX, str(theirs.fileno())], env=environment,
                         stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(theirs.fileno(),),
                         cwd=str(dirs[0]), start_new_session=True)
             theirs.close()
@@ -526,10 +571,13 @@ class FunctionRuntime:
                 self._template.wait(timeout=2)
             except subprocess.TimeoutExpired:
                 pass
-            try:  # the template's process group: its busy sandboxes too (a hung handler, say)
-                os.killpg(self._template.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            if isinstance(self._template, _Forked):
+                self._template.kill()  # its session, if it is still the process it was
+            else:
+                try:  # the template's process group: its busy sandboxes too (a hung handler, say)
+                    os.killpg(self._template.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             self._template.wait()
 
 

@@ -204,9 +204,15 @@ def preloader(control_fd: int) -> None:
     for name in PRELOAD:
         importlib.import_module(name)
     preloaded_ms = (time.process_time() - started) * 1000
+    # Every top-level package the imports brought in from outside the standard library (urllib3, jmespath, ...):
+    # a function whose code holds a copy of one of them must import its own, so it is started on its own.
+    stdlib = os.path.dirname(os.__file__)
+    loaded = sorted({name.partition(".")[0] for name, module in list(sys.modules.items())
+                     if not name.startswith("_")
+                     and not (getattr(module, "__file__", None) or stdlib).startswith(stdlib)})
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # templates are reaped automatically
     gc.freeze()
-    write_message(control.fileno(), {"ready": True, "preloaded_ms": preloaded_ms})
+    write_message(control.fileno(), {"ready": True, "preloaded_ms": preloaded_ms, "modules": loaded})
     while True:
         request = read_message(control.fileno())
         if request is None:
@@ -232,6 +238,7 @@ def preloader(control_fd: int) -> None:
                 os.environ.clear()
                 os.environ.update(request["env"])
                 os.environ["SAGALOCAL_PRELOADED_MS"] = str(preloaded_ms)
+                time.tzset()  # the function's TZ, as a process started with it would have
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 sys.argv = [__file__, str(template_control)]
                 main()

@@ -1100,11 +1100,18 @@ class World:
         listed = []
         for execution in sorted(machine.executions, key=lambda e: e.start_date, reverse=True):
             item = {"executionArn": execution.execution_arn, "name": execution.name, "status": execution.status,
-                    "startDate": execution.start_date, "stateMachineArn": self.stack.state_machine_arn}
+                    "startDate": _to_ms(execution.start_date), "stateMachineArn": self.stack.state_machine_arn}
+            if execution.stop_date is not None:
+                item["stopDate"] = _to_ms(execution.stop_date)
             if execution.error:
                 item["error"] = execution.error
             listed.append(item)
         return listed
+
+
+def _to_ms(moment: datetime.datetime) -> datetime.datetime:
+    """A timestamp as the API gives it: to the millisecond (the virtual clock's jittered waits leave microseconds)."""
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
 def _price(sku: str) -> int:
