@@ -4,7 +4,7 @@ module, so that tests sharing the process (`pytest tests` in one go) meet real c
 The explorer's paths, the random mixes and the replay of one mix run in two worker processes of their own,
 untraced (coverage's tracer makes a case 2.6 and a mix 1.8 times slower; tests/sim/test_pivot.py runs, traced,
 the cases that reach the lines only the explorer used to reach). Their work is handed to the workers as soon as
-the tests are collected, and the three tests that read it run last: meanwhile this process runs the other tests
+the tests are collected, and the four tests that read it run last: meanwhile this process runs the other tests
 of the tier."""
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ WORKERS = 2
 EXPLORER = "test_every_crash_point_of_every_path_keeps_every_invariant"
 MIXES = "test_random_mixes_of_orders_faults_and_takeovers_keep_every_invariant"
 REPLAY = "test_a_mix_replays_exactly"
+FAST_PATH = "test_every_case_runs_the_same_on_the_fast_path_and_on_moto_s_own"
 # The paths, the longest first (their case counts in docs/scenarios.md), then the mixes in small chunks: each
 # worker takes the next piece as it finishes one, so the two end together.
 LONGEST_FIRST = ["second-capture-refused", "capture-refused", "three-cards", "second-declined", "coupon-declined",
@@ -44,11 +45,15 @@ def _start(names: set[str]) -> None:
         _work[MIXES] = [pool.submit(run_mixes, list(SEEDS)[n::MIX_CHUNKS]) for n in range(MIX_CHUNKS)]
     if REPLAY in names:  # one mix twice, each in whichever worker is free: the same result from any process
         _work[REPLAY] = [pool.submit(run_mix, 7), pool.submit(run_mix, 7)]
+    if FAST_PATH in names:
+        from tests.sim.test_engine_fast_path import CASES, both_ways
+
+        _work[FAST_PATH] = [pool.submit(both_ways, case) for case in CASES]
 
 
 @pytest.hookimpl(trylast=True)  # after -k and -m have deselected what they deselect
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    background = [item for item in items if item.name in (EXPLORER, MIXES, REPLAY)]
+    background = [item for item in items if item.name in (EXPLORER, MIXES, REPLAY, FAST_PATH)]
     if not background:
         return
     items[:] = [item for item in items if item not in background] + background
