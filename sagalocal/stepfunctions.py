@@ -78,6 +78,7 @@ def install(lambda_service: Any) -> None:
             _installed[0] = lambda_service
             return
         _installed.append(lambda_service)
+        _interpreter_without_batch()
         _direct_lambda_dispatch()
         _timeouts_without_cpu_waits()
         _cache_parsed_definitions()
@@ -94,6 +95,31 @@ def install(lambda_service: Any) -> None:
 
 def _service() -> Any:
     return _installed[0]
+
+
+# ---- 0. the interpreter without moto's Batch and EC2 --------------------------------------------------
+def _interpreter_without_batch() -> None:
+    """moto's ASL interpreter imports `moto.batch.utils` for one enum (JobStatus, of its Batch integration), and
+    importing it runs `moto.batch`, which imports all of moto's EC2: 1.4 CPU-s in every process that interprets a
+    state machine (every stack, every simulation worker), for a service the template never calls. `moto.batch.utils`
+    is loaded here under a bare stand-in of its package, which is then forgotten: a later `import moto.batch` (a
+    Batch request, should one come) runs the real package."""
+    import importlib.util
+    import sys
+    import types
+
+    if "moto.batch.utils" in sys.modules or "moto.batch" in sys.modules:
+        return
+    spec = importlib.util.find_spec("moto.batch")
+    if spec is None or not spec.submodule_search_locations:
+        return
+    stand_in = types.ModuleType("moto.batch")
+    stand_in.__path__ = list(spec.submodule_search_locations)
+    sys.modules["moto.batch"] = stand_in
+    try:
+        importlib.import_module("moto.batch.utils")
+    finally:
+        del sys.modules["moto.batch"]
 
 
 # ---- 1. lambda:invoke without HTTP ---------------------------------------------------------------

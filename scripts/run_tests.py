@@ -1,9 +1,9 @@
 """`make test`: every tier, side by side, with coverage of src/ and functions/.
 
-Seven pytest processes: the stack tier; its two heaviest tests (on a stack of their own); its tests that start
-stacks of their own (the CLI's, the short-lease stacks); the unit tier in two halves; the browser tier; and the
-simulation (its crash-point explorer and random mixes run in two worker processes of their own). Much of the stack
-tier waits (timeouts, backoffs, leases), so the others fill the machine.
+Eight pytest processes: the stack tier; its two heaviest tests (on a stack of their own); its tests that start
+stacks of their own, in two groups (the CLI's, the short-lease stacks; the gateway's, the limits'); the unit tier
+in two halves; the browser tier; and the simulation (its crash-point explorer and random mixes run in two worker
+processes of their own). Much of the stack tier waits (timeouts, backoffs, leases), so the others fill the machine.
 
 Coverage (pyproject.toml's [tool.coverage]) measures where it pays: the unit, browser and simulation pytest
 processes and whatever they start. It is left out where it does not (sagalocal/untraced.py, GROUPS below): the
@@ -26,6 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ["tests/stack/test_invariants.py", "tests/stack/test_concurrency.py"]
 # They start their own, and mostly wait.
 OWN_STACKS = ["tests/stack/test_cli.py", "tests/stack/test_leases.py", "tests/stack/test_versions.py"]
+# They start their own too (the gateway's outage, Stripe's fake, the API's limits): ~130 s of the stack group's
+# waiting, which left it the run's last group.
+OWN_STACKS_TOO = ["tests/stack/test_breaker.py", "tests/stack/test_stripe.py", "tests/stack/test_limits.py"]
 UNIT = sorted(str(path.relative_to(ROOT)) for path in (ROOT / "tests" / "unit").glob("test_*.py"))
 # name: (pytest arguments, measured by coverage). The first group's output is shown as it runs; the others' when
 # they end. Each stack group starts its own embedded stack; the heavy load (60 fault-injected sagas, the
@@ -33,9 +36,10 @@ UNIT = sorted(str(path.relative_to(ROOT)) for path in (ROOT / "tests" / "unit").
 # lines to the unit, browser and simulation tiers' (the API's error handlers for raw bodies, a lost
 # StartExecution answer, the client-side lost-response hook), now unit tests of their own, for ~45 CPU-s a run.
 GROUPS = {
-    "stack": (["tests/stack", *[f"--deselect={path}" for path in HEAVY + OWN_STACKS]], False),
+    "stack": (["tests/stack", *[f"--deselect={path}" for path in HEAVY + OWN_STACKS + OWN_STACKS_TOO]], False),
     "stack, under load": ([*HEAVY, "-s"], False),  # -s: their summaries (outcomes of the sagas, the races) print
     "stack, own stacks": (OWN_STACKS, False),
+    "stack, own stacks too": (OWN_STACKS_TOO, False),
     # The unit tier in two halves (every other file): much of it waits (slow fakes, visibility timeouts, commit
     # windows), and one process waiting alone made it the run's longest group.
     "unit, first half": (UNIT[0::2], True),
