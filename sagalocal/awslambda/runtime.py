@@ -167,7 +167,8 @@ class Preloader:
 
     # What is read when an interpreter starts or when the preloaded libraries are imported: a function whose
     # environment sets one of these differently from the stack's starts on its own (TZ is applied after the fork).
-    STARTUP = ("PYTHON", "LC_", "LANG", "BOTO", "AWS_NEW_RETRIES", "HOME", "PATH")
+    STARTUP = ("PYTHON", "LC_", "LANG", "BOTO", "AWS_NEW_RETRIES", "HOME", "PATH", "LD_", "MALLOC_", "OPENSSL_",
+               "SSL_")
 
     def __init__(self, environment: dict[str, str]) -> None:
         self.environment = environment  # the stack's base environment (the stack adds to it after this)
@@ -234,7 +235,11 @@ class Preloader:
             except OSError as exc:
                 answer = {"error": str(exc)}
             if not answer or "pid" not in answer:
-                self._failed = True  # the next templates start on their own
+                # The next templates start on their own; this one too, on a new socket (the preloader may still
+                # hold this one): the preloader is stopped so that it forks nothing more.
+                self._failed = True
+                if self._process is not None:
+                    self._process.kill()
                 raise RuntimeFailure(f"the preloader did not start a template: {answer}")
         return int(answer["pid"])
 
@@ -264,8 +269,10 @@ class _Forked:
         try:
             with open(f"/proc/{self.pid}/stat") as stat:
                 fields = stat.read().rpartition(")")[2].split()
+        except (FileNotFoundError, ProcessLookupError):
+            return None  # gone
         except OSError:
-            return None
+            return getattr(self, "_started", None)  # cannot look now (out of fds, say): taken as still running
         return "Z" if fields[0] == "Z" else fields[19]
 
     def poll(self) -> int | None:
@@ -293,11 +300,12 @@ class _Forked:
         return 0
 
     def kill(self) -> None:
-        if self.poll() is None:
-            try:
-                os.killpg(self.pid, signal.SIGKILL)  # its session: its sandboxes too
-            except OSError:
-                pass
+        """Its session: its sandboxes too, even once the template itself has ended (a hung handler's sandbox).
+        Linux gives no new process a pid while a process group of that id still has members."""
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 class FunctionRuntime:
@@ -365,6 +373,9 @@ class FunctionRuntime:
                         process = _Forked(preloader.fork(environment, str(dirs[0]), theirs.fileno(), log.fileno()))
                     except RuntimeFailure as exc:
                         print(f"sagalocal: {self.spec.logical_id} starts on its own: {exc}", file=sys.stderr)
+                        ours.close()
+                        theirs.close()
+                        ours, theirs = socket.socketpair()  # the failed fork's may still be held
                 if process is None:
                     process = subprocess.Popen(
                         [sys.executable, SANDBOX, str(theirs.fileno())], env=environment,
@@ -571,13 +582,10 @@ class FunctionRuntime:
                 self._template.wait(timeout=2)
             except subprocess.TimeoutExpired:
                 pass
-            if isinstance(self._template, _Forked):
-                self._template.kill()  # its session, if it is still the process it was
-            else:
-                try:  # the template's process group: its busy sandboxes too (a hung handler, say)
-                    os.killpg(self._template.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            try:  # the template's process group: its busy sandboxes too (a hung handler, say)
+                os.killpg(self._template.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
             self._template.wait()
 
 

@@ -206,10 +206,9 @@ def preloader(control_fd: int) -> None:
     preloaded_ms = (time.process_time() - started) * 1000
     # Every top-level package the imports brought in from outside the standard library (urllib3, jmespath, ...):
     # a function whose code holds a copy of one of them must import its own, so it is started on its own.
-    stdlib = os.path.dirname(os.__file__)
     loaded = sorted({name.partition(".")[0] for name, module in list(sys.modules.items())
-                     if not name.startswith("_")
-                     and not (getattr(module, "__file__", None) or stdlib).startswith(stdlib)})
+                     if name != "__main__" and any(part in (getattr(module, "__file__", None) or "").split(os.sep)
+                                                   for part in ("site-packages", "dist-packages"))})
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # templates are reaped automatically
     gc.freeze()
     write_message(control.fileno(), {"ready": True, "preloaded_ms": preloaded_ms, "modules": loaded})

@@ -233,6 +233,19 @@ def _apply(actions: tuple[Action, ...], attrs: dict[str, Any], names: dict[str, 
     for n, target in enumerate(targets):
         if target[0] in keys or any(_overlap(target, other) for other in targets[n + 1:]):
             raise _Unsupported("a key attribute, or overlapping paths")
+        if len(target) > 1 and target[0] in defined:
+            raise _Unsupported("inside an index key")  # moto checks the type of the path's first attribute
+    # moto's SET of a bare path (or of if_not_exists's path) stores the item's own value object under the new name;
+    # an action that changes that attribute in place (a SET or REMOVE inside it, an ADD to it) then changes both,
+    # and moto's size checks count it twice. Such an update is moto's to answer.
+    changed_in_place = {t[0] for t, action in zip(targets, actions, strict=True)
+                        if len(t) > 1 or action.clause == "ADD"}
+    for action in actions:
+        shared = [action.operand, action.operand.left] if action.operand is not None and \
+            action.operand.kind == "if_not_exists" else [action.operand]
+        for operand in shared:
+            if operand is not None and operand.kind == "path" and _names(operand.path, names)[0] in changed_in_place:
+                raise _Unsupported("a value shared with an attribute changed in place")
     # Every operand is read from the item as it was, as moto's validator resolves them all before executing.
     resolved = [None if action.clause == "REMOVE" else _evaluate(action.operand, attrs, names, values)  # type: ignore[arg-type]
                 for action in actions]

@@ -90,6 +90,12 @@ CASES = [
     ("SET g = :one", {}, [":one"], None, ORDER, False),  # the index's key is a string
     ("SET g = :e", {}, [":e"], None, ORDER, False),
     ("SET g = :v", {}, [":v"], None, ORDER, True),
+    # found by a second review: a nested path inside an index key; a value moto shares with one it changes in place
+    ("SET g.x = :one", {}, [":one"], None, {**ORDER, "g": {"M": {"x": S("a")}}}, False),
+    ("SET g.x = :e", {}, [":e"], None, {**ORDER, "g": {"M": {"x": S("a")}}}, False),
+    ("SET a = m, m.x = :b250, z = :one", {}, [":b250", ":one"], None, ORDER, False),
+    ("SET a = open_orders ADD open_orders :order", {}, [":order"], None, ORDER, False),
+    ("SET a = if_not_exists(m, :v) REMOVE m.x", {}, [":v"], None, ORDER, False),
 ]
 
 
