@@ -5,7 +5,9 @@ The explorer's paths, the random mixes and the replay of one mix run in two work
 untraced (coverage's tracer makes a case 2.6 and a mix 1.8 times slower; tests/sim/test_pivot.py runs, traced,
 the cases that reach the lines only the explorer used to reach). Their work is handed to the workers as soon as
 the tests are collected, and the four tests that read it run last: meanwhile this process runs the other tests
-of the tier."""
+of the tier. Each piece runs from a frame with room on the frame stack (sagalocal/framestack.py): a pool
+worker's call depth otherwise swung across the edge of CPython's 16 KiB frame chunks, mapping and unmapping one
+~800 times a case (a fifth of the workers' CPU)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import Any
 import pytest
 
 from sagalocal import untraced
+from sagalocal.framestack import call
 from sagalocal.sim.explore import explore, run_mix, run_mixes
 from sagalocal.sim.world import shutdown
 
@@ -40,15 +43,15 @@ def _start(names: set[str]) -> None:
     pool = ProcessPoolExecutor(WORKERS, mp_context=multiprocessing.get_context("spawn"), initializer=untraced.here)
     _pool.append(pool)
     if EXPLORER in names:
-        _work[EXPLORER] = [pool.submit(explore, [path]) for path in LONGEST_FIRST]
+        _work[EXPLORER] = [pool.submit(call, explore, [path]) for path in LONGEST_FIRST]
     if MIXES in names:
-        _work[MIXES] = [pool.submit(run_mixes, list(SEEDS)[n::MIX_CHUNKS]) for n in range(MIX_CHUNKS)]
+        _work[MIXES] = [pool.submit(call, run_mixes, list(SEEDS)[n::MIX_CHUNKS]) for n in range(MIX_CHUNKS)]
     if REPLAY in names:  # one mix twice, each in whichever worker is free: the same result from any process
-        _work[REPLAY] = [pool.submit(run_mix, 7), pool.submit(run_mix, 7)]
+        _work[REPLAY] = [pool.submit(call, run_mix, 7), pool.submit(call, run_mix, 7)]
     if FAST_PATH in names:
         from tests.sim.test_engine_fast_path import CASES, both_ways
 
-        _work[FAST_PATH] = [pool.submit(both_ways, case) for case in CASES]
+        _work[FAST_PATH] = [pool.submit(call, both_ways, case) for case in CASES]
 
 
 @pytest.hookimpl(trylast=True)  # after -k and -m have deselected what they deselect
