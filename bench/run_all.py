@@ -24,9 +24,11 @@ import subprocess
 import sys
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bill  # noqa: E402
 import coldstart  # noqa: E402
 import measure  # noqa: E402
 import stacks  # noqa: E402
@@ -140,7 +142,8 @@ def main() -> int:
     print("\n" + table(results, markdown=False))
     path = os.path.join(OUT, "benchmarks-quick.md") if quick else os.path.join(ROOT, "docs", "benchmarks.md")
     img = os.path.join(OUT if quick else os.path.join(ROOT, "docs", "img"), "bench-throughput.png")
-    kept = kept_reaper_section(path)  # bench/reaper_drain.py's section, measured on its own
+    # The sections measured on their own: bench/reaper_drain.py's and bench/bill.py's.
+    kept = kept_reaper_section(path) + bill.kept_section(Path(path))
     with open(path, "w") as f:
         f.write(render(results, img, os.path.relpath(img, os.path.dirname(path))) + kept)
     print(f"\nwritten: {os.path.relpath(path, ROOT)}, {os.path.relpath(img, ROOT)}; {results['minutes']:.1f} min; "

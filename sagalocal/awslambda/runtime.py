@@ -18,6 +18,7 @@ concurrency is the function's, shared by all of its versions, as on AWS.
 
 from __future__ import annotations
 
+import math
 import os
 import select
 import signal
@@ -333,6 +334,8 @@ class FunctionRuntime:
         self.retiring = False  # replaced (a deploy's new $LATEST): closed once its last invocation ends
         self.cold_starts = 0
         self.throttles = 0
+        self.invocations = 0  # each handler run that ended (an answer, an error, a crash, a time-out)
+        self.billed_ms = 0  # their durations, each rounded up to the millisecond, as Lambda bills them
 
     # ---- the template process -----------------------------------------------------------------
     def environment(self, dirs: list[Path] | None = None) -> dict[str, str]:
@@ -503,6 +506,9 @@ class FunctionRuntime:
             sandbox.close(kill=True)
             raise
         result.init_ms = cold_ms
+        with self._lock:
+            self.invocations += 1
+            self.billed_ms += math.ceil(result.duration_ms)
         if result.payload is _DEAD:
             self._release(None)
             sandbox.close(kill=True)

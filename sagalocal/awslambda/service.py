@@ -203,13 +203,16 @@ class LambdaService:
         self.preloader.close()
 
     def stats(self) -> dict[str, Any]:
-        """Each function's cold starts and throttles, all its versions together, and each version's own."""
+        """Each function's cold starts, throttles, invocations and billed milliseconds (each run's duration rounded
+        up to the millisecond), all its versions together; and each version's cold starts and throttles."""
         functions: dict[str, Any] = {}
         for lid, latest in list(self.runtimes.items()):
             runtimes = {"$LATEST": latest, **self.versions.get(lid, {})}
             functions[lid] = {"cold_starts": sum(r.cold_starts for r in runtimes.values()),
                               "throttles": sum(r.throttles for r in runtimes.values()),
                               "init_ms": round(max(r.init_ms for r in runtimes.values())),
+                              "invocations": sum(r.invocations for r in runtimes.values()),
+                              "billed_ms": sum(r.billed_ms for r in runtimes.values()),
                               "aliases": dict(self.aliases.get(lid, {})),
                               "versions": {v: {"cold_starts": r.cold_starts, "throttles": r.throttles}
                                            for v, r in runtimes.items()}}

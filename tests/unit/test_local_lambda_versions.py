@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import threading
 import time
@@ -130,3 +131,14 @@ def test_a_snapshot_is_taken_once_per_content_and_runs_from_the_sources_while_th
     write_code(tmp_path, "two")
     assert first.dirs() == first.copies
     assert "'one'" in (first.copies[0] / "app.py").read_text()
+
+
+def test_stats_count_every_invocation_of_every_version_and_the_milliseconds_lambda_bills(lambdas):
+    """What the bill reads (bench/bill.py): each run's duration rounded up to the millisecond, summed."""
+    service, latest, publish, _ = lambdas
+    publish(latest, "1")
+    durations = [service.invoke("Fn", {"sleep": 0.02}).duration_ms, service.invoke("Fn:1", {}).duration_ms]
+    stats = service.stats()["functions"]["Fn"]
+    assert stats["invocations"] == 2
+    assert stats["billed_ms"] == sum(math.ceil(d) for d in durations)
+    assert stats["billed_ms"] >= 20

@@ -1,0 +1,286 @@
+"""The full bill (issue 21, point 1): what a million sagas of each path cost on AWS, component by component, from
+counts measured on the embedded stack -> docs/benchmarks.md's "The full bill" section.
+
+  python bench/bill.py [--sagas K]      (`make bench-bill`; `make bench` keeps the section it wrote)
+
+One fresh embedded stack (bench/stacks.py's `new`: the reaper's schedule a day apart, so no sweep lands inside a
+measurement). For each path (plain, coupon, two cards), one warm-up saga (its sandboxes' cold starts are not a
+saga's), then K sagas one at a time; around those K, the deltas of:
+  - each execution's history: the states entered and each task's retries (transitions), the tasks (Lambda requests);
+  - the Lambda service's counters (/_sagalocal/lambda/stats): every function's invocations, the API's and the
+    stream's PublishOutcome's too, and the milliseconds Lambda would bill (each run rounded up to 1 ms);
+  - the DynamoDB process's meter (/_sagalocal/dynamodb/stats): WRU and RRU as on-demand bills them, index writes
+    included;
+  - the functions' log files (what CloudWatch Logs would ingest from them) and the outcome events PublishOutcome
+    logged as published (EventBridge PutEvents entries).
+The stream's PublishOutcome runs after the execution ends: each measurement waits until its invocations stop
+changing (a deadline of 30 s). What cannot be measured here is an assumption, stated in the section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT), str(ROOT / "bench")]
+
+from common import PATH_PRICE, PATH_SKU, execution_arn, history, http, load, post_order, wait_end  # noqa: E402
+from report import md  # noqa: E402
+
+BEGIN = "<!-- full-bill: written by bench/bill.py; bench/run_all.py keeps it -->"
+END = "<!-- /full-bill -->"
+DOC = ROOT / "docs" / "benchmarks.md"
+
+# us-east-1 list prices, December 2026 (../shared/notes/aws-semantics.md; the services' pricing pages).
+PRICES = {
+    "transition": 25.0 / 1e6,  # Step Functions Standard, per state transition
+    "lambda_request": 0.20 / 1e6,
+    "gb_s": {"x86_64": 0.0000166667, "arm64": 0.0000133334},  # Lambda duration and INIT, per GB-second
+    "wru": 0.625 / 1e6, "rru": 0.125 / 1e6,  # DynamoDB on demand
+    "api_request": 3.50 / 1e6,  # API Gateway REST, first 333 million a month
+    "waf_request": 0.60 / 1e6,  # AWS WAF, per request the web ACL inspects (plus $5/month the ACL, $1/month a rule)
+    "event": 1.00 / 1e6,  # EventBridge custom events (PutEvents entries of up to 64 KB)
+    "logs_gb": 0.50,  # CloudWatch Logs ingestion (standard class), per GB
+    "trace": 5.00 / 1e6,  # X-Ray traces recorded (the first 100,000 a month are free)
+}
+SAMPLED = 0.05  # X-Ray's default sampling rule: the first request each second, then 5% (a busy service: 5%)
+COLD_SHARE = 0.01  # assumed: 1 invocation in 100 starts a new sandbox (steady traffic; AWS quotes under 1%)
+PATHS = [("plain", {}, ["tok_approve"]), ("coupon", {"coupon": "FIVEOFF"}, ["tok_approve"]),
+         ("two cards", {}, ["tok_approve", "tok_approve"])]
+NOT_AWS_LOGS = ("DynamoDB.log", "LambdaPreloader.log")  # the emulator's own
+
+
+def template_settings() -> dict[str, Any]:
+    """The functions' memory and architecture (Globals), and one API access-log line at typical lengths."""
+    from sagalocal.template import Template
+
+    template = Template(ROOT / "template.yaml")
+    function = template.raw["Globals"]["Function"]
+    stage = next(r for r in template.raw["Resources"].values() if r["Type"] == "AWS::Serverless::Api")
+    line = stage["Properties"]["AccessLogSetting"]["Format"]
+    typical = {"requestId": "x" * 36, "identity.sourceIp": "203.0.113.10", "authorizer.claims.sub": "x" * 36,
+               "httpMethod": "POST", "resourcePath": "/orders", "status": "202", "error.messageString": "",
+               "responseLatency": "120", "requestTimeEpoch": "1796614019281"}
+    access = re.sub(r"\$context\.([A-Za-z.]+)", lambda m: typical.get(m.group(1), "x" * 8), line)
+    return {"memory_gb": function["MemorySize"] / 1024, "architecture": function["Architectures"][0],
+            "access_log_bytes": len(access.encode()) + 1}
+
+
+def counters(stack: Any, log_dir: Path) -> dict[str, Any]:
+    lambdas = http("GET", f"{stack.endpoint}/_sagalocal/lambda/stats")[1]["functions"]
+    dynamo = http("GET", f"{stack.dynamodb_endpoint}/_sagalocal/stats")[1]
+    logs = {p.name: p.stat().st_size for p in log_dir.glob("*.log") if p.name not in NOT_AWS_LOGS}
+    published = log_dir / "PublishOutcomeFunction.log"
+    events = published.read_text(errors="replace").count('"outcome published"') if published.exists() else 0
+    return {"lambdas": {name: (f["invocations"], f["billed_ms"], f["init_ms"]) for name, f in lambdas.items()},
+            "wru": dynamo["total_wru"], "rru": dynamo["total_rru"], "logs": logs, "events": events}
+
+
+def settled(stack: Any, log_dir: Path, deadline_s: float = 30.0) -> dict[str, Any]:
+    """The counters once PublishOutcome's invocations stopped changing (the stream's consumer runs after the end)."""
+    deadline = time.monotonic() + deadline_s
+    last = counters(stack, log_dir)
+    while time.monotonic() < deadline:
+        time.sleep(1.5)  # the stream's mapping polls every second
+        now = counters(stack, log_dir)
+        if now["lambdas"] == last["lambdas"] and now["events"] == last["events"]:
+            return now
+        last = now
+    raise TimeoutError("the Lambda counters kept changing for 30 s after the sagas ended")
+
+
+def order_of(extra: dict[str, Any], tokens: list[str]) -> dict[str, Any]:
+    order: dict[str, Any] = {"items": [{"sku": PATH_SKU, "quantity": 1}], **extra}
+    total = PATH_PRICE - (500 if "coupon" in extra else 0)  # FIVEOFF: 5.00 off
+    if len(tokens) == 1:
+        order["payment_token"] = tokens[0]
+    else:
+        order["payment"] = [{"token": t, "amount": total // len(tokens) + (total % len(tokens) if i == 0 else 0)}
+                            for i, t in enumerate(tokens)]
+    return order
+
+
+def one_saga(stack: Any, order: dict[str, Any]) -> dict[str, int]:
+    status, accepted = post_order(stack, json.dumps(order).encode(), {"Idempotency-Key": uuid.uuid4().hex})
+    if status != 202:
+        raise RuntimeError(f"POST /orders answered {status}: {str(accepted)[:300]}")
+    arn = execution_arn(stack, accepted)
+    described = wait_end(stack, arn)
+    if described["status"] != "SUCCEEDED":
+        raise RuntimeError(f"{arn} ended {described['status']}: {described.get('error')}")
+    events = history(stack, arn)
+    entered = sum(e["type"].endswith("StateEntered") for e in events)
+    scheduled = sum(e["type"] in ("TaskScheduled", "LambdaFunctionScheduled") for e in events)
+    tasks = sum(e["type"] == "TaskStateEntered" for e in events)
+    return {"transitions": entered + max(0, scheduled - tasks), "tasks": scheduled}
+
+
+def measure_path(stack: Any, log_dir: Path, extra: dict[str, Any], tokens: list[str], k: int) -> dict[str, Any]:
+    order = order_of(extra, tokens)
+    one_saga(stack, order)  # warm-up: this path's sandboxes start here, not in the measurement
+    before = settled(stack, log_dir)
+    runs = [one_saga(stack, order) for _ in range(k)]
+    after = settled(stack, log_dir)
+    per_function = {}
+    for name, (n, ms, init_ms) in after["lambdas"].items():
+        n0, ms0, _ = before["lambdas"].get(name, (0, 0, 0))
+        if n != n0:
+            per_function[name] = {"invocations": (n - n0) / k, "billed_ms": (ms - ms0) / k, "init_ms": init_ms}
+    return {"k": k, "transitions": sum(r["transitions"] for r in runs) / k,
+            "tasks": sum(r["tasks"] for r in runs) / k, "functions": per_function,
+            "wru": (after["wru"] - before["wru"]) / k, "rru": (after["rru"] - before["rru"]) / k,
+            "log_bytes": sum(after["logs"].get(n, 0) - before["logs"].get(n, 0) for n in after["logs"]) / k,
+            "events": (after["events"] - before["events"]) / k}
+
+
+def bill(m: dict[str, Any], settings: dict[str, Any], architecture: str) -> list[tuple[str, str, float, float]]:
+    """(component, count per saga as text, count, $ per million sagas) for one path on one architecture."""
+    gb, per_gb_s = settings["memory_gb"], PRICES["gb_s"][architecture]
+    invocations = sum(f["invocations"] for f in m["functions"].values())
+    billed_s = sum(f["billed_ms"] for f in m["functions"].values()) / 1000
+    # A cold start bills its INIT at the same GB-s rate: COLD_SHARE of the invocations, each with its function's
+    # measured INIT.
+    init_s = sum(f["invocations"] * COLD_SHARE * f["init_ms"] / 1000 for f in m["functions"].values())
+    requests = 1  # POST /orders; a client polling GET /orders/{id} adds one API (and WAF) request a poll
+    traces = 2 * SAMPLED  # the request's trace (API, execution, tasks) and PublishOutcome's (a stream's batch)
+    log_gb = (m["log_bytes"] + requests * settings["access_log_bytes"]) / 1e9
+    rows = [
+        ("Step Functions transitions", f"{m['transitions']:g}", m["transitions"], PRICES["transition"]),
+        ("Lambda requests", f"{invocations:g}", invocations, PRICES["lambda_request"]),
+        (f"Lambda duration ({architecture}, {gb * 1024:.0f} MB)",
+         f"{billed_s * 1000:.0f} ms = {billed_s * gb:.4f} GB-s", billed_s * gb, per_gb_s),
+        (f"Lambda INIT ({COLD_SHARE:.0%} of invocations cold)", f"{init_s * 1000:.1f} ms = {init_s * gb:.5f} GB-s",
+         init_s * gb, per_gb_s),
+        ("DynamoDB write units (indexes included)", f"{m['wru']:g} WRU", m["wru"], PRICES["wru"]),
+        ("DynamoDB read units", f"{m['rru']:g} RRU", m["rru"], PRICES["rru"]),
+        ("API Gateway REST requests", f"{requests}", requests, PRICES["api_request"]),
+        ("AWS WAF requests inspected", f"{requests}", requests, PRICES["waf_request"]),
+        ("EventBridge events (outcome)", f"{m['events']:g}", m["events"], PRICES["event"]),
+        ("SQS requests", "0", 0, 0.40 / 1e6),
+        ("CloudWatch Logs ingested", f"{log_gb * 1e9:,.0f} bytes", log_gb, PRICES["logs_gb"]),
+        (f"X-Ray traces recorded ({SAMPLED:.0%} sampled)", f"{traces:g}", traces, PRICES["trace"]),
+    ]
+    return [(name, text, n, n * price * 1e6) for name, text, n, price in rows]
+
+
+def section(results: dict[str, Any]) -> str:
+    settings, paths = results["settings"], results["paths"]
+    names = list(paths)
+    bills = {arch: {p: bill(paths[p], settings, arch) for p in names} for arch in ("x86_64", "arm64")}
+    head = ["component", *[f"{p}: per saga" for p in names], *[f"{p}: $/M" for p in names]]
+    body = []
+    for i, (component, *_rest) in enumerate(bills[settings["architecture"]][names[0]]):
+        body.append([component, *[bills[settings["architecture"]][p][i][1] for p in names],
+                     *[f"{bills[settings['architecture']][p][i][3]:.2f}" for p in names]])
+    for arch in ("x86_64", "arm64"):
+        body.append([f"**total, {arch}**", *["" for _ in names],
+                     *[f"**{sum(r[3] for r in bills[arch][p]):.2f}**" for p in names]])
+    shares = {p: next(r[3] for r in bills[settings["architecture"]][p] if r[0].startswith("Step Functions"))
+              / sum(r[3] for r in bills[settings["architecture"]][p]) for p in names}
+    saving = {p: sum(r[3] for r in bills["x86_64"][p]) - sum(r[3] for r in bills["arm64"][p]) for p in names}
+    functions = sorted({f for p in names for f in paths[p]["functions"]})
+    per_function = [[f, *[(f"{paths[p]['functions'][f]['invocations']:g} x, "
+                          f"{paths[p]['functions'][f]['billed_ms'] / paths[p]['functions'][f]['invocations']:.1f} ms"
+                          if f in paths[p]["functions"] else "-") for p in names],
+                     max(paths[p]["functions"][f]["init_ms"] for p in names if f in paths[p]["functions"])]
+                    for f in functions]
+    return "\n".join([
+        BEGIN, "", "## The full bill (issue 21, point 1)", "",
+        f"Measured {results['date']} at commit `{results['commit']}` on {results['machine']} by `make bench-bill` "
+        f"(bench/bill.py): one fresh embedded stack, {results['k']} sagas of each path one at a time after a "
+        f"warm-up saga; load average {results['load_start']} at the start, {results['load_end']} at the end. "
+        "Counts are measured (each execution's history, the Lambda service's counters, the DynamoDB meter, the "
+        "functions' log files, the outcome events published); prices are us-east-1 list prices, December 2026, "
+        "per million sagas. The template's functions: "
+        f"{settings['memory_gb'] * 1024:.0f} MB, {settings['architecture']}.", "",
+        md(head, body), "",
+        "Step Functions' share of the bill (" + settings["architecture"] + "): "
+        + ", ".join(f"{p} {shares[p]:.0%}" for p in names) + ". arm64 instead of x86_64 saves "
+        + ", ".join(f"{p} ${saving[p]:.2f} ({saving[p] / sum(r[3] for r in bills['x86_64'][p]):.2%})" for p in names)
+        + " per million sagas (duration and INIT, 20% less a GB-s). Transitions are the bill: one state less on a "
+        "path saves $25 per million sagas, more than moving every function to arm64 would.", "",
+        "Each function's invocations per saga and its billed milliseconds per invocation (the handler's own time "
+        "on this machine, its DynamoDB and gateway calls to local processes included); INIT is the function's "
+        "cold start measured here:", "",
+        md(["function", *names, "INIT ms"], per_function), "",
+        "Assumptions (what is not measured here):",
+        "",
+        "- Durations are this machine's: on AWS a DynamoDB call takes a few milliseconds of network each way, "
+        "and a Lambda's CPU share follows its memory. Read the duration line as an order of magnitude.",
+        f"- INIT: {COLD_SHARE:.0%} of invocations start a sandbox (steady traffic), each billed its function's "
+        "INIT as measured here (billed since August 2025).",
+        "- API Gateway and WAF: one request per saga (the POST). A client that polls GET /orders/{id} adds "
+        f"${(PRICES['api_request'] + PRICES['waf_request']) * 1e6:.2f} per million polls. WAF's $5 a month for the "
+        "web ACL and $1 a month a rule, the reaper's schedule (a Reaper invocation a minute and its queries, about "
+        "43,200 a month) and the CloudWatch dashboards and alarms are fixed monthly costs, not per saga.",
+        f"- Logs: the functions' log lines as written here (JSON, {settings['access_log_bytes']} bytes of API "
+        "access log per request, from the template's format); Lambda's platform lines are off "
+        "(SystemLogLevel WARN); Step Functions logs errors only (a happy saga writes none).",
+        f"- X-Ray: two traces per saga (the request's, through the execution and its tasks; the stream's "
+        f"PublishOutcome), {SAMPLED:.0%} of them recorded (the default rule at a steady rate); traces retrieved "
+        "or scanned are not counted.",
+        "- SQS: none for a saga that ends on its own; the reaper's queue carries abandoned sagas only.", "",
+        END, ""])
+
+
+def write_section(text: str, path: Path = DOC) -> None:
+    doc = path.read_text() if path.exists() else ""
+    if BEGIN in doc:
+        head, _, rest = doc.partition(BEGIN)
+        doc = head + text + rest.partition(END)[2].lstrip("\n")
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + text
+    path.write_text(doc)
+
+
+def kept_section(path: Path = DOC) -> str:
+    """The section as the file has it, for `make bench` to write back after its own."""
+    doc = path.read_text() if path.exists() else ""
+    if BEGIN not in doc:
+        return ""
+    return "\n" + BEGIN + doc.partition(BEGIN)[2].partition(END)[0] + END + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sagas", type=int, default=5, help="sagas measured per path (default 5)")
+    parser.add_argument("--out", type=Path, default=DOC, help="the Markdown file to write the section into")
+    args = parser.parse_args(argv)
+    if args.sagas < 1:
+        parser.error("--sagas must be at least 1")
+    from stacks import start_new
+
+    results: dict[str, Any] = {"k": args.sagas, "load_start": load(), "settings": template_settings(),
+                               "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                               "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                                        capture_output=True, text=True).stdout.strip() or "?",
+                               "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, "
+                                          f"Python {platform.python_version()}"}
+    stack = start_new()
+    try:
+        log_dir = Path(http("GET", f"{stack.endpoint}/_sagalocal/metrics")[1]["log_dir"])
+        results["paths"] = {name: measure_path(stack, log_dir, extra, tokens, args.sagas)
+                            for name, extra, tokens in PATHS}
+    finally:
+        stack.stop()
+    results["load_end"] = load()
+    text = section(results)
+    write_section(text, args.out)
+    print(text)
+    print(f"written: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

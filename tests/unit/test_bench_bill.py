@@ -1,0 +1,70 @@
+"""bench/bill.py: the full bill's arithmetic, from a measurement, and where its section goes in docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))
+import bill  # noqa: E402
+
+MEASURED = {"k": 3, "transitions": 5.0, "tasks": 4.0, "wru": 40.0, "rru": 2.0, "log_bytes": 5000.0, "events": 1.0,
+            "functions": {"OrdersApiFunction": {"invocations": 1.0, "billed_ms": 20.0, "init_ms": 600},
+                          "CreateOrderFunction": {"invocations": 1.0, "billed_ms": 6.0, "init_ms": 500},
+                          "PublishOutcomeFunction": {"invocations": 1.0, "billed_ms": 10.0, "init_ms": 500}}}
+SETTINGS = {"memory_gb": 0.5, "architecture": "x86_64", "access_log_bytes": 234}
+
+
+def dollars(rows: list[tuple[str, str, float, float]], component: str) -> float:
+    return next(d for name, _, _, d in rows if name.startswith(component))
+
+
+def test_each_component_is_its_count_times_its_list_price_per_million_sagas():
+    rows = bill.bill(MEASURED, SETTINGS, "x86_64")
+    assert dollars(rows, "Step Functions") == pytest.approx(5 * 25.0)
+    assert dollars(rows, "Lambda requests") == pytest.approx(3 * 0.20)
+    assert dollars(rows, "Lambda duration") == pytest.approx(0.036 * 0.5 * 0.0000166667 * 1e6)
+    assert dollars(rows, "Lambda INIT") == pytest.approx(0.01 * 1.6 * 0.5 * 0.0000166667 * 1e6)
+    assert dollars(rows, "DynamoDB write") == pytest.approx(40 * 0.625)
+    assert dollars(rows, "DynamoDB read") == pytest.approx(2 * 0.125)
+    assert dollars(rows, "API Gateway") == pytest.approx(3.50)
+    assert dollars(rows, "EventBridge") == pytest.approx(1.00)
+    assert dollars(rows, "CloudWatch Logs") == pytest.approx((5000 + 234) / 1e9 * 0.50 * 1e6)
+    assert dollars(rows, "X-Ray") == pytest.approx(2 * 0.05 * 5.00)
+
+
+def test_arm64_costs_less_only_in_duration_and_init():
+    x86, arm = bill.bill(MEASURED, SETTINGS, "x86_64"), bill.bill(MEASURED, SETTINGS, "arm64")
+    differ = [a[0] for a, b in zip(x86, arm, strict=True) if a[3] != b[3]]
+    assert [name.split(" (")[0] for name in differ] == ["Lambda duration", "Lambda INIT"]
+    assert sum(r[3] for r in arm) < sum(r[3] for r in x86)
+
+
+def test_the_section_replaces_its_old_self_and_keeps_the_rest_of_the_page(tmp_path):
+    page = tmp_path / "benchmarks.md"
+    page.write_text("# Benchmarks\n\nbefore\n")
+    results = {"k": 3, "settings": SETTINGS, "paths": {"plain": MEASURED}, "date": "d", "commit": "c",
+               "machine": "m", "load_start": [0, 0, 0], "load_end": [0, 0, 0]}
+    bill.write_section(bill.section(results), page)
+    bill.write_section(bill.section({**results, "commit": "c2"}), page)
+    text = page.read_text()
+    assert text.startswith("# Benchmarks\n\nbefore\n")
+    assert text.count(bill.BEGIN) == text.count(bill.END) == 1
+    assert "commit `c2`" in text
+    assert "commit `c`" not in text
+    assert bill.kept_section(page).strip().startswith(bill.BEGIN)
+    assert "| **total, arm64** |" in text
+
+
+def test_the_template_gives_the_functions_memory_and_architecture():
+    settings = bill.template_settings()
+    assert settings["architecture"] in ("x86_64", "arm64")
+    assert 0.125 <= settings["memory_gb"] <= 10.24
+    assert 100 < settings["access_log_bytes"] < 1000
+
+
+def test_docs_publish_the_full_bill():
+    assert bill.BEGIN in (ROOT / "docs" / "benchmarks.md").read_text()
