@@ -96,11 +96,14 @@ def place(stack: Any, sku: str = SKU, attempts: int = 8) -> tuple[str, int]:
     raise AssertionError("unreachable")
 
 
-def wait_end(stack: Any, arn: str, timeout: float = 120.0, poll: float = POLL_S) -> dict[str, Any]:
-    """The ended execution: the embedded stack announces it (no polling); other stacks are polled every `poll` s."""
+def wait_end(stack: Any, arn: str, timeout: float = 120.0, poll: float = POLL_S,
+             announced: bool | None = None) -> dict[str, Any]:
+    """The ended execution: the embedded stack announces it (no polling); other stacks are polled every `poll` s.
+    `announced=False` polls a stack that could announce (the same end detection as the others)."""
+    announced = stack.announces_ends if announced is None else announced and stack.announces_ends
     deadline = time.monotonic() + timeout
     while True:
-        if stack.announces_ends:
+        if announced:
             query = urllib.parse.urlencode({"arn": arn, "timeout": max(0.1, deadline - time.monotonic())})
             http("GET", f"{stack.endpoint}/_sagalocal/executions/wait?{query}", timeout=timeout + 10)
         described = stack.sfn.describe_execution(executionArn=arn)
@@ -108,16 +111,16 @@ def wait_end(stack: Any, arn: str, timeout: float = 120.0, poll: float = POLL_S)
             return described
         if time.monotonic() > deadline:
             raise TimeoutError(f"{arn} still RUNNING after {timeout:.0f} s")
-        if not stack.announces_ends:
+        if not announced:
             time.sleep(poll)
 
 
-def saga(stack: Any, sku: str = SKU, poll: float = POLL_S) -> dict[str, Any]:
+def saga(stack: Any, sku: str = SKU, poll: float = POLL_S, announced: bool | None = None) -> dict[str, Any]:
     """One saga, POST to its end: wall ms as the client saw it, and ms to the stopDate the stack stamped."""
     started_at, started = time.time(), time.perf_counter()
     arn, retried = place(stack, sku)
     posted = time.perf_counter()
-    described = wait_end(stack, arn, poll=poll)
+    described = wait_end(stack, arn, poll=poll, announced=announced)
     return {"arn": arn, "status": described["status"], "retried": retried,
             "post_ms": (posted - started) * 1000, "wall_ms": (time.perf_counter() - started) * 1000,
             "stop_ms": (described["stopDate"].timestamp() - started_at) * 1000}

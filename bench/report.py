@@ -53,10 +53,14 @@ def rows(r: dict[str, Any]) -> list[list[str]]:
     med = g(lat, "new", "median_ms")
     add("embedded median per happy saga, POST to SUCCEEDED", "243 ms", f(g(lat, "baseline", "median_ms"), unit=" ms"),
         f(med, unit=" ms"), "<= 60 ms", med, lambda v: v <= 60)
-    ratios = {t: (g(lat, "ministack", "median_ms") / g(lat, t, "median_ms"),
+    # The target is read on the same end detection for both stacks (each polled from the bench every 20 ms); the
+    # ratio with the new stack announcing its ends, and the one by the stopDate each stack stamps, beside it.
+    ratios = {t: (g(lat, "ministack", "median_ms") / g(lat, t, "median_polled_ms", default=g(lat, t, "median_ms")),
+                  g(lat, "ministack", "median_ms") / g(lat, t, "median_ms"),
                   g(lat, "ministack", "median_stop_ms") / g(lat, t, "median_stop_ms"))
               for t in ("baseline", "new") if g(lat, "ministack") and g(lat, t)}
-    text = {t: f"{x:.2f}x ({y:.2f}x by stopDate)" for t, (x, y) in ratios.items()}
+    text = {t: f"{same:.2f}x, both polled ({announced:.2f}x announced, {stop:.2f}x by stopDate)" if t == "new"
+            else f"{same:.2f}x, both polled ({stop:.2f}x by stopDate)" for t, (same, announced, stop) in ratios.items()}
     why = r["blocked"].get("start ministack and samlocal deploy")
     add("independent emulator (ministack) / embedded, same run", "1.04-1.17x", text.get("baseline", NA),
         f"blocked: {why[:150]}" if why else text.get("new", NA), ">= 5x", g(ratios, "new", 0), lambda v: v >= 5)
@@ -146,8 +150,11 @@ def render(r: dict[str, Any], img_path: str, img_rel: str) -> str:
             "- **End of an execution.** The new stack announces it (`GET /_sagalocal/executions/wait`, no polling "
             "inside or outside the stack); 5d5f643 and ministack cannot, so the bench polls DescribeExecution every "
             "20 ms from its own process (throughput: 20 ms x clients, so 50 calls/s in all). Polling adds ~10 ms "
-            "on average to their wall figures, so the ratios are also given by the stopDate each stack stamps "
-            "(POST sent -> stopDate, same machine clock).",
+            "on average to their wall figures. The ministack ratio's target is read with the same end detection for "
+            "both stacks: after the turns above, the new stack runs as many sagas again, one at a time, their ends "
+            "detected as the others' are (DescribeExecution polled every 20 ms). The ratio with the new stack "
+            "announcing, and the one by the stopDate each stack stamps (POST sent -> stopDate, same machine "
+            "clock), are beside it.",
             "- **Latency** (and the ministack ratio): happy sagas one at a time, the three stacks taking turns "
             "(3 warm-up sagas each, not counted). Every order goes through `bench/common.py:post_order`.",
             "- **Requests and units**: the new stack's DynamoDB process counts requests and meters WRU/RRU as AWS "
