@@ -155,6 +155,8 @@ def render(r: dict[str, Any], img_path: str, img_rel: str) -> str:
             "detected as the others' are (DescribeExecution polled every 20 ms). The ratio with the new stack "
             "announcing, and the one by the stopDate each stack stamps (POST sent -> stopDate, same machine "
             "clock), are beside it.",
+            "- **ministack** deploys `sam build`'s template (`samlocal deploy`) without what it cannot create: "
+            + "; ".join(r.get("ministack_left_out") or ["nothing left out"]) + " (bench/stacks.py).",
             "- **Latency** (and the ministack ratio): happy sagas one at a time, the three stacks taking turns "
             "(3 warm-up sagas each, not counted). Every order goes through `bench/common.py:post_order`.",
             "- **Requests and units**: the new stack's DynamoDB process counts requests and meters WRU/RRU as AWS "

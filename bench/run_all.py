@@ -90,6 +90,7 @@ def main() -> int:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     results: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"), "quick": quick,
+        "ministack_left_out": list(stacks.MINISTACK_LEFT_OUT),
         "commit": commit.stdout.strip(), "baseline": stacks.BASELINE_COMMIT, "load_start": load(),
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, Python "
                    f"{platform.python_version()}", "blocked": {}, "crashed": []}
