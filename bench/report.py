@@ -254,8 +254,12 @@ def render(r: dict[str, Any], img_path: str, img_rel: str) -> str:
                 f"py-spy (`--gil --nonblocking`, 100 Hz, {prof['seconds']} s on {prof['processes']} busy processes) "
                 f"while {prof['sagas']} happy sagas ran back to back; ms of Python CPU per saga (own time).", "",
                 md(["process", "ms/saga", "by module", "top functions"],
-                   [[role, f"{ms:.1f}", ", ".join(f"{m} {x:.1f}" for m, x in prof["modules"].get(role, [])),
-                     ", ".join(f"`{fn}` {x:.1f}" for fn, x in prof["top"].get(role, []))]
+                   # py-spy names a frame it has no Python function for "" (native code): shown as such, never as
+                   # an empty code span, which would pair the table's backticks wrongly.
+                   [[role, f"{ms:.1f}", ", ".join(f"{m.strip() or '(native)'} {x:.1f}"
+                                                  for m, x in prof["modules"].get(role, [])),
+                     ", ".join(f"`{fn}` {x:.1f}" if fn.strip() else f"(native) {x:.1f}"
+                               for fn, x in prof["top"].get(role, []))]
                     for role, ms in prof["role_ms"].items()])]
     mt = r.get("make_test") or {}
     out += ["", "## `make test`", "", f"Not run by the bench. Duration: {f(mt.get('seconds'), '{:.0f} s')}; "

@@ -220,7 +220,7 @@ def venv(path: str, requirements: list[str]) -> str:
 # AWS::WAFv2::WebACLAssociation]". The state machine is then unversioned (the API starts executions on it, not on
 # the alias `live`) and the stage has no WAF; nothing a happy saga's latency depends on.
 MINISTACK_LEFT_OUT = ("the state machine's AutoPublishAlias (its version and alias `live`)",
-                      "AWS::WAFv2::WebACLAssociation")
+                      "the association of the stage with its WAF web ACL")
 
 
 def ministack_template(build_dir: str) -> str:

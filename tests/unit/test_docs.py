@@ -50,7 +50,6 @@ ALLOWED = {
     "CloudFormation": "AWS's deployment service, which runs `sam deploy` and rolls a failed rollout back",
     "OpenAPI": "the API's spec",
     "JSONPath": "the path syntax of the ASL's InputPath, OutputPath, ResultPath",
-    "JSONEncoder": "Python's json encoder, a frame of benchmarks.md's profiles",
     "BatchProcessor": "Powertools' partial batch response processor, which PublishOutcome's InOrderStreamProcessor "
                       "extends (imported, so only its members would be known)",
     "PaymentIntent": "Stripe's payment object, which the Stripe adapter drives (deploying.md)",
