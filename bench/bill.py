@@ -24,7 +24,6 @@ import datetime
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import time
@@ -53,28 +52,33 @@ PRICES = {
     "event": 1.00 / 1e6,  # EventBridge custom events (PutEvents entries of up to 64 KB)
     "logs_gb": 0.50,  # CloudWatch Logs ingestion (standard class), per GB
     "trace": 5.00 / 1e6,  # X-Ray traces recorded (the first 100,000 a month are free)
+    "sqs_request": 0.40 / 1e6,  # SQS standard queue requests (each 64 KB chunk)
 }
-SAMPLED = 0.05  # X-Ray's default sampling rule: the first request each second, then 5% (a busy service: 5%)
+RATE = 10.0  # assumed steady sagas a second (26 million a month): X-Ray's sampling depends on it
+# X-Ray's default rule: the first request each second (the reservoir), then 5% of the others.
+SAMPLED = min(1.0, (1 + 0.05 * (RATE - 1)) / RATE)
 COLD_SHARE = 0.01  # assumed: 1 invocation in 100 starts a new sandbox (steady traffic; AWS quotes under 1%)
 PATHS = [("plain", {}, ["tok_approve"]), ("coupon", {"coupon": "FIVEOFF"}, ["tok_approve"]),
          ("two cards", {}, ["tok_approve", "tok_approve"])]
-NOT_AWS_LOGS = ("DynamoDB.log", "LambdaPreloader.log")  # the emulator's own
+# The emulator's own logs; ApiAccess.log is the stage's access log (the template's format), which AWS ingests too.
+NOT_AWS_LOGS = ("DynamoDB.log", "LambdaPreloader.log")
 
 
 def template_settings() -> dict[str, Any]:
-    """The functions' memory and architecture (Globals), and one API access-log line at typical lengths."""
+    """The functions' memory and architecture (Globals), and the targets of the outcome events' rules (each event
+    a rule delivers to a queue is an SQS SendMessage)."""
     from sagalocal.template import Template
 
     template = Template(ROOT / "template.yaml")
     function = template.raw["Globals"]["Function"]
-    stage = next(r for r in template.raw["Resources"].values() if r["Type"] == "AWS::Serverless::Api")
-    line = stage["Properties"]["AccessLogSetting"]["Format"]
-    typical = {"requestId": "x" * 36, "identity.sourceIp": "203.0.113.10", "authorizer.claims.sub": "x" * 36,
-               "httpMethod": "POST", "resourcePath": "/orders", "status": "202", "error.messageString": "",
-               "responseLatency": "120", "requestTimeEpoch": "1796614019281"}
-    access = re.sub(r"\$context\.([A-Za-z.]+)", lambda m: typical.get(m.group(1), "x" * 8), line)
+    queues = {name for name, r in template.raw["Resources"].items() if r["Type"] == "AWS::SQS::Queue"}
+    to_queues = sum(1 for r in template.raw["Resources"].values() if r["Type"] == "AWS::Events::Rule"
+                    and "EventBusName" in (r.get("Properties") or {})
+                    for target in r["Properties"].get("Targets") or []
+                    if isinstance(target.get("Arn"), dict)
+                    and (target["Arn"].get("Fn::GetAtt") or [None])[0] in queues)
     return {"memory_gb": function["MemorySize"] / 1024, "architecture": function["Architectures"][0],
-            "access_log_bytes": len(access.encode()) + 1}
+            "event_queue_targets": to_queues}
 
 
 def counters(stack: Any, log_dir: Path) -> dict[str, Any]:
@@ -87,17 +91,19 @@ def counters(stack: Any, log_dir: Path) -> dict[str, Any]:
             "wru": dynamo["total_wru"], "rru": dynamo["total_rru"], "logs": logs, "events": events}
 
 
-def settled(stack: Any, log_dir: Path, deadline_s: float = 30.0) -> dict[str, Any]:
-    """The counters once PublishOutcome's invocations stopped changing (the stream's consumer runs after the end)."""
+def settled(stack: Any, log_dir: Path, events: int, deadline_s: float = 60.0) -> dict[str, Any]:
+    """The counters once PublishOutcome (the stream's consumer, after the executions end) has published `events`
+    outcome events in all and its invocations have stopped changing."""
     deadline = time.monotonic() + deadline_s
     last = counters(stack, log_dir)
     while time.monotonic() < deadline:
-        time.sleep(1.5)  # the stream's mapping polls every second
+        time.sleep(1.5)  # the stream's mapping long-polls for a second
         now = counters(stack, log_dir)
-        if now["lambdas"] == last["lambdas"] and now["events"] == last["events"]:
+        if now["events"] >= events and now["lambdas"] == last["lambdas"] and now["events"] == last["events"]:
             return now
         last = now
-    raise TimeoutError("the Lambda counters kept changing for 30 s after the sagas ended")
+    raise TimeoutError(f"PublishOutcome had not settled {deadline_s:.0f} s after the sagas ended "
+                       f"({last['events']} of {events} outcome events published)")
 
 
 def order_of(extra: dict[str, Any], tokens: list[str]) -> dict[str, Any]:
@@ -128,10 +134,11 @@ def one_saga(stack: Any, order: dict[str, Any]) -> dict[str, int]:
 
 def measure_path(stack: Any, log_dir: Path, extra: dict[str, Any], tokens: list[str], k: int) -> dict[str, Any]:
     order = order_of(extra, tokens)
+    published = counters(stack, log_dir)["events"]
     one_saga(stack, order)  # warm-up: this path's sandboxes start here, not in the measurement
-    before = settled(stack, log_dir)
+    before = settled(stack, log_dir, published + 1)
     runs = [one_saga(stack, order) for _ in range(k)]
-    after = settled(stack, log_dir)
+    after = settled(stack, log_dir, before["events"] + k)
     per_function = {}
     for name, (n, ms, init_ms) in after["lambdas"].items():
         n0, ms0, _ = before["lambdas"].get(name, (0, 0, 0))
@@ -154,7 +161,8 @@ def bill(m: dict[str, Any], settings: dict[str, Any], architecture: str) -> list
     init_s = sum(f["invocations"] * COLD_SHARE * f["init_ms"] / 1000 for f in m["functions"].values())
     requests = 1  # POST /orders; a client polling GET /orders/{id} adds one API (and WAF) request a poll
     traces = 2 * SAMPLED  # the request's trace (API, execution, tasks) and PublishOutcome's (a stream's batch)
-    log_gb = (m["log_bytes"] + requests * settings["access_log_bytes"]) / 1e9
+    sends = m["events"] * settings["event_queue_targets"]  # EventBridge delivering each outcome event to a queue
+    log_gb = m["log_bytes"] / 1e9
     rows = [
         ("Step Functions transitions", f"{m['transitions']:g}", m["transitions"], PRICES["transition"]),
         ("Lambda requests", f"{invocations:g}", invocations, PRICES["lambda_request"]),
@@ -167,9 +175,9 @@ def bill(m: dict[str, Any], settings: dict[str, Any], architecture: str) -> list
         ("API Gateway REST requests", f"{requests}", requests, PRICES["api_request"]),
         ("AWS WAF requests inspected", f"{requests}", requests, PRICES["waf_request"]),
         ("EventBridge events (outcome)", f"{m['events']:g}", m["events"], PRICES["event"]),
-        ("SQS requests", "0", 0, 0.40 / 1e6),
+        ("SQS requests (outcome events to their queue)", f"{sends:g}", sends, PRICES["sqs_request"]),
         ("CloudWatch Logs ingested", f"{log_gb * 1e9:,.0f} bytes", log_gb, PRICES["logs_gb"]),
-        (f"X-Ray traces recorded ({SAMPLED:.0%} sampled)", f"{traces:g}", traces, PRICES["trace"]),
+        (f"X-Ray traces recorded ({SAMPLED:.1%} sampled)", f"{traces:.3f}", traces, PRICES["trace"]),
     ]
     return [(name, text, n, n * price * 1e6) for name, text, n, price in rows]
 
@@ -210,9 +218,9 @@ def section(results: dict[str, Any]) -> str:
         + ", ".join(f"{p} ${saving[p]:.2f} ({saving[p] / sum(r[3] for r in bills['x86_64'][p]):.2%})" for p in names)
         + " per million sagas (duration and INIT, 20% less a GB-s). Transitions are the bill: one state less on a "
         "path saves $25 per million sagas, more than moving every function to arm64 would.", "",
-        "Each function's invocations per saga and its billed milliseconds per invocation (the handler's own time "
-        "on this machine, its DynamoDB and gateway calls to local processes included); INIT is the function's "
-        "cold start measured here:", "",
+        "Each function's invocations per saga and its billed milliseconds per invocation (each run's wall-clock "
+        "time on this machine, rounded up to the millisecond, its DynamoDB and gateway calls to local processes "
+        "included); INIT is the function's cold start measured here:", "",
         md(["function", *names, "INIT ms"], per_function), "",
         "Assumptions (what is not measured here):",
         "",
@@ -224,13 +232,17 @@ def section(results: dict[str, Any]) -> str:
         f"${(PRICES['api_request'] + PRICES['waf_request']) * 1e6:.2f} per million polls. WAF's $5 a month for the "
         "web ACL and $1 a month a rule, the reaper's schedule (a Reaper invocation a minute and its queries, about "
         "43,200 a month) and the CloudWatch dashboards and alarms are fixed monthly costs, not per saga.",
-        f"- Logs: the functions' log lines as written here (JSON, {settings['access_log_bytes']} bytes of API "
-        "access log per request, from the template's format); Lambda's platform lines are off "
-        "(SystemLogLevel WARN); Step Functions logs errors only (a happy saga writes none).",
+        "- Logs: the functions' log lines and the stage's access log as written here (JSON, the template's "
+        "formats); Lambda's platform lines are off (SystemLogLevel WARN); Step Functions logs errors only (a "
+        "happy saga writes none).",
         f"- X-Ray: two traces per saga (the request's, through the execution and its tasks; the stream's "
-        f"PublishOutcome), {SAMPLED:.0%} of them recorded (the default rule at a steady rate); traces retrieved "
-        "or scanned are not counted.",
-        "- SQS: none for a saga that ends on its own; the reaper's queue carries abandoned sagas only.", "",
+        f"PublishOutcome), at a steady {RATE:g} sagas a second: the default rule records the first each second "
+        f"and 5% of the rest, {SAMPLED:.1%} (at 1 saga a second or less, all of them: ${2 * 5:.2f} per million). "
+        "Traces retrieved or scanned are not counted.",
+        "- SQS: each outcome event's delivery to the queue its rule targets (the template's rules); the reaper's "
+        "queue carries abandoned sagas only, and the queue's consumer, if any, is not this stack.",
+        "- PublishOutcome: one invocation per saga, as the sagas ran one at a time; at volume one batch of the "
+        "stream (BatchSize 10) carries several, so fewer requests.", "",
         END, ""])
 
 

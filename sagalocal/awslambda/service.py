@@ -204,7 +204,9 @@ class LambdaService:
 
     def stats(self) -> dict[str, Any]:
         """Each function's cold starts, throttles, invocations and billed milliseconds (each run's duration rounded
-        up to the millisecond), all its versions together; and each version's cold starts and throttles."""
+        up to the millisecond; a run that ended in a crash counts ~0 ms, and an import error none), all its versions
+        together; and each version's cold starts and throttles. A $LATEST replaced by a redeploy takes its counts
+        with it."""
         functions: dict[str, Any] = {}
         for lid, latest in list(self.runtimes.items()):
             runtimes = {"$LATEST": latest, **self.versions.get(lid, {})}

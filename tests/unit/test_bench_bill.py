@@ -15,7 +15,7 @@ MEASURED = {"k": 3, "transitions": 5.0, "tasks": 4.0, "wru": 40.0, "rru": 2.0, "
             "functions": {"OrdersApiFunction": {"invocations": 1.0, "billed_ms": 20.0, "init_ms": 600},
                           "CreateOrderFunction": {"invocations": 1.0, "billed_ms": 6.0, "init_ms": 500},
                           "PublishOutcomeFunction": {"invocations": 1.0, "billed_ms": 10.0, "init_ms": 500}}}
-SETTINGS = {"memory_gb": 0.5, "architecture": "x86_64", "access_log_bytes": 234}
+SETTINGS = {"memory_gb": 0.5, "architecture": "x86_64", "event_queue_targets": 1}
 
 
 def dollars(rows: list[tuple[str, str, float, float]], component: str) -> float:
@@ -32,8 +32,10 @@ def test_each_component_is_its_count_times_its_list_price_per_million_sagas():
     assert dollars(rows, "DynamoDB read") == pytest.approx(2 * 0.125)
     assert dollars(rows, "API Gateway") == pytest.approx(3.50)
     assert dollars(rows, "EventBridge") == pytest.approx(1.00)
-    assert dollars(rows, "CloudWatch Logs") == pytest.approx((5000 + 234) / 1e9 * 0.50 * 1e6)
-    assert dollars(rows, "X-Ray") == pytest.approx(2 * 0.05 * 5.00)
+    assert dollars(rows, "CloudWatch Logs") == pytest.approx(5000 / 1e9 * 0.50 * 1e6)
+    assert dollars(rows, "SQS") == pytest.approx(1 * 0.40)
+    # 10 sagas a second: the default rule's reservoir (1 a second) and 5% of the other 9, for each of two traces.
+    assert dollars(rows, "X-Ray") == pytest.approx(2 * (1 + 0.05 * 9) / 10 * 5.00)
 
 
 def test_arm64_costs_less_only_in_duration_and_init():
@@ -59,12 +61,65 @@ def test_the_section_replaces_its_old_self_and_keeps_the_rest_of_the_page(tmp_pa
     assert "| **total, arm64** |" in text
 
 
-def test_the_template_gives_the_functions_memory_and_architecture():
+def test_the_template_gives_the_functions_memory_architecture_and_the_queues_outcome_events_go_to():
     settings = bill.template_settings()
     assert settings["architecture"] in ("x86_64", "arm64")
     assert 0.125 <= settings["memory_gb"] <= 10.24
-    assert 100 < settings["access_log_bytes"] < 1000
+    assert settings["event_queue_targets"] == 1  # OutcomeEventsRule -> OutcomeEventsQueue
 
 
 def test_docs_publish_the_full_bill():
     assert bill.BEGIN in (ROOT / "docs" / "benchmarks.md").read_text()
+
+
+BUILT = """
+Transform: AWS::Serverless-2016-10-31
+Resources:
+  Machine:
+    Type: AWS::Serverless::StateMachine
+    Properties: {AutoPublishAlias: live, DeploymentPreference: {Type: ALL_AT_ONCE}, DefinitionUri: m.json}
+  OrdersApi:
+    Type: AWS::Serverless::Function
+    Properties:
+      Environment: {Variables: {STATE_MACHINE_ARN: !Ref MachineAliaslive}}
+      Policies:
+        - Statement:
+            - Effect: Allow
+              Action: states:StartExecution
+              Resource: !Ref Machine
+              Condition: {"ForAnyValue:StringEquals": {"states:StateMachineQualifier": [live]}}
+            - Effect: Allow
+              Action: states:DescribeExecution
+              Resource: "*"
+  Association:
+    Type: AWS::WAFv2::WebACLAssociation
+    Properties: {ResourceArn: x, WebACLArn: y}
+Outputs:
+  StateMachineAliasArn: {Value: !Ref MachineAliaslive}
+"""
+
+
+def test_ministack_gets_the_template_without_the_state_machine_alias_and_the_waf_association(tmp_path):
+    import json
+
+    import stacks
+
+    (tmp_path / "template.yaml").write_text(BUILT)
+    shimmed = json.loads(Path(stacks.ministack_template(str(tmp_path))).read_text())
+    resources = shimmed["Resources"]
+    assert set(resources) == {"Machine", "OrdersApi"}
+    assert resources["Machine"]["Properties"] == {"DefinitionUri": "m.json"}
+    function = resources["OrdersApi"]["Properties"]
+    assert function["Environment"]["Variables"]["STATE_MACHINE_ARN"] == {"Ref": "Machine"}
+    start, describe = function["Policies"][0]["Statement"]
+    assert start == {"Effect": "Allow", "Action": "states:StartExecution", "Resource": {"Ref": "Machine"}}
+    assert describe["Resource"] == "*"
+    assert shimmed["Outputs"]["StateMachineAliasArn"]["Value"] == {"Ref": "Machine"}
+
+
+def test_the_baseline_gets_only_the_overrides_its_template_declares(tmp_path):
+    import stacks
+
+    (tmp_path / "template.yaml").write_text("Parameters:\n  ReaperSchedule: {Type: String}\nResources: {}\n")
+    assert stacks.declared(str(tmp_path / "template.yaml"), ["ReaperSchedule=rate(1 day)", "ApiClientRateLimit=9"]) \
+        == ["ReaperSchedule=rate(1 day)"]
