@@ -34,7 +34,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT), str(ROOT / "bench")]
 
-from common import PATH_PRICE, PATH_SKU, execution_arn, history, http, load, post_order, wait_end  # noqa: E402
+from common import (  # noqa: E402
+    PATH_SKU,
+    billed_transitions,
+    execution_arn,
+    history,
+    http,
+    load,
+    path_order,
+    post_order,
+    wait_end,
+)
 from report import md  # noqa: E402
 
 BEGIN = "<!-- full-bill: written by bench/bill.py; bench/run_all.py keeps it -->"
@@ -106,17 +116,6 @@ def settled(stack: Any, log_dir: Path, events: int, deadline_s: float = 60.0) ->
                        f"({last['events']} of {events} outcome events published)")
 
 
-def order_of(extra: dict[str, Any], tokens: list[str]) -> dict[str, Any]:
-    order: dict[str, Any] = {"items": [{"sku": PATH_SKU, "quantity": 1}], **extra}
-    total = PATH_PRICE - (500 if "coupon" in extra else 0)  # FIVEOFF: 5.00 off
-    if len(tokens) == 1:
-        order["payment_token"] = tokens[0]
-    else:
-        order["payment"] = [{"token": t, "amount": total // len(tokens) + (total % len(tokens) if i == 0 else 0)}
-                            for i, t in enumerate(tokens)]
-    return order
-
-
 def one_saga(stack: Any, order: dict[str, Any]) -> dict[str, int]:
     status, accepted = post_order(stack, json.dumps(order).encode(), {"Idempotency-Key": uuid.uuid4().hex})
     if status != 202:
@@ -125,15 +124,12 @@ def one_saga(stack: Any, order: dict[str, Any]) -> dict[str, int]:
     described = wait_end(stack, arn)
     if described["status"] != "SUCCEEDED":
         raise RuntimeError(f"{arn} ended {described['status']}: {described.get('error')}")
-    events = history(stack, arn)
-    entered = sum(e["type"].endswith("StateEntered") for e in events)
-    scheduled = sum(e["type"] in ("TaskScheduled", "LambdaFunctionScheduled") for e in events)
-    tasks = sum(e["type"] == "TaskStateEntered" for e in events)
-    return {"transitions": entered + max(0, scheduled - tasks), "tasks": scheduled}
+    transitions, scheduled = billed_transitions(history(stack, arn))
+    return {"transitions": transitions, "tasks": scheduled}
 
 
 def measure_path(stack: Any, log_dir: Path, extra: dict[str, Any], tokens: list[str], k: int) -> dict[str, Any]:
-    order = order_of(extra, tokens)
+    order = path_order(PATH_SKU, extra, tokens)
     published = counters(stack, log_dir)["events"]
     one_saga(stack, order)  # warm-up: this path's sandboxes start here, not in the measurement
     before = settled(stack, log_dir, published + 1)

@@ -126,6 +126,27 @@ def saga(stack: Any, sku: str = SKU, poll: float = POLL_S, announced: bool | Non
             "stop_ms": (described["stopDate"].timestamp() - started_at) * 1000}
 
 
+def path_order(sku: str, extra: dict[str, Any], tokens: list[str]) -> dict[str, Any]:
+    """One unit of `sku` (priced PATH_PRICE), `extra` fields (a coupon), paid by one card or split over `tokens`."""
+    order: dict[str, Any] = {"items": [{"sku": sku, "quantity": 1}], **extra}
+    total = PATH_PRICE - (500 if "coupon" in extra else 0)  # FIVEOFF: 5.00 off
+    if len(tokens) == 1:
+        order["payment_token"] = tokens[0]
+    else:
+        order["payment"] = [{"token": t, "amount": total // len(tokens) + (total % len(tokens) if i == 0 else 0)}
+                            for i, t in enumerate(tokens)]
+    return order
+
+
+def billed_transitions(events: list[dict[str, Any]]) -> tuple[int, int]:
+    """(state transitions Standard bills, tasks scheduled) of one execution's history: each state entered, a Map's
+    iterations' states included, and each task's retry (a task scheduled again in the state it entered)."""
+    entered = sum(e["type"].endswith("StateEntered") for e in events)
+    scheduled = sum(e["type"] in ("TaskScheduled", "LambdaFunctionScheduled") for e in events)
+    tasks = sum(e["type"] == "TaskStateEntered" for e in events)
+    return entered + max(0, scheduled - tasks), scheduled
+
+
 def history(stack: Any, arn: str) -> list[dict[str, Any]]:
     events, token = [], None
     while True:

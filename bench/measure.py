@@ -14,7 +14,19 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import common as cm
-from common import cpu_delta, history, http, median, pct, place, processes, role_of, saga, wait_end
+from common import (
+    billed_transitions,
+    cpu_delta,
+    history,
+    http,
+    median,
+    pct,
+    place,
+    processes,
+    role_of,
+    saga,
+    wait_end,
+)
 
 PRICES = {"wru": 0.625, "rru": 0.125, "transition": 25.0, "lambda_request": 0.20}  # $ per million
 
@@ -104,10 +116,8 @@ def per_saga_counts(stack: Any, k: int) -> dict[str, Any]:
     states: dict[str, list[float]] = collections.defaultdict(list)
     for arn in arns:
         events = history(stack, arn)
-        entered = sum(e["type"].endswith("StateEntered") for e in events)
-        scheduled = sum(e["type"] in ("TaskScheduled", "LambdaFunctionScheduled") for e in events)
-        task_states = sum(e["type"] == "TaskStateEntered" for e in events)
-        transitions += entered + max(0, scheduled - task_states)  # each retry is a transition too
+        billed, scheduled = billed_transitions(events)
+        transitions += billed
         lambdas += 1 + scheduled  # the API's invocation and each task's
         for name, ms in state_times(events).items():
             states[name].append(ms)
@@ -131,29 +141,19 @@ PATHS = [("plain, one card", {}, ["tok_approve"]),
 def transitions_per_path(stack: Any) -> list[dict[str, Any]]:
     """State transitions (what Standard workflows bill), Lambda requests and $ per million sagas for each kind of
     order, one saga each: the paths differ by a coupon, a split payment, a decline."""
-    from common import PATH_PRICE, PATH_SKU, SOLD_OUT, execution_arn, post_order
+    from common import PATH_SKU, SOLD_OUT, execution_arn, path_order, post_order
 
     rows = []
     for name, extra, tokens in PATHS:
         extra = dict(extra)
-        sku = SOLD_OUT if extra.pop("sku", None) else PATH_SKU
-        order: dict[str, Any] = {"items": [{"sku": sku, "quantity": 1}], **extra}
-        total = PATH_PRICE - (500 if "coupon" in extra else 0)  # FIVEOFF: 5.00 off
-        if len(tokens) == 1:
-            order["payment_token"] = tokens[0]
-        else:
-            order["payment"] = [{"token": t, "amount": total // len(tokens) + (total % len(tokens) if i == 0 else 0)}
-                                for i, t in enumerate(tokens)]
+        order = path_order(SOLD_OUT if extra.pop("sku", None) else PATH_SKU, extra, tokens)
         status, accepted = post_order(stack, json.dumps(order).encode(), {"Idempotency-Key": uuid.uuid4().hex})
         if status != 202:
             raise RuntimeError(f"{name}: POST /orders answered {status}: {str(accepted)[:300]}")
         arn = execution_arn(stack, accepted)
         described = wait_end(stack, arn)
         events = history(stack, arn)
-        entered = sum(e["type"].endswith("StateEntered") for e in events)
-        scheduled = sum(e["type"] in ("TaskScheduled", "LambdaFunctionScheduled") for e in events)
-        tasks = sum(e["type"] == "TaskStateEntered" for e in events)
-        transitions = entered + max(0, scheduled - tasks)
+        transitions, scheduled = billed_transitions(events)
         rows.append({"path": name, "status": described["status"], "error": described.get("error"),
                      "states": [e["stateEnteredEventDetails"]["name"] for e in events if e["type"].endswith(
                          "StateEntered")], "transitions": transitions, "lambda_requests": 1 + scheduled,

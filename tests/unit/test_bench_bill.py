@@ -123,3 +123,22 @@ def test_the_baseline_gets_only_the_overrides_its_template_declares(tmp_path):
     (tmp_path / "template.yaml").write_text("Parameters:\n  ReaperSchedule: {Type: String}\nResources: {}\n")
     assert stacks.declared(str(tmp_path / "template.yaml"), ["ReaperSchedule=rate(1 day)", "ApiClientRateLimit=9"]) \
         == ["ReaperSchedule=rate(1 day)"]
+
+
+def test_transitions_are_the_states_entered_plus_each_task_retry():
+    from common import billed_transitions
+
+    events = [{"type": t} for t in ("ExecutionStarted", "TaskStateEntered", "TaskScheduled", "TaskFailed",
+                                    "TaskScheduled", "TaskSucceeded", "TaskStateExited", "ChoiceStateEntered",
+                                    "MapStateEntered", "TaskStateEntered", "TaskScheduled", "TaskSucceeded")]
+    assert billed_transitions(events) == (4 + 1, 3)  # 4 states entered, one retry; 3 tasks scheduled
+
+
+def test_a_path_order_splits_its_total_over_its_cards_the_remainder_on_the_first():
+    from common import PATH_PRICE, path_order
+
+    assert path_order("S", {}, ["tok"]) == {"items": [{"sku": "S", "quantity": 1}], "payment_token": "tok"}
+    split = path_order("S", {"coupon": "FIVEOFF"}, ["a", "b", "c"])["payment"]
+    assert sum(p["amount"] for p in split) == PATH_PRICE - 500
+    assert [p["token"] for p in split] == ["a", "b", "c"]
+    assert split[0]["amount"] >= split[1]["amount"] == split[2]["amount"]
