@@ -42,7 +42,10 @@ def _swing(times: int) -> int:
                     reason="frame chunks are CPython 3.11+'s; a thread's own page faults are Linux's")
 def test_a_swinging_call_depth_maps_no_chunk_from_a_roomy_frame() -> None:
     assert framestack.call.__code__.co_stacksize == framestack.ROOM
-    # Without the room, each swing maps a new chunk and faults its first page in: at least one fault a swing.
-    assert _swing(2000) >= 2000
+    # Without the room, each swing maps a new chunk and faults its first page in: at least one fault a swing. A
+    # CPython that keeps its chunks (releases after gh-142183 keep one spare) may not: then there is nothing to show.
+    plain = _swing(2000)
+    if plain < 2000:
+        pytest.skip(f"this CPython keeps its frame chunks ({plain} page faults in 2,000 swings): no mapping to save")
     # From the roomy frame every frame fits in its chunk: no chunk is mapped (a few faults of anything else).
     assert call(_swing, 2000) < 100
