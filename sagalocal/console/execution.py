@@ -12,6 +12,7 @@ run, with the state that had failed entered again. A visit of an earlier run is 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,10 +181,19 @@ def _runs(events: list[dict[str, Any]]) -> tuple[list[Redrive], dict[int, tuple[
 
 
 def _branch_error(container: Visit, visits: list[Visit]) -> str:
-    """The first error among the visits that began within the Map or Parallel `container`: its branches'."""
+    """The error the Map or Parallel `container` failed with: that of the first of its branches' visits to fail (a
+    Map fails at its first failed iteration, and its Catch receives that error). The first to fail, not the first
+    to begin: concurrent iterations fail in another order than they began (one card declined, then the other
+    card's authorization finding the order no longer active)."""
     inside = [v for v in visits if v is not container and v.start_ms >= container.start_ms
               and (container.end_ms is None or v.start_ms <= container.end_ms)]
-    return next((v.error for v in inside if v.status == "failed" and v.error), f"{container.type}StateFailed")
+    failed = [v for v in inside if v.status == "failed" and v.error]
+
+    def failed_at(visit: Visit) -> float:
+        ends = [a.end_ms for a in visit.attempts if a.end_ms is not None]
+        return ends[-1] if ends else visit.end_ms if visit.end_ms is not None else math.inf
+
+    return min(failed, key=failed_at).error if failed else f"{container.type}StateFailed"
 
 
 def _settle(visit: Visit, execution_status: str, execution_error: str, execution_cause: Any) -> None:

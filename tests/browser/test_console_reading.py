@@ -312,3 +312,26 @@ def test_a_failed_executions_kept_description_is_read_again_once_it_is_redriven(
     calls = len(sfn.calls)
     data.describe("arn:f")
     assert len(sfn.calls) == calls  # not redrivable any more: final, kept
+
+
+def test_a_failed_map_shows_the_error_it_failed_with_the_first_iteration_to_fail():
+    """Both iterations fail: the one entered first fails last (a card whose authorization found the order no longer
+    active, once the other card was declined). A Map fails with its first failure, which its Catch receives: the
+    decline. Under load the iterations' order of entry and of failure differ (a loaded `make test`)."""
+    entered = ("stateEnteredEventDetails", {"name": "Authorize", "input": "{}"})
+    events = _events(
+        ("ExecutionStarted", 0, None), ("MapStateEntered", 10, ("stateEnteredEventDetails", {"name": "Pay"})),
+        ("MapStateStarted", 20, None), ("MapIterationStarted", 30, None), ("TaskStateEntered", 40, entered),
+        ("MapIterationStarted", 50, None), ("TaskStateEntered", 60, entered),
+        ("TaskScheduled", 70, None), ("TaskScheduled", 80, None),
+        ("TaskFailed", 90, ("taskFailedEventDetails", {"error": "PaymentDeclined", "cause": "no"})),
+        ("TaskFailed", 100, ("taskFailedEventDetails", {"error": "OrderNotActive", "cause": "gone"})),
+        ("MapStateFailed", 110, None), ("MapStateExited", 120, ("stateExitedEventDetails", {"name": "Pay"})),
+        ("ExecutionFailed", 130, ("executionFailedEventDetails", {"error": "PaymentDeclined"})))
+    previous = [0, 1, 2, 3, 4, 3, 6, 5, 7, 9, 8, 11, 12, 13]  # iteration 1: 4-5-8-11; iteration 2: 6-7-9-10
+    for event, before in zip(events, previous, strict=True):
+        event["previousEventId"] = before
+    reading = read(events, {}, "FAILED", "PaymentDeclined")
+    errors = {(v.name, v.error) for v in reading.visits}
+    assert errors >= {("Authorize", "OrderNotActive"), ("Authorize", "PaymentDeclined")}
+    assert next(v for v in reading.visits if v.name == "Pay").error == "PaymentDeclined"
