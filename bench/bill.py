@@ -36,6 +36,7 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT), str(ROOT / "bench")]
 
 from common import (  # noqa: E402
     PATH_SKU,
+    PRICES,
     billed_transitions,
     execution_arn,
     history,
@@ -45,25 +46,12 @@ from common import (  # noqa: E402
     post_order,
     wait_end,
 )
-from report import md  # noqa: E402
+from report import kept_marked, md, write_marked  # noqa: E402
 
 BEGIN = "<!-- full-bill: written by bench/bill.py; bench/run_all.py keeps it -->"
 END = "<!-- /full-bill -->"
 DOC = ROOT / "docs" / "benchmarks.md"
 
-# us-east-1 list prices, December 2026 (../shared/notes/aws-semantics.md; the services' pricing pages).
-PRICES = {
-    "transition": 25.0 / 1e6,  # Step Functions Standard, per state transition
-    "lambda_request": 0.20 / 1e6,
-    "gb_s": {"x86_64": 0.0000166667, "arm64": 0.0000133334},  # Lambda duration and INIT, per GB-second
-    "wru": 0.625 / 1e6, "rru": 0.125 / 1e6,  # DynamoDB on demand
-    "api_request": 3.50 / 1e6,  # API Gateway REST, first 333 million a month
-    "waf_request": 0.60 / 1e6,  # AWS WAF, per request the web ACL inspects (plus $5/month the ACL, $1/month a rule)
-    "event": 1.00 / 1e6,  # EventBridge custom events (PutEvents entries of up to 64 KB)
-    "logs_gb": 0.50,  # CloudWatch Logs ingestion (standard class), per GB
-    "trace": 5.00 / 1e6,  # X-Ray traces recorded (the first 100,000 a month are free)
-    "sqs_request": 0.40 / 1e6,  # SQS standard queue requests (each 64 KB chunk)
-}
 RATE = 10.0  # assumed steady sagas a second (26 million a month): X-Ray's sampling depends on it
 # X-Ray's default rule: the first request each second (the reservoir), then 5% of the others.
 SAMPLED = min(1.0, (1 + 0.05 * (RATE - 1)) / RATE)
@@ -182,17 +170,16 @@ def section(results: dict[str, Any]) -> str:
     settings, paths = results["settings"], results["paths"]
     names = list(paths)
     bills = {arch: {p: bill(paths[p], settings, arch) for p in names} for arch in ("x86_64", "arm64")}
+    total = {arch: {p: sum(row[3] for row in bills[arch][p]) for p in names} for arch in bills}
+    chosen = bills[settings["architecture"]]
     head = ["component", *[f"{p}: per saga" for p in names], *[f"{p}: $/M" for p in names]]
-    body = []
-    for i, (component, *_rest) in enumerate(bills[settings["architecture"]][names[0]]):
-        body.append([component, *[bills[settings["architecture"]][p][i][1] for p in names],
-                     *[f"{bills[settings['architecture']][p][i][3]:.2f}" for p in names]])
-    for arch in ("x86_64", "arm64"):
-        body.append([f"**total, {arch}**", *["" for _ in names],
-                     *[f"**{sum(r[3] for r in bills[arch][p]):.2f}**" for p in names]])
-    shares = {p: next(r[3] for r in bills[settings["architecture"]][p] if r[0].startswith("Step Functions"))
-              / sum(r[3] for r in bills[settings["architecture"]][p]) for p in names}
-    saving = {p: sum(r[3] for r in bills["x86_64"][p]) - sum(r[3] for r in bills["arm64"][p]) for p in names}
+    body = [[rows[0][0], *[row[1] for row in rows], *[f"{row[3]:.2f}" for row in rows]]
+            for rows in zip(*(chosen[p] for p in names), strict=True)]
+    body += [[f"**total, {arch}**", *["" for _ in names], *[f"**{total[arch][p]:.2f}**" for p in names]]
+             for arch in bills]
+    shares = {p: next(row[3] for row in chosen[p] if row[0].startswith("Step Functions"))
+              / total[settings["architecture"]][p] for p in names}
+    saving = {p: total["x86_64"][p] - total["arm64"][p] for p in names}
     functions = sorted({f for p in names for f in paths[p]["functions"]})
     per_function = [[f, *[(f"{paths[p]['functions'][f]['invocations']:g} x, "
                           f"{paths[p]['functions'][f]['billed_ms'] / paths[p]['functions'][f]['invocations']:.1f} ms"
@@ -211,7 +198,7 @@ def section(results: dict[str, Any]) -> str:
         md(head, body), "",
         "Step Functions' share of the bill (" + settings["architecture"] + "): "
         + ", ".join(f"{p} {shares[p]:.0%}" for p in names) + ". arm64 instead of x86_64 saves "
-        + ", ".join(f"{p} ${saving[p]:.2f} ({saving[p] / sum(r[3] for r in bills['x86_64'][p]):.2%})" for p in names)
+        + ", ".join(f"{p} ${saving[p]:.2f} ({saving[p] / total['x86_64'][p]:.2%})" for p in names)
         + " per million sagas (duration and INIT, 20% less a GB-s). Transitions are the bill: one state less on a "
         "path saves $25 per million sagas, more than moving every function to arm64 would.", "",
         "Each function's invocations per saga and its billed milliseconds per invocation (each run's wall-clock "
@@ -243,21 +230,12 @@ def section(results: dict[str, Any]) -> str:
 
 
 def write_section(text: str, path: Path = DOC) -> None:
-    doc = path.read_text() if path.exists() else ""
-    if BEGIN in doc:
-        head, _, rest = doc.partition(BEGIN)
-        doc = head + text + rest.partition(END)[2].lstrip("\n")
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text
-    path.write_text(doc)
+    write_marked(path, BEGIN, END, text)
 
 
 def kept_section(path: Path = DOC) -> str:
     """The section as the file has it, for `make bench` to write back after its own."""
-    doc = path.read_text() if path.exists() else ""
-    if BEGIN not in doc:
-        return ""
-    return "\n" + BEGIN + doc.partition(BEGIN)[2].partition(END)[0] + END + "\n"
+    return kept_marked(path, BEGIN, END)
 
 
 def main(argv: list[str] | None = None) -> int:

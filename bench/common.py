@@ -27,6 +27,19 @@ CATALOG = [{"sku": SKU, "name": "Bench item", "price": 100, "currency": "USD", "
            {"sku": PATH_SKU, "name": "Paths item", "price": PATH_PRICE, "currency": "USD", "available": 1_000_000},
            {"sku": SOLD_OUT, "name": "Sold out", "price": PATH_PRICE, "currency": "USD", "available": 0},
            {"sku": BURST_SKU, "name": "Burst item", "price": 100, "currency": "USD", "available": BURST_STOCK}]
+# us-east-1 list prices, December 2026 (../shared/notes/aws-semantics.md; the services' pricing pages).
+PRICES = {
+    "transition": 25.0 / 1e6,  # Step Functions Standard, per state transition
+    "lambda_request": 0.20 / 1e6,
+    "gb_s": {"x86_64": 0.0000166667, "arm64": 0.0000133334},  # Lambda duration and INIT, per GB-second
+    "wru": 0.625 / 1e6, "rru": 0.125 / 1e6,  # DynamoDB on demand
+    "api_request": 3.50 / 1e6,  # API Gateway REST, first 333 million a month
+    "waf_request": 0.60 / 1e6,  # AWS WAF, per request the web ACL inspects (plus $5/month the ACL, $1/month a rule)
+    "event": 1.00 / 1e6,  # EventBridge custom events (PutEvents entries of up to 64 KB)
+    "logs_gb": 0.50,  # CloudWatch Logs ingestion (standard class), per GB
+    "trace": 5.00 / 1e6,  # X-Ray traces recorded (the first 100,000 a month are free)
+    "sqs_request": 0.40 / 1e6,  # SQS standard queue requests (each 64 KB chunk)
+}
 HEADERS = {"Content-Type": "application/json"}
 POLL_S = 0.02  # DescribeExecution interval where a stack cannot announce an execution's end
 RETRIED = (429, 500, 502, 503, 504)

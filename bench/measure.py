@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import common as cm
+from common import PRICES as LIST_PRICES
 from common import (
     billed_transitions,
     cpu_delta,
@@ -28,7 +29,8 @@ from common import (
     wait_end,
 )
 
-PRICES = {"wru": 0.625, "rru": 0.125, "transition": 25.0, "lambda_request": 0.20}  # $ per million
+# $ per million, from the one price table (common.PRICES, per unit)
+PRICES = {name: LIST_PRICES[name] * 1e6 for name in ("wru", "rru", "transition", "lambda_request")}
 
 
 def interleaved_latency(stacks: list[Any], n: int, warmup: int = 3) -> dict[str, dict[str, Any]]:

@@ -306,26 +306,37 @@ def reaper_section(r: dict[str, Any]) -> str:
             "worker invocations", "invariants", "load average before -> after"], rows), "", REAPER_END, ""])
 
 
-def write_reaper_section(path: Any, r: dict[str, Any]) -> None:
-    """Replace the section in docs/benchmarks.md (or add it at the end)."""
-    with open(path) as f:
-        text = f.read()
-    if REAPER_BEGIN in text:
-        head, _, rest = text.partition(REAPER_BEGIN)
-        text = head + reaper_section(r) + rest.partition(REAPER_END)[2].lstrip("\n")
+def write_marked(path: Any, begin: str, end: str, section: str) -> None:
+    """Replace the section between `begin` and `end` in the Markdown file (or add it at the end; a new file)."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        text = ""
+    if begin in text:
+        head, _, rest = text.partition(begin)
+        text = head + section + rest.partition(end)[2].lstrip("\n")
     else:
-        text = text.rstrip("\n") + "\n\n" + reaper_section(r)
+        text = text.rstrip("\n") + "\n\n" + section
     with open(path, "w") as f:
         f.write(text)
 
 
-def kept_reaper_section(path: str) -> str:
-    """The section as the file has it, for `make bench` to write back after its own."""
+def kept_marked(path: Any, begin: str, end: str) -> str:
+    """The section between `begin` and `end` as the file has it (for `make bench` to write back after its own)."""
     try:
         with open(path) as f:
             text = f.read()
     except OSError:
         return ""
-    if REAPER_BEGIN not in text:
+    if begin not in text:
         return ""
-    return "\n" + REAPER_BEGIN + text.partition(REAPER_BEGIN)[2].partition(REAPER_END)[0] + REAPER_END + "\n"
+    return "\n" + begin + text.partition(begin)[2].partition(end)[0] + end + "\n"
+
+
+def write_reaper_section(path: Any, r: dict[str, Any]) -> None:
+    write_marked(path, REAPER_BEGIN, REAPER_END, reaper_section(r))
+
+
+def kept_reaper_section(path: str) -> str:
+    return kept_marked(path, REAPER_BEGIN, REAPER_END)
