@@ -95,8 +95,11 @@ class Customers:
         self.tokens: dict[str, str] = {}
 
     def auth(self, username: str) -> dict[str, str]:
+        """Its Authorization header; on a stack deployed with ApiAuth=header (no Cognito), the customer's name."""
         from sagalocal.signin import sign_in
 
+        if self.outputs.get("ApiAuth") == "header":
+            return {"X-Customer-Id": username}
         if username not in self.tokens:
             self.tokens[username] = sign_in(self.cognito, self.outputs["UserPoolId"],
                                             self.outputs["UserPoolClientId"], username)["IdToken"]

@@ -81,6 +81,38 @@ def test_without_the_authorizer_s_claims_the_api_answers_401_and_writes_nothing(
     assert scan_all(aws) == tables
 
 
+def test_the_default_cognito_mode_never_takes_the_customer_from_a_header(api, context, aws):
+    assert api.HEADER_AUTH is False  # API_AUTH unset: cognito, the template's default
+    tables = scan_all(aws)
+    status, payload, _ = call(api, context, "POST", "/orders", GOOD, {"Idempotency-Key": "k", "X-Customer-Id": BOB},
+                              customer=None)
+    assert (status, payload) == (401, {"error": "not signed in"})
+    assert scan_all(aws) == tables
+
+
+def test_the_header_mode_names_the_customer_only_without_claims_and_only_a_well_formed_one(api, context, aws,
+                                                                                            monkeypatch):
+    """ApiAuth=header (a test stack on an engine without Cognito): without the authorizer's claims the request's
+    X-Customer-Id is the customer; with claims, the claims are (a header never overrides a verified token)."""
+    monkeypatch.setattr(api, "HEADER_AUTH", True)
+    named = {"Idempotency-Key": "by-header", "x-customer-id": BOB}  # any case, as HTTP headers are
+    status, placed, _ = call(api, context, "POST", "/orders", GOOD, named, customer=None)
+    assert status == 202, placed
+    assert call(api, context, "GET", placed["links"]["order"], headers={"X-Customer-Id": BOB}, customer=None)[1][
+        "customer_id"] == BOB
+    assert call(api, context, "GET", placed["links"]["order"], headers={"X-Customer-Id": ALICE}, customer=None)[0] \
+        == 404
+    status, signed, _ = call(api, context, "POST", "/orders", GOOD, {"Idempotency-Key": "k2", "X-Customer-Id": BOB})
+    assert status == 202
+    assert call(api, context, "GET", signed["links"]["order"])[1]["customer_id"] == ALICE
+    tables = scan_all(aws)
+    for bad in ("", "a b", "x" * 129, "../etc", "bob\n"):
+        headers = {"Idempotency-Key": "k3", "X-Customer-Id": bad}
+        status, payload, _ = call(api, context, "POST", "/orders", GOOD, headers, customer=None)
+        assert (status, payload) == (401, {"error": "not signed in"}), bad
+    assert scan_all(aws) == tables
+
+
 def test_a_customer_sees_only_their_own_orders(api, context):
     placed = call(api, context, "POST", "/orders", GOOD, {"Idempotency-Key": "mine"})[1]
     assert call(api, context, "GET", placed["links"]["order"])[0] == 200

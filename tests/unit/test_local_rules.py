@@ -173,7 +173,7 @@ def test_the_rules_production_names_are_the_parameters_descriptions():
     assert prod in raw["Parameters"]["Stage"]["Description"]
     assert ", ".join(TEST_NAMES[:-1]) + " and " + TEST_NAMES[-1] in raw["Parameters"]["Stage"]["Description"]
     lists = [node[0] for node in _contains(raw["Rules"])]
-    assert len(lists) == 5, lists  # ProductionIsStated, ProductionStageIsProduction, and the three gates
+    assert len(lists) == 6, lists  # ProductionIsStated, ProductionStageIsProduction, and the four gates
     assert all(names in (PRODUCTION_NAMES, PRODUCTION_NAMES + TEST_NAMES) for names in lists), lists
 
 
@@ -229,3 +229,19 @@ def test_a_real_adapter_would_pass_the_production_rule(tmp_path):
     Template(tmp_path / "template.yaml", parameter_overrides={"Stage": "prod", "PaymentGateway": "acme"})
     with pytest.raises(TemplateError, match="NoFakeGatewayInProduction"):
         Template(tmp_path / "template.yaml", parameter_overrides={"Stage": "prod"})
+
+
+@pytest.mark.parametrize("overrides", [{"Stage": "prod"}, {"Stage": "live"}, {"Stage": "ci", "Production": "true"}])
+def test_production_refuses_the_header_auth_that_lets_a_request_name_its_customer(overrides):
+    real = {"PaymentGateway": "stripe", "StripeSecretArn": SECRET}
+    assert refused_by(**overrides, **real, ApiAuth="header") == ["NoHeaderAuthInProduction"]
+    with pytest.raises(TemplateError) as refused:
+        Template(ROOT / "template.yaml", parameter_overrides={**overrides, **real, "ApiAuth": "header"})
+    assert "anyone could place and read any customer's orders" in str(refused.value)
+    assert "Deploy with ApiAuth=cognito" in str(refused.value)
+    assert refused_by(**overrides, **real) == []  # cognito, the default
+
+
+@pytest.mark.parametrize("stage", TEST_NAMES)
+def test_a_test_stage_may_deploy_the_header_auth(stage):
+    assert refused_by(Stage=stage, ApiAuth="header", FaultInjection="true") == []
