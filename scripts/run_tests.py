@@ -16,6 +16,8 @@ is combined and reported at the end, with each group's CPU seconds. The exit sta
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
 import subprocess
 import sys
@@ -49,6 +51,12 @@ GROUPS = {
 }
 
 
+def slug(group: str) -> str:
+    """A group's file name: its log (.log) and its JUnit report (.xml, which scripts/engines_doc.py reads for the
+    stack groups) in .local/tests."""
+    return group.replace(" ", "-").replace(",", "")
+
+
 def reap(pids: set[int]) -> tuple[int, int, float]:
     """The next of `pids` to end: its pid, its exit status and the CPU seconds it used (its pytest process and every
     process that it, or they, started and waited for: the stacks, their DynamoDB and Lambda processes, the
@@ -73,12 +81,21 @@ def main(argv: list[str]) -> int:
     plain = [sys.executable, "-m", "pytest", "--durations=12"]
     (first, (first_args, first_traced)), *others = GROUPS.items()
     running = []
+    for stale in logs.glob("*.xml"):
+        stale.unlink()
+    # Which tree the reports are of (scripts/engines_doc.py dates the embedded stack's column with it).
+    described = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True,
+                               check=False).stdout.strip()
+    (logs / "run.json").write_text(json.dumps({"commit": described or "unknown",
+                                               "date": datetime.date.today().isoformat()}))
     for name, (args, measured) in others:
-        log = logs / (name.replace(" ", "-").replace(",", "") + ".log")
+        log = logs / (slug(name) + ".log")
         out = open(log, "w")  # noqa: SIM115 - closed below
-        running.append((name, log, out, subprocess.Popen([*(traced if measured else plain), *args, *argv], cwd=ROOT,
+        running.append((name, log, out, subprocess.Popen([*(traced if measured else plain), *args, *argv,
+                                                          f"--junitxml={logs / slug(name)}.xml"], cwd=ROOT,
                                                          env=env, stdout=out, stderr=subprocess.STDOUT)))
-    foreground = subprocess.Popen([*(traced if first_traced else plain), *first_args, *argv], cwd=ROOT, env=env)
+    foreground = subprocess.Popen([*(traced if first_traced else plain), *first_args, *argv,
+                                   f"--junitxml={logs / slug(first)}.xml"], cwd=ROOT, env=env)
     processes = {foreground.pid: foreground, **{process.pid: process for _, _, _, process in running}}
     groups = {foreground.pid: first, **{process.pid: name for name, _, _, process in running}}
     statuses, cpu, ended = {}, {}, {}

@@ -33,6 +33,21 @@ START_TIMEOUT = 180.0
 SEED = f"{sys.executable} {ROOT / 'scripts/seed_catalog.py'} --stack-outputs .local/stack-outputs.json " \
        f"{ROOT / 'events/catalog.json'} --promotions {ROOT / 'events/promotions.json'}"
 DEPLOYED = bool(os.environ.get("SAGA_API_URL"))
+ENGINE = os.environ.get("SAGA_ENGINE") or ("deployed" if DEPLOYED else "embedded")
+
+
+def sized(embedded: int, deployed: int) -> int:
+    """How many sagas a volume test runs: on the embedded stack, its own count; on a deployed engine, at most 4. The
+    volume of the proof is the simulation's (tests/sim); a deployed engine proves the wiring, and an emulator
+    that cold-starts a function per concurrent invocation (ministack unpacks 54 MB for each, in its own
+    process) spends the tier's time on the burst's cold starts."""
+    return deployed if DEPLOYED else embedded
+
+
+def side_by_side(sagas: int) -> int:
+    """How many of a test's sagas run at once: all of them on the embedded stack, at most 4 on a deployed engine
+    (the bursts `sized` allows)."""
+    return max(1, sized(sagas, min(sagas, 4)))
 SKIPPED_ELSEWHERE: list[tuple[str, str]] = []
 # The stack tier places hundreds of orders at once from one customer and one token (tests/stack/test_concurrency.py):
 # its stacks lift the per-customer limits to their maximum; tests/stack/test_limits.py starts its own stack with low
@@ -135,6 +150,7 @@ def unique() -> str:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[Any]) -> None:
     # Tests that read what the whole tier left behind (marked runs_last) run after everything else.
     items.sort(key=lambda item: item.get_closest_marker("runs_last") is not None)
+    expect_gaps(items)
     if not DEPLOYED:
         return
     for item in items:
@@ -143,6 +159,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[Any]) -> No
             reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "embedded stack only")
             item.add_marker(pytest.mark.skip(reason=f"embedded only: {reason}"))
             SKIPPED_ELSEWHERE.append((item.nodeid, reason))
+
+
+def expect_gaps(items: list[Any]) -> None:
+    """The engine's known gaps (tests/stack/engines.py) as strict expected failures, each with its reason. A gap
+    that names no collected test, on a run of the whole tier, is an error: the list must not rot."""
+    from tests.stack.engines import gap, stale, unrunnable
+
+    for item in items:
+        reason = gap(ENGINE, item.nodeid)
+        if reason is not None:
+            item.add_marker(pytest.mark.xfail(reason=f"{ENGINE}: {reason}", strict=True, run=True))
+        reason = unrunnable(ENGINE, item.nodeid)
+        if reason is not None:
+            item.add_marker(pytest.mark.xfail(reason=f"{ENGINE}, not run: {reason}", run=False))
+    every_file = {f"tests/stack/{path.name}" for path in ROOT.glob("tests/stack/test_*.py")}
+    if {item.nodeid.split("::")[0] for item in items} >= every_file:
+        rotten = stale(ENGINE, [item.nodeid for item in items])
+        if rotten:
+            raise pytest.UsageError(f"tests/stack/engines.py names {ENGINE} gaps that no test has: {rotten}")
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

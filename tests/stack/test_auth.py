@@ -28,6 +28,9 @@ def post(target, headers: dict[str, str], body: bytes = BODY) -> tuple[int, obje
 @pytest.mark.parametrize("case", ["no token", "bearer only", "garbage", "access token", "tampered signature",
                                   "tampered claims"])
 def test_a_request_without_a_valid_id_token_is_401_and_writes_nothing(target, case):
+    if not target.enforces_authorizer():
+        pytest.skip("the target's API Gateway does not enforce its authorizer (requests reach the function: "
+                    "LocalStack's free image); ApiAuth=header names the customer instead")
     id_token, sub = target.sign_in("auth-alice")
     header, payload, signature = id_token.split(".")
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))

@@ -30,7 +30,7 @@ import pytest
 from order_saga.models import order_id_for
 from order_saga.promotions import Promotions
 from scripts.redrive_parked import Operator
-from tests.stack.conftest import DEPLOYED, ROOT, start_embedded, stop
+from tests.stack.conftest import DEPLOYED, ROOT, side_by_side, start_embedded, stop
 from tests.stack.support import (
     FaultRules,
     attempts_beyond_load,
@@ -212,7 +212,7 @@ def outcomes(target, request):
     assert len(kinds) <= 1, f"the matrix starts one more stack, not one per set of parameters: {kinds}"
     skipped = {row["id"]: {"skipped": NEEDS_PARAMETERS.format(" ".join(overrides_of(row)))} for _, row in own} \
         if DEPLOYED else {}
-    with ThreadPoolExecutor(max_workers=len(shared) + 1) as pool:
+    with ThreadPoolExecutor(max_workers=side_by_side(len(shared)) + 1) as pool:
         separate = pool.submit(run_on_own_stack, request.getfixturevalue("tmp_path_factory").mktemp("parameters"),
                                kinds.pop(), own) if own and not DEPLOYED else None
         futures = {row["id"]: pool.submit(run_row, target, faults, n, row) for n, row in shared}

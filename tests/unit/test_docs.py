@@ -49,6 +49,7 @@ ALLOWED = {
     "EventBridge": "AWS's event bus", "CloudWatch": "AWS's monitoring", "JavaScript": "the console's browser code",
     "CloudFormation": "AWS's deployment service, which runs `sam deploy` and rolls a failed rollout back",
     "OpenAPI": "the API's spec",
+    "PyPI": "the Python Package Index, where ministack comes from (README.md, engines.md)",
     "CPython": "the Python interpreter, whose frame stack sagalocal/framestack.py gives room to (testing.md)",
     "JSONPath": "the path syntax of the ASL's InputPath, OutputPath, ResultPath",
     "BatchProcessor": "Powertools' partial batch response processor, which PublishOutcome's InOrderStreamProcessor "

@@ -1,0 +1,70 @@
+"""The engines the stack tier runs on, and each one's known gaps: the tests it is expected to fail, and why.
+
+A deployed target names its engine with SAGA_ENGINE (scripts/ministack.py sets `ministack`). Its gaps below become
+strict expected failures (tests/stack/conftest.py): a gap that closes fails the run (XPASS strict) until it is
+taken off the list, and a test not on the list fails as usual. A gap is named by a test's node id, by a node id
+ending in `[` for every parameter of a test, or by a file's path and `::` for all of its tests. docs/engines.md
+(scripts/engines_doc.py) lists them with the runs.
+"""
+
+from __future__ import annotations
+
+ENGINES = {
+    "embedded": "the embedded local stack (sagalocal, on moto)",
+    "ministack": "ministack 1.5.33 (PyPI), deployed with samlocal (scripts/ministack.py)",
+    "localstack": "LocalStack community 4.14.0, no auth token (.github/workflows/localstack.yml)",
+    "localstack-pro": "LocalStack with an auth token (.github/workflows/localstack.yml)",
+    "aws": "AWS",
+}
+
+GAPS: dict[str, dict[str, str]] = {
+    "ministack": {
+        "tests/stack/test_auth.py::test_a_request_without_a_valid_id_token_is_401_and_writes_nothing[access token]":
+            "ministack's Cognito authorizer accepts an access token; API Gateway's accepts only an ID token (no "
+            "scopes configured)",
+    },
+}
+
+
+# Tests an engine cannot get through at all (they hang until their deadline, and slow every test after them): not run
+# there, each with its reason (pytest's xfail with run=False, so they are listed, never counted as passing).
+UNRUNNABLE: dict[str, dict[str, str]] = {
+    "ministack": {
+        "tests/stack/test_concurrency.py::": "concurrent sagas: ministack starts a Lambda worker by unpacking the "
+            "function's code and its 54 MB layer (0.65 CPU-s) inside its own process, so the cold starts of 4 "
+            "sagas at once outlast the tasks' TimeoutSeconds (8 s), and each States.Timeout retry starts one more "
+            "worker: 21 of CreateOrder and 21 of CancelOrder were starting at once, and the sagas ran out of retries",
+        "tests/stack/test_invariants.py::": "concurrent sagas, as test_concurrency.py",
+    },
+}
+
+# Engines whose run of the tier cannot finish on this project's machines yet, and why (docs/engines.md says so).
+BLOCKED = {
+    "ministack": "`make test-ministack` stands ministack up, deploys the template with FaultInjection=true, runs the "
+                 "tier and stops it, but on this 2-core machine its sagas time out: ReserveInventory and "
+                 "ReleaseInventory met States.Timeout on every attempt (8 s and 18 s) in every execution of a run, "
+                 "while 45 and 56 of their workers were starting at once, and the tier's tests then wait out their "
+                 "deadlines (300 s each). Observed before that: test_auth.py had 9 passed, 1 skipped and its gap "
+                 "(an access token accepted) failing as expected. Deployed with FaultInjection=false, a saga "
+                 "completed, at 3-4 s a step (2026-12-07).",
+}
+
+
+def names(name: str, nodeid: str) -> bool:
+    return nodeid == name or (name.endswith(("[", "::")) and nodeid.startswith(name))
+
+
+def gap(engine: str, nodeid: str) -> str | None:
+    """Why `nodeid` is expected to fail on `engine`, or None."""
+    return next((reason for name, reason in GAPS.get(engine, {}).items() if names(name, nodeid)), None)
+
+
+def unrunnable(engine: str, nodeid: str) -> str | None:
+    """Why `nodeid` is not run on `engine`, or None."""
+    return next((reason for name, reason in UNRUNNABLE.get(engine, {}).items() if names(name, nodeid)), None)
+
+
+def stale(engine: str, nodeids: list[str]) -> list[str]:
+    """The engine's gaps that name none of these tests (a test renamed or removed: the list must follow)."""
+    listed = {**GAPS.get(engine, {}), **UNRUNNABLE.get(engine, {})}
+    return sorted(name for name in listed if not any(names(name, nodeid) for nodeid in nodeids))
