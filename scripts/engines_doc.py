@@ -41,21 +41,30 @@ def outcomes(report: Path) -> dict[str, Any]:
     """Per test file: how many tests passed, failed, xfailed, skipped; and the reasons of the skips and xfails."""
     files: dict[str, Counter[str]] = defaultdict(Counter)
     reasons: dict[str, Counter[str]] = defaultdict(Counter)
+    seen: dict[tuple[str, str], tuple[str, str, str | None]] = {}
     for case in ET.parse(report).getroot().iter("testcase"):  # noqa: S314
         module = case.get("classname", "").split(".")
-        name = "/".join(module[:3]) + ".py" if len(module) >= 3 else case.get("file", "?")
-        failed = case.find("failure") is not None or case.find("error") is not None
+        name = "/".join(module[:3]) + ".py" if len(module) >= 3 else "(collection)"
         skipped = case.find("skipped")
-        if failed:
+        reason = None
+        if case.find("failure") is not None or case.find("error") is not None:
             outcome = "failed"
         elif skipped is not None:
+            message = skipped.get("message", "").removeprefix("Skipped: ").removeprefix("[NOTRUN] ")
             outcome = "xfailed" if skipped.get("type") == "pytest.xfail" else "skipped"
-            if outcome == "xfailed" and ", not run: " in skipped.get("message", ""):
+            if outcome == "xfailed" and ", not run: " in message:
                 outcome = "not run"  # an engine's unrunnable test (tests/stack/engines.py, UNRUNNABLE)
-            reasons[name][f"{outcome}: {skipped.get('message', '').removeprefix('Skipped: ')}"] += 1
+            reason = f"{outcome}: {message}"
         else:
             outcome = "passed"
+        key = (case.get("classname", ""), case.get("name", ""))
+        if key in seen and seen[key][1] == "failed":
+            continue  # a test that failed and then errored in its teardown is one failed test, not two
+        seen[key] = (name, outcome, reason)
+    for name, outcome, reason in seen.values():
         files[name][outcome] += 1
+        if reason is not None:
+            reasons[name][reason] += 1
     return {"files": {f: dict(c) for f, c in sorted(files.items())},
             "reasons": {f: dict(c) for f, c in sorted(reasons.items())}}
 

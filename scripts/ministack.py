@@ -175,8 +175,10 @@ class Ministack:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
+        # BIND_HOST keeps its gateway on 127.0.0.1; its IoT mTLS listener (on whenever cryptography is installed,
+        # which the Cognito authorizer needs) and its SFTP server would bind 0.0.0.0 on fixed ports: both off.
         env = {**os.environ, **CREDENTIALS, "BIND_HOST": "127.0.0.1", "GATEWAY_PORT": str(self.port),
-               "LOG_LEVEL": "WARNING", **settings}
+               "IOT_MTLS_ENABLED": "0", "SFTP_ENABLED": "0", "LOG_LEVEL": "WARNING", **settings}
         env.pop("AWS_ENDPOINT_URL", None)
         with open(self.workdir / "ministack.log", "wb") as log:
             self.process: subprocess.Popen[bytes] | None = subprocess.Popen(

@@ -175,7 +175,8 @@ def customer() -> str:
     sub = (claims or {}).get("sub")
     if sub:
         return str(sub)
-    named = app.current_event.headers.get(CUSTOMER_HEADER) if HEADER_AUTH else None  # any case (Powertools)
+    # Only a request the authorizer passed no claims for at all; any case of the name (Powertools' headers).
+    named = app.current_event.headers.get(CUSTOMER_HEADER) if HEADER_AUTH and not claims else None
     if named and NAMED_CUSTOMER.fullmatch(named):
         return named
     raise NotSignedIn()
