@@ -45,9 +45,9 @@ BLOCKED = {
                  "ReserveInventory and ReleaseInventory met States.Timeout on every attempt (8 s and 18 s) in every "
                  "execution of a run, while 45 and 56 of their workers were starting at once, and the tier's tests "
                  "then wait out their deadlines (300 s each). One saga at a time works: on a fresh deploy an "
-                 "approved order completed in 12.1 s and a declined one failed in 23.3 s, with Runtime.HandlerError "
-                 "where AWS names PaymentDeclined. test_auth.py had 9 passed, 1 skipped and its gap (an access token "
-                 "accepted) failing as expected (2026-12-07).",
+                 "approved order completed in 12.1 s and a declined one failed in 23.3 s, under a generic "
+                 "handler-error name where AWS names PaymentDeclined. test_auth.py had 9 passed, 1 skipped and its "
+                 "gap (an access token accepted) failing as expected (2026-12-07).",
 }
 
 
