@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,3 +153,23 @@ def format_results(results: list[ScenarioResult]) -> str:
         for problem in r.problems:
             lines.append(f"FAIL {r.name}: {problem}")
     return "\n".join(lines)
+
+
+def location_url(api_url: str, location: str) -> str:
+    """The URL of a Location the API returned, on a target whose API URL may carry a path before or after the
+    stage. The Location is a path from the stage, `/dev/orders/<id>`, as API Gateway answers for a REST API. On
+    AWS the API URL is `https://<id>.execute-api.<region>.amazonaws.com/dev`, but on LocalStack it is
+    `<endpoint>/restapis/<id>/dev/_user_request_`, where joining the Location onto the host (`urljoin`) would
+    drop the API's own path. So when the Location's first segment (the stage) is one of the API URL's, the rest
+    of the Location follows the API URL; when it is not (a Location without the stage, or an API URL without
+    one, like the embedded stack's), the whole Location does."""
+    if urllib.parse.urlsplit(location).scheme:
+        return location  # already absolute
+    base = api_url.rstrip("/")
+    path = urllib.parse.urlsplit(base).path
+    if path and (location == path or location.startswith(path + "/")):
+        return urllib.parse.urljoin(base, location)  # the Location holds the API URL's whole path already
+    stage, _, rest = location.lstrip("/").partition("/")
+    if stage and stage in path.split("/"):
+        return f"{base}/{rest}"
+    return f"{base}/{location.lstrip('/')}"

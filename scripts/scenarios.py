@@ -26,6 +26,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
+from sagalocal.scenarios import location_url  # noqa: E402
 from sagalocal.timeline import StateVisit, format_timeline, history, paginate, table, visits  # noqa: E402
 
 
@@ -155,7 +156,7 @@ def run_scenario(spec: dict[str, Any], events_dir: Path, api_url: str, sfn: Any,
     result.status, result.error = described["status"], described.get("error") or ""
     result.visits = visits(history(sfn, result.execution_arn))
     result.path = [v.name for v in result.visits]
-    status, order = http("GET", urllib.parse.urljoin(api_url, accepted["links"]["order"]), headers=auth)
+    status, order = http("GET", location_url(api_url, accepted["links"]["order"]), headers=auth)
     if status != 200:
         result.problems.append(f"GET /orders/{result.order_id} answered {status}")
     else:

@@ -28,7 +28,7 @@ from order_saga.gateway import LEDGER_PREFIX
 from order_saga.payments import payment_id
 from sagafaults.handler import rule_entry, scope_of
 from sagafaults.rules import Rule
-from sagalocal.scenarios import LOAD_ERRORS
+from sagalocal.scenarios import LOAD_ERRORS, location_url
 from sagalocal.timeline import StateVisit, history, paginate, visits
 
 STATE_API_RATE = 20.0  # Step Functions calls per second, all threads of this process together
@@ -207,26 +207,6 @@ def place(target: Target, items: list[dict[str, Any]], token: str = "tok_approve
                                   customer=customer)
     assert status == 202, (status, accepted)
     return {**accepted, "execution_arn": target.execution_arn(accepted["order_id"]), "customer": customer}
-
-
-def location_url(api_url: str, location: str) -> str:
-    """The URL of a Location the API returned, on a target whose API URL may carry a path before or after the
-    stage. The Location is a path from the stage, `/dev/orders/<id>`, as API Gateway answers for a REST API. On
-    AWS the API URL is `https://<id>.execute-api.<region>.amazonaws.com/dev`, but on LocalStack it is
-    `<endpoint>/restapis/<id>/dev/_user_request_`, where joining the Location onto the host (`urljoin`) would
-    drop the API's own path. So when the Location's first segment (the stage) is one of the API URL's, the rest
-    of the Location follows the API URL; when it is not (a Location without the stage, or an API URL without
-    one, like the embedded stack's), the whole Location does."""
-    if urllib.parse.urlsplit(location).scheme:
-        return location  # already absolute
-    base = api_url.rstrip("/")
-    path = urllib.parse.urlsplit(base).path
-    if path and (location == path or location.startswith(path + "/")):
-        return urllib.parse.urljoin(base, location)  # the Location holds the API URL's whole path already
-    stage, _, rest = location.lstrip("/").partition("/")
-    if stage and stage in path.split("/"):
-        return f"{base}/{rest}"
-    return f"{base}/{location.lstrip('/')}"
 
 
 def get_order(target: Target, order_id: str, customer: str = "cust-stack") -> tuple[int, Any]:

@@ -1,6 +1,6 @@
-"""The stack tier's Target joins the Location the API returns onto the target's API URL (tests/stack/support.py):
-on AWS the stage sits at the URL's root, on LocalStack and other emulators behind a path of their own, and the
-embedded stack serves the API with or without the stage."""
+"""The stack tier's Target, and scripts/scenarios.py, join the Location the API returns onto the target's API URL
+(sagalocal/scenarios.py: location_url): on AWS the stage sits at the URL's root, on LocalStack and other emulators
+behind a path of their own, and the embedded stack serves the API with or without the stage."""
 
 from __future__ import annotations
 
@@ -43,3 +43,61 @@ def test_a_location_that_holds_the_api_url_s_whole_path_is_joined_onto_its_host(
 def test_an_absolute_location_is_kept():
     assert location_url("http://localhost:4566/restapis/a/dev/_user_request_", "https://api.example/dev/o") == \
         "https://api.example/dev/o"
+
+
+def test_a_scenario_reads_its_order_behind_the_api_url_s_own_path(tmp_path):
+    """scripts/scenarios.py (`make run`, tests/stack/test_scenarios.py) follows the Location the same way: on an API
+    served behind a path (ministack's /_aws/execute-api/<id>/<stage>, LocalStack's), its GET of the order used to go
+    to the host's root (urljoin) and every scenario failed with a 404 there."""
+    import http.server
+    import json
+    import threading
+
+    from scripts.scenarios import Customers, load_manifest, run_scenario
+    from tests.stack.conftest import ROOT
+
+    prefix, seen = "/_aws/execute-api/abc123/ci", []
+
+    class Api(http.server.BaseHTTPRequestHandler):
+        def answer(self, status: int, body: dict) -> None:
+            payload = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            seen.append(("POST", self.path))
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.answer(202, {"order_id": "ord_1", "links": {"order": "/ci/orders/ord_1"}})
+
+        def do_GET(self) -> None:  # noqa: N802
+            seen.append(("GET", self.path))
+            if self.path == f"{prefix}/orders/ord_1":
+                self.answer(200, {"saga_status": "COMPLETED", "status": "CONFIRMED"})
+            else:
+                self.answer(404, {"message": "Not Found"})
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    class Sfn:
+        def describe_execution(self, executionArn: str) -> dict:  # noqa: N803 - boto3's names
+            return {"status": "SUCCEEDED"}
+
+        def get_execution_history(self, **kwargs: object) -> dict:
+            return {"events": []}
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Api)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        spec = next(s for s in load_manifest(ROOT / "events")["scenarios"] if s["name"] == "success")
+        outputs = {"ApiAuth": "header", "StateMachineArn": "arn:aws:states:us-east-1:1:stateMachine:m"}
+        result = run_scenario(spec, ROOT / "events", f"http://127.0.0.1:{server.server_address[1]}{prefix}", Sfn(),
+                              Customers(None, outputs))
+    finally:
+        server.shutdown()
+    assert ("GET", f"{prefix}/orders/ord_1") in seen, seen
+    assert not [p for p in result.problems if "GET /orders" in p], result.problems
+    assert (result.saga_status, result.order_status) == ("COMPLETED", "CONFIRMED")
