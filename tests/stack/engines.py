@@ -22,6 +22,14 @@ GAPS: dict[str, dict[str, str]] = {
         "tests/stack/test_auth.py::test_a_request_without_a_valid_id_token_is_401_and_writes_nothing[access token]":
             "ministack's Cognito authorizer accepts an access token; API Gateway's accepts only an ID token (no "
             "scopes configured)",
+        "tests/stack/test_scenarios.py::test_a_step_s_error_reaches_the_state_machine_by_its_name":
+            "ministack's Step Functions reports a step's exception under a generic handler-error name, not by its "
+            "errorType as AWS does: the saga's Retry and Catch by error name cannot match there, so the scenarios and "
+            "matrix rows "
+            "whose outcome rests on an error's name are skipped on it (tests/stack/support.py Target.typed_errors)",
+        "tests/stack/test_scenarios.py::test_a_split_payment_captures_each_card_for_its_own_amount":
+            "ministack's execution history records no state of a Map's iterations (no AuthorizeMethod between "
+            "AuthorizePayments and ConfirmOrder), where AWS records each iteration's; the cards were captured",
     },
 }
 
@@ -46,8 +54,9 @@ BLOCKED = {
                  "execution of a run, while 45 and 56 of their workers were starting at once, and the tier's tests "
                  "then wait out their deadlines (300 s each). One saga at a time works: on a fresh deploy an "
                  "approved order completed in 12.1 s and a declined one failed in 23.3 s, under a generic "
-                 "handler-error name where AWS names PaymentDeclined. test_auth.py had 9 passed, 1 skipped and its "
-                 "gap (an access token accepted) failing as expected (2026-12-07).",
+                 "handler-error name where AWS names PaymentDeclined. Run alone on 2026-12-07: test_auth.py 9 passed, "
+                 "1 skipped, its gap failing as expected; test_scenarios.py 15 passed, 6 skipped (their outcome rests "
+                 "on an error's name), 2 expected failures, in 100 s from start to teardown.",
 }
 
 

@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -47,7 +48,7 @@ class Target:
     _clients: dict[str, Any] = field(default_factory=dict)
     _tokens: dict[str, tuple[str, str, float]] = field(default_factory=dict)  # customer -> (token, sub, until)
     _token_lock: threading.Lock = field(default_factory=threading.Lock)
-    _capabilities: dict[str, bool] = field(default_factory=dict)  # what the target's engine does (asked once)
+    _capabilities: dict[str, Any] = field(default_factory=dict)  # what the target's engine does (asked once)
 
     @property
     def header_auth(self) -> bool:
@@ -63,6 +64,27 @@ class Target:
                                       {"Authorization": "Bearer not-a-token", "Idempotency-Key": "capability-probe"})
                 self._capabilities["enforced"] = (status, answer) == (401, {"message": "Unauthorized"})
             return self._capabilities["enforced"]
+
+    def typed_errors(self) -> bool:
+        """Whether a step's exception reaches the state machine under its class name (the saga's error API: what
+        its Retry and Catch list, what the execution fails with), as on AWS; ministack reports every one as
+        Runtime.HandlerError."""
+        return self.probed_error() == "OrderNotActive"
+
+    def probed_error(self) -> str | None:
+        """The error name the state machine saw from a step that raised OrderNotActive. Asked once, by an execution
+        of the saga's state machine for an order that does not exist: its CreateOrder raises OrderNotActive (it
+        writes nothing; its compensation finds nothing to cancel)."""
+        with self._token_lock:
+            if "error" not in self._capabilities:
+                sfn = self.client("stepfunctions")
+                probe = f"ord_capability_probe_{uuid.uuid4().hex[:12]}"
+                arn = sfn.start_execution(stateMachineArn=self.outputs["StateMachineArn"], name=probe,
+                                          input=json.dumps({"order_id": probe, "customer_id": "capability-probe"})
+                                          )["executionArn"]
+                wait_for_execution(self, arn)
+                self._capabilities["error"] = first_task_error(history(sfn, arn))
+            return self._capabilities["error"]  # type: ignore[no-any-return]
 
     def sign_in(self, customer: str = "cust-stack") -> tuple[str, str]:
         """(ID token, sub) of a test customer, signed in through the stack's user pool (cached, renewed). With
@@ -200,8 +222,6 @@ def post_order(target: Target, body: bytes, key: str, timeout: float = 60.0, att
 def place(target: Target, items: list[dict[str, Any]], token: str = "tok_approve", key: str | None = None,
           customer: str = "cust-stack", timeout: float = 60.0, coupon: str | None = None) -> dict[str, Any]:
     """POST /orders as `customer`; the 202 body, with the execution's ARN (which the API does not disclose)."""
-    import uuid
-
     order: dict[str, Any] = {"items": items, "payment_token": token, **({"coupon": coupon} if coupon else {})}
     status, accepted = post_order(target, json.dumps(order).encode(), key or uuid.uuid4().hex, timeout,
                                   customer=customer)
@@ -238,6 +258,33 @@ _bucket = _Bucket(STATE_API_RATE)
 def describe(target: Target, arn: str) -> dict[str, Any]:
     _bucket.take()
     return target.client("stepfunctions").describe_execution(executionArn=arn)  # type: ignore[no-any-return]
+
+
+# The compensations: a path through one of them follows a Catch, which matches by error name.
+COMPENSATIONS = ("RefundPayment", "VoidPayment", "ReleaseCoupon", "ReleaseInventory", "CancelOrder")
+
+
+def first_task_error(events: list[dict[str, Any]]) -> str | None:
+    """The error name of the execution's first failed Lambda task, as its history records it."""
+    for event in events:
+        for key in ("lambdaFunctionFailedEventDetails", "taskFailedEventDetails"):
+            if key in event:
+                return str(event[key].get("error"))
+    return None
+
+
+# What a test of a step's error names says where the engine cannot name them (Target.typed_errors).
+UNTYPED = ("this engine reports a step's exception under a generic name, not its class name (the capability probe's "
+           "CreateOrder did not fail with OrderNotActive), so the state machine's Retry and Catch by error name, and "
+           "the error an execution fails with, cannot be what AWS does: tests/stack/support.py Target.typed_errors")
+
+
+def depends_on_error_names(expect: dict[str, Any]) -> bool:
+    """Whether an expected outcome (a scenario's, a matrix row's) rests on a step's error reaching the state machine
+    by its name: a failed execution and the error it names, retries of a named error, a compensation path."""
+    return (expect.get("status", "SUCCEEDED") != "SUCCEEDED" or "error" in expect or "retries" in expect
+            or "attempts" in expect or "attempts_between" in expect
+            or any(state in (expect.get("path") or []) for state in COMPENSATIONS))
 
 
 def wait_for_execution(target: Target, arn: str, timeout: float = 180.0) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import pytest
 
 from scripts.scenarios import Customers, load_manifest, run_scenario
 from tests.stack.conftest import ROOT
-from tests.stack.support import http, path_of, place, wait_for_execution
+from tests.stack.support import UNTYPED, depends_on_error_names, http, path_of, place, wait_for_execution
 
 EVENTS = ROOT / "events"
 MANIFEST = load_manifest(EVENTS)
@@ -19,6 +19,8 @@ CATALOG = {item["sku"]: item for item in json.loads((EVENTS / "catalog.json").re
 
 
 def scenario(target, name: str, unique: str):
+    if depends_on_error_names(SCENARIOS[name]["expect"]) and not target.typed_errors():
+        pytest.skip(UNTYPED)
     result = run_scenario(SCENARIOS[name], EVENTS, target.api_url, target.client("stepfunctions"),
                           Customers(target.client("cognito-idp"), target.outputs),
                           target.endpoint if target.embedded else None, key_suffix=unique)
@@ -147,6 +149,8 @@ def test_a_gateway_that_never_answers_costs_the_client_timeout_and_the_saga_comp
     """tok_hang: the processor takes an hour. The gateway client gives up at its timeout (the outcome is
     unknown), the retries are told the authorization is in progress, and the saga compensates; the payment
     is marked for the reaper's reconciliation. No Lambda timeout: the call fits its function."""
+    if not target.typed_errors():  # PaymentGatewayUnavailable's retries and Catch, and the error it fails with
+        pytest.skip(UNTYPED)
     accepted = place(target, [{"sku": "MUG-BLUE", "quantity": 1}], "tok_hang")
     described = wait_for_execution(target, accepted["execution_arn"], timeout=90)
     visits = path_of(target, accepted["execution_arn"])
@@ -199,3 +203,11 @@ def test_outputs_name_every_table_and_queue(target):
     for key in ("OrdersTableName", "InventoryTableName", "PaymentsTableName", "StateMachineArn",
                 "ParkedSagasQueueUrl", "ReaperFunctionName"):
         assert target.outputs.get(key), key
+
+
+def test_a_step_s_error_reaches_the_state_machine_by_its_name(target):
+    """The saga's error API is its steps' exception class names: its Retry and Catch list them, an execution fails
+    with one. The engine must pass them on: CreateOrder's OrderNotActive, for an order that does not exist, is what
+    the execution's history records (tests/stack/support.py Target.probed_error). Where an engine cannot, the
+    scenarios and matrix rows whose outcome rests on an error's name are skipped, saying so."""
+    assert target.typed_errors(), f"the probe's CreateOrder failed with {target.probed_error()!r}: {UNTYPED}"

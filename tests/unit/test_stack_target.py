@@ -101,3 +101,30 @@ def test_a_scenario_reads_its_order_behind_the_api_url_s_own_path(tmp_path):
     assert ("GET", f"{prefix}/orders/ord_1") in seen, seen
     assert not [p for p in result.problems if "GET /orders" in p], result.problems
     assert (result.saga_status, result.order_status) == ("COMPLETED", "CONFIRMED")
+
+
+def test_what_rests_on_an_error_s_name_is_told_apart_from_what_does_not():
+    """On an engine that does not pass a step's error name on (Target.typed_errors), the stack tier skips exactly
+    the scenarios whose outcome rests on it: a failed execution's error, a retry of a named error, a compensation
+    path; the others run."""
+    from scripts.scenarios import load_manifest
+    from tests.stack.conftest import ROOT
+    from tests.stack.support import depends_on_error_names
+
+    named = {spec["name"]: depends_on_error_names(spec["expect"])
+             for spec in load_manifest(ROOT / "events")["scenarios"]}
+    assert named == {"success": False, "declined-payment": True, "out-of-stock": True,
+                     "transient-payment-failure": True, "duplicate-submission": False, "coupon": False,
+                     "split-payment": False, "split-payment-declined": True}
+    assert depends_on_error_names({"status": "SUCCEEDED", "path": ["CreateOrder", "ReleaseInventory"]})
+
+
+def test_the_probe_reads_the_first_failed_task_s_error_from_the_history():
+    from tests.stack.support import first_task_error
+
+    events = [{"type": "ExecutionStarted"}, {"type": "TaskStateEntered"},
+              {"type": "LambdaFunctionFailed", "lambdaFunctionFailedEventDetails": {"error": "Runtime.HandlerError"}},
+              {"type": "TaskFailed", "taskFailedEventDetails": {"error": "OrderNotActive"}}]
+    assert first_task_error(events) == "Runtime.HandlerError"
+    assert first_task_error(events[3:]) == "OrderNotActive"
+    assert first_task_error(events[:2]) is None
