@@ -170,6 +170,7 @@ def location_url(api_url: str, location: str) -> str:
     if path and (location == path or location.startswith(path + "/")):
         return urllib.parse.urljoin(base, location)  # the Location holds the API URL's whole path already
     stage, _, rest = location.lstrip("/").partition("/")
-    if stage and stage in path.split("/"):
+    segments = [segment for segment in path.split("/") if segment]
+    if stage and (segments[-1:] == [stage] or segments[-2:] == [stage, "_user_request_"]):  # the URL ends at the stage
         return f"{base}/{rest}"
     return f"{base}/{location.lstrip('/')}"

@@ -49,6 +49,7 @@ class Target:
     _tokens: dict[str, tuple[str, str, float]] = field(default_factory=dict)  # customer -> (token, sub, until)
     _token_lock: threading.Lock = field(default_factory=threading.Lock)
     _capabilities: dict[str, Any] = field(default_factory=dict)  # what the target's engine does (asked once)
+    _probe_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def header_auth(self) -> bool:
@@ -67,24 +68,33 @@ class Target:
 
     def typed_errors(self) -> bool:
         """Whether a step's exception reaches the state machine under its class name (the saga's error API: what
-        its Retry and Catch list, what the execution fails with), as on AWS; ministack reports every one as
-        Runtime.HandlerError."""
-        return self.probed_error() == "OrderNotActive"
+        its Retry and Catch list, what the execution fails with), as on AWS; ministack reports every one under a
+        generic name. A probe that did not finish decides nothing: then nothing is skipped (and the capability's
+        own test fails, saying so)."""
+        return self.probed_error() in (TYPED, UNANSWERED)
 
-    def probed_error(self) -> str | None:
-        """The error name the state machine saw from a step that raised OrderNotActive. Asked once, by an execution
-        of the saga's state machine for an order that does not exist: its CreateOrder raises OrderNotActive (it
-        writes nothing; its compensation finds nothing to cancel)."""
-        with self._token_lock:
+    def probed_error(self) -> str:
+        """The error name the state machine saw from a step that raised OrderNotActive: OrderNotActive itself if any
+        failed task or the execution said so (a retried Lambda service error may come first), else the last failed
+        task's, UNANSWERED if the probe did not end. Asked once, by an execution of the saga's state machine for an
+        order that does not exist: its CreateOrder raises OrderNotActive (it writes nothing; its compensation finds
+        nothing to cancel)."""
+        with self._probe_lock:
             if "error" not in self._capabilities:
                 sfn = self.client("stepfunctions")
                 probe = f"ord_capability_probe_{uuid.uuid4().hex[:12]}"
                 arn = sfn.start_execution(stateMachineArn=self.outputs["StateMachineArn"], name=probe,
                                           input=json.dumps({"order_id": probe, "customer_id": "capability-probe"})
                                           )["executionArn"]
-                wait_for_execution(self, arn)
-                self._capabilities["error"] = first_task_error(history(sfn, arn))
-            return self._capabilities["error"]  # type: ignore[no-any-return]
+                try:
+                    ended = wait_for_execution(self, arn, timeout=PROBE_TIMEOUT_S)
+                except TimeoutError:
+                    self._capabilities["error"] = UNANSWERED
+                else:
+                    tasks = task_errors(history(sfn, arn))
+                    said = [*tasks, str(ended.get("error"))]
+                    self._capabilities["error"] = TYPED if TYPED in said else (tasks or said)[-1]
+            return str(self._capabilities["error"])
 
     def sign_in(self, customer: str = "cust-stack") -> tuple[str, str]:
         """(ID token, sub) of a test customer, signed in through the stack's user pool (cached, renewed). With
@@ -264,27 +274,31 @@ def describe(target: Target, arn: str) -> dict[str, Any]:
 COMPENSATIONS = ("RefundPayment", "VoidPayment", "ReleaseCoupon", "ReleaseInventory", "CancelOrder")
 
 
-def first_task_error(events: list[dict[str, Any]]) -> str | None:
-    """The error name of the execution's first failed Lambda task, as its history records it."""
-    for event in events:
-        for key in ("lambdaFunctionFailedEventDetails", "taskFailedEventDetails"):
-            if key in event:
-                return str(event[key].get("error"))
-    return None
+def task_errors(events: list[dict[str, Any]]) -> list[str]:
+    """The error names of the execution's failed Lambda tasks, in order, as its history records them
+    (TaskFailed for the lambda:invoke integration; LambdaFunctionFailed where a Task names the function itself)."""
+    return [str(event[key].get("error")) for event in events
+            for key in ("lambdaFunctionFailedEventDetails", "taskFailedEventDetails") if key in event]
 
 
-# What a test of a step's error names says where the engine cannot name them (Target.typed_errors).
+TYPED, UNANSWERED = "OrderNotActive", "no answer: the probe execution did not end in time"
+PROBE_TIMEOUT_S = 120.0
+# What a test whose outcome rests on a step's error name says where the engine cannot name them.
 UNTYPED = ("this engine reports a step's exception under a generic name, not its class name (the capability probe's "
            "CreateOrder did not fail with OrderNotActive), so the state machine's Retry and Catch by error name, and "
            "the error an execution fails with, cannot be what AWS does: tests/stack/support.py Target.typed_errors")
+# Fault rules that make a step raise (retried or caught by the error's name); a delay makes the engine's own
+# States.Timeout instead.
+RAISING_RULES = ("invocation-error", "dynamodb-error", "dynamodb-response-lost")
 
 
-def depends_on_error_names(expect: dict[str, Any]) -> bool:
+def depends_on_error_names(expect: dict[str, Any], trigger: dict[str, Any] | None = None) -> bool:
     """Whether an expected outcome (a scenario's, a matrix row's) rests on a step's error reaching the state machine
-    by its name: a failed execution and the error it names, retries of a named error, a compensation path."""
+    by its name: a failed execution and the error it names, a retry of a named error, a compensation path (a
+    Catch), or a fault rule that makes a step raise."""
     return (expect.get("status", "SUCCEEDED") != "SUCCEEDED" or "error" in expect or "retries" in expect
-            or "attempts" in expect or "attempts_between" in expect
-            or any(state in (expect.get("path") or []) for state in COMPENSATIONS))
+            or any(state in (expect.get("path") or []) for state in COMPENSATIONS)
+            or any(rule.get("action") in RAISING_RULES for rule in (trigger or {}).get("rules") or []))
 
 
 def wait_for_execution(target: Target, arn: str, timeout: float = 180.0) -> dict[str, Any]:

@@ -216,7 +216,8 @@ def outcomes(target, request):
         if DEPLOYED else {}
     if DEPLOYED and shared and not target.typed_errors():  # (the embedded stack's own stacks name them: probed)
         untyped = {"skipped": UNTYPED}
-        skipped.update({row["id"]: untyped for _, row in shared if depends_on_error_names(row["expect"])})
+        skipped.update({row["id"]: untyped for _, row in shared
+                        if depends_on_error_names(row["expect"], row["trigger"])})
         shared = [(n, row) for n, row in shared if row["id"] not in skipped]
     with ThreadPoolExecutor(max_workers=side_by_side(len(shared)) + 1) as pool:
         separate = pool.submit(run_on_own_stack, request.getfixturevalue("tmp_path_factory").mktemp("parameters"),

@@ -10,7 +10,7 @@ import pytest
 
 from scripts.scenarios import Customers, load_manifest, run_scenario
 from tests.stack.conftest import ROOT
-from tests.stack.support import UNTYPED, depends_on_error_names, http, path_of, place, wait_for_execution
+from tests.stack.support import TYPED, UNTYPED, depends_on_error_names, http, path_of, place, wait_for_execution
 
 EVENTS = ROOT / "events"
 MANIFEST = load_manifest(EVENTS)
@@ -210,4 +210,4 @@ def test_a_step_s_error_reaches_the_state_machine_by_its_name(target):
     with one. The engine must pass them on: CreateOrder's OrderNotActive, for an order that does not exist, is what
     the execution's history records (tests/stack/support.py Target.probed_error). Where an engine cannot, the
     scenarios and matrix rows whose outcome rests on an error's name are skipped, saying so."""
-    assert target.typed_errors(), f"the probe's CreateOrder failed with {target.probed_error()!r}: {UNTYPED}"
+    assert target.probed_error() == TYPED, f"the probe: {target.probed_error()!r}; {UNTYPED}"

@@ -40,6 +40,11 @@ def test_a_location_that_holds_the_api_url_s_whole_path_is_joined_onto_its_host(
         "http://localhost:4566/restapis/abc123/dev/_user_request_/orders/ord_1?x=1"
 
 
+def test_a_segment_that_only_looks_like_the_stage_is_not_taken_for_it():
+    # the API behind a path whose middle segment has the Location's first segment's name
+    assert location_url("http://127.0.0.1:8080/a/orders/api", "/orders/x") == "http://127.0.0.1:8080/a/orders/api/orders/x"
+
+
 def test_an_absolute_location_is_kept():
     assert location_url("http://localhost:4566/restapis/a/dev/_user_request_", "https://api.example/dev/o") == \
         "https://api.example/dev/o"
@@ -119,12 +124,61 @@ def test_what_rests_on_an_error_s_name_is_told_apart_from_what_does_not():
     assert depends_on_error_names({"status": "SUCCEEDED", "path": ["CreateOrder", "ReleaseInventory"]})
 
 
-def test_the_probe_reads_the_first_failed_task_s_error_from_the_history():
-    from tests.stack.support import first_task_error
+def test_a_matrix_row_rests_on_error_names_when_a_step_raises_not_when_the_engine_times_it_out_or_a_map_iterates():
+    import json
+
+    from tests.stack.conftest import ROOT
+    from tests.stack.support import depends_on_error_names
+
+    rows = {row["id"]: row for row in json.loads((ROOT / "tests/stack/scenario_matrix.json").read_text())["rows"]}
+    named = {row_id: depends_on_error_names(row["expect"], row["trigger"]) for row_id, row in rows.items()}
+    for row_id in ("CreateOrder-transient-recovers", "AuthorizePayments-crash-after-write",
+                   "CreateOrder-business-failure", "ConfirmOrder-dynamodb-lost-response",
+                   "ApplyCoupon-business-failure-expired"):
+        assert named[row_id], row_id
+    for row_id in ("AuthorizePayments-approved-2-methods", "AuthorizePayments-approved-3-methods-coupon",
+                   "CreateOrder-timeout", "ApplyCoupon-continue-expired",
+                   "ApplyCoupon-continue-customer-limit-3-methods"):
+        assert not named[row_id], row_id
+
+
+def test_the_probe_reads_every_failed_task_s_error_from_the_history():
+    from tests.stack.support import task_errors
 
     events = [{"type": "ExecutionStarted"}, {"type": "TaskStateEntered"},
+              {"type": "TaskFailed", "taskFailedEventDetails": {"error": "Lambda.ServiceException"}},
               {"type": "LambdaFunctionFailed", "lambdaFunctionFailedEventDetails": {"error": "Runtime.HandlerError"}},
               {"type": "TaskFailed", "taskFailedEventDetails": {"error": "OrderNotActive"}}]
-    assert first_task_error(events) == "Runtime.HandlerError"
-    assert first_task_error(events[3:]) == "OrderNotActive"
-    assert first_task_error(events[:2]) is None
+    assert task_errors(events) == ["Lambda.ServiceException", "Runtime.HandlerError", "OrderNotActive"]
+    assert task_errors(events[:2]) == []
+
+
+@pytest.mark.parametrize(("said", "ended", "typed"), [
+    (["OrderNotActive"], "OrderNotActive", True),
+    (["Lambda.ServiceException", "OrderNotActive"], "OrderNotActive", True),  # a retried service error came first
+    (["Runtime.HandlerError"], "Runtime.HandlerError", False),
+    ([], "OrderNotActive", True),
+    (None, None, True),  # the probe never ended: nothing is decided, nothing skipped
+])
+def test_a_probe_decides_by_any_answer_naming_the_error_and_a_probe_without_an_end_decides_nothing(
+        monkeypatch, said, ended, typed):
+    from tests.stack import support
+
+    class Sfn:
+        def start_execution(self, **kwargs: object) -> dict:
+            return {"executionArn": "arn:aws:states:us-east-1:1:execution:m:" + str(kwargs["name"])}
+
+    def wait(target: object, arn: str, timeout: float) -> dict:
+        if said is None:
+            raise TimeoutError("still RUNNING")
+        return {"status": "FAILED", "error": ended}
+
+    events = [{"taskFailedEventDetails": {"error": e}} for e in said or []]
+    monkeypatch.setattr(support, "wait_for_execution", wait)
+    monkeypatch.setattr(support, "history", lambda sfn, arn: events)
+    target = support.Target("http://127.0.0.1:1/dev", None,
+                            {"StateMachineArn": "arn:aws:states:us-east-1:1:stateMachine:m"})
+    target._clients["stepfunctions"] = Sfn()
+    assert target.typed_errors() is typed
+    assert target.probed_error() == (support.UNANSWERED if said is None else
+                                     "OrderNotActive" if typed else "Runtime.HandlerError")
