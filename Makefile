@@ -12,7 +12,7 @@ PY     := $(VENV)/bin/python
 PYVER  := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
 STAMP  := $(VENV)/.installed-$(PYVER)-$(shell cksum < requirements-dev.txt | cut -d' ' -f1)
 
-.PHONY: run up test test-unit test-stack test-ministack lint openapi docs build bench bench-bill bench-reaper clean venv
+.PHONY: run up test test-unit test-stack test-ministack lint openapi docs build bench bench-bill bench-idle bench-reaper clean venv
 
 # The console's browser libraries (dagre, htmx), exactly as sagalocal/console/package-lock.json pins them.
 # `make venv` installs them with the Python dependencies, so every target that serves the console has them.
@@ -84,6 +84,9 @@ bench: $(STAMP)  ## Benchmarks: this stack, 5d5f643's and ministack's, cold star
 
 bench-bill: $(STAMP)  ## The full bill per million sagas, from measured counts -> docs/benchmarks.md
 	$(PY) bench/bill.py
+
+bench-idle: $(STAMP)  ## An idle stack's CPU per second, the commit before the 20 s long polls beside this tree -> docs/benchmarks.md
+	$(PY) bench/idle_cpu.py
 
 bench-reaper: $(STAMP)  ## The reaper's drain of 500 abandoned sagas, fan-out vs sequential -> docs/benchmarks.md
 	$(PY) bench/reaper_drain.py --orders 500

@@ -33,7 +33,9 @@ import coldstart  # noqa: E402
 import measure  # noqa: E402
 import stacks  # noqa: E402
 from common import OUT, ROOT, load  # noqa: E402
-from report import kept_reaper_section, render, table  # noqa: E402
+from idle_cpu import BEGIN as IDLE_BEGIN  # noqa: E402
+from idle_cpu import END as IDLE_END  # noqa: E402
+from report import kept_marked, kept_reaper_section, render, table  # noqa: E402
 
 
 def phase(results: dict[str, Any], name: str, fn: Any, *args: Any) -> Any:
@@ -143,8 +145,8 @@ def main() -> int:
     print("\n" + table(results, markdown=False))
     path = os.path.join(OUT, "benchmarks-quick.md") if quick else os.path.join(ROOT, "docs", "benchmarks.md")
     img = os.path.join(OUT if quick else os.path.join(ROOT, "docs", "img"), "bench-throughput.png")
-    # The sections measured on their own: bench/reaper_drain.py's and bench/bill.py's.
-    kept = kept_reaper_section(path) + bill.kept_section(Path(path))
+    # The sections measured on their own: bench/reaper_drain.py's, bench/bill.py's and bench/idle_cpu.py's.
+    kept = kept_reaper_section(path) + bill.kept_section(Path(path)) + kept_marked(path, IDLE_BEGIN, IDLE_END)
     with open(path, "w") as f:
         f.write(render(results, img, os.path.relpath(img, os.path.dirname(path))) + kept)
     print(f"\nwritten: {os.path.relpath(path, ROOT)}, {os.path.relpath(img, ROOT)}; {results['minutes']:.1f} min; "

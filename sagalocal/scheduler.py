@@ -48,13 +48,19 @@ class Scheduler:
 
     def _run(self) -> None:
         due = {id(s): time.monotonic() + (self.period(s) or 0) for s in self.schedules}
-        while not self._stopping.wait(0.1):
+        # Wake when the next schedule is due (at most a second later: a schedule enabled or re-timed meanwhile is
+        # seen within it), not ten times a second.
+        while not self._stopping.wait(self._until_next(due)):
             for schedule in self.schedules:
                 period = self.period(schedule)
                 if not schedule.enabled or period is None or time.monotonic() < due[id(schedule)]:
                     continue
                 due[id(schedule)] = time.monotonic() + period
                 threading.Thread(target=self._fire, args=(schedule,), daemon=True).start()
+
+    def _until_next(self, due: dict[int, float]) -> float:
+        waiting = [due[id(s)] for s in self.schedules if s.enabled and self.period(s) is not None]
+        return min(1.0, max(0.01, min(waiting, default=float("inf")) - time.monotonic()))
 
     def _fire(self, schedule: Schedule) -> None:
         try:

@@ -43,7 +43,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 log = logging.getLogger("sagalocal.eventsources")
-POLL_SECONDS = 1.0  # a read that finds nothing new waits this long for a record (a long poll, not a busy one)
+# A read that finds nothing new waits this long for a record (a long poll: a record wakes it at once). Stopping
+# does not wait for it (stop()); with 1 s polls an idle stack spent several ms of CPU a second in both processes.
+POLL_SECONDS = 20.0
+STOP_WAIT_SECONDS = 10.0  # how long stop() waits for a batch being delivered
 FIRST_PAUSE, MAX_PAUSE = 0.2, 5.0  # between retries of a failed batch
 RETRY_ATTEMPTS_EXHAUSTED, RECORD_AGE_EXCEEDED = "RetryAttemptsExhausted", "RecordAgeExceeded"
 
@@ -81,6 +84,8 @@ class StreamMapping:
         self.invocation_records = 0  # sent to the OnFailure destination
         self.last_processing_result = "No records processed"
         self._stop = threading.Event()
+        self._idle = threading.Event()  # set while no batch is being delivered
+        self._idle.set()
         self._thread = threading.Thread(target=self._run, name=f"sagalocal-stream-{spec['function']}", daemon=True)
 
     def start(self) -> None:
@@ -90,8 +95,10 @@ class StreamMapping:
         self._thread.start()
 
     def stop(self) -> None:
+        """Hand nothing more over, and wait for a batch being delivered (its invocation in flight) to end; a read
+        waiting for records is not waited for (a daemon thread, which ends when the read returns)."""
         self._stop.set()
-        self._thread.join(timeout=10)
+        self._idle.wait(STOP_WAIT_SECONDS)
 
     def describe(self) -> dict[str, Any]:
         return {"function": self.spec["function"], "table": self.spec["table"], "position": self.position,
@@ -122,10 +129,14 @@ class StreamMapping:
             for record in records:
                 record["eventSourceARN"] = self.spec["stream_arn"]
             wanted = [r for r in records if self.matches(r)]
-            for start in range(0, len(wanted), self.spec["batch_size"]):
-                if not self._deliver(wanted[start:start + self.spec["batch_size"]]):
-                    return  # stopping
-            self.position = int(records[-1]["dynamodb"]["SequenceNumber"])
+            self._idle.clear()
+            try:
+                for start in range(0, len(wanted), self.spec["batch_size"]):
+                    if not self._deliver(wanted[start:start + self.spec["batch_size"]]):
+                        return  # stopping
+                self.position = int(records[-1]["dynamodb"]["SequenceNumber"])
+            finally:
+                self._idle.set()
 
     # ---- one batch, until done or given up on ---------------------------------------------------------------
     def _deliver(self, batch: list[dict[str, Any]]) -> bool:

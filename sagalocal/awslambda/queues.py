@@ -20,8 +20,11 @@ services-sqs-errorhandling.html):
 
 Where it differs from AWS: the number of pollers is fixed at MaximumConcurrency (5 without one), where Lambda starts
 with 5 concurrent batches and adds up to 300 a minute up to 1,000 (or MaximumConcurrency), and while the queue is
-idle only the first of them polls (the others start as soon as it receives a message); a long poll waits at
-most 1 s (20 s on AWS), so that a stack stops quickly; a throttled invocation leaves the batch to its visibility
+idle only the first of them polls (the others start as soon as it receives a message), with 20 s long polls as
+Lambda's pollers: one request per 20 s while idle (with 1 s polls an idle stack spent ~40 ms of CPU a second on
+them and on the stream's reads). Stopping waits for the batches being delivered, not for a long poll: a poller
+whose long poll returns after the stop delivers nothing (its messages come back after their visibility timeout)
+and ends. A throttled invocation leaves the batch to its visibility
 timeout (Lambda's poller backs off too); FIFO queues' per-group ordering and filter criteria are not emulated
 (the provisioner refuses them).
 """
@@ -35,7 +38,8 @@ from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("sagalocal.queues")
-WAIT_SECONDS = 1  # a long poll's wait (AWS's pollers wait 20 s)
+WAIT_SECONDS = 20  # a long poll's wait, as AWS's pollers (ReceiveMessage's most)
+STOP_WAIT_SECONDS = 30.0  # how long stop() waits for the batches in delivery
 DEFAULT_POLLERS = 5  # without a MaximumConcurrency: the 5 concurrent batches Lambda starts with
 
 
@@ -54,6 +58,8 @@ class QueueMapping:
         self.invocations = 0
         self.last_processing_result = "No records processed"
         self._lock = threading.Lock()
+        self._delivered_all = threading.Condition(self._lock)  # notified when a batch's delivery ends
+        self._delivering = 0  # batches being delivered (invoked, then deleted)
         self._running = 0
         self.peak = 0  # the most invocations that ran at once
         self._stop = threading.Event()
@@ -77,10 +83,12 @@ class QueueMapping:
             thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._busy.set()  # the waiting pollers look at the stop flag now
-        for thread in self._threads:
-            thread.join(timeout=WAIT_SECONDS + 10)
+        """Start nothing more, and wait for the batches being delivered. A poller in a long poll is not waited
+        for (a daemon thread): when its poll returns it sees the flag and delivers nothing."""
+        with self._lock:
+            self._stop.set()
+            self._busy.set()  # the waiting pollers look at the stop flag now
+            self._delivered_all.wait_for(lambda: self._delivering == 0, timeout=STOP_WAIT_SECONDS)
 
     def describe(self) -> dict[str, Any]:
         return {"function": self.spec["function"], "queue": self.spec["queue_arn"], "pollers": self.pollers,
@@ -103,8 +111,17 @@ class QueueMapping:
                 self._stop.wait(1)
                 continue
             if batch:
+                with self._lock:
+                    if self._stop.is_set():
+                        return  # stopped during the poll: the messages come back after their visibility timeout
+                    self._delivering += 1
                 self._busy.set()
-                self._deliver(batch)
+                try:
+                    self._deliver(batch)
+                finally:
+                    with self._lock:
+                        self._delivering -= 1
+                        self._delivered_all.notify_all()
             elif not n:
                 self._busy.clear()  # a whole long poll found nothing
 
