@@ -94,7 +94,7 @@ def run(mode: str, orders: int) -> dict[str, Any]:
     try:
         outputs = stack.outputs
         if mode == "sequential":  # one poller: one batch at a time
-            stack.queues[0].stop()
+            stack.queues[0].stop(polls=True)  # the same queue is mapped again: no poll of the old one left
             stack.queues[0] = stack._queue_mapping({**stack.resources.queue_mappings[0], "max_concurrency": 1})
             stack.queues[0].start()
         store = Store(stack.client("dynamodb"))

@@ -121,6 +121,8 @@ class StreamMapping:
             try:
                 records = self._read(self.position, ack=self.position, wait=POLL_SECONDS)
             except OSError as exc:
+                if self._stop.is_set():
+                    return  # stopped while its read waited: the DynamoDB process may be gone already
                 log.warning("stream of %s unreadable: %s", self.spec["table"], exc)
                 self._stop.wait(1)
                 continue

@@ -21,10 +21,10 @@ services-sqs-errorhandling.html):
 Where it differs from AWS: the number of pollers is fixed at MaximumConcurrency (5 without one), where Lambda starts
 with 5 concurrent batches and adds up to 300 a minute up to 1,000 (or MaximumConcurrency), and while the queue is
 idle only the first of them polls (the others start as soon as it receives a message), with 20 s long polls as
-Lambda's pollers: one request per 20 s while idle (with 1 s polls an idle stack spent ~40 ms of CPU a second on
-them and on the stream's reads). Stopping waits for the batches being delivered, not for a long poll: a poller
-whose long poll returns after the stop delivers nothing (its messages come back after their visibility timeout)
-and ends. A throttled invocation leaves the batch to its visibility
+Lambda's pollers: one request per 20 s while idle (1 s polls, with the stream's reads, were most of an idle
+stack's CPU). Stopping waits for the batches being delivered, not for a long poll: a poller whose long poll
+returns after the stop delivers nothing (its messages come back after their visibility timeout) and ends. A
+throttled invocation leaves the batch to its visibility
 timeout (Lambda's poller backs off too); FIFO queues' per-group ordering and filter criteria are not emulated
 (the provisioner refuses them).
 """
@@ -60,6 +60,9 @@ class QueueMapping:
         self._lock = threading.Lock()
         self._delivered_all = threading.Condition(self._lock)  # notified when a batch's delivery ends
         self._delivering = 0  # batches being delivered (invoked, then deleted)
+        # The pollers receive one at a time: two ReceiveMessage calls scanning one moto queue at once could both
+        # take a message (no lock guards the scan), and a poller waiting out a long poll rescans every second.
+        self._receiving = threading.Lock()
         self._running = 0
         self.peak = 0  # the most invocations that ran at once
         self._stop = threading.Event()
@@ -82,13 +85,19 @@ class QueueMapping:
         for thread in self._threads:
             thread.start()
 
-    def stop(self) -> None:
+    def stop(self, polls: bool = False) -> None:
         """Start nothing more, and wait for the batches being delivered. A poller in a long poll is not waited
-        for (a daemon thread): when its poll returns it sees the flag and delivers nothing."""
+        for (a daemon thread): when its poll returns it sees the flag and delivers nothing, and what that poll
+        received stays invisible for the queue's visibility timeout (the function's role may not change it). So a
+        caller that maps the same queue again in this process passes `polls=True`, which waits for the polls too
+        (up to WAIT_SECONDS)."""
         with self._lock:
             self._stop.set()
             self._busy.set()  # the waiting pollers look at the stop flag now
             self._delivered_all.wait_for(lambda: self._delivering == 0, timeout=STOP_WAIT_SECONDS)
+        if polls:
+            for thread in self._threads:
+                thread.join(timeout=WAIT_SECONDS + 10)
 
     def describe(self) -> dict[str, Any]:
         return {"function": self.spec["function"], "queue": self.spec["queue_arn"], "pollers": self.pollers,
@@ -102,7 +111,8 @@ class QueueMapping:
             if n and not self._busy.wait(WAIT_SECONDS):
                 continue  # the queue is idle: the first poller watches it
             try:
-                batch = self._receive()
+                with self._receiving:  # one receive at a time: moto's scan of a queue is not thread-safe
+                    batch = self._receive()
             except Exception as exc:  # noqa: BLE001 - denied, no such queue, the endpoint stopping: wait, try again
                 if self._stop.is_set():
                     return

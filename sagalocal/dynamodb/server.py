@@ -8,7 +8,7 @@ Control endpoints (not DynamoDB's):
   GET|POST        /_sagalocal/iam      the functions' identities (POST registers them) and what each used
   GET             /_sagalocal/streams  ?table=&after=&limit=&ack=&wait=&stream_arn=&as=: a table's stream records, read
                                        by an event source mapping with the function's identity (`as`); with
-                                       nothing new, it waits up to `wait` seconds (at most 5) for a record
+                                       nothing new, it waits up to `wait` seconds (at most 20) for a record
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def make_server(port: int, engine: Engine) -> _Server:
                         return
                     self._json(200, STREAMS.read(query["table"], int(query.get("after", 0)),
                                                  int(query.get("limit", 100)), int(query.get("ack", 0)),
-                                                 wait=min(5.0, max(0.0, float(query.get("wait", 0))))))
+                                                 wait=min(20.0, max(0.0, float(query.get("wait", 0))))))
                 elif path == "/_sagalocal/stats":
                     if self.command == "DELETE":
                         engine.meter.reset()
