@@ -13,10 +13,12 @@ import math
 import os
 import socket
 import statistics
+import subprocess
 import threading
 import time
 import urllib.parse
 import uuid
+from pathlib import Path
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -223,6 +225,15 @@ def pct(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
+
+
+def extract(commit: str, folder: Path) -> Path:
+    """`commit`'s tree in `folder` (`git archive`, once: a folder that holds its template is kept)."""
+    if not (folder / "template.yaml").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", commit], cwd=ROOT, capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
+    return folder
 
 
 def free_port() -> int:

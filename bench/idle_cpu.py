@@ -24,22 +24,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]
 
-from common import free_port  # noqa: E402
+from common import extract, free_port  # noqa: E402
 from report import write_marked  # noqa: E402
 from stacks import NO_REAPER, ROLES, Stack  # noqa: E402
 
 OLD = "c91d32a"  # main before the 20 s long polls
 BEGIN = "<!-- idle-cpu: written by bench/idle_cpu.py; bench/run_all.py keeps it -->"
 END = "<!-- /idle-cpu -->"
-
-
-def extract(commit: str) -> Path:
-    tree = ROOT / ".local" / "bench" / f"idle-{commit}"
-    if not (tree / "sagalocal").is_dir():
-        tree.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(["git", "archive", commit], cwd=ROOT, capture_output=True, check=True)
-        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
-    return tree
 
 
 def idle(name: str, tree: Path, settle: float, seconds: float) -> dict[str, float]:
@@ -73,7 +64,8 @@ def main(argv: list[str]) -> int:
     described = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
                                text=True, check=False).stdout.strip()
     load = os.getloadavg()
-    figures = {f"old ({args.old})": idle("idle-old", extract(args.old), args.settle, args.seconds),
+    figures = {f"old ({args.old})": idle("idle-old", extract(args.old, ROOT / ".local" / "bench" / f"idle-{args.old}"),
+                                          args.settle, args.seconds),
                f"new ({described})": idle("idle-new", ROOT, args.settle, args.seconds)}
     roles = sorted({role for figure in figures.values() for role in figure} - {"all"})
     header = "| tree | " + " | ".join(roles) + " | all |"

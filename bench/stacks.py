@@ -19,11 +19,12 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import boto3
 from botocore.config import Config
-from common import CATALOG, OUT, ROOT, free_port, group_cpu, http, processes
+from common import CATALOG, OUT, ROOT, extract, free_port, group_cpu, http, processes
 
 from scripts import ministack
 from scripts.ministack import Blocked, pyenv_env, run, sam_build, venv  # noqa: F401 - the bench's names for them
@@ -124,11 +125,7 @@ def start_new() -> Stack:
 
 
 def extract_baseline() -> str:
-    if not os.path.exists(os.path.join(BASELINE, "template.yaml")):
-        os.makedirs(BASELINE, exist_ok=True)
-        archive = subprocess.run(["git", "archive", BASELINE_COMMIT], cwd=ROOT, capture_output=True, check=True)
-        subprocess.run(["tar", "-x", "-C", BASELINE], input=archive.stdout, check=True)
-    return BASELINE
+    return str(extract(BASELINE_COMMIT, Path(BASELINE)))
 
 
 def declared(template: str, overrides: list[str]) -> list[str]:

@@ -160,9 +160,9 @@ def location_url(api_url: str, location: str) -> str:
     stage. The Location is a path from the stage, `/dev/orders/<id>`, as API Gateway answers for a REST API. On
     AWS the API URL is `https://<id>.execute-api.<region>.amazonaws.com/dev`, but on LocalStack it is
     `<endpoint>/restapis/<id>/dev/_user_request_`, where joining the Location onto the host (`urljoin`) would
-    drop the API's own path. So when the Location's first segment (the stage) is one of the API URL's, the rest
-    of the Location follows the API URL; when it is not (a Location without the stage, or an API URL without
-    one, like the embedded stack's), the whole Location does."""
+    drop the API's own path. So when the API URL ends at the Location's first segment (the stage; on LocalStack,
+    before `_user_request_`), the rest of the Location follows the API URL; when it does not (a Location without
+    the stage, or an API URL without one, like the embedded stack's), the whole Location does."""
     if urllib.parse.urlsplit(location).scheme:
         return location  # already absolute
     base = api_url.rstrip("/")
@@ -171,6 +171,6 @@ def location_url(api_url: str, location: str) -> str:
         return urllib.parse.urljoin(base, location)  # the Location holds the API URL's whole path already
     stage, _, rest = location.lstrip("/").partition("/")
     segments = [segment for segment in path.split("/") if segment]
-    if stage and (segments[-1:] == [stage] or segments[-2:] == [stage, "_user_request_"]):  # the URL ends at the stage
+    if stage and (segments[-1:] == [stage] or segments[-2:] == [stage, "_user_request_"]):
         return f"{base}/{rest}"
     return f"{base}/{location.lstrip('/')}"

@@ -24,9 +24,8 @@ idle only the first of them polls (the others start as soon as it receives a mes
 Lambda's pollers: one request per 20 s while idle (1 s polls, with the stream's reads, were most of an idle
 stack's CPU). Stopping waits for the batches being delivered, not for a long poll: a poller whose long poll
 returns after the stop delivers nothing (its messages come back after their visibility timeout) and ends. A
-throttled invocation leaves the batch to its visibility
-timeout (Lambda's poller backs off too); FIFO queues' per-group ordering and filter criteria are not emulated
-(the provisioner refuses them).
+throttled invocation leaves the batch to its visibility timeout (Lambda's poller backs off too); FIFO queues'
+per-group ordering and filter criteria are not emulated (the provisioner refuses them).
 """
 
 from __future__ import annotations

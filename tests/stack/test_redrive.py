@@ -24,7 +24,6 @@ from botocore.exceptions import ClientError
 from order_saga.models import order_id_for
 from scripts.redrive_parked import Operator
 from tests.stack.support import (
-    UNTYPED,
     parked_queue_orders,
     post_order,
     settle_late_authorizations,
@@ -61,8 +60,7 @@ def redrivable(target):
 def named_errors(redrivable):
     """A redrive of a compensated or parked saga: what it ends with rests on the error names the state machine's
     Catch matches (a declined card, the gateway unavailable), which an engine must pass on (Target.typed_errors)."""
-    if not redrivable.typed_errors():
-        pytest.skip(UNTYPED)
+    redrivable.require_error_names()
     return redrivable
 
 

@@ -19,8 +19,8 @@ CATALOG = {item["sku"]: item for item in json.loads((EVENTS / "catalog.json").re
 
 
 def scenario(target, name: str, unique: str):
-    if depends_on_error_names(SCENARIOS[name]["expect"]) and not target.typed_errors():
-        pytest.skip(UNTYPED)
+    if depends_on_error_names(SCENARIOS[name]["expect"]):
+        target.require_error_names()
     result = run_scenario(SCENARIOS[name], EVENTS, target.api_url, target.client("stepfunctions"),
                           Customers(target.client("cognito-idp"), target.outputs),
                           target.endpoint if target.embedded else None, key_suffix=unique)
@@ -149,8 +149,7 @@ def test_a_gateway_that_never_answers_costs_the_client_timeout_and_the_saga_comp
     """tok_hang: the processor takes an hour. The gateway client gives up at its timeout (the outcome is
     unknown), the retries are told the authorization is in progress, and the saga compensates; the payment
     is marked for the reaper's reconciliation. No Lambda timeout: the call fits its function."""
-    if not target.typed_errors():  # PaymentGatewayUnavailable's retries and Catch, and the error it fails with
-        pytest.skip(UNTYPED)
+    target.require_error_names()  # PaymentGatewayUnavailable's retries and Catch, and the error it fails with
     accepted = place(target, [{"sku": "MUG-BLUE", "quantity": 1}], "tok_hang")
     described = wait_for_execution(target, accepted["execution_arn"], timeout=90)
     visits = path_of(target, accepted["execution_arn"])
