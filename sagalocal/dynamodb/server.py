@@ -154,12 +154,15 @@ def serve(port: int, window_ms: float, ready_file: Path | None) -> None:
     server = make_server(port, engine)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    parent = os.getppid()
     threading.Thread(target=server.serve_forever, name="dynamodb", daemon=True).start()
     if ready_file is not None:
         ready_file.write_text(json.dumps({"port": server.server_address[1], "pid": os.getpid()}))
     try:
         while not stop.wait(0.5):
-            if os.getppid() == 1:  # the stack that started us is gone
+            # The stack that started us is gone: we were handed to another parent (init, or a subreaper such as
+            # make test's runner, a container's init or a user's systemd, none of which is pid 1 to us).
+            if os.getppid() != parent:
                 break
     except KeyboardInterrupt:
         pass

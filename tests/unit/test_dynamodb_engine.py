@@ -13,6 +13,8 @@ The last section pins where the engine is kinder than AWS, so the document is up
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -619,3 +621,42 @@ def test_an_update_that_would_change_the_key_is_refused_every_time_even_after_it
         with pytest.raises(ClientError, match="Cannot update attribute order_id"):
             aws.update_item(**update, ExpressionAttributeNames={"#field": "order_id"})
     assert aws.get_item(TableName=table, Key=key)["Item"] == {**key, "note": {"S": "b"}}
+
+
+# A process that adopts orphans (Linux's child subreaper: make test's runner, a container's init, a user's
+# systemd): the DynamoDB process whose stack died is handed to it, not to pid 1, and must still notice and end.
+_ADOPTER = r"""
+import ctypes, json, os, subprocess, sys, time
+assert ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+ready = sys.argv[1]
+stack = subprocess.Popen([sys.executable, "-c", '''
+import subprocess, sys, time, os
+server = subprocess.Popen([sys.executable, "-m", "sagalocal.dynamodb.server", "--port", "0",
+                           "--ready-file", sys.argv[1]])
+deadline = time.monotonic() + 120
+while not os.path.exists(sys.argv[1]) and time.monotonic() < deadline:
+    time.sleep(0.05)
+os._exit(0)  # the stack dies without stopping its DynamoDB process
+''', ready])
+stack.wait()
+pid = json.loads(open(ready).read())["pid"]
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    done, _ = os.waitpid(pid, os.WNOHANG)  # adopted: ours to reap
+    if done:
+        print("ended")
+        break
+    time.sleep(0.1)
+else:
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    print("still running")
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a child subreaper is Linux's (prctl)")
+def test_the_dynamodb_process_ends_when_its_stack_dies_even_under_a_subreaper(tmp_path):
+    done = subprocess.run([sys.executable, "-c", _ADOPTER, str(tmp_path / "ready.json")], capture_output=True,
+                          text=True, timeout=240, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ended", done.stderr
