@@ -123,8 +123,8 @@ def test_an_execution_stopped_mid_saga_is_compensated_within_one_lease_period(le
     before = stock(leased)
     accepted = place(leased, [{"sku": "MUG-BLUE", "quantity": 1}], "tok_hang")
     order_id = accepted["order_id"]
-    wait_until(lambda: "ReserveInventory" in (leased.order(order_id) or {}).get("steps", {}), 30, "reserved")
-    time.sleep(0.5)  # AuthorizePayment has started: its gateway call hangs
+    # AuthorizePayment has started: its gateway call hangs (the processor's ledger holds it in progress)
+    wait_until(lambda: (leased.ledger(order_id) or {}).get("state") == "PROCESSING", 30, "the gateway call hangs")
     sfn.stop_execution(executionArn=accepted["execution_arn"], error="Operator", cause="stopped by the test")
     stopped = time.monotonic()
     order = wait_until(lambda: (o := leased.order(order_id))["saga_status"] == "COMPENSATED" and o, LEASE + 20,
@@ -148,9 +148,9 @@ def test_an_execution_stopped_mid_saga_is_compensated_within_one_lease_period(le
 def test_a_payment_completing_after_the_saga_gave_up_on_it_is_reconciled_and_leaves_no_money(long_lease):
     leased = long_lease
     before = stock(leased)
+    called = time.time()  # before the request: the saga may reach the gateway before the 202 reaches us
     accepted = place(leased, [{"sku": "MUG-BLUE", "quantity": 1}], "tok_hang")
     order_id = accepted["order_id"]
-    called = time.time()
     described = wait_for_execution(leased, accepted["execution_arn"], 60)
     assert described["error"] == "PaymentGatewayUnavailable"  # the client's timeout, then "in progress"
     assert [v.name for v in path_of(leased, accepted["execution_arn"])] == [

@@ -83,9 +83,9 @@ def test_a_declined_card_compensates_and_nothing_is_held_or_captured(stack, fake
 
 
 def test_an_authorization_landing_after_the_saga_gave_up_is_canceled_by_the_reaper(stack, fake):
+    called = time.time()  # before the request: the saga may reach Stripe before the 202 reaches us
     accepted = place(stack, [{"sku": "MUG-BLUE", "quantity": 1}], f"pm_card_fakeSlow_{SLOW}")
     order_id = accepted["order_id"]
-    called = time.time()
     described = wait_for_execution(stack, accepted["execution_arn"], 120)
     assert described["error"] == "PaymentGatewayUnavailable"  # the client's timeout, then the 409 of the replays
     assert "VoidPayment" in [v.name for v in path_of(stack, accepted["execution_arn"])]

@@ -31,12 +31,12 @@ OTHER = EXECUTION.replace(":ord_1", ":intruder")
 LEASE_S = 1.5  # long enough for consecutive steps on a loaded machine; the tests sleep past it
 
 
-def run_steps(handlers, context, saga, *names):
+def run_steps(handlers, context, saga, *names, execution=EXECUTION):
     """The steps one after another, their modules imported first: a fresh import under load (a cold start)
     took longer than the short lease once, and the lease runs from CreateOrder on."""
     modules = [handlers(name) for name in names]
     for module in modules:
-        saga = invoke(module, context, saga)
+        saga = invoke(module, context, saga, execution=execution)
     return saga
 
 
@@ -293,9 +293,7 @@ def test_a_late_redrive_after_a_takeover_changes_nothing(aws, handlers, context,
     monkeypatch.setenv("PARKED_SAGAS_QUEUE_URL", "https://sqs.us-east-1.amazonaws.com/123456789012/none.fifo")
     started = datetime.datetime(2026, 12, 6, 7, 0, 0, 123000, tzinfo=datetime.UTC)
     owner = f"{EXECUTION}#2026-12-06T07:00:00.123Z"
-    saga = new_saga(aws)
-    for name in ("create_order", "reserve_inventory"):
-        saga = invoke(handlers(name), context, saga, execution=owner)
+    saga = run_steps(handlers, context, new_saga(aws), "create_order", "reserve_inventory", execution=owner)
     time.sleep(LEASE_S + 0.2)  # past the short lease
     assert reap(handlers, context)["compensated"] == ["ord_1"]
     assert handlers("park_saga").lambda_handler(failed_execution_event(started), context) == {"parked": False}
@@ -308,12 +306,13 @@ def test_a_late_redrive_after_a_takeover_changes_nothing(aws, handlers, context,
 
 def test_no_lease_outlives_the_saga_deadline_and_an_overrunning_saga_is_reaped(aws, handlers, context, monkeypatch):
     monkeypatch.setenv("LEASE_SECONDS", "60")
-    monkeypatch.setenv("SAGA_DEADLINE_SECONDS", "1.5")
+    # Room for two steps on a loaded machine (the deadline runs from the order's creation), then slept past.
+    monkeypatch.setenv("SAGA_DEADLINE_SECONDS", "6")
     saga = new_saga(aws)
     saga = run_steps(handlers, context, saga, "create_order", "reserve_inventory")
     item = order(aws)
-    assert item["lease_expires_at"] <= item["deadline_at"]  # a 60 s lease is capped at the 1.5 s deadline
-    time.sleep(1.7)
+    assert item["lease_expires_at"] <= item["deadline_at"]  # a 60 s lease is capped at the 6 s deadline
+    time.sleep(max(0.0, item["deadline_at"] / 1000 - time.time()) + 0.2)
     with pytest.raises(LeaseLost, match="deadline"):
         invoke(handlers("authorize_payment"), context, saga)
     assert reap(handlers, context)["compensated"] == ["ord_1"]

@@ -430,7 +430,8 @@ def test_a_timed_out_execution_is_redrivable_and_its_timeout_counts_from_the_red
     fake.functions["first"] = lambda payload: {}
     fake.functions["second"] = first_call_held(release, calls)  # past the machine's TimeoutSeconds
     try:
-        arn = start(sfn, machine(sfn, TWO_STEPS, "First", TimeoutSeconds=1))
+        # 3 s: the redriven run (two short steps) must end within it on a loaded machine; the held call outlasts it
+        arn = start(sfn, machine(sfn, TWO_STEPS, "First", TimeoutSeconds=3))
         assert sfn.describe_execution(executionArn=arn)["status"] == "TIMED_OUT"
         described = redriven(sfn, arn)
     finally:

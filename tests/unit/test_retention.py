@@ -279,14 +279,14 @@ def test_an_order_cancelled_before_any_payment_step_keeps_its_pending_payment(aw
 
 def test_a_payment_waiting_for_its_reconciliation_never_expires_until_it_is_reconciled(aws, handlers, context,
                                                                                       monkeypatch):
-    from tests.unit.test_steps import given_up_and_voided
+    from tests.unit.test_steps import given_up_and_voided, until_the_authorization_lands
 
-    given_up_and_voided(aws, handlers, context, monkeypatch, "tok_slow_2")
+    given_up_and_voided(aws, handlers, context, monkeypatch)
     assert payment(aws)["status"] == "VOIDED"
     assert "reconcile" in payment(aws)
     assert "purge_at" not in payment(aws)
     assert retention_problems(aws) == []
-    time.sleep(2.1)  # the authorization lands at the processor after the void
+    until_the_authorization_lands(aws)  # the authorization lands at the processor after the void
     assert reap(handlers, context)["reconciled"] == {"ord_1#1": "reversed"}
     reconciled = payment(aws)
     assert reconciled["purge_at"] == Timing.from_env().retained_until(reconciled["reconciled_at"])
