@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -626,8 +627,10 @@ def test_an_update_that_would_change_the_key_is_refused_every_time_even_after_it
 # A process that adopts orphans (Linux's child subreaper: make test's runner, a container's init, a user's
 # systemd): the DynamoDB process whose stack died is handed to it, not to pid 1, and must still notice and end.
 _ADOPTER = r"""
-import ctypes, json, os, subprocess, sys, time
-assert ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+import json, os, subprocess, sys, time
+sys.path.insert(0, sys.argv[2])
+from run_tests import adopt_orphans  # make test's runner, as it adopts its groups' orphans
+assert adopt_orphans()
 ready = sys.argv[1]
 stack = subprocess.Popen([sys.executable, "-c", '''
 import subprocess, sys, time, os
@@ -656,7 +659,8 @@ else:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a child subreaper is Linux's (prctl)")
 def test_the_dynamodb_process_ends_when_its_stack_dies_even_under_a_subreaper(tmp_path):
-    done = subprocess.run([sys.executable, "-c", _ADOPTER, str(tmp_path / "ready.json")], capture_output=True,
-                          text=True, timeout=240, check=False)
+    scripts = Path(__file__).resolve().parents[2] / "scripts"
+    done = subprocess.run([sys.executable, "-c", _ADOPTER, str(tmp_path / "ready.json"), str(scripts)],
+                          capture_output=True, text=True, timeout=240, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ended", done.stderr
