@@ -36,22 +36,34 @@ OWN_STACKS = ["tests/stack/test_cli.py", "tests/stack/test_leases.py", "tests/st
 # waiting, which left it the run's last group.
 OWN_STACKS_TOO = ["tests/stack/test_breaker.py", "tests/stack/test_stripe.py", "tests/stack/test_limits.py"]
 UNIT = sorted(str(path.relative_to(ROOT)) for path in (ROOT / "tests" / "unit").glob("test_*.py"))
+# The pytest plugins a group's tests use, of those the venv installs: each one a group loads without using cost
+# its process ~0.4-1.2 CPU-s at start-up (schemathesis 1.2, hypothesis 0.8), nearly all of a short group's set-up.
+PLUGINS = ("anyio", "hypothesispytest", "schemathesis")
+
+
+def using(*plugins: str) -> list[str]:
+    """pytest arguments that leave out every plugin of PLUGINS but `plugins`."""
+    return [arg for name in PLUGINS if name not in plugins for arg in ("-p", f"no:{name}")]
+
+
 # name: (pytest arguments, measured by coverage). The first group's output is shown as it runs; the others' when
 # they end. Each stack group starts its own embedded stack; the heavy load (60 fault-injected sagas, the
 # 100-order burst) gets one to itself. The stack groups run untraced: measured, their Lambda sandboxes added 15
 # lines to the unit, browser and simulation tiers' (the API's error handlers for raw bodies, a lost
 # StartExecution answer, the client-side lost-response hook), now unit tests of their own, for ~45 CPU-s a run.
 GROUPS = {
-    "stack": (["tests/stack", *[f"--deselect={path}" for path in HEAVY + OWN_STACKS + OWN_STACKS_TOO]], False),
-    "stack, under load": ([*HEAVY, "-s"], False),  # -s: their summaries (outcomes of the sagas, the races) print
-    "stack, own stacks": (OWN_STACKS, False),
-    "stack, own stacks too": (OWN_STACKS_TOO, False),
+    # test_fuzz: schemathesis and hypothesis; test_invariants: hypothesis. No test uses anyio.
+    "stack": (["tests/stack", *[f"--deselect={path}" for path in HEAVY + OWN_STACKS + OWN_STACKS_TOO],
+               *using("hypothesispytest", "schemathesis")], False),
+    "stack, under load": ([*HEAVY, "-s", *using("hypothesispytest")], False),  # -s: their summaries print
+    "stack, own stacks": ([*OWN_STACKS, *using()], False),
+    "stack, own stacks too": ([*OWN_STACKS_TOO, *using()], False),
     # The unit tier in two halves (every other file): much of it waits (slow fakes, visibility timeouts, commit
     # windows), and one process waiting alone made it the run's longest group.
-    "unit, first half": (UNIT[0::2], True),
-    "unit, second half": (UNIT[1::2], True),
-    "browser": (["tests/browser"], True),
-    "simulation": (["tests/sim", "-s"], True),  # -s: the explorer's and the mixes' summaries print
+    "unit, first half": ([*UNIT[0::2], *using()], True),
+    "unit, second half": ([*UNIT[1::2], *using()], True),
+    "browser": (["tests/browser", *using()], True),
+    "simulation": (["tests/sim", "-s", *using()], True),  # -s: the explorer's and the mixes' summaries print
 }
 
 
