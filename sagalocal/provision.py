@@ -28,6 +28,7 @@ from typing import Any
 
 from sagalocal.awslambda.code import CodeStore
 from sagalocal.awslambda.runtime import FunctionSpec
+from sagalocal.errors import StackError
 from sagalocal.eventbridge import rule_of_function_event
 from sagalocal.iam import Principal, Statement, statements_of
 from sagalocal.template import Template, TemplateError
@@ -39,10 +40,6 @@ SUPPORTED = {
     "AWS::Cognito::UserPool", "AWS::Cognito::UserPoolClient", "AWS::Events::EventBus", "AWS::Events::Rule",
     "AWS::SQS::QueuePolicy", "AWS::IAM::Role",
 }
-
-
-class StackError(Exception):
-    """The stack cannot start; the message says what and where."""
 
 
 @dataclass

@@ -11,10 +11,3 @@
 
 `sagalocal up` serves it for the embedded stack; `sagalocal console` serves it for any endpoint.
 """
-
-from __future__ import annotations
-
-from sagalocal.console.data import Source
-from sagalocal.console.server import AssetsMissing, ConsoleServer
-
-__all__ = ["AssetsMissing", "ConsoleServer", "Source"]

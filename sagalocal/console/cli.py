@@ -6,10 +6,10 @@ import argparse
 import signal
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sagalocal.console.data import Source
-from sagalocal.console.server import AssetsMissing, ConsoleServer
+if TYPE_CHECKING:  # the console's modules are imported by the commands that serve it: the CLI's others start faster
+    from sagalocal.console.server import ConsoleServer
 
 
 def add_parser(sub: Any) -> None:
@@ -23,6 +23,9 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_console(args: argparse.Namespace) -> int:
+    from sagalocal.console.data import Source
+    from sagalocal.console.server import ConsoleServer
+
     server = ConsoleServer(Source.from_file(args.endpoint, args.region, args.stack_outputs), args.port).start()
     print(f"Console       {server.url}   (reading {args.endpoint or 'AWS'}, region {args.region}). Ctrl-C to stop.",
           flush=True)
@@ -44,6 +47,9 @@ def serve_for_stack(endpoint: str, region: str, outputs: dict[str, Any],
 
     Without its browser libraries the stack still serves; the second value says why there is no console.
     """
+    from sagalocal.console.data import Source
+    from sagalocal.console.server import AssetsMissing, ConsoleServer
+
     try:
         return ConsoleServer(Source(endpoint, region, outputs), port).start(), ""
     except AssetsMissing as exc:
