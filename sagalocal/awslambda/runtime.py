@@ -166,10 +166,12 @@ class Preloader:
     functions (a measured process is started by coverage's subprocess patch), or if the preloader cannot start.
     """
 
-    # What is read when an interpreter starts or when the preloaded libraries are imported: a function whose
-    # environment sets one of these differently from the stack's starts on its own (TZ is applied after the fork).
+    # What is read when an interpreter starts, when the preloaded libraries are imported or when boto3's default
+    # session first makes a client (its files and profile): a function whose environment sets one of these
+    # differently from the stack's starts on its own (TZ is applied after the fork).
     STARTUP = ("PYTHON", "LC_", "LANG", "BOTO", "AWS_NEW_RETRIES", "HOME", "PATH", "LD_", "MALLOC_", "OPENSSL_",
-               "SSL_")
+               "SSL_", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_PROFILE", "AWS_DEFAULT_PROFILE",
+               "AWS_DATA_PATH")
 
     def __init__(self, environment: dict[str, str]) -> None:
         self.environment = environment  # the stack's base environment (the stack adds to it after this)
