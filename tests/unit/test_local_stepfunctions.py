@@ -19,7 +19,9 @@ from sagalocal import stepfunctions
 stepfunctions._one_execution_per_name()  # these two patches alone: the others need a stack's Lambda service
 stepfunctions._stop_is_final()
 
-DEFINITION = json.dumps({"StartAt": "Wait", "States": {"Wait": {"Type": "Wait", "Seconds": 2, "End": True}}})
+# The execution outlasts every racer however loaded the machine (a 2 s one ended before late racers started, which
+# then met a closed execution: ExecutionAlreadyExists for the same input); the fixture stops what still runs.
+DEFINITION = json.dumps({"StartAt": "Wait", "States": {"Wait": {"Type": "Wait", "Seconds": 60, "End": True}}})
 RACERS = 12
 
 
@@ -39,6 +41,9 @@ def sfn(monkeypatch):
         arn = client.create_state_machine(name="race", definition=DEFINITION,
                                           roleArn="arn:aws:iam::123456789012:role/sfn")["stateMachineArn"]
         yield client, arn
+        for execution in executions(client, arn):
+            if execution["status"] == "RUNNING":
+                client.stop_execution(executionArn=execution["executionArn"])
 
 
 def race(start) -> list:

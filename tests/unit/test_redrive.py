@@ -121,6 +121,19 @@ def history(sfn, arn: str) -> list[dict[str, Any]]:
     return sfn.get_execution_history(executionArn=arn, maxResults=1000)["events"]
 
 
+def until_recorded(sfn, machine_arn: str, count: int, recorded: Callable[[dict[str, Any]], bool]) -> None:
+    """Until the history of the machine's execution holds `count` events that are `recorded` (from a function that
+    the execution runs: what else it runs has ended, not merely returned)."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        arns = [e["executionArn"] for page in sfn.get_paginator("list_executions").paginate(
+            stateMachineArn=machine_arn) for e in page["executions"]]
+        if arns and sum(1 for event in history(sfn, arns[0]) if recorded(event)) >= count:
+            return
+        assert time.monotonic() < deadline, "the events were never recorded"
+        time.sleep(0.01)
+
+
 def entered(events: list[dict[str, Any]]) -> list[str]:
     return [e["stateEnteredEventDetails"]["name"] for e in events if e["type"].endswith("StateEntered")]
 
@@ -204,26 +217,21 @@ def test_an_execution_that_failed_in_a_fail_state_enters_it_again_and_fails_agai
 
 # ---- Map and Parallel: only what did not succeed ---------------------------------------------------------------
 def test_a_map_runs_again_only_the_iteration_that_failed_and_its_output_keeps_the_item_order(sfn, fake):
-    others_done = threading.Event()
-    done: list[int] = []
     broken = {"on": True}
-
-    def item(payload: Any) -> Any:
-        number = payload["input"]
-        if number == 2 and broken["on"]:
-            others_done.wait(WAIT)  # fail only once items 1 and 3 succeeded
-            time.sleep(0.05)  # and their iterations ended
-            raise Broken("Broken")
-        done.append(number)
-        if len(done) == 2:
-            others_done.set()
-        return number * 10
-
-    fake.functions["item"] = item
     states = {"Each": {"Type": "Map", "ItemsPath": "$.items",
                        "ItemProcessor": {"StartAt": "Item", "States": {"Item": task("item", End=True)}},
                        "End": True}}
-    arn = start(sfn, machine(sfn, states, "Each"), {"items": [1, 2, 3]})
+    machine_arn = machine(sfn, states, "Each")
+
+    def item(payload: Any) -> Any:
+        number = payload["input"]
+        if number == 2 and broken["on"]:  # fail only once the iterations of items 1 and 3 succeeded
+            until_recorded(sfn, machine_arn, 2, lambda event: event["type"] == "MapIterationSucceeded")
+            raise Broken("Broken")
+        return number * 10
+
+    fake.functions["item"] = item
+    arn = start(sfn, machine_arn, {"items": [1, 2, 3]})
     assert sfn.describe_execution(executionArn=arn)["status"] == "FAILED"
     assert sorted(p["input"] for p in fake.called("item")) == [1, 2, 3]
 
@@ -240,23 +248,19 @@ def test_a_map_runs_again_only_the_iteration_that_failed_and_its_output_keeps_th
 
 def test_a_parallel_runs_again_only_the_branch_that_failed(sfn, fake):
     right = Switch(answer=lambda payload: "right")
-    left_done = threading.Event()
-
-    def left(payload: Any) -> Any:
-        left_done.set()
-        return "left"
-
-    def slow_right(payload: Any) -> Any:
-        left_done.wait(WAIT)
-        time.sleep(0.05)  # the left branch has ended
-        return right(payload)
-
-    fake.functions["left"] = left
-    fake.functions["right-slow"] = slow_right
     states = {"Both": {"Type": "Parallel", "End": True, "Branches": [
         {"StartAt": "Left", "States": {"Left": task("left", End=True)}},
         {"StartAt": "Right", "States": {"Right": task("right-slow", End=True)}}]}}
-    arn = start(sfn, machine(sfn, states, "Both"))
+    machine_arn = machine(sfn, states, "Both")
+
+    def slow_right(payload: Any) -> Any:  # it answers once the left branch has ended
+        until_recorded(sfn, machine_arn, 1,
+                       lambda event: event.get("stateExitedEventDetails", {}).get("name") == "Left")
+        return right(payload)
+
+    fake.functions["left"] = lambda payload: "left"
+    fake.functions["right-slow"] = slow_right
+    arn = start(sfn, machine_arn)
     assert sfn.describe_execution(executionArn=arn)["status"] == "FAILED"
     right.broken = False
     described = redriven(sfn, arn)
