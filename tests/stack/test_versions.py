@@ -20,6 +20,7 @@ import shutil
 import time
 import urllib.request
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ pytestmark = pytest.mark.embedded_only(reason="redeploys the embedded stack of a
 
 MARKER = "v2-marker"
 HELD = 3  # sagas in flight during the deploy
-HOLD_MS = 8_000  # AuthorizePayment's delay: under its 14 s timeout, longer than the code change and the deploy's start
+HOLD_MS = 10_000  # AuthorizePayment's delay: under its 14 s timeout, longer than the code change and the deploy's start
 TASKS = ("CreateOrder", "ReserveInventory", "AuthorizePayment", "ConfirmOrder")
 
 
@@ -111,9 +112,12 @@ def test_sagas_in_flight_keep_their_version_through_a_deploy_and_new_sagas_take_
     holds = [{"action": "invocation-add-delay", "function": "AuthorizePayment", "delay_ms": HOLD_MS,
               "order_id": order_id_for(sub, key)} for key in keys]
     with faults.applied(*holds):
-        held = [place(target, [{"sku": "MUG-BLUE", "quantity": 1}], key=key, customer=customer) for key in keys]
-        for order in held:
-            wait_until_in(target, order["execution_arn"], "AuthorizePayment")
+        # Placed side by side: the first held saga's hold runs from when it enters AuthorizePayment, and placing the
+        # others one after another (and polling for each) had to fit in it on a loaded machine before the change.
+        with ThreadPoolExecutor(HELD) as pool:
+            held = list(pool.map(lambda key: place(target, [{"sku": "MUG-BLUE", "quantity": 1}], key=key,
+                                                   customer=customer), keys))
+            list(pool.map(lambda order: wait_until_in(target, order["execution_arn"], "AuthorizePayment"), held))
         step = project / "src" / "order_saga" / "step.py"  # the domain code every function's layer holds
         changed_at = time.time()
         step.write_text(step.read_text().replace('logger.info("step succeeded")',
