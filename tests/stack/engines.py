@@ -13,7 +13,7 @@ ENGINES = {
     "embedded": "the embedded local stack (sagalocal, on moto)",
     "ministack": "ministack 1.5.33 (PyPI), deployed with samlocal (scripts/ministack.py)",
     "localstack": "LocalStack community 4.14.0, no auth token (.github/workflows/localstack.yml)",
-    "localstack-pro": "LocalStack with an auth token (.github/workflows/localstack.yml)",
+    "localstack-pro": "LocalStack 2026.09.0 with an auth token (.github/workflows/localstack.yml)",
     "aws": "AWS",
 }
 
