@@ -92,6 +92,10 @@ def run_init(stack: LocalStack, commands: list[str], workdir: Path) -> None:
 def cmd_up(args: argparse.Namespace) -> int:
     untraced.here()  # the stack's process runs no handler (its functions' processes do, and measure themselves)
     started = time.perf_counter()
+    if args.port == 0:  # any free port (the console's --port 0 is its server's to pick)
+        from sagalocal.stack import free_port
+
+        args.port = free_port()
     stack = make_stack(args, args.port)
     stack.start()
     console = None
@@ -439,10 +443,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
-        if getattr(args, "port", None) == 0:
-            from sagalocal.stack import free_port
-
-            args.port = free_port()
         return int(args.func(args))
     except (UsageError, StackError, TemplateError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -139,11 +139,18 @@ class _Sandbox:
     used: bool = False
 
     def alive(self) -> bool:
+        """Running: not gone, and not a zombie (ended, its template not yet scheduled to reap it)."""
         try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
+            with open(f"/proc/{self.pid}/stat") as stat:
+                return stat.read().rpartition(")")[2].split()[0] != "Z"
+        except (FileNotFoundError, ProcessLookupError):
             return False
-        return True
+        except OSError:  # no /proc (or no fd to read it with): whether the pid exists
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return False
+            return True
 
     def close(self, kill: bool = False) -> None:
         if kill:
@@ -166,12 +173,11 @@ class Preloader:
     functions (a measured process is started by coverage's subprocess patch), or if the preloader cannot start.
     """
 
-    # What is read when an interpreter starts, when the preloaded libraries are imported or when boto3's default
-    # session first makes a client (its files and profile): a function whose environment sets one of these
+    # What is read when an interpreter starts, when the preloaded libraries are imported or when the preloader's
+    # botocore loader is made (where it looks for model files): a function whose environment sets one of these
     # differently from the stack's starts on its own (TZ is applied after the fork).
     STARTUP = ("PYTHON", "LC_", "LANG", "BOTO", "AWS_NEW_RETRIES", "HOME", "PATH", "LD_", "MALLOC_", "OPENSSL_",
-               "SSL_", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_PROFILE", "AWS_DEFAULT_PROFILE",
-               "AWS_DATA_PATH")
+               "SSL_", "AWS_DATA_PATH")
 
     def __init__(self, environment: dict[str, str]) -> None:
         self.environment = environment  # the stack's base environment (the stack adds to it after this)
