@@ -70,13 +70,13 @@ def make_stack(args: argparse.Namespace, api_port: int | None, warm: bool = True
 
 def run_init(stack: LocalStack, commands: list[str], workdir: Path) -> None:
     """The --init hooks, in order; the first that fails stops the stack with its output."""
+    from sagalocal.stack import CREDENTIALS
+
     if not commands:
         return
     outputs_file = workdir / "stack-outputs.json"
     outputs_file.parent.mkdir(parents=True, exist_ok=True)
     outputs_file.write_text(json.dumps(stack.outputs, indent=2))
-    from sagalocal.stack import CREDENTIALS
-
     env = {**os.environ, **CREDENTIALS, "AWS_ENDPOINT_URL": stack.endpoint, "AWS_DEFAULT_REGION": stack.region,
            "AWS_REGION": stack.region, "SAGA_STACK_OUTPUTS": str(outputs_file), "SAGA_AWS_ENDPOINT": stack.endpoint}
     if stack.api_url:
