@@ -130,6 +130,16 @@ class _CpuWaits:
         return self.last
 
 
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command's name (state first), None if the process is gone; OSError
+    if it cannot be read now."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
 @dataclass
 class _Sandbox:
     pid: int
@@ -139,18 +149,21 @@ class _Sandbox:
     used: bool = False
 
     def alive(self) -> bool:
-        """Running: not gone, and not a zombie (ended, its template not yet scheduled to reap it)."""
+        """Running: not gone, and not a zombie (ended, its template not yet scheduled to reap it). Where /proc cannot
+        be read (another OS, or no fd to read it with now): whether the pid exists."""
         try:
-            with open(f"/proc/{self.pid}/stat") as stat:
-                return stat.read().rpartition(")")[2].split()[0] != "Z"
-        except (FileNotFoundError, ProcessLookupError):
+            fields = _stat(self.pid) if os.path.isdir("/proc/self") else []
+        except OSError:
+            fields = []
+        if fields is None:
+            return False  # gone
+        if fields:
+            return fields[0] != "Z"
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
             return False
-        except OSError:  # no /proc (or no fd to read it with): whether the pid exists
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
-                return False
-            return True
+        return True
 
     def close(self, kill: bool = False) -> None:
         if kill:
@@ -276,12 +289,11 @@ class _Forked:
 
     def _start_time(self) -> str | None:
         try:
-            with open(f"/proc/{self.pid}/stat") as stat:
-                fields = stat.read().rpartition(")")[2].split()
-        except (FileNotFoundError, ProcessLookupError):
-            return None  # gone
+            fields = _stat(self.pid)
         except OSError:
             return getattr(self, "_started", None)  # cannot look now (out of fds, say): taken as still running
+        if fields is None:
+            return None  # gone
         return "Z" if fields[0] == "Z" else fields[19]
 
     def poll(self) -> int | None:
