@@ -54,6 +54,15 @@ def parse_overrides(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def write_whole(path: Path, text: str) -> None:
+    """`text` in `path`, which a reader sees either absent or whole: written beside it, then renamed over it (a
+    reader that polls for the ready file once read it created and still empty, on a loaded machine)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
 def make_stack(args: argparse.Namespace, api_port: int | None, warm: bool = True) -> LocalStack:
     from sagalocal.stack import LocalStack
 
@@ -105,10 +114,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 
         console, console_note = serve_for_stack(stack.endpoint, stack.region, stack.outputs, args.console_port)
         info = {**stack.describe(), "console": console.url if console else None}
-        STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
-        STATE_FILE.write_text(json.dumps(info, indent=2))
+        write_whole(STATE_FILE, json.dumps(info, indent=2))
         if args.ready_file:
-            Path(args.ready_file).write_text(json.dumps(info))
+            write_whole(Path(args.ready_file), json.dumps(info))
         print(f"Local stack {stack.template.stack_name} up in {time.perf_counter() - started:.1f} s")
         print(f"  API           {stack.api_url}")
         print(f"  Console       {console.url if console else 'not served: ' + console_note}")

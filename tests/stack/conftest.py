@@ -73,7 +73,11 @@ def start_embedded(workdir: Path, *extra: str, overrides: tuple[str, ...] = (),
             process.kill()
             raise RuntimeError(f"the local stack did not start in {START_TIMEOUT:.0f} s")
         time.sleep(0.1)
-    info = json.loads(ready.read_text())
+    try:
+        info = json.loads(ready.read_text())
+    except BaseException:
+        stop(process)  # not left serving after a failed start
+        raise
     return process, Target(info["api"], info["endpoint"], info["outputs"], info["region"], embedded=True,
                            dynamodb_endpoint=info.get("dynamodb_endpoint"), log_dir=info.get("log_dir"),
                            workdir=str(workdir))
