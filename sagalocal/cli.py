@@ -31,17 +31,13 @@ from typing import TYPE_CHECKING, Any
 
 from sagalocal import untraced
 from sagalocal.console.cli import add_parser as add_console_parser
-from sagalocal.errors import StackError
+from sagalocal.errors import StackError, UsageError
 from sagalocal.template import Template, TemplateError
 
 if TYPE_CHECKING:  # what starts a stack is imported by the commands that start one (0.4 s of every other's start)
     from sagalocal.stack import LocalStack
 
 STATE_FILE = Path(".local/stack.json")
-
-
-class UsageError(Exception):
-    pass
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, str]:

@@ -23,10 +23,15 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_console(args: argparse.Namespace) -> int:
-    from sagalocal.console.data import Source
+    from sagalocal.console.data import OutputsUnreadable, Source
     from sagalocal.console.server import ConsoleServer
+    from sagalocal.errors import UsageError
 
-    server = ConsoleServer(Source.from_file(args.endpoint, args.region, args.stack_outputs), args.port).start()
+    try:
+        source = Source.from_file(args.endpoint, args.region, args.stack_outputs)
+    except OutputsUnreadable as exc:
+        raise UsageError(str(exc)) from None
+    server = ConsoleServer(source, args.port).start()
     print(f"Console       {server.url}   (reading {args.endpoint or 'AWS'}, region {args.region}). Ctrl-C to stop.",
           flush=True)
     stop = threading.Event()

@@ -46,8 +46,16 @@ MAX_PAYMENT_METHODS = 5  # payment_id = <order id>#<method>, numbered from 1
 BREAKER_OUTPUTS = ("BreakerFailureThreshold", "BreakerSuccessThreshold", "BreakerOpenSeconds")
 
 
+# The outputs every page reads (the state machine, the orders, the payments); the others are optional.
+REQUIRED_OUTPUTS = ("StateMachineArn", "OrdersTableName", "PaymentsTableName")
+
+
 class NotFound(LookupError):
     pass
+
+
+class OutputsUnreadable(ValueError):
+    """The stack's Outputs file cannot be read or lacks what the console reads; the message says which."""
 
 
 @dataclass
@@ -58,12 +66,30 @@ class Source:
 
     @classmethod
     def from_file(cls, endpoint: str | None, region: str, outputs_file: Path) -> Source:
-        """A JSON file of the stack's Outputs: {OutputKey: OutputValue}, or describe-stacks' list of them."""
-        data = json.loads(Path(outputs_file).read_text())
-        if isinstance(data, dict) and "Stacks" in data:
-            data = data["Stacks"][0].get("Outputs", [])
-        if isinstance(data, list):
-            data = {o["OutputKey"]: o["OutputValue"] for o in data}
+        """A JSON file of the stack's Outputs: {OutputKey: OutputValue}, or describe-stacks' list of them. A file
+        that cannot be read, is not JSON of either form, or lacks an output the console reads raises
+        OutputsUnreadable, which says which."""
+        try:
+            data = json.loads(Path(outputs_file).read_text())
+        except OSError as exc:
+            raise OutputsUnreadable(f"cannot read the stack outputs {outputs_file}: {exc.strerror}") from exc
+        except ValueError as exc:
+            raise OutputsUnreadable(f"the stack outputs {outputs_file} are not JSON: {exc}") from exc
+        try:
+            if isinstance(data, dict) and "Stacks" in data:
+                data = data["Stacks"][0].get("Outputs", [])
+            if isinstance(data, list):
+                data = {o["OutputKey"]: o["OutputValue"] for o in data}
+        except (LookupError, TypeError, AttributeError) as exc:
+            raise OutputsUnreadable(f"the stack outputs {outputs_file} are neither {{OutputKey: OutputValue}} nor "
+                                    f"describe-stacks' JSON ({type(exc).__name__}: {exc})") from exc
+        if not isinstance(data, dict):
+            raise OutputsUnreadable(f"the stack outputs {outputs_file} are neither {{OutputKey: OutputValue}} nor "
+                                    f"describe-stacks' JSON")
+        missing = [name for name in REQUIRED_OUTPUTS if name not in data]
+        if missing:
+            raise OutputsUnreadable(f"the stack outputs {outputs_file} have no {', '.join(missing)} (the console "
+                                    f"reads {', '.join(REQUIRED_OUTPUTS)})")
         return cls(endpoint, region, data)
 
     def client(self, service: str) -> Any:
