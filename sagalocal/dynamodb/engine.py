@@ -24,7 +24,7 @@ from typing import Any
 from sagafaults.dynamodb import PREFIX, cancelled, conflict_reason, encode, error_response
 from sagafaults.rules import request_items
 from sagalocal import motomodels
-from sagalocal.dynamodb import fastupdate, streams
+from sagalocal.dynamodb import conditions, fastupdate, streams
 from sagalocal.dynamodb.capacity import Image, Meter, index_writes, read_units, wire_size, write_units
 from sagalocal.dynamodb.concurrency import Coordinator, Identity
 from sagalocal.dynamodb.faults import RuleBook
@@ -274,6 +274,7 @@ def install_backend_patches() -> None:
         setattr(DynamoDBBackend, name, _metered_write(getattr(DynamoDBBackend, name)))
     _cache_update_expressions()
     _cache_condition_lexing()
+    conditions.install()
 
 
 def _key_values(table: Any, key: dict[str, Any]) -> tuple[Any, Any]:
