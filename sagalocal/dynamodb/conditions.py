@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Callable
 from typing import Any
 
 ENABLED = [True]  # tests switch it off to compare with moto's own parse
@@ -66,7 +67,7 @@ def install() -> None:
     from moto.dynamodb.comparisons import ConditionExpressionParser
 
     original = ConditionExpressionParser.parse
-    cache: dict[tuple[Any, ...], tuple[Any, tuple[str, ...], tuple[str, ...]]] = {}
+    cache: dict[tuple[Any, ...], tuple[Any, Any, tuple[str, ...], tuple[str, ...]]] = {}
 
     def parse(self: Any) -> Any:
         key = key_of(self.condition_expression, self.expression_attribute_names,
@@ -81,54 +82,59 @@ def install() -> None:
                     cache[key] = template(self.condition_expression, self.expression_attribute_names,
                                           self.expression_attribute_values)
             return result
-        tree, names_found, values_found = cached
+        tree, build, names_found, values_found = cached
         self.expr_attr_names_found.extend(names_found)
         self.expr_attr_values_found.extend(values_found)
-        return bind(tree, self.expression_attribute_values)
+        return tree if build is None else build(self.expression_attribute_values)
 
     ConditionExpressionParser.parse = parse  # type: ignore[method-assign]
     ConditionExpressionParser._sagalocal_original_parse = original  # type: ignore[attr-defined]
 
 
 def template(text: str, names: dict[str, str] | None,
-             values: dict[str, dict[str, Any]] | None) -> tuple[Any, tuple[str, ...], tuple[str, ...]]:
-    """moto's parse of `text` with every placeholder's value a Slot of its type: the tree, and the names and
-    placeholders the parser reports it found."""
+             values: dict[str, dict[str, Any]] | None) -> tuple[Any, Any, tuple[str, ...], tuple[str, ...]]:
+    """moto's parse of `text` with every placeholder's value a Slot of its type: the tree, its builder, and the
+    names and placeholders the parser reports it found."""
     from moto.dynamodb.comparisons import ConditionExpressionParser
 
     slots = None if values is None else {name: {next(iter(value)): Slot(name)} for name, value in values.items()}
     parser = ConditionExpressionParser(text, names, slots)
     tree = ConditionExpressionParser._sagalocal_original_parse(parser)  # type: ignore[attr-defined]
-    return tree, tuple(parser.expr_attr_names_found), tuple(parser.expr_attr_values_found)
+    return tree, builder(tree), tuple(parser.expr_attr_names_found), tuple(parser.expr_attr_values_found)
 
 
-def bind(node: Any, values: Any) -> Any:
-    """A copy of cached tree `node` with the request's values in its slots; what holds no slot is shared."""
+def builder(node: Any) -> Callable[[dict[str, Any]], Any] | None:
+    """A function of a request's values that builds a copy of cached tree `node` with them in its slots, or None
+    if `node` holds no slot (then it is shared). Each node is copied as it is: the same class and fields, a field
+    that held a child holding a slot now holding the child's copy (once: a Func holds its arguments twice)."""
     from moto.dynamodb.comparisons import AttributeValue, Func, Op
 
     if isinstance(node, AttributeValue):
-        return AttributeValue(values[node.value.name]) if isinstance(node.value, Slot) else node
+        if not isinstance(node.value, Slot):
+            return None
+        name = node.value.name
+
+        def value(values: dict[str, Any]) -> Any:
+            return AttributeValue(values[name])
+
+        return value
     if not isinstance(node, (Op, Func)):
-        return node  # an AttributePath, or None (OpNot's right-hand side)
-    fields, copied, changed = node.__dict__, {}, False
-    memo: dict[int, Any] = {}  # a Func holds its arguments twice (attr and arguments[0]): one copy of each
-    for name, value in fields.items():
-        if isinstance(value, tuple):
-            new = tuple(_bound(v, values, memo) for v in value)
-            changed = changed or any(a is not b for a, b in zip(new, value, strict=True))
-        else:
-            new = _bound(value, values, memo)
-            changed = changed or new is not value
-        copied[name] = new
-    if not changed:
-        return node
-    clone = object.__new__(type(node))
-    clone.__dict__.update(copied)
-    return clone
+        return None  # an AttributePath, or None (OpNot's right-hand side)
+    children: dict[int, Callable[[dict[str, Any]], Any] | None] = {}
+    for field in node.__dict__.values():
+        for child in field if isinstance(field, tuple) else (field,):
+            if id(child) not in children:
+                children[id(child)] = builder(child)
+    live = [(child, build) for child, build in children.items() if build is not None]
+    if not live:
+        return None
+    cls, fields = type(node), list(node.__dict__.items())
 
+    def build(values: dict[str, Any]) -> Any:
+        made = {child: build(values) for child, build in live}
+        clone = object.__new__(cls)
+        clone.__dict__.update({name: tuple(made.get(id(v), v) for v in field) if isinstance(field, tuple)
+                               else made.get(id(field), field) for name, field in fields})
+        return clone
 
-def _bound(value: Any, values: Any, memo: dict[int, Any]) -> Any:
-    found = memo.get(id(value))
-    if found is None:
-        found = memo[id(value)] = bind(value, values)
-    return found
+    return build

@@ -275,6 +275,7 @@ def install_backend_patches() -> None:
     _cache_update_expressions()
     _cache_condition_lexing()
     conditions.install()
+    _regular_json_without_copies()
 
 
 def _key_values(table: Any, key: dict[str, Any]) -> tuple[Any, Any]:
@@ -474,6 +475,40 @@ def _cache_condition_lexing() -> None:
         return collections.deque(lex(self.condition_expression))
 
     ConditionExpressionParser._lex_condition_expression = lex_condition_expression  # type: ignore[method-assign]
+
+
+_ATOMIC = (str, bytes, int, float, bool, type(None))
+
+
+def _regular_json_without_copies() -> None:
+    """moto's DynamoType.to_regular_json (every item image: a stream record's two, a GetItem's, a Query's) deep-copies
+    the value and then replaces every map value and list element of the copy by its own regular JSON, deep-copied
+    again at every level. Here each container is built once: a map value or list element that is a DynamoType
+    becomes its regular JSON (as moto's), anything else a deep copy (one memo per value, as moto's one copy), a leaf
+    of an immutable type is its own copy. The same result, new containers all the way down; any other value (a dict
+    or list of a subclass) takes moto's own method."""
+    from moto.dynamodb.models.dynamo_type import DynamoType
+
+    original = DynamoType.to_regular_json
+
+    def to_regular_json(self: Any) -> dict[str, Any]:
+        value, kind = self.value, type(self.value)
+        if kind is dict:
+            memo: dict[int, Any] = {}
+            value = {key: nested.to_regular_json() if isinstance(nested, DynamoType) else copy.deepcopy(nested, memo)
+                     for key, nested in value.items()}
+        elif kind is list:
+            memo = {}
+            value = [nested.to_regular_json() if isinstance(nested, DynamoType) else copy.deepcopy(nested, memo)
+                     for nested in value]
+        elif kind not in _ATOMIC:
+            return original(self)  # type: ignore[no-any-return]
+        if self.type == "B" and isinstance(value, str):
+            value = base64.b64decode(value)
+        return {self.type: value}
+
+    DynamoType.to_regular_json = to_regular_json  # type: ignore[method-assign]
+    DynamoType._sagalocal_original_regular_json = original  # type: ignore[attr-defined]
 
 
 def _transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:

@@ -14,9 +14,10 @@ the bare key first, then the update: two changes, which are recorded here as the
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import time
-import uuid
+from collections.abc import Callable
 from typing import Any
 
 
@@ -50,7 +51,7 @@ class Streams:
             seq = next(self._seq)
             change["SequenceNumber"] = str(seq)
             change["SizeBytes"] = len(str(change))
-            record = {"eventID": uuid.uuid4().hex, "eventName": name, "eventVersion": "1.1",
+            record = {"eventID": event_id(), "eventName": name, "eventVersion": "1.1",
                       "eventSource": "aws:dynamodb", "awsRegion": table.region_name, "dynamodb": change}
             self._records.setdefault(table.name, []).append((seq, record))
             self._added.notify_all()
@@ -73,6 +74,14 @@ class Streams:
 
 
 STREAMS = Streams()
+
+
+def event_id(random: Callable[[int], bytes] = os.urandom) -> str:
+    """uuid.uuid4().hex without building a UUID (a tenth of a record's cost): 128 random bits with the version (4)
+    and the variant set, as UUID(bytes=os.urandom(16), version=4) sets them."""
+    n = int.from_bytes(random(16))
+    n = (n & ~(0xC000 << 48) | 0x8000 << 48) & ~(0xF000 << 64) | 4 << 76
+    return f"{n:032x}"
 
 
 _pending = threading.local()  # the changes of the UpdateItem running in this thread

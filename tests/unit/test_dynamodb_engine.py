@@ -590,6 +590,55 @@ def test_the_engines_tree_walk_processes_every_node_as_moto_s_own_walk_does(expr
     assert sum(len(seen) for _, seen, _ in ours) > 5
 
 
+def test_an_item_s_regular_json_is_moto_s_and_shares_no_container_with_the_item():
+    """The engine's DynamoType.to_regular_json (no deep copy first: sagalocal/dynamodb/engine.py) against moto's
+    own, on values of every type nested in maps and lists: the same JSON (types included: bytes where moto decodes
+    base64), every dict and list in it new, and changing it changes nothing stored."""
+    import base64
+
+    from moto.dynamodb.models.dynamo_type import DynamoType, Item
+
+    from sagalocal.dynamodb.engine import install_backend_patches
+
+    install_backend_patches()
+    original = DynamoType._sagalocal_original_regular_json
+    b64 = base64.b64encode(b"\x00bin").decode()
+    attributes = {"s": {"S": "x"}, "n": {"N": "1.50"}, "b": {"B": b64}, "raw": {"B": b"\x01raw"},
+                  "t": {"BOOL": True}, "z": {"NULL": True}, "ss": {"SS": ["a", "b"]}, "ns": {"NS": ["1", "2"]},
+                  "bs": {"BS": [b64]}, "e": {"L": []}, "m0": {"M": {}},
+                  "l": {"L": [{"S": "a"}, {"N": "2"}, {"B": b64}, {"SS": ["q"]}, {"L": [{"M": {"k": {"S": "v"}}}]}]},
+                  "m": {"M": {"steps": {"M": {"CreateOrder": {"M": {"at": {"N": "1"}, "ok": {"BOOL": False}}}}},
+                              "bin": {"B": b64}, "set": {"NS": ["3"]}, "list": {"L": [{"NULL": True}]}}}}
+    item = Item(DynamoType({"S": "k"}), None, attributes)
+
+    def containers(value: Any) -> list[Any]:
+        """Every dict and list in `value` (JSON, or DynamoTypes and what they hold)."""
+        if isinstance(value, DynamoType):
+            return containers(value.value)
+        if isinstance(value, dict):
+            return [value, *(c for v in value.values() for c in containers(v))]
+        if isinstance(value, list):
+            return [value, *(c for v in value for c in containers(v))]
+        return []
+
+    stored = containers(list(item.attrs.values()))
+    assert len(stored) > 10
+    for name, value in item.attrs.items():
+        ours = value.to_regular_json()
+        assert ours == original(value), name
+        assert repr(ours) == repr(original(value)), name  # the same types (bytes, str, bool) too
+        assert not any(any(c is s for s in stored) for c in containers(ours)), name
+    assert item.to_json() == {"Attributes": {name: (
+        {v.type: {k: original(x) for k, x in v.value.items()}} if isinstance(v.value, dict) else
+        {v.type: [original(x) if isinstance(x, DynamoType) else x for x in v.value]} if isinstance(v.value, list)
+        else {v.type: v.value}) for name, v in item.attrs.items()}}
+    image = item.to_json()["Attributes"]
+    image["m"]["M"]["steps"]["M"]["CreateOrder"]["M"]["at"]["N"] = "99"
+    image["l"]["L"][3]["SS"].append("changed")
+    assert item.to_json()["Attributes"] != image
+    assert item.attrs["m"].value["steps"].value["CreateOrder"].value["at"].value == "1"
+
+
 def test_the_engine_keeps_no_item_it_no_longer_stores():
     """moto tracks every model object it creates until its mock is reset; the engine's processes and the
     simulation never reset theirs (sagalocal/motomodels.py): an item replaced or deleted must be garbage."""

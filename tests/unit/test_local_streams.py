@@ -155,6 +155,17 @@ def test_a_record_carries_the_keys_and_the_images_of_the_table_s_view_type(ddb, 
     assert {k for k in ("NewImage", "OldImage") if k in modify["dynamodb"]} == images
 
 
+def test_a_record_s_event_id_is_a_version_4_uuid_s_hex_from_its_random_bytes():
+    """streams.event_id builds uuid4().hex without a UUID: the same string from the same 16 random bytes."""
+    import os
+
+    from sagalocal.dynamodb.streams import event_id
+
+    for random in [b"\x00" * 16, b"\xff" * 16, *(os.urandom(16) for _ in range(200))]:
+        assert event_id(lambda n, random=random: random[:n]) == uuid.UUID(bytes=random, version=4).hex
+    assert uuid.UUID(event_id()).version == 4
+
+
 def test_a_table_without_a_stream_records_nothing(ddb, dynamodb_engine):
     table = new_table(ddb, view=None)
     ddb.put_item(TableName=table, Item=item("a"))
