@@ -17,6 +17,7 @@ import logging
 import re
 import threading
 import time
+import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -276,6 +277,8 @@ def install_backend_patches() -> None:
     _cache_condition_lexing()
     conditions.install()
     _regular_json_without_copies()
+    _update_item_handler_without_item_copy()
+    motomodels.look_backends_up_without_a_lock()
 
 
 def _key_values(table: Any, key: dict[str, Any]) -> tuple[Any, Any]:
@@ -509,6 +512,30 @@ def _regular_json_without_copies() -> None:
 
     DynamoType.to_regular_json = to_regular_json  # type: ignore[method-assign]
     DynamoType._sagalocal_original_regular_json = original  # type: ignore[attr-defined]
+
+
+class _ItemImage:
+    """What moto's UpdateItem handler keeps of the item as it was before the update: the item's JSON."""
+
+    def __init__(self, item: Any) -> None:
+        self.attributes = item.to_json()["Attributes"]
+
+    def to_json(self, root_attr_name: str = "Attributes") -> dict[str, Any]:
+        return {root_attr_name: self.attributes}
+
+
+def _update_item_handler_without_item_copy() -> None:
+    """moto's UpdateItem handler deep-copies the item before the update only to read its JSON (the old values
+    ReturnValues may ask for) before the update runs: its JSON taken then is the same, and new all the way down (an
+    item's JSON shares nothing with the item), without copying the item first. The handler's module uses `copy` for
+    nothing else; any other value is deep-copied as before."""
+    from moto.dynamodb import responses
+    from moto.dynamodb.models.dynamo_type import Item
+
+    def deepcopy(value: Any, memo: dict[int, Any] | None = None) -> Any:
+        return _ItemImage(value) if type(value) is Item else copy.deepcopy(value, memo)
+
+    responses.copy = types.SimpleNamespace(deepcopy=deepcopy)  # type: ignore[attr-defined]
 
 
 def _transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:

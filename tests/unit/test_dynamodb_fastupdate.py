@@ -197,3 +197,56 @@ def test_every_update_expression_the_saga_sends_is_one_the_fast_path_takes():
     literal = [text for text in literal if not text.endswith((" ", ",", "="))]  # not a string continued below
     refused = [text for text in literal if plan(text) is None]
     assert refused == []
+
+
+@pytest.mark.parametrize("returns", ["ALL_OLD", "UPDATED_OLD", "UPDATED_NEW", "ALL_NEW", "NONE"])
+def test_moto_s_path_answers_the_same_without_the_handler_s_copy_of_the_item(ddb, returns):
+    """moto's UpdateItem handler keeps the item's JSON from before the update instead of a deep copy of the item
+    (sagalocal/dynamodb/engine.py): on moto's own path (an item created, a list element, a map changed in place,
+    a set added to) every ReturnValues answers as with the copy, and the item after is the same."""
+    import copy
+
+    from moto.dynamodb import responses
+
+    cases = [case for case in CASES if not case[-1] and case[4] is not None] + [
+        ("SET m.y[0] = :v, m.x = :w ADD open_orders :order", {}, [":v", ":w", ":order"], None, ORDER, False),
+        ("SET a = :v", {}, [":v"], None, None, False)]
+    answers = []
+    for handler_copy in (responses.copy, copy):
+        shim, responses.copy = responses.copy, handler_copy
+        try:
+            answers.append([_answer(ddb, case, returns) for case in cases])
+        finally:
+            responses.copy = shim
+    assert answers[0] == answers[1]
+    assert sum(1 for answer, _ in answers[0] if not isinstance(answer, tuple)) >= 3  # not only refusals
+
+
+def _answer(ddb: Any, case: tuple[Any, ...], returns: str) -> tuple[Any, Any]:
+    """The answer of `case` on moto's path (the fast path off) with ReturnValues `returns`, and the item after."""
+    from sagalocal.dynamodb import fastupdate
+
+    expression, names, used, condition, item, _ = case
+    table = "copy-" + uuid.uuid4().hex[:8]
+    ddb.create_table(TableName=table, KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
+                     AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}], BillingMode="PAY_PER_REQUEST")
+    key = {"k": S("item")}
+    if item is not None:
+        ddb.put_item(TableName=table, Item={**key, **item})
+    values = {name: VALUES[name] for name in used}
+    if condition:
+        values.update({name: VALUES[name] for name in (":q", ":held", ":to") if name in condition})
+    request = {"TableName": table, "Key": key, "UpdateExpression": expression, "ReturnValues": returns,
+               **({"ExpressionAttributeNames": names} if names else {}),
+               **({"ExpressionAttributeValues": values} if values else {}),
+               **({"ConditionExpression": condition} if condition else {})}
+    fastupdate.ENABLED[0] = False
+    try:
+        answer: Any = _ordered(ddb.update_item(**request).get("Attributes"))
+    except ClientError as exc:
+        answer = (exc.response["Error"]["Code"], exc.response["Error"]["Message"])
+    except Exception as exc:  # noqa: BLE001 - moto's own failure, compared too
+        answer = (type(exc).__name__, str(exc))
+    finally:
+        fastupdate.ENABLED[0] = True
+    return answer, _ordered(ddb.get_item(TableName=table, Key=key, ConsistentRead=True).get("Item"))
