@@ -1,5 +1,6 @@
 """sagalocal/stepfunctions.py: one execution per name, however many StartExecutions of it race, and a stopped
-execution ends ABORTED whatever its task did meanwhile (both as on AWS)."""
+execution ends ABORTED whatever its task did meanwhile (both as on AWS); GetExecutionHistory written without moto's
+generic serializer gives the same answer."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from moto import mock_aws
 
 from sagalocal import stepfunctions
 
-stepfunctions._one_execution_per_name()  # these two patches alone: the others need a stack's Lambda service
+stepfunctions._one_execution_per_name()  # these patches alone: the others need a stack's Lambda service
 stepfunctions._stop_is_final()
+stepfunctions._history_without_the_generic_serializer()
 
 # The execution outlasts every racer however loaded the machine (a 2 s one ended before late racers started, which
 # then met a closed execution: ExecutionAlreadyExists for the same input); the fixture stops what still runs.
@@ -135,3 +137,63 @@ def test_an_execution_stopped_as_its_task_fails_is_aborted_not_failed_with_the_t
     assert events[-1]["type"] == "ExecutionAborted"
     assert "TaskFailed" in [e["type"] for e in events]  # the task did fail: the stop came after it
 
+
+
+# Every kind of state, and a task that fails (its Retry, its Catch), so the histories hold every kind of event the
+# saga's do: Pass, Wait, Map (and its iterations), Parallel (and its branches), Task, Choice, Succeed and Fail.
+EVERY_KIND = json.dumps({"StartAt": "Pass", "States": {
+    "Pass": {"Type": "Pass", "Result": [1, 2, 3], "ResultPath": "$.items", "Next": "Wait"},
+    "Wait": {"Type": "Wait", "Seconds": 0, "Next": "Map"},
+    "Map": {"Type": "Map", "ItemsPath": "$.items", "ResultPath": "$.mapped", "Next": "Parallel",
+            "Iterator": {"StartAt": "Each", "States": {"Each": {"Type": "Pass", "End": True}}}},
+    "Parallel": {"Type": "Parallel", "ResultPath": "$.branches", "Next": "Read", "Branches": [
+        {"StartAt": "A", "States": {"A": {"Type": "Pass", "End": True}}},
+        {"StartAt": "B", "States": {"B": {"Type": "Pass", "End": True}}}]},
+    "Read": {"Type": "Task", "Resource": "arn:aws:states:::aws-sdk:dynamodb:getItem",
+             "Parameters": {"TableName": "missing", "Key": {"pk": {"S": "1"}}},
+             "Retry": [{"ErrorEquals": ["States.ALL"], "MaxAttempts": 1, "IntervalSeconds": 1}],
+             "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": "Choice"}], "End": True},
+    "Choice": {"Type": "Choice", "Choices": [{"Variable": "$.fail", "BooleanEquals": True, "Next": "Fail"}],
+               "Default": "Done"},
+    "Done": {"Type": "Succeed"},
+    "Fail": {"Type": "Fail", "Error": "Failed", "Cause": "on purpose"}}})
+
+
+def test_the_history_written_directly_is_the_one_moto_s_serializer_writes(monkeypatch):
+    from moto.stepfunctions.responses import StepFunctionResponse
+
+    direct = StepFunctionResponse.get_execution_history
+    written_by_wire = []  # (not moto's serializer, which the direct answer falls back to on a shape it cannot write)
+    wire = stepfunctions.wire
+    monkeypatch.setattr(stepfunctions, "wire", lambda value, shape: written_by_wire.append(shape) or wire(value, shape))
+    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
+        client = boto3.client("stepfunctions", region_name="us-east-1")
+        role = "arn:aws:iam::123456789012:role/sfn"
+        machine = client.create_state_machine(name="every-kind", definition=EVERY_KIND, roleArn=role)
+        waits = client.create_state_machine(name="waits", definition=DEFINITION, roleArn=role)
+        arns = [client.start_execution(stateMachineArn=machine["stateMachineArn"], name=f"ord_{fail}",
+                                       input=json.dumps({"fail": fail}))["executionArn"] for fail in (False, True)]
+        stopped = client.start_execution(stateMachineArn=waits["stateMachineArn"], name="ord_stopped")["executionArn"]
+        deadline = time.monotonic() + 30
+        while "WaitStateEntered" not in [event["type"] for event in
+                                         client.get_execution_history(executionArn=stopped)["events"]]:
+            assert time.monotonic() < deadline, "the execution never started"
+            time.sleep(0.05)
+        client.stop_execution(executionArn=stopped, error="Operator", cause="stopped by the test")
+        for arn in [*arns, stopped]:
+            while client.get_execution_history(executionArn=arn)["events"][-1]["type"] not in (
+                    "ExecutionSucceeded", "ExecutionFailed", "ExecutionAborted"):
+                assert time.monotonic() < deadline, "the execution never ended"
+                time.sleep(0.05)
+        written_by_wire.clear()
+        written = {arn: client.get_execution_history(executionArn=arn) for arn in [*arns, stopped]}
+        assert [shape.name for shape in written_by_wire].count("GetExecutionHistoryOutput") == 3
+        monkeypatch.setattr(StepFunctionResponse, "get_execution_history", direct.moto)
+        serialized = {arn: client.get_execution_history(executionArn=arn) for arn in [*arns, stopped]}
+    for arn in written:
+        del written[arn]["ResponseMetadata"], serialized[arn]["ResponseMetadata"]
+    assert written == serialized
+    kinds = {event["type"] for history in written.values() for event in history["events"]}
+    assert {"ExecutionStarted", "PassStateEntered", "WaitStateExited", "MapStateStarted", "MapIterationSucceeded",
+            "ParallelStateSucceeded", "TaskScheduled", "TaskFailed", "ChoiceStateEntered", "SucceedStateEntered",
+            "FailStateEntered", "ExecutionSucceeded", "ExecutionFailed", "ExecutionAborted"} <= kinds, kinds
