@@ -1,11 +1,12 @@
 """Leases, fencing and the reaper on the embedded local stack, with periods shortened by configuration.
 
-The stacks here are started with parameter overrides (what `sam deploy --parameter-overrides` would set)
-and run the reaper on its schedule every second instead of every minute. A deployed stack has its periods
-fixed at deploy time, so these tests run on the embedded stack only. The `leased` stack's 3 s lease and
-reservations break the timing rules on purpose (half a lease no longer outlasts a retry, a reservation no longer
-outlives the deadline), which template.yaml's MinValues refuse on any deploy: it runs a copy of the template with
-those two minimums lowered (`relaxed_template`), nothing else changed.
+The stack here is started with parameter overrides (what `sam deploy --parameter-overrides` would set)
+and runs the reaper on its schedule every second instead of every minute. A deployed stack has its periods
+fixed at deploy time, so these tests run on the embedded stack only. Its 3 s lease and reservations break the
+timing rules on purpose (half a lease no longer outlasts a retry, a reservation no longer outlives the deadline),
+which template.yaml's MinValues refuse on any deploy: it runs a copy of the template with those two minimums lowered
+(`relaxed_template`), nothing else changed. (A payment that lands after the saga itself gave up on it, which needs a
+lease longer than the gateway's hang, runs on the shared stack: tests/stack/test_reaper_fanout.py.)
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import json
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -23,12 +23,10 @@ from tests.stack.support import path_of, place, start_direct, wait_for_execution
 from tests.stack.support import wait_until as wait_with_backoff
 
 LEASE = 3
-# tok_hang's processing time: the gateway client gives up after GatewayTimeoutSeconds (3 s) with an unknown
-# outcome, the saga compensates, and the processor completes the authorization HANG s after the call: an
-# authorization left behind, which the reaper's reconciliation voids (ReconcileAfterSeconds=1 here). HANG is
-# longer than AuthorizePayment's whole retry budget takes on a loaded machine (4 attempts of 3 s, up to 7 s of
-# backoff, the invocations' own time): with 10 s a late retry could find the authorization landed, and the saga
-# then rightly confirmed the order instead of compensating it.
+# tok_hang's processing time: the processor completes the authorization HANG s after the call, after the reaper
+# took the stopped saga over and voided it: an authorization left behind, which the reaper's reconciliation voids
+# (ReconcileAfterSeconds=1 here). HANG is well past the bound on that takeover (LEASE + 15 s), so the void comes
+# first, as the test means it to.
 HANG = 30
 OVERRIDES = (f"LeaseSeconds={LEASE}", "SagaDeadlineSeconds=60", f"ReservationTtlSeconds={LEASE}",
              f"FakeGatewayHangSeconds={HANG}", "ReconcileAfterSeconds=1")
@@ -37,33 +35,15 @@ pytestmark = pytest.mark.embedded_only(reason="shortens LeaseSeconds, Reservatio
 
 
 @pytest.fixture(scope="module")
-def stacks(tmp_path_factory):
-    """Two stacks, started together: `leased` (short leases, a reaper every second) and `long_lease` (a lease
-    longer than the gateway's hang, so the execution itself gives up on the payment and compensates, and the
-    reaper runs only when a test invokes it)."""
+def leased(tmp_path_factory):
+    """The stack of short leases and reservations, with a reaper every second."""
     leased_dir = tmp_path_factory.mktemp("leased")
     relaxed = relaxed_template(leased_dir, {"LeaseSeconds": LEASE, "ReservationTtlSeconds": LEASE})
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        leased = pool.submit(start_embedded, leased_dir, "--schedule-seconds", "1", overrides=OVERRIDES,
-                             template=relaxed)
-        long_lease = pool.submit(start_embedded, tmp_path_factory.mktemp("long-lease"), overrides=(
-            f"FakeGatewayHangSeconds={HANG}", "ReconcileAfterSeconds=1", "LeaseSeconds=60"))
-        started = [leased.result(), long_lease.result()]
+    process, stack = start_embedded(leased_dir, "--schedule-seconds", "1", overrides=OVERRIDES, template=relaxed)
     try:
-        yield {"leased": started[0][1], "long_lease": started[1][1]}
+        yield stack
     finally:
-        for process, _ in started:
-            stop(process)
-
-
-@pytest.fixture(scope="module")
-def leased(stacks):
-    return stacks["leased"]
-
-
-@pytest.fixture(scope="module")
-def long_lease(stacks):
-    return stacks["long_lease"]
+        stop(process)
 
 
 def stock(stack, sku="MUG-BLUE"):
@@ -143,37 +123,6 @@ def test_an_execution_stopped_mid_saga_is_compensated_within_one_lease_period(le
                "the authorization left behind voided at the gateway")
     payment = wait_until(lambda: (p := leased.payment(order_id)).get("reconciled") and p, 10, "reconciled")
     assert (payment["status"], payment["reconciled"]) == ("VOIDED", "reversed")
-
-
-def test_a_payment_completing_after_the_saga_gave_up_on_it_is_reconciled_and_leaves_no_money(long_lease):
-    leased = long_lease
-    before = stock(leased)
-    called = time.time()  # before the request: the saga may reach the gateway before the 202 reaches us
-    accepted = place(leased, [{"sku": "MUG-BLUE", "quantity": 1}], "tok_hang")
-    order_id = accepted["order_id"]
-    described = wait_for_execution(leased, accepted["execution_arn"], 60)
-    assert described["error"] == "PaymentGatewayUnavailable"  # the client's timeout, then "in progress"
-    assert [v.name for v in path_of(leased, accepted["execution_arn"])] == [
-        "CreateOrder", "ReserveInventory", "RouteOrder", "AuthorizePayment", "VoidPayment", "CouponHeld",
-        "ReleaseInventory", "CancelOrder", "SagaCompensated"]
-    payment = leased.payment(order_id)
-    assert payment["status"] == "VOIDED"
-    assert "reconcile_at" in payment
-    ledger = leased.ledger(order_id)
-    assert ledger["state"] == "PROCESSING"
-    # The processor completes the authorization HANG s after the call: money held for a cancelled order...
-    time.sleep(max(0.0, int(ledger["lands_at"]) / 1000 - time.time()) + 0.2)
-    assert time.time() - called >= HANG - 1
-    swept = json.loads(leased.client("lambda").invoke(FunctionName=leased.outputs["ReaperFunctionName"],
-                                                      Payload=b"{}")["Payload"].read())
-    assert "errorType" not in swept, swept
-    # ...until the reaper (its sweep queues it, ReaperWorker does it) asks the gateway about the payment by its
-    # idempotency key, and voids it.
-    wait_until(lambda: leased.payment(order_id).get("reconciled") == "reversed", 15, "reconciled by ReaperWorker")
-    assert leased.ledger(order_id)["state"] == "VOIDED"
-    assert leased.payment(order_id)["reconciled"] == "reversed"
-    assert leased.order(order_id)["saga_status"] == "COMPENSATED"
-    assert stock(leased) == before
 
 
 def test_an_expired_reservation_returns_its_stock_once_even_with_two_reapers(leased):
