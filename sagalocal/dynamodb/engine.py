@@ -324,14 +324,35 @@ def _cache_update_expressions() -> None:
 
     original = expressions.UpdateExpressionParser.make.__func__  # type: ignore[attr-defined]
     parse = functools.lru_cache(maxsize=2048)(lambda cls, text: original(cls, text))
+    # The clauses found in each cached tree, by the types asked for: moto's UpdateItem handlers look for the names
+    # and values an expression uses at every request, walking the tree (with an isinstance of an ABC at each node);
+    # a cached tree never changes, so they are the same every time. Only the cached tree itself (not a copy of it,
+    # which the validator changes) answers from here.
+    found: dict[int, tuple[Any, dict[tuple[type, ...], list[Any]]]] = {}
+    original_find = ast_nodes.Node.find_clauses
 
     @classmethod  # type: ignore[misc]
     def make(cls: Any, expression_str: str) -> Any:
         tree = parse(cls, expression_str)
         tree._sagalocal_text = expression_str  # the key of the checks that depend on the text alone
+        if (found.get(id(tree)) or (None,))[0] is not tree:
+            if len(found) >= 4096:
+                found.clear()
+            found[id(tree)] = (tree, {})
         return tree
 
+    def find_clauses(self: Any, clause_types: list[type]) -> list[Any]:
+        entry = found.get(id(self))
+        if entry is None or entry[0] is not self:
+            return original_find(self, clause_types)  # type: ignore[no-any-return]
+        clauses = entry[1].get(tuple(clause_types))
+        if clauses is None:
+            clauses = entry[1][tuple(clause_types)] = original_find(self, clause_types)
+        return list(clauses)
+
     expressions.UpdateExpressionParser.make = make  # type: ignore[method-assign]
+    ast_nodes.Node.find_clauses = find_clauses  # type: ignore[method-assign]
+    ast_nodes.Node._sagalocal_original_find_clauses = original_find  # type: ignore[attr-defined]
 
     traverser = ast_nodes.DepthFirstTraverser
 

@@ -590,6 +590,42 @@ def test_the_engines_tree_walk_processes_every_node_as_moto_s_own_walk_does(expr
     assert sum(len(seen) for _, seen, _ in ours) > 5
 
 
+@pytest.mark.parametrize("expression", [
+    "SET a = if_not_exists(a, :zero) + :one, #b.c[2] = :v REMOVE d ADD e :n",
+    "SET steps.#step = :entry, updated_at = :now, #f_total = list_append(:l, #b)",
+    "REMOVE #x, y",
+])
+def test_a_cached_tree_finds_the_clauses_moto_s_walk_finds_and_a_copy_walks_its_own(expression):
+    """The clauses of a cached update expression tree are looked up once per tree and type (sagalocal/dynamodb/
+    engine.py): the same nodes as moto's own walk, in a new list every time; a copy of the tree (the validator's,
+    which it changes) is walked as it is."""
+    import copy
+
+    from moto.dynamodb.parsing.ast_nodes import ExpressionAttributeName, ExpressionAttributeValue
+    from moto.dynamodb.parsing.expressions import UpdateExpressionParser
+
+    from sagalocal.dynamodb.engine import install_backend_patches
+
+    install_backend_patches()
+    tree = UpdateExpressionParser.make(expression)
+    assert UpdateExpressionParser.make(expression) is tree
+    moto_walk = tree._sagalocal_original_find_clauses
+    for types in ([ExpressionAttributeName], [ExpressionAttributeValue],
+                  [ExpressionAttributeName, ExpressionAttributeValue]):
+        theirs = moto_walk(types)
+        first = tree.find_clauses(types)
+        assert first == theirs
+        assert all(a is b for a, b in zip(first, theirs, strict=True))
+        first.clear()
+        assert tree.find_clauses(types) == theirs  # a new list every time
+    names = tree.find_clauses([ExpressionAttributeName])
+    clone = copy.deepcopy(tree)
+    clone.children[0].children = []  # a copy changed as the validator changes its own
+    assert clone.find_clauses([ExpressionAttributeName]) == clone._sagalocal_original_find_clauses(
+        [ExpressionAttributeName]) != names
+    assert tree.find_clauses([ExpressionAttributeName]) == names
+
+
 def test_an_item_s_regular_json_is_moto_s_and_shares_no_container_with_the_item():
     """The engine's DynamoType.to_regular_json (no deep copy first: sagalocal/dynamodb/engine.py) against moto's
     own, on values of every type nested in maps and lists: the same JSON (types included: bytes where moto decodes
