@@ -27,6 +27,9 @@ class Streams:
         self._added = threading.Condition(self._lock)  # notified at every record: a waiting read wakes
         self._seq = itertools.count(1)
         self._records: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+        # Each item's last new image with the length of its text (a record's SizeBytes is the length of the change's
+        # text): the item's next change starts from that image, and its text need not be made again.
+        self._last: dict[tuple[Any, ...], tuple[dict[str, Any], int]] = {}
 
     def add(self, table: Any, old: Any, new: Any) -> None:
         if old is None and new is None:
@@ -50,11 +53,40 @@ class Streams:
         with self._lock:
             seq = next(self._seq)
             change["SequenceNumber"] = str(seq)
-            change["SizeBytes"] = len(str(change))
+            change["SizeBytes"] = self._size(table.name, item, change)
             record = {"eventID": event_id(), "eventName": name, "eventVersion": "1.1",
                       "eventSource": "aws:dynamodb", "awsRegion": table.region_name, "dynamodb": change}
             self._records.setdefault(table.name, []).append((seq, record))
             self._added.notify_all()
+
+    def _size(self, table: str, item: Any, change: dict[str, Any]) -> int:
+        """len(str(change)): the text of a dict is its entries' texts ("'name': value") between braces, separated by
+        ", ". The old image's text is as long as the item's last new image's when the two are equal (images hold
+        strings, booleans, bytes, lists and dicts: equal ones have texts of one length, whatever their order)."""
+        try:
+            key = (table, item.hash_key.type, item.hash_key.value, *((item.range_key.type, item.range_key.value)
+                                                                     if item.range_key is not None else ()))
+            last = self._last.get(key)
+        except TypeError:  # a key value that is not hashable: no memo
+            key, last = None, None
+        size = 2 * len(change)  # the braces, and a ", " between each two entries
+        new_size = None
+        for name, value in change.items():
+            if name == "OldImage" and last is not None and last[0] == value:
+                text = last[1]
+            else:
+                text = len(repr(value))
+                if name == "NewImage":
+                    new_size = text
+            size += len(repr(name)) + 2 + text
+        if key is not None:
+            if new_size is None:
+                self._last.pop(key, None)
+            else:
+                if len(self._last) >= 4096:
+                    self._last.clear()
+                self._last[key] = (change["NewImage"], new_size)
+        return size
 
     def read(self, table: str, after: int, limit: int, acknowledged: int, wait: float = 0.0) -> list[dict[str, Any]]:
         """The records after sequence number `after` (at most `limit`), once the consumer's acknowledged ones

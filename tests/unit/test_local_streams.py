@@ -166,6 +166,49 @@ def test_a_record_s_event_id_is_a_version_4_uuid_s_hex_from_its_random_bytes():
     assert uuid.UUID(event_id()).version == 4
 
 
+def test_a_record_s_size_is_the_length_of_its_change_s_text_whatever_came_before():
+    """SizeBytes is len(str(change)) (sagalocal/dynamodb/streams.py reuses the length of the item's last new image's
+    text for the next old image): so for every record, through puts, updates on and off the fast path, a put of the
+    same content in another order (no record), a delete, binary and boolean values."""
+    from moto import mock_aws
+    from moto.dynamodb.models import dynamodb_backends
+    from moto.dynamodb.models.dynamo_type import DynamoType
+
+    from sagalocal.dynamodb.engine import install_backend_patches
+    from sagalocal.dynamodb.streams import STREAMS
+
+    with mock_aws():
+        install_backend_patches()
+        client = boto3.client("dynamodb", region_name="us-east-1", aws_access_key_id="testing",
+                              aws_secret_access_key="testing")
+        table = new_table(client, range_key=True)
+        key = {"pk": {"S": "a"}, "sk": {"S": "b"}}
+        client.put_item(TableName=table, Item={**key, "v": {"N": "1"}, "m": {"M": {"x": {"S": "é"}}}})
+        client.update_item(TableName=table, Key=key, UpdateExpression="SET v = v + :one",
+                           ExpressionAttributeValues={":one": {"N": "1"}})
+        client.update_item(TableName=table, Key=key, UpdateExpression="SET m.x = :v",
+                           ExpressionAttributeValues={":v": {"S": "yy"}})
+        client.put_item(TableName=table, Item={**key, "m": {"M": {"x": {"S": "yy"}}}, "v": {"N": "2"}})
+        client.update_item(TableName=table, Key=key, UpdateExpression="SET w = list_append(:l, :l)",
+                           ExpressionAttributeValues={":l": {"L": [{"S": "q"}]}})  # moto's own path
+        client.delete_item(TableName=table, Key=key)
+        client.put_item(TableName=table, Item={**key, "b": {"B": b"\x00"}})
+        client.update_item(TableName=table, Key=key, UpdateExpression="SET c = :v",
+                           ExpressionAttributeValues={":v": {"BOOL": True}})
+        # the item changed where no record is written (as a simulated world resets its tables), then updated
+        stored = dynamodb_backends["123456789012"]["us-east-1"].get_table(table).get_item(
+            DynamoType(key["pk"]), DynamoType(key["sk"]))
+        stored.attrs["c"] = DynamoType({"S": "changed where no stream sees it"})
+        client.update_item(TableName=table, Key=key, UpdateExpression="SET d = :v",
+                           ExpressionAttributeValues={":v": {"N": "3"}})
+        records = STREAMS.read(table, 0, 100, 0)
+    assert [r["eventName"] for r in records] == ["INSERT", "MODIFY", "MODIFY", "MODIFY", "REMOVE", "INSERT", "MODIFY",
+                                                 "MODIFY"]
+    for record in records:
+        change = record["dynamodb"]
+        assert change["SizeBytes"] == len(str({k: v for k, v in change.items() if k != "SizeBytes"}))
+
+
 def test_a_table_without_a_stream_records_nothing(ddb, dynamodb_engine):
     table = new_table(ddb, view=None)
     ddb.put_item(TableName=table, Item=item("a"))
