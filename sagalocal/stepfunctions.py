@@ -49,6 +49,11 @@ What this module changes in moto's interpreter, each for a reason:
    the API's shape (member names as keys), so each is written member by member by its shape (`wire`), with the
    serializer's rules for each type; the answer is the same (tests/unit/test_local_stepfunctions.py compares both
    on every kind of event).
+13. The interpreter deep-copies the JSON it passes between states (each state's input, every path's result, the
+   context object, every history event's details) with copy.deepcopy, whose generic dispatch was a twentieth of
+   a simulated saga. Here its modules copy JSON (dicts, lists, strings, numbers, booleans, None) container by
+   container, as copy.deepcopy copies it (shared containers stay shared in the copy, once each), and anything
+   else through copy.deepcopy itself, with the same memo.
 """
 
 from __future__ import annotations
@@ -101,11 +106,60 @@ def install(lambda_service: Any) -> None:
         _start_time_as_text()
         _history_without_the_generic_serializer()
         _redrive()
+        _json_deep_copies()
         importlib.import_module("sagalocal.versions").install()  # state machine versions and aliases
 
 
 def _service() -> Any:
     return _installed[0]
+
+
+# ---- 12. JSON deep-copied as JSON ----------------------------------------------------------------------
+_JSON_COPIERS = ("eval.states", "eval.environment", "eval.event.event_manager",
+                 "component.common.string.string_expression", "component.common.path.result_path",
+                 "component.state.exec.execute_state", "component.state.exec.state_task.service.state_task_service",
+                 "component.state.exec.state_map.state_map", "component.state.exec.state_map.iteration.job",
+                 "component.state.exec.state_parallel.state_parallel",
+                 "component.intrinsic.function.statesfunction.json_manipulation.json_merge")
+
+
+def _json_deep_copies() -> None:
+    import types
+
+    shim = types.ModuleType("copy")
+    shim.__dict__.update(vars(copy))
+    shim.deepcopy = json_deepcopy  # type: ignore[attr-defined]
+    for name in _JSON_COPIERS:
+        module = importlib.import_module(f"moto.stepfunctions.parser.asl.{name}")
+        if getattr(module, "copy", None) is copy:
+            module.copy = shim  # type: ignore[attr-defined]
+
+
+def json_deepcopy(value: Any, memo: dict[int, Any] | None = None) -> Any:
+    """copy.deepcopy(value), faster for JSON: the same copy (every dict and list new, each once however often it is
+    shared, the values of other types copied by copy.deepcopy with the same memo)."""
+    return copy.deepcopy(value, memo) if memo is not None else _json_copy(value, {})
+
+
+def _json_copy(value: Any, memo: dict[int, Any]) -> Any:
+    kind = type(value)
+    if kind is str or kind is int or kind is float or kind is bool or value is None:
+        return value
+    if kind is dict:
+        copied = memo.get(id(value))
+        if copied is None:
+            copied = memo[id(value)] = {}
+            for key, nested in value.items():
+                copied[_json_copy(key, memo)] = _json_copy(nested, memo)
+        return copied
+    if kind is list:
+        copied = memo.get(id(value))
+        if copied is None:
+            copied = memo[id(value)] = []
+            for nested in value:
+                copied.append(_json_copy(nested, memo))
+        return copied
+    return copy.deepcopy(value, memo)
 
 
 # ---- 0. the interpreter without moto's Batch and EC2 --------------------------------------------------

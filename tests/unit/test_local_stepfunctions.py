@@ -197,3 +197,48 @@ def test_the_history_written_directly_is_the_one_moto_s_serializer_writes(monkey
     assert {"ExecutionStarted", "PassStateEntered", "WaitStateExited", "MapStateStarted", "MapIterationSucceeded",
             "ParallelStateSucceeded", "TaskScheduled", "TaskFailed", "ChoiceStateEntered", "SucceedStateEntered",
             "FailStateEntered", "ExecutionSucceeded", "ExecutionFailed", "ExecutionAborted"} <= kinds, kinds
+
+def test_the_interpreter_s_json_deep_copy_is_copy_deepcopy_s():
+    """sagalocal/stepfunctions.py copies the interpreter's JSON container by container (json_deepcopy): the same
+    copy as copy.deepcopy's, shared containers shared once in it, a list that holds itself holding its copy, values
+    of other types (tuples, datetimes, objects) copied by copy.deepcopy; nothing shared with the original."""
+    import datetime
+
+    shared = {"sku": "SKU-1", "lines": [1, 2.5, True, None]}
+    looped: list[object] = ["me"]
+    looped.append(looped)
+    other = SimpleNamespace(x=[1])
+    value = {"a": shared, "b": shared, "c": [shared, {"d": looped}], "t": (shared, 1), "when": datetime.datetime(
+        2027, 1, 1, tzinfo=datetime.UTC), "object": other, "again": other, "é": "ü", "n": 10**30, "f": -0.0}
+
+    def aliases(copied: object) -> list[tuple[int, int]]:
+        """Which places of the copy hold one object (by the order they are first met), and what is shared with
+        the original."""
+        seen: dict[int, int] = {}
+        out: list[tuple[int, int]] = []
+
+        def walk(node: object) -> None:
+            if isinstance(node, (dict, list, tuple, SimpleNamespace, datetime.datetime)):
+                new = id(node) not in seen
+                first = seen.setdefault(id(node), len(seen))
+                out.append((first, len(seen)))
+                if not new:
+                    return
+                items = node.values() if isinstance(node, dict) else vars(node).values() if isinstance(
+                    node, SimpleNamespace) else node if isinstance(node, (list, tuple)) else []
+                for item in items:
+                    walk(item)
+
+        walk(copied)
+        return out
+
+    ours, theirs = stepfunctions.json_deepcopy(value), copy.deepcopy(value)
+    assert repr(ours) == repr(theirs)
+    assert aliases(ours) == aliases(theirs)
+    assert ours["c"][1]["d"][1] is ours["c"][1]["d"]
+    originals = {id(x) for x in (shared, shared["lines"], looped, value["c"], value["c"][1], other, other.x)}
+    assert not originals & {id(x) for x in (ours["a"], ours["a"]["lines"], ours["c"][1]["d"], ours["c"], ours["object"],
+                                            ours["object"].x)}
+    memo: dict[int, object] = {}
+    assert repr(stepfunctions.json_deepcopy(value, memo)) == repr(theirs)
+    assert memo  # given a memo, copy.deepcopy itself, which fills it
