@@ -12,6 +12,7 @@ Gateway passes them.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -68,3 +69,29 @@ def _as_string(name: str, value: Any) -> str:
     if name in ("exp", "iat", "auth_time") and isinstance(value, int | float):
         return time.strftime("%a %b %d %H:%M:%S UTC %Y", time.gmtime(value))  # API Gateway's form
     return value if isinstance(value, str) else json.dumps(value)
+
+
+@functools.cache
+def one_signing_key() -> None:
+    """moto's Cognito imports the one private key it signs every pool's tokens with (its jwks-private.json) again for
+    each user pool it creates: ~0.25 CPU-s a pool (joserfc recovers the key's primes from its exponents, in Python),
+    on every stack's boot. The key never changes, and signing does not change it: it is imported once here, and
+    every pool signs with that one."""
+    from types import SimpleNamespace
+
+    from joserfc import jwk
+    from moto.cognitoidp import models
+
+    imported: dict[str, Any] = {}
+    lock = threading.Lock()
+
+    def import_key(value: Any, *args: Any, **kwargs: Any) -> Any:
+        if args or kwargs:
+            return jwk.RSAKey.import_key(value, *args, **kwargs)
+        cache_key = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        with lock:
+            if cache_key not in imported:
+                imported[cache_key] = jwk.RSAKey.import_key(value)
+            return imported[cache_key]
+
+    models.jwk = SimpleNamespace(RSAKey=SimpleNamespace(import_key=import_key))  # type: ignore[attr-defined]

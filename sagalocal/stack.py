@@ -31,7 +31,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from sagalocal import eventbridge, metrics, motomodels, sqs, stepfunctions
+from sagalocal import cognito, eventbridge, metrics, motomodels, sqs, stepfunctions
 from sagalocal.apigateway import AccessLog, TokenBucket, WebAcl, WebAclError, serve_api
 from sagalocal.awslambda.eventsources import SqsDestination, StreamMapping
 from sagalocal.awslambda.queues import QueueMapping, queue_url
@@ -318,6 +318,7 @@ class LocalStack:
         eventbridge.install(self.lambdas, self.template.account, self.region)
         sqs.install()
         motomodels.stop_tracking_instances()
+        cognito.one_signing_key()
         assert self.dynamodb is not None
         self.aws = AwsEndpoint(int(self.endpoint_port or 0), self.dynamodb.port, {
             "/_sagalocal/lambda/stats": lambda method, query, body: (200, self.lambdas.stats()),
