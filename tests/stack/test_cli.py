@@ -1,14 +1,21 @@
 """The sagalocal CLI: `invoke` as `sam local invoke`, and clear errors for what it cannot do.
 
-These test the CLI's own embedded stacks (each invoke starts one), not the stack under test.
+These test the CLI's own embedded stacks (each invoke starts one), not the stack under test. Each command runs as
+typed (`python -m sagalocal ...`, its exit status and its stderr), but for the refusals the CLI makes before anything
+starts from the template alone (an unknown function, a parameter override the template does not allow): those run
+the same command line through the CLI's entry point in this process (`sagalocal.cli.main`, its stderr captured), as
+exit status 2 and its message are what they check; a new interpreter for each (~0.8 CPU-s, importing the template's
+tools again) proved nothing more, and the other refusals here prove exit status 2 from a process of its own.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -29,6 +36,18 @@ def sagalocal(*args: str, cwd: Path = ROOT, timeout: float = DEADLINE) -> subpro
                           timeout=timeout, cwd=cwd, check=False)
 
 
+def refused_here(*args: str, monkeypatch: pytest.MonkeyPatch) -> subprocess.CompletedProcess[str]:
+    """A command the CLI refuses before it starts anything, through its entry point in this process (from ROOT, as
+    `sagalocal()` runs it): its exit status and what it wrote."""
+    from sagalocal.cli import main
+
+    monkeypatch.chdir(ROOT)
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        status = main(list(args))
+    return subprocess.CompletedProcess(args, status, out.getvalue(), err.getvalue())
+
+
 def test_invoke_runs_the_real_handler_on_a_fresh_stack():
     done = sagalocal("invoke", "CancelOrderFunction", "-e", "events/steps/cancel_order.json", "--init", SEED)
     assert done.returncode == 0, done.stderr
@@ -38,8 +57,8 @@ def test_invoke_runs_the_real_handler_on_a_fresh_stack():
     assert "init: 3 catalog items added" in done.stderr
 
 
-def test_invoke_unknown_function_names_the_known_ones():
-    done = sagalocal("invoke", "NoSuchFunction", "-e", "events/steps/create_order.json")
+def test_invoke_unknown_function_names_the_known_ones(monkeypatch):
+    done = refused_here("invoke", "NoSuchFunction", "-e", "events/steps/create_order.json", monkeypatch=monkeypatch)
     assert done.returncode == 2
     assert "unknown function 'NoSuchFunction'" in done.stderr
     assert "CreateOrderFunction" in done.stderr
@@ -93,8 +112,8 @@ def test_a_template_it_cannot_read_names_the_resource_and_property(tmp_path):
     ("Stage=prod-eu", "Rules.ProductionIsStated: This Stage is neither a production name"),
     ("NoSuchParameter=1", "no parameter named NoSuchParameter"),
 ])
-def test_a_parameter_override_the_template_does_not_allow_is_refused(override, message):
-    done = sagalocal("invoke", "CreateOrderFunction", "-e", "events/steps/create_order.json",
-                     "--parameter-overrides", override)
+def test_a_parameter_override_the_template_does_not_allow_is_refused(override, message, monkeypatch):
+    done = refused_here("invoke", "CreateOrderFunction", "-e", "events/steps/create_order.json",
+                        "--parameter-overrides", override, monkeypatch=monkeypatch)
     assert done.returncode == 2
     assert message in done.stderr
