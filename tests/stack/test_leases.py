@@ -56,9 +56,9 @@ def wait_until(read, timeout, what):
 
 
 def test_two_executions_racing_for_one_order_one_proceeds_one_is_refused(leased):
+    before = stock(leased)  # before the order: its own execution may confirm it before the racers start
     accepted = place(leased, [{"sku": "MUG-BLUE", "quantity": 1}], "tok_approve")
     order_id = accepted["order_id"]
-    before = stock(leased)
     saga = {"order_id": order_id, "customer_id": leased.sign_in()[1]}
     arns = [None, None]
 
