@@ -109,11 +109,25 @@ def ddb():
                            aws_secret_access_key="testing")
 
 
+def _update_request(ddb: Any, table: str, case: tuple[Any, ...], returns: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`case`'s item put in `table` (if it has one), and its UpdateItem request asking for ReturnValues `returns`."""
+    expression, names, used, condition, item, _ = case
+    key = {"k": S("item")}
+    if item is not None:
+        ddb.put_item(TableName=table, Item={**key, **item})
+    values = {name: VALUES[name] for name in used}
+    if condition:
+        values.update({name: VALUES[name] for name in (":q", ":held", ":to") if name in condition})
+    return key, {"TableName": table, "Key": key, "UpdateExpression": expression, "ReturnValues": returns,
+                 **({"ExpressionAttributeNames": names} if names else {}),
+                 **({"ExpressionAttributeValues": values} if values else {}),
+                 **({"ConditionExpression": condition} if condition else {})}
+
+
 def run(ddb: Any, case: tuple[Any, ...], fast: bool) -> tuple[Any, ...]:
     from sagalocal.dynamodb import fastupdate
     from sagalocal.dynamodb.streams import STREAMS
 
-    expression, names, used, condition, item, _ = case
     table = "fast-" + uuid.uuid4().hex[:8]
     ddb.create_table(TableName=table, KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
                      AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"},
@@ -122,16 +136,7 @@ def run(ddb: Any, case: tuple[Any, ...], fast: bool) -> tuple[Any, ...]:
                                               "KeySchema": [{"AttributeName": "g", "KeyType": "HASH"}]}],
                      BillingMode="PAY_PER_REQUEST",
                      StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"})
-    key = {"k": S("item")}
-    if item is not None:
-        ddb.put_item(TableName=table, Item={**key, **item})
-    values = {name: VALUES[name] for name in used}
-    if condition:
-        values.update({name: VALUES[name] for name in (":q", ":held", ":to") if name in condition})
-    request = {"TableName": table, "Key": key, "UpdateExpression": expression, "ReturnValues": "ALL_NEW",
-               **({"ExpressionAttributeNames": names} if names else {}),
-               **({"ExpressionAttributeValues": values} if values else {}),
-               **({"ConditionExpression": condition} if condition else {})}
+    key, request = _update_request(ddb, table, case, "ALL_NEW")
     fastupdate.ENABLED[0] = fast
     try:
         answer: Any = ddb.update_item(**request)["Attributes"]
@@ -226,20 +231,10 @@ def _answer(ddb: Any, case: tuple[Any, ...], returns: str) -> tuple[Any, Any]:
     """The answer of `case` on moto's path (the fast path off) with ReturnValues `returns`, and the item after."""
     from sagalocal.dynamodb import fastupdate
 
-    expression, names, used, condition, item, _ = case
     table = "copy-" + uuid.uuid4().hex[:8]
     ddb.create_table(TableName=table, KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
                      AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}], BillingMode="PAY_PER_REQUEST")
-    key = {"k": S("item")}
-    if item is not None:
-        ddb.put_item(TableName=table, Item={**key, **item})
-    values = {name: VALUES[name] for name in used}
-    if condition:
-        values.update({name: VALUES[name] for name in (":q", ":held", ":to") if name in condition})
-    request = {"TableName": table, "Key": key, "UpdateExpression": expression, "ReturnValues": returns,
-               **({"ExpressionAttributeNames": names} if names else {}),
-               **({"ExpressionAttributeValues": values} if values else {}),
-               **({"ConditionExpression": condition} if condition else {})}
+    key, request = _update_request(ddb, table, case, returns)
     fastupdate.ENABLED[0] = False
     try:
         answer: Any = _ordered(ddb.update_item(**request).get("Attributes"))
