@@ -1,6 +1,7 @@
 """The simulation's copies (sagalocal/sim/world.py): the direct DynamoDB client's copy of each request and answer
-(json_copy), and a world's copy of the seed data's stream records (_record_copy), against what they replace (the
-JSON round trip, copy.deepcopy): the same value, with the same types, sharing no container with the original."""
+(json_copy), and a world's copy of the seed data's stream records (sagalocal.stepfunctions.json_deepcopy, the
+interpreter's own JSON copy), against what they replace (the JSON round trip, copy.deepcopy): the same value, with
+the same types, sharing no container with the original."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from sagalocal.sim.world import _json_default, _record_copy, json_copy
+from sagalocal.sim.world import _json_default, json_copy
+from sagalocal.stepfunctions import json_deepcopy
 
 PLAIN = [
     {},
@@ -82,6 +84,6 @@ def test_a_record_copy_is_a_deep_copy_even_of_a_record_holding_bytes():
     binary = copy.deepcopy(record)
     binary["dynamodb"]["NewImage"]["blob"] = {"B": b"\x00raw"}
     for original in (record, binary):
-        ours = _record_copy(original)
+        ours = json_deepcopy(original)
         assert repr(ours) == repr(copy.deepcopy(original))
         assert not shared(ours, original)
