@@ -387,6 +387,39 @@ def parked_queue_orders(target: Target) -> list[str]:
     return [str(json.loads(m["Body"])["order_id"]) for m in held.values()]
 
 
+# AuthorizePayment's Lambda timeout (template.yaml, AuthorizePaymentTimeout: its one allowed value), and 3 s for a
+# sandbox's end to be noticed on a loaded machine.
+LATE_INVOCATION_SECONDS = 14 + 3
+
+
+def wait_for_late_invocations(target: Target, orders: dict[str, int]) -> None:
+    """Wait until no invocation that may still authorize one of `orders`' payments is running.
+
+    An invocation of AuthorizePayment can outlive the saga that gave up on its payment (a card's Map iteration in
+    flight when another card failed the Map): it marked the payment sent, VoidPayment found the gateway with nothing
+    yet and voided the payment for reconciliation, and the authorization reaches the gateway afterwards; the late
+    invocation's write is refused and it voids what it got. Until it has, the gateway shows nothing, or an
+    authorization, for a payment the saga voided (a loaded fresh-clone make test read it in between). Such an
+    invocation began before it marked the payment (`sent_at`) and ends within AuthorizePayment's timeout: so each
+    payment voided with an undecided gateway (a reconciliation mark, or reconciled as settled) and with nothing final
+    at the gateway is waited for until `sent_at` + LATE_INVOCATION_SECONDS (at most that long in all)."""
+    final = ("VOIDED", "REFUNDED", "DECLINED", "CAPTURED")
+
+    def running_until() -> float:
+        latest = 0.0
+        for order_id, methods in orders.items():
+            for m in range(1, methods + 1):
+                payment = target.payment(order_id, m) or {}
+                undecided = "reconcile" in payment or payment.get("reconciled") == "settled"
+                if undecided and "sent_at" in payment and \
+                        (target.ledger(order_id, m) or {}).get("state") not in final:
+                    latest = max(latest, int(payment["sent_at"]) / 1000 + LATE_INVOCATION_SECONDS)
+        return latest
+
+    while (until := running_until()) > time.time():
+        time.sleep(min(1.0, until - time.time()))
+
+
 def settle_late_authorizations(target: Target, orders: dict[str, int], rounds: int = 20,
                                 pause: float = 3.0) -> set[str]:
     """Let the reaper void what landed after its saga gave up on it, as its schedule would.
@@ -395,11 +428,13 @@ def settle_late_authorizations(target: Target, orders: dict[str, int], rounds: i
     running when another card failed the Map and VoidPayment ran (the Map stops, the Lambda invocation in flight
     does not), or a gateway call whose answer came too late to record. The late invocation voids it itself when
     its write is refused; if it cannot (it crashed, it timed out), VoidPayment's reconciliation mark has the
-    reaper's sweep void it (every ReaperSchedule; ReconcileAfterSeconds=1 on the test stacks). So where one of
-    `orders` (order id -> number of payment methods) still shows an authorization at the gateway, wait and run
-    the sweep, up to `rounds` times (~65 s in all, spent only while something still dangles: on a loaded machine a
-    late invocation took longer than 4 rounds, 1 of 4 loaded fresh-clone runs). Returns the payment ids the sweeps
-    reversed; what they did not void stays, for the caller's invariants to catch."""
+    reaper's sweep void it (every ReaperSchedule; ReconcileAfterSeconds=1 on the test stacks). So first wait for
+    the late invocations themselves (wait_for_late_invocations); then, where one of `orders` (order id -> number of
+    payment methods) still shows an authorization at the gateway, wait and run the sweep, up to `rounds` times
+    (~65 s in all, spent only while something still dangles: on a loaded machine a late invocation took longer
+    than 4 rounds, 1 of 4 loaded fresh-clone runs). Returns the payment ids the sweeps reversed; what they did not
+    void stays, for the caller's invariants to catch."""
+    wait_for_late_invocations(target, orders)
     reversed_: set[str] = set()
     for _ in range(rounds):
         dangling = [order_id for order_id, methods in orders.items()
