@@ -10,6 +10,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 # A new stamp when the requirements or the interpreter change: the venv is made again for another Python.
 PYVER  := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+# The installer of the venv's requirements, pinned like them.
+UV     := uv==0.13.10
 STAMP  := $(VENV)/.installed-$(PYVER)-$(shell cksum < requirements-dev.txt | cut -d' ' -f1)
 
 .PHONY: run up test test-unit test-stack test-ministack lint openapi docs build bench bench-bill bench-idle bench-reaper clean venv
@@ -30,7 +32,11 @@ $(STAMP): requirements-dev.txt
 	  echo "$(VENV) is Python $$($(PY) -c 'import sys; print(sys.version.split()[0])'); making it again with $(PYTHON)"; \
 	  rm -rf $(VENV); fi
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@# uv installs the pinned requirements, compiled, in ~12 s where pip took ~46 s on 2 cores (2026-12-07); pip
+	@# installs them where uv cannot be had or cannot reach the index.
+	$(PY) -m pip install --quiet --disable-pip-version-check $(UV) && \
+	  $(VENV)/bin/uv pip install --quiet --python $(PY) --compile-bytecode -r requirements-dev.txt || \
+	  $(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	@# The project's own packages (src/order_saga, sagalocal) on the venv's path, without a build step.
 	$(PY) -c "import pathlib, site; pathlib.Path(site.getsitepackages()[0], 'order-saga.pth').write_text('$(CURDIR)/src\n$(CURDIR)\n')"
 	@rm -f $(VENV)/.installed-*
