@@ -166,6 +166,20 @@ def bill(m: dict[str, Any], settings: dict[str, Any], architecture: str) -> list
     return [(name, text, n, n * price * 1e6) for name, text, n, price in rows]
 
 
+def per_path_table(rows: list[dict[str, Any]]) -> list[str]:
+    """One saga of each kind (bench/measure.py's transitions_per_path), the failing ones too: the states it entered,
+    its transitions and Lambda requests, and what those two cost."""
+    if not rows:
+        return []
+    return ["Transitions per path: one saga of each kind, the states it entered, what Step Functions Standard bills "
+            "for it (each state entered, and each task retry, is a transition; a Map's iterations count their own "
+            "states), and its Lambda requests (the API's and each task's):", "",
+            md(["path", "outcome", "transitions", "Lambda requests", "$ per million (transitions + Lambda)",
+                "states"],
+               [[p["path"], p["status"] + (f" {p['error']}" if p.get("error") else ""), p["transitions"],
+                 p["lambda_requests"], f"{p['usd_per_million']:.2f}", " → ".join(p["states"])] for p in rows]), ""]
+
+
 def section(results: dict[str, Any]) -> str:
     settings, paths = results["settings"], results["paths"]
     names = list(paths)
@@ -205,6 +219,7 @@ def section(results: dict[str, Any]) -> str:
         "time on this machine, rounded up to the millisecond, its DynamoDB and gateway calls to local processes "
         "included); INIT is the function's cold start measured here:", "",
         md(["function", *names, "INIT ms"], per_function), "",
+        *per_path_table(results.get("per_path") or []),
         "Assumptions (what is not measured here):",
         "",
         "- Durations are this machine's: on AWS a DynamoDB call takes a few milliseconds of network each way, "
@@ -258,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
         log_dir = Path(http("GET", f"{stack.endpoint}/_sagalocal/metrics")[1]["log_dir"])
         results["paths"] = {name: measure_path(stack, log_dir, extra, tokens, args.sagas)
                             for name, extra, tokens in PATHS}
+        from measure import transitions_per_path
+
+        results["per_path"] = transitions_per_path(stack)
     finally:
         stack.stop()
     results["load_end"] = load()

@@ -198,16 +198,6 @@ def render(r: dict[str, Any], img_path: str, img_rel: str) -> str:
                     ["$ per million (published units for 5d5f643)", *[", ".join(
                         f"{k} {v:.2f}" for k, v in cost(c, c.get("wru", 51), c.get("rru", 7)).items())
                         for c in counts.values()]]])]
-    if r.get("paths"):
-        out += ["", "## Transitions per path (this tree)", "",
-                "One saga of each kind, on the embedded stack: the states it entered, what Step Functions Standard "
-                "bills for it (each state entered, and each task retry, is a transition; a Map's iterations count "
-                "their own states), and its Lambda requests (the API's and each task's).", "",
-                md(["path", "outcome", "transitions", "Lambda requests", "$ per million (transitions + Lambda)",
-                    "states"],
-                   [[p["path"], p["status"] + (f" {p['error']}" if p.get("error") else ""), p["transitions"],
-                     p["lambda_requests"], f"{p['usd_per_million']:.2f}", " → ".join(p["states"])]
-                    for p in r["paths"]])]
     levels = [(t, lv) for t in ("baseline", "new") for lv in g(r, t, "throughput") or []]
     if levels:
         out += ["", "## Throughput", "", md(["stack", "clients", "sagas", "sagas/s", "p50 ms", "p95 ms", "failed",

@@ -126,7 +126,6 @@ def main() -> int:
                                      results, f"{name}: {c} clients", measure.throughput, up[name], c,
                                      2 if quick else 8))]}
         if up.get("new"):
-            results["paths"] = phase(results, "new: transitions per path", measure.transitions_per_path, up["new"])
             results["profile"] = phase(results, "new: py-spy", measure.profile, up["new"], 4 if quick else 10)
             results["burst"] = phase(results, "new: order burst", measure.burst, up["new"], 60 if quick else 200)
         for name in ("new", "baseline"):

@@ -395,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     invoke = sub.add_parser("invoke", help="invoke one function with an event file, as `sam local invoke`")
     stack_options(invoke)
-    invoke.add_argument("function", help="logical id in the template (e.g. CreateOrderFunction)")
+    invoke.add_argument("function", help="logical id in the template (e.g. ReserveInventoryFunction)")
     invoke.add_argument("-e", "--event", required=True, help="the event JSON file")
     invoke.add_argument("--endpoint", help="invoke on this running stack (sagalocal, LocalStack, ...) instead of "
                                            "a fresh embedded one")

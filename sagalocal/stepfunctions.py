@@ -19,7 +19,7 @@ What this module changes in moto's interpreter, each for a reason:
    racing retries made two executions of one order. Here the look and the append are one step per name.
 7. A stopped execution stays stopped. moto's interpreter skips every step of a program that no longer
    runs, its Catch included, so a task that failed just as StopExecution landed went on as uncaught, and
-   its error replaced the stop: the execution ended FAILED with the task's error (a saga's CreateOrder
+   its error replaced the stop: the execution ended FAILED with the task's error (a saga's first step
    refused with OrderNotActive, seen once when the reaper stopped the execution whose lease it took).
    On AWS a stopped execution is ABORTED. Here an error does not replace a stop or a time-out.
 8. Names are reused after 90 days, as on AWS ("names can be reused after 90 days", StartExecution's API

@@ -1,4 +1,4 @@
-"""CancelOrder: compensates CreateOrder. The order is CANCELLED and the saga COMPENSATED."""
+"""CancelOrder: the last compensation. The order is CANCELLED and the saga COMPENSATED."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""ReserveInventory: move each line's quantity from available to reserved, all or nothing, in one transaction."""
+"""ReserveInventory, the saga's first step: take the order's lease (PENDING -> EXECUTING, with the lines the API
+priced), then move each line's quantity from available to reserved, all or nothing, in one transaction."""
 
 from __future__ import annotations
 

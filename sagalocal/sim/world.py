@@ -41,7 +41,7 @@ WRITES = ("put_item", "update_item", "delete_item", "transact_write_items", "bat
 TABLES = {"OrdersTable": "ORDERS_TABLE", "InventoryTable": "INVENTORY_TABLE", "PaymentsTable": "PAYMENTS_TABLE",
           "PromotionsTable": "PROMOTIONS_TABLE"}
 FUNCTIONS = {  # logical id -> the folder of its handler
-    "OrdersApiFunction": "orders_api", "CreateOrderFunction": "create_order",
+    "OrdersApiFunction": "orders_api",
     "ReserveInventoryFunction": "reserve_inventory", "ApplyCouponFunction": "apply_coupon",
     "AuthorizePaymentFunction": "authorize_payment", "ConfirmOrderFunction": "confirm_order",
     "RefundPaymentFunction": "refund_payment", "VoidPaymentFunction": "void_payment",

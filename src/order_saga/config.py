@@ -22,7 +22,7 @@ from dataclasses import dataclass
 # The longest execution by the ASL, every task at its worst case with every retry (docs/timeouts.md's table,
 # scripts/generate_timing_table.py; tests/unit/test_retention.py checks this figure against it). A step of an
 # execution can arrive late only while that execution runs.
-LONGEST_EXECUTION_MS = 587_000
+LONGEST_EXECUTION_MS = 548_000
 # The least a RELEASED tombstone lives: far past the longest execution, and past the reconciliation delay.
 TOMBSTONE_MS = 86_400_000
 DAY_MS = 86_400_000

@@ -119,14 +119,14 @@ class SagaState(BaseModel):
     customer_id: str
     lease_expires_at: int | None = None  # the lease's expiry as last written (the API, then the steps)
     deadline_at: int | None = None  # the saga's deadline (epoch ms); no lease is renewed past it
-    lines: list[PricedLine] | None = None  # added by CreateOrder, from the order the API priced
-    total: int | None = None  # added by CreateOrder, minor units
+    lines: list[PricedLine] | None = None  # added by ReserveInventory (its lease), from the order the API priced
+    total: int | None = None  # added by ReserveInventory (its lease), minor units
     currency: str | None = None
     # From the API: the order's coupon code, present only when there is one; ApplyCoupon drops it when the order goes
     # on without it (the `continue` coupon policy): from then on the saga holds no redemption.
     coupon: str | None = None
     methods: list[int] | None = None  # from the API: the payment methods' numbers, when more than one
-    fence: int | None = None  # added by CreateOrder: the lease's fencing token
+    fence: int | None = None  # added by ReserveInventory (its lease): the lease's fencing token
     authorization: str | None = None  # added by AuthorizePayment (gateway reference)
     failures: dict[str, StepFailure] = Field(default_factory=dict)  # added by Catch
     outcome: Outcome | None = None  # added by CancelOrder: the error the execution ends with
@@ -134,7 +134,7 @@ class SagaState(BaseModel):
 
     def require_priced(self) -> tuple[list[PricedLine], int]:
         if self.lines is None or self.total is None:
-            raise ValueError("the saga state has no priced lines: CreateOrder has not run")
+            raise ValueError("the saga state has no priced lines: ReserveInventory has not taken the lease")
         return self.lines, self.total
 
     def dump(self) -> dict:

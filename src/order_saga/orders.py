@@ -51,7 +51,7 @@ FAILED = "FAILED"
 
 # The states of the state machine in the order they can run: breaks ties in the step log's times.
 STEP_ORDER = (
-    "CreateOrder", "ReserveInventory", "ApplyCoupon", "AuthorizePayment", "AuthorizePayment.1", "AuthorizePayment.2",
+    "ReserveInventory", "ApplyCoupon", "AuthorizePayment", "AuthorizePayment.1", "AuthorizePayment.2",
     "AuthorizePayment.3", "ConfirmOrder", "Reaper", "RefundPayment", "VoidPayment", "ReleaseCoupon",
     "ReleaseInventory", "CancelOrder", "ParkSaga",
 )
@@ -207,12 +207,13 @@ class Orders:
         item = self.get(CUSTOMER_PREFIX + customer_id) or {}
         return set(item.get("open_orders") or ())
 
-    # ---- CreateOrder -------------------------------------------------------------------------------------
+    # ---- ReserveInventory: the lease ---------------------------------------------------------------------
     def acquire(self, saga: models.SagaState, owner: str, now: int) -> tuple[dict[str, Any], Lease]:
-        """Take the PENDING order's lease for this execution: PENDING -> EXECUTING. One write.
+        """Take the PENDING order's lease for this execution: PENDING -> EXECUTING. One write, ReserveInventory's
+        first (the step then reserves under the lease).
 
-        The same write stamps `marks_sends`: this execution runs the state machine version of this CreateOrder, so
-        its AuthorizePayment is the one of the same deploy, which writes the payment's sent marker before every
+        The same write stamps `marks_sends`: this execution runs the state machine version of this ReserveInventory,
+        so its AuthorizePayment is the one of the same deploy, which writes the payment's sent marker before every
         first send (payments.py). The flag is what lets a compensation (which runs the `live` code, whatever version
         the execution runs) or the reaper void a PENDING payment of this order without the gateway: a version that
         did not mark its sends does not stamp it either (see `sends_marked`).
@@ -221,10 +222,10 @@ class Orders:
         lease is held, is refused with OrderLocked; an order that does not exist or is no longer PENDING
         with OrderNotActive.
         """
-        sets = ["saga_status = :executing", "lease_owner = :owner", "fence = fence + :one", "steps.#step = :entry",
-                "updated_at = :now", "marks_sends = :marks"]
+        sets = ["saga_status = :executing", "lease_owner = :owner", "fence = fence + :one", "updated_at = :now",
+                "marks_sends = :marks"]
         vals: dict[str, Any] = {"executing": models.EXECUTING, "owner": owner, "one": 1, "now": now,
-                                "entry": {"status": SUCCEEDED, "at": now}, "pending": models.PENDING, "marks": True}
+                                "pending": models.PENDING, "marks": True}
         if self.timing.renewal_due(saga.lease_expires_at, now):
             sets.append("lease_expires_at = :expires")
             vals["expires"] = min(now + self.timing.lease_ms, saga.deadline_at or now + self.timing.deadline_ms)
@@ -232,8 +233,7 @@ class Orders:
             TableName=self.table, Key=self.key(saga.order_id), UpdateExpression="SET " + ", ".join(sets),
             ConditionExpression=("saga_status = :pending "
                                  "AND (attribute_not_exists(lease_owner) OR lease_expires_at < :now)"),
-            ExpressionAttributeNames={"#step": "CreateOrder"}, ExpressionAttributeValues=values(**vals),
-            ReturnValues="ALL_NEW")
+            ExpressionAttributeValues=values(**vals), ReturnValues="ALL_NEW")
         order = written.item or {}
         if not written.ok:
             if not order:
@@ -256,9 +256,10 @@ class Orders:
 
     # ---- forward steps -----------------------------------------------------------------------------------
     def lease_of(self, saga: models.SagaState, owner: str) -> Lease:
-        """The lease a forward step runs under (CreateOrder put its fence in the saga state)."""
+        """The lease a forward step runs under (ReserveInventory put its fence in the saga state)."""
         if saga.fence is None or saga.deadline_at is None or saga.lease_expires_at is None:
-            raise LeaseLost(f"the saga state of order {saga.order_id} carries no lease: CreateOrder has not run")
+            raise LeaseLost(f"the saga state of order {saga.order_id} carries no lease: ReserveInventory has not "
+                            f"taken it")
         return Lease(saga.order_id, owner, saga.fence, saga.deadline_at, saga.lease_expires_at)
 
     def renewed(self, lease: Lease, now: int) -> int:
@@ -344,8 +345,9 @@ class Orders:
     @staticmethod
     def sends_marked(order: dict[str, Any] | None) -> bool:
         """The order's execution authorizes its payments with code that writes the sent marker before each first
-        send: stamped by its CreateOrder, pinned to the execution's state machine version (acquire). Absent (an
-        execution on a version before the marker, one whose CreateOrder never ran, an order taken over before it):
+        send: stamped when its ReserveInventory took the lease (acquire; CreateOrder did on the versions that had it),
+        pinned to the execution's state machine version. Absent (an execution on a version before the
+        marker, one that never took the lease, an order taken over before it):
         an unmarked PENDING payment may still have been sent, and is voided at the gateway."""
         return bool((order or {}).get("marks_sends"))
 
@@ -413,8 +415,8 @@ class Orders:
         order is already cancelled, or does not exist.
 
         A compensation may run after the lease expired (a slow rollback): it keeps the order as long as
-        nobody took it over. When the saga state carries no fence (CreateOrder failed, perhaps after its
-        write), the compensation takes the lease: from nobody, or from this same execution.
+        nobody took it over. When the saga state carries no fence (ReserveInventory failed, perhaps after it took
+        the lease), the compensation takes the lease: from nobody, or from this same execution.
         """
         if saga.fence is not None and saga.deadline_at is not None:
             return Lease(saga.order_id, owner, saga.fence, saga.deadline_at, saga.lease_expires_at or now)

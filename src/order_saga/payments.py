@@ -19,16 +19,16 @@ marker is still absent. The two conditions decide a race between a void and an a
 void lands first, the marker's write finds VOIDED and the authorization sends nothing (PaymentVoided); if the marker
 lands first, the void's write fails, and the compensation reads the payment again and voids at the gateway.
 
-Who may trust a missing marker: only an execution whose AuthorizePayment writes it. The forward steps are pinned to
-the execution's state machine version, which a deploy rolls out as a canary (and an operator may roll back), while
-the compensations run the `live` code and the API and the reaper move at once: during a rollout, executions of the
-previous version still send unmarked. So the permission comes from the execution's own CreateOrder, of the same
-version as its AuthorizePayment: it stamps `marks_sends` on the ORDER in the write that takes the lease (no request
-more), and VoidPayment, RefundPayment and the reaper read it from the order their claim returns (Orders.sends_marked,
-saga.undo_payment). An order without it (a previous version's execution, an order whose CreateOrder never ran) has
-its PENDING payments voided at the gateway, as before the marker. A redrive keeps the execution's version, so its
-order's flag stays true to it. The Stripe adapter also reads `sent_at` to tell how old a search's "not found" is
-(stripe_gateway.py).
+Who may trust a missing marker: only an execution whose AuthorizePayment writes it. The forward steps are pinned to the
+execution's state machine version, which a deploy rolls out as a canary (and an operator may roll back), while the
+compensations run the `live` code and the API and the reaper move at once: during a rollout, executions of the previous
+version still send unmarked. So the permission comes from the execution's own ReserveInventory (CreateOrder on the
+versions that had it), of the same version as its AuthorizePayment: it stamps `marks_sends` on the ORDER in the write
+that takes the lease (no request more), and VoidPayment, RefundPayment and the reaper read it from the order their claim
+returns (Orders.sends_marked, saga.undo_payment). An order without it (a previous version's execution, an order whose
+lease was never taken) has its PENDING payments voided at the gateway, as before the marker. A redrive keeps the
+execution's version, so its order's flag stays true to it. The Stripe adapter also reads `sent_at` to tell how old a
+search's "not found" is (stripe_gateway.py).
 
 Reconciliation: a payment undone while still PENDING may have an authorization in flight at the gateway (a
 call whose outcome was unknown), which can land after the void. Such a payment is marked (`reconcile`, one

@@ -42,7 +42,7 @@ from order_saga.store import Cancelled, Items, Store
 
 PAST_PIVOT = (models.CONFIRMING, models.COMPLETED)
 
-FORWARD_STEPS = ("CreateOrder", "ReserveInventory", "ApplyCoupon", "AuthorizePayment", "AuthorizePayments",
+FORWARD_STEPS = ("ReserveInventory", "ApplyCoupon", "AuthorizePayment", "AuthorizePayments",
                  "ConfirmOrder")
 
 
@@ -52,9 +52,18 @@ def methods_of(saga: SagaState) -> list[int]:
 
 
 # ---- forward steps ---------------------------------------------------------------------------------------
-def create_order(orders: Orders, saga: SagaState, owner: str, now: int) -> SagaState:
-    """Take the order's lease: the saga is EXECUTING, with what the API priced and stored (the lines, the
-    total, the coupon, the payment methods, the customer), whatever the execution's input said."""
+def reserve_inventory(store: Store, orders: Orders, inventory: Inventory, saga: SagaState, owner: str,
+                      now: int) -> SagaState:
+    """The saga's first step: take the order's lease, then take every line's quantity from available into reserved,
+    all or nothing. Two writes: a retry (after a lost response, a crash between them) repeats the lease's, which
+    recognises its own, and finds its reservation made, or makes it."""
+    return _reserve(store, orders, inventory, take_lease(orders, saga, owner, now), owner, now)
+
+
+def take_lease(orders: Orders, saga: SagaState, owner: str, now: int) -> SagaState:
+    """ReserveInventory's first write. Take the order's lease: the saga is EXECUTING, with what the API priced and
+    stored (the lines, the total, the coupon, the payment methods, the customer), whatever the execution's input
+    said."""
     order, lease = orders.acquire(saga, owner, now)
     amounts = order.get("payment_amounts") or []
     return saga.model_copy(update={
@@ -65,9 +74,8 @@ def create_order(orders: Orders, saga: SagaState, owner: str, now: int) -> SagaS
         "lease_expires_at": lease.expires_at})
 
 
-def reserve_inventory(store: Store, orders: Orders, inventory: Inventory, saga: SagaState, owner: str,
-                      now: int) -> SagaState:
-    """Take every line's quantity from available into reserved, all or nothing."""
+def _reserve(store: Store, orders: Orders, inventory: Inventory, saga: SagaState, owner: str,
+             now: int) -> SagaState:
     lines, _ = saga.require_priced()
     lease = orders.lease_of(saga, owner)
     cancelled = store.transact({**inventory.reserve_items(saga.order_id, lines, now),
@@ -383,8 +391,8 @@ def past_pivot(orders: Orders, saga: SagaState, owner: str) -> tuple[Lease, str]
 def undo_payment(payments: Payments, order_id: str, now: int, methods: list[int] | None = None) -> Undo:
     """Give back what every payment method holds: void each authorization, refund each capture. A PENDING payment
     with no sent marker is voided without the gateway only if the order says its execution marks its sends
-    (Orders.sends_marked, stamped by the execution's own CreateOrder: the compensation runs the `live` code, the
-    execution's AuthorizePayment may be a version that sent without a marker)."""
+    (Orders.sends_marked, stamped when the execution's own ReserveInventory took the lease: the compensation runs
+    the `live` code, the execution's AuthorizePayment may be a version that sent without a marker)."""
     def undo(order: dict[str, Any]) -> Items:
         marked = Orders.sends_marked(order)
         items = {f"payment:{m}": payments.undo_item(payment_id(order_id, m), now, sends_marked=marked)

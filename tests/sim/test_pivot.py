@@ -91,7 +91,7 @@ def test_a_resubmission_after_the_execution_name_is_freed_starts_nothing_and_und
 
 def test_an_execution_that_reuses_a_freed_name_is_refused_by_the_completed_order():
     """Bug 3 from the other side: whatever starts a new execution of the freed name (an operator, an old client),
-    it has an identity of its own (ARN and start time), so CreateOrder does not take it for a repeat."""
+    it has an identity of its own (ARN and start time), so ReserveInventory's lease does not take it for a repeat."""
     with World(seed=1) as world:
         world.run(PATHS["plain"])
         (first,) = world.executions()
@@ -161,7 +161,7 @@ def test_a_step_that_times_out_before_its_first_write_is_retried_within_the_leas
 
 
 @pytest.mark.parametrize(("path", "attempt", "call"), [
-    ("plain", "CreateOrder#1", "dynamodb.update_item"),
+    ("plain", "ReserveInventory#1", "dynamodb.update_item"),
     ("plain", "ReserveInventory#1", "dynamodb.transact"),
     ("coupon", "ApplyCoupon#1", "dynamodb.transact"),
     ("plain", "AuthorizePayment#1", "gateway.authorize"),
@@ -252,7 +252,7 @@ def test_a_confirm_order_still_running_when_refund_payment_starts_never_loses_th
                      f"#2027-01-01T00:00:00.000Z")
         saga = {"order_id": order["order_id"], "customer_id": order["customer_id"],
                 "lease_expires_at": order["lease_expires_at"], "deadline_at": order["deadline_at"]}
-        for function in ("CreateOrderFunction", "ReserveInventoryFunction", "AuthorizePaymentFunction"):
+        for function in ("ReserveInventoryFunction", "AuthorizePaymentFunction"):
             saga = world.invoke_task(function, {"saga": saga, "execution_id": execution})["Payload"]
         refund = world.stack.modules["RefundPaymentFunction"]
         late = []

@@ -41,7 +41,8 @@ UNRUNNABLE: dict[str, dict[str, str]] = {
         "tests/stack/test_concurrency.py::": "concurrent sagas: ministack starts a Lambda worker by unpacking the "
             "function's code and its 54 MB layer (0.65 CPU-s) inside its own process, so the cold starts of 4 "
             "sagas at once outlast the tasks' TimeoutSeconds (8 s), and each States.Timeout retry starts one more "
-            "worker: 21 of CreateOrder and 21 of CancelOrder were starting at once, and the sagas ran out of retries",
+            "worker: 21 of CreateOrder (then the first step) and 21 of CancelOrder were starting at once, and the "
+            "sagas ran out of retries",
         "tests/stack/test_invariants.py::": "concurrent sagas, as test_concurrency.py",
     },
 }

@@ -84,8 +84,8 @@ class Target:
         """The error name the state machine saw from a step that raised OrderNotActive: OrderNotActive itself if any
         failed task or the execution said so (a retried Lambda service error may come first), else the last failed
         task's, UNANSWERED if the probe did not end. Asked once, by an execution of the saga's state machine for an
-        order that does not exist: its CreateOrder raises OrderNotActive (it writes nothing; its compensation finds
-        nothing to cancel)."""
+        order that does not exist: its ReserveInventory raises OrderNotActive (it writes nothing; its compensation
+        finds nothing to cancel)."""
         with self._probe_lock:
             if "error" not in self._capabilities:
                 sfn = self.client("stepfunctions")
@@ -292,8 +292,8 @@ TYPED, UNANSWERED = "OrderNotActive", "no answer: the probe execution did not en
 PROBE_TIMEOUT_S = 120.0
 # What a test whose outcome rests on a step's error name says where the engine cannot name them.
 UNTYPED = ("this engine reports a step's exception under a generic name, not its class name (the capability probe's "
-           "CreateOrder did not fail with OrderNotActive), so the state machine's Retry and Catch by error name, and "
-           "the error an execution fails with, cannot be what AWS does: tests/stack/support.py Target.typed_errors")
+           "ReserveInventory did not fail with OrderNotActive), so the state machine's Retry and Catch by error name, "
+           "and the error an execution fails with, cannot be what AWS does: tests/stack/support.py Target.typed_errors")
 # Fault rules that make a step raise (retried or caught by the error's name); a delay makes the engine's own
 # States.Timeout instead.
 RAISING_RULES = ("invocation-error", "dynamodb-error", "dynamodb-response-lost")

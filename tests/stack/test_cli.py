@@ -58,24 +58,25 @@ def test_invoke_runs_the_real_handler_on_a_fresh_stack():
 
 
 def test_invoke_unknown_function_names_the_known_ones(monkeypatch):
-    done = refused_here("invoke", "NoSuchFunction", "-e", "events/steps/create_order.json", monkeypatch=monkeypatch)
+    done = refused_here("invoke", "NoSuchFunction", "-e", "events/steps/reserve_inventory.json",
+                        monkeypatch=monkeypatch)
     assert done.returncode == 2
     assert "unknown function 'NoSuchFunction'" in done.stderr
-    assert "CreateOrderFunction" in done.stderr
+    assert "ReserveInventoryFunction" in done.stderr
     assert "Traceback" not in done.stderr
 
 
 def test_invoke_malformed_event_says_where(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"saga": {"order_id": "x",}\n}')
-    done = sagalocal("invoke", "CreateOrderFunction", "-e", str(bad))
+    done = sagalocal("invoke", "ReserveInventoryFunction", "-e", str(bad))
     assert done.returncode == 2
     assert "not valid JSON" in done.stderr
     assert "line 1" in done.stderr
 
 
 def test_invoke_missing_event_file():
-    done = sagalocal("invoke", "CreateOrderFunction", "-e", "events/nope.json")
+    done = sagalocal("invoke", "ReserveInventoryFunction", "-e", "events/nope.json")
     assert done.returncode == 2
     assert "cannot read event file" in done.stderr
 
@@ -96,7 +97,7 @@ def test_a_template_it_cannot_read_names_the_resource_and_property(tmp_path):
     (tmp_path / "template.yaml").write_text(template)
     for folder in ("src", "functions", "statemachine"):
         (tmp_path / folder).symlink_to(ROOT / folder)
-    done = sagalocal("invoke", "CreateOrderFunction", "-e", str(ROOT / "events/steps/create_order.json"),
+    done = sagalocal("invoke", "ReserveInventoryFunction", "-e", str(ROOT / "events/steps/reserve_inventory.json"),
                      "--template", str(tmp_path / "template.yaml"))
     assert done.returncode == 2
     assert "Resources.CancelOrderFunction.Properties" in done.stderr
@@ -113,7 +114,7 @@ def test_a_template_it_cannot_read_names_the_resource_and_property(tmp_path):
     ("NoSuchParameter=1", "no parameter named NoSuchParameter"),
 ])
 def test_a_parameter_override_the_template_does_not_allow_is_refused(override, message, monkeypatch):
-    done = refused_here("invoke", "CreateOrderFunction", "-e", "events/steps/create_order.json",
+    done = refused_here("invoke", "ReserveInventoryFunction", "-e", "events/steps/reserve_inventory.json",
                         "--parameter-overrides", override, monkeypatch=monkeypatch)
     assert done.returncode == 2
     assert message in done.stderr

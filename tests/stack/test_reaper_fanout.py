@@ -89,8 +89,8 @@ def test_a_backlog_of_abandoned_sagas_drains_to_compensated_and_a_duplicate_chan
     assert sum(after[k] for k in ("available", "reserved", "sold")) == sum(
         before[k] for k in ("available", "reserved", "sold"))
     assert after["sold"] == before["sold"]
-    # An abandoned order's CreateOrder never ran, so nothing says its PENDING payment was never sent: the worker
-    # voided it at the gateway and marked it for reconciliation, which a later scheduled sweep does (a change the
+    # No execution ever took an abandoned order's lease, so nothing says its PENDING payment was never sent: the
+    # worker voided it at the gateway and marked it for reconciliation, which a later scheduled sweep does (a change the
     # duplicates below must not be blamed for): wait for it first.
     wait_until(lambda: not any("reconcile" in (target.payment(o) or {}) for o in ids), 120,
                "every voided payment reconciled by the schedule's sweeps")
@@ -117,7 +117,7 @@ def test_a_payment_completing_after_the_saga_gave_up_on_it_is_reconciled_and_lea
     ended = late_payment["ended"].result()
     assert ended["described"]["error"] == "PaymentGatewayUnavailable"  # the client's timeout, then "in progress"
     assert ended["path"] == [
-        "CreateOrder", "ReserveInventory", "RouteOrder", "AuthorizePayment", "VoidPayment", "CouponHeld",
+        "ReserveInventory", "RouteOrder", "AuthorizePayment", "VoidPayment", "CouponHeld",
         "ReleaseInventory", "CancelOrder", "SagaCompensated"]
     payment, ledger = ended["payment"], ended["ledger"]
     assert payment["status"] == "VOIDED"

@@ -35,7 +35,7 @@ def body_of(name: str) -> dict:
 
 def test_success_confirms_captures_once_and_commits_stock(target, unique):
     r = scenario(target, "success", unique)
-    assert r.path == ["CreateOrder", "ReserveInventory", "RouteOrder", "AuthorizePayment", "ConfirmOrder"]
+    assert r.path == ["ReserveInventory", "RouteOrder", "AuthorizePayment", "ConfirmOrder"]
     order = target.order(r.order_id)
     assert (order["status"], order["saga_status"]) == ("CONFIRMED", "COMPLETED")
     expected_total = sum(CATALOG[line["sku"]]["price"] * line["quantity"] for line in body_of("success")["items"])
@@ -47,7 +47,7 @@ def test_success_confirms_captures_once_and_commits_stock(target, unique):
 
 def test_declined_payment_releases_stock_and_holds_no_money(target, unique):
     r = scenario(target, "declined-payment", unique)
-    assert r.path == ["CreateOrder", "ReserveInventory", "RouteOrder", "AuthorizePayment", "CouponHeld",
+    assert r.path == ["ReserveInventory", "RouteOrder", "AuthorizePayment", "CouponHeld",
                       "ReleaseInventory", "CancelOrder", "SagaCompensated"]
     assert r.error == "PaymentDeclined"
     order = target.order(r.order_id)
@@ -59,7 +59,7 @@ def test_declined_payment_releases_stock_and_holds_no_money(target, unique):
 
 def test_out_of_stock_reserves_nothing_and_never_reaches_payment(target, unique):
     r = scenario(target, "out-of-stock", unique)
-    assert r.path == ["CreateOrder", "ReserveInventory", "CancelOrder", "SagaCompensated"]
+    assert r.path == ["ReserveInventory", "CancelOrder", "SagaCompensated"]
     assert r.error == "InsufficientStock"
     assert target.reservation(r.order_id) is None
     assert target.payment(r.order_id)["status"] == "PENDING"  # the card on file, never charged
@@ -154,7 +154,7 @@ def test_a_gateway_that_never_answers_costs_the_client_timeout_and_the_saga_comp
     described = wait_for_execution(target, accepted["execution_arn"], timeout=90)
     visits = path_of(target, accepted["execution_arn"])
     assert [v.name for v in visits] == [
-        "CreateOrder", "ReserveInventory", "RouteOrder", "AuthorizePayment", "VoidPayment", "CouponHeld",
+        "ReserveInventory", "RouteOrder", "AuthorizePayment", "VoidPayment", "CouponHeld",
         "ReleaseInventory", "CancelOrder", "SagaCompensated"]
     authorize = next(v for v in visits if v.name == "AuthorizePayment")
     assert set(authorize.errors) == {"PaymentGatewayUnavailable"}
@@ -194,7 +194,7 @@ def test_history_command_prints_the_timeline(target, unique):
     out = subprocess.run([sys.executable, "-m", "sagalocal", "history", r.order_id, *args, "--region", target.region],
                          capture_output=True, text=True, timeout=60, cwd=ROOT, check=True).stdout
     assert "InsufficientStock" in out
-    for state in ("CreateOrder", "ReserveInventory", "CancelOrder", "SagaCompensated"):
+    for state in ("ReserveInventory", "CancelOrder", "SagaCompensated"):
         assert state in out
 
 
@@ -206,7 +206,7 @@ def test_outputs_name_every_table_and_queue(target):
 
 def test_a_step_s_error_reaches_the_state_machine_by_its_name(target):
     """The saga's error API is its steps' exception class names: its Retry and Catch list them, an execution fails
-    with one. The engine must pass them on: CreateOrder's OrderNotActive, for an order that does not exist, is what
+    with one. The engine must pass them on: ReserveInventory's OrderNotActive, for an order that does not exist, is what
     the execution's history records (tests/stack/support.py Target.probed_error). Where an engine cannot, the
     scenarios and matrix rows whose outcome rests on an error's name are skipped, saying so."""
     assert target.probed_error() == TYPED, f"the probe: {target.probed_error()!r}; {UNTYPED}"

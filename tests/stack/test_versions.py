@@ -3,7 +3,7 @@
 The embedded stack of a copy of the project is redeployed (`POST /_sagalocal/update`, what `sagalocal update` and
 `sam deploy` do) after the domain code changed (src/, the layer of every function: every function publishes a new
 version, and so does the state machine whose tasks name them), while sagas wait in AuthorizePayment (a fault rule's
-delay) with CreateOrder and ReserveInventory behind them and ConfirmOrder ahead. Every task records the version it
+delay) with ReserveInventory behind them and ConfirmOrder ahead. Every task records the version it
 ran: the ARN it was invoked as (Powertools logs the context's invoked_function_arn) and whether it ran the new code
 (the new code logs a marker). What must hold:
   * every task of an execution ran the function version its state machine version names, and the code of that
@@ -44,7 +44,7 @@ pytestmark = pytest.mark.embedded_only(reason="redeploys the embedded stack of a
 MARKER = "v2-marker"
 HELD = 3  # sagas in flight during the deploy
 HOLD_MS = 10_000  # AuthorizePayment's delay: under its 14 s timeout, longer than the code change and the deploy's start
-TASKS = ("CreateOrder", "ReserveInventory", "AuthorizePayment", "ConfirmOrder")
+TASKS = ("ReserveInventory", "AuthorizePayment", "ConfirmOrder")
 
 
 @pytest.fixture(scope="module")

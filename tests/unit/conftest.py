@@ -133,7 +133,7 @@ def aws(monkeypatch: pytest.MonkeyPatch, dynamodb_engine: str):
 
 @pytest.fixture
 def handlers(aws):
-    """Import (fresh, with this test's environment) the handler module of a function: handlers('create_order')."""
+    """Import (fresh, with this test's environment) the handler module of a function: handlers('reserve_inventory')."""
 
     def load(name: str):
         module = f"functions.{name}.app"

@@ -43,6 +43,16 @@ def new_saga(client: Any, order_id: str = "ord_1", items: list[dict] | None = No
             "deadline_at": order["deadline_at"]}
 
 
+def leased(client: Any, saga: dict[str, Any], execution: str = EXECUTION) -> dict[str, Any]:
+    """The saga state once ReserveInventory's first write took the lease, before its reservation (saga.take_lease):
+    for a test of what may happen between the two."""
+    from order_saga.models import SagaState
+    from order_saga.saga import take_lease
+
+    return take_lease(orders_of(client), SagaState(**saga), execution, now_ms()).model_dump(mode="json",
+                                                                                            exclude_none=True)
+
+
 def invoke(module: Any, context: Any, saga: dict[str, Any], execution: str = EXECUTION,
            redrive_count: int | None = None) -> dict[str, Any]:
     """A saga task's invocation, as the state machine makes it (`redrive_count`: a compensation's

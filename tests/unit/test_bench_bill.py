@@ -13,7 +13,7 @@ import bill  # noqa: E402
 
 MEASURED = {"k": 3, "transitions": 5.0, "tasks": 4.0, "wru": 40.0, "rru": 2.0, "log_bytes": 5000.0, "events": 1.0,
             "functions": {"OrdersApiFunction": {"invocations": 1.0, "billed_ms": 20.0, "init_ms": 600},
-                          "CreateOrderFunction": {"invocations": 1.0, "billed_ms": 6.0, "init_ms": 500},
+                          "ReserveInventoryFunction": {"invocations": 1.0, "billed_ms": 6.0, "init_ms": 500},
                           "PublishOutcomeFunction": {"invocations": 1.0, "billed_ms": 10.0, "init_ms": 500}}}
 SETTINGS = {"memory_gb": 0.5, "architecture": "x86_64", "event_queue_targets": 1}
 

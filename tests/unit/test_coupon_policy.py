@@ -39,7 +39,7 @@ def continuing(monkeypatch):
 def exhaust_onlytwo(aws: Any, handlers: Any, context: Any) -> None:
     """Two other customers' orders hold both redemptions of ONLYTWO (50 % off)."""
     for n in (7, 8):
-        saga = invoke(handlers("create_order"), context, place(aws, f"ord_{n}", f"cust-{n}", coupon="ONLYTWO"))
+        saga = invoke(handlers("reserve_inventory"), context, place(aws, f"ord_{n}", f"cust-{n}", coupon="ONLYTWO"))
         invoke(handlers("apply_coupon"), context, saga)
     assert redeemed(aws, "ONLYTWO") == 2
 
@@ -61,7 +61,7 @@ def skipped_as(aws: Any, code: str, error: str, amounts: list[int]) -> dict[str,
 
 # ---- `fail`: as before ---------------------------------------------------------------------------------------
 def test_the_default_policy_is_fail_and_a_hold_records_the_coupon_applied(aws, handlers, context):
-    saga = invoke(handlers("create_order"), context, place(aws, coupon="TENOFF"))
+    saga = invoke(handlers("reserve_inventory"), context, place(aws, coupon="TENOFF"))
     module = handlers("apply_coupon")
     assert module.COUPON_FAILURE_POLICY == "fail"
     out = invoke(module, context, saga)
@@ -74,7 +74,7 @@ def test_the_default_policy_is_fail_and_a_hold_records_the_coupon_applied(aws, h
 
 def test_under_fail_a_refused_coupon_fails_the_step_and_writes_nothing(aws, handlers, context):
     exhaust_onlytwo(aws, handlers, context)
-    saga = invoke(handlers("create_order"), context, place(aws, coupon="ONLYTWO"))
+    saga = invoke(handlers("reserve_inventory"), context, place(aws, coupon="ONLYTWO"))
     tables = scan_all(aws)
     with pytest.raises(CouponExhausted):
         invoke(handlers("apply_coupon"), context, saga)
@@ -92,7 +92,7 @@ def test_an_unknown_policy_fails_at_cold_start(aws, handlers, monkeypatch):
 def test_under_continue_an_exhausted_coupon_is_skipped_and_the_order_goes_on_at_its_original_amount(
         aws, handlers, context, continuing):
     exhaust_onlytwo(aws, handlers, context)
-    saga = invoke(handlers("create_order"), context, place(aws, coupon="ONLYTWO"))
+    saga = invoke(handlers("reserve_inventory"), context, place(aws, coupon="ONLYTWO"))
     assert (saga["total"], pay(aws)["amount"]) == (1250, 1250)  # priced at 50 % off
     out = invoke(handlers("apply_coupon"), context, saga)
     assert "coupon" not in out  # the saga holds no redemption from here: nothing to commit or release
@@ -104,9 +104,9 @@ def test_under_continue_an_exhausted_coupon_is_skipped_and_the_order_goes_on_at_
 
 def test_under_continue_the_per_customer_limit_is_skipped_too(aws, handlers, context, continuing):
     """The per-customer limit shows only when the hold is refused: the skip follows the refused hold."""
-    first = invoke(handlers("create_order"), context, place(aws, "ord_0", "cust-1", coupon="TENOFF"))
+    first = invoke(handlers("reserve_inventory"), context, place(aws, "ord_0", "cust-1", coupon="TENOFF"))
     invoke(handlers("apply_coupon"), context, first)
-    saga = invoke(handlers("create_order"), context, place(aws, coupon="TENOFF"))
+    saga = invoke(handlers("reserve_inventory"), context, place(aws, coupon="TENOFF"))
     out = invoke(handlers("apply_coupon"), context, saga)
     assert ("coupon" in out, out["total"]) == (False, SUBTOTAL)
     skipped_as(aws, "TENOFF", "CouponExhausted", [SUBTOTAL])
@@ -115,7 +115,7 @@ def test_under_continue_the_per_customer_limit_is_skipped_too(aws, handlers, con
 
 @pytest.mark.parametrize(("code", "error"), [("OLD", "CouponExpired"), ("GONE", "CouponInvalid")])
 def test_under_continue_an_expired_or_vanished_coupon_is_skipped(aws, handlers, context, continuing, code, error):
-    saga = invoke(handlers("create_order"), context, place(aws, coupon=code, discount=100))
+    saga = invoke(handlers("reserve_inventory"), context, place(aws, coupon=code, discount=100))
     out = invoke(handlers("apply_coupon"), context, saga)
     assert ("coupon" in out, out["total"]) == (False, SUBTOTAL)
     skipped_as(aws, code, error, [SUBTOTAL])
@@ -123,7 +123,7 @@ def test_under_continue_an_expired_or_vanished_coupon_is_skipped(aws, handlers, 
 
 def test_a_skip_run_twice_changes_nothing(aws, handlers, context, continuing):
     exhaust_onlytwo(aws, handlers, context)
-    saga = invoke(handlers("create_order"), context, place(aws, coupon="ONLYTWO"))
+    saga = invoke(handlers("reserve_inventory"), context, place(aws, coupon="ONLYTWO"))
     module = handlers("apply_coupon")
     second_run_changes_nothing(aws, lambda: invoke(module, context, saga))
     assert pay(aws)["amount"] == SUBTOTAL  # moved once
@@ -133,7 +133,7 @@ def test_a_retry_after_the_skip_landed_keeps_it_even_when_the_coupon_frees_up(aw
     """The skip's response was lost; meanwhile another order gave its redemption back. The retry must not hold one
     now (the order already goes on at its original amount): the SKIPPED redemption refuses the hold."""
     exhaust_onlytwo(aws, handlers, context)
-    saga = invoke(handlers("create_order"), context, place(aws, coupon="ONLYTWO"))
+    saga = invoke(handlers("reserve_inventory"), context, place(aws, coupon="ONLYTWO"))
     module = handlers("apply_coupon")
     first = invoke(module, context, saga)
     promotions = promotions_of(aws)
@@ -150,9 +150,9 @@ def test_a_retry_after_its_own_hold_landed_keeps_the_coupon_though_it_now_looks_
         aws, handlers, context, continuing):
     """The hold that took the last redemption was this order's own (its response lost): the retry sees the coupon
     exhausted, tries to skip, finds its own HELD redemption, and goes on with the coupon: a repeat."""
-    saga = invoke(handlers("create_order"), context, place(aws, "ord_7", "cust-7", coupon="ONLYTWO"))
+    saga = invoke(handlers("reserve_inventory"), context, place(aws, "ord_7", "cust-7", coupon="ONLYTWO"))
     invoke(handlers("apply_coupon"), context, saga)
-    mine = invoke(handlers("create_order"), context, place(aws, coupon="ONLYTWO"))
+    mine = invoke(handlers("reserve_inventory"), context, place(aws, coupon="ONLYTWO"))
     module = handlers("apply_coupon")
     first = invoke(module, context, mine)
     assert redeemed(aws, "ONLYTWO") == 2
@@ -165,7 +165,7 @@ def test_a_retry_after_its_own_hold_landed_keeps_the_coupon_though_it_now_looks_
 
 def test_a_skipped_order_is_authorized_and_captured_at_its_original_amount(aws, handlers, context, continuing):
     exhaust_onlytwo(aws, handlers, context)
-    saga = invoke(handlers("create_order"), context, place(aws, coupon="ONLYTWO"))
+    saga = invoke(handlers("reserve_inventory"), context, place(aws, coupon="ONLYTWO"))
     saga = invoke(handlers("reserve_inventory"), context, saga)
     saga = invoke(handlers("apply_coupon"), context, saga)
     saga = invoke(handlers("authorize_payment"), context, saga)
@@ -185,7 +185,7 @@ def test_a_skipped_order_is_authorized_and_captured_at_its_original_amount(aws, 
 
 def test_a_split_payment_s_first_method_pays_the_discount_not_given(aws, handlers, context, continuing):
     exhaust_onlytwo(aws, handlers, context)
-    saga = invoke(handlers("create_order"), context, place(aws, coupon="ONLYTWO", tokens=("tok_approve",) * 3))
+    saga = invoke(handlers("reserve_inventory"), context, place(aws, coupon="ONLYTWO", tokens=("tok_approve",) * 3))
     assert [pay(aws, method=m)["amount"] for m in (1, 2, 3)] == [418, 416, 416]  # 1250 split by the client
     saga = invoke(handlers("reserve_inventory"), context, saga)
     saga = invoke(handlers("apply_coupon"), context, saga)
@@ -201,7 +201,7 @@ def test_release_coupon_after_a_skip_releases_nothing(aws, handlers, context, co
     """A compensation that still has the coupon in its state (ApplyCoupon's skip landed, its answer was lost, its
     retries ran out) gives nothing back: the SKIPPED redemption held no count, and no other order's count moves."""
     exhaust_onlytwo(aws, handlers, context)
-    saga = invoke(handlers("create_order"), context, place(aws, coupon="ONLYTWO"))
+    saga = invoke(handlers("reserve_inventory"), context, place(aws, coupon="ONLYTWO"))
     invoke(handlers("apply_coupon"), context, saga)
     invoke(handlers("release_coupon"), context, fail_at(saga, "ApplyCoupon"))
     assert redemption(aws, "ONLYTWO")["status"] == "SKIPPED"

@@ -35,7 +35,7 @@ from sagalocal.apigateway import find_route, proxy_event
 from sagalocal.provision import routes_of
 from sagalocal.template import Template
 from tests.unit.conftest import DAY_MS, ROOT, scan_all
-from tests.unit.helpers import EXECUTION, get, order, reap, second_run_changes_nothing, stock
+from tests.unit.helpers import EXECUTION, get, leased, order, reap, second_run_changes_nothing, stock
 
 ALICE = "5f0c3c4e-alice"
 ITEMS = [{"sku": "SKU-1", "quantity": 2}]  # 2 x 1250 = 2500 USD
@@ -137,8 +137,8 @@ def authorize_all(handlers: Any, context: Any, saga: dict[str, Any]) -> dict[str
 
 
 def up_to_payment(handlers: Any, context: Any, saga: dict[str, Any]) -> dict[str, Any]:
-    """CreateOrder, ReserveInventory, ApplyCoupon (when there is a coupon): what RouteOrder runs first."""
-    for name in ("create_order", "reserve_inventory"):
+    """ReserveInventory, ApplyCoupon (when there is a coupon): what RouteOrder runs first."""
+    for name in ("reserve_inventory",):
         saga = invoke(handlers(name), context, saga)
     if "coupon" in saga:
         saga = invoke(handlers("apply_coupon"), context, saga)
@@ -237,7 +237,8 @@ def test_add_coupon_refuses_a_malformed_coupon(aws, kind, value, currency, windo
 
 
 def test_add_coupon_never_overwrites_a_coupon_and_its_count(aws, handlers, context):
-    invoke(handlers("apply_coupon"), context, invoke(handlers("create_order"), context, place(aws, coupon="TENOFF")))
+    saga = invoke(handlers("reserve_inventory"), context, place(aws, coupon="TENOFF"))
+    invoke(handlers("apply_coupon"), context, saga)
     assert redeemed(aws, "TENOFF") == 1
     assert promotions_of(aws).add_coupon("TENOFF", "percent", 90, 0, 2**50, 10**6, 100) is False
     assert (coupon_item(aws, "TENOFF")["value"], redeemed(aws, "TENOFF")) == (10, 1)
@@ -422,7 +423,7 @@ def test_a_split_of_one_method_is_paid_like_a_single_token(api, context, aws):
 
 # ---- 3. ApplyCoupon and ReleaseCoupon ---------------------------------------------------------------------------
 def test_apply_coupon_holds_one_redemption_and_counts_it_twice(aws, handlers, context):
-    saga = invoke(handlers("create_order"), context, place(aws, coupon="TENOFF"))
+    saga = invoke(handlers("reserve_inventory"), context, place(aws, coupon="TENOFF"))
     out = invoke(handlers("apply_coupon"), context, saga)
     assert out["coupon"] == "TENOFF"
     assert redeemed(aws, "TENOFF") == 1
@@ -434,7 +435,7 @@ def test_apply_coupon_holds_one_redemption_and_counts_it_twice(aws, handlers, co
 
 
 def test_apply_coupon_run_twice_counts_once(aws, handlers, context):
-    saga = invoke(handlers("create_order"), context, place(aws, coupon="FIVEOFF"))
+    saga = invoke(handlers("reserve_inventory"), context, place(aws, coupon="FIVEOFF"))
     module = handlers("apply_coupon")
     second_run_changes_nothing(aws, lambda: invoke(module, context, saga))
     assert (redeemed(aws, "FIVEOFF"), used(aws, "FIVEOFF", "cust-1")) == (1, 1)
@@ -442,7 +443,7 @@ def test_apply_coupon_run_twice_counts_once(aws, handlers, context):
 
 def two_of_three_redeem_onlytwo(aws: Any, handlers: Any, context: Any) -> list[dict[str, Any]]:
     """Three customers' orders with coupon ONLYTWO (two redemptions in all); the first two hold one each."""
-    sagas = [invoke(handlers("create_order"), context, place(aws, f"ord_{n}", f"cust-{n}", coupon="ONLYTWO"))
+    sagas = [invoke(handlers("reserve_inventory"), context, place(aws, f"ord_{n}", f"cust-{n}", coupon="ONLYTWO"))
              for n in range(3)]
     for saga in sagas[:2]:
         invoke(handlers("apply_coupon"), context, saga)
@@ -473,8 +474,8 @@ def test_a_released_redemption_can_be_held_by_another_order(aws, handlers, conte
 
 def test_the_per_customer_limit_refuses_a_customer_s_next_order(aws, handlers, context):
     module = handlers("apply_coupon")
-    first = invoke(handlers("create_order"), context, place(aws, "ord_1", "cust-1", coupon="TENOFF"))
-    second = invoke(handlers("create_order"), context, place(aws, "ord_2", "cust-1", coupon="TENOFF"))
+    first = invoke(handlers("reserve_inventory"), context, place(aws, "ord_1", "cust-1", coupon="TENOFF"))
+    second = invoke(handlers("reserve_inventory"), context, place(aws, "ord_2", "cust-1", coupon="TENOFF"))
     invoke(module, context, first)
     tables = scan_all(aws)
     with pytest.raises(CouponExhausted, match="the customer used coupon TENOFF its 1 times"):
@@ -482,7 +483,7 @@ def test_the_per_customer_limit_refuses_a_customer_s_next_order(aws, handlers, c
     assert (redeemed(aws, "TENOFF"), used(aws, "TENOFF", "cust-1")) == (1, 1)
     assert redemption(aws, "TENOFF", "ord_2") is None
     assert scan_all(aws) == tables
-    other = invoke(handlers("create_order"), context, place(aws, "ord_3", "cust-2", coupon="TENOFF"))
+    other = invoke(handlers("reserve_inventory"), context, place(aws, "ord_3", "cust-2", coupon="TENOFF"))
     invoke(module, context, other)  # another customer is not limited by cust-1's use
     assert (redeemed(aws, "TENOFF"), used(aws, "TENOFF", "cust-2")) == (2, 1)
 
@@ -490,7 +491,7 @@ def test_the_per_customer_limit_refuses_a_customer_s_next_order(aws, handlers, c
 @pytest.mark.parametrize(("code", "error"), [("OLD", CouponExpired), ("GONE", CouponInvalid)])
 def test_apply_coupon_refuses_a_coupon_expired_or_gone_since_the_api_priced_it(aws, handlers, context, code,
                                                                                error):
-    saga = invoke(handlers("create_order"), context, place(aws, coupon=code, discount=100))
+    saga = invoke(handlers("reserve_inventory"), context, place(aws, coupon=code, discount=100))
     tables = scan_all(aws)
     with pytest.raises(error, match=code):
         invoke(handlers("apply_coupon"), context, saga)
@@ -533,7 +534,7 @@ def race(handlers, context, sagas: list[dict[str, Any]]) -> list[str]:
 
 def test_racing_holds_never_exceed_the_global_limit(aws, handlers, context):
     add_coupon(aws, "RACE3", limit=3, per_customer=1)
-    sagas = [invoke(handlers("create_order"), context, place(aws, f"ord_{n}", f"cust-{n}", coupon="RACE3"))
+    sagas = [leased(aws, place(aws, f"ord_{n}", f"cust-{n}", coupon="RACE3"))
              for n in range(10)]
     outcomes = race(handlers, context, sagas)
     assert sorted(outcomes) == ["exhausted"] * 7 + ["held"] * 3, outcomes
@@ -545,7 +546,7 @@ def test_racing_holds_never_exceed_the_global_limit(aws, handlers, context):
 
 def test_racing_holds_never_exceed_the_per_customer_limit(aws, handlers, context):
     add_coupon(aws, "TWICE", limit=1000, per_customer=2)
-    sagas = [invoke(handlers("create_order"), context, place(aws, f"ord_{n}", "cust-1", coupon="TWICE"))
+    sagas = [leased(aws, place(aws, f"ord_{n}", "cust-1", coupon="TWICE"))
              for n in range(8)]
     outcomes = race(handlers, context, sagas)
     assert sorted(outcomes) == ["exhausted"] * 6 + ["held"] * 2, outcomes
@@ -553,7 +554,7 @@ def test_racing_holds_never_exceed_the_per_customer_limit(aws, handlers, context
 
 
 def test_release_coupon_gives_the_redemption_back_once(aws, handlers, context):
-    saga = invoke(handlers("create_order"), context, place(aws, coupon="TENOFF"))
+    saga = invoke(handlers("reserve_inventory"), context, place(aws, coupon="TENOFF"))
     saga = invoke(handlers("apply_coupon"), context, saga)
     module = handlers("release_coupon")
     first = invoke(module, context, fail_at(saga, "AuthorizePayment"))
@@ -571,14 +572,14 @@ def test_release_coupon_gives_the_redemption_back_once(aws, handlers, context):
 
 
 def test_release_without_a_coupon_is_a_no_op(aws, handlers, context):
-    saga = invoke(handlers("create_order"), context, place(aws))
+    saga = invoke(handlers("reserve_inventory"), context, place(aws))
     tables = scan_all(aws)
     assert invoke(handlers("release_coupon"), context, fail_at(saga, "ReserveInventory"))["order_id"] == "ord_1"
     assert scan_all(aws) == tables
 
 
 def test_release_before_the_hold_leaves_a_tombstone_that_blocks_a_late_apply_coupon(aws, handlers, context):
-    saga = invoke(handlers("create_order"), context, place(aws, coupon="TENOFF"))
+    saga = invoke(handlers("reserve_inventory"), context, place(aws, coupon="TENOFF"))
     invoke(handlers("release_coupon"), context, fail_at(saga, "ApplyCoupon"))
     tombstone = redemption(aws, "TENOFF")
     assert tombstone["status"] == "RELEASED"
@@ -598,7 +599,7 @@ def test_release_before_the_hold_leaves_a_tombstone_that_blocks_a_late_apply_cou
 
 def test_a_tombstone_refuses_apply_coupon_with_a_coupon_error(aws, handlers, context):
     """The tombstone alone (the order still EXECUTING): ApplyCoupon answers with a coupon error."""
-    saga = invoke(handlers("create_order"), context, place(aws, coupon="TENOFF"))
+    saga = invoke(handlers("reserve_inventory"), context, place(aws, coupon="TENOFF"))
     promotions = promotions_of(aws)
     assert promotions.store.transact(promotions.release_items("TENOFF", "ord_1", now_ms())) is None
     tables = scan_all(aws)
@@ -747,14 +748,14 @@ def test_methods_of_is_one_for_a_single_card_and_every_method_of_a_split():
 
 
 # ---- what the order says wins over the execution's input (an operator's StartExecution) -----------------------
-def test_create_order_takes_the_coupon_and_the_cards_from_the_order_not_from_the_input(api, context, aws, handlers):
+def test_the_lease_takes_the_coupon_and_the_cards_from_the_order_not_from_the_input(api, context, aws, handlers):
     status, body = post(api, context, {"items": ITEMS, "coupon": "TENOFF", "payment": split(1250, 1000)})
     assert status == 202, body
     # An operator starts the execution by hand with only the order's id and customer (the API's start failed).
-    saga = invoke(handlers("create_order"), context, {"order_id": body["order_id"], "customer_id": ALICE})
+    saga = invoke(handlers("reserve_inventory"), context, {"order_id": body["order_id"], "customer_id": ALICE})
     assert (saga["coupon"], saga["methods"], saga["total"]) == ("TENOFF", [1, 2], 2250)
     # ...and an input that names another coupon or fewer cards changes nothing either.
-    forged = invoke(handlers("create_order"), context, {"order_id": body["order_id"], "customer_id": ALICE,
+    forged = invoke(handlers("reserve_inventory"), context, {"order_id": body["order_id"], "customer_id": ALICE,
                                                         "coupon": "FIVEOFF"})
     assert (forged["coupon"], forged["methods"]) == ("TENOFF", [1, 2])
 

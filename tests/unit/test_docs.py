@@ -59,6 +59,10 @@ ALLOWED = {
     # AWS names that are no API operation, field or error of botocore's models.
     "ExecutionsFailed": "Step Functions' CloudWatch metric of failed executions",
     "UserPoolClientV2": "operations.md's example name for a second app client, added while rotating",
+    # The saga's past.
+    "CreateOrder": "the state and function that took the lease until issue 21 (now ReserveInventory's first write): "
+                   "named where the docs record measurements and counterexamples of that time, and the upgrade",
+    "CreateOrderFunction": "its function, in the cold-start table of the last `make bench` (benchmarks.md)",
 }
 
 

@@ -544,7 +544,7 @@ def test_the_engines_tree_walk_processes_every_node_as_moto_s_own_walk_does(expr
     from sagalocal.dynamodb.engine import _traverse, install_backend_patches
 
     install_backend_patches()
-    names = {"#b": "b", "#step": "CreateOrder"}
+    names = {"#b": "b", "#step": "ReserveInventory"}
     values = {":zero": {"N": "0"}, ":one": {"N": "1"}, ":v": {"S": "v"}, ":n": {"N": "2"}, ":entry": {"M": {}},
               ":now": {"N": "5"}, ":expires": {"N": "9"}, ":l": {"L": [{"S": "x"}]}}
     attributes = {"order_id": {"S": "ord_1"}, "a": {"N": "1"}, "d": {"S": "gone"}, "e": {"N": "3"},
@@ -643,7 +643,7 @@ def test_an_item_s_regular_json_is_moto_s_and_shares_no_container_with_the_item(
                   "t": {"BOOL": True}, "z": {"NULL": True}, "ss": {"SS": ["a", "b"]}, "ns": {"NS": ["1", "2"]},
                   "bs": {"BS": [b64]}, "e": {"L": []}, "m0": {"M": {}},
                   "l": {"L": [{"S": "a"}, {"N": "2"}, {"B": b64}, {"SS": ["q"]}, {"L": [{"M": {"k": {"S": "v"}}}]}]},
-                  "m": {"M": {"steps": {"M": {"CreateOrder": {"M": {"at": {"N": "1"}, "ok": {"BOOL": False}}}}},
+                  "m": {"M": {"steps": {"M": {"ReserveInventory": {"M": {"at": {"N": "1"}, "ok": {"BOOL": False}}}}},
                               "bin": {"B": b64}, "set": {"NS": ["3"]}, "list": {"L": [{"NULL": True}]}}}}
     item = Item(DynamoType({"S": "k"}), None, attributes)
 
@@ -669,10 +669,10 @@ def test_an_item_s_regular_json_is_moto_s_and_shares_no_container_with_the_item(
         {v.type: [original(x) if isinstance(x, DynamoType) else x for x in v.value]} if isinstance(v.value, list)
         else {v.type: v.value}) for name, v in item.attrs.items()}}
     image = item.to_json()["Attributes"]
-    image["m"]["M"]["steps"]["M"]["CreateOrder"]["M"]["at"]["N"] = "99"
+    image["m"]["M"]["steps"]["M"]["ReserveInventory"]["M"]["at"]["N"] = "99"
     image["l"]["L"][3]["SS"].append("changed")
     assert item.to_json()["Attributes"] != image
-    assert item.attrs["m"].value["steps"].value["CreateOrder"].value["at"].value == "1"
+    assert item.attrs["m"].value["steps"].value["ReserveInventory"].value["at"].value == "1"
 
 
 def test_the_engine_keeps_no_item_it_no_longer_stores():

@@ -20,7 +20,7 @@ from moto import mock_aws
 N = lambda v: {"N": v}  # noqa: E731
 S = lambda v: {"S": v}  # noqa: E731
 ORDER = {"available": N("5"), "reserved": N("2"), "sold": N("0"), "status": S("HELD"), "expiring": S("3"),
-         "steps": {"M": {"CreateOrder": {"M": {"at": N("1")}}}}, "fence": N("4"), "saga_status": S("EXECUTING"),
+         "steps": {"M": {"ReserveInventory": {"M": {"at": N("1")}}}}, "fence": N("4"), "saga_status": S("EXECUTING"),
          "open_orders": {"SS": ["ord_a"]}, "calls": N("7"), "m": {"M": {"x": S("1"), "y": {"L": [S("a")]}}},
          "price": N("1.5"), "label": S("x"), "reconcile": S("yes"), "reconcile_at": N("10")}
 VALUES = {":q": N("2"), ":to": S("COMMITTED"), ":now": N("100"), ":zero": N("0"), ":one": N("1"),
@@ -44,7 +44,7 @@ CASES = [
     ("SET saga_status = :executing, lease_owner = :owner, fence = fence + :one, steps.#step = :entry, "
      "updated_at = :now", {"#step": "ReserveInventory"}, [":executing", ":owner", ":one", ":entry", ":now"],
      None, ORDER, True),
-    ("SET steps.#step = :entry", {"#step": "CreateOrder"}, [":entry"], None, ORDER, True),
+    ("SET steps.#step = :entry", {"#step": "ReserveInventory"}, [":entry"], None, ORDER, True),
     ("ADD open_orders :order SET customer_id = :customer", {}, [":order", ":customer"],
      "attribute_not_exists(open_orders) OR size(open_orders) < :q", ORDER, True),
     ("ADD new_set :order", {}, [":order"], None, ORDER, True),

@@ -18,7 +18,7 @@ def crash_rule(monkeypatch):
     monkeypatch.setenv("FAULT_RULES_TABLE", "rules")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")  # wrap() creates its rules client (never called here)
     monkeypatch.setattr(faults.Injector, "load", lambda self, order_id: None)
-    rule = Rule.from_json({"action": "invocation-error", "function": "CreateOrder", "prevent_execution": False})
+    rule = Rule.from_json({"action": "invocation-error", "function": "ReserveInventory", "prevent_execution": False})
     monkeypatch.setattr(faults.Injector, "invocation_rule", lambda self: rule)
     exits = []
 
@@ -32,7 +32,7 @@ def crash_rule(monkeypatch):
 
 def test_the_sandbox_exits_after_a_handler_that_returned(crash_rule):
     ran = []
-    wrapped = faults.wrap(lambda event, context: ran.append(event) or {"ok": True}, "CreateOrder", [])
+    wrapped = faults.wrap(lambda event, context: ran.append(event) or {"ok": True}, "ReserveInventory", [])
     with pytest.raises(Crashed):
         wrapped({"saga": {}}, None)
     assert (ran, crash_rule) == ([{"saga": {}}], [1])
@@ -44,7 +44,7 @@ def test_the_sandbox_exits_after_a_handler_that_raised(crash_rule):
         raise RuntimeError("the step's own error")
 
     with pytest.raises(Crashed):
-        faults.wrap(raises, "CreateOrder", [])({"saga": {}}, None)
+        faults.wrap(raises, "ReserveInventory", [])({"saga": {}}, None)
     assert crash_rule == [1]
 
 
@@ -61,7 +61,7 @@ def test_a_lost_response_rule_applies_the_write_and_the_client_sees_a_failure(aw
     table = os.environ["ORDERS_TABLE"]
     client = boto3.client("dynamodb", region_name="us-east-1",
                           config=Config(retries={"max_attempts": 1}, read_timeout=1))
-    injector = faults.Injector("CreateOrder", "rules", rules_client=None)
+    injector = faults.Injector("ReserveInventory", "rules", rules_client=None)
     injector.rules = [(Rule(action="dynamodb-response-lost", operation="PutItem", lost_as=lost_as, delay_ms=10,
                             count=None), False)]
     injector.hook(client)

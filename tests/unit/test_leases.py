@@ -16,6 +16,7 @@ from tests.unit.helpers import (
     EXECUTION,
     failed_execution_event,
     invoke,
+    leased,
     ledger,
     new_saga,
     order,
@@ -33,7 +34,7 @@ LEASE_S = 1.5  # long enough for consecutive steps on a loaded machine; the test
 
 def run_steps(handlers, context, saga, *names, execution=EXECUTION):
     """The steps one after another, their modules imported first: a fresh import under load (a cold start)
-    took longer than the short lease once, and the lease runs from CreateOrder on."""
+    took longer than the short lease once, and the lease runs from ReserveInventory on."""
     modules = [handlers(name) for name in names]
     for module in modules:
         saga = invoke(module, context, saga, execution=execution)
@@ -48,7 +49,7 @@ def short(monkeypatch):
 
 def test_a_second_execution_is_refused_while_the_lease_is_live_and_changes_nothing(aws, handlers, context):
     saga = new_saga(aws)
-    module = handlers("create_order")
+    module = handlers("reserve_inventory")
     mine = invoke(module, context, saga)
     tables = scan_all(aws)
     with pytest.raises(OrderLocked):
@@ -59,7 +60,7 @@ def test_a_second_execution_is_refused_while_the_lease_is_live_and_changes_nothi
 
 
 def test_the_fence_only_increases_and_one_takeover_wins(aws, handlers, context, short):
-    saga = invoke(handlers("create_order"), context, new_saga(aws))
+    saga = invoke(handlers("reserve_inventory"), context, new_saga(aws))
     time.sleep(LEASE_S + 0.1)
     orders = orders_of(aws)
     now = int(time.time() * 1000)
@@ -72,7 +73,7 @@ def test_the_fence_only_increases_and_one_takeover_wins(aws, handlers, context, 
 
 def test_the_reaper_compensates_an_abandoned_saga_once(aws, handlers, context, short):
     saga = new_saga(aws)
-    saga = run_steps(handlers, context, saga, "create_order", "reserve_inventory", "authorize_payment")
+    saga = run_steps(handlers, context, saga, "reserve_inventory", "authorize_payment")
     assert stock(aws, "SKU-1") == (8, 2, 0)
     time.sleep(LEASE_S + 0.1)  # the execution stopped: no more heartbeats
     first = reap(handlers, context)
@@ -135,7 +136,7 @@ def test_a_message_that_is_no_reaper_work_is_reported_failed_and_changes_nothing
 
 def test_late_steps_of_the_old_execution_cannot_land_after_takeover(aws, handlers, context, short):
     saga = new_saga(aws)
-    saga = run_steps(handlers, context, saga, "create_order", "reserve_inventory")
+    saga = run_steps(handlers, context, saga, "reserve_inventory")
     time.sleep(LEASE_S + 0.1)
     reap(handlers, context)
     tables = scan_all(aws)
@@ -155,7 +156,7 @@ def test_late_steps_of_the_old_execution_cannot_land_after_takeover(aws, handler
 def test_an_authorization_answered_after_takeover_is_voided_at_the_gateway(aws, handlers, context, short):
     saga = new_saga(aws)
     module = handlers("authorize_payment")
-    saga = run_steps(handlers, context, saga, "create_order", "reserve_inventory")
+    saga = run_steps(handlers, context, saga, "reserve_inventory")
     real_authorize = module.payments.gateway.authorize
 
     def slow_gateway(*args, **kwargs):
@@ -183,7 +184,7 @@ def test_an_order_whose_execution_never_started_is_cancelled(aws, handlers, cont
 def test_an_expired_reservation_returns_its_stock_exactly_once(aws, handlers, context, short, monkeypatch):
     monkeypatch.setenv("LEASE_SECONDS", "60")  # the saga is alive; only its reservation expires
     saga = new_saga(aws)
-    saga = run_steps(handlers, context, saga, "create_order", "reserve_inventory")
+    saga = run_steps(handlers, context, saga, "reserve_inventory")
     time.sleep(LEASE_S + 0.1)
     assert reap(handlers, context)["released_reservations"] == ["ord_1"]
     assert reap(handlers, context)["released_reservations"] == []
@@ -252,7 +253,7 @@ def test_a_parked_saga_is_finished_by_its_own_execution_redriven(aws, handlers, 
     started = datetime.datetime(2026, 12, 6, 7, 0, 0, 123000, tzinfo=datetime.UTC)
     owner = f"{EXECUTION}#2026-12-06T07:00:00.123Z"
     saga = new_saga(aws)
-    for name in ("create_order", "reserve_inventory", "authorize_payment"):
+    for name in ("reserve_inventory", "authorize_payment"):
         saga = invoke(handlers(name), context, saga, execution=owner)
     failed = {**saga, "failures": {"AuthorizePayment": {"Error": "States.Timeout", "Cause": "x"}}}
     park = handlers("park_saga")
@@ -293,7 +294,7 @@ def test_a_late_redrive_after_a_takeover_changes_nothing(aws, handlers, context,
     monkeypatch.setenv("PARKED_SAGAS_QUEUE_URL", "https://sqs.us-east-1.amazonaws.com/123456789012/none.fifo")
     started = datetime.datetime(2026, 12, 6, 7, 0, 0, 123000, tzinfo=datetime.UTC)
     owner = f"{EXECUTION}#2026-12-06T07:00:00.123Z"
-    saga = run_steps(handlers, context, new_saga(aws), "create_order", "reserve_inventory", execution=owner)
+    saga = run_steps(handlers, context, new_saga(aws), "reserve_inventory", execution=owner)
     time.sleep(LEASE_S + 0.2)  # past the short lease
     assert reap(handlers, context)["compensated"] == ["ord_1"]
     assert handlers("park_saga").lambda_handler(failed_execution_event(started), context) == {"parked": False}
@@ -309,7 +310,7 @@ def test_no_lease_outlives_the_saga_deadline_and_an_overrunning_saga_is_reaped(a
     # Room for two steps on a loaded machine (the deadline runs from the order's creation), then slept past.
     monkeypatch.setenv("SAGA_DEADLINE_SECONDS", "6")
     saga = new_saga(aws)
-    saga = run_steps(handlers, context, saga, "create_order", "reserve_inventory")
+    saga = run_steps(handlers, context, saga, "reserve_inventory")
     item = order(aws)
     assert item["lease_expires_at"] <= item["deadline_at"]  # a 60 s lease is capped at the 6 s deadline
     time.sleep(max(0.0, item["deadline_at"] / 1000 - time.time()) + 0.2)
@@ -330,7 +331,7 @@ def test_the_lease_is_renewed_only_past_half_its_life(aws, handlers, context, mo
         monkeypatch.setattr(module, "now_ms", lambda: int(clock[0]))
         return module
 
-    saga = invoke(step("create_order"), context, new_saga(aws))
+    saga = invoke(step("reserve_inventory"), context, new_saga(aws))
     first = order(aws)["lease_expires_at"]
     clock[0] += 9_000  # 9 of the lease's 20 s: less than half its life gone
     saga = invoke(step("reserve_inventory"), context, saga)
@@ -344,7 +345,7 @@ def test_the_lease_is_renewed_only_past_half_its_life(aws, handlers, context, mo
 
 def test_a_side_effect_is_refused_once_the_saga_is_compensating(aws, handlers, context):
     """A ReserveInventory that arrives after InsufficientStock and CancelOrder holds no stock."""
-    saga = invoke(handlers("create_order"), context, new_saga(aws))
+    saga = leased(aws, new_saga(aws))
     invoke(handlers("cancel_order"), context, {**saga, "failures": {
         "ReserveInventory": {"Error": "InsufficientStock", "Cause": "x"}}})
     with pytest.raises(OrderNotActive):
@@ -354,10 +355,10 @@ def test_a_side_effect_is_refused_once_the_saga_is_compensating(aws, handlers, c
 
 
 def test_a_compensation_without_a_fence_leaves_alone_an_order_another_execution_owns(aws, handlers, context):
-    """An execution whose CreateOrder failed compensates with a state that carries no fence: it takes the order
+    """An execution whose ReserveInventory failed compensates with a state that carries no fence: it takes the order
     only from nobody or from itself. One that another execution owns is left exactly as it is."""
     saga = new_saga(aws)
-    invoke(handlers("create_order"), context, saga, execution=EXECUTION + "#2026-01-01T00:00:00Z")  # another one
+    invoke(handlers("reserve_inventory"), context, saga, execution=EXECUTION + "#2026-01-01T00:00:00Z")  # another one
     tables = scan_all(aws)
     invoke(handlers("cancel_order"), context, saga)  # this execution's state: no fence
     assert scan_all(aws) == tables

@@ -100,7 +100,7 @@ def test_the_api_answer_shape_is_the_documented_problem_body(capped, context, aw
 def test_confirm_order_completes_and_takes_the_order_out(capped, context, aws, handlers):
     order_id = place(capped, context, "key-1")[1]["order_id"]
     saga = saga_of(aws, order_id)
-    for name in ("create_order", "reserve_inventory", "authorize_payment", "confirm_order"):
+    for name in ("reserve_inventory", "authorize_payment", "confirm_order"):
         saga = invoke(handlers(name), context, saga)
     assert order(aws, order_id)["saga_status"] == "COMPLETED"
     assert open_orders(aws) == set()
@@ -110,7 +110,7 @@ def test_confirm_order_completes_and_takes_the_order_out(capped, context, aws, h
 def test_cancel_order_takes_the_order_out_once(capped, context, aws, handlers):
     order_id = place(capped, context, "key-1")[1]["order_id"]
     place(capped, context, "key-2")
-    saga = invoke(handlers("create_order"), context, saga_of(aws, order_id))
+    saga = invoke(handlers("reserve_inventory"), context, saga_of(aws, order_id))
     failed = {**saga, "failures": {"ReserveInventory": {"Error": "OutOfStock", "Cause": "none left"}}}
     cancel = handlers("cancel_order")
     second_run_changes_nothing(aws, lambda: invoke(cancel, context, failed))
@@ -122,7 +122,7 @@ def test_cancel_order_takes_the_order_out_once(capped, context, aws, handlers):
 def test_refund_payment_finishing_past_the_pivot_takes_the_order_out(capped, context, aws, handlers, monkeypatch):
     order_id = place(capped, context, "key-1")[1]["order_id"]
     saga = saga_of(aws, order_id)
-    for name in ("create_order", "reserve_inventory", "authorize_payment"):
+    for name in ("reserve_inventory", "authorize_payment"):
         saga = invoke(handlers(name), context, saga)
     confirm = handlers("confirm_order")
 
@@ -152,15 +152,15 @@ def test_the_reaper_takes_out_what_it_cancels_and_what_it_completes(aws, handler
     # One order abandoned before the pivot (the reaper cancels it), one past it (the reaper completes it).
     abandoned = place(api, context, "key-1")[1]["order_id"]
     pivoted = place(api, context, "key-2")[1]["order_id"]
-    modules = [handlers(name) for name in ("create_order", "reserve_inventory", "authorize_payment", "confirm_order")]
+    modules = [handlers(name) for name in ("reserve_inventory", "authorize_payment", "confirm_order")]
     invoke(modules[0], context, saga_of(aws, abandoned), execution=EXECUTION.replace("ord_1", abandoned))
     saga = saga_of(aws, pivoted)
-    for module in modules[:3]:
+    for module in modules[:2]:
         saga = invoke(module, context, saga, execution=EXECUTION.replace("ord_1", pivoted))
-    monkeypatch.setattr(modules[3].payments, "capture", lambda payment_id: (_ for _ in ()).throw(
+    monkeypatch.setattr(modules[2].payments, "capture", lambda payment_id: (_ for _ in ()).throw(
         PaymentGatewayUnavailable("down")))
     with pytest.raises(PaymentGatewayUnavailable):
-        invoke(modules[3], context, saga, execution=EXECUTION.replace("ord_1", pivoted))
+        invoke(modules[2], context, saga, execution=EXECUTION.replace("ord_1", pivoted))
     assert open_orders(aws) == {abandoned, pivoted}
     assert place(api, context, "key-3")[0] == 429
     # Both leases run out (moved into the past: the steps ran under the template's leases, which no loaded machine
@@ -198,7 +198,7 @@ def test_an_order_whose_saga_never_started_stays_open_until_the_reaper_cancels_i
 def test_a_parked_order_stays_open_until_its_redriven_execution_cancels_it(capped, context, aws, handlers):
     order_id = place(capped, context, "key-1")[1]["order_id"]
     owner = f"{EXECUTION}#2026-12-06T07:00:00.123Z"
-    saga = invoke(handlers("create_order"), context, saga_of(aws, order_id), execution=owner)
+    saga = invoke(handlers("reserve_inventory"), context, saga_of(aws, order_id), execution=owner)
     orders = orders_of(aws)
     assert orders.park(order_id, owner, "PaymentGatewayUnavailable", int(time.time() * 1000))
     assert order(aws, order_id)["saga_status"] == "FAILED"

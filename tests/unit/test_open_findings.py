@@ -41,7 +41,7 @@ def test_a_void_of_an_authorization_the_breaker_refused_needs_no_processor(aws, 
     to replay the create (POST /v1/payment_intents) to find the intent, failing as the authorization did, until the
     retries were spent and the saga parked; now the payment carries no sent marker (the breaker refused the call
     before it), so the void is local."""
-    saga = run_forward(handlers, context, new_saga(aws, token="pm_card_visa"), upto=2)
+    saga = run_forward(handlers, context, new_saga(aws, token="pm_card_visa"), upto=1)
     open_breaker(aws)
     with pytest.raises(Exception, match="circuit open"):
         invoke(handlers("authorize_payment"), context, saga)
@@ -91,7 +91,7 @@ def test_a_parked_saga_redriven_after_the_replay_window_can_still_be_compensated
     it used to raise PaymentGatewayUnavailable on every attempt, even though nothing was ever sent for this key, and
     the redrive re-parked the order. Now nothing sent means no marker, and the void is local (a sent one is looked
     up with the Search API: test_sent_marker.py)."""
-    saga = run_forward(handlers, context, new_saga(aws, token="pm_card_visa"), upto=2)
+    saga = run_forward(handlers, context, new_saga(aws, token="pm_card_visa"), upto=1)
     day_ago = now_ms() - 21 * 3600 * 1000
     aws.update_item(TableName=os.environ["PAYMENTS_TABLE"], Key={"payment_id": {"S": "ord_1#1"}},
                     UpdateExpression="SET created_at = :t", ExpressionAttributeValues={":t": {"N": str(day_ago)}})

@@ -163,7 +163,7 @@ def test_each_bound_is_where_a_rule_breaks(name):
      "ReservationTtlSeconds outlasts SagaDeadlineSeconds"),
     ({"LeaseSeconds": "25"}, "Parameters.LeaseSeconds: 25 is below MinValue 45", "half of LeaseSeconds"),
     ({"PivotLeaseSeconds": "60"}, "Parameters.PivotLeaseSeconds: 60 is below MinValue 79", "PivotLeaseSeconds covers"),
-    ({"SagaDeadlineSeconds": "30"}, "Parameters.SagaDeadlineSeconds: 30 is below MinValue 59",
+    ({"SagaDeadlineSeconds": "30"}, "Parameters.SagaDeadlineSeconds: 30 is below MinValue 51",
      "SagaDeadlineSeconds covers"),
     ({"FakeGatewayHangSeconds": "2"}, "Parameters.FakeGatewayHangSeconds: 2 is below MinValue 4", "tok_hang"),
 ])

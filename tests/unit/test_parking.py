@@ -41,7 +41,7 @@ def _authorized_saga(aws, handlers, context) -> dict:
     from tests.unit.helpers import new_saga
 
     saga = new_saga(aws)
-    for name in ("create_order", "reserve_inventory", "authorize_payment"):
+    for name in ("reserve_inventory", "authorize_payment"):
         saga = invoke(handlers(name), context, saga, execution=OWNER)
     return {**saga, "failures": {"AuthorizePayment": {"Error": "States.Timeout", "Cause": "x"}}}
 

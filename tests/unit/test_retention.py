@@ -35,6 +35,7 @@ from tests.unit.helpers import (
     EXECUTION,
     failed_execution_event,
     invoke,
+    leased,
     new_saga,
     order,
     payment,
@@ -175,7 +176,7 @@ def test_nothing_carries_purge_at_until_the_order_completes_and_then_every_recor
     from tests.unit.test_coupons_and_split import place
 
     saga = place(aws, coupon="TENOFF", tokens=("tok_approve", "tok_approve"))
-    for name in ("create_order", "reserve_inventory", "apply_coupon"):
+    for name in ("reserve_inventory", "apply_coupon"):
         saga = invoke(handlers(name), context, saga)
         assert [i for _, i in every_item(aws) if "purge_at" in i] == []
     for method in saga["methods"]:
@@ -202,7 +203,7 @@ def test_a_record_not_in_the_state_its_retention_expects_never_holds_the_complet
     """Housekeeping never blocks a saga: if a retire item's condition failed (it never should), the completion is
     written again without the retire items, and that record simply never expires."""
     saga = new_saga(aws)
-    for name in ("create_order", "reserve_inventory", "authorize_payment"):
+    for name in ("reserve_inventory", "authorize_payment"):
         saga = invoke(handlers(name), context, saga)
     confirm = handlers("confirm_order")
     real = confirm.inventory.retire_items
@@ -225,7 +226,7 @@ def test_a_compensated_order_s_records_expire_each_from_the_write_that_finished_
     from tests.unit.test_coupons_and_split import fail_at, place
 
     saga = place(aws, coupon="TENOFF", tokens=("tok_decline",))
-    for name in ("create_order", "reserve_inventory", "apply_coupon"):
+    for name in ("reserve_inventory", "apply_coupon"):
         saga = invoke(handlers(name), context, saga)
     with pytest.raises(PaymentDeclined):
         invoke(handlers("authorize_payment"), context, saga)
@@ -250,7 +251,7 @@ def test_a_compensated_order_s_records_expire_each_from_the_write_that_finished_
 def test_a_tombstone_lives_past_any_late_step(aws, handlers, context, compensation):
     from tests.unit.test_coupons_and_split import fail_at, place
 
-    saga = invoke(handlers("create_order"), context, place(aws, coupon="TENOFF"))
+    saga = leased(aws, place(aws, coupon="TENOFF"))
     invoke(handlers(compensation), context, fail_at(saga, "ReserveInventory"))  # nothing was reserved or held
     kind = "INVENTORY_TABLE" if compensation == "release_inventory" else "PROMOTIONS_TABLE"
     [tombstone] = [i for env, i in every_item(aws) if env == kind and i.get("status") == "RELEASED"]
@@ -265,7 +266,7 @@ def test_an_order_cancelled_before_any_payment_step_keeps_its_pending_payment(aw
     """Pinned, not wanted: InsufficientStock goes straight to CancelOrder, which may write only the orders table, so
     the PENDING payment (with its card token) is never finished and never expires. Closing it needs CancelOrder's
     role to allow dynamodb:UpdateItem on the payments table (docs/operations.md, "Retention")."""
-    saga = invoke(handlers("create_order"), context, new_saga(aws, items=[{"sku": "SKU-3", "quantity": 1}]))
+    saga = leased(aws, new_saga(aws, items=[{"sku": "SKU-3", "quantity": 1}]))
     with pytest.raises(InsufficientStock):
         invoke(handlers("reserve_inventory"), context, saga)
     invoke(handlers("cancel_order"), context, {**saga, "failures": {"ReserveInventory": {
@@ -299,7 +300,7 @@ def test_a_parked_saga_keeps_everything_it_still_needs_and_finishes_the_same_wit
     purge_at; the voided payment and its ledger entry do (they hold nothing). Even with those gone, the redrive gives
     the stock back and cancels the order, as it would have."""
     saga = new_saga(aws)
-    for name in ("create_order", "reserve_inventory", "authorize_payment"):
+    for name in ("reserve_inventory", "authorize_payment"):
         saga = invoke(handlers(name), context, saga, execution=OWNER)
     failed = {**saga, "failures": {"AuthorizePayment": {"Error": "States.Timeout", "Cause": "x"}}}
     invoke(handlers("void_payment"), context, failed, execution=OWNER)
@@ -325,7 +326,7 @@ def test_a_parked_saga_keeps_everything_it_still_needs_and_finishes_the_same_wit
 
 # ---- no outcome depends on when (or whether) DynamoDB deletes ----------------------------------------------------
 def _happy(handlers, context, saga, step):
-    for name in ("create_order", "reserve_inventory", "apply_coupon", "authorize_payment", "confirm_order"):
+    for name in ("reserve_inventory", "apply_coupon", "authorize_payment", "confirm_order"):
         saga = step(name, saga)
     return saga
 
@@ -333,7 +334,7 @@ def _happy(handlers, context, saga, step):
 def _declined(handlers, context, saga, step):
     from tests.unit.test_coupons_and_split import fail_at
 
-    for name in ("create_order", "reserve_inventory", "apply_coupon"):
+    for name in ("reserve_inventory", "apply_coupon"):
         saga = step(name, saga)
     with pytest.raises(PaymentDeclined):
         step("authorize_payment", saga)
@@ -350,7 +351,7 @@ def _declined(handlers, context, saga, step):
 def _voided(handlers, context, saga, step):
     from tests.unit.test_coupons_and_split import fail_at
 
-    for name in ("create_order", "reserve_inventory", "apply_coupon", "authorize_payment"):
+    for name in ("reserve_inventory", "apply_coupon", "authorize_payment"):
         saga = step(name, saga)
     failed = fail_at(saga, "ConfirmOrder", "States.Timeout")
     for name in ("refund_payment", "release_coupon", "release_inventory", "cancel_order"):
@@ -361,7 +362,7 @@ def _voided(handlers, context, saga, step):
 
 
 def _reaped(handlers, context, saga, step):
-    for name in ("create_order", "reserve_inventory", "apply_coupon", "authorize_payment"):
+    for name in ("reserve_inventory", "apply_coupon", "authorize_payment"):
         saga = step(name, saga)
     step("reaper", saga)
     return saga
@@ -426,7 +427,7 @@ def test_a_key_comes_back_only_once_its_earlier_order_s_records_are_gone(api, aw
         item = order(aws, order_id)
         saga = {"order_id": order_id, "customer_id": item["customer_id"],
                 "lease_expires_at": item["lease_expires_at"], "deadline_at": item["deadline_at"]}
-        for name in ("create_order", "reserve_inventory", "authorize_payment", "confirm_order"):
+        for name in ("reserve_inventory", "authorize_payment", "confirm_order"):
             saga = invoke(handlers(name), context, saga)
 
     run(order_id)

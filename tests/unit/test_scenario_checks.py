@@ -12,7 +12,7 @@ GATEWAY, INJECTED = "PaymentGatewayUnavailable", "TransientError"
 
 def visit(errors: list[str]) -> list[StateVisit]:
     """A task state that failed with `errors`, each retried, and then succeeded."""
-    return [StateVisit("CreateOrder", "Task", 0.0), StateVisit("Pay", "Task", 1.0, 9.0, len(errors) + 1, errors)]
+    return [StateVisit("ReserveInventory", "Task", 0.0), StateVisit("Pay", "Task", 1.0, 9.0, len(errors) + 1, errors)]
 
 
 @pytest.mark.parametrize(("errors", "expected"), [

@@ -147,7 +147,7 @@ def test_race_the_local_void_lands_before_the_marker(aws):
 
 
 def test_a_payment_of_an_order_whose_execution_may_not_mark_is_voided_at_the_gateway(aws):
-    """The order carries no `marks_sends` (its CreateOrder was a version before the marker, or never ran): the
+    """The order carries no `marks_sends` (its lease was taken by a version before the marker, or never): the
     execution's AuthorizePayment may have sent unmarked."""
     new_saga(aws)
     gateway = Recording()

@@ -3,8 +3,8 @@ issue-20 review (an AWS engineer told to break the merges of i20-sent and i20-pr
 tests (more in test_sent_marker.py).
 
 1. The permission to void a PENDING payment without the gateway comes from the order's `marks_sends`, which the
-   execution's own CreateOrder (pinned to its state machine version, as its AuthorizePayment is) stamps in the write
-   that takes the lease; not from the API (not pinned) nor the compensation (the `live` alias).
+   execution's own ReserveInventory (pinned to its state machine version, as its AuthorizePayment is) stamps in its
+   write that takes the lease; not from the API (not pinned) nor the compensation (the `live` alias).
 2. A half-open probe whose `sending` hook (or time check) raised gives its probe slot back.
 3. Past the replay window, the Stripe adapter trusts search's "not found" only 2 h after the last request that could
    have created the intent: the later of the first send and the window's end (its own replays).
@@ -45,7 +45,7 @@ def test_a_payment_the_previous_authorize_version_sent_unmarked_is_not_voided_lo
 
     new_saga(aws)  # the new API (its alias moved at once)
     # Even a payment that says its API knew the marker (as the API of i20-sent wrote it, `marks_sends`) does not
-    # tell which AuthorizePayment the execution runs: the order does, and the previous CreateOrder (pinned to the
+    # tell which AuthorizePayment the execution runs: the order does, and the previous ReserveInventory (pinned to the
     # previous version) did not stamp it.
     aws.update_item(TableName=os.environ["PAYMENTS_TABLE"], Key={"payment_id": {"S": PID}},
                     UpdateExpression="SET marks_sends = :yes", ExpressionAttributeValues={":yes": {"BOOL": True}})
@@ -71,7 +71,7 @@ def test_a_payment_the_previous_authorize_version_sent_unmarked_is_not_voided_lo
         f"the payment is {after['status']} with no reconciliation, and the processor still holds the money ({held})")
 
 
-def test_create_order_stamps_the_order_in_the_write_that_takes_its_lease(aws, handlers, context):
+def test_reserve_inventory_stamps_the_order_in_the_write_that_takes_its_lease(aws, handlers, context):
     new_saga(aws)
     assert "marks_sends" not in order(aws)  # the API's write says nothing about the execution's code
     run_forward(handlers, context, new_saga(aws, order_id="ord_2"), upto=1)
@@ -80,10 +80,10 @@ def test_create_order_stamps_the_order_in_the_write_that_takes_its_lease(aws, ha
 
 
 def test_void_payment_voids_locally_only_an_order_its_execution_stamped(aws, handlers, context):
-    """The same PENDING, unmarked payment: voided without the gateway when the execution's CreateOrder stamped the
-    order; at the gateway (and reconciled) when it did not (the previous version's CreateOrder)."""
+    """The same PENDING, unmarked payment: voided without the gateway when the execution's ReserveInventory stamped the
+    order; at the gateway (and reconciled) when it did not (the previous version's ReserveInventory)."""
     for order_id, stamped in (("ord_1", True), ("ord_2", False)):
-        saga = run_forward(handlers, context, new_saga(aws, order_id=order_id), upto=2)
+        saga = run_forward(handlers, context, new_saga(aws, order_id=order_id), upto=1)
         if not stamped:
             aws.update_item(TableName=os.environ["ORDERS_TABLE"], Key={"order_id": {"S": order_id}},
                             UpdateExpression="REMOVE marks_sends")
@@ -93,9 +93,9 @@ def test_void_payment_voids_locally_only_an_order_its_execution_stamped(aws, han
         assert ("reconcile" in voided) is not stamped, (order_id, voided)
 
 
-def test_the_reaper_voids_at_the_gateway_an_order_whose_create_order_never_ran(aws, handlers, context):
-    """No CreateOrder, no stamp: the reaper's compensation goes to the gateway (and has the payment reconciled); an
-    order its CreateOrder stamped is voided locally."""
+def test_the_reaper_voids_at_the_gateway_an_order_whose_lease_was_never_taken(aws, handlers, context):
+    """No lease taken, no stamp: the reaper's compensation goes to the gateway (and has the payment reconciled); an
+    order its ReserveInventory stamped is voided locally."""
     new_saga(aws, order_id="ord_1")
     run_forward(handlers, context, new_saga(aws, order_id="ord_2"), upto=1)
     for order_id in ("ord_1", "ord_2"):  # both executions died: their leases ran out

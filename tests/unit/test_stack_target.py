@@ -121,7 +121,7 @@ def test_what_rests_on_an_error_s_name_is_told_apart_from_what_does_not():
     assert named == {"success": False, "declined-payment": True, "out-of-stock": True,
                      "transient-payment-failure": True, "duplicate-submission": False, "coupon": False,
                      "split-payment": False, "split-payment-declined": True}
-    assert depends_on_error_names({"status": "SUCCEEDED", "path": ["CreateOrder", "ReleaseInventory"]})
+    assert depends_on_error_names({"status": "SUCCEEDED", "path": ["ReserveInventory", "ReleaseInventory"]})
 
 
 def test_a_matrix_row_rests_on_error_names_when_a_step_raises_not_when_the_engine_times_it_out_or_a_map_iterates():
@@ -132,12 +132,12 @@ def test_a_matrix_row_rests_on_error_names_when_a_step_raises_not_when_the_engin
 
     rows = {row["id"]: row for row in json.loads((ROOT / "tests/stack/scenario_matrix.json").read_text())["rows"]}
     named = {row_id: depends_on_error_names(row["expect"], row["trigger"]) for row_id, row in rows.items()}
-    for row_id in ("CreateOrder-transient-recovers", "AuthorizePayments-crash-after-write",
-                   "CreateOrder-business-failure", "ConfirmOrder-dynamodb-lost-response",
+    for row_id in ("ReserveInventory-transient-recovers", "AuthorizePayments-crash-after-write",
+                   "ReserveInventory-order-not-active", "ConfirmOrder-dynamodb-lost-response",
                    "ApplyCoupon-business-failure-expired"):
         assert named[row_id], row_id
     for row_id in ("AuthorizePayments-approved-2-methods", "AuthorizePayments-approved-3-methods-coupon",
-                   "CreateOrder-timeout", "ApplyCoupon-continue-expired",
+                   "ReserveInventory-timeout", "ApplyCoupon-continue-expired",
                    "ApplyCoupon-continue-customer-limit-3-methods"):
         assert not named[row_id], row_id
 

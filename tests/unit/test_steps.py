@@ -36,10 +36,10 @@ from tests.unit.helpers import (
     stock,
 )
 
-FORWARD = ["create_order", "reserve_inventory", "authorize_payment", "confirm_order"]
+FORWARD = ["reserve_inventory", "authorize_payment", "confirm_order"]
 
 
-def run_forward(handlers, context, saga, upto=4):
+def run_forward(handlers, context, saga, upto=3):
     for name in FORWARD[:upto]:
         saga = invoke(handlers(name), context, saga)
     return saga
@@ -56,15 +56,15 @@ def test_happy_path_confirms_the_order_and_charges_once(aws, handlers, context):
     item = order(aws)
     assert (item["status"], item["saga_status"]) == ("CONFIRMED", "COMPLETED")
     assert "active" not in item
-    assert set(item["steps"]) == {"CreateOrder", "ReserveInventory", "AuthorizePayment", "ConfirmOrder"}
+    assert set(item["steps"]) == {"ReserveInventory", "AuthorizePayment", "ConfirmOrder"}
     assert payment(aws)["status"] == "CAPTURED"
     assert (ledger(aws)["state"], ledger(aws)["amount"]) == ("CAPTURED", 6500)
     assert reservation(aws)["status"] == "COMMITTED"
 
 
 def test_each_step_is_one_transaction_plus_its_reads_and_the_gateway(aws, handlers, context):
-    """The write path's budget: 10 requests from the four steps (the API adds 2): one write each for
-    CreateOrder and ReserveInventory; AuthorizePayment reads the payment, reads the circuit breaker's state (one
+    """The write path's budget: 10 requests from the three steps (the API adds 2): ReserveInventory's two writes
+    (the lease, then the reservation); AuthorizePayment reads the payment, reads the circuit breaker's state (one
     GetItem; it writes nothing while calls succeed), writes the payment's sent marker, calls the gateway (whose fake
     ledger is one write) and writes once; ConfirmOrder commits, captures (one ledger write), completes."""
     saga = new_saga(aws)
@@ -74,7 +74,7 @@ def test_each_step_is_one_transaction_plus_its_reads_and_the_gateway(aws, handle
         before = module.store.attempts
         saga = invoke(module, context, saga)
         sent[name] = module.store.attempts - before
-    assert sent == {"create_order": 1, "reserve_inventory": 1, "authorize_payment": 5, "confirm_order": 3}
+    assert sent == {"reserve_inventory": 2, "authorize_payment": 5, "confirm_order": 3}
 
 
 @pytest.mark.parametrize("step", range(len(FORWARD)), ids=FORWARD)
@@ -90,10 +90,10 @@ def fail_at(saga, step, error="States.Timeout"):
 
 # (forward steps that succeeded, the failed step, the compensations the state machine runs)
 COMPENSATION_PATHS = [
-    (0, "CreateOrder", ["cancel_order"]),
-    (1, "ReserveInventory", ["release_inventory", "cancel_order"]),
-    (2, "AuthorizePayment", ["void_payment", "release_inventory", "cancel_order"]),
-    (3, "ConfirmOrder", ["refund_payment", "release_inventory", "cancel_order"]),
+    (0, "ReserveInventory", ["release_inventory", "cancel_order"]),  # before its lease
+    (1, "ReserveInventory", ["release_inventory", "cancel_order"]),  # after its writes (a lost response)
+    (1, "AuthorizePayment", ["void_payment", "release_inventory", "cancel_order"]),
+    (2, "ConfirmOrder", ["refund_payment", "release_inventory", "cancel_order"]),
 ]
 
 
@@ -124,8 +124,7 @@ def test_compensations_run_twice_leave_no_residue(aws, handlers, context, done, 
 
 
 def test_insufficient_stock_reserves_nothing(aws, handlers, context):
-    saga = run_forward(handlers, context, new_saga(aws, items=[{"sku": "SKU-1", "quantity": 1},
-                                                             {"sku": "SKU-3", "quantity": 1}]), upto=1)
+    saga = new_saga(aws, items=[{"sku": "SKU-1", "quantity": 1}, {"sku": "SKU-3", "quantity": 1}])
     with pytest.raises(InsufficientStock, match="SKU-3") as raised:
         invoke(handlers("reserve_inventory"), context, saga)
     assert "SKU-1" not in str(raised.value)
@@ -135,7 +134,7 @@ def test_insufficient_stock_reserves_nothing(aws, handlers, context):
 
 
 def test_declined_card_raises_payment_declined_and_holds_nothing(aws, handlers, context):
-    saga = run_forward(handlers, context, new_saga(aws, token="tok_decline"), upto=2)
+    saga = run_forward(handlers, context, new_saga(aws, token="tok_decline"), upto=1)
     module = handlers("authorize_payment")
     for _ in range(2):  # a retry of a declined authorization is declined again, without a second gateway call
         with pytest.raises(PaymentDeclined) as raised:
@@ -146,7 +145,7 @@ def test_declined_card_raises_payment_declined_and_holds_nothing(aws, handlers, 
 
 
 def test_transient_token_fails_n_times_then_approves(aws, handlers, context):
-    saga = run_forward(handlers, context, new_saga(aws, token="tok_transient_2"), upto=2)
+    saga = run_forward(handlers, context, new_saga(aws, token="tok_transient_2"), upto=1)
     module = handlers("authorize_payment")
     for _ in range(2):
         with pytest.raises(PaymentGatewayUnavailable):
@@ -157,14 +156,14 @@ def test_transient_token_fails_n_times_then_approves(aws, handlers, context):
 
 
 def test_hang_token_hangs_for_the_configured_time_then_approves(aws, handlers, context):
-    saga = run_forward(handlers, context, new_saga(aws, token="tok_hang"), upto=2)
+    saga = run_forward(handlers, context, new_saga(aws, token="tok_hang"), upto=1)
     started = time.monotonic()
     invoke(handlers("authorize_payment"), context, saga)
     assert time.monotonic() - started >= 0.2  # FAKE_GATEWAY_HANG_SECONDS in the fixture
 
 
 def test_unknown_token_is_declined_without_naming_it(aws, handlers, context):
-    saga = run_forward(handlers, context, new_saga(aws, token="tok_nonsense"), upto=2)
+    saga = run_forward(handlers, context, new_saga(aws, token="tok_nonsense"), upto=1)
     with pytest.raises(PaymentDeclined) as raised:
         invoke(handlers("authorize_payment"), context, saga)
     assert "nonsense" not in str(raised.value)
@@ -187,7 +186,7 @@ def test_release_before_reserve_leaves_a_tombstone_that_blocks_a_late_reservatio
 
 
 def test_void_before_authorize_blocks_a_late_authorization(aws, handlers, context):
-    saga = run_forward(handlers, context, new_saga(aws), upto=2)
+    saga = run_forward(handlers, context, new_saga(aws), upto=1)
     invoke(handlers("void_payment"), context, fail_at(saga, "AuthorizePayment"))
     with pytest.raises(PaymentVoided):  # the timed-out AuthorizePayment lands late
         invoke(handlers("authorize_payment"), context, saga)
@@ -197,7 +196,7 @@ def test_void_before_authorize_blocks_a_late_authorization(aws, handlers, contex
 
 def test_authorization_that_lands_after_void_is_voided_at_the_gateway(aws, handlers, context):
     """The gateway answers after the compensation ran: the late authorization must not hold money."""
-    saga = run_forward(handlers, context, new_saga(aws), upto=2)
+    saga = run_forward(handlers, context, new_saga(aws), upto=1)
     module = handlers("authorize_payment")
     real_authorize = module.payments.gateway.authorize
 
@@ -218,14 +217,14 @@ def test_a_step_after_compensation_is_refused(aws, handlers, context):
     invoke(handlers("cancel_order"), context, fail_at(saga, "ReserveInventory"))
     tables = scan_all(aws)
     with pytest.raises(OrderNotActive):
-        invoke(handlers("create_order"), context, saga)
+        invoke(handlers("reserve_inventory"), context, saga)
     with pytest.raises(OrderNotActive):
         invoke(handlers("reserve_inventory"), context, saga)
     assert scan_all(aws) == tables
 
 
 def test_confirm_on_a_voided_payment_commits_nothing(aws, handlers, context):
-    saga = run_forward(handlers, context, new_saga(aws), upto=3)
+    saga = run_forward(handlers, context, new_saga(aws), upto=2)
     store = Store(aws)
     store.update(TableName=handlers("confirm_order").payments.table, Key={"payment_id": {"S": "ord_1#1"}},
                  UpdateExpression="SET #s = :v", ExpressionAttributeNames={"#s": "status"},
@@ -252,7 +251,7 @@ def test_park_saga_parks_once_with_a_message_that_names_the_failure_and_holds_no
     started = datetime.datetime(2026, 12, 6, 7, 0, 0, 123000, tzinfo=datetime.UTC)
     owner = f"{EXECUTION}#2026-12-06T07:00:00.123Z"
     saga = new_saga(aws)
-    for name in ("create_order", "reserve_inventory"):
+    for name in ("reserve_inventory",):
         saga = invoke(handlers(name), context, saga, execution=owner)
     module = handlers("park_saga")
     monkeypatch.setattr(module, "_sfn", SimpleNamespace(describe_execution=lambda executionArn: {
@@ -284,14 +283,14 @@ def test_a_malformed_step_event_is_rejected(aws, handlers, context):
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError):
-        handlers("create_order").lambda_handler({"saga": {"order_id": "x"}}, context)
+        handlers("reserve_inventory").lambda_handler({"saga": {"order_id": "x"}}, context)
 
 
 def test_an_execution_for_an_order_the_api_never_wrote_is_refused(aws, handlers, context):
     """An operator's StartExecution for an unknown order (or a stale one the reaper cancelled)."""
     tables = scan_all(aws)
     with pytest.raises(OrderNotActive, match="does not exist"):
-        invoke(handlers("create_order"), context, {"order_id": "ord_ghost", "customer_id": "c"})
+        invoke(handlers("reserve_inventory"), context, {"order_id": "ord_ghost", "customer_id": "c"})
     assert scan_all(aws) == tables
 
 
@@ -307,7 +306,7 @@ def test_a_forward_step_on_an_unknown_order_fails_before_any_side_effect(aws, ha
 
 
 def test_the_catalog_is_never_overwritten_and_restock_only_adds(aws, handlers, context):
-    saga = run_forward(handlers, context, new_saga(aws), upto=2)  # 2 units of SKU-1 reserved
+    saga = run_forward(handlers, context, new_saga(aws), upto=1)  # 2 units of SKU-1 reserved
     inventory = Inventory(Store(aws), handlers("reserve_inventory").inventory.table)
     assert inventory.add_item("SKU-1", "Blue mug", 1, "USD", 500) is False  # no reset of reserved / sold
     assert stock(aws, "SKU-1") == (8, 2, 0)
@@ -334,7 +333,7 @@ def test_compensation_logs_the_execution_as_the_owner(aws, handlers, context):
 def test_a_gateway_call_past_its_timeout_fails_with_an_unknown_outcome_and_a_retry_is_told_it_is_in_progress(
         aws, handlers, context, monkeypatch):
     monkeypatch.setenv("GATEWAY_TIMEOUT_SECONDS", "0.3")
-    saga = run_forward(handlers, context, new_saga(aws, token="tok_slow_30"), upto=2)
+    saga = run_forward(handlers, context, new_saga(aws, token="tok_slow_30"), upto=1)
     module = handlers("authorize_payment")
     started = time.monotonic()
     with pytest.raises(PaymentGatewayUnavailable, match="outcome is unknown"):
@@ -347,7 +346,7 @@ def test_a_gateway_call_past_its_timeout_fails_with_an_unknown_outcome_and_a_ret
 
 
 def test_no_gateway_call_starts_without_time_for_it_and_the_write_after_it(aws, handlers, context):
-    saga = run_forward(handlers, context, new_saga(aws), upto=2)
+    saga = run_forward(handlers, context, new_saga(aws), upto=1)
     context.remaining_ms = 5_000  # 4.5 s of budget < the gateway's 3 s + a DynamoDB attempt's 2 s
     with pytest.raises(PaymentGatewayUnavailable, match="not enough time"):
         invoke(handlers("authorize_payment"), context, saga)
@@ -358,7 +357,7 @@ def test_no_gateway_call_starts_without_time_for_it_and_the_write_after_it(aws, 
 def test_a_first_authorization_needs_time_for_its_sent_marker_too(aws, handlers, context):
     """Unmarked, the call needs the marker's write before it and the record after it (3 + 2 x 2 s); once marked, a
     retry writes no marker and needs one write less."""
-    saga = run_forward(handlers, context, new_saga(aws), upto=2)
+    saga = run_forward(handlers, context, new_saga(aws), upto=1)
     context.remaining_ms = 7_000  # 6.5 s of budget < 3 + 2 + 2
     with pytest.raises(PaymentGatewayUnavailable, match="not enough time"):
         invoke(handlers("authorize_payment"), context, saga)
@@ -379,7 +378,7 @@ def given_up_and_voided(aws, handlers, context, monkeypatch, token: str = f"tok_
     marking it for a reconciliation due at once."""
     monkeypatch.setenv("GATEWAY_TIMEOUT_SECONDS", "0.2")
     monkeypatch.setenv("RECONCILE_AFTER_SECONDS", "0")
-    saga = run_forward(handlers, context, new_saga(aws, token=token), upto=2)
+    saga = run_forward(handlers, context, new_saga(aws, token=token), upto=1)
     void = handlers("void_payment")
     with pytest.raises(PaymentGatewayUnavailable):
         invoke(handlers("authorize_payment"), context, saga)
@@ -416,7 +415,7 @@ def test_reconciliation_waits_while_the_processor_has_not_decided(aws, handlers,
 
 
 def test_a_payment_voided_after_a_clear_decline_or_before_any_call_needs_no_reconciliation(aws, handlers, context):
-    saga = run_forward(handlers, context, new_saga(aws), upto=2)
+    saga = run_forward(handlers, context, new_saga(aws), upto=1)
     invoke(handlers("void_payment"), context, fail_at(saga, "AuthorizePayment"))  # PENDING, never called
     # Nothing was ever sent (no sent marker), so nothing can be in flight: voided without the gateway, final.
     voided = payment(aws)
@@ -424,7 +423,7 @@ def test_a_payment_voided_after_a_clear_decline_or_before_any_call_needs_no_reco
     assert "reconcile" not in voided
     assert "purge_at" in voided
     assert ledger(aws) is None
-    saga2 = run_forward(handlers, context, new_saga(aws, order_id="ord_2", token="tok_approve"), upto=3)
+    saga2 = run_forward(handlers, context, new_saga(aws, order_id="ord_2", token="tok_approve"), upto=2)
     invoke(handlers("void_payment"), context, fail_at(saga2, "ConfirmOrder"))
     assert payment(aws, "ord_2")["status"] == "VOIDED"
     assert "reconcile" not in payment(aws, "ord_2")  # it was AUTHORIZED: the void itself gave the money back

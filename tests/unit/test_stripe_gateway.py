@@ -265,7 +265,7 @@ def test_an_authorization_that_lands_after_the_void_is_canceled_by_the_reaper(aw
     # call (the void's replay, the reaper's look) still answers within its 2 s while the authorization executes.
     monkeypatch.setenv("GATEWAY_TIMEOUT_SECONDS", "2")
     monkeypatch.setenv("RECONCILE_AFTER_SECONDS", "0")
-    saga = run_forward(handlers, context, new_saga(aws, token="pm_card_fakeSlow_8"), upto=2)
+    saga = run_forward(handlers, context, new_saga(aws, token="pm_card_fakeSlow_8"), upto=1)
     with pytest.raises(PaymentGatewayUnavailable):
         invoke(handlers("authorize_payment"), context, saga)
     invoke(handlers("void_payment"), context, fail_at(saga, "AuthorizePayment"))
@@ -289,7 +289,7 @@ def test_a_void_before_any_request_was_sent_needs_no_stripe_and_fences_the_autho
                                                                                             context):
     """Nothing was sent (no sent marker): the void is local, not one request to Stripe, and final (no
     reconciliation); an authorization attempt arriving later finds VOIDED at its marker's write and sends nothing."""
-    saga = run_forward(handlers, context, new_saga(aws, token="pm_card_visa"), upto=2)
+    saga = run_forward(handlers, context, new_saga(aws, token="pm_card_visa"), upto=1)
     invoke(handlers("void_payment"), context, fail_at(saga, "AuthorizePayment"))
     voided = payment(aws)
     assert voided["status"] == "VOIDED"
@@ -304,7 +304,7 @@ def test_a_void_before_any_request_was_sent_needs_no_stripe_and_fences_the_autho
 
 def test_a_void_of_a_sent_authorization_still_replays_to_find_it(aws, stripe_env, handlers, context):
     """The marker was written (a request may have left): the void finds the intent by replaying the key."""
-    saga = run_forward(handlers, context, new_saga(aws, token="pm_card_visa"), upto=2)
+    saga = run_forward(handlers, context, new_saga(aws, token="pm_card_visa"), upto=1)
     gw = gateway(aws, stripe_env)
     gw.authorize(PID, "pm_card_visa", int(payment(aws)["amount"]), "USD")  # landed; its answer was lost
     aws.update_item(TableName=os.environ["PAYMENTS_TABLE"], Key={"payment_id": {"S": PID}},
