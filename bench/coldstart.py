@@ -113,3 +113,45 @@ def measure(builds: dict[str, str], runs: int) -> dict[str, Any]:
         new["importtime"] = importtime(python, builds["new"], slowest)
     client_ms = median(samples["client"])
     return {"runs": runs, "boto3_ms": boto3_ms, "client_ms": client_ms, "trees": trees}
+
+
+def main() -> int:
+    """The cold-start phase of `make bench` alone: this tree (`new`) and, with --against, another commit's, built
+    with `sam build` into .local/bench and measured in one interleaved run."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    from common import ROOT, extract, load
+    from stacks import sam_build
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--runs", type=int, default=7, help="rounds counted (one more warms the page cache)")
+    parser.add_argument("--against", metavar="COMMIT", help="also build and measure this commit's tree (`baseline`)")
+    parser.add_argument("--json", metavar="FILE", help="write the results here too")
+    args = parser.parse_args()
+    builds = {"new": os.path.join(OUT, "build-new")}
+    sam_build(ROOT, builds["new"])
+    if args.against:
+        commit = subprocess.run(["git", "rev-parse", "--short", args.against], cwd=ROOT, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        tree = extract(commit, Path(OUT, f"tree-{commit}"))
+        builds["baseline"] = os.path.join(OUT, f"build-{commit}")
+        sam_build(tree, builds["baseline"])
+    started = load()
+    results = measure(builds, args.runs)
+    results["load"] = {"start": started, "end": load()}
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    trees = results["trees"]
+    print(f"import boto3 {results['boto3_ms']:.0f} ms, + client('dynamodb') {results['client_ms']:.0f} ms; "
+          f"{args.runs} rounds, load average {started} at the start, {results['load']['end']} at the end")
+    print("function".ljust(28) + "".join(f"{t} ms (x boto3)".rjust(24) for t in trees))
+    for fn in sorted(set().union(*[t["init_ms"] for t in trees.values()])):
+        print(fn.ljust(28) + "".join((f"{t['init_ms'][fn]:.0f} ({t['ratio'][fn]:.2f}x)" if fn in t["init_ms"]
+                                      else "-").rjust(24) for t in trees.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
