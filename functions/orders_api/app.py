@@ -46,19 +46,12 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import BotoCoreError, ClientError
 
+from order_saga.api import OrderAccepted, OrderDocument, OrderRequest, ProblemBody
 from order_saga.config import Timing
 from order_saga.dynamo import now_ms
 from order_saga.errors import CouponExpired, CouponInvalid, StoreThrottled, TransientError
 from order_saga.inventory import Inventory, reservation_key
-from order_saga.models import (
-    PENDING,
-    OrderAccepted,
-    OrderDocument,
-    OrderRequest,
-    ProblemBody,
-    order_id_for,
-    request_hash,
-)
+from order_saga.models import PENDING, order_id_for, request_hash
 from order_saga.orders import OpenOrders, Orders, order_view
 from order_saga.payments import Payments
 from order_saga.promotions import Promotions, coupon_key, redemption_key
