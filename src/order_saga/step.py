@@ -75,6 +75,20 @@ def aws_client(service: str, read_timeout: float | None = None) -> Any:
     return boto3.client(service, config=config)
 
 
+class RareClient:
+    """aws_client(service, ...) made at its first use, for a client that only a rare path calls: most sandboxes never
+    make it (a client kind's first one is ~5-10 ms of a cold start: its model and endpoint rules, read and parsed)."""
+
+    def __init__(self, service: str, read_timeout: float | None = None) -> None:
+        self._made: Any = None
+        self._args = (service, read_timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        if self._made is None:
+            self._made = aws_client(*self._args)
+        return getattr(self._made, name)
+
+
 def count(name: str, step: str, value: float = 1, unit: str = MetricUnit.Count) -> None:
     """One metric with its own `step` dimension (alarms and the dashboard select on service and step)."""
     with single_metric(name=name, unit=unit, value=value, default_dimensions=metrics.default_dimensions) as metric:
