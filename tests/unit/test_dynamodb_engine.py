@@ -115,15 +115,22 @@ def committing(ddb: Any, items: list[dict[str, Any]], marker: tuple[str, str],
             outcome["error"] = exc
         outcome["took"] = time.monotonic() - started
 
+    applied_at = time.monotonic()  # the earliest the transaction can have applied, and its window opened
     thread = threading.Thread(target=run)
     thread.start()
     deadline = time.monotonic() + 5
-    while ddb.get_item(TableName=marker[0], Key=key(marker[1]), ConsistentRead=True).get("Item", {}).get("who") \
-            != {"S": "t1"}:
+    # A read that does not see the transaction's write was served before it applied, so after it was sent: the
+    # window opened after that. (Timed from the read that saw it, a read served late, on a loaded machine, made
+    # the window look younger than it was, and a write past its end passed for one inside it.)
+    while True:
+        sent = time.monotonic()
+        if ddb.get_item(TableName=marker[0], Key=key(marker[1]), ConsistentRead=True).get("Item", {}).get("who") \
+                == {"S": "t1"}:
+            break
+        applied_at = sent
         assert time.monotonic() < deadline, "the first transaction never applied"
         assert thread.is_alive() or "error" not in outcome, outcome.get("error")
         time.sleep(0.005)
-    applied_at = time.monotonic()
     try:
         yield outcome
     except BaseException:  # pytest.raises' "DID NOT RAISE" too
