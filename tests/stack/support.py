@@ -387,8 +387,8 @@ def parked_queue_orders(target: Target) -> list[str]:
     return [str(json.loads(m["Body"])["order_id"]) for m in held.values()]
 
 
-# AuthorizePayment's Lambda timeout (template.yaml, AuthorizePaymentTimeout: its one allowed value), and 3 s for a
-# sandbox's end to be noticed on a loaded machine.
+# AuthorizePayment's Lambda timeout (template.yaml, AuthorizePaymentTimeout: its one allowed value, which
+# tests/unit/test_deployment.py holds this to), and 3 s for a sandbox's end to be noticed on a loaded machine.
 LATE_INVOCATION_SECONDS = 14 + 3
 
 

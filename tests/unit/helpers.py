@@ -10,9 +10,10 @@ from order_saga.config import Timing
 from order_saga.dynamo import from_ddb, now_ms, to_ddb
 from order_saga.gateway import LEDGER_PREFIX
 from order_saga.inventory import Inventory
-from order_saga.models import OrderLine, request_hash
+from order_saga.models import OrderLine, SagaState, request_hash
 from order_saga.orders import Orders
 from order_saga.payments import Payments, payment_id
+from order_saga.saga import take_lease
 from order_saga.store import Store
 from tests.unit.conftest import HEARTBEAT, scan_all
 
@@ -46,9 +47,6 @@ def new_saga(client: Any, order_id: str = "ord_1", items: list[dict] | None = No
 def leased(client: Any, saga: dict[str, Any], execution: str = EXECUTION) -> dict[str, Any]:
     """The saga state once ReserveInventory's first write took the lease, before its reservation (saga.take_lease):
     for a test of what may happen between the two."""
-    from order_saga.models import SagaState
-    from order_saga.saga import take_lease
-
     return take_lease(orders_of(client), SagaState(**saga), execution, now_ms()).model_dump(mode="json",
                                                                                             exclude_none=True)
 

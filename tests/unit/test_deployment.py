@@ -344,3 +344,14 @@ def test_every_call_fits_its_function_and_every_function_its_task():
     # A step renews the lease only once less than half is left: the next step may start with half of it, and its
     # retry after a whole timed-out attempt and the longest wait must still hold it.
     assert _number("LeaseSeconds") / 2 > longest_attempt + longest_delay
+
+
+def test_the_stack_tier_waits_for_a_late_authorization_as_long_as_authorize_payment_can_run():
+    """tests/stack/support.py waits for an AuthorizePayment invocation that outlived its saga (a Map iteration in
+    flight when another card failed the Map) up to the function's timeout after it marked its payment sent."""
+    from tests.stack.support import LATE_INVOCATION_SECONDS
+
+    timeout = _timeout("AuthorizePaymentFunction")
+    assert LATE_INVOCATION_SECONDS - 3 == timeout
+    # ...on every stack: no deploy may give the function another timeout.
+    assert [float(v) for v in TEMPLATE.raw["Parameters"]["AuthorizePaymentTimeout"]["AllowedValues"]] == [timeout]
