@@ -1,9 +1,12 @@
-"""100 concurrent orders for 25 units of one item: no oversell, money equals confirmations, every saga ended.
+"""40 concurrent orders for 10 units of one item: no oversell, money equals confirmations, every saga ended.
 
 The checks are invariants, not counts that depend on timing: on a loaded machine (or on AWS) a saga may
 end otherwise than by stock running out, but it may never sell a unit twice, charge without confirming,
 or confirm without charging. The embedded engine also counts the transaction conflicts the burst made on
-the hot item (DynamoDB cancels concurrent transactions on one item; the handlers retry them).
+the hot item (DynamoDB cancels concurrent transactions on one item; the handlers retry them). The volume of the
+proof runs in the simulation (tests/sim); here 40 orders, four for each unit, prove the wiring under contention. The
+100 orders for 25 units this was cost the file 33.9 CPU-s against 22.7 now (measured side by side, 2026-12-08), most
+of the difference in sandboxes cold-started for the burst.
 """
 
 from __future__ import annotations
@@ -17,10 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from tests.stack.support import place, wait_all
 
-ORDERS, UNITS, PRICE = 100, 25, 700
+ORDERS, UNITS, PRICE = 40, 10, 700
 
 
-def test_100_concurrent_orders_for_25_units(target):
+def test_40_concurrent_orders_for_10_units(target):
     sku = "CONTENDED-" + uuid.uuid4().hex[:8]
     target.add_item(sku, PRICE, UNITS)
     conflicts_before = engine_conflicts(target)
