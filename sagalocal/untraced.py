@@ -9,12 +9,15 @@ the environment that tells a new process to measure itself is left as it is.
 
 from __future__ import annotations
 
+import sys
+
 
 def here() -> None:
-    """Stop coverage's tracer in this process, if it runs; call it first thing, before any thread starts."""
-    try:
-        import coverage
-    except ImportError:  # a deployed stack's image, or a venv without the test dependencies
+    """Stop coverage's tracer in this process, if it runs; call it first thing, before any thread starts. A process
+    that coverage measures has imported it before its own code ran: where it has not, nothing is imported to find
+    that out (importing coverage costs ~0.03 CPU-s, for nothing in every process `make test` leaves unmeasured)."""
+    coverage = sys.modules.get("coverage")
+    if coverage is None:  # not measured (a deployed stack's image, a venv without the test dependencies too)
         return
     current = coverage.Coverage.current()
     if current is not None:
