@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sagalocal import untraced
+from sagalocal import booting, untraced
 from sagalocal.console.cli import add_parser as add_console_parser
 from sagalocal.errors import StackError, UsageError
 from sagalocal.template import Template, TemplateError
@@ -96,6 +96,7 @@ def run_init(stack: LocalStack, commands: list[str], workdir: Path) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     untraced.here()  # the stack's process runs no handler (its functions' processes do, and measure themselves)
+    booting.begin()  # no garbage collection until the stack serves (sagalocal/booting.py)
     started = time.perf_counter()
     if args.port == 0:  # any free port (the console's --port 0 is its server's to pick)
         from sagalocal.stack import free_port
@@ -113,6 +114,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         write_whole(STATE_FILE, json.dumps(info, indent=2))
         if args.ready_file:
             write_whole(Path(args.ready_file), json.dumps(info))
+        booting.served()
         print(f"Local stack {stack.template.stack_name} up in {time.perf_counter() - started:.1f} s")
         print(f"  API           {stack.api_url}")
         print(f"  Console       {console.url if console else 'not served: ' + console_note}")
@@ -159,8 +161,10 @@ def cmd_invoke(args: argparse.Namespace) -> int:
     known = stack.template.of_type("AWS::Serverless::Function")
     if args.function not in known:  # before starting anything
         raise UsageError(f"unknown function {args.function!r}; the template defines: {', '.join(sorted(known))}")
+    booting.begin()  # no garbage collection until the stack serves (sagalocal/booting.py)
     with stack:
         run_init(stack, args.init or [], Path(".local/invoke"))
+        booting.served()
         result = stack.invoke(args.function, event)
     cold = f", init {result.init_ms:.0f} ms" if result.init_ms else ""
     print(json.dumps(result.payload, indent=2))

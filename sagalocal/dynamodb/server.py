@@ -29,7 +29,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from sagafaults.rules import RuleError
-from sagalocal import untraced
+from sagalocal import booting, untraced
 from sagalocal.dynamodb.engine import Engine, Reply
 from sagalocal.dynamodb.streams import STREAMS
 from sagalocal.iam import Principal
@@ -158,6 +158,7 @@ def serve(port: int, window_ms: float, ready_file: Path | None) -> None:
     threading.Thread(target=server.serve_forever, name="dynamodb", daemon=True).start()
     if ready_file is not None:
         ready_file.write_text(json.dumps({"port": server.server_address[1], "pid": os.getpid()}))
+    booting.served()
     try:
         while not stop.wait(0.5):
             # The stack that started us is gone: we were handed to another parent (init, or a subreaper such as
@@ -217,6 +218,7 @@ class DynamoDBProcess:
 
 def main(argv: list[str] | None = None) -> int:
     untraced.here()  # only moto and sagalocal run here: nothing coverage measures
+    booting.begin()  # no garbage collection until it serves (sagalocal/booting.py)
     parser = argparse.ArgumentParser(prog="python -m sagalocal.dynamodb.server")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--ready-file", type=Path)
