@@ -13,13 +13,21 @@ from __future__ import annotations
 
 import gc
 
+_booting = False
+
 
 def begin() -> None:
     """No collection from here until `served()`."""
+    global _booting
     gc.disable()
+    _booting = True
 
 
 def served() -> None:
-    """The boot is done: what it made is left alone by the collector from now on, and the collector is on again."""
-    gc.freeze()
-    gc.enable()
+    """The boot is done (or failed): what it made is left alone by the collector from now on, and the collector is on
+    again. Nothing, where no boot began (a command refused before it boots, run in a test's own process)."""
+    global _booting
+    if _booting:
+        gc.freeze()
+        gc.enable()
+        _booting = False

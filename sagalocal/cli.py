@@ -455,3 +455,5 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, StackError, TemplateError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        booting.served()  # a boot that failed leaves the collector on (tests run commands in their own process)

@@ -40,7 +40,7 @@ from sagalocal.cognito import PoolAuthorizer
 from sagalocal.dynamodb.server import DynamoDBProcess
 from sagalocal.endpoint import AwsEndpoint
 from sagalocal.iam import Authorizer
-from sagalocal.provision import Provisioned, Provisioner, StackError
+from sagalocal.provision import Provisioned, Provisioner, StackError, check_layers
 from sagalocal.scheduler import Scheduler
 from sagalocal.template import Template, TemplateError
 
@@ -93,6 +93,7 @@ class LocalStack:
         self.transaction_window_ms = transaction_window_ms
         self.template = Template(self.template_path, region=region, parameter_overrides=self.parameter_overrides,
                                  stack_name=stack_name or default_stack_name(self.template_path))
+        check_layers(self.template)  # with the template's other refusals, before anything starts
         self.lambdas = LambdaService({}, concurrency=concurrency, cold_start_delay=cold_start_delay)
         self.iam = Authorizer(self.template.account)
         self.resources = Provisioned()

@@ -2,10 +2,11 @@
 
 These test the CLI's own embedded stacks (each invoke starts one), not the stack under test. Each command runs as
 typed (`python -m sagalocal ...`, its exit status and its stderr), but for the refusals the CLI makes before anything
-starts from the template alone (an unknown function, a parameter override the template does not allow): those run
-the same command line through the CLI's entry point in this process (`sagalocal.cli.main`, its stderr captured), as
-exit status 2 and its message are what they check; a new interpreter for each (~0.8 CPU-s, importing the template's
-tools again) proved nothing more, and the other refusals here prove exit status 2 from a process of its own.
+starts from the template alone (an unknown function, a parameter override the template does not allow, a layer that
+names nothing in the template): those run the same command line through the CLI's entry point in this process
+(`sagalocal.cli.main`, its stderr captured), as exit status 2 and its message are what they check; a new interpreter
+for each (~0.8 CPU-s, importing the template's tools again) proved nothing more, and the other refusals here prove
+exit status 2 from a process of its own.
 """
 
 from __future__ import annotations
@@ -91,14 +92,15 @@ def test_up_refuses_a_port_in_use():
     assert f"port {port} on 127.0.0.1 is in use" in done.stderr
 
 
-def test_a_template_it_cannot_read_names_the_resource_and_property(tmp_path):
+def test_a_template_it_cannot_read_names_the_resource_and_property(tmp_path, monkeypatch):
     code = "      CodeUri: functions/cancel_order/\n"
     template = (ROOT / "template.yaml").read_text().replace(code, code + "      Layers: [!Ref NoSuchLayer]\n")
     (tmp_path / "template.yaml").write_text(template)
     for folder in ("src", "functions", "statemachine"):
         (tmp_path / folder).symlink_to(ROOT / folder)
-    done = sagalocal("invoke", "ReserveInventoryFunction", "-e", str(ROOT / "events/steps/reserve_inventory.json"),
-                     "--template", str(tmp_path / "template.yaml"))
+    # Refused from the template alone, before anything starts (sagalocal/provision.py check_layers).
+    done = refused_here("invoke", "ReserveInventoryFunction", "-e", str(ROOT / "events/steps/reserve_inventory.json"),
+                        "--template", str(tmp_path / "template.yaml"), monkeypatch=monkeypatch)
     assert done.returncode == 2
     assert "Resources.CancelOrderFunction.Properties" in done.stderr
     assert "NoSuchLayer" in done.stderr
