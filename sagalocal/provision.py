@@ -531,7 +531,9 @@ class Provisioner:
             self.out.function_versions.append(published)
             if self.lambdas is not None:
                 self.lambdas.publish(published)
-        if any(a["Name"] == alias for a in lam.list_aliases(FunctionName=spec.name)["Aliases"]):
+        # A function this deploy created has no alias yet: only an update asks Lambda (one request fewer a function).
+        if self.previous is not None and any(a["Name"] == alias
+                                             for a in lam.list_aliases(FunctionName=spec.name)["Aliases"]):
             lam.update_alias(FunctionName=spec.name, Name=alias, FunctionVersion=version)
         else:
             lam.create_alias(FunctionName=spec.name, Name=alias, FunctionVersion=version)
