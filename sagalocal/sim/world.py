@@ -261,33 +261,39 @@ class DirectDynamoDB:
         return call
 
 
-class DirectStepFunctions:
-    """A Step Functions client whose StartExecution and StopExecution (the API's start of every saga, the
-    reaper's and the follow-ups' stops: ~1.5 calls a case) are answered by moto's own handler method, without
-    botocore and moto's URL routing, which cost over a millisecond a call: a tenth of a case. Every other call, and
-    `exceptions` and `meta`, are the boto3 client's. An error comes back as the client's own modeled exception
-    (ExecutionAlreadyExists is caught by class), shaped as botocore parses it. The answers are moto's: flat dicts of
-    an ARN and a datetime, which the callers read (executionArn) or ignore."""
+class DirectClient:
+    """A boto3 client whose busiest calls in the simulation are answered by moto's own handler method, without
+    botocore and moto's URL routing (over a millisecond a call, a tenth of a case): Step Functions' StartExecution
+    and StopExecution (the API's start of every saga, the reaper's and the follow-ups' stops: ~1.5 calls a case) and
+    SQS's SendMessageBatch (the reaper's sweep). Every other call, and `exceptions` and `meta`, are the boto3
+    client's. The request reaches the handler as botocore would have sent it (a JSON body, or the parameters moto's
+    parser would have made of it: the same names and values); an error comes back as the client's own modeled
+    exception (ExecutionAlreadyExists is caught by class), shaped as botocore parses it. The answers are moto's,
+    before its serializer: dicts of strings and datetimes, which the callers read (executionArn, Failed) or
+    ignore."""
 
-    DIRECT = ("start_execution", "stop_execution")
+    DIRECT = {"stepfunctions": ("moto.stepfunctions.responses", "StepFunctionResponse",
+                                ("start_execution", "stop_execution")),
+              "sqs": ("moto.sqs.responses", "SQSResponse", ("send_message_batch",))}
 
     def __init__(self, client: Any) -> None:
         self._client = client
         self.exceptions = client.exceptions
         self.meta = client.meta
+        self._module, self._handler, self._direct = self.DIRECT[client.meta.service_model.service_name]
 
     def __getattr__(self, name: str) -> Any:
-        if name not in self.DIRECT:
+        if name not in self._direct:
             return getattr(self._client, name)
         operation = "".join(part.title() for part in name.split("_"))
 
         def call(**params: Any) -> dict[str, Any]:
             from moto.core.exceptions import HTTPException, ServiceException
-            from moto.stepfunctions.responses import StepFunctionResponse
 
-            handler = StepFunctionResponse()
-            handler.body = json.dumps(params)
-            handler.querystring = {}
+            handler = getattr(importlib.import_module(self._module), self._handler)()
+            handler.body = json.dumps(params)  # what a JSON service's handler reads
+            handler.params = json_copy(params)  # and one whose parameters moto parses (SQS)
+            handler.querystring, handler.uri_match = {}, {}
             handler.current_account = ACCOUNT
             handler.region = REGION
             handler.headers = {}
@@ -506,7 +512,7 @@ def stack() -> Stack:
     reaper_mapping = {"batch_size": int(next(iter(work.values()))["Properties"]["BatchSize"]),
                       "visibility_seconds": float(queue_props["VisibilityTimeout"]),
                       "max_receives": int(queue_props["RedrivePolicy"]["maxReceiveCount"])}
-    built = Stack(arn, modules, timeouts, DirectStepFunctions(sfn), sqs, queue, dict(template.parameters),
+    built = Stack(arn, modules, timeouts, DirectClient(sfn), sqs, queue, dict(template.parameters),
                   reaper_queue, reaper_mapping)
     _STACK.append(built)
     return built
@@ -548,7 +554,7 @@ def _load(folder: str) -> Any:
         if isinstance(value, BaseClient):
             service = value.meta.service_model.service_name
             client = boto3.client(service, region_name=REGION, config=unsigned(value.meta.config))
-            setattr(module, name, DirectStepFunctions(client) if service == "stepfunctions" else client)
+            setattr(module, name, DirectClient(client) if service in DirectClient.DIRECT else client)
     payments = getattr(module, "payments", None)
     if payments is not None and getattr(payments, "_gateway", None) is not None:
         from order_saga.breaker import CircuitBreaker
