@@ -44,9 +44,11 @@ def outcome(record: dict[str, Any]) -> dict[str, Any] | None:
     if "NewImage" not in change:
         return None
     new = from_ddb(change["NewImage"])
-    old = from_ddb(change["OldImage"]) if change.get("OldImage") else {}
     status = new.get("saga_status")
-    if status not in OUTCOMES or old.get("saga_status") == status:
+    if status not in OUTCOMES:
+        return None
+    old = from_ddb(change["OldImage"]) if change.get("OldImage") else {}  # read only for a change into an outcome
+    if old.get("saga_status") == status:
         return None
     kind = OUTCOMES[status]
     order_id = str(new["order_id"])
