@@ -602,8 +602,10 @@ def _install_patches() -> None:
     import order_saga.store
     import sagalocal.stepfunctions as local_sfn
     from sagalocal.dynamodb.engine import install_backend_patches
+    from sagalocal.sqs import memoize_attribute_names
 
     install_backend_patches()
+    memoize_attribute_names()
     local_sfn.install(SimLambda())
     # An execution's end is an EventBridge event (its status change): the running world delivers it (deliver_events).
     local_sfn.ENDED.append(lambda event: _current().events.append(event) if _ACTIVE else None)
