@@ -43,10 +43,12 @@ def outcome(record: dict[str, Any]) -> dict[str, Any] | None:
     change = record.get("dynamodb") or {}
     if "NewImage" not in change:
         return None
-    new = from_ddb(change["NewImage"])
-    status = new.get("saga_status")
+    image = change["NewImage"]
+    # Most changes end no saga: their status is deserialized alone, and the whole image only for an outcome's.
+    status = from_ddb({"saga_status": image["saga_status"]})["saga_status"] if "saga_status" in image else None
     if status not in OUTCOMES:
         return None
+    new = from_ddb(image)
     old = from_ddb(change["OldImage"]) if change.get("OldImage") else {}  # read only for a change into an outcome
     if old.get("saga_status") == status:
         return None
