@@ -4,8 +4,8 @@ moto answers an UpdateItem by deep-copying the item (for the stream's old image)
 the tree ten times to validate it and resolve its operands, and then executing it; with the item's size checked
 again at every attribute it sets. That was two thirds of an UpdateItem's time, and UpdateItem (alone or in a
 transaction) most of the simulation's. Here an update expression whose every path is a top-level attribute
-(`SET a = :v, b = b + :n, c = if_not_exists(c, :z) - :n REMOVE d ADD e :s`) is planned once per text and applied
-to a copy of the item's attribute dict, which then replaces the item's: no deep copy, no tree.
+(`SET a = :v, b = b + :n, c = if_not_exists(c, :z) - :n REMOVE d ADD e :s DELETE f :t`) is planned once per text
+and applied to a copy of the item's attribute dict, which then replaces the item's: no deep copy, no tree.
 
 Anything else takes moto's own path, unchanged, so moto's errors stay moto's: an expression moto refuses (it is
 still parsed by moto first, from its cache), a nested path or another function, an item that does not exist yet,
@@ -30,7 +30,7 @@ ENABLED = [True]  # tests switch it off to compare with moto's own path
 COUNTS = {"answered": 0, "handed_to_moto": 0}
 _TOKEN = re.compile(r"\s*(?:(?P<name>#[A-Za-z0-9_]+)|(?P<value>:[A-Za-z0-9_]+)|(?P<word>[A-Za-z_][A-Za-z0-9_]*)"
                     r"|(?P<op>[=+\-,().]))")
-_CLAUSES = ("SET", "REMOVE", "ADD")
+_CLAUSES = ("SET", "REMOVE", "ADD", "DELETE")
 SIZE_LIMIT = 405_000  # moto's LimitedSizeDict: "the actual limit is between 409 and 410KB"
 
 
@@ -45,9 +45,9 @@ class Operand:
 
 @dataclass(frozen=True)
 class Action:
-    clause: str  # SET, REMOVE, ADD
+    clause: str  # SET, REMOVE, ADD, DELETE
     path: tuple[str, ...]  # its attributes or #placeholders, from the item down through maps
-    operand: Operand | None = None  # SET's value, ADD's :value
+    operand: Operand | None = None  # SET's value, ADD's and DELETE's :value
 
 
 class _Unsupported(Exception):  # noqa: N818 - not an error: this update takes moto's own path
@@ -94,7 +94,7 @@ class _Parser:
         while self.peek() is not None:
             clause = self.take("word").upper()
             if clause not in _CLAUSES or clause in seen:
-                raise _Unsupported(clause)  # DELETE; a clause twice (moto refuses it)
+                raise _Unsupported(clause)  # another word; a clause twice (moto refuses it)
             seen.add(clause)
             group = [self.action(clause)]
             while self.peek() == ("op", ","):
@@ -111,7 +111,7 @@ class _Parser:
         path = self.path()
         if clause == "REMOVE":
             return Action(clause, path)
-        if clause == "ADD":
+        if clause in ("ADD", "DELETE"):
             return Action(clause, path, Operand("value", self.take("value")))
         self.take("op", "=")
         operand = self.operand()
@@ -241,7 +241,7 @@ def _apply(actions: tuple[Action, ...], attrs: dict[str, Any], names: dict[str, 
     # an action that changes that attribute in place (a SET or REMOVE inside it, an ADD to it) then changes both,
     # and moto's size checks count it twice. Such an update is moto's to answer.
     changed_in_place = {t[0] for t, action in zip(targets, actions, strict=True)
-                        if len(t) > 1 or action.clause == "ADD"}
+                        if len(t) > 1 or action.clause in ("ADD", "DELETE")}
     for action in actions:
         shared = [action.operand, action.operand.left] if action.operand is not None and \
             action.operand.kind == "if_not_exists" else [action.operand]
@@ -253,8 +253,8 @@ def _apply(actions: tuple[Action, ...], attrs: dict[str, Any], names: dict[str, 
                 for action in actions]
     result = dict(attrs)
     for action, target, value in zip(actions, targets, resolved, strict=True):
-        if len(target) > 1 and action.clause == "ADD":
-            raise _Unsupported("ADD inside a map")
+        if len(target) > 1 and action.clause in ("ADD", "DELETE"):
+            raise _Unsupported("ADD or DELETE inside a map")
         parent = result  # the dict the last segment lives in: the item's, or a copied map's
         for segment in target[:-1]:
             inner = parent.get(segment)
@@ -273,7 +273,22 @@ def _apply(actions: tuple[Action, ...], attrs: dict[str, Any], names: dict[str, 
             raise _Unsupported("an empty set")
         if value.is_set():
             value = DynamoType({value.type: list(value.value)})  # not the request's list
-        if action.clause == "ADD":
+        if action.clause == "DELETE":
+            # moto's DeleteExecutor: each element removed from the set's list where it is (one missing is no
+            # error), and the attribute removed with the set's last element. A DELETE of a non-set (moto's error),
+            # from a missing attribute (moto's no-op) or from a set of another type (moto's error): moto's path.
+            current = parent.get(last)
+            if not value.is_set() or current is None or current.type != value.type:
+                raise _Unsupported("DELETE of a non-set, from a missing attribute or from another type")
+            remaining = list(current.value)
+            for element in value.value:
+                if element in remaining:
+                    remaining.remove(element)
+            if not remaining:
+                parent.pop(last)
+                continue
+            value = DynamoType({current.type: remaining})
+        elif action.clause == "ADD":
             current = parent.get(last)
             if value.type == "N":
                 if current is not None and current.type != "N":

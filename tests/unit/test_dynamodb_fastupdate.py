@@ -51,6 +51,10 @@ CASES = [
     ("ADD #calls :one", {"#calls": "calls"}, [":one"], None, ORDER, True),
     ("ADD failures :one", {}, [":one"], None, ORDER, True),
     ("ADD nums :nums", {}, [":nums"], None, ORDER, True),
+    ("DELETE open_orders :order", {}, [":order"], None, ORDER, True),  # its last element: the attribute goes
+    ("DELETE open_orders :order", {}, [":order"], None, {**ORDER, "open_orders": {"SS": ["ord_c", "ord_a"]}}, True),
+    ("DELETE #open :order SET label = :v", {"#open": "open_orders"}, [":order", ":v"], None,
+     {**ORDER, "open_orders": {"SS": ["ord_c"]}}, True),
     ("SET m.x = :v, m.z = :w", {}, [":v", ":w"], None, ORDER, True),
     ("REMOVE m.x, label", {}, [], None, ORDER, True),
     ("SET price = price + :d", {}, [":d"], None, ORDER, True),
@@ -72,8 +76,14 @@ CASES = [
     ("SET a = list_append(steps, :l)", {}, [":l"], None, ORDER, False),
     ("SET y = list_append(:l, :l)", {}, [":l"], None, ORDER, False),
     ("SET m.y[0] = :v", {}, [":v"], None, ORDER, False),
-    ("DELETE open_orders :order", {}, [":order"], None, ORDER, False),
     ("SET a = :v SET b = :w", {}, [":v", ":w"], None, ORDER, False),
+    ("DELETE missing :order", {}, [":order"], None, ORDER, False),
+    ("DELETE open_orders :v", {}, [":v"], None, ORDER, False),
+    ("DELETE open_orders :nums", {}, [":nums"], None, ORDER, False),
+    ("DELETE open_orders :empty", {}, [":empty"], None, ORDER, False),
+    ("DELETE m.x :order", {}, [":order"], None, ORDER, False),
+    ("SET a = open_orders DELETE open_orders :order", {}, [":order"], None, ORDER, False),
+    ("DELETE open_orders :order DELETE open_orders :order", {}, [":order"], None, ORDER, False),
     ("ADD open_orders :empty", {}, [":empty"], None, ORDER, False),
     ("ADD label :one", {}, [":one"], None, ORDER, False),
     ("ADD open_orders :nums", {}, [":nums"], None, ORDER, False),
@@ -197,7 +207,7 @@ def test_every_update_expression_the_saga_sends_is_one_the_fast_path_takes():
     from sagalocal.dynamodb.fastupdate import plan
 
     source = "\n".join(p.read_text() for p in (Path(__file__).resolve().parents[2] / "src").rglob("*.py"))
-    literal = re.findall(r'UpdateExpression["\']?[=:]\s*"((?:SET|ADD|REMOVE)[^"{}]*)"', source)
+    literal = re.findall(r'UpdateExpression["\']?[=:]\s*"((?:SET|ADD|REMOVE|DELETE)[^"{}]*)"', source)
     assert len(literal) >= 15
     literal = [text for text in literal if not text.endswith((" ", ",", "="))]  # not a string continued below
     refused = [text for text in literal if plan(text) is None]
