@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -196,54 +197,70 @@ def every_path(target: Target, request: pytest.FixtureRequest) -> dict[str, Any]
     which reconciles what is due; and an order whose outcome event cannot be published (its stream record given
     up on, into the failure queue)."""
     from order_saga.models import order_id_for
-    from scripts.scenarios import Customers, load_manifest, run_scenario
+    from scripts.scenarios import Customers, load_manifest, request_from_event, run_scenario
     from tests.stack.support import place, wait_for_execution
 
     events = ROOT / "events"
     customers = Customers(target.client("cognito-idp"), target.outputs)
     unique = "-" + uuid.uuid4().hex[:10]
-    ended: dict[str, Any] = {}
-    for spec in load_manifest(events)["scenarios"]:
+    scenarios = load_manifest(events)["scenarios"]
+    # The sagas below are independent orders, run side by side (one after another they were ~30 s of the stack
+    # group's run, most of it waiting on retries and backoffs). What threads would race on is done first, here:
+    # each customer signed in once (a sign-in sets the user's password, so two at once can refuse each other), and
+    # every client this fixture uses made.
+    for spec in scenarios:
+        customers.auth(request_from_event(events / spec["event"])[2])
+    sub = target.sign_in()[1]
+    for service in ("stepfunctions", "dynamodb", "lambda", "sqs"):
+        target.client(service)
+
+    def scenario(spec: dict[str, Any]) -> str:
         result = run_scenario(spec, events, target.api_url, target.client("stepfunctions"), customers,
                               target.endpoint if target.embedded else None, key_suffix=unique)
         assert result.ok, result.problems
-        ended[spec["name"]] = result.status
-    hung = place(target, [{"sku": "MUG-BLUE", "quantity": 1}], "tok_hang")
-    ended["hang"] = wait_for_execution(target, hung["execution_arn"], timeout=120)["status"]
+        return str(result.status)
+
+    def placed_and_ended(token: str, coupon: str | None = None) -> str:
+        placed = place(target, [{"sku": "MUG-BLUE", "quantity": 1}], token, coupon=coupon)
+        return str(wait_for_execution(target, placed["execution_arn"], timeout=120)["status"])
+
+    def faulted(token: str, rules: list[dict[str, Any]], coupon: str | None = None) -> str:
+        key = uuid.uuid4().hex
+        order_id = order_id_for(sub, key)
+        added = [faults.add({**rule, "order_id": order_id}) for rule in rules]
+        try:
+            placed = place(target, [{"sku": "MUG-BLUE", "quantity": 1}], token, key=key, coupon=coupon)
+            return str(wait_for_execution(target, placed["execution_arn"], timeout=180)["status"])
+        finally:
+            for rule in added:
+                faults.remove(rule)
+
+    runs: dict[str, tuple[Any, ...]] = {spec["name"]: (scenario, spec) for spec in scenarios}
+    runs["hang"] = (placed_and_ended, "tok_hang")
     # A coupon held, then given back (ReleaseCoupon) when the card is declined.
-    declined = place(target, [{"sku": "MUG-BLUE", "quantity": 1}], "tok_decline", coupon="FIVEOFF")
-    ended["coupon-released"] = wait_for_execution(target, declined["execution_arn"], timeout=120)["status"]
+    runs["coupon-released"] = (placed_and_ended, "tok_decline", "FIVEOFF")
     # A customer at the cap with ids of orders that are gone: the API prunes them, then places the order.
-    ended["pruned-at-the-cap"] = prune_at_the_cap(target)
+    runs["pruned-at-the-cap"] = (prune_at_the_cap, target)
     if target.outputs.get("FaultRulesTableName"):
         faults = request.getfixturevalue("faults")
-        sub = target.sign_in()[1]
-
-        def faulted(name: str, token: str, rules: list[dict[str, Any]], coupon: str | None = None) -> None:
-            key = uuid.uuid4().hex
-            order_id = order_id_for(sub, key)
-            added = [faults.add({**rule, "order_id": order_id}) for rule in rules]
-            try:
-                placed = place(target, [{"sku": "MUG-BLUE", "quantity": 1}], token, key=key, coupon=coupon)
-                ended[name] = wait_for_execution(target, placed["execution_arn"], timeout=180)["status"]
-            finally:
-                for rule in added:
-                    faults.remove(rule)
-
         # ApplyCoupon never gets to hold: ReleaseCoupon runs first and leaves its tombstone.
-        faulted("coupon-tombstone", "tok_approve", [{"action": "invocation-error", "function": "ApplyCoupon",
-                                                     "error": "TransientError", "count": 4}], coupon="FIVEOFF")
+        runs["coupon-tombstone"] = (faulted, "tok_approve", [{"action": "invocation-error", "function": "ApplyCoupon",
+                                                              "error": "TransientError", "count": 4}], "FIVEOFF")
         # ReserveInventory never gets to reserve: ReleaseInventory runs first and leaves its tombstone.
-        faulted("release-first", "tok_approve", [{"action": "invocation-error", "function": "ReserveInventory",
-                                                  "error": "TransientError", "count": 4}])
-        faulted("parked", "tok_decline", [{"action": "invocation-error", "error": "TransientError",
-                                           "function": "ReleaseInventory", "count": 10}])
+        runs["release-first"] = (faulted, "tok_approve", [{"action": "invocation-error",
+                                                           "function": "ReserveInventory", "error": "TransientError",
+                                                           "count": 4}])
+        runs["parked"] = (faulted, "tok_decline", [{"action": "invocation-error", "error": "TransientError",
+                                                    "function": "ReleaseInventory", "count": 10}])
         # ConfirmOrder captures, then its invocation fails (crash after its write) on every attempt: RefundPayment
         # gives the money back.
-        faulted("refund", "tok_approve", [{"action": "invocation-error", "function": "ConfirmOrder",
-                                           "prevent_execution": False, "count": None}])
+        runs["refund"] = (faulted, "tok_approve", [{"action": "invocation-error", "function": "ConfirmOrder",
+                                                    "prevent_execution": False, "count": None}])
     if target.embedded:
-        ended["repeats"] = run_twice(target)
+        runs["repeats"] = (run_twice, target)
+    with ThreadPoolExecutor(max_workers=side_by_side(len(runs))) as pool:
+        futures = {name: pool.submit(*run) for name, run in runs.items()}
+        ended: dict[str, Any] = {name: future.result() for name, future in futures.items()}
     # Orders the reaper must finish: written as the API writes them, with a lease and a reservation already
     # expired (an execution that died), one with its payment and one whose payment never got written.
     abandoned = [abandon(target, with_payment=True), abandon(target, with_payment=False, reserve=False)]
