@@ -3,7 +3,9 @@
 Eight pytest processes: the stack tier; its two heaviest tests (on a stack of their own); its tests that start
 stacks of their own, in two groups (the CLI's, the short-lease stacks; the gateway's, the limits'); the unit tier
 in two halves; the browser tier; and the simulation (its crash-point explorer and random mixes run in two worker
-processes of their own). Much of the stack tier waits (timeouts, backoffs, leases), so the others fill the machine.
+processes of their own). Much of the stack tier waits (timeouts, backoffs, leases), so the others fill the machine;
+the simulation, which never waits, runs niced (NICE below) and takes what the others leave. The project's modules
+are compiled once first (compile_sources).
 
 Coverage (pyproject.toml's [tool.coverage]) measures where it pays: the unit, browser and simulation pytest
 processes and whatever they start. It is left out where it does not (sagalocal/untraced.py, GROUPS below): the
