@@ -267,10 +267,11 @@ class DirectClient:
     and StopExecution (the API's start of every saga, the reaper's and the follow-ups' stops: ~1.5 calls a case) and
     SQS's SendMessageBatch (the reaper's sweep). Every other call, and `exceptions` and `meta`, are the boto3
     client's. The request reaches the handler as botocore would have sent it (a JSON body, or the parameters moto's
-    parser would have made of it: the same names and values); an error comes back as the client's own modeled
-    exception (ExecutionAlreadyExists is caught by class), shaped as botocore parses it. The answers are moto's,
-    before its serializer: dicts of strings and datetimes, which the callers read (executionArn, Failed) or
-    ignore."""
+    parser would have made of it: the same names and values); a Step Functions error comes back as the client's own
+    modeled exception (ExecutionAlreadyExists is caught by class). SQS's do not quite: moto's query-protocol codes
+    (AWS.SimpleQueueService.NonExistentQueue where botocore raises QueueDoesNotExist), always HTTP 400, which no
+    caller catches by class. The answers are moto's, before its serializer: dicts of strings and (naive) datetimes,
+    with no ResponseMetadata, which the callers read (executionArn, Failed) or ignore."""
 
     DIRECT = {"stepfunctions": ("moto.stepfunctions.responses", "StepFunctionResponse",
                                 ("start_execution", "stop_execution")),
