@@ -243,19 +243,15 @@ class DirectDynamoDB:
             from moto.core.exceptions import JsonRESTError
             from moto.dynamodb.responses import DynamoHandler
 
-            handler = DynamoHandler()
+            handler = _routed(DynamoHandler())
             handler.body = json_copy(params)
-            handler.current_account = ACCOUNT
-            handler.region = REGION
-            handler.headers = {}
             try:
                 result = getattr(handler, name)()
             except JsonRESTError as exc:
-                body = json.loads(exc.description)
-                code = str(body.pop("__type", "")).rpartition("#")[2]
-                response = {"Error": {"Code": code, "Message": body.pop("message", body.pop("Message", ""))},
+                code, message, body = _json_error(exc)
+                response = {"Error": {"Code": code, "Message": message},
                             "ResponseMetadata": {"HTTPStatusCode": int(exc.code)}, **body}
-                raise ClientError(response, "".join(part.title() for part in name.split("_"))) from None
+                raise ClientError(response, _operation(name)) from None
             return json_copy(result.result)  # type: ignore[no-any-return]
 
         return call
@@ -286,27 +282,22 @@ class DirectClient:
     def __getattr__(self, name: str) -> Any:
         if name not in self._direct:
             return getattr(self._client, name)
-        operation = "".join(part.title() for part in name.split("_"))
+        operation = _operation(name)
 
         def call(**params: Any) -> dict[str, Any]:
             from moto.core.exceptions import HTTPException, ServiceException
 
-            handler = getattr(importlib.import_module(self._module), self._handler)()
+            handler = _routed(getattr(importlib.import_module(self._module), self._handler)())
             handler.body = json.dumps(params)  # what a JSON service's handler reads
             handler.params = json_copy(params)  # and one whose parameters moto parses (SQS)
             handler.querystring, handler.uri_match = {}, {}
-            handler.current_account = ACCOUNT
-            handler.region = REGION
-            handler.headers = {}
             try:
                 result = getattr(handler, name)()
             except ServiceException as exc:
                 raise self._error(str(exc.code), str(exc.message), 400, operation) from None
             except HTTPException as exc:
-                body = json.loads(exc.description)
-                raise self._error(str(body.get("__type", "")).rpartition("#")[2],
-                                  str(body.get("message", body.get("Message", ""))), int(exc.code),
-                                  operation) from None
+                code, message, _ = _json_error(exc)
+                raise self._error(code, message, int(exc.code), operation) from None
             return dict(result.result)
 
         return call
@@ -314,6 +305,24 @@ class DirectClient:
     def _error(self, code: str, message: str, status: int, operation: str) -> Exception:
         response = {"Error": {"Code": code, "Message": message}, "ResponseMetadata": {"HTTPStatusCode": status}}
         return self._client.exceptions.from_code(code)(response, operation)  # type: ignore[no-any-return]
+
+
+def _routed(handler: Any) -> Any:
+    """A moto response handler as its URL routing leaves it for the simulation's account and region."""
+    handler.current_account, handler.region, handler.headers = ACCOUNT, REGION, {}
+    return handler
+
+
+def _json_error(exc: Any) -> tuple[str, str, dict[str, Any]]:
+    """A moto JSON error's code, message and the rest of its body (an item, cancellation reasons)."""
+    body = json.loads(exc.description)
+    code = str(body.pop("__type", "")).rpartition("#")[2]
+    return code, str(body.pop("message", body.pop("Message", ""))), body
+
+
+def _operation(name: str) -> str:
+    """A client method's operation name: start_execution -> StartExecution."""
+    return "".join(part.title() for part in name.split("_"))
 
 
 def _json_default(value: Any) -> Any:
