@@ -29,13 +29,13 @@ from order_saga.config import Timing
 from order_saga.dynamo import now_ms
 from order_saga.models import ExecutionStatusChange
 from order_saga.orders import Orders
-from order_saga.step import aws_client, count, dynamodb_store, lambda_function, logger
+from order_saga.step import RareClient, count, dynamodb_store, lambda_function, logger
 
 store = dynamodb_store()
 orders = Orders(store, os.environ["ORDERS_TABLE"], Timing.from_env())
-# Called only for a saga to park (rare: most failed executions are not): made then (aws_client).
-_sqs = aws_client("sqs")
-_sfn = aws_client("stepfunctions")
+# Called only for a saga to park (rare: most failed executions are not), so made then.
+_sqs = RareClient("sqs")
+_sfn = RareClient("stepfunctions")
 QUEUE_URL = os.environ["PARKED_SAGAS_QUEUE_URL"]
 
 

@@ -30,7 +30,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from order_saga.errors import PublishFailed
 from order_saga.events import SOURCE, InvalidOutcome, duration_ms, outcome
-from order_saga.step import aws_client, count, lambda_function, logger
+from order_saga.step import RareClient, aws_client, count, lambda_function, logger
 
 # PutEvents is not idempotent: one given up on may have landed, and the record's retry repeats its event.
 # So wait for the answer (6 s of the function's 10), rather than retry early.
@@ -38,7 +38,7 @@ PUT_EVENTS_SECONDS = 6.0
 _events = aws_client("events", read_timeout=PUT_EVENTS_SECONDS)
 BUS = os.environ["EVENT_BUS_NAME"]
 FAILURES_QUEUE_URL = os.environ.get("OUTCOME_FAILURES_QUEUE_URL", "")
-_sqs = aws_client("sqs")  # only for a record set aside (rare): made then (aws_client)
+_sqs = RareClient("sqs")  # only for a record set aside (rare), so made then
 # A record is published only if a PutEvents that takes its whole read timeout still ends before the function's.
 ANSWER_MS = int(PUT_EVENTS_SECONDS * 1000) + 500
 SET_ASIDE_MS = 2500  # and a record is set aside only while SendMessage's 2 s attempt still fits

@@ -547,8 +547,6 @@ def _load(folder: str) -> Any:
     import boto3
     from botocore.client import BaseClient
 
-    from order_saga.step import LazyClient
-
     name = f"sagasim_functions.{folder}"
     spec = importlib.util.spec_from_file_location(name, ROOT / "functions" / folder / "app.py")
     assert spec is not None
@@ -563,8 +561,6 @@ def _load(folder: str) -> Any:
     if store is not None:
         store.client = PointedClient(DirectDynamoDB(), world_ref)
     for name, value in list(vars(module).items()):  # its Step Functions and SQS clients (_sfn, _sqs): unsigned
-        if isinstance(value, LazyClient):  # made at its first use on Lambda; here, now, to read its config
-            value = value.made
         if isinstance(value, BaseClient):
             service = value.meta.service_model.service_name
             client = boto3.client(service, region_name=REGION, config=unsigned(value.meta.config))

@@ -9,10 +9,8 @@ from __future__ import annotations
 import functools
 import inspect
 import os
-import threading
-import weakref
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import boto3
 import botocore.loaders
@@ -32,9 +30,6 @@ TRACING = os.environ.get("POWERTOOLS_TRACE_DISABLED", "false").lower() != "true"
 # The libraries X-Ray traces calls through: the AWS SDK, and requests where the Stripe adapter may call Stripe with it.
 # Tracer()'s default patches every library the X-Ray SDK knows that can be imported, importing each one first:
 # requests (with charset_normalizer and idna) and sqlite3 in every function, ~30 ms of its cold start.
-# Provisioned concurrency and SnapStart initialize a sandbox before a request needs it (Lambda says which in
-# AWS_LAMBDA_INITIALIZATION_TYPE): there the clients and the tracer are made at INIT, where no request waits for them.
-EAGER_INIT = os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") in ("provisioned-concurrency", "snap-start")
 TRACED_LIBRARIES = ("botocore", "requests") if os.environ.get("PAYMENT_GATEWAY") == "stripe" else ("botocore",)
 
 Handler = Callable[[dict[str, Any], LambdaContext], Any]
@@ -65,53 +60,33 @@ def _default_session() -> None:
 
 
 def dynamodb_store() -> Store:
-    """The function's DynamoDB access (one client per sandbox, made at the first request that reads or writes)."""
-    return Store(LazyClient("dynamodb"))
+    """The function's DynamoDB access (one client, created once per sandbox)."""
+    _default_session()
+    return Store(boto3.client("dynamodb", config=CLIENT_CONFIG))
 
 
 def aws_client(service: str, read_timeout: float | None = None) -> Any:
     """A client for another service with the same bounds as DynamoDB's: one attempt of at most 2 s (connect
     0.5 s, read 1.5 s), so the call fits the function's timeout (docs/timeouts.md); the state machine (or the
     API's client, with its Idempotency-Key) retries the whole step. A longer `read_timeout` where a call given
-    up on may have landed anyway and a retry repeats it (PutEvents: a repeated event). Made at its first use."""
-    return LazyClient(service, read_timeout)
-
-
-def _make_client(service: str, read_timeout: float | None) -> Any:
+    up on may have landed anyway and a retry repeats it (PutEvents: a repeated event)."""
     config = CLIENT_CONFIG if read_timeout is None else CLIENT_CONFIG.merge(Config(read_timeout=read_timeout))
     _default_session()
     return boto3.client(service, config=config)
 
 
-_MAKING = threading.Lock()
-
-
-class LazyClient:
-    """A boto3 client made at its first use, once per sandbox. A client kind's first one is ~30 ms of a cold start
-    (its model and endpoint rules, read and parsed): made at import it would lengthen INIT for a client a sandbox
-    may never call (the rare paths: parking a saga, setting an outcome aside, GET /orders never starts one), and
-    for the others the first request makes it instead (docs/benchmarks.md, "Cold start": INIT, and INIT with what
-    the first request then does)."""
-
-    ALL: ClassVar[weakref.WeakSet[LazyClient]] = weakref.WeakSet()  # what first_request_work makes
+class RareClient:
+    """aws_client(service, ...) made at its first use, for a client that only a rare path calls: most sandboxes never
+    make it (a client kind's first one is ~5-10 ms of a cold start: its model and endpoint rules, read and parsed)."""
 
     def __init__(self, service: str, read_timeout: float | None = None) -> None:
-        self.service = service
-        self.read_timeout = read_timeout
         self._made: Any = None
-        LazyClient.ALL.add(self)
-
-    @property
-    def made(self) -> Any:
-        """The boto3 client, made now if not yet."""
-        if self._made is None:
-            with _MAKING:  # a handler calls from one thread, but nothing here depends on it
-                if self._made is None:
-                    self._made = _make_client(self.service, self.read_timeout)
-        return self._made
+        self._args = (service, read_timeout)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.made, name)
+        if self._made is None:
+            self._made = aws_client(*self._args)
+        return getattr(self._made, name)
 
 
 def count(name: str, step: str, value: float = 1, unit: str = MetricUnit.Count) -> None:
@@ -134,50 +109,16 @@ def lambda_function(name: str, store: Store | None, order_id_of: Callable[[Any],
 
         handler: Handler = metrics.log_metrics(logger.inject_lambda_context(clear_state=True, **log_context)(budgeted))
         if TRACING:
-            handler = _traced(handler)
+            from aws_lambda_powertools import Tracer
+
+            handler = Tracer(patch_modules=TRACED_LIBRARIES).capture_lambda_handler(capture_response=False)(handler)
         if os.environ.get("FAULT_RULES_TABLE"):
             from sagafaults.handler import wrap
 
             handler = wrap(handler, name, [store.client] if store is not None else [], order_id_of)
-        if EAGER_INIT:  # the handler is defined last: the module's clients exist by now
-            first_request_work()
         return handler
 
     return decorate
-
-
-def _traced(handler: Handler) -> Handler:
-    """`handler` traced by Powertools' Tracer, which is made (the X-Ray SDK imported, the SDK's calls patched) at
-    the first invocation, before the handler makes its first client: ~20 ms of INIT otherwise."""
-    traced: list[Handler] = []
-
-    def trace() -> Handler:
-        if not traced:
-            from aws_lambda_powertools import Tracer
-
-            traced.append(Tracer(patch_modules=TRACED_LIBRARIES).capture_lambda_handler(capture_response=False)(
-                handler))
-        return traced[0]
-
-    @functools.wraps(handler)
-    def call(event: Any, context: LambdaContext) -> Any:
-        return trace()(event, context)
-
-    _FIRST_REQUEST.append(trace)
-    return call
-
-
-_FIRST_REQUEST: list[Callable[[], Any]] = []
-
-
-def first_request_work() -> None:
-    """Do now what a sandbox's first request does before its handler's own work: make the tracer, and every client
-    the function has (a rare path's too). Done at INIT where Lambda initializes a sandbox ahead of its requests
-    (EAGER_INIT); bench/coldstart.py times INIT with it."""
-    for make in _FIRST_REQUEST:
-        make()
-    for client in list(LazyClient.ALL):
-        client.made  # noqa: B018 - made now
 
 
 def _saga_order_id(event: Any) -> str | None:
