@@ -5,13 +5,8 @@ runtime's are) imports the handler module `app` from the `sam build` output: the
 SagaLayer on PYTHONPATH, PYTHONDONTWRITEBYTECODE=1 (/var/task and /opt are read-only on Lambda), and the
 environment the template gives the function (ENV; and the plain-text Globals of the tree's own template).
 The template says `Tracing: Active`, so POWERTOOLS_TRACE_DISABLED is not set (Powertools' Tracer and the X-Ray
-SDK load, as on AWS). The import is timed inside the process
-(perf_counter), so the interpreter's own start is left out; `import boto3` is timed the same way. Runs are
-interleaved (one of each per round); medians are reported.
-
-The new tree makes its clients and its tracer at the first request, not at INIT (order_saga.step: LazyClient, and
-the tracer at the first invocation): its INIT with that set-up, what a first request costs before the handler's
-own work, is measured too (import app, then order_saga.step.first_request_work()), beside its INIT.
+SDK load, as on AWS). The import is timed inside the process (perf_counter), so the interpreter's own start is
+left out; `import boto3` is timed the same way. Runs are interleaved (one of each per round); medians are reported.
 """
 
 from __future__ import annotations
@@ -47,10 +42,6 @@ ENV = {  # every variable the handlers of both trees read, with deployed-looking
     "PYTHONDONTWRITEBYTECODE": "1", "PATH": "/usr/bin:/bin",
 }
 TIMED = "import time; t = time.perf_counter(); {0}; print((time.perf_counter() - t) * 1000)"
-# INIT and then what the first request does before the handler's own work, where a tree defers it: the clients and
-# the tracer (order_saga.step.first_request_work). A tree without it did that work at INIT: the same as INIT.
-FIRST_REQUEST = ("import app; import order_saga.step as step; "
-                 "getattr(step, 'first_request_work', lambda: None)()")
 CLIENT = "import boto3; boto3.client('dynamodb')"  # the least a handler that uses DynamoDB does at init
 
 
@@ -82,10 +73,8 @@ def env_for(build_dir: str | None, function: str | None, tracing: bool = True) -
     return env
 
 
-def timed(python: str, build_dir: str | None, function: str | None, tracing: bool = True,
-          first_request: bool = False) -> float:
-    code = (FIRST_REQUEST if first_request else "import app") if function and build_dir else (
-        CLIENT if function else "import boto3")
+def timed(python: str, build_dir: str | None, function: str | None, tracing: bool = True) -> float:
+    code = "import app" if function and build_dir else (CLIENT if function else "import boto3")
     done = subprocess.run([python, "-c", TIMED.format(code)], env=env_for(
         build_dir, function, tracing), cwd=OUT, capture_output=True, text=True, timeout=120, check=False)
     if done.returncode:
@@ -117,12 +106,10 @@ def measure(builds: dict[str, str], runs: int) -> dict[str, Any]:
     python = venv(os.path.join(OUT, "lambda-runtime-venv"), RUNTIME_REQUIREMENTS)
     plan = [("import boto3", None, None), ("client", None, "client")]
     plan += [(f"{tree}:{fn}", path, fn) for tree, path in builds.items() for fn in functions(path)]
-    # The new tree's INIT with its first request's set-up (the clients, the tracer), which it defers.
-    plan += [(f"first:{fn}", builds["new"], fn) for fn in functions(builds["new"])] if "new" in builds else []
     samples: dict[str, list[float]] = {row: [] for row, _, _ in plan}
     for round_number in range(runs + 1):  # round 0 warms the page cache, not counted
         for row, path, fn in plan:
-            value = timed(python, path, fn, first_request=row.startswith("first:"))
+            value = timed(python, path, fn)
             if round_number:
                 samples[row].append(value)
     boto3_ms = median(samples["import boto3"])
@@ -134,8 +121,6 @@ def measure(builds: dict[str, str], runs: int) -> dict[str, Any]:
                        "slowest": max(ratios, key=ratios.get)}
     new = trees.get("new")
     if new:
-        new["first_request_ms"] = {row.split(":", 1)[1]: median(v) for row, v in samples.items()
-                                   if row.startswith("first:")}
         slowest = new["slowest"]
         untraced = median([timed(python, builds["new"], slowest, tracing=False) for _ in range(max(3, runs))])
         new["untraced"] = {"function": slowest, "init_ms": untraced, "ratio": untraced / boto3_ms}
@@ -175,13 +160,10 @@ def main() -> int:
     trees = results["trees"]
     print(f"import boto3 {results['boto3_ms']:.0f} ms, + client('dynamodb') {results['client_ms']:.0f} ms; "
           f"{args.runs} rounds, load average {started} at the start, {results['load']['end']} at the end")
-    first = trees["new"]["first_request_ms"]
-    print("function".ljust(28) + "".join(f"{t} ms (x boto3)".rjust(24) for t in trees)
-          + "new, + first request's set-up".rjust(32))
+    print("function".ljust(28) + "".join(f"{t} ms (x boto3)".rjust(24) for t in trees))
     for fn in sorted(set().union(*[t["init_ms"] for t in trees.values()])):
         print(fn.ljust(28) + "".join((f"{t['init_ms'][fn]:.0f} ({t['ratio'][fn]:.2f}x)" if fn in t["init_ms"]
-                                      else "-").rjust(24) for t in trees.values())
-              + (f"{first[fn]:.0f} ({first[fn] / results['boto3_ms']:.2f}x)" if fn in first else "-").rjust(32))
+                                      else "-").rjust(24) for t in trees.values()))
     return 0
 
 

@@ -229,9 +229,9 @@ def render(r: dict[str, Any], img_path: str, img_rel: str) -> str:
                 f"`import boto3` alone: {cs['boto3_ms']:.0f} ms (median of {cs['runs']}); `import boto3; "
                 f"boto3.client('dynamodb')`, the least a handler using DynamoDB does at init: {cs['client_ms']:.0f} ms "
                 f"({cs['client_ms'] / cs['boto3_ms']:.2f}x).", "",
-                md(["function", *[f"{t} ms (x boto3)" for t in trees], "new, INIT + first request's set-up"],
+                md(["function", *[f"{t} ms (x boto3)" for t in trees]],
                    [[fn, *[f"{t['init_ms'][fn]:.0f} ({t['ratio'][fn]:.2f}x)" if fn in t["init_ms"] else "-"
-                           for t in trees.values()], first_request(trees, fn, cs["boto3_ms"])] for fn in fns])]
+                           for t in trees.values()]] for fn in fns])]
         new = trees.get("new") or {}
         if "untraced" in new:
             u, it = new["untraced"], new["importtime"]
@@ -258,12 +258,6 @@ def render(r: dict[str, Any], img_path: str, img_rel: str) -> str:
             f"source: {mt.get('source')}. Invariant sagas: {mt.get('invariant_sagas') or 'not in the log'} "
             "(tests/stack/test_invariants.py asserts at least 1,000 per session).", ""]
     return "\n".join(out)
-
-
-def first_request(trees: dict[str, Any], fn: str, boto3_ms: float) -> str:
-    """The new tree's INIT with the set-up its first request does (the clients, the tracer), which it defers."""
-    ms = (trees.get("new") or {}).get("first_request_ms", {}).get(fn)
-    return "-" if ms is None else f"{ms:.0f} ({ms / boto3_ms:.2f}x)"
 
 
 def coldstart_doc() -> str:
