@@ -38,10 +38,13 @@ ENGINE = os.environ.get("SAGA_ENGINE") or ("deployed" if DEPLOYED else "embedded
 
 
 def side_by_side(sagas: int) -> int:
-    """How many of the matrix's sagas run at once: all of them on the embedded stack, at most 4 on a deployed engine
-    (an emulator that starts a Lambda worker per concurrent invocation, as ministack does, would spend the tier's
-    time on their cold starts; on AWS the rows only take longer)."""
-    return max(1, sagas if not DEPLOYED else min(sagas, 4))
+    """How many of a test's independent sagas run at once: all of them on the embedded stack, at most 4 on a deployed
+    engine (on AWS the rows only take longer), fewer on an engine that says so (tests/stack/engines.py
+    SAGAS_AT_ONCE: ministack, one)."""
+    from tests.stack.engines import SAGAS_AT_ONCE
+
+    return max(1, min(sagas, SAGAS_AT_ONCE.get(ENGINE, 4 if DEPLOYED else sagas)))
+
 SKIPPED_ELSEWHERE: list[tuple[str, str]] = []
 # The stack tier places hundreds of orders at once from one customer and one token (tests/stack/test_concurrency.py):
 # its stacks lift the per-customer limits to their maximum; tests/stack/test_limits.py starts its own stack with low
@@ -198,6 +201,7 @@ def every_path(target: Target, request: pytest.FixtureRequest) -> dict[str, Any]
     up on, into the failure queue)."""
     from order_saga.models import order_id_for
     from scripts.scenarios import Customers, load_manifest, request_from_event, run_scenario
+    from tests.stack.engines import GAPS
     from tests.stack.support import place, wait_for_execution
 
     events = ROOT / "events"
@@ -213,11 +217,16 @@ def every_path(target: Target, request: pytest.FixtureRequest) -> dict[str, Any]
     sub = target.sign_in()[1]
     for service in ("stepfunctions", "dynamodb", "lambda", "sqs"):
         target.client(service)
+    # The scenarios' outcomes are test_scenarios.py's to check, with an engine's known gaps as expected failures there
+    # (tests/stack/engines.py: on ministack a step's error has no name, a Map's iterations no history). Here they are
+    # checked on an engine without known gaps (the embedded stack, AWS); on the others they are only run, for what
+    # they leave behind for the tests after them.
+    checked = not GAPS.get(ENGINE)
 
     def scenario(spec: dict[str, Any]) -> str:
         result = run_scenario(spec, events, target.api_url, target.client("stepfunctions"), customers,
                               target.endpoint if target.embedded else None, key_suffix=unique)
-        assert result.ok, result.problems
+        assert result.ok or not checked, result.problems
         return str(result.status)
 
     def placed_and_ended(token: str, coupon: str | None = None) -> str:
