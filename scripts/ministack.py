@@ -54,6 +54,17 @@ VERSION = REQUIREMENTS[0].split("==")[1]
 # the alias `live`) and the stage has no WAF.
 LEFT_OUT = ("the state machine's AutoPublishAlias (its version and alias `live`)",
             "the association of the stage with its WAF web ACL")
+# What ministack's CloudFormation would deploy wrong, written so that it deploys what AWS does: it passes a Number
+# parameter on as the string it was given, where AWS's converts it, and its SQS poller then compares ReaperWorker's
+# ScalingConfig.MaximumConcurrency ("10") with an int at every poll and fails ("'>=' not supported between instances
+# of 'int' and 'str'"), so ReaperWorker is never invoked. The parameter's value, as a number, is written in its place.
+AS_NUMBERS = ("ScalingConfig.MaximumConcurrency of an SQS event source (a Number parameter)",)
+# The layer's packages that only the Stripe adapter imports (src/requirements.txt; order_saga.stripe_gateway imports
+# them when it is called, on a stack deployed with PaymentGateway=stripe). `make test-ministack` deploys the fake
+# gateway and leaves them out of the layer: they are 3,800 of its 4,700 files, and ministack unpacks the layer into
+# every Lambda worker it starts, inside its own process (1.0 CPU-s with them, 0.26 without, measured 2026-12-08), at
+# every cold start and again after every error (it ends a worker whose handler raised).
+STRIPE_ONLY = ("stripe", "requests", "charset_normalizer", "idna", "certifi")
 # A test stack as the stack tier expects one (tests/stack/conftest.py: UNLIMITED, and the fault rules).
 TEST_OVERRIDES = ("FaultInjection=true", "ReconcileAfterSeconds=1", "MaxOpenOrdersPerCustomer=1000",
                   "ApiClientRateLimit=2000000000", "BreakerFailureThreshold=100")
@@ -108,21 +119,34 @@ def sam_build(template_dir: Path | str, build_dir: Path | str) -> float:
     return time.perf_counter() - started
 
 
-def template(build_dir: Path | str) -> str:
-    """`sam build`'s template without what ministack cannot create (LEFT_OUT), as JSON beside it; its path."""
+def template(build_dir: Path | str, overrides: tuple[str, ...] = (), slim: bool = False) -> str:
+    """`sam build`'s template without what ministack cannot create (LEFT_OUT), its Number parameters as numbers where
+    ministack needs them (AS_NUMBERS, with these `Name=value` overrides), as JSON beside it; its path. `slim`: its
+    layer without the Stripe adapter's packages (STRIPE_ONLY), unless these overrides choose PaymentGateway=stripe."""
     from samcli.yamlhelper import yaml_parse
 
     with open(os.path.join(build_dir, "template.yaml")) as f:
         parsed = yaml_parse(f.read())
     resources = parsed["Resources"]
+    values = {name: spec.get("Default") for name, spec in parsed.get("Parameters", {}).items()
+              if spec.get("Type") == "Number"}
+    values.update(item.split("=", 1) for item in overrides if item.split("=", 1)[0] in values)
     aliases = {}
     for name, resource in list(resources.items()):
         props = resource.get("Properties") or {}
+        for event in (props.get("Events") or {}).values() if resource["Type"] == "AWS::Serverless::Function" else ():
+            scaling = (event.get("Properties") or {}).get("ScalingConfig") or {}
+            ref = scaling.get("MaximumConcurrency")
+            if event.get("Type") == "SQS" and isinstance(ref, dict) and ref.get("Ref") in values:
+                scaling["MaximumConcurrency"] = int(values[ref["Ref"]])
         if resource["Type"] == "AWS::Serverless::StateMachine" and props.pop("AutoPublishAlias", None):
             props.pop("DeploymentPreference", None)
             aliases[f"{name}Aliaslive"] = name  # SAM's name for the alias it would have made
         elif resource["Type"] == "AWS::WAFv2::WebACLAssociation":
             del resources[name]
+        elif resource["Type"] == "AWS::Serverless::LayerVersion" and slim \
+                and "PaymentGateway=stripe" not in overrides:
+            props["ContentUri"] = os.path.basename(slim_layer(os.path.join(build_dir, props["ContentUri"])))
 
     def repoint(node: Any) -> Any:
         if isinstance(node, dict):
@@ -145,6 +169,15 @@ def template(build_dir: Path | str) -> str:
     with open(path, "w") as f:
         json.dump(shimmed, f, indent=1)
     return path
+
+
+def slim_layer(layer: str) -> str:
+    """A copy of the built layer beside it without STRIPE_ONLY's packages (and their dist-info); its path."""
+    slim = f"{layer}-ministack"
+    shutil.rmtree(slim, ignore_errors=True)
+    shutil.copytree(layer, slim, ignore=lambda folder, names: [
+        name for name in names if folder == os.path.join(layer, "python") and name.split("-")[0] in STRIPE_ONLY])
+    return slim
 
 
 def free_port() -> int:
@@ -177,8 +210,15 @@ class Ministack:
         self.endpoint = f"http://127.0.0.1:{self.port}"
         # BIND_HOST keeps its gateway on 127.0.0.1; its IoT mTLS listener (on whenever cryptography is installed,
         # which the Cognito authorizer needs) and its SFTP server would bind 0.0.0.0 on fixed ports: both off.
+        # Its own temporary folder, removed when it stops: ministack unpacks each Lambda worker's code and layer into
+        # a folder of TMPDIR and leaves them there when it is stopped (~60 MB a worker; a run of the tier starts
+        # dozens).
+        self.tmp = self.workdir / "tmp"
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir()
         env = {**os.environ, **CREDENTIALS, "BIND_HOST": "127.0.0.1", "GATEWAY_PORT": str(self.port),
-               "IOT_MTLS_ENABLED": "0", "SFTP_ENABLED": "0", "LOG_LEVEL": "WARNING", **settings}
+               "IOT_MTLS_ENABLED": "0", "SFTP_ENABLED": "0", "LOG_LEVEL": "WARNING", "TMPDIR": str(self.tmp),
+               **settings}
         env.pop("AWS_ENDPOINT_URL", None)
         with open(self.workdir / "ministack.log", "wb") as log:
             self.process: subprocess.Popen[bytes] | None = subprocess.Popen(
@@ -200,10 +240,11 @@ class Ministack:
         return boto3.client(service, endpoint_url=self.endpoint, region_name=REGION, aws_access_key_id="test",
                             aws_secret_access_key="test")  # noqa: S106 - a local emulator
 
-    def deploy(self, build_dir: Path | str, stack_name: str, stage: str, overrides: tuple[str, ...]) -> dict[str, str]:
-        """samlocal deploy of the built template (less LEFT_OUT); the stack's outputs."""
+    def deploy(self, build_dir: Path | str, stack_name: str, stage: str, overrides: tuple[str, ...],
+               slim: bool = False) -> dict[str, str]:
+        """samlocal deploy of the built template (less LEFT_OUT; `slim`: see template()); the stack's outputs."""
         samlocal = os.path.join(os.path.dirname(sys.executable), "samlocal")
-        run([samlocal, "deploy", "--template-file", template(build_dir), "--stack-name", stack_name,
+        run([samlocal, "deploy", "--template-file", template(build_dir, overrides, slim), "--stack-name", stack_name,
              "--resolve-s3", "--capabilities", "CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND", "--no-confirm-changeset",
              "--no-fail-on-empty-changeset", "--region", REGION, "--parameter-overrides", f"Stage={stage}",
              *overrides], "samlocal deploy to ministack", 600, cwd=build_dir,
@@ -230,6 +271,7 @@ class Ministack:
                 os.kill(pid, signal.SIGKILL)
         self.process.wait()
         self.process = None
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def main(argv: list[str]) -> int:
@@ -243,7 +285,7 @@ def main(argv: list[str]) -> int:
     stack = Ministack(OUT, python)
     try:
         deployed = time.monotonic()
-        outputs = stack.deploy(build_dir, stack_name, stage, TEST_OVERRIDES)
+        outputs = stack.deploy(build_dir, stack_name, stage, TEST_OVERRIDES, slim=True)
         print(f"sam build {built:.0f} s; deployed in {time.monotonic() - deployed:.0f} s at {stack.endpoint}",
               flush=True)
         outputs_file = OUT / "stack-outputs.json"
