@@ -24,7 +24,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.stack.engines import BLOCKED, ENGINES, GAPS, UNRUNNABLE  # noqa: E402
+from tests.stack.engines import BEHIND_SKIPS, BLOCKED, ENGINES, GAPS, UNRUNNABLE  # noqa: E402
 
 DATA = ROOT / "docs" / "engines.json"
 PAGE = ROOT / "docs" / "engines.md"
@@ -128,9 +128,9 @@ def page(data: dict[str, Any]) -> str:
             totals.append("not run")
     lines.append("| **all** | " + " | ".join(totals) + " |")
     for engine in engines:
-        gaps, unrunnable = GAPS.get(engine, {}), UNRUNNABLE.get(engine, {})
+        gaps, unrunnable, behind = GAPS.get(engine, {}), UNRUNNABLE.get(engine, {}), BEHIND_SKIPS.get(engine, [])
         run = data.get(engine)
-        if not gaps and not unrunnable and not (run and run["reasons"]):
+        if not gaps and not unrunnable and not behind and not (run and run["reasons"]):
             continue
         lines += ["", f"## {engine}", ""]
         if gaps:
@@ -140,6 +140,10 @@ def page(data: dict[str, Any]) -> str:
         if unrunnable:
             lines += ["Not run there (they hang until their deadline):", ""]
             lines += [f"- `{name.removeprefix('tests/stack/')}`: {reason}" for name, reason in unrunnable.items()]
+            lines.append("")
+        if behind:
+            lines += ["Also seen there, behind the skips (no test that runs there reaches them):", ""]
+            lines += [f"- {seen}" for seen in behind]
             lines.append("")
         if run and run["reasons"]:
             lines += ["Skips and expected failures in the last run, by file:", ""]

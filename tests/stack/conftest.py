@@ -40,7 +40,7 @@ ENGINE = os.environ.get("SAGA_ENGINE") or ("deployed" if DEPLOYED else "embedded
 def side_by_side(sagas: int) -> int:
     """How many of a test's independent sagas run at once: all of them on the embedded stack, at most 4 on a deployed
     engine (on AWS the rows only take longer), fewer on an engine that says so (tests/stack/engines.py
-    SAGAS_AT_ONCE: ministack, one)."""
+    SAGAS_AT_ONCE: ministack, two)."""
     from tests.stack.engines import SAGAS_AT_ONCE
 
     return max(1, min(sagas, SAGAS_AT_ONCE.get(ENGINE, 4 if DEPLOYED else sagas)))
