@@ -57,6 +57,8 @@ ALLOWED = {
     "PaymentIntent": "Stripe's payment object, which the Stripe adapter drives (deploying.md)",
     "SetupIntent": "Stripe's object that authenticates a card ahead of a payment (deploying.md, 3-D Secure)",
     # AWS names that are no API operation, field or error of botocore's models.
+    "InvalidAction": "AWS's common error code for an action an API does not have: what ministack's Step Functions "
+                     "answers RedriveExecution with (test_redrive.py's skip, in engines.md)",
     "ExecutionsFailed": "Step Functions' CloudWatch metric of failed executions",
     "UserPoolClientV2": "operations.md's example name for a second app client, added while rotating",
     # The saga's past.
