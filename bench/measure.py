@@ -41,10 +41,13 @@ def interleaved_latency(stacks: list[Any], n: int, warmup: int = 3) -> dict[str,
     samples: dict[str, list[dict[str, Any]]] = {s.name: [] for s in stacks}
     polled: dict[str, list[float]] = {s.name: [] for s in stacks if s.announces_ends}
     cpu_before = {s.name: s.cpu() for s in stacks}
+    handlers_before = {s.name: handler_cpu_ms(s) for s in stacks if s.announces_ends}
     for _ in range(n):
         for stack in stacks:
             samples[stack.name].append(saga(stack))
     cpu_after = {s.name: s.cpu() for s in stacks}
+    handlers = {name: (handler_cpu_ms(next(s for s in stacks if s.name == name)) - ms) / n
+                for name, ms in handlers_before.items()}
     # A stack that announces its executions' ends, also detected as the others' are (DescribeExecution polled from
     # the bench every 20 ms): the same end detection for every stack compared. After the CPU was read, taking turns
     # with the others again (their sagas of this round are not counted: the machine's load is the same as above).
@@ -66,9 +69,17 @@ def interleaved_latency(stacks: list[Any], n: int, warmup: int = 3) -> dict[str,
             "median_post_ms": median([r["post_ms"] for r in rows]),
             "failed": sum(r["status"] != "SUCCEEDED" for r in rows) + (failed if stack.announces_ends else 0),
             "cpu_ms_per_saga": cpu_delta(cpu_before[stack.name], cpu_after[stack.name], n),
+            "handler_cpu_ms_per_saga": handlers.get(stack.name),
             "end_detection": "announced by the stack (/_sagalocal/executions/wait)" if stack.announces_ends
             else f"DescribeExecution polled every {int(1000 * 0.02)} ms from the bench process"}
     return out
+
+
+def handler_cpu_ms(stack: Any) -> float:
+    """The CPU milliseconds the stack's handlers have spent so far, their SDK calls included (what each sandbox
+    measured around each call, /_sagalocal/lambda/stats): the part of a saga's CPU that would run on AWS."""
+    functions = http("GET", f"{stack.endpoint}/_sagalocal/lambda/stats")[1]["functions"]
+    return float(sum(f.get("handler_cpu_ms", 0.0) for f in functions.values()))
 
 
 def state_times(events: list[dict[str, Any]]) -> dict[str, float]:

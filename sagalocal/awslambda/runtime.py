@@ -81,6 +81,7 @@ class InvokeResult:
     error: bool
     duration_ms: float  # the handler's own time
     init_ms: float | None = None  # set on a cold start
+    cpu_ms: float = 0.0  # the handler's own CPU time, as its sandbox measured it (0 for a run that died)
 
 
 class Concurrency:
@@ -356,6 +357,7 @@ class FunctionRuntime:
         self.throttles = 0
         self.invocations = 0  # each handler run that ended (an answer, an error, a crash, a time-out)
         self.billed_ms = 0  # their durations, each rounded up to the millisecond, as Lambda bills them
+        self.handler_cpu_ms = 0.0  # the handlers' own CPU in them (the sandboxes' plumbing left out)
 
     # ---- the template process -----------------------------------------------------------------
     def environment(self, dirs: list[Path] | None = None) -> dict[str, str]:
@@ -529,6 +531,7 @@ class FunctionRuntime:
         with self._lock:
             self.invocations += 1
             self.billed_ms += math.ceil(result.duration_ms)
+            self.handler_cpu_ms += result.cpu_ms
         if result.payload is _DEAD:
             self._release(None)
             sandbox.close(kill=True)
@@ -563,8 +566,8 @@ class FunctionRuntime:
             return _Run.dead("Runtime.ExitError", f"{self.spec.logical_id}: {exc}", time.monotonic())
         own = (time.monotonic() - started_wall) * 1000
         if "error" in response:
-            return _Run(response["error"], True, own)
-        return _Run(response["result"], False, own)
+            return _Run(response["error"], True, own, cpu_ms=response.get("cpu_ms", 0.0))
+        return _Run(response["result"], False, own, cpu_ms=response.get("cpu_ms", 0.0))
 
     def _await(self, sandbox: _Sandbox, started: float, waits: _CpuWaits, timeout: float) -> dict[str, Any] | None:
         """The sandbox's next message; None once the handler's own time passed the timeout."""
@@ -629,4 +632,4 @@ class _Run(InvokeResult):
 
     @classmethod
     def dead(cls, error_type: str, message: str, started: float) -> _Run:
-        return cls(_DEAD, True, (time.monotonic() - started) * 1000, None, error_type, message)
+        return cls(_DEAD, True, (time.monotonic() - started) * 1000, error_type=error_type, error_message=message)

@@ -203,10 +203,11 @@ class LambdaService:
         self.preloader.close()
 
     def stats(self) -> dict[str, Any]:
-        """Each function's cold starts, throttles, invocations and billed milliseconds (each run's duration rounded
-        up to the millisecond; a run that ended in a crash counts ~0 ms, and an import error none), all its versions
-        together; and each version's cold starts and throttles. A $LATEST replaced by a redeploy takes its counts
-        with it."""
+        """Each function's cold starts, throttles, invocations, billed milliseconds (each run's duration rounded
+        up to the millisecond; a run that ended in a crash counts ~0 ms, and an import error none) and its handlers'
+        own CPU milliseconds (what its sandboxes measured around each call: the handler and its SDK calls), all its
+        versions together; and each version's cold starts and throttles. A $LATEST replaced by a redeploy takes its
+        counts with it."""
         functions: dict[str, Any] = {}
         for lid, latest in list(self.runtimes.items()):
             runtimes = {"$LATEST": latest, **self.versions.get(lid, {})}
@@ -215,6 +216,7 @@ class LambdaService:
                               "init_ms": round(max(r.init_ms for r in runtimes.values())),
                               "invocations": sum(r.invocations for r in runtimes.values()),
                               "billed_ms": sum(r.billed_ms for r in runtimes.values()),
+                              "handler_cpu_ms": round(sum(r.handler_cpu_ms for r in runtimes.values()), 3),
                               "aliases": dict(self.aliases.get(lid, {})),
                               "versions": {v: {"cold_starts": r.cold_starts, "throttles": r.throttles}
                                            for v, r in runtimes.items()}}

@@ -26,6 +26,9 @@ CODE_MARK = {mark!r}
 
 def handler(event, context):
     time.sleep(event.get("sleep", 0))
+    spin_until = time.process_time() + event.get("spin", 0)
+    while time.process_time() < spin_until:
+        pass
     return {{"code": CODE_MARK, "layer": LAYER_MARK, "version": context.function_version,
             "env_version": os.environ["AWS_LAMBDA_FUNCTION_VERSION"], "invoked": context.invoked_function_arn,
             "setting": os.environ["SETTING"]}}
@@ -142,3 +145,14 @@ def test_stats_count_every_invocation_of_every_version_and_the_milliseconds_lamb
     assert stats["invocations"] == 2
     assert stats["billed_ms"] == sum(math.ceil(d) for d in durations)
     assert stats["billed_ms"] >= 20
+
+
+def test_stats_count_the_handlers_own_cpu_and_not_their_waits(lambdas):
+    """What the benchmarks compare a saga's CPU with (bench/run_all.py): the handler's CPU, as its sandbox measured."""
+    service, _, _, _ = lambdas
+    service.invoke("Fn", {"sleep": 0.05})
+    slept = service.stats()["functions"]["Fn"]["handler_cpu_ms"]
+    service.invoke("Fn", {"spin": 0.05})
+    spun = service.stats()["functions"]["Fn"]["handler_cpu_ms"] - slept
+    assert 0 <= slept < 25  # 50 ms asleep: no CPU
+    assert spun >= 50
