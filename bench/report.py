@@ -175,6 +175,10 @@ def render(r: dict[str, Any], img_path: str, img_rel: str) -> str:
             "(Lambda duration left out).",
             "- **Throughput**: N client threads each place a saga and wait for its end, again and again, for a fixed "
             "time after a warm-up of 2 sagas each (so the sandboxes have scaled out).",
+            "- **The handlers' own CPU** (issue 21): each sandbox measures its handler's call with process_time (the "
+            "handler and its SDK calls, not the sandbox's plumbing), and the Lambda service sums it by function "
+            "(`/_sagalocal/lambda/stats`, deltas around the latency turns, PublishOutcome's invocations included); "
+            "the target's ratio is the CPU per saga of every process of the stack over it.",
             "- **POST /orders per second**: 32 threads POST for a few seconds with keep-alive, no retries; 202 counts "
             "as accepted, the other statuses are listed. Every accepted saga is awaited afterwards.",
             "- **Burst**: 200 orders released at once (a barrier) for an item with 50 in stock; a 429/5xx answer is "
