@@ -6,7 +6,7 @@ serves the stack's own control routes:
 
   /_sagalocal/dynamodb/faults     the DynamoDB process's fault rules (GET, POST a rule, DELETE all)
   /_sagalocal/dynamodb/stats      its requests and capacity units (DELETE resets them)
-  /_sagalocal/lambda/stats        cold starts, throttles and concurrency of every function
+  /_sagalocal/lambda/stats        each function's cold starts, throttles, invocations, billed ms, handlers' CPU ms
   /_sagalocal/executions/wait     ?arn=...&timeout=S: returns when the execution has ended, without polling
   /_sagalocal/metrics             the template's CloudWatch dashboards, evaluated on the functions' EMF lines
   /_sagalocal/update              POST: redeploy (the template and code read again, new versions, aliases moved);
