@@ -2,8 +2,9 @@
 
 The embedded stack signs each function's requests with its own credentials and enforces its role's
 statements (an action not granted fails with AccessDeniedException, as on AWS), so a missing grant fails the
-tier. This test shows the other half: after the whole stack tier ran (the matrix, the scenarios, the leases,
-the parked and reconciled payments), every granted (action, resource) pair was used by its function at least
+tier. This test shows the other half: after every_path's orders ran (every path the code has, the late and
+repeated steps, the parked and reconciled payments: enough on their own, so the file runs alone too) and
+whatever else of the tier ran before it, every granted (action, resource) pair was used by its function at least
 once. Granted-but-never-used means the role is broader than the code. The grants come from the template
 through the stack, the uses from the DynamoDB process and the AWS endpoint, where IAM is enforced.
 """
