@@ -41,13 +41,12 @@ def interleaved_latency(stacks: list[Any], n: int, warmup: int = 3) -> dict[str,
     samples: dict[str, list[dict[str, Any]]] = {s.name: [] for s in stacks}
     polled: dict[str, list[float]] = {s.name: [] for s in stacks if s.announces_ends}
     cpu_before = {s.name: s.cpu() for s in stacks}
-    handlers_before = {s.name: handler_cpu_ms(s) for s in stacks if s.announces_ends}
+    handlers_before = {s: handler_cpu_ms(s) for s in stacks if s.announces_ends}
     for _ in range(n):
         for stack in stacks:
             samples[stack.name].append(saga(stack))
     cpu_after = {s.name: s.cpu() for s in stacks}
-    handlers = {name: (handler_cpu_ms(next(s for s in stacks if s.name == name)) - ms) / n
-                for name, ms in handlers_before.items()}
+    handlers = {s.name: (handler_cpu_ms(s) - ms) / n for s, ms in handlers_before.items()}
     # A stack that announces its executions' ends, also detected as the others' are (DescribeExecution polled from
     # the bench every 20 ms): the same end detection for every stack compared. After the CPU was read, taking turns
     # with the others again (their sagas of this round are not counted: the machine's load is the same as above).

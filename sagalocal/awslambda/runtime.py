@@ -564,10 +564,10 @@ class FunctionRuntime:
                                                   f"providing a reason (see {self.spec.log_path})", time.monotonic())
         except OSError as exc:
             return _Run.dead("Runtime.ExitError", f"{self.spec.logical_id}: {exc}", time.monotonic())
-        own = (time.monotonic() - started_wall) * 1000
+        own, cpu = (time.monotonic() - started_wall) * 1000, response.get("cpu_ms", 0.0)
         if "error" in response:
-            return _Run(response["error"], True, own, cpu_ms=response.get("cpu_ms", 0.0))
-        return _Run(response["result"], False, own, cpu_ms=response.get("cpu_ms", 0.0))
+            return _Run(response["error"], True, own, cpu_ms=cpu)
+        return _Run(response["result"], False, own, cpu_ms=cpu)
 
     def _await(self, sandbox: _Sandbox, started: float, waits: _CpuWaits, timeout: float) -> dict[str, Any] | None:
         """The sandbox's next message; None once the handler's own time passed the timeout."""
