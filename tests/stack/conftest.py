@@ -337,21 +337,23 @@ def run_twice(target: Target) -> str:
         functions = json.loads(response.read())["functions"]
     order_id = abandon(target, with_payment=True, reserve=False, lease_ms=60_000, coupon="FIVEOFF")
     lam = target.client("lambda")
+    arn = target.execution_arn(order_id)
+
+    def invoked(step: str, event: dict[str, Any]) -> dict[str, Any]:
+        answer = lam.invoke(FunctionName=functions[f"{step}Function"], Payload=json.dumps(event).encode())
+        return json.loads(answer["Payload"].read())
+
     # The input the API gives an order with a coupon: its id, its customer, its coupon.
     saga: dict[str, Any] = {"order_id": order_id, "customer_id": target.sign_in()[1], "coupon": "FIVEOFF"}
     for step in ("ReserveInventory", "ApplyCoupon", "AuthorizePayment", "ConfirmOrder"):
-        event = json.dumps({"saga": saga, "execution_id": target.execution_arn(order_id)}).encode()
-        answers = [json.loads(lam.invoke(FunctionName=functions[f"{step}Function"], Payload=event)["Payload"].read())
-                   for _ in range(2)]
+        answers = [invoked(step, {"saga": saga, "execution_id": arn}) for _ in range(2)]
         assert all("errorType" not in answer for answer in answers), (step, answers)
         saga = answers[0]
     order = target.order(order_id)
     assert order is not None
     assert order["saga_status"] == "COMPLETED", order
     for step in ("RefundPayment", "VoidPayment", "ReleaseCoupon", "ReleaseInventory", "CancelOrder"):
-        event = json.dumps({"saga": saga, "execution_id": target.execution_arn(order_id), "redrive_count": 0})
-        answer = json.loads(lam.invoke(FunctionName=functions[f"{step}Function"], Payload=event.encode())[
-            "Payload"].read())
+        answer = invoked(step, {"saga": saga, "execution_id": arn, "redrive_count": 0})
         assert "errorType" not in answer, (step, answer)
     assert (target.order(order_id) or {}).get("saga_status") == "COMPLETED", target.order(order_id)
     assert (target.payment(order_id) or {}).get("status") == "CAPTURED", target.payment(order_id)
